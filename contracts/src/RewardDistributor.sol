@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+/// @title OpenLedger reward distributor (the data-contributor pool)
+/// @notice Holds the contributor share of inference fees and pays it out against cumulative Merkle roots.
+/// Each epoch the settler proposes a root of a tree whose leaves are the OpenZeppelin StandardMerkleTree
+/// leaves of `(address account, uint256 cumulativeAmount)`: everything `account` has earned since genesis.
+/// A proposed root becomes claimable after `challengeDelay`, during which a REVOKER can revoke it. A claim
+/// pays `cumulativeAmount - claimed[account]`.
+/// @dev Proposing is O(1) whatever the number of contributors. A root may never promise more than the pool
+/// holds: `total - totalClaimed <= balance`, checked at proposal. `total` is the settler's word (summing the
+/// tree on-chain would not be O(1)); the challenge delay is there to catch a settler that lies about it.
+contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
+    bytes32 public constant REVOKER_ROLE = keccak256("REVOKER_ROLE");
+    /// @notice Upper bound governance may set for the challenge delay.
+    uint64 public constant MAX_CHALLENGE_DELAY = 30 days;
+
+    /// @notice A root and what it promises in total (sum of all cumulative amounts in the tree).
+    struct Root {
+        bytes32 root;
+        uint64 epoch;
+        uint64 validAt;
+        uint128 total;
+    }
+
+    /// @dev What a claim touches, packed so a claim reads two slots and rewrites one. `epoch` is nonzero once a
+    /// root is accepted, so updating `totalClaimed` is never a zero-to-nonzero write.
+    struct ClaimState {
+        uint64 epoch;
+        uint64 validAt;
+        uint128 totalClaimed;
+    }
+
+    IERC20 public immutable open;
+
+    bytes32 internal _currentRoot;
+    ClaimState internal _claimState;
+    uint128 internal _currentTotal;
+    /// @notice The highest epoch ever proposed (accepted, pending or revoked): a revoked epoch is never reused.
+    uint64 public latestEpoch;
+    /// @notice Seconds between a proposal and the moment it can be accepted.
+    uint64 public challengeDelay;
+    Root internal _pending;
+    /// @notice What each account has been paid so far (its cumulative amount at its last claim).
+    mapping(address account => uint256) public claimed;
+
+    event RootProposed(
+        uint64 indexed epoch, bytes32 indexed root, uint256 total, uint64 validAt, string uri, address settler
+    );
+    event RootSuperseded(uint64 indexed epoch, bytes32 indexed root, uint64 byEpoch);
+    event RootAccepted(uint64 indexed epoch, bytes32 indexed root, uint256 total);
+    event RootRevoked(uint64 indexed epoch, bytes32 indexed root, address revoker);
+    event Claimed(
+        address indexed account, uint64 indexed epoch, uint256 cumulativeAmount, uint256 amount, address caller
+    );
+    event ChallengeDelaySet(uint64 previousDelay, uint64 newDelay);
+
+    error ZeroAddress();
+    error ZeroRoot();
+    error EpochNotIncreasing(uint64 epoch, uint64 latest);
+    error TotalDecreased(uint256 total, uint256 previousTotal);
+    error InsufficientPool(uint256 owed, uint256 balance);
+    error NoPendingRoot();
+    error ChallengePeriodActive(uint64 validAt);
+    error NoAcceptedRoot();
+    error InvalidProof(address account, uint256 cumulativeAmount);
+    error NothingToClaim(address account, uint256 cumulativeAmount, uint256 alreadyClaimed);
+    error ChallengeDelayTooLong(uint64 delay, uint64 max);
+    error TotalTooLarge(uint256 total);
+
+    /// @param open_ the OPEN token
+    /// @param admin DEFAULT_ADMIN_ROLE holder (the timelock in production); also gets REVOKER_ROLE
+    /// @param challengeDelay_ seconds a proposed root waits before it can be accepted
+    constructor(IERC20 open_, address admin, uint64 challengeDelay_) {
+        if (address(open_) == address(0) || admin == address(0)) revert ZeroAddress();
+        open = open_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(REVOKER_ROLE, admin);
+        _setChallengeDelay(challengeDelay_);
+    }
+
+    /// @notice Propose the root for `epoch`. SETTLER_ROLE only. Replaces (supersedes) a root still pending.
+    /// @param epoch greater than every epoch proposed before (`latestEpoch`)
+    /// @param root the tree's root
+    /// @param total sum of every cumulative amount in the tree; never below the accepted root's total, and
+    /// never more than the pool can pay (`totalClaimed + balance`)
+    /// @param uri where the full tree (leaves and proofs) is published
+    function proposeRoot(uint64 epoch, bytes32 root, uint256 total, string calldata uri)
+        external
+        onlyRole(SETTLER_ROLE)
+    {
+        if (root == bytes32(0)) revert ZeroRoot();
+        if (total > type(uint128).max) revert TotalTooLarge(total);
+        if (epoch <= latestEpoch) revert EpochNotIncreasing(epoch, latestEpoch);
+        uint256 currentTotal = _currentTotal;
+        if (total < currentTotal) revert TotalDecreased(total, currentTotal);
+        _checkSolvent(total);
+        Root memory pending = _pending;
+        if (pending.root != bytes32(0)) emit RootSuperseded(pending.epoch, pending.root, epoch);
+        latestEpoch = epoch;
+        uint64 validAt = uint64(block.timestamp) + challengeDelay;
+        // casting is safe: total <= uint128 max, checked above
+        // forge-lint: disable-next-line(unsafe-typecast)
+        _pending = Root({root: root, epoch: epoch, validAt: validAt, total: uint128(total)});
+        emit RootProposed(epoch, root, total, validAt, uri, msg.sender);
+    }
+
+    /// @notice Make the pending root claimable once its challenge delay is over. Anyone may call it.
+    function acceptRoot() external {
+        Root memory pending = _pending;
+        if (pending.root == bytes32(0)) revert NoPendingRoot();
+        if (block.timestamp < pending.validAt) revert ChallengePeriodActive(pending.validAt);
+        // No solvency re-check: since the proposal, claims moved totalClaimed and the balance by the same amount,
+        // and nothing else can take OPEN out of this contract.
+        _currentRoot = pending.root;
+        _currentTotal = pending.total;
+        _claimState.epoch = pending.epoch;
+        _claimState.validAt = pending.validAt;
+        delete _pending;
+        emit RootAccepted(pending.epoch, pending.root, pending.total);
+    }
+
+    /// @notice Throw away the pending root. REVOKER_ROLE only (governance, or a guardian it appoints).
+    function revokeRoot() external onlyRole(REVOKER_ROLE) {
+        Root memory pending = _pending;
+        if (pending.root == bytes32(0)) revert NoPendingRoot();
+        delete _pending;
+        emit RootRevoked(pending.epoch, pending.root, msg.sender);
+    }
+
+    /// @notice Pay `account` what it is owed under the accepted root. Anyone may call it; OPEN goes to `account`.
+    /// @param account the leaf's account
+    /// @param cumulativeAmount the leaf's cumulative amount
+    /// @param proof the leaf's Merkle proof (OpenZeppelin StandardMerkleTree format)
+    /// @return amount what was paid: `cumulativeAmount - claimed[account]` before the call
+    function claim(address account, uint256 cumulativeAmount, bytes32[] calldata proof)
+        external
+        nonReentrant
+        returns (uint256 amount)
+    {
+        bytes32 root = _currentRoot;
+        if (root == bytes32(0)) revert NoAcceptedRoot();
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
+        if (!MerkleProof.verifyCalldata(proof, root, leaf)) revert InvalidProof(account, cumulativeAmount);
+        uint256 already = claimed[account];
+        if (cumulativeAmount <= already) revert NothingToClaim(account, cumulativeAmount, already);
+        amount = cumulativeAmount - already;
+        claimed[account] = cumulativeAmount;
+        ClaimState memory state = _claimState;
+        _claimState.totalClaimed = SafeCast.toUint128(uint256(state.totalClaimed) + amount);
+        open.safeTransfer(account, amount);
+        emit Claimed(account, state.epoch, cumulativeAmount, amount, msg.sender);
+    }
+
+    /// @notice The claimable root.
+    function currentRoot() external view returns (Root memory) {
+        ClaimState memory state = _claimState;
+        return Root({root: _currentRoot, epoch: state.epoch, validAt: state.validAt, total: _currentTotal});
+    }
+
+    /// @notice Everything paid out so far, over all accounts.
+    function totalClaimed() external view returns (uint256) {
+        return _claimState.totalClaimed;
+    }
+
+    /// @notice The root waiting out its challenge delay (zero root when none).
+    function pendingRoot() external view returns (Root memory) {
+        return _pending;
+    }
+
+    /// @notice Set the challenge delay (seconds, at most 30 days); applies to later proposals. Governance only.
+    function setChallengeDelay(uint64 delay) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setChallengeDelay(delay);
+    }
+
+    function _setChallengeDelay(uint64 delay) internal {
+        if (delay > MAX_CHALLENGE_DELAY) revert ChallengeDelayTooLong(delay, MAX_CHALLENGE_DELAY);
+        emit ChallengeDelaySet(challengeDelay, delay);
+        challengeDelay = delay;
+    }
+
+    function _checkSolvent(uint256 total) internal view {
+        uint256 alreadyClaimed = _claimState.totalClaimed;
+        // A root that claims less than was already paid out is as wrong as one that shrinks.
+        if (total < alreadyClaimed) revert TotalDecreased(total, alreadyClaimed);
+        uint256 balance = open.balanceOf(address(this));
+        uint256 owed = total - alreadyClaimed;
+        if (owed > balance) revert InsufficientPool(owed, balance);
+    }
+}

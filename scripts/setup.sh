@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything a fresh machine needs to build, test and run OpenLedger. Idempotent: a second run
+# only checks. Nothing is downloaded outside the package registries (npm here).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then die "missing system packages ($*): install them, or run this as root"; fi
+  log "installing $* from Debian"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Node.js runs the npm toolchain and the solc shim.
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+command -v python3 >/dev/null || apt_install python3
+command -v jq >/dev/null || apt_install jq
+
+# forge/anvil/cast 1.7.1, solc 0.8.30 (wasm), OpenZeppelin: pinned in package-lock.json.
+stamp="node_modules/.openledger-lock"
+if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  # Not `npm ci`: forge/anvil/cast list platform packages upstream never published (e.g. darwin-amd64), so
+  # the lock can't name them and `npm ci` rejects it. `npm install --no-save` installs exactly the locked
+  # versions and leaves the lock untouched.
+  log "npm install (locked versions)"
+  npm install --no-save --no-audit --no-fund --loglevel=error
+  cp package-lock.json "$stamp"
+fi
+
+# Link the native binaries of the npm packages into .tools/bin (see lib.sh for why not node_modules/.bin).
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64) platform=linux-amd64 ;;
+  Linux-aarch64) platform=linux-arm64 ;;
+  Darwin-arm64) platform=darwin-arm64 ;;
+  Darwin-x86_64) platform=darwin-amd64 ;;
+  *) die "no forge build for $(uname -s)-$(uname -m)" ;;
+esac
+mkdir -p "$TOOLS"
+for tool in forge anvil cast; do
+  bin="$ROOT/node_modules/@foundry-rs/$tool-$platform/bin/$tool"
+  [ -x "$bin" ] || die "$bin missing: @foundry-rs/$tool publishes no $platform build"
+  ln -sf "$bin" "$TOOLS/$tool"
+done
+need_toolchain
+chmod +x scripts/solc-shim.js
+"$FORGE" --version | head -1 >&2
+node scripts/solc-shim.js --version | tail -1 >&2
+log "ok"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's one test command (the README's, and what .ci/run calls). Run scripts/setup.sh once first.
+#
+# Contracts: format, build with lints as errors, committed ABIs match the sources, forge unit/fuzz/invariant
+# tests, gas snapshot unchanged, line coverage >= 95%, then a real deployment to a fresh anvil (OP-stack
+# mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+need_toolchain
+
+passed=0
+failed=0
+step() {
+  local name="$1"; shift
+  printf '\n== %s\n' "$name" >&2
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); log "FAILED: $name"; fi
+}
+summary() {
+  printf '\n' >&2
+  echo "test.sh: $passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+
+forge_tests() {
+  local out
+  out="$(mktemp)"
+  "$FORGE" test 2>&1 | grep -vE '^\s*[|╭╰+]' >"$out"
+  local rc=${PIPESTATUS[0]}
+  grep -E '^\[(PASS|FAIL)|^Suite result|^Ran ' "$out" >&2
+  local fails
+  fails=$(sed -n 's/^Ran .*tests passed, \([0-9]*\) failed.*/\1/p' "$out" | tail -1)
+  [ "$rc" = 0 ] && [ "${fails:-1}" = 0 ] || { cat "$out" >&2; return 1; }
+}
+
+snapshot_check() {
+  local out
+  out="$("$FORGE" snapshot --check 2>&1)" && return 0
+  echo "$out" | grep -vE '^\s*[|╭╰+]' | grep -iE 'diff|gas|fail' | head -40 >&2
+  return 1
+}
+
+deploy_and_walkthrough() {
+  local port chain=7339 dir pid status=0
+  port="$(free_port)"
+  dir="$(mktemp -d)"
+  "$ANVIL" --port "$port" --chain-id "$chain" --network optimism --silent &
+  pid=$!
+  # shellcheck disable=SC2064
+  trap "kill $pid 2>/dev/null || true" RETURN
+  local url="http://127.0.0.1:$port"
+  wait_rpc "$url" || { log "anvil did not start"; return 1; }
+  scripts/deploy.sh --rpc-url "$url" --out "$dir/$chain.json" >/dev/null || return 1
+  jq -e '.chainId == 7339 and (.contracts | length) == 7 and .startBlock >= 1' "$dir/$chain.json" >/dev/null \
+    || { log "bad manifest: $(cat "$dir/$chain.json")"; return 1; }
+  scripts/demo.sh --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null || status=1
+  # deploying again must notice the suite and send nothing
+  local before after
+  before="$("$CAST" block-number --rpc-url "$url")"
+  scripts/deploy.sh --rpc-url "$url" --out "$dir/$chain.json" >/dev/null 2>&1 || status=1
+  after="$("$CAST" block-number --rpc-url "$url")"
+  [ "$before" = "$after" ] || { log "second deploy sent transactions ($before -> $after)"; status=1; }
+  rm -rf "$dir"
+  return $status
+}
+
+step "contracts: forge fmt --check" "$FORGE" fmt --check
+step "contracts: build, warnings and lints are errors" "$FORGE" build --deny warnings
+step "contracts: committed ABIs match the sources" node scripts/abi.js --check
+step "contracts: unit, fuzz and invariant tests" forge_tests
+step "contracts: gas matches .gas-snapshot (after an intended change: forge snapshot)" snapshot_check
+step "contracts: line coverage >= 95%" scripts/coverage.sh 95
+step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
+summary
