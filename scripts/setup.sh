@@ -44,6 +44,14 @@ for tool in forge anvil cast; do
 done
 need_toolchain
 chmod +x scripts/solc-shim.js
+
+# slither (static analysis, run by scripts/test.sh) in its own venv under .tools/slither, pinned.
+SLITHER_VERSION=0.11.6
+if ! "$ROOT/.tools/slither/bin/pip" show slither-analyzer 2>/dev/null | grep -q "^Version: $SLITHER_VERSION$"; then
+  log "installing slither-analyzer $SLITHER_VERSION into .tools/slither (PyPI)"
+  python3 -m venv "$ROOT/.tools/slither" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$ROOT/.tools/slither/bin/pip" install -q --disable-pip-version-check "slither-analyzer==$SLITHER_VERSION"
+fi
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2
 log "ok"

@@ -2,7 +2,7 @@
 # The project's one test command (the README's, and what .ci/run calls). Run scripts/setup.sh once first.
 #
 # Contracts: format, build with lints as errors, committed ABIs match the sources, forge unit/fuzz/invariant
-# tests, gas snapshot unchanged, line coverage >= 95%, then a real deployment to a fresh anvil (OP-stack
+# tests, gas snapshot unchanged, line coverage >= 95%, slither clean of medium/high findings, then a real deployment to a fresh anvil (OP-stack
 # mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -70,5 +70,6 @@ step "contracts: committed ABIs match the sources" node scripts/abi.js --check
 step "contracts: unit, fuzz and invariant tests" forge_tests
 step "contracts: gas matches .gas-snapshot (after an intended change: forge snapshot)" snapshot_check
 step "contracts: line coverage >= 95%" scripts/coverage.sh 95
+step "contracts: slither, no medium or high finding" scripts/slither.sh
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
 summary

@@ -3,12 +3,14 @@ pragma solidity 0.8.30;
 
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {TimelockController} from "@openzeppelin/contracts/governance/TimelockController.sol";
-import {FeeRouter, IModelRegistry} from "../src/FeeRouter.sol";
+import {FeeRouter} from "../src/FeeRouter.sol";
+import {IAgentRegistry} from "../src/interfaces/IAgentRegistry.sol";
+import {IModelRegistry} from "../src/interfaces/IModelRegistry.sol";
 import {OpenGovernor} from "../src/OpenGovernor.sol";
 import {OpenToken} from "../src/OpenToken.sol";
 import {Registry} from "../src/Registry.sol";
 import {RewardDistributor} from "../src/RewardDistributor.sol";
-import {IAgentRegistry, Staking} from "../src/Staking.sol";
+import {Staking} from "../src/Staking.sol";
 import {vm} from "../test/utils/Vm.sol";
 
 /// @notice Deploys and wires the whole suite. Shared by the deploy script and the tests, so the tests exercise

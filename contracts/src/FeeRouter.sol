@@ -6,12 +6,8 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-
-/// @notice The part of the Registry that FeeRouter reads.
-interface IModelRegistry {
-    function modelDeveloper(uint256 modelId) external view returns (address);
-}
 
 /// @title OpenLedger inference fee router
 /// @notice Every inference is paid here in OPEN. The fee is split by basis points into a burn, the model

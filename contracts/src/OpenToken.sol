@@ -36,7 +36,7 @@ contract OpenToken is ERC20, ERC20Permit, ERC20Votes, ERC20Burnable {
     constructor(Allocation[] memory allocations) ERC20("OpenLedger", "OPEN") ERC20Permit("OpenLedger") {
         uint256 n = allocations.length;
         if (n == 0) revert EmptyAllocation();
-        uint256 sum;
+        uint256 sum = 0;
         for (uint256 i; i < n; ++i) {
             Allocation memory a = allocations[i];
             if (a.recipient == address(0)) revert ZeroAllocationRecipient(i);

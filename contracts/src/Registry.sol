@@ -7,6 +7,8 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
+import {IAgentRegistry} from "./interfaces/IAgentRegistry.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 
 /// @title OpenLedger Registry
 /// @notice The on-chain record of Datanets and their contributions, dataset versions, models, LoRA adapters
@@ -14,7 +16,7 @@ import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
 /// the contracts themselves check.
 /// @dev Ids start at 1; 0 means "none". Governance (DEFAULT_ADMIN_ROLE, the timelock) sets the Datanet fee
 /// and the treasury.
-contract Registry is AccessControl, EIP712, Nonces {
+contract Registry is AccessControl, EIP712, Nonces, IModelRegistry, IAgentRegistry {
     using SafeERC20 for IERC20;
 
     enum ContributionStatus {
@@ -499,12 +501,12 @@ contract Registry is AccessControl, EIP712, Nonces {
         return _agents[agentId];
     }
 
-    /// @notice The developer paid for `modelId`'s inferences; zero for an unknown model.
+    /// @inheritdoc IModelRegistry
     function modelDeveloper(uint256 modelId) external view returns (address) {
         return _models[modelId].developer;
     }
 
-    /// @notice The operator of `agentId`; zero for an unknown agent.
+    /// @inheritdoc IAgentRegistry
     function agentOperator(uint256 agentId) external view returns (address) {
         return _agents[agentId].operator;
     }

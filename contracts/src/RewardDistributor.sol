@@ -118,6 +118,8 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
     /// @notice Make the pending root claimable once its challenge delay is over. Anyone may call it.
     function acceptRoot() external {
         Root memory pending = _pending;
+        // A zero root is the "no pending root" marker (proposeRoot rejects zero roots), not a balance.
+        // slither-disable-next-line incorrect-equality
         if (pending.root == bytes32(0)) revert NoPendingRoot();
         if (block.timestamp < pending.validAt) revert ChallengePeriodActive(pending.validAt);
         // No solvency re-check: since the proposal, claims moved totalClaimed and the balance by the same amount,

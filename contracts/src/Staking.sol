@@ -6,12 +6,8 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {IAgentRegistry} from "./interfaces/IAgentRegistry.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-
-/// @notice The part of the Registry that Staking reads.
-interface IAgentRegistry {
-    function agentOperator(uint256 agentId) external view returns (address);
-}
 
 /// @title OpenLedger agent staking
 /// @notice Operators stake OPEN behind the agents they run. Unstaking moves stake into one unbonding bucket
@@ -68,7 +64,7 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
     );
     event UnbondingPeriodSet(uint64 previousPeriod, uint64 newPeriod);
     event MaxSlashBpsSet(uint16 previousBps, uint16 newBps);
-    event SlashDestinationSet(bool burn, address treasury);
+    event SlashDestinationSet(bool burn, address indexed treasury);
 
     error ZeroAddress();
     error ZeroAmount();

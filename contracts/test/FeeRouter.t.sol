@@ -2,7 +2,8 @@
 pragma solidity 0.8.30;
 
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
-import {FeeRouter, IModelRegistry} from "../src/FeeRouter.sol";
+import {FeeRouter} from "../src/FeeRouter.sol";
+import {IModelRegistry} from "../src/interfaces/IModelRegistry.sol";
 import {Fixture} from "./utils/Fixture.sol";
 import {vm} from "./utils/Vm.sol";
 

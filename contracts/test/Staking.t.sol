@@ -2,7 +2,8 @@
 pragma solidity 0.8.30;
 
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
-import {IAgentRegistry, Staking} from "../src/Staking.sol";
+import {IAgentRegistry} from "../src/interfaces/IAgentRegistry.sol";
+import {Staking} from "../src/Staking.sol";
 import {Fixture} from "./utils/Fixture.sol";
 import {vm} from "./utils/Vm.sol";
 
