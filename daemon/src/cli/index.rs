@@ -1,0 +1,106 @@
+//! `openledger index`: backfill the deployment's events into Postgres, then follow the head.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use openledger_chain::Deployment;
+use openledger_indexer::{Indexer, IndexerConfig, Mode};
+
+use super::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// JSON-RPC endpoint; `ws://` follows new heads by subscription, `http://` polls.
+    #[arg(
+        long,
+        env = "OPENLEDGER_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+    /// Deployment manifest written by scripts/deploy.sh [default: deployments/<the node's chain id>.json].
+    #[arg(long, env = "OPENLEDGER_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// Blocks to stay behind the head (0 indexes the head; reorgs are repaired either way).
+    #[arg(long, default_value_t = 0)]
+    pub confirmations: u64,
+    /// Milliseconds between head polls.
+    #[arg(long, default_value_t = 250)]
+    pub poll_interval_ms: u64,
+    /// Blocks below the head whose hashes are checked for reorgs.
+    #[arg(long, default_value_t = 128)]
+    pub reorg_window: u64,
+    /// First eth_getLogs range in blocks (it adapts to the node).
+    #[arg(long, default_value_t = 2_000)]
+    pub initial_range: u64,
+    /// Largest eth_getLogs range in blocks.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_range: u64,
+    /// Seconds before one RPC call counts as failed.
+    #[arg(long, default_value_t = 30)]
+    pub rpc_timeout_secs: u64,
+    /// Seconds to wait for the node at start-up.
+    #[arg(long, default_value_t = 30)]
+    pub startup_timeout_secs: u64,
+    /// Exit once caught up with the head instead of following it.
+    #[arg(long)]
+    pub until_head: bool,
+}
+
+impl IndexArgs {
+    fn config(&self) -> IndexerConfig {
+        let mut cfg = IndexerConfig::new(self.rpc_url.clone());
+        cfg.confirmations = self.confirmations;
+        cfg.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        cfg.reorg_window = self.reorg_window;
+        cfg.initial_range = self.initial_range;
+        cfg.max_range = self.max_range.max(self.initial_range);
+        cfg.rpc_timeout = Duration::from_secs(self.rpc_timeout_secs.max(1));
+        cfg.startup_timeout = Duration::from_secs(self.startup_timeout_secs);
+        cfg
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
+    let cfg = args.config();
+    let manifest = match &args.manifest {
+        Some(p) => p.clone(),
+        None => {
+            let source =
+                openledger_indexer::source::ChainSource::connect(&cfg.rpc_url, cfg.rpc_timeout)
+                    .await
+                    .with_context(|| format!("no JSON-RPC node at {}", cfg.rpc_url))?;
+            let chain_id = source.chain_id().await?;
+            PathBuf::from(format!("deployments/{chain_id}.json"))
+        }
+    };
+    let deployment = Deployment::load(&manifest)?;
+    let db = super::db::open(global).await?;
+    let mut indexer = Indexer::new(cfg, deployment, db.pool.clone()).await?;
+    let status = indexer.status();
+    let mode = if args.until_head {
+        Mode::UntilHead
+    } else {
+        Mode::Follow
+    };
+    tokio::select! {
+        r = indexer.run(mode) => r?,
+        _ = super::shutdown_signal() => tracing::info!("shutting down (every committed range is kept)"),
+    }
+    let s = status.borrow().clone();
+    if global.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "chain_id": s.chain_id, "head": s.head, "indexed_through": s.indexed_through,
+                "events_written": s.events_written, "reorgs": s.reorgs,
+            })
+        );
+    } else {
+        println!(
+            "chain {}: indexed through block {} (head {}), {} events written, {} reorgs repaired",
+            s.chain_id, s.indexed_through, s.head, s.events_written, s.reorgs
+        );
+    }
+    Ok(())
+}

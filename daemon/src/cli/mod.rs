@@ -1,0 +1,103 @@
+//! Command-line interface: global options, logging, and dispatch to one file per subcommand.
+
+mod db;
+mod index;
+mod migrate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// OpenLedger daemon and admin CLI. Logs go to stderr, results to stdout (`--json` for machines).
+#[derive(Debug, Parser)]
+#[command(name = "openledger", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand shares.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Postgres to use. Without it, a private cluster is started under `--data-dir` (and stopped on exit).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the daemon keeps its state (the private Postgres cluster among it).
+    #[arg(long, env = "OPENLEDGER_DATA_DIR", global = true, default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `openledger_indexer=debug`.
+    #[arg(long, env = "RUST_LOG", global = true, default_value = "info")]
+    pub log: String,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate(migrate::MigrateArgs),
+    /// Index the contracts' events into Postgres: backfill, then follow the head.
+    Index(index::IndexArgs),
+}
+
+/// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("openledger");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/openledger"),
+        None => PathBuf::from(".openledger"),
+    }
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Migrate(args) => migrate::run(&cli.global, args).await,
+        Command::Index(args) => index::run(&cli.global, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,502 @@
+//! The read side over the indexed tables (its dynamic SQL only splices the constant SELECTs below): what the REST API and the CLI show. Every query is scoped to one
+//! deployment (chain id + contract addresses) and pages with `limit`/`offset` in on-chain id order.
+
+use alloy::primitives::{Address, B256, U256};
+use openledger_chain::{ContractKind, Deployment};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+use crate::IndexerError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContributionStatus {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datanet {
+    pub id: U256,
+    pub owner: Address,
+    pub metadata_uri: String,
+    pub tags: Vec<String>,
+    pub permissioned: bool,
+    pub contribution_count: i64,
+    pub accepted_count: i64,
+    pub latest_version: Option<U256>,
+    pub created_block: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    pub id: U256,
+    pub datanet_id: U256,
+    pub contributor: Address,
+    pub content_hash: B256,
+    pub metadata_uri: String,
+    pub status: ContributionStatus,
+    pub block_number: u64,
+    pub tx_hash: B256,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatanetVersion {
+    pub datanet_id: U256,
+    pub version: U256,
+    pub root: B256,
+    pub contribution_count: U256,
+    pub uri: String,
+    pub block_number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub id: U256,
+    pub developer: Address,
+    pub base_model: String,
+    pub base_model_hash: B256,
+    pub datanet_ids: Vec<U256>,
+    pub datanet_versions: Vec<U256>,
+    pub training_config_hash: B256,
+    pub metadata_uri: String,
+    pub registered_block: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub payer: Address,
+    pub model_id: U256,
+    pub request_id: B256,
+    pub amount: U256,
+    pub burned: U256,
+    pub developer_amount: U256,
+    pub treasury_amount: U256,
+    pub pool_amount: U256,
+    pub block_number: u64,
+    pub tx_hash: B256,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardEpoch {
+    pub epoch: U256,
+    pub root: B256,
+    pub total: U256,
+    pub uri: String,
+    /// pending, accepted, revoked or superseded
+    pub status: String,
+    pub proposed_block: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub account: Address,
+    pub epoch: U256,
+    pub cumulative_amount: U256,
+    pub amount: U256,
+    pub block_number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StakePosition {
+    pub agent_id: U256,
+    pub staker: Address,
+    pub staked: U256,
+    pub unbonding: U256,
+}
+
+/// Read access to one deployment's index.
+#[derive(Debug, Clone)]
+pub struct ChainIndex {
+    pool: PgPool,
+    chain_id: i64,
+    registry: String,
+    fee_router: String,
+    distributor: String,
+    staking: String,
+}
+
+impl ChainIndex {
+    pub fn new(pool: PgPool, deployment: &Deployment) -> Result<Self, IndexerError> {
+        let addr = |k| deployment.address(k).map(|a| format!("{a:#x}"));
+        Ok(Self {
+            pool,
+            chain_id: deployment.chain_id as i64,
+            registry: addr(ContractKind::Registry)?,
+            fee_router: addr(ContractKind::FeeRouter)?,
+            distributor: addr(ContractKind::RewardDistributor)?,
+            staking: addr(ContractKind::Staking)?,
+        })
+    }
+
+    /// Every block up to this one is indexed (None before the first range).
+    pub async fn indexed_through(&self) -> Result<Option<u64>, IndexerError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT max(indexed_through) FROM indexer_checkpoints WHERE chain_id = $1",
+        )
+        .bind(self.chain_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    pub async fn datanets(&self, limit: i64, offset: i64) -> Result<Vec<Datanet>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{DATANET_SELECT} ORDER BY datanet_id LIMIT $3 OFFSET $4"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(datanet).collect()
+    }
+
+    pub async fn datanet(&self, id: U256) -> Result<Option<Datanet>, IndexerError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{DATANET_SELECT} AND datanet_id = $3::numeric"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(datanet).transpose()
+    }
+
+    pub async fn contributions_by_datanet(
+        &self,
+        datanet_id: U256,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Contribution>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{CONTRIBUTION_SELECT} AND datanet_id = $3::numeric ORDER BY contribution_id LIMIT $4 OFFSET $5"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(contribution).collect()
+    }
+
+    pub async fn contributions_by_contributor(
+        &self,
+        contributor: Address,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Contribution>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{CONTRIBUTION_SELECT} AND contributor = $3 ORDER BY contribution_id LIMIT $4 OFFSET $5"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(format!("{contributor:#x}"))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(contribution).collect()
+    }
+
+    /// The contribution carrying this content hash, if any (content is matched to the chain by hash).
+    pub async fn contribution_by_content(
+        &self,
+        content_hash: B256,
+    ) -> Result<Vec<Contribution>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{CONTRIBUTION_SELECT} AND content_hash = $3 ORDER BY contribution_id"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(format!("{content_hash:#x}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(contribution).collect()
+    }
+
+    pub async fn versions(&self, datanet_id: U256) -> Result<Vec<DatanetVersion>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT datanet_id::text, version::text, root, contribution_count::text, uri, block_number
+             FROM datanet_versions WHERE chain_id = $1 AND contract_address = $2 AND datanet_id = $3::numeric
+             ORDER BY version",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DatanetVersion {
+                    datanet_id: u256(r, 0)?,
+                    version: u256(r, 1)?,
+                    root: hash(r, 2)?,
+                    contribution_count: u256(r, 3)?,
+                    uri: r.try_get(4)?,
+                    block_number: block(r, 5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn models(&self, limit: i64, offset: i64) -> Result<Vec<Model>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{MODEL_SELECT} ORDER BY model_id LIMIT $3 OFFSET $4"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(model).collect()
+    }
+
+    pub async fn model(&self, id: U256) -> Result<Option<Model>, IndexerError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{MODEL_SELECT} AND model_id = $3::numeric"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(model).transpose()
+    }
+
+    pub async fn payments_by_payer(
+        &self,
+        payer: Address,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Payment>, IndexerError> {
+        self.payments("payer = $3", format!("{payer:#x}"), limit, offset)
+            .await
+    }
+
+    pub async fn payments_by_model(
+        &self,
+        model_id: U256,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Payment>, IndexerError> {
+        self.payments(
+            "model_id = $3::numeric",
+            model_id.to_string(),
+            limit,
+            offset,
+        )
+        .await
+    }
+
+    async fn payments(
+        &self,
+        filter: &str,
+        value: String,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Payment>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT payer, model_id::text, request_id, amount::text, burned::text, developer_amount::text,
+                    treasury_amount::text, pool_amount::text, block_number, tx_hash
+             FROM inference_payments WHERE chain_id = $1 AND contract_address = $2 AND {filter}
+             ORDER BY block_number, log_index LIMIT $4 OFFSET $5"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.fee_router)
+        .bind(value)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Payment {
+                    payer: address(r, 0)?,
+                    model_id: u256(r, 1)?,
+                    request_id: hash(r, 2)?,
+                    amount: u256(r, 3)?,
+                    burned: u256(r, 4)?,
+                    developer_amount: u256(r, 5)?,
+                    treasury_amount: u256(r, 6)?,
+                    pool_amount: u256(r, 7)?,
+                    block_number: block(r, 8)?,
+                    tx_hash: hash(r, 9)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn reward_epochs(&self) -> Result<Vec<RewardEpoch>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT epoch::text, root, total::text, uri, status, proposed_block FROM reward_epochs
+             WHERE chain_id = $1 AND contract_address = $2 ORDER BY epoch",
+        )
+        .bind(self.chain_id)
+        .bind(&self.distributor)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RewardEpoch {
+                    epoch: u256(r, 0)?,
+                    root: hash(r, 1)?,
+                    total: u256(r, 2)?,
+                    uri: r.try_get(3)?,
+                    status: r.try_get(4)?,
+                    proposed_block: block(r, 5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn claims_by_account(&self, account: Address) -> Result<Vec<Claim>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT account, epoch::text, cumulative_amount::text, amount::text, block_number FROM reward_claims
+             WHERE chain_id = $1 AND contract_address = $2 AND account = $3 ORDER BY block_number, log_index",
+        )
+        .bind(self.chain_id)
+        .bind(&self.distributor)
+        .bind(format!("{account:#x}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claim {
+                    account: address(r, 0)?,
+                    epoch: u256(r, 1)?,
+                    cumulative_amount: u256(r, 2)?,
+                    amount: u256(r, 3)?,
+                    block_number: block(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn stake_positions(
+        &self,
+        agent_id: U256,
+    ) -> Result<Vec<StakePosition>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT agent_id::text, staker, staked::text, unbonding::text FROM stake_positions
+             WHERE chain_id = $1 AND contract_address = $2 AND agent_id = $3::numeric ORDER BY staker",
+        )
+        .bind(self.chain_id)
+        .bind(&self.staking)
+        .bind(agent_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StakePosition {
+                    agent_id: u256(r, 0)?,
+                    staker: address(r, 1)?,
+                    staked: u256(r, 2)?,
+                    unbonding: u256(r, 3)?,
+                })
+            })
+            .collect()
+    }
+}
+
+const DATANET_SELECT: &str =
+    "SELECT datanet_id::text, owner, metadata_uri, tags, permissioned, contribution_count,
+        accepted_count, latest_version::text, created_block
+    FROM datanets_current WHERE chain_id = $1 AND contract_address = $2";
+
+const CONTRIBUTION_SELECT: &str =
+    "SELECT contribution_id::text, datanet_id::text, contributor, content_hash,
+        metadata_uri, status, block_number, tx_hash
+    FROM contributions_current WHERE chain_id = $1 AND contract_address = $2";
+
+const MODEL_SELECT: &str =
+    "SELECT model_id::text, developer, base_model, base_model_hash, datanet_ids::text[],
+        datanet_versions::text[], training_config_hash, metadata_uri, registered_block
+    FROM models_current WHERE chain_id = $1 AND contract_address = $2";
+
+fn datanet(r: &PgRow) -> Result<Datanet, IndexerError> {
+    Ok(Datanet {
+        id: u256(r, 0)?,
+        owner: address(r, 1)?,
+        metadata_uri: r.try_get(2)?,
+        tags: r.try_get(3)?,
+        permissioned: r.try_get(4)?,
+        contribution_count: r.try_get(5)?,
+        accepted_count: r.try_get(6)?,
+        latest_version: r
+            .try_get::<Option<String>, _>(7)?
+            .map(|s| parse_u256(&s))
+            .transpose()?,
+        created_block: block(r, 8)?,
+    })
+}
+
+fn contribution(r: &PgRow) -> Result<Contribution, IndexerError> {
+    let status: String = r.try_get(5)?;
+    Ok(Contribution {
+        id: u256(r, 0)?,
+        datanet_id: u256(r, 1)?,
+        contributor: address(r, 2)?,
+        content_hash: hash(r, 3)?,
+        metadata_uri: r.try_get(4)?,
+        status: match status.as_str() {
+            "accepted" => ContributionStatus::Accepted,
+            "rejected" => ContributionStatus::Rejected,
+            _ => ContributionStatus::Pending,
+        },
+        block_number: block(r, 6)?,
+        tx_hash: hash(r, 7)?,
+    })
+}
+
+fn model(r: &PgRow) -> Result<Model, IndexerError> {
+    let ids: Vec<String> = r.try_get(4)?;
+    let versions: Vec<String> = r.try_get(5)?;
+    Ok(Model {
+        id: u256(r, 0)?,
+        developer: address(r, 1)?,
+        base_model: r.try_get(2)?,
+        base_model_hash: hash(r, 3)?,
+        datanet_ids: ids
+            .iter()
+            .map(|s| parse_u256(s))
+            .collect::<Result<_, _>>()?,
+        datanet_versions: versions
+            .iter()
+            .map(|s| parse_u256(s))
+            .collect::<Result<_, _>>()?,
+        training_config_hash: hash(r, 6)?,
+        metadata_uri: r.try_get(7)?,
+        registered_block: block(r, 8)?,
+    })
+}
+
+fn parse_u256(s: &str) -> Result<U256, IndexerError> {
+    s.parse()
+        .map_err(|e| IndexerError::Corrupt(format!("uint256 {s}: {e}")))
+}
+
+fn u256(r: &PgRow, i: usize) -> Result<U256, IndexerError> {
+    parse_u256(&r.try_get::<String, _>(i)?)
+}
+
+fn address(r: &PgRow, i: usize) -> Result<Address, IndexerError> {
+    let s: String = r.try_get(i)?;
+    s.parse()
+        .map_err(|e| IndexerError::Corrupt(format!("address {s}: {e}")))
+}
+
+fn hash(r: &PgRow, i: usize) -> Result<B256, IndexerError> {
+    let s: String = r.try_get(i)?;
+    s.parse()
+        .map_err(|e| IndexerError::Corrupt(format!("hash {s}: {e}")))
+}
+
+fn block(r: &PgRow, i: usize) -> Result<u64, IndexerError> {
+    Ok(r.try_get::<i64, _>(i)? as u64)
+}

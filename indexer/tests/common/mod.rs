@@ -1,0 +1,177 @@
+//! Test harness: a real anvil (OP-stack mode) with the suite deployed by scripts/deploy.sh, funded actors
+//! driving the contracts with alloy, and helpers to index into, and dump, a real Postgres.
+//! Needs `scripts/setup.sh` (anvil, forge, node) and a Postgres in DATABASE_URL (`scripts/test.sh` does both).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use openledger_chain::Deployment;
+use openledger_indexer::{Indexer, IndexerConfig, Mode};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+
+/// anvil's default dev keys (mnemonic "test test ... junk"), accounts #0..#5.
+pub const KEYS: [&str; 6] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9f804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+];
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A private anvil with the suite deployed; killed on drop.
+pub struct TestChain {
+    _node: KillOnDrop,
+    pub url: String,
+    pub deployment: Deployment,
+    _dir: tempfile::TempDir,
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestChain {
+    pub async fn start() -> TestChain {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> TestChain {
+        let root = repo_root();
+        let anvil = root.join(".tools/bin/anvil");
+        assert!(anvil.exists(), "{} missing: run scripts/setup.sh", anvil.display());
+        let port = free_port();
+        let child = Command::new(&anvil)
+            .args(["--port", &port.to_string(), "--chain-id", "7340", "--network", "optimism", "--silent"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("manifest.json");
+        let node = KillOnDrop(child);
+        wait_for_node(&url).await;
+        let out = Command::new("bash")
+            .arg(root.join("scripts/deploy.sh"))
+            .args(["--rpc-url", &url, "--out", manifest.to_str().unwrap()])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        let deployment = Deployment::load(&manifest).unwrap();
+        TestChain { _node: node, url, deployment, _dir: dir }
+    }
+
+    /// A provider sending from anvil account `i`.
+    pub fn actor(&self, i: usize) -> DynProvider {
+        let signer: PrivateKeySigner = KEYS[i].parse().unwrap();
+        ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(self.url.parse().unwrap())
+            .erased()
+    }
+
+    pub fn address_of(i: usize) -> Address {
+        KEYS[i].parse::<PrivateKeySigner>().unwrap().address()
+    }
+
+    /// A provider without a wallet (for anvil_* calls and impersonated sends).
+    pub fn plain(&self) -> DynProvider {
+        ProviderBuilder::new().connect_http(self.url.parse().unwrap()).erased()
+    }
+
+    pub fn config(&self) -> IndexerConfig {
+        let mut cfg = IndexerConfig::new(self.url.clone());
+        cfg.startup_timeout = Duration::from_secs(10);
+        cfg.poll_interval = Duration::from_millis(50);
+        cfg
+    }
+
+    /// Index everything up to the head into `pool`.
+    pub async fn index(&self, pool: &PgPool, cfg: IndexerConfig) -> Indexer {
+        let mut indexer = Indexer::new(cfg, self.deployment.clone(), pool.clone()).await.unwrap();
+        indexer.run(Mode::UntilHead).await.unwrap();
+        indexer
+    }
+
+    pub async fn head(&self) -> u64 {
+        self.plain().get_block_number().await.unwrap()
+    }
+}
+
+async fn wait_for_node(url: &str) {
+    let p = ProviderBuilder::new().connect_http(url.parse().unwrap());
+    for _ in 0..200 {
+        if p.get_chain_id().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("anvil did not start at {url}");
+}
+
+/// A second, empty, migrated database on the same server as `pool` (dropped by the caller's process end).
+pub async fn fresh_database(pool: &PgPool) -> PgPool {
+    let opts: PgConnectOptions = (*pool.connect_options()).clone();
+    let name = format!("ol_fresh_{}", std::process::id()) + &format!("_{}", rand_suffix());
+    let mut admin = opts.clone().database("postgres").connect().await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let pool = PgPool::connect_with(opts.database(&name)).await.unwrap();
+    openledger_db::MIGRATOR.run(&pool).await.unwrap();
+    pool
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+}
+
+/// Every indexed table as sorted JSON rows (bookkeeping timestamps left out), for whole-database comparison.
+pub async fn dump(pool: &PgPool) -> Vec<(String, Vec<String>)> {
+    let tables = [
+        "chain_events", "datanets", "datanet_changes", "contributions", "contribution_reviews", "datanet_versions",
+        "models", "model_transfers", "adapters", "agents", "agent_operator_changes", "stakes", "unbondings",
+        "stake_withdrawals", "slashes", "inference_payments", "reward_roots", "reward_root_outcomes",
+        "reward_claims", "token_transfers", "token_allocations", "parameter_changes", "governance_proposals",
+        "governance_votes", "governance_proposal_outcomes",
+    ];
+    let mut out = Vec::new();
+    for t in tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT to_jsonb(t)::text FROM {t} t ORDER BY 1")).fetch_all(pool).await.unwrap();
+        out.push((t.to_string(), rows));
+    }
+    let through: Vec<String> =
+        sqlx::query_scalar("SELECT chain_id || ':' || indexed_through FROM indexer_checkpoints ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    out.push(("checkpoint".into(), through));
+    out
+}
+
+pub fn ether(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(18))
+}
