@@ -20,14 +20,17 @@ use sqlx::{ConnectOptions, PgPool};
 pub const KEYS: [&str; 6] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9f804cdab365a",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
     "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
 ];
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A private anvil with the suite deployed; killed on drop.
@@ -48,7 +51,11 @@ impl Drop for KillOnDrop {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestChain {
@@ -59,10 +66,22 @@ impl TestChain {
     pub async fn start_with(extra: &[&str]) -> TestChain {
         let root = repo_root();
         let anvil = root.join(".tools/bin/anvil");
-        assert!(anvil.exists(), "{} missing: run scripts/setup.sh", anvil.display());
+        assert!(
+            anvil.exists(),
+            "{} missing: run scripts/setup.sh",
+            anvil.display()
+        );
         let port = free_port();
         let child = Command::new(&anvil)
-            .args(["--port", &port.to_string(), "--chain-id", "7340", "--network", "optimism", "--silent"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                "7340",
+                "--network",
+                "optimism",
+                "--silent",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,9 +98,18 @@ impl TestChain {
             .current_dir(&root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let deployment = Deployment::load(&manifest).unwrap();
-        TestChain { _node: node, url, deployment, _dir: dir }
+        TestChain {
+            _node: node,
+            url,
+            deployment,
+            _dir: dir,
+        }
     }
 
     /// A provider sending from anvil account `i`.
@@ -99,7 +127,9 @@ impl TestChain {
 
     /// A provider without a wallet (for anvil_* calls and impersonated sends).
     pub fn plain(&self) -> DynProvider {
-        ProviderBuilder::new().connect_http(self.url.parse().unwrap()).erased()
+        ProviderBuilder::new()
+            .connect_http(self.url.parse().unwrap())
+            .erased()
     }
 
     pub fn config(&self) -> IndexerConfig {
@@ -111,7 +141,9 @@ impl TestChain {
 
     /// Index everything up to the head into `pool`.
     pub async fn index(&self, pool: &PgPool, cfg: IndexerConfig) -> Indexer {
-        let mut indexer = Indexer::new(cfg, self.deployment.clone(), pool.clone()).await.unwrap();
+        let mut indexer = Indexer::new(cfg, self.deployment.clone(), pool.clone())
+            .await
+            .unwrap();
         indexer.run(Mode::UntilHead).await.unwrap();
         indexer
     }
@@ -137,7 +169,10 @@ pub async fn fresh_database(pool: &PgPool) -> PgPool {
     let opts: PgConnectOptions = (*pool.connect_options()).clone();
     let name = format!("ol_fresh_{}", std::process::id()) + &format!("_{}", rand_suffix());
     let mut admin = opts.clone().database("postgres").connect().await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let pool = PgPool::connect_with(opts.database(&name)).await.unwrap();
     openledger_db::MIGRATOR.run(&pool).await.unwrap();
     pool
@@ -145,29 +180,58 @@ pub async fn fresh_database(pool: &PgPool) -> PgPool {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
 }
 
 /// Every indexed table as sorted JSON rows (bookkeeping timestamps left out), for whole-database comparison.
 pub async fn dump(pool: &PgPool) -> Vec<(String, Vec<String>)> {
     let tables = [
-        "chain_events", "datanets", "datanet_changes", "contributions", "contribution_reviews", "datanet_versions",
-        "models", "model_transfers", "adapters", "agents", "agent_operator_changes", "stakes", "unbondings",
-        "stake_withdrawals", "slashes", "inference_payments", "reward_roots", "reward_root_outcomes",
-        "reward_claims", "token_transfers", "token_allocations", "parameter_changes", "governance_proposals",
-        "governance_votes", "governance_proposal_outcomes",
+        "chain_events",
+        "datanets",
+        "datanet_changes",
+        "contributions",
+        "contribution_reviews",
+        "datanet_versions",
+        "models",
+        "model_transfers",
+        "adapters",
+        "agents",
+        "agent_operator_changes",
+        "stakes",
+        "unbondings",
+        "stake_withdrawals",
+        "slashes",
+        "inference_payments",
+        "reward_roots",
+        "reward_root_outcomes",
+        "reward_claims",
+        "token_transfers",
+        "token_allocations",
+        "parameter_changes",
+        "governance_proposals",
+        "governance_votes",
+        "governance_proposal_outcomes",
     ];
     let mut out = Vec::new();
     for t in tables {
-        let rows: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT to_jsonb(t)::text FROM {t} t ORDER BY 1")).fetch_all(pool).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT to_jsonb(t)::text FROM {t} t ORDER BY 1"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
         out.push((t.to_string(), rows));
     }
-    let through: Vec<String> =
-        sqlx::query_scalar("SELECT chain_id || ':' || indexed_through FROM indexer_checkpoints ORDER BY 1")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    let through: Vec<String> = sqlx::query_scalar(
+        "SELECT chain_id || ':' || indexed_through FROM indexer_checkpoints ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
     out.push(("checkpoint".into(), through));
     out
 }

@@ -1,0 +1,315 @@
+//! Reorgs and interruptions: whatever happens, the database ends up equal to a fresh index of the final
+//! canonical chain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::{U256, keccak256};
+use alloy::providers::Provider;
+use alloy::providers::ext::AnvilApi;
+use alloy::rpc::types::TransactionRequest;
+use alloy::rpc::types::anvil::{ReorgOptions, TransactionData};
+use alloy::sol_types::SolCall;
+use common::{TestChain, dump, ether, fresh_database};
+use openledger_chain::ContractKind;
+use openledger_chain::bindings::{FeeRouter, OpenToken, Registry};
+use openledger_indexer::{Indexer, Mode};
+use sqlx::PgPool;
+
+/// A model to pay for, a funded payer (anvil #2) with a standing allowance; returns the model id.
+async fn setup_payments(chain: &TestChain) -> U256 {
+    let d = &chain.deployment;
+    let addr = |k| d.address(k).unwrap();
+    let token = |i| OpenToken::new(addr(ContractKind::OpenToken), chain.actor(i));
+    let registry = |i| Registry::new(addr(ContractKind::Registry), chain.actor(i));
+    let send = |r: alloy::rpc::types::TransactionReceipt| assert!(r.status());
+    send(
+        token(0)
+            .transfer(TestChain::address_of(2), ether(1_000_000))
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        token(0)
+            .transfer(TestChain::address_of(3), ether(100))
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        token(2)
+            .approve(addr(ContractKind::FeeRouter), U256::MAX)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        token(3)
+            .approve(addr(ContractKind::Registry), U256::MAX)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        registry(3)
+            .createDatanet("ipfs://d".into(), vec![], false, vec![])
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        registry(3)
+            .contribute(U256::from(1), keccak256("x"), "u".into())
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        registry(3)
+            .reviewContributions(U256::from(1), vec![U256::from(1)], true)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    send(
+        registry(3)
+            .publishVersion(U256::from(1), keccak256("v"), 1, "u".into())
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    let spec = Registry::ModelSpec {
+        baseModel: "base".into(),
+        baseModelHash: keccak256("b"),
+        datanetIds: vec![U256::from(1)],
+        datanetVersions: vec![1],
+        trainingConfigHash: keccak256("c"),
+        metadataURI: "u".into(),
+    };
+    send(
+        registry(3)
+            .registerModel(spec)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap(),
+    );
+    U256::from(1)
+}
+
+fn payment(chain: &TestChain, model: U256, tag: &str) -> TransactionRequest {
+    let router = chain.deployment.address(ContractKind::FeeRouter).unwrap();
+    let data = FeeRouter::payInferenceCall {
+        modelId: model,
+        requestId: keccak256(tag),
+        amount: ether(1),
+    }
+    .abi_encode();
+    TransactionRequest::default()
+        .from(TestChain::address_of(2))
+        .to(router)
+        .input(data.into())
+}
+
+async fn pay(chain: &TestChain, model: U256, tag: &str) {
+    let router = FeeRouter::new(
+        chain.deployment.address(ContractKind::FeeRouter).unwrap(),
+        chain.actor(2),
+    );
+    let r = router
+        .payInference(model, keccak256(tag), ether(1))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(r.status());
+}
+
+/// Index the final chain from scratch into a new database and compare every table.
+async fn assert_equals_fresh_index(chain: &TestChain, pool: &PgPool, what: &str) {
+    let fresh = fresh_database(pool).await;
+    chain.index(&fresh, chain.config()).await;
+    let (a, b) = (dump(pool).await, dump(&fresh).await);
+    for ((table, rows_a), (_, rows_b)) in a.iter().zip(b.iter()) {
+        assert_eq!(
+            rows_a.len(),
+            rows_b.len(),
+            "{what}: {table} row count differs from a fresh index"
+        );
+        assert_eq!(rows_a, rows_b, "{what}: {table} differs from a fresh index");
+    }
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn reorgs_of_depth_1_to_20_leave_the_canonical_chain(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let model = setup_payments(&chain).await;
+    for i in 0..30 {
+        pay(&chain, model, &format!("history-{i}")).await;
+    }
+    let mut indexer = Indexer::new(chain.config(), chain.deployment.clone(), pool.clone())
+        .await
+        .unwrap();
+    indexer.run(Mode::UntilHead).await.unwrap();
+    let payments_before: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_payments")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(payments_before, 30);
+
+    for (round, depth) in [1u64, 2, 5, 11, 20].into_iter().enumerate() {
+        // replace the last `depth` blocks with blocks holding other payments
+        let pairs = (0..3)
+            .map(|k| {
+                (
+                    TransactionData::JSON(payment(&chain, model, &format!("reorg-{round}-{k}"))),
+                    k % depth,
+                )
+            })
+            .collect();
+        chain
+            .plain()
+            .anvil_reorg(ReorgOptions {
+                depth,
+                tx_block_pairs: pairs,
+            })
+            .await
+            .unwrap();
+        // and grow the new branch a little
+        pay(&chain, model, &format!("after-{round}")).await;
+        indexer.run(Mode::UntilHead).await.unwrap();
+        assert_eq!(indexer.indexed_through(), chain.head().await);
+        assert_equals_fresh_index(&chain, &pool, &format!("after a reorg of depth {depth}")).await;
+    }
+    assert!(
+        indexer.status().borrow().reorgs >= 5,
+        "every reorg was detected and repaired"
+    );
+
+    // a rollback: the chain gets shorter than what was indexed
+    chain.plain().anvil_rollback(Some(4)).await.unwrap();
+    indexer.run(Mode::UntilHead).await.unwrap();
+    assert_eq!(indexer.indexed_through(), chain.head().await);
+    assert_equals_fresh_index(&chain, &pool, "after a rollback of 4 blocks").await;
+
+    // nothing from orphaned blocks remains: every stored block hash is canonical
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT DISTINCT block_number, block_hash FROM chain_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (n, hash) in stored {
+        let block = chain
+            .plain()
+            .get_block_by_number((n as u64).into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            format!("{:#x}", block.header.hash),
+            hash,
+            "block {n} is canonical"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn killed_mid_backfill_resumes_without_gap_or_duplicate(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let model = setup_payments(&chain).await;
+    for i in 0..40 {
+        pay(&chain, model, &format!("p-{i}")).await;
+    }
+    let mut cfg = chain.config();
+    // tiny ranges: many transactions, many points to be killed at
+    cfg.initial_range = 2;
+    cfg.max_range = 2;
+    let deployment = chain.deployment.clone();
+    for kill_after_ms in [3u64, 10, 25, 40, 60, 90] {
+        let (cfg, deployment, pool) = (cfg.clone(), deployment.clone(), pool.clone());
+        let task = tokio::spawn(async move {
+            let mut indexer = Indexer::new(cfg, deployment, pool).await.unwrap();
+            indexer.run(Mode::UntilHead).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        task.abort(); // drops the indexer wherever it is, mid-transaction included
+        let _ = task.await;
+    }
+    let through: i64 = sqlx::query_scalar("SELECT indexed_through FROM indexer_checkpoints")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        (through as u64) < chain.head().await,
+        "the kills interrupted the backfill (through {through})"
+    );
+    let mut indexer = Indexer::new(cfg, deployment, pool.clone()).await.unwrap();
+    indexer.run(Mode::UntilHead).await.unwrap();
+    assert_equals_fresh_index(&chain, &pool, "after six kills").await;
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_payments")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(payments, 40);
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn follows_the_head_as_blocks_arrive(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let model = setup_payments(&chain).await;
+    let mut cfg = chain.config();
+    cfg.poll_interval = Duration::from_millis(20);
+    let mut indexer = Indexer::new(cfg, chain.deployment.clone(), pool.clone())
+        .await
+        .unwrap();
+    let mut status = indexer.status();
+    let follower = tokio::spawn(async move { indexer.run(Mode::Follow).await });
+    for i in 0..5 {
+        pay(&chain, model, &format!("live-{i}")).await;
+        let head = chain.head().await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| s.indexed_through >= head),
+        )
+        .await
+        .expect("the follower catches up with each new block")
+        .unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_payments")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(seen, i + 1);
+    }
+    follower.abort();
+}
