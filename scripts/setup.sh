@@ -16,6 +16,11 @@ apt_install() {
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 command -v python3 >/dev/null || apt_install python3
 command -v jq >/dev/null || apt_install jq
+command -v psql >/dev/null || apt_install postgresql-client
+# The Postgres server binaries: the daemon starts a private cluster with them when no DATABASE_URL is given.
+[ -x "$(pg_bin_dir)/initdb" ] || apt_install postgresql
+command -v runuser >/dev/null || apt_install util-linux
+command -v cargo >/dev/null || die "no Rust toolchain (cargo): install Rust 1.95+ (rustup) first"
 
 # forge/anvil/cast 1.7.1, solc 0.8.30 (wasm), OpenZeppelin: pinned in package-lock.json.
 stamp="node_modules/.openledger-lock"

@@ -4,6 +4,8 @@
 # Contracts: format, build with lints as errors, committed ABIs match the sources, forge unit/fuzz/invariant
 # tests, gas snapshot unchanged, line coverage >= 95%, slither clean of medium/high findings, then a real deployment to a fresh anvil (OP-stack
 # mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
+# Rust: fmt, clippy -D warnings, and the workspace tests against real anvil nodes and a real Postgres
+# (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -11,6 +13,8 @@ need_toolchain
 
 passed=0
 failed=0
+tests_passed=0
+tests_failed=0
 step() {
   local name="$1"; shift
   printf '\n== %s\n' "$name" >&2
@@ -18,7 +22,8 @@ step() {
 }
 summary() {
   printf '\n' >&2
-  echo "test.sh: $passed passed, $failed failed"
+  echo "test.sh steps: $passed passed, $failed failed" >&2
+  echo "tests: $tests_passed passed, $tests_failed failed"
   [ "$failed" = 0 ]
 }
 
@@ -28,8 +33,11 @@ forge_tests() {
   "$FORGE" test 2>&1 | grep -vE '^\s*[|╭╰+]' >"$out"
   local rc=${PIPESTATUS[0]}
   grep -E '^\[(PASS|FAIL)|^Suite result|^Ran ' "$out" >&2
-  local fails
+  local fails oks
   fails=$(sed -n 's/^Ran .*tests passed, \([0-9]*\) failed.*/\1/p' "$out" | tail -1)
+  oks=$(sed -n 's/^Ran .*: \([0-9]*\) tests passed.*/\1/p' "$out" | tail -1)
+  tests_passed=$((tests_passed + ${oks:-0}))
+  tests_failed=$((tests_failed + ${fails:-0}))
   [ "$rc" = 0 ] && [ "${fails:-1}" = 0 ] || { cat "$out" >&2; return 1; }
 }
 
@@ -53,7 +61,11 @@ deploy_and_walkthrough() {
   scripts/deploy.sh --rpc-url "$url" --out "$dir/$chain.json" >/dev/null || return 1
   jq -e '.chainId == 7339 and (.contracts | length) == 7 and .startBlock >= 1' "$dir/$chain.json" >/dev/null \
     || { log "bad manifest: $(cat "$dir/$chain.json")"; return 1; }
-  scripts/demo.sh --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null || status=1
+  if scripts/demo.sh --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null; then
+    tests_passed=$((tests_passed + 1))
+  else
+    tests_failed=$((tests_failed + 1)); status=1
+  fi
   # deploying again must notice the suite and send nothing
   local before after
   before="$("$CAST" block-number --rpc-url "$url")"
@@ -71,5 +83,21 @@ step "contracts: unit, fuzz and invariant tests" forge_tests
 step "contracts: gas matches .gas-snapshot (after an intended change: forge snapshot)" snapshot_check
 step "contracts: line coverage >= 95%" scripts/coverage.sh 95
 step "contracts: slither, no medium or high finding" scripts/slither.sh
+
+cargo_tests() {
+  local out rc
+  out="$(mktemp)"
+  cargo test --workspace --locked 2>&1 | tee "$out" | grep -E '^test |^test result|panicked|^error' >&2
+  rc=${PIPESTATUS[0]}
+  tests_passed=$((tests_passed + $(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: FAILED\. \([0-9]*\) passed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
+  tests_failed=$((tests_failed + $(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
+  [ "$rc" = 0 ] || { tail -60 "$out" >&2; return 1; }
+}
+
+ensure_test_postgres
+trap stop_test_postgres EXIT
+step "rust: cargo fmt --check" cargo fmt --all -- --check
+step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
 summary
