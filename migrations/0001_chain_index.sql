@@ -1,15 +1,20 @@
 -- The chain index: every event of the OpenLedger contracts, exactly as the canonical chain holds them.
 --
 -- `chain_events` holds each decoded event once (its arguments as JSON, named as in the ABI). The typed
--- tables below are filled from it by a statement-level trigger in the same transaction, and reference it
--- with ON DELETE CASCADE: undoing a reorg is one DELETE on chain_events. Current state (a contribution's
--- acceptance, a Datanet's owner, a stake position, ...) is derived by the *_current views, so there is no
--- mutable state to roll back.
+-- tables below are filled from it by a statement-level trigger in the same transaction; every row carries
+-- its event's key and block, and `rollback_chain_index` removes everything above a block (a reorg) from all
+-- of them at once. (No foreign keys to chain_events: their per-row checks cost a third of the insert time.)
+-- Current state (a contribution's acceptance, a Datanet's owner, a stake position, ...) is derived by the
+-- *_current views, so there is no mutable state to roll back.
 --
--- Fixed forms: addresses and hashes are lowercase 0x-hex text; every uint256 is NUMERIC(78,0).
+-- Fixed forms: addresses and hashes are lowercase 0x-hex text with byte-wise ("C") collation, so indexes on
+-- them compare bytes, not locale rules; every uint256 is NUMERIC(78,0). The domains
+-- below check them where they enter (chain_events). The typed tables take their values from chain_events'
+-- arguments, written in those forms by the indexer's decoder, so they use the plain types: checking every
+-- column again cost half of the write time.
 
-CREATE DOMAIN eth_address AS TEXT CHECK (VALUE ~ '^0x[0-9a-f]{40}$');
-CREATE DOMAIN eth_hash AS TEXT CHECK (VALUE ~ '^0x[0-9a-f]{64}$');
+CREATE DOMAIN eth_address AS TEXT COLLATE "C" CHECK (VALUE ~ '^0x[0-9a-f]{40}$');
+CREATE DOMAIN eth_hash AS TEXT COLLATE "C" CHECK (VALUE ~ '^0x[0-9a-f]{64}$');
 CREATE DOMAIN uint256 AS NUMERIC(78, 0)
     CHECK (VALUE >= 0 AND VALUE <= 115792089237316195423570985008687907853269984665640564039457584007913129639935);
 
@@ -49,55 +54,52 @@ CREATE TABLE chain_events (
     args         JSONB NOT NULL,
     PRIMARY KEY (chain_id, tx_hash, log_index)
 );
-CREATE INDEX chain_events_block ON chain_events (chain_id, block_number);
-CREATE INDEX chain_events_kind ON chain_events (chain_id, contract, event, block_number);
+-- Lean on purpose: every index here is paid on each of the (many) inserts. Queries by kind go to the typed
+-- tables; rollbacks and block lookups use the BRIN index.
+CREATE INDEX chain_events_block ON chain_events USING brin (block_number);
 
--- Columns every typed table starts with; (chain_id, tx_hash, log_index) is the event's key.
--- (Written out per table: Postgres has no table templates that keep the foreign key.)
+-- Every typed table starts with the same columns: (chain_id, tx_hash, log_index) is the event's key.
 
 -- ---------------------------------------------------------------- Registry
 
 CREATE TABLE datanets (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    datanet_id    uint256 NOT NULL,
-    owner         eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    datanet_id    NUMERIC(78, 0) NOT NULL,
+    owner         TEXT COLLATE "C" NOT NULL,
     metadata_uri  TEXT NOT NULL,
     tags          TEXT[] NOT NULL,
     permissioned  BOOLEAN NOT NULL,
     curators      TEXT[] NOT NULL,
-    fee_paid      uint256 NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    fee_paid      NUMERIC(78, 0) NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX datanets_id ON datanets (chain_id, contract_address, datanet_id);
 CREATE INDEX datanets_owner ON datanets (owner);
 
 -- Metadata updates, ownership transfers, curator and contributor-allowlist changes.
 CREATE TABLE datanet_changes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    datanet_id   uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    datanet_id   NUMERIC(78, 0) NOT NULL,
     kind         TEXT NOT NULL CHECK (kind IN ('metadata', 'owner', 'curator', 'contributor_allowed')),
-    account      eth_address,   -- new owner, curator or contributor
+    account      TEXT COLLATE "C",   -- new owner, curator or contributor
     enabled      BOOLEAN,       -- curator / contributor_allowed
     metadata_uri TEXT,          -- metadata
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX datanet_changes_id ON datanet_changes (chain_id, contract_address, datanet_id, block_number);
 
 CREATE TABLE contributions (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    contribution_id uint256 NOT NULL,
-    datanet_id      uint256 NOT NULL,
-    contributor     eth_address NOT NULL,
-    content_hash    eth_hash NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    contribution_id NUMERIC(78, 0) NOT NULL,
+    datanet_id      NUMERIC(78, 0) NOT NULL,
+    contributor     TEXT COLLATE "C" NOT NULL,
+    content_hash    TEXT COLLATE "C" NOT NULL,
     metadata_uri    TEXT NOT NULL,
-    submitter       eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    submitter       TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX contributions_id ON contributions (chain_id, contract_address, contribution_id);
 CREATE INDEX contributions_datanet ON contributions (chain_id, contract_address, datanet_id, contribution_id);
@@ -105,167 +107,155 @@ CREATE INDEX contributions_contributor ON contributions (contributor);
 CREATE INDEX contributions_content ON contributions (content_hash);
 
 CREATE TABLE contribution_reviews (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    contribution_id uint256 NOT NULL,
-    datanet_id      uint256 NOT NULL,
-    curator         eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    contribution_id NUMERIC(78, 0) NOT NULL,
+    datanet_id      NUMERIC(78, 0) NOT NULL,
+    curator         TEXT COLLATE "C" NOT NULL,
     accepted        BOOLEAN NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 -- a contribution is reviewed at most once on-chain
 CREATE UNIQUE INDEX contribution_reviews_id ON contribution_reviews (chain_id, contract_address, contribution_id);
 
 CREATE TABLE datanet_versions (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    datanet_id         uint256 NOT NULL,
-    version            uint256 NOT NULL,
-    root               eth_hash NOT NULL,
-    contribution_count uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    datanet_id         NUMERIC(78, 0) NOT NULL,
+    version            NUMERIC(78, 0) NOT NULL,
+    root               TEXT COLLATE "C" NOT NULL,
+    contribution_count NUMERIC(78, 0) NOT NULL,
     uri                TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX datanet_versions_id ON datanet_versions (chain_id, contract_address, datanet_id, version);
 
 CREATE TABLE models (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    model_id             uint256 NOT NULL,
-    developer            eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    model_id             NUMERIC(78, 0) NOT NULL,
+    developer            TEXT COLLATE "C" NOT NULL,
     base_model           TEXT NOT NULL,
-    base_model_hash      eth_hash NOT NULL,
+    base_model_hash      TEXT COLLATE "C" NOT NULL,
     datanet_ids          NUMERIC(78, 0)[] NOT NULL,
     datanet_versions     NUMERIC(78, 0)[] NOT NULL,
     datanet_roots        TEXT[] NOT NULL,
-    training_config_hash eth_hash NOT NULL,
+    training_config_hash TEXT COLLATE "C" NOT NULL,
     metadata_uri         TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX models_id ON models (chain_id, contract_address, model_id);
 CREATE INDEX models_developer ON models (developer);
 
 CREATE TABLE model_transfers (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    model_id           uint256 NOT NULL,
-    previous_developer eth_address NOT NULL,
-    new_developer      eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    model_id           NUMERIC(78, 0) NOT NULL,
+    previous_developer TEXT COLLATE "C" NOT NULL,
+    new_developer      TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX model_transfers_id ON model_transfers (chain_id, contract_address, model_id, block_number);
 
 CREATE TABLE adapters (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    adapter_id   uint256 NOT NULL,
-    model_id     uint256 NOT NULL,
-    version      uint256 NOT NULL,
-    content_hash eth_hash NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    adapter_id   NUMERIC(78, 0) NOT NULL,
+    model_id     NUMERIC(78, 0) NOT NULL,
+    version      NUMERIC(78, 0) NOT NULL,
+    content_hash TEXT COLLATE "C" NOT NULL,
     uri          TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX adapters_id ON adapters (chain_id, contract_address, adapter_id);
 CREATE INDEX adapters_model ON adapters (chain_id, contract_address, model_id, version);
 
 CREATE TABLE agents (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id     uint256 NOT NULL,
-    model_id     uint256 NOT NULL,
-    owner        eth_address NOT NULL,
-    operator     eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id     NUMERIC(78, 0) NOT NULL,
+    model_id     NUMERIC(78, 0) NOT NULL,
+    owner        TEXT COLLATE "C" NOT NULL,
+    operator     TEXT COLLATE "C" NOT NULL,
     metadata_uri TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX agents_id ON agents (chain_id, contract_address, agent_id);
 
 CREATE TABLE agent_operator_changes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id          uint256 NOT NULL,
-    previous_operator eth_address NOT NULL,
-    new_operator      eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id          NUMERIC(78, 0) NOT NULL,
+    previous_operator TEXT COLLATE "C" NOT NULL,
+    new_operator      TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX agent_operator_changes_id ON agent_operator_changes (chain_id, contract_address, agent_id, block_number);
 
 -- ---------------------------------------------------------------- Staking
 
 CREATE TABLE stakes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id   uint256 NOT NULL,
-    staker     eth_address NOT NULL,
-    amount     uint256 NOT NULL,
-    new_staked uint256 NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id   NUMERIC(78, 0) NOT NULL,
+    staker     TEXT COLLATE "C" NOT NULL,
+    amount     NUMERIC(78, 0) NOT NULL,
+    new_staked NUMERIC(78, 0) NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX stakes_position ON stakes (chain_id, contract_address, agent_id, staker);
 
 CREATE TABLE unbondings (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id      uint256 NOT NULL,
-    staker        eth_address NOT NULL,
-    amount        uint256 NOT NULL,
-    new_unbonding uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id      NUMERIC(78, 0) NOT NULL,
+    staker        TEXT COLLATE "C" NOT NULL,
+    amount        NUMERIC(78, 0) NOT NULL,
+    new_unbonding NUMERIC(78, 0) NOT NULL,
     release_at    TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX unbondings_position ON unbondings (chain_id, contract_address, agent_id, staker);
 
 CREATE TABLE stake_withdrawals (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id uint256 NOT NULL,
-    staker   eth_address NOT NULL,
-    amount   uint256 NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id NUMERIC(78, 0) NOT NULL,
+    staker   TEXT COLLATE "C" NOT NULL,
+    amount   NUMERIC(78, 0) NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX stake_withdrawals_position ON stake_withdrawals (chain_id, contract_address, agent_id, staker);
 
 CREATE TABLE slashes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    agent_id       uint256 NOT NULL,
-    staker         eth_address NOT NULL,
-    incident_id    eth_hash NOT NULL,
-    from_staked    uint256 NOT NULL,
-    from_unbonding uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    agent_id       NUMERIC(78, 0) NOT NULL,
+    staker         TEXT COLLATE "C" NOT NULL,
+    incident_id    TEXT COLLATE "C" NOT NULL,
+    from_staked    NUMERIC(78, 0) NOT NULL,
+    from_unbonding NUMERIC(78, 0) NOT NULL,
     burned         BOOLEAN NOT NULL,
-    slasher        eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    slasher        TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX slashes_position ON slashes (chain_id, contract_address, agent_id, staker);
 
 -- ---------------------------------------------------------------- FeeRouter
 
 CREATE TABLE inference_payments (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    payer            eth_address NOT NULL,
-    model_id         uint256 NOT NULL,
-    request_id       eth_hash NOT NULL,
-    amount           uint256 NOT NULL,
-    developer        eth_address NOT NULL,
-    burned           uint256 NOT NULL,
-    developer_amount uint256 NOT NULL,
-    treasury_amount  uint256 NOT NULL,
-    pool_amount      uint256 NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    payer            TEXT COLLATE "C" NOT NULL,
+    model_id         NUMERIC(78, 0) NOT NULL,
+    request_id       TEXT COLLATE "C" NOT NULL,
+    amount           NUMERIC(78, 0) NOT NULL,
+    developer        TEXT COLLATE "C" NOT NULL,
+    burned           NUMERIC(78, 0) NOT NULL,
+    developer_amount NUMERIC(78, 0) NOT NULL,
+    treasury_amount  NUMERIC(78, 0) NOT NULL,
+    pool_amount      NUMERIC(78, 0) NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX inference_payments_request ON inference_payments (chain_id, contract_address, payer, request_id);
 CREATE INDEX inference_payments_model ON inference_payments (chain_id, contract_address, model_id, block_number);
@@ -273,68 +263,63 @@ CREATE INDEX inference_payments_model ON inference_payments (chain_id, contract_
 -- ---------------------------------------------------------------- RewardDistributor
 
 CREATE TABLE reward_roots (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    epoch    uint256 NOT NULL,
-    root     eth_hash NOT NULL,
-    total    uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    epoch    NUMERIC(78, 0) NOT NULL,
+    root     TEXT COLLATE "C" NOT NULL,
+    total    NUMERIC(78, 0) NOT NULL,
     valid_at TIMESTAMPTZ NOT NULL,
     uri      TEXT NOT NULL,
-    settler  eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    settler  TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX reward_roots_epoch ON reward_roots (chain_id, contract_address, epoch);
 
 -- What became of a proposed root: accepted, revoked, or superseded by a later epoch.
 CREATE TABLE reward_root_outcomes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    epoch    uint256 NOT NULL,
-    root     eth_hash NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    epoch    NUMERIC(78, 0) NOT NULL,
+    root     TEXT COLLATE "C" NOT NULL,
     outcome  TEXT NOT NULL CHECK (outcome IN ('accepted', 'revoked', 'superseded')),
-    by_epoch uint256,      -- superseded
-    actor    eth_address,  -- revoked
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    by_epoch NUMERIC(78, 0),      -- superseded
+    actor    TEXT COLLATE "C",  -- revoked
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX reward_root_outcomes_epoch ON reward_root_outcomes (chain_id, contract_address, epoch);
 
 CREATE TABLE reward_claims (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    account           eth_address NOT NULL,
-    epoch             uint256 NOT NULL,
-    cumulative_amount uint256 NOT NULL,
-    amount            uint256 NOT NULL,
-    caller            eth_address NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    account           TEXT COLLATE "C" NOT NULL,
+    epoch             NUMERIC(78, 0) NOT NULL,
+    cumulative_amount NUMERIC(78, 0) NOT NULL,
+    amount            NUMERIC(78, 0) NOT NULL,
+    caller            TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX reward_claims_account ON reward_claims (account, block_number);
 
 -- ---------------------------------------------------------------- OpenToken
 
 CREATE TABLE token_transfers (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    from_address eth_address NOT NULL,
-    to_address   eth_address NOT NULL,
-    value        uint256 NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    from_address TEXT COLLATE "C" NOT NULL,
+    to_address   TEXT COLLATE "C" NOT NULL,
+    value        NUMERIC(78, 0) NOT NULL,
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX token_transfers_from ON token_transfers (from_address, block_number);
 CREATE INDEX token_transfers_to ON token_transfers (to_address, block_number);
 
 CREATE TABLE token_allocations (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    recipient eth_address NOT NULL,
-    amount    uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    recipient TEXT COLLATE "C" NOT NULL,
+    amount    NUMERIC(78, 0) NOT NULL,
     label     TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 
 -- ---------------------------------------------------------------- governance
@@ -343,52 +328,48 @@ CREATE TABLE token_allocations (
 -- governor settings, timelock delay) and every role grant or revocation: `params` holds the event's
 -- arguments by name.
 CREATE TABLE parameter_changes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
     contract  TEXT NOT NULL,
     parameter TEXT NOT NULL,
     params    JSONB NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX parameter_changes_kind ON parameter_changes (contract, parameter, block_number);
 
 CREATE TABLE governance_proposals (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    proposal_id uint256 NOT NULL,
-    proposer    eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    proposal_id NUMERIC(78, 0) NOT NULL,
+    proposer    TEXT COLLATE "C" NOT NULL,
     targets     TEXT[] NOT NULL,
-    vote_start  uint256 NOT NULL,
-    vote_end    uint256 NOT NULL,
+    vote_start  NUMERIC(78, 0) NOT NULL,
+    vote_end    NUMERIC(78, 0) NOT NULL,
     description TEXT NOT NULL,
     calls       JSONB NOT NULL, -- values, signatures, calldatas
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE UNIQUE INDEX governance_proposals_id ON governance_proposals (chain_id, contract_address, proposal_id);
 
 CREATE TABLE governance_votes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    proposal_id uint256 NOT NULL,
-    voter       eth_address NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    proposal_id NUMERIC(78, 0) NOT NULL,
+    voter       TEXT COLLATE "C" NOT NULL,
     support     SMALLINT NOT NULL,
-    weight      uint256 NOT NULL,
+    weight      NUMERIC(78, 0) NOT NULL,
     reason      TEXT NOT NULL,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX governance_votes_proposal ON governance_votes (chain_id, contract_address, proposal_id);
 
 CREATE TABLE governance_proposal_outcomes (
-    chain_id BIGINT NOT NULL, tx_hash eth_hash NOT NULL, log_index BIGINT NOT NULL,
-    block_number BIGINT NOT NULL, block_hash eth_hash NOT NULL, contract_address eth_address NOT NULL,
-    proposal_id uint256 NOT NULL,
+    chain_id BIGINT NOT NULL, tx_hash TEXT NOT NULL, log_index BIGINT NOT NULL,
+    block_number BIGINT NOT NULL, block_hash TEXT NOT NULL, contract_address TEXT NOT NULL,
+    proposal_id NUMERIC(78, 0) NOT NULL,
     outcome     TEXT NOT NULL CHECK (outcome IN ('queued', 'executed', 'canceled')),
-    eta         uint256,
-    PRIMARY KEY (chain_id, tx_hash, log_index),
-    FOREIGN KEY (chain_id, tx_hash, log_index) REFERENCES chain_events ON DELETE CASCADE
+    eta         NUMERIC(78, 0),
+    PRIMARY KEY (chain_id, tx_hash, log_index)
 );
 CREATE INDEX governance_proposal_outcomes_id ON governance_proposal_outcomes (chain_id, contract_address, proposal_id);
 
@@ -563,6 +544,51 @@ END $$;
 
 CREATE TRIGGER route_chain_events AFTER INSERT ON chain_events
     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION route_chain_events();
+
+-- ---------------------------------------------------------------- reorgs
+
+-- BRIN indexes: nearly free to maintain on append-mostly block numbers, and they keep rollbacks cheap.
+CREATE INDEX datanets_block ON datanets USING brin (block_number);
+CREATE INDEX datanet_changes_block ON datanet_changes USING brin (block_number);
+CREATE INDEX contributions_block ON contributions USING brin (block_number);
+CREATE INDEX contribution_reviews_block ON contribution_reviews USING brin (block_number);
+CREATE INDEX datanet_versions_block ON datanet_versions USING brin (block_number);
+CREATE INDEX models_block ON models USING brin (block_number);
+CREATE INDEX model_transfers_block ON model_transfers USING brin (block_number);
+CREATE INDEX adapters_block ON adapters USING brin (block_number);
+CREATE INDEX agents_block ON agents USING brin (block_number);
+CREATE INDEX agent_operator_changes_block ON agent_operator_changes USING brin (block_number);
+CREATE INDEX stakes_block ON stakes USING brin (block_number);
+CREATE INDEX unbondings_block ON unbondings USING brin (block_number);
+CREATE INDEX stake_withdrawals_block ON stake_withdrawals USING brin (block_number);
+CREATE INDEX slashes_block ON slashes USING brin (block_number);
+CREATE INDEX inference_payments_block ON inference_payments USING brin (block_number);
+CREATE INDEX reward_roots_block ON reward_roots USING brin (block_number);
+CREATE INDEX reward_root_outcomes_block ON reward_root_outcomes USING brin (block_number);
+CREATE INDEX reward_claims_block ON reward_claims USING brin (block_number);
+CREATE INDEX token_transfers_block ON token_transfers USING brin (block_number);
+CREATE INDEX token_allocations_block ON token_allocations USING brin (block_number);
+CREATE INDEX parameter_changes_block ON parameter_changes USING brin (block_number);
+CREATE INDEX governance_proposals_block ON governance_proposals USING brin (block_number);
+CREATE INDEX governance_votes_block ON governance_votes USING brin (block_number);
+CREATE INDEX governance_proposal_outcomes_block ON governance_proposal_outcomes USING brin (block_number);
+
+-- Remove every row of the given contracts above `above` (the common ancestor of a reorg).
+CREATE FUNCTION rollback_chain_index(p_chain BIGINT, p_above BIGINT, p_addresses TEXT[]) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    t TEXT;
+    deleted BIGINT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['datanets', 'datanet_changes', 'contributions', 'contribution_reviews', 'datanet_versions', 'models', 'model_transfers', 'adapters', 'agents', 'agent_operator_changes', 'stakes', 'unbondings', 'stake_withdrawals', 'slashes', 'inference_payments', 'reward_roots', 'reward_root_outcomes', 'reward_claims', 'token_transfers', 'token_allocations', 'parameter_changes', 'governance_proposals', 'governance_votes', 'governance_proposal_outcomes']
+    LOOP
+        EXECUTE format('DELETE FROM %I WHERE chain_id = $1 AND block_number > $2 AND contract_address = ANY($3)', t)
+            USING p_chain, p_above, p_addresses;
+    END LOOP;
+    DELETE FROM chain_events WHERE chain_id = p_chain AND block_number > p_above AND address = ANY(p_addresses);
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END $$;
 
 -- ---------------------------------------------------------------- current state
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start the local OpenLedger stack and keep it running until Ctrl-C.
-# For now: an OP-stack-mode anvil devnet with the contract suite deployed (later: indexer, daemon).
+# Start the local OpenLedger stack and keep it running until Ctrl-C: an OP-stack-mode anvil devnet with the
+# contract suite deployed, and `openledger index` following it into Postgres (DATABASE_URL if set, else a
+# private cluster under .dev/openledger).
 #
 #   scripts/dev.sh [--port N] [--chain-id N] [--block-time S] [--fresh]
 #
@@ -43,18 +44,40 @@ args=(--port "$PORT" --chain-id "$CHAIN_ID" --network optimism --state "$STATE" 
 log "starting anvil on $URL (chain $CHAIN_ID, state $STATE)"
 "$ANVIL" "${args[@]}" &
 ANVIL_PID=$!
-cleanup() { log "stopping anvil (state saved to $STATE)"; kill "$ANVIL_PID" 2>/dev/null || true; wait "$ANVIL_PID" 2>/dev/null || true; }
+INDEX_PID=""
+cleanup() {
+  if [ -n "$INDEX_PID" ]; then kill "$INDEX_PID" 2>/dev/null || true; wait "$INDEX_PID" 2>/dev/null || true; fi
+  log "stopping anvil (state saved to $STATE)"
+  kill "$ANVIL_PID" 2>/dev/null || true
+  wait "$ANVIL_PID" 2>/dev/null || true
+}
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 wait_rpc "$URL" || die "anvil did not start (port $PORT taken?)"
 
 MANIFEST="$(scripts/deploy.sh --rpc-url "$URL")"
 
+log "building openledger"
+cargo build --locked -q -p openledger-daemon || die "cargo build failed"
+DATA_DIR="$ROOT/.dev/openledger"
+"$OPENLEDGER_BIN" --data-dir "$DATA_DIR" index --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
+  2> >(sed 's/^/[indexer] /' >&2) &
+INDEX_PID=$!
+if [ -n "${DATABASE_URL:-}" ]; then
+  PSQL="psql $DATABASE_URL"
+else
+  pidfile="$DATA_DIR/postgres/pgdata/postmaster.pid"
+  for _ in $(seq 300); do [ -f "$pidfile" ] && break; sleep 0.1; done
+  PSQL="psql postgres://openledger@127.0.0.1:$(sed -n 4p "$pidfile" 2>/dev/null)/openledger"
+fi
+
 cat >&2 <<MSG
 
 OpenLedger local stack is up.
   JSON-RPC     $URL   (chain id $CHAIN_ID, OP-stack transaction types)
   contracts    $MANIFEST
+  indexer      openledger index (following by newHeads subscription)
+  database     $PSQL
   deployer     anvil dev account #0 (holds the dev genesis allocation)
   daemon       anvil dev account #1 (settler)
   walkthrough  scripts/demo.sh --rpc-url $URL

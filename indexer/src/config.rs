@@ -16,7 +16,7 @@ pub struct IndexerConfig {
     /// remembered. A reorg deeper than this stops the indexer with an error. Default 128.
     pub reorg_window: u64,
     /// First eth_getLogs range, in blocks. It doubles while responses stay small and fast, and halves
-    /// while the node refuses it. Default 2,000.
+    /// while the node refuses it. Default 100.
     pub initial_range: u64,
     /// Largest range ever asked for. Default 100,000.
     pub max_range: u64,
@@ -37,7 +37,7 @@ impl IndexerConfig {
             confirmations: 0,
             poll_interval: Duration::from_millis(250),
             reorg_window: 128,
-            initial_range: 2_000,
+            initial_range: 100,
             max_range: 100_000,
             min_range: 1,
             target_logs_per_range: 20_000,

@@ -2,6 +2,7 @@
 //! reorgs; survive node and database outages.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
@@ -58,8 +59,10 @@ pub struct Indexer {
     cfg: IndexerConfig,
     deployment: Deployment,
     source: ChainSource,
-    decoder: EventDecoder,
+    fetcher: Fetcher,
     store: Store,
+    /// The next range, being read while the current one is written (backfill).
+    prefetch: Option<(u64, tokio::task::JoinHandle<Result<Fetched, IndexerError>>)>,
     through: u64,
     /// Remembered (number -> hash) inside the reorg window; mirrors indexer_blocks.
     recent: BTreeMap<u64, B256>,
@@ -110,7 +113,7 @@ impl Indexer {
                 });
             }
         }
-        let decoder = EventDecoder::new(&deployment)?;
+        let decoder = Arc::new(EventDecoder::new(&deployment)?);
         let addresses = decoder
             .addresses()
             .iter()
@@ -127,12 +130,19 @@ impl Indexer {
             ..Default::default()
         });
         let range = cfg.initial_range;
+        let fetcher = Fetcher {
+            source: source.clone(),
+            decoder,
+            reorg_window: cfg.reorg_window,
+            min_range: cfg.min_range,
+        };
         Ok(Self {
             cfg,
             deployment,
             source,
-            decoder,
+            fetcher,
             store,
+            prefetch: None,
             through,
             recent,
             range,
@@ -217,15 +227,23 @@ impl Indexer {
         let target = head.saturating_sub(self.cfg.confirmations);
 
         if let Some(ancestor) = self.find_fork(head).await? {
+            self.cancel_prefetch();
             let to = target.min(ancestor + self.range).max(ancestor);
-            let (events, blocks) = if to > ancestor {
-                self.fetch(ancestor + 1, to, head).await?
+            let fetched = if to > ancestor {
+                Some(
+                    self.fetcher
+                        .fetch(ancestor + 1, to, head, self.recent.get(&ancestor).copied())
+                        .await?,
+                )
             } else {
-                (vec![], vec![])
+                None
             };
-            let to = blocks.last().map(|b| b.0).unwrap_or(to);
+            let (events, blocks, to) = match &fetched {
+                Some(f) => (&f.events[..], &f.blocks[..], f.to),
+                None => (&[][..], &[][..], ancestor),
+            };
             let n = events.len();
-            self.commit(Some(ancestor), &events, &blocks, to, head)
+            self.commit(Some(ancestor), events, blocks, to, head)
                 .await?;
             self.status.send_modify(|s| s.reorgs += 1);
             tracing::warn!(ancestor, through = to, events = n, "reorg repaired");
@@ -236,20 +254,84 @@ impl Indexer {
             });
         }
         if self.through >= target {
+            self.cancel_prefetch();
             return Ok(Step::Idle { head });
         }
         let from = self.through + 1;
-        let to = target.min(self.through + self.range);
-        let (events, blocks) = self.fetch(from, to, head).await?;
-        let to = blocks.last().map(|b| b.0).unwrap_or(to);
-        let n = events.len();
-        self.commit(None, &events, &blocks, to, head).await?;
-        tracing::debug!(from, to, events = n, range = self.range, "indexed range");
+        let fetched = match self.prefetch.take() {
+            Some((start, handle)) if start == from => match handle.await {
+                Ok(r) => r?,
+                Err(e) => {
+                    return Err(IndexerError::ChainMoved(format!(
+                        "prefetch task failed: {e}"
+                    )));
+                }
+            },
+            other => {
+                if let Some((_, h)) = other {
+                    h.abort();
+                }
+                let to = target.min(self.through + self.range);
+                self.fetcher
+                    .fetch(from, to, head, self.recent.get(&self.through).copied())
+                    .await?
+            }
+        };
+        self.adapt(&fetched);
+        // Read the next range while this one is written.
+        if fetched.to < target {
+            let (next_from, next_to) = (fetched.to + 1, target.min(fetched.to + self.range));
+            let prev = fetched.blocks.last().map(|b| b.1);
+            let fetcher = self.fetcher.clone();
+            let handle =
+                tokio::spawn(async move { fetcher.fetch(next_from, next_to, head, prev).await });
+            self.prefetch = Some((next_from, handle));
+        }
+        let t0 = Instant::now();
+        let n = fetched.events.len();
+        self.commit(None, &fetched.events, &fetched.blocks, fetched.to, head)
+            .await?;
+        tracing::debug!(
+            from,
+            to = fetched.to,
+            events = n,
+            range = self.range,
+            fetch_ms = fetched.elapsed.as_millis() as u64,
+            write_ms = t0.elapsed().as_millis() as u64,
+            "indexed range"
+        );
         Ok(Step::Indexed {
-            through: to,
+            through: fetched.to,
             events: n,
             reorg: false,
         })
+    }
+
+    fn cancel_prefetch(&mut self) {
+        if let Some((_, h)) = self.prefetch.take() {
+            h.abort();
+        }
+    }
+
+    /// Size the next range: shrink after a refusal, aim at `target_logs_per_range` logs, grow while small.
+    fn adapt(&mut self, f: &Fetched) {
+        for (address, topic0, block, why) in &f.skipped {
+            if self.warned_topics.insert(*topic0) {
+                tracing::warn!(%address, ?topic0, ?block, why, "skipping a log");
+            }
+        }
+        let span = f.to - f.from + 1;
+        let target = self.cfg.target_logs_per_range as u64;
+        self.range = if let Some(shrunk) = f.shrunk_to {
+            shrunk
+        } else if f.logs as u64 > target {
+            (span * target / f.logs as u64).max(1)
+        } else if (f.logs as u64) < target / 2 && f.elapsed < self.cfg.rpc_timeout / 4 {
+            (self.range * 2).min(self.cfg.max_range)
+        } else {
+            self.range
+        }
+        .clamp(self.cfg.min_range, self.cfg.max_range);
     }
 
     async fn commit(
@@ -315,24 +397,61 @@ impl Indexer {
             window: self.cfg.reorg_window,
         })
     }
+}
 
-    /// Logs and block hashes of `[from, to]`, shrinking `to` while the node refuses the range. Returns the
-    /// decoded events and the (number, hash) of blocks to remember, the last being the range's end.
+/// What one eth_getLogs range produced.
+#[derive(Debug)]
+struct Fetched {
+    from: u64,
+    /// The range actually covered (the node may have made us shrink it).
+    to: u64,
+    events: Vec<DecodedEvent>,
+    /// (number, hash) of the blocks to remember, the last being `to`.
+    blocks: Vec<(u64, B256)>,
+    logs: usize,
+    elapsed: Duration,
+    /// Set when the node refused a larger range.
+    shrunk_to: Option<u64>,
+    skipped: Vec<(
+        alloy::primitives::Address,
+        Option<B256>,
+        Option<u64>,
+        String,
+    )>,
+}
+
+/// Reads ranges; cheap to clone, so the next range can be read while the current one is written.
+#[derive(Debug, Clone)]
+struct Fetcher {
+    source: ChainSource,
+    decoder: Arc<EventDecoder>,
+    reorg_window: u64,
+    min_range: u64,
+}
+
+impl Fetcher {
+    /// Logs and block hashes of `[from, to]`, shrinking `to` while the node refuses the range. `prev` is the
+    /// indexed hash of block `from - 1`, if known: the range must build on it.
     async fn fetch(
-        &mut self,
+        &self,
         from: u64,
         to: u64,
         head: u64,
-    ) -> Result<(Vec<DecodedEvent>, Vec<(u64, B256)>), IndexerError> {
+        prev: Option<B256>,
+    ) -> Result<Fetched, IndexerError> {
         let mut to = to;
+        let mut shrunk_to = None;
         let started = Instant::now();
         let logs = loop {
             match self.source.logs(self.decoder.addresses(), from, to).await {
                 Ok(logs) => break logs,
                 Err(RpcError::TooLarge(msg)) if to > from => {
-                    let span = (to - from).div_ceil(2).max(1);
-                    self.range = span.max(self.cfg.min_range);
+                    let span = (to - from)
+                        .div_ceil(2)
+                        .max(1)
+                        .max(self.min_range.min(to - from));
                     to = from + span - 1;
+                    shrunk_to = Some(span);
                     tracing::info!(from, to, reason = %msg, "node refused the range; shrinking it");
                 }
                 Err(e) => return Err(e.into()),
@@ -340,22 +459,22 @@ impl Indexer {
         };
         // Inside the reorg window every block's hash is checked against its logs and its parent;
         // below it, only the range's end is remembered.
-        let window_start = head.saturating_sub(self.cfg.reorg_window).max(from);
+        let window_start = head.saturating_sub(self.reorg_window).max(from);
         let mut headers: Vec<BlockRef> = Vec::new();
         for n in window_start..=to {
             headers.push(
                 self.source
                     .block(n)
                     .await?
-                    .ok_or(IndexerError::ChainMoved(format!("block {n} vanished")))?,
+                    .ok_or_else(|| IndexerError::ChainMoved(format!("block {n} vanished")))?,
             );
         }
-        if window_start > to || headers.is_empty() {
+        if headers.is_empty() {
             headers.push(
                 self.source
                     .block(to)
                     .await?
-                    .ok_or(IndexerError::ChainMoved(format!("block {to} vanished")))?,
+                    .ok_or_else(|| IndexerError::ChainMoved(format!("block {to} vanished")))?,
             );
         }
         for pair in headers.windows(2) {
@@ -366,11 +485,9 @@ impl Indexer {
                 )));
             }
         }
-        if let (Some(first), Some(prev)) = (
-            headers.first(),
-            from.checked_sub(1).and_then(|p| self.recent.get(&p)),
-        ) && first.number == from
-            && first.parent_hash != *prev
+        if let (Some(first), Some(prev)) = (headers.first(), prev)
+            && first.number == from
+            && first.parent_hash != prev
         {
             return Err(IndexerError::ChainMoved(format!(
                 "block {from} no longer builds on the indexed chain"
@@ -378,6 +495,7 @@ impl Indexer {
         }
         let checked: BTreeMap<u64, B256> = headers.iter().map(|h| (h.number, h.hash)).collect();
         let mut events = Vec::with_capacity(logs.len());
+        let mut skipped = Vec::new();
         for log in &logs {
             if let (Some(n), Some(h)) = (log.block_number, log.block_hash)
                 && checked.get(&n).is_some_and(|expected| *expected != h)
@@ -388,24 +506,31 @@ impl Indexer {
             }
             match self.decoder.decode(log) {
                 Ok(e) => events.push(e),
-                Err(Skip::UnknownEvent { topic0 }) => {
-                    if self.warned_topics.insert(topic0) {
-                        tracing::warn!(address = %log.address(), ?topic0, block = ?log.block_number, "skipping a log whose event is not in the committed ABIs");
-                    }
-                }
-                Err(skip) => {
-                    tracing::warn!(address = %log.address(), block = ?log.block_number, ?skip, "skipping a log")
-                }
+                Err(Skip::UnknownEvent { topic0 }) => skipped.push((
+                    log.address(),
+                    topic0,
+                    log.block_number,
+                    "event not in the committed ABIs".into(),
+                )),
+                Err(other) => skipped.push((
+                    log.address(),
+                    log.topic0().copied(),
+                    log.block_number,
+                    format!("{other:?}"),
+                )),
             }
         }
-        // adapt: grow while responses stay small and quick
-        if logs.len() < self.cfg.target_logs_per_range / 2
-            && started.elapsed() < self.cfg.rpc_timeout / 4
-        {
-            self.range = (self.range * 2).min(self.cfg.max_range);
-        }
         let blocks = headers.iter().map(|h| (h.number, h.hash)).collect();
-        Ok((events, blocks))
+        Ok(Fetched {
+            from,
+            to,
+            events,
+            blocks,
+            logs: logs.len(),
+            elapsed: started.elapsed(),
+            shrunk_to,
+            skipped,
+        })
     }
 }
 

@@ -7,7 +7,9 @@ use alloy::eips::BlockNumberOrTag;
 use alloy::network::AnyNetwork;
 use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider, RootProvider};
+use alloy::rpc::client::ClientBuilder;
 use alloy::rpc::types::{Filter, Log};
+use alloy::transports::ws::{WebSocketConfig, WsConnect};
 use futures::{Stream, StreamExt};
 
 /// An RPC failure, sorted by what the indexer should do about it.
@@ -40,7 +42,21 @@ pub struct ChainSource {
 impl ChainSource {
     /// Connect (HTTP, or WebSocket for `ws://` / `wss://` URLs). Fails fast: the caller decides how long to retry.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, RpcError> {
-        let provider = tokio::time::timeout(timeout, RootProvider::<AnyNetwork>::connect(url))
+        let connect = async {
+            if is_ws(url) {
+                // Backfill responses can be tens of MB; tungstenite's default cap is 16 MiB per message.
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_WS_MESSAGE))
+                    .max_frame_size(Some(MAX_WS_MESSAGE));
+                let client = ClientBuilder::default()
+                    .ws(WsConnect::new(url).with_config(config))
+                    .await?;
+                Ok(RootProvider::<AnyNetwork>::new(client))
+            } else {
+                RootProvider::<AnyNetwork>::connect(url).await
+            }
+        };
+        let provider = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| RpcError::Transient(format!("connecting to {url} timed out")))?
             .map_err(|e| RpcError::Transient(format!("cannot connect to {url}: {e}")))?;
@@ -56,7 +72,7 @@ impl ChainSource {
     }
 
     pub fn is_pubsub(&self) -> bool {
-        self.url.starts_with("ws://") || self.url.starts_with("wss://")
+        is_ws(&self.url)
     }
 
     pub fn provider(&self) -> &DynProvider<AnyNetwork> {
@@ -124,6 +140,15 @@ impl ChainSource {
             .to_block(to);
         match tokio::time::timeout(self.timeout, self.provider.get_logs(&filter)).await {
             Ok(Ok(logs)) => Ok(logs),
+            // Over a WebSocket an oversized response kills the connection instead of returning an error:
+            // a transport failure here is answered with a smaller range (it grows back once things work).
+            Ok(Err(e))
+                if self.is_pubsub() && !matches!(e, alloy::transports::RpcError::ErrorResp(_)) =>
+            {
+                Err(RpcError::TooLarge(format!(
+                    "eth_getLogs [{from}, {to}] over WebSocket: {e}"
+                )))
+            }
             Ok(Err(e)) => Err(classify("eth_getLogs", &e.to_string())),
             Err(_) => Err(RpcError::TooLarge(format!(
                 "eth_getLogs [{from}, {to}] timed out after {:?}",
@@ -141,9 +166,18 @@ impl ChainSource {
     }
 }
 
+/// Largest WebSocket message accepted (a big eth_getLogs response).
+const MAX_WS_MESSAGE: usize = 1 << 30;
+
+fn is_ws(url: &str) -> bool {
+    url.starts_with("ws://") || url.starts_with("wss://")
+}
+
 /// Sort an error message: the phrases nodes and providers use for range and size limits.
 pub fn classify(what: &str, message: &str) -> RpcError {
-    const TOO_LARGE: [&str; 12] = [
+    const TOO_LARGE: [&str; 14] = [
+        "message too long",
+        "space limit",
         "range",
         "too many",
         "too large",

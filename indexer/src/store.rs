@@ -108,15 +108,12 @@ impl Store {
             });
         }
         if let Some(above) = w.rollback_above {
-            let deleted = sqlx::query(
-                "DELETE FROM chain_events WHERE chain_id = $1 AND block_number > $2 AND address = ANY($3)",
-            )
-            .bind(self.chain_id)
-            .bind(above as i64)
-            .bind(&self.addresses)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let deleted: i64 = sqlx::query_scalar("SELECT rollback_chain_index($1, $2, $3)")
+                .bind(self.chain_id)
+                .bind(above as i64)
+                .bind(&self.addresses)
+                .fetch_one(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM indexer_blocks WHERE chain_id = $1 AND deployment_key = $2 AND block_number > $3")
                 .bind(self.chain_id)
                 .bind(&self.key)
@@ -163,6 +160,8 @@ impl Store {
     }
 }
 
+/// One INSERT ... UNNEST per chunk; the statement-level trigger fans the rows out to the typed tables.
+/// (COPY parses no faster here, and a COPY cut short by cancellation leaves the pooled connection unusable.)
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
     chain_id: i64,

@@ -256,13 +256,33 @@ async fn killed_mid_backfill_resumes_without_gap_or_duplicate(pool: PgPool) {
     cfg.initial_range = 2;
     cfg.max_range = 2;
     let deployment = chain.deployment.clone();
-    for kill_after_ms in [3u64, 10, 25, 40, 60, 90] {
-        let (cfg, deployment, pool) = (cfg.clone(), deployment.clone(), pool.clone());
+    let start = chain.deployment.start_block as i64;
+    // kill once the checkpoint passes each threshold, after a jitter that lands inside or between ranges
+    for (threshold, jitter_us) in [
+        (5i64, 0u64),
+        (12, 300),
+        (20, 900),
+        (28, 1_500),
+        (36, 2_500),
+        (44, 4_000),
+    ] {
+        let (cfg, deployment, pool2) = (cfg.clone(), deployment.clone(), pool.clone());
         let task = tokio::spawn(async move {
-            let mut indexer = Indexer::new(cfg, deployment, pool).await.unwrap();
+            let mut indexer = Indexer::new(cfg, deployment, pool2).await.unwrap();
             indexer.run(Mode::UntilHead).await.unwrap();
         });
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        loop {
+            let through: Option<i64> =
+                sqlx::query_scalar("SELECT indexed_through FROM indexer_checkpoints")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            if through.is_some_and(|t| t >= start + threshold) || task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_micros(jitter_us)).await;
         task.abort(); // drops the indexer wherever it is, mid-transaction included
         let _ = task.await;
     }

@@ -30,8 +30,8 @@ pub struct IndexArgs {
     /// Blocks below the head whose hashes are checked for reorgs.
     #[arg(long, default_value_t = 128)]
     pub reorg_window: u64,
-    /// First eth_getLogs range in blocks (it adapts to the node).
-    #[arg(long, default_value_t = 2_000)]
+    /// First eth_getLogs range in blocks (it adapts to the node and the event density).
+    #[arg(long, default_value_t = 100)]
     pub initial_range: u64,
     /// Largest eth_getLogs range in blocks.
     #[arg(long, default_value_t = 100_000)]
@@ -76,6 +76,7 @@ pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
     };
     let deployment = Deployment::load(&manifest)?;
     let db = super::db::open(global).await?;
+    let started = std::time::Instant::now();
     let mut indexer = Indexer::new(cfg, deployment, db.pool.clone()).await?;
     let status = indexer.status();
     let mode = if args.until_head {
@@ -88,17 +89,18 @@ pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
         _ = super::shutdown_signal() => tracing::info!("shutting down (every committed range is kept)"),
     }
     let s = status.borrow().clone();
+    let elapsed = started.elapsed().as_secs_f64();
     if global.json {
         println!(
             "{}",
             serde_json::json!({
                 "chain_id": s.chain_id, "head": s.head, "indexed_through": s.indexed_through,
-                "events_written": s.events_written, "reorgs": s.reorgs,
+                "events_written": s.events_written, "reorgs": s.reorgs, "elapsed_s": elapsed,
             })
         );
     } else {
         println!(
-            "chain {}: indexed through block {} (head {}), {} events written, {} reorgs repaired",
+            "chain {}: indexed through block {} (head {}), {} events written in {elapsed:.2}s, {} reorgs repaired",
             s.chain_id, s.indexed_through, s.head, s.events_written, s.reorgs
         );
     }
