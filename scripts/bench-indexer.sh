@@ -45,10 +45,16 @@ fi
 "$ANVIL" --port "$port" --chain-id 7337 --network optimism --gas-limit 300000000 --silent "${state_args[@]}" &
 anvil_pid=$!
 index_pid=""
+bench_db=""
 cleanup() {
-  [ -n "$index_pid" ] && kill "$index_pid" 2>/dev/null
+  [ -n "$index_pid" ] && kill "$index_pid" 2>/dev/null && wait "$index_pid" 2>/dev/null
   kill "$anvil_pid" 2>/dev/null
   wait "$anvil_pid" 2>/dev/null
+  if [ -n "$bench_db" ]; then
+    for db in "$bench_db" "${bench_db}_http" "${bench_db}_ws"; do
+      psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+    done
+  fi
   stop_test_postgres
   rm -rf "$work"
 }
@@ -113,18 +119,23 @@ log "backfilled $written events in ${secs}s (connect, checks, RPC, decoding, Pos
 # Head lag: one payment per sample; from the receipt (mined) to its row in inference_payments.
 measure_lag() {
   local rpc="$1" label="$2" lags=()
-  psql "$DB_URL" -qc "TRUNCATE indexer_checkpoints, indexer_blocks, chain_events CASCADE" >/dev/null
-  "$OPENLEDGER_BIN" --database-url "$DB_URL" index --rpc-url "$rpc" --manifest "$M" --poll-interval-ms 100 \
+  local db="${bench_db}_$label" url
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+  url="${DATABASE_URL%/*}/$db"
+  "$OPENLEDGER_BIN" --database-url "$url" index --rpc-url "$rpc" --manifest "$M" --poll-interval-ms 100 \
     2>"$work/follow-$label.log" &
   index_pid=$!
   # wait for the backfill to finish
-  until [ "$(psql "$DB_URL" -tAc "SELECT coalesce(max(indexed_through),0) FROM indexer_checkpoints")" -ge "$("$CAST" block-number)" ]; do sleep 0.2; done
+  until [ "$(psql "$url" -tAc "SELECT coalesce(max(indexed_through),0) FROM indexer_checkpoints" 2>/dev/null || echo 0)" -ge "$("$CAST" block-number)" ]; do
+    kill -0 "$index_pid" 2>/dev/null || { tail -5 "$work/follow-$label.log" >&2; die "the indexer exited"; }
+    sleep 0.2
+  done
   for i in $(seq "$LAG_SAMPLES"); do
     local req; req=$("$CAST" keccak "lag-$label-$i-$(date +%s%N)")
     local t_start t_seen
     send "$(c FeeRouter)" "payInference(uint256,bytes32,uint256)" 1 "$req" 1ether
     t_start=$(date +%s%N)
-    until [ "$(psql "$DB_URL" -tAc "SELECT count(*) FROM inference_payments WHERE request_id = '$req'")" = 1 ]; do :; done
+    until [ "$(psql "$url" -tAc "SELECT count(*) FROM inference_payments WHERE request_id = '$req'")" = 1 ]; do :; done
     t_seen=$(date +%s%N)
     lags+=($(( (t_seen - t_start) / 1000000 )))
   done

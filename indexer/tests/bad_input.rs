@@ -179,4 +179,5 @@ async fn a_second_indexer_on_the_same_database_never_duplicates(pool: PgPool) {
         common::dump(&fresh).await,
         "two racing indexers = one"
     );
+    common::drop_fresh(fresh).await;
 }

@@ -169,6 +169,7 @@ async fn assert_equals_fresh_index(chain: &TestChain, pool: &PgPool, what: &str)
         );
         assert_eq!(rows_a, rows_b, "{what}: {table} differs from a fresh index");
     }
+    common::drop_fresh(fresh).await;
 }
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]

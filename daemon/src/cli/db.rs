@@ -27,7 +27,8 @@ pub async fn open(global: &GlobalArgs) -> anyhow::Result<Database> {
             (pg.url(), Some(pg))
         }
     };
-    let pool = openledger_db::connect_and_migrate(&url, 8, Duration::from_secs(30)).await?;
+    let wait = Duration::from_secs(global.db_connect_timeout_secs);
+    let pool = openledger_db::connect_and_migrate(&url, 8, wait).await?;
     Ok(Database {
         pool,
         _embedded: embedded,

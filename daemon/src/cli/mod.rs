@@ -29,6 +29,14 @@ pub struct GlobalArgs {
     /// Where the daemon keeps its state (the private Postgres cluster among it).
     #[arg(long, env = "OPENLEDGER_DATA_DIR", global = true, default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
+    /// Seconds to keep retrying while Postgres does not accept connections (e.g. still starting).
+    #[arg(
+        long,
+        env = "OPENLEDGER_DB_CONNECT_TIMEOUT_SECS",
+        global = true,
+        default_value_t = 30
+    )]
+    pub db_connect_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `openledger_indexer=debug`.
     #[arg(long, env = "RUST_LOG", global = true, default_value = "info")]
     pub log: String,

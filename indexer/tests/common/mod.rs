@@ -164,10 +164,10 @@ async fn wait_for_node(url: &str) {
     panic!("anvil did not start at {url}");
 }
 
-/// A second, empty, migrated database on the same server as `pool` (dropped by the caller's process end).
+/// A second, empty, migrated database on the same server as `pool`; `drop_fresh` removes it.
 pub async fn fresh_database(pool: &PgPool) -> PgPool {
     let opts: PgConnectOptions = (*pool.connect_options()).clone();
-    let name = format!("ol_fresh_{}", std::process::id()) + &format!("_{}", rand_suffix());
+    let name = format!("ol_fresh_{}_{}", std::process::id(), rand_suffix());
     let mut admin = opts.clone().database("postgres").connect().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
@@ -176,6 +176,24 @@ pub async fn fresh_database(pool: &PgPool) -> PgPool {
     let pool = PgPool::connect_with(opts.database(&name)).await.unwrap();
     openledger_db::MIGRATOR.run(&pool).await.unwrap();
     pool
+}
+
+/// Close and drop a database made by `fresh_database`.
+pub async fn drop_fresh(pool: PgPool) {
+    let opts: PgConnectOptions = (*pool.connect_options()).clone();
+    let name = opts.get_database().unwrap_or_default().to_string();
+    assert!(
+        name.starts_with("ol_fresh_"),
+        "only fresh databases are dropped"
+    );
+    pool.close().await;
+    let mut admin = opts.database("postgres").connect().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }
 
 fn rand_suffix() -> u64 {
