@@ -61,14 +61,23 @@ log "building openledger"
 cargo build --locked -q -p openledger-daemon || die "cargo build failed"
 DATA_DIR="$ROOT/.dev/openledger"
 "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" index --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
-  2> >(sed 's/^/[indexer] /' >&2) &
+  2> >(sed -u 's/^/[indexer] /' >&2) &
 INDEX_PID=$!
 if [ -n "${DATABASE_URL:-}" ]; then
   PSQL="psql $DATABASE_URL"
 else
+  # the private cluster's port is in its postmaster.pid (line 4) once it accepts connections
   pidfile="$DATA_DIR/postgres/pgdata/postmaster.pid"
-  for _ in $(seq 300); do [ -f "$pidfile" ] && break; sleep 0.1; done
-  PSQL="psql postgres://openledger@127.0.0.1:$(sed -n 4p "$pidfile" 2>/dev/null)/openledger"
+  PSQL="psql (the private cluster did not come up: see the [indexer] lines)"
+  for _ in $(seq 600); do
+    pg_port="$(sed -n 4p "$pidfile" 2>/dev/null || true)"
+    if [ -n "$pg_port" ] && psql "postgres://openledger@127.0.0.1:$pg_port/openledger" -tAc 'select 1' >/dev/null 2>&1; then
+      PSQL="psql postgres://openledger@127.0.0.1:$pg_port/openledger"
+      break
+    fi
+    kill -0 "$INDEX_PID" 2>/dev/null || break
+    sleep 0.1
+  done
 fi
 
 cat >&2 <<MSG
