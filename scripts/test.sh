@@ -87,11 +87,11 @@ step "contracts: slither, no medium or high finding" scripts/slither.sh
 cargo_tests() {
   local out rc
   out="$(mktemp)"
-  cargo test --workspace --locked 2>&1 | tee "$out" | grep -E '^test |^test result|panicked|^error' >&2
+  RUST_BACKTRACE=0 cargo test --workspace --locked 2>&1 | tee "$out" | grep -E '^test |^test result|^error' >&2
   rc=${PIPESTATUS[0]}
   tests_passed=$((tests_passed + $(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: FAILED\. \([0-9]*\) passed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
   tests_failed=$((tests_failed + $(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
-  [ "$rc" = 0 ] || { tail -60 "$out" >&2; return 1; }
+  [ "$rc" = 0 ] || { grep -A6 'panicked at' "$out" | head -80 >&2; return 1; }
 }
 
 ensure_test_postgres

@@ -35,6 +35,7 @@ pub fn repo_root() -> PathBuf {
 
 /// A private anvil with the suite deployed; killed on drop.
 pub struct TestChain {
+    _broadcast: RemoveOnDrop,
     _node: KillOnDrop,
     pub url: String,
     pub deployment: Deployment,
@@ -42,6 +43,17 @@ pub struct TestChain {
 }
 
 struct KillOnDrop(Child);
+
+/// forge keeps a broadcast record per chain id; each test chain has its own id, so clean up after it.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -72,12 +84,14 @@ impl TestChain {
             anvil.display()
         );
         let port = free_port();
+        // a chain id of its own: parallel tests' forge broadcasts (kept per chain id) must not collide
+        let chain_id = (100_000 + u64::from(port)).to_string();
         let child = Command::new(&anvil)
             .args([
                 "--port",
                 &port.to_string(),
                 "--chain-id",
-                "7340",
+                &chain_id,
                 "--network",
                 "optimism",
                 "--silent",
@@ -104,7 +118,13 @@ impl TestChain {
             String::from_utf8_lossy(&out.stderr)
         );
         let deployment = Deployment::load(&manifest).unwrap();
+        let broadcast = RemoveOnDrop(vec![
+            root.join("contracts/broadcast/Deploy.s.sol")
+                .join(&chain_id),
+            root.join("contracts/cache/Deploy.s.sol").join(&chain_id),
+        ]);
         TestChain {
+            _broadcast: broadcast,
             _node: node,
             url,
             deployment,
