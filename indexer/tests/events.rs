@@ -16,14 +16,6 @@ use openledger_chain::bindings::{
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use sqlx::PgPool;
 
-macro_rules! send {
-    ($call:expr) => {{
-        let receipt = $call.send().await.unwrap().get_receipt().await.unwrap();
-        assert!(receipt.status(), "transaction reverted");
-        receipt
-    }};
-}
-
 /// Send `data` to `to` as `from` without its key (anvil impersonation), e.g. as the timelock.
 async fn impersonated(chain: &TestChain, from: Address, to: Address, data: Vec<u8>) {
     let p = chain.plain();

@@ -24,87 +24,14 @@ async fn setup_payments(chain: &TestChain) -> U256 {
     let addr = |k| d.address(k).unwrap();
     let token = |i| OpenToken::new(addr(ContractKind::OpenToken), chain.actor(i));
     let registry = |i| Registry::new(addr(ContractKind::Registry), chain.actor(i));
-    let send = |r: alloy::rpc::types::TransactionReceipt| assert!(r.status());
-    send(
-        token(0)
-            .transfer(TestChain::address_of(2), ether(1_000_000))
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        token(0)
-            .transfer(TestChain::address_of(3), ether(100))
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        token(2)
-            .approve(addr(ContractKind::FeeRouter), U256::MAX)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        token(3)
-            .approve(addr(ContractKind::Registry), U256::MAX)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        registry(3)
-            .createDatanet("ipfs://d".into(), vec![], false, vec![])
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        registry(3)
-            .contribute(U256::from(1), keccak256("x"), "u".into())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        registry(3)
-            .reviewContributions(U256::from(1), vec![U256::from(1)], true)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
-    send(
-        registry(3)
-            .publishVersion(U256::from(1), keccak256("v"), 1, "u".into())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
+    send!(token(0).transfer(TestChain::address_of(2), ether(1_000_000)));
+    send!(token(0).transfer(TestChain::address_of(3), ether(100)));
+    send!(token(2).approve(addr(ContractKind::FeeRouter), U256::MAX));
+    send!(token(3).approve(addr(ContractKind::Registry), U256::MAX));
+    send!(registry(3).createDatanet("ipfs://d".into(), vec![], false, vec![]));
+    send!(registry(3).contribute(U256::from(1), keccak256("x"), "u".into()));
+    send!(registry(3).reviewContributions(U256::from(1), vec![U256::from(1)], true));
+    send!(registry(3).publishVersion(U256::from(1), keccak256("v"), 1, "u".into()));
     let spec = Registry::ModelSpec {
         baseModel: "base".into(),
         baseModelHash: keccak256("b"),
@@ -113,16 +40,7 @@ async fn setup_payments(chain: &TestChain) -> U256 {
         trainingConfigHash: keccak256("c"),
         metadataURI: "u".into(),
     };
-    send(
-        registry(3)
-            .registerModel(spec)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap(),
-    );
+    send!(registry(3).registerModel(spec));
     U256::from(1)
 }
 

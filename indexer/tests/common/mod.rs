@@ -16,6 +16,16 @@ use openledger_indexer::{Indexer, IndexerConfig, Mode};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
 
+/// Send a contract call and wait for a successful receipt.
+#[macro_export]
+macro_rules! send {
+    ($call:expr) => {{
+        let receipt = $call.send().await.unwrap().get_receipt().await.unwrap();
+        assert!(receipt.status(), "transaction reverted");
+        receipt
+    }};
+}
+
 /// anvil's default dev keys (mnemonic "test test ... junk"), accounts #0..#5.
 pub const KEYS: [&str; 6] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
