@@ -8,7 +8,7 @@
 #   --port N        JSON-RPC port (default 8545)
 #   --chain-id N    chain id of the devnet (default 7331, OpenLedger's local id)
 #   --block-time S  seconds per block; 0 mines each transaction at once (default 0)
-#   --fresh         forget the saved chain state (.dev/anvil-state.json) and deploy anew
+#   --fresh         forget the saved chain state and the local index (.dev/) and deploy anew
 #
 # The chain state is saved on exit and loaded on the next start, so the deployment in
 # deployments/<chainId>.json stays valid across restarts.
@@ -37,7 +37,11 @@ if "$CAST" chain-id --rpc-url "$URL" >/dev/null 2>&1; then
 fi
 mkdir -p .dev
 STATE=".dev/anvil-state-$CHAIN_ID.json"
-if [ "$FRESH" = 1 ]; then rm -f "$STATE" "deployments/$CHAIN_ID.json"; fi
+if [ "$FRESH" = 1 ]; then
+  # a new chain reuses the same addresses: the old index must go too, or it would look like a deep reorg
+  rm -rf "$STATE" "deployments/$CHAIN_ID.json" "$ROOT/.dev/openledger"
+  [ -n "${DATABASE_URL:-}" ] && log "note: --fresh does not empty DATABASE_URL; drop its chain index yourself"
+fi
 
 args=(--port "$PORT" --chain-id "$CHAIN_ID" --network optimism --state "$STATE" --silent)
 [ "$BLOCK_TIME" != 0 ] && args+=(--block-time "$BLOCK_TIME")
