@@ -144,28 +144,21 @@ async fn a_second_indexer_on_the_same_database_never_duplicates(pool: PgPool) {
     let mut cfg = chain.config();
     cfg.initial_range = 1;
     cfg.max_range = 1;
-    let a = {
-        let (cfg, d, pool) = (cfg.clone(), chain.deployment.clone(), pool.clone());
-        tokio::spawn(async move {
-            Indexer::new(cfg, d, pool)
-                .await
-                .unwrap()
-                .run(Mode::UntilHead)
-                .await
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (cfg, d, pool) = (cfg.clone(), chain.deployment.clone(), pool.clone());
+            tokio::spawn(async move {
+                Indexer::new(cfg, d, pool)
+                    .await
+                    .unwrap()
+                    .run(Mode::UntilHead)
+                    .await
+            })
         })
-    };
-    let b = {
-        let (cfg, d, pool) = (cfg.clone(), chain.deployment.clone(), pool.clone());
-        tokio::spawn(async move {
-            Indexer::new(cfg, d, pool)
-                .await
-                .unwrap()
-                .run(Mode::UntilHead)
-                .await
-        })
-    };
-    a.await.unwrap().unwrap();
-    b.await.unwrap().unwrap();
+        .collect();
+    for racer in racers {
+        racer.await.unwrap().unwrap();
+    }
     let fresh = common::fresh_database(&pool).await;
     chain.index(&fresh, chain.config()).await;
     assert_eq!(
