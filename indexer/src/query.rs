@@ -15,6 +15,24 @@ pub enum ContributionStatus {
     Rejected,
 }
 
+impl ContributionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContributionStatus::Pending => "pending",
+            ContributionStatus::Accepted => "accepted",
+            ContributionStatus::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatanetStats {
+    pub pending: i64,
+    pub accepted: i64,
+    pub rejected: i64,
+    pub contributors: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datanet {
     pub id: U256,
@@ -165,23 +183,47 @@ impl ChainIndex {
         row.as_ref().map(datanet).transpose()
     }
 
+    /// A Datanet's contributions in id order, optionally only those with `status`.
     pub async fn contributions_by_datanet(
         &self,
         datanet_id: U256,
+        status: Option<ContributionStatus>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Contribution>, IndexerError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "{CONTRIBUTION_SELECT} AND datanet_id = $3::numeric ORDER BY contribution_id LIMIT $4 OFFSET $5"
+            "{CONTRIBUTION_SELECT} AND datanet_id = $3::numeric AND ($6::text IS NULL OR status = $6)
+             ORDER BY contribution_id LIMIT $4 OFFSET $5"
         )))
         .bind(self.chain_id)
         .bind(&self.registry)
         .bind(datanet_id.to_string())
         .bind(limit)
         .bind(offset)
+        .bind(status.map(ContributionStatus::as_str))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(contribution).collect()
+    }
+
+    /// Counts per review status and distinct contributors of one Datanet.
+    pub async fn datanet_stats(&self, datanet_id: U256) -> Result<DatanetStats, IndexerError> {
+        let (pending, accepted, rejected, contributors): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'accepted'),
+                    count(*) FILTER (WHERE status = 'rejected'), count(DISTINCT contributor)
+             FROM contributions_current WHERE chain_id = $1 AND contract_address = $2 AND datanet_id = $3::numeric",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(DatanetStats {
+            pending,
+            accepted,
+            rejected,
+            contributors,
+        })
     }
 
     pub async fn contributions_by_contributor(

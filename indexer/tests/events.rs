@@ -269,12 +269,19 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
     assert!(datanet.permissioned);
     assert_eq!((datanet.contribution_count, datanet.accepted_count), (2, 1));
     assert_eq!(datanet.latest_version, Some(U256::from(1)));
-    let contributions = q.contributions_by_datanet(dn, 10, 0).await.unwrap();
+    let contributions = q.contributions_by_datanet(dn, None, 10, 0).await.unwrap();
     assert_eq!(contributions.len(), 2);
     assert_eq!(contributions[0].status, ContributionStatus::Accepted);
     assert_eq!(contributions[1].status, ContributionStatus::Rejected);
     assert_eq!(contributions[0].content_hash, h1);
     assert_eq!(contributions[0].contributor, contributor);
+    let accepted = q
+        .contributions_by_datanet(dn, Some(ContributionStatus::Accepted), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(accepted, contributions[..1]);
+    let stats = q.datanet_stats(dn).await.unwrap();
+    assert_eq!((stats.pending, stats.accepted, stats.rejected), (0, 1, 1));
     assert_eq!(q.contribution_by_content(h2).await.unwrap().len(), 1);
     let versions = q.versions(dn).await.unwrap();
     assert_eq!(versions[0].root, keccak256("v1"));

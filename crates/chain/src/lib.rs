@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod manifest;
+pub mod merkle;
 
 pub use manifest::{ContractInfo, Deployment, ManifestError, Roles};
 

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use openledger_chain::Deployment;
 use openledger_indexer::{Indexer, IndexerConfig, Mode};
 
@@ -63,17 +62,7 @@ impl IndexArgs {
 
 pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
     let cfg = args.config();
-    let manifest = match &args.manifest {
-        Some(p) => p.clone(),
-        None => {
-            let source =
-                openledger_indexer::source::ChainSource::connect(&cfg.rpc_url, cfg.rpc_timeout)
-                    .await
-                    .with_context(|| format!("no JSON-RPC node at {}", cfg.rpc_url))?;
-            let chain_id = source.chain_id().await?;
-            PathBuf::from(format!("deployments/{chain_id}.json"))
-        }
-    };
+    let manifest = super::manifest_path(&cfg.rpc_url, args.manifest.clone()).await?;
     let deployment = Deployment::load(&manifest)?;
     let db = super::db::open(global).await?;
     let started = std::time::Instant::now();

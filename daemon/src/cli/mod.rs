@@ -1,13 +1,19 @@
 //! Command-line interface: global options, logging, and dispatch to one file per subcommand.
 
 mod db;
+mod deploy;
 mod index;
+mod jobs;
+mod keys;
 mod migrate;
+mod serve;
+mod status;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// OpenLedger daemon and admin CLI. Logs go to stderr, results to stdout (`--json` for machines).
@@ -51,6 +57,16 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Index the contracts' events into Postgres: backfill, then follow the head.
     Index(index::IndexArgs),
+    /// Run the REST API, the indexer and the job workers.
+    Serve(Box<serve::ServeArgs>),
+    /// Deploy the contract suite and write its manifest.
+    Deploy(deploy::DeployArgs),
+    /// Create, list and revoke operator API keys.
+    Keys(keys::KeysArgs),
+    /// List, show, cancel and retry jobs.
+    Jobs(jobs::JobsArgs),
+    /// Chain head, indexer lag, queue depth, workers.
+    Status(status::StatusArgs),
 }
 
 /// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
@@ -76,6 +92,11 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
         Command::Index(args) => index::run(&cli.global, args).await,
+        Command::Serve(args) => serve::run(&cli.global, *args).await,
+        Command::Deploy(args) => deploy::run(&cli.global, args).await,
+        Command::Keys(args) => keys::run(&cli.global, args).await,
+        Command::Jobs(args) => jobs::run(&cli.global, args).await,
+        Command::Status(args) => status::run(&cli.global, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +105,26 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `manifest`, else `deployments/<the node's chain id>.json`.
+pub async fn manifest_path(rpc_url: &str, manifest: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = manifest {
+        return Ok(p);
+    }
+    let source = openledger_indexer::source::ChainSource::connect(
+        rpc_url,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("no JSON-RPC node at {rpc_url}"))?;
+    let chain_id = source.chain_id().await?;
+    Ok(PathBuf::from(format!("deployments/{chain_id}.json")))
+}
+
+fn auth_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,0 +1,66 @@
+//! The `Auth` extractor: resolves the bearer token and applies the caller's rate limit.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::ApiError;
+use crate::auth::{self, AuthError, Caller};
+use crate::state::AppState;
+
+/// An authenticated caller. Browsers' `EventSource` cannot send headers, so the token may also come as
+/// `?access_token=` (SSE only needs it; any route accepts it).
+#[derive(Debug, Clone)]
+pub struct Auth(pub Caller);
+
+impl Auth {
+    /// May this caller see or manage something owned by `owner`?
+    pub fn may_access(&self, owner: &str) -> bool {
+        self.0.admin || owner.eq_ignore_ascii_case(&format!("{:#x}", self.0.address))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Db(d) => ApiError::Internal(format!("auth: {d}")),
+            other => ApiError::Unauthorized(other.to_string()),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "access_token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(AuthError::Missing)?;
+        let caller = auth::authenticate(&state.pool, &token).await?;
+        if let Err(not_until) = state.limiter.check_key(&caller.address) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            metrics::counter!("openledger_rate_limited_total").increment(1);
+            return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+        }
+        Ok(Auth(caller))
+    }
+}

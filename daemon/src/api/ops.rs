@@ -1,0 +1,127 @@
+//! Liveness, readiness, Prometheus metrics and a status summary.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::Json;
+use super::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_page))
+        .routes(routes!(status))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub chain_id: u64,
+    /// The latest block the in-process indexer saw (absent without one).
+    pub head: Option<u64>,
+    /// Every block up to this one is indexed.
+    pub indexed_through: Option<u64>,
+    /// head - indexed_through.
+    pub indexer_lag: Option<u64>,
+    /// Jobs per state.
+    pub jobs: std::collections::BTreeMap<String, i64>,
+    /// The daemon's relayer address, when it has a key.
+    pub relayer: Option<String>,
+    /// Job kinds this process runs.
+    pub job_kinds: Vec<String>,
+}
+
+async fn collect_status(s: &AppState) -> ApiResult<Status> {
+    let indexed = s.index.indexed_through().await?;
+    let head = s.indexer.as_ref().map(|w| w.borrow().head);
+    let jobs = s.queue.depth().await?.into_iter().collect();
+    Ok(Status {
+        chain_id: s.deployment.chain_id,
+        head,
+        indexed_through: indexed,
+        indexer_lag: head.zip(indexed).map(|(h, i)| h.saturating_sub(i)),
+        jobs,
+        relayer: s
+            .chain
+            .as_ref()
+            .and_then(|c| c.signer())
+            .map(|a| format!("{a:#x}")),
+        job_kinds: s.jobs.kinds(),
+    })
+}
+
+/// Chain, indexer and queue at a glance.
+#[utoipa::path(get, path = "/api/status", tag = "ops", responses((status = 200, body = Status)))]
+async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
+    Ok(Json(collect_status(&s).await?))
+}
+
+/// Ready to serve: the database answers and the in-process indexer (if any) is near the head.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = String), (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn readyz(State(s): State<AppState>) -> ApiResult<&'static str> {
+    sqlx::query("SELECT 1")
+        .execute(&s.pool)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
+    if let Some(w) = &s.indexer {
+        let st = w.borrow().clone();
+        if st.head == 0 {
+            return Err(ApiError::Unavailable(
+                "the indexer has not reached the node yet".into(),
+            ));
+        }
+        let lag = st.head.saturating_sub(st.indexed_through);
+        if lag > s.cfg.ready_max_lag {
+            return Err(ApiError::Unavailable(format!(
+                "the indexer is {lag} blocks behind the head (ready at {})",
+                s.cfg.ready_max_lag
+            )));
+        }
+    }
+    Ok("ready")
+}
+
+/// Prometheus metrics: HTTP latency, queue depth, job durations, indexer lag.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+async fn metrics_page(State(s): State<AppState>) -> ApiResult<Response> {
+    let Some(handle) = &s.metrics else {
+        return Err(ApiError::NotFound(
+            "metrics are not enabled in this process".into(),
+        ));
+    };
+    // gauges sampled at scrape time
+    let depth: std::collections::BTreeMap<String, i64> =
+        s.queue.depth().await?.into_iter().collect();
+    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+        let n = depth.get(state).copied().unwrap_or(0);
+        metrics::gauge!("openledger_jobs", "state" => state).set(n as f64);
+    }
+    if let Some(w) = &s.indexer {
+        let st = w.borrow().clone();
+        metrics::gauge!("openledger_chain_head").set(st.head as f64);
+        metrics::gauge!("openledger_indexed_through").set(st.indexed_through as f64);
+        metrics::gauge!("openledger_indexer_lag_blocks")
+            .set(st.head.saturating_sub(st.indexed_through) as f64);
+        metrics::gauge!("openledger_indexer_reorgs").set(st.reorgs as f64);
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
+}

@@ -1,0 +1,299 @@
+//! The daemon's side of the chain: reads it needs at request time (contributor nonces), the EIP-712 payload
+//! contributors sign, and the daemon's own funded key that relays and publishes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolStruct, eip712_domain};
+use openledger_chain::bindings::Registry;
+use openledger_chain::{ContractKind, Deployment};
+use serde_json::{Value, json};
+
+alloy::sol! {
+    /// Mirrors `Registry.CONTRIBUTE_TYPEHASH`.
+    #[derive(Debug)]
+    struct Contribute {
+        address contributor;
+        uint256 datanetId;
+        bytes32 contentHash;
+        string metadataURI;
+        uint256 nonce;
+        uint256 deadline;
+    }
+}
+
+/// The EIP-712 domain of the Registry (`EIP712("OpenLedger Registry", "1")`).
+pub const DOMAIN_NAME: &str = "OpenLedger Registry";
+pub const DOMAIN_VERSION: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("no JSON-RPC node at {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("the node at {url} is chain {node}, the deployment is chain {manifest}")]
+    WrongChain {
+        url: String,
+        node: u64,
+        manifest: u64,
+    },
+    #[error(transparent)]
+    Manifest(#[from] openledger_chain::ManifestError),
+    #[error("RPC: {0}")]
+    Rpc(String),
+    #[error("the daemon has no key (set OPENLEDGER_PRIVATE_KEY or --keystore)")]
+    NoKey,
+    #[error("bad key: {0}")]
+    Key(String),
+}
+
+/// Where the daemon's key comes from: never a CLI argument, never logged.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KeyArgs {
+    /// An encrypted JSON keystore (Web3 Secret Storage) holding the daemon's key; its password comes from
+    /// OPENLEDGER_KEYSTORE_PASSWORD or --keystore-password-file. Alternatively put the hex key in
+    /// OPENLEDGER_PRIVATE_KEY. Without a key the daemon serves and indexes but does not relay or publish.
+    #[arg(long, env = "OPENLEDGER_KEYSTORE")]
+    pub keystore: Option<PathBuf>,
+    /// File holding the keystore's password.
+    #[arg(long, env = "OPENLEDGER_KEYSTORE_PASSWORD_FILE")]
+    pub keystore_password_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Loads the key, if one is configured.
+    pub fn load(&self) -> Result<Option<PrivateKeySigner>, ChainError> {
+        if let Some(path) = &self.keystore {
+            let password = match (
+                &self.keystore_password_file,
+                std::env::var("OPENLEDGER_KEYSTORE_PASSWORD"),
+            ) {
+                (Some(f), _) => std::fs::read_to_string(f)
+                    .map_err(|e| ChainError::Key(format!("reading {}: {e}", f.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+                (None, Ok(p)) => p,
+                (None, Err(_)) => {
+                    return Err(ChainError::Key(
+                        "a keystore needs OPENLEDGER_KEYSTORE_PASSWORD or --keystore-password-file"
+                            .into(),
+                    ));
+                }
+            };
+            let signer = PrivateKeySigner::decrypt_keystore(path, password)
+                .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?;
+            return Ok(Some(signer));
+        }
+        match std::env::var("OPENLEDGER_PRIVATE_KEY") {
+            Ok(k) if !k.trim().is_empty() => k
+                .trim()
+                .parse::<PrivateKeySigner>()
+                // the parse error never echoes the key
+                .map(Some)
+                .map_err(|_| {
+                    ChainError::Key("OPENLEDGER_PRIVATE_KEY is not a 32-byte hex key".into())
+                }),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A connection to the deployment's chain, with the daemon's key when it has one.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    provider: DynProvider,
+    signer: Option<Address>,
+    registry: Address,
+    chain_id: u64,
+    url: String,
+}
+
+impl Chain {
+    pub async fn connect(
+        url: &str,
+        deployment: &Deployment,
+        key: Option<PrivateKeySigner>,
+        timeout: Duration,
+    ) -> Result<Self, ChainError> {
+        let connect_err = |detail: String| ChainError::Connect {
+            url: url.to_owned(),
+            detail,
+        };
+        let signer = key.as_ref().map(|k| k.address());
+        let builder = ProviderBuilder::new();
+        let provider = match key {
+            Some(k) => {
+                let p = builder.wallet(EthereumWallet::from(k));
+                tokio::time::timeout(timeout, p.connect(url))
+                    .await
+                    .map_err(|_| connect_err("timed out".into()))?
+                    .map_err(|e| connect_err(e.to_string()))?
+                    .erased()
+            }
+            None => tokio::time::timeout(timeout, builder.connect(url))
+                .await
+                .map_err(|_| connect_err("timed out".into()))?
+                .map_err(|e| connect_err(e.to_string()))?
+                .erased(),
+        };
+        let node = tokio::time::timeout(timeout, provider.get_chain_id())
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        if node != deployment.chain_id {
+            return Err(ChainError::WrongChain {
+                url: url.to_owned(),
+                node,
+                manifest: deployment.chain_id,
+            });
+        }
+        Ok(Self {
+            provider,
+            signer,
+            registry: deployment.address(ContractKind::Registry)?,
+            chain_id: deployment.chain_id,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    pub fn registry_address(&self) -> Address {
+        self.registry
+    }
+
+    /// The daemon's own address (the relayer), if it has a key.
+    pub fn signer(&self) -> Option<Address> {
+        self.signer
+    }
+
+    pub fn registry(&self) -> Registry::RegistryInstance<DynProvider> {
+        Registry::new(self.registry, self.provider.clone())
+    }
+
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))
+    }
+
+    /// The contributor's next `contributeWithSig` nonce.
+    pub async fn contribute_nonce(&self, contributor: Address) -> Result<U256, ChainError> {
+        self.registry()
+            .nonces(contributor)
+            .call()
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))
+    }
+}
+
+/// What the contributor signs, both as the digest and as `eth_signTypedData_v4` JSON (which `cast wallet
+/// sign --data` and wallets take as is).
+#[derive(Debug, Clone)]
+pub struct ContributePayload {
+    pub message: Contribute,
+    pub digest: B256,
+    pub typed_data: Value,
+}
+
+pub fn contribute_payload(
+    chain_id: u64,
+    registry: Address,
+    message: Contribute,
+) -> ContributePayload {
+    let domain = eip712_domain! {
+        name: DOMAIN_NAME,
+        version: DOMAIN_VERSION,
+        chain_id: chain_id,
+        verifying_contract: registry,
+    };
+    let digest = message.eip712_signing_hash(&domain);
+    let typed_data = json!({
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Contribute": [
+                {"name": "contributor", "type": "address"},
+                {"name": "datanetId", "type": "uint256"},
+                {"name": "contentHash", "type": "bytes32"},
+                {"name": "metadataURI", "type": "string"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Contribute",
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": registry.to_checksum(None),
+        },
+        "message": {
+            "contributor": message.contributor.to_checksum(None),
+            "datanetId": message.datanetId.to_string(),
+            "contentHash": message.contentHash.to_string(),
+            "metadataURI": message.metadataURI,
+            "nonce": message.nonce.to_string(),
+            "deadline": message.deadline.to_string(),
+        },
+    });
+    ContributePayload {
+        message,
+        digest,
+        typed_data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::dyn_abi::TypedData;
+    use alloy::primitives::address;
+
+    #[test]
+    fn the_json_payload_hashes_to_the_struct_digest() {
+        let p = contribute_payload(
+            7331,
+            address!("5FbDB2315678afecb367f032d93F642f64180aa3"),
+            Contribute {
+                contributor: address!("3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+                datanetId: U256::from(3),
+                contentHash: B256::repeat_byte(0xab),
+                metadataURI: "openledger://content/0xab".into(),
+                nonce: U256::from(1),
+                deadline: U256::from(1_900_000_000u64),
+            },
+        );
+        let td: TypedData = serde_json::from_value(p.typed_data.clone()).unwrap();
+        assert_eq!(td.eip712_signing_hash().unwrap(), p.digest);
+        let mut other = p.message.clone();
+        other.nonce = U256::from(2);
+        assert_ne!(
+            contribute_payload(
+                7331,
+                address!("5FbDB2315678afecb367f032d93F642f64180aa3"),
+                other
+            )
+            .digest,
+            p.digest
+        );
+    }
+}

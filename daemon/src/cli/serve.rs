@@ -1,0 +1,138 @@
+//! `openledger serve`: the REST API, the in-process indexer and the job workers in one process.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use openledger_chain::Deployment;
+use openledger_indexer::IndexerConfig;
+
+use super::GlobalArgs;
+use crate::chain::{Chain, KeyArgs};
+use crate::jobs::WorkerConfig;
+use crate::serve::ServeConfig;
+use crate::state::ApiConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "OPENLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// JSON-RPC endpoint of the chain (`ws://` follows heads by subscription).
+    #[arg(
+        long,
+        env = "OPENLEDGER_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+    /// Deployment manifest [default: deployments/<the node's chain id>.json].
+    #[arg(long, env = "OPENLEDGER_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// The domain sign-in messages must name (EIP-4361 `domain`) [default: the --listen address].
+    #[arg(long, env = "OPENLEDGER_SIWE_DOMAIN")]
+    pub domain: Option<String>,
+    /// Do not index in this process (another `openledger index` or `serve` fills the same database).
+    #[arg(long)]
+    pub no_index: bool,
+    /// Jobs this process runs at once (0: serve the API only).
+    #[arg(long, env = "OPENLEDGER_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Largest contribution upload in bytes.
+    #[arg(long, env = "OPENLEDGER_MAX_UPLOAD_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Authenticated requests per minute and address.
+    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_PER_MINUTE", default_value_t = NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN))]
+    pub rate_limit_per_minute: NonZeroU32,
+    /// Burst allowance above the steady rate, per address.
+    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
+    pub rate_limit_burst: NonZeroU32,
+    /// Lifetime of a wallet session, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub session_ttl_secs: u64,
+    /// Default lifetime of a contribution signature (its EIP-712 `deadline`), in seconds.
+    #[arg(long, default_value_t = 3_600)]
+    pub signature_ttl_secs: u64,
+    /// Seconds between a running job's heartbeats (cancellation is noticed at the latest then).
+    #[arg(long, default_value_t = 2)]
+    pub job_heartbeat_secs: u64,
+    /// Seconds without a heartbeat after which a running job is taken back from its (dead) worker.
+    #[arg(long, default_value_t = 30)]
+    pub job_stale_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Seconds the relayer waits for a receipt, and then for the indexer, per attempt.
+    #[arg(long, default_value_t = 120)]
+    pub confirm_timeout_secs: u64,
+    /// Blocks the in-process indexer stays behind the head.
+    #[arg(long, default_value_t = 0)]
+    pub confirmations: u64,
+    /// Milliseconds between head polls of the in-process indexer (http URLs).
+    #[arg(long, default_value_t = 250)]
+    pub poll_interval_ms: u64,
+    /// /readyz fails while the indexer is more than this many blocks behind.
+    #[arg(long, default_value_t = 32)]
+    pub ready_max_lag: u64,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let key = args.key.load()?;
+    let manifest = super::manifest_path(&args.rpc_url, args.manifest.clone()).await?;
+    let deployment = Deployment::load(&manifest)?;
+    let chain = Chain::connect(&args.rpc_url, &deployment, key, Duration::from_secs(30)).await?;
+    match chain.signer() {
+        Some(a) => tracing::info!(relayer = %a, "relaying and publishing from the daemon's key"),
+        None => tracing::warn!(
+            "no key (OPENLEDGER_PRIVATE_KEY or --keystore): relaying and publishing are off"
+        ),
+    }
+    let db = super::db::open(global).await?;
+    let mut api = ApiConfig::new(
+        deployment.chain_id,
+        args.domain
+            .clone()
+            .unwrap_or_else(|| args.listen.to_string()),
+    );
+    api.max_upload_bytes = args.max_upload_bytes;
+    api.rate_per_minute = args.rate_limit_per_minute;
+    api.rate_burst = args.rate_limit_burst;
+    api.siwe.session_ttl = Duration::from_secs(args.session_ttl_secs.max(60));
+    api.signature_ttl = Duration::from_secs(args.signature_ttl_secs.clamp(60, 604_800));
+    api.ready_max_lag = args.ready_max_lag;
+    let indexer = (!args.no_index).then(|| {
+        let mut c = IndexerConfig::new(args.rpc_url.clone());
+        c.confirmations = args.confirmations;
+        c.poll_interval = Duration::from_millis(args.poll_interval_ms.max(1));
+        c
+    });
+    let workers = WorkerConfig {
+        heartbeat: Duration::from_secs(args.job_heartbeat_secs.max(1)),
+        stale_after: Duration::from_secs(
+            args.job_stale_secs.max(3 * args.job_heartbeat_secs.max(1)),
+        ),
+        ..WorkerConfig::default()
+    };
+    let cfg = ServeConfig {
+        listen: args.listen,
+        api,
+        indexer,
+        workers,
+        worker_slots: args.workers,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        confirm_timeout: Duration::from_secs(args.confirm_timeout_secs.max(1)),
+    };
+    crate::serve::run(
+        cfg,
+        db.pool.clone(),
+        deployment,
+        chain,
+        super::shutdown_signal(),
+    )
+    .await
+    .context("serve")?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The job queue: `queue` (Postgres state machine), `worker` (claiming, heartbeats, cancellation) and one
+//! file per job kind. Training, inference and settlement kinds plug in as further `JobHandler`s.
+
+pub mod queue;
+pub mod relay;
+pub mod snapshot;
+pub mod worker;
+
+pub use queue::{Job, JobState, Queue};
+pub use worker::{JobContext, JobError, JobHandler, Registry, WorkerConfig};

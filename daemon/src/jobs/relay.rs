@@ -1,0 +1,265 @@
+//! `relay_contribution`: sends a contributor's signed `contributeWithSig` from the daemon's key and follows
+//! it until the indexer has the event. Safe to re-run at any point: the contract's per-contributor nonce
+//! makes a signature good once, and every step first looks at what the chain and the index already hold.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::Provider;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openledger_chain::bindings::Registry;
+use openledger_indexer::query::{ChainIndex, Contribution};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::worker::{JobContext, JobError, JobHandler};
+use crate::chain::Chain;
+use crate::uploads::{self, RelayRow};
+
+pub const KIND: &str = "relay_contribution";
+
+#[derive(Debug, Clone)]
+pub struct RelayJob {
+    pub pool: PgPool,
+    pub index: ChainIndex,
+    pub chain: Chain,
+    /// How long to wait for the receipt, and then for the indexer, before the attempt counts as failed.
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    relay_id: i64,
+}
+
+impl JobHandler for RelayJob {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn submittable(&self) -> bool {
+        false
+    }
+
+    fn validate(&self, params: &Value) -> Result<Value, String> {
+        let p: Params = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
+        Ok(json!({ "relay_id": p.relay_id }))
+    }
+
+    fn run(&self, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>> {
+        async move {
+            let p: Params =
+                serde_json::from_value(ctx.params().clone()).map_err(JobError::fatal)?;
+            let relay = uploads::relay(&self.pool, p.relay_id)
+                .await?
+                .ok_or_else(|| JobError::fatal(format!("relay {} does not exist", p.relay_id)))?;
+            let last_attempt = ctx.attempt() >= ctx.lease.job.max_attempts;
+            match self.relay(&ctx, &relay).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if !e.retryable || last_attempt {
+                        uploads::set_relay_state(
+                            &self.pool,
+                            relay.id,
+                            "failed",
+                            None,
+                            None,
+                            Some(&e.message),
+                        )
+                        .await?;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, JobError> {
+    s.parse()
+        .map_err(|_| JobError::fatal(format!("stored {what} {s:?} does not parse")))
+}
+
+/// Why a call reverted, in the contract's own words where its ABI knows the error.
+pub fn revert_reason(e: &alloy::contract::Error) -> String {
+    if let Some(err) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
+        return format!("reverted: {err:?}");
+    }
+    match e.as_revert_data() {
+        Some(data) => format!("reverted with data {data}"),
+        None => e.to_string(),
+    }
+}
+
+impl RelayJob {
+    async fn find_onchain(
+        &self,
+        datanet: U256,
+        hash: B256,
+    ) -> Result<Option<Contribution>, JobError> {
+        let found = self
+            .index
+            .contribution_by_content(hash)
+            .await
+            .map_err(JobError::retryable)?;
+        Ok(found.into_iter().find(|c| c.datanet_id == datanet))
+    }
+
+    async fn confirmed(
+        &self,
+        ctx: &JobContext,
+        relay: &RelayRow,
+        c: &Contribution,
+    ) -> Result<Value, JobError> {
+        uploads::set_relay_state(
+            &self.pool,
+            relay.id,
+            "confirmed",
+            Some(c.tx_hash),
+            Some(c.id),
+            None,
+        )
+        .await?;
+        ctx.log(format!(
+            "confirmed: contribution {} in block {} (tx {})",
+            c.id, c.block_number, c.tx_hash
+        ))
+        .await;
+        Ok(json!({
+            "relay_id": relay.id,
+            "contribution_id": c.id.to_string(),
+            "tx_hash": c.tx_hash.to_string(),
+            "block_number": c.block_number,
+        }))
+    }
+
+    async fn wait_for_index(
+        &self,
+        ctx: &JobContext,
+        relay: &RelayRow,
+        datanet: U256,
+        hash: B256,
+    ) -> Result<Value, JobError> {
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        loop {
+            if let Some(c) = self.find_onchain(datanet, hash).await? {
+                return self.confirmed(ctx, relay, &c).await;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(JobError::retryable(
+                    "the transaction is mined but the indexer has not seen the event yet",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn relay(&self, ctx: &JobContext, relay: &RelayRow) -> Result<Value, JobError> {
+        let upload = uploads::get(&self.pool, relay.upload_id)
+            .await?
+            .ok_or_else(|| JobError::fatal("the upload is gone"))?;
+        let datanet: U256 = parse("datanet id", &upload.datanet_id)?;
+        let hash: B256 = parse("content hash", &upload.content_hash)?;
+        let contributor: Address = parse("contributor", &relay.contributor)?;
+        let nonce: U256 = parse("nonce", &relay.nonce)?;
+        let deadline: U256 = parse("deadline", &relay.deadline)?;
+        let signature: Bytes = parse("signature", &relay.signature)?;
+
+        if let Some(c) = self.find_onchain(datanet, hash).await? {
+            if c.contributor == contributor {
+                return self.confirmed(ctx, relay, &c).await;
+            }
+            return Err(JobError::fatal(format!(
+                "this content is already contribution {} of Datanet {datanet}, by {}",
+                c.id, c.contributor
+            )));
+        }
+        let provider = self.chain.provider();
+        // a previous attempt's transaction
+        if let Some(prev) = &relay.tx_hash {
+            let prev: B256 = parse("tx hash", prev)?;
+            if let Some(r) = provider
+                .get_transaction_receipt(prev)
+                .await
+                .map_err(JobError::retryable)?
+            {
+                if !r.status() {
+                    return Err(JobError::fatal(format!("transaction {prev} reverted")));
+                }
+                ctx.log(format!(
+                    "transaction {prev} is mined; waiting for the indexer"
+                ))
+                .await;
+                return self.wait_for_index(ctx, relay, datanet, hash).await;
+            }
+        }
+        let current = self
+            .chain
+            .contribute_nonce(contributor)
+            .await
+            .map_err(JobError::retryable)?;
+        if current > nonce {
+            // the signature was used (by us, in flight, or by someone else): give the indexer its time
+            ctx.log(format!(
+                "nonce {nonce} is already used on chain; waiting for the indexer"
+            ))
+            .await;
+            return self.wait_for_index(ctx, relay, datanet, hash).await.map_err(|_| {
+                JobError::fatal(format!(
+                    "the signature's nonce {nonce} was used by another transaction; sign a new payload"
+                ))
+            });
+        }
+        if current < nonce {
+            return Err(JobError::fatal(format!(
+                "the signature is for nonce {nonce} but the contributor's next nonce is {current}"
+            )));
+        }
+        let registry = self.chain.registry();
+        let call = registry.contributeWithSig(
+            contributor,
+            datanet,
+            hash,
+            upload.metadata_uri.clone(),
+            nonce,
+            deadline,
+            signature,
+        );
+        // simulate first: a revert is final and costs no gas
+        if let Err(e) = call.call().await {
+            if e.as_revert_data().is_some() {
+                return Err(JobError::fatal(revert_reason(&e)));
+            }
+            return Err(JobError::retryable(e));
+        }
+        let pending = call.send().await.map_err(|e| {
+            if e.as_revert_data().is_some() {
+                JobError::fatal(revert_reason(&e))
+            } else {
+                JobError::retryable(e)
+            }
+        })?;
+        let tx_hash = *pending.tx_hash();
+        uploads::set_relay_state(&self.pool, relay.id, "submitted", Some(tx_hash), None, None)
+            .await?;
+        ctx.log(format!("submitted transaction {tx_hash}")).await;
+        ctx.progress(0.5).await;
+        let receipt = pending
+            .with_timeout(Some(self.confirm_timeout))
+            .get_receipt()
+            .await
+            .map_err(JobError::retryable)?;
+        if !receipt.status() {
+            return Err(JobError::fatal(format!("transaction {tx_hash} reverted")));
+        }
+        ctx.log(format!(
+            "mined in block {}; waiting for the indexer",
+            receipt.block_number.unwrap_or_default()
+        ))
+        .await;
+        self.wait_for_index(ctx, relay, datanet, hash).await
+    }
+}

@@ -1,0 +1,18 @@
+//! The OpenLedger daemon as a library (the `openledger` binary's `main.rs` only runs `cli`):
+//! - `api`: the REST API (axum + utoipa), one file per area;
+//! - `auth`: Sign-In-with-Ethereum sessions and API keys;
+//! - `content` / `uploads`: contribution content and its path to the chain;
+//! - `jobs`: the Postgres job queue, its workers and the job kinds;
+//! - `chain`: the daemon's key and its view of the contracts;
+//! - `serve`: one process running the API, the indexer and the workers.
+
+pub mod api;
+pub mod auth;
+pub mod chain;
+pub mod cli;
+pub mod content;
+pub mod jobs;
+pub mod metrics;
+pub mod serve;
+pub mod state;
+pub mod uploads;

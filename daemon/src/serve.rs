@@ -1,0 +1,214 @@
+//! `openledger serve` as a library function: the API, the in-process indexer and the job workers in one
+//! process, with graceful shutdown (in-flight requests get a grace period, running jobs go back to the
+//! queue, every committed index range is kept).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openledger_chain::Deployment;
+use openledger_indexer::{Indexer, IndexerConfig, IndexerStatus, Mode};
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+
+use crate::chain::Chain;
+use crate::jobs::relay::RelayJob;
+use crate::jobs::snapshot::SnapshotJob;
+use crate::jobs::worker::{self, Registry, WorkerConfig};
+use crate::state::{ApiConfig, AppState, StateParts};
+
+/// Everything `serve` needs, already resolved from flags and environment.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub api: ApiConfig,
+    /// Index in-process (`None`: another process indexes into the same database).
+    pub indexer: Option<IndexerConfig>,
+    pub workers: WorkerConfig,
+    /// Job slots in this process (0: API only).
+    pub worker_slots: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// How long the relayer waits for a receipt, then for the index.
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Indexer(#[from] openledger_indexer::IndexerError),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// The job kinds this process runs: relaying only with a key (so key-less processes never claim relays).
+pub fn registry(
+    pool: &PgPool,
+    deployment: &Deployment,
+    chain: &Chain,
+    confirm_timeout: Duration,
+) -> Result<Registry, openledger_indexer::IndexerError> {
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment)?;
+    let mut r = Registry::default().with(SnapshotJob {
+        index: index.clone(),
+        chain: Some(chain.clone()),
+        tx_timeout: confirm_timeout,
+    });
+    if chain.signer().is_some() {
+        r = r.with(RelayJob {
+            pool: pool.clone(),
+            index,
+            chain: chain.clone(),
+            confirm_timeout,
+        });
+    }
+    Ok(r)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    cfg: ServeConfig,
+    pool: PgPool,
+    deployment: Deployment,
+    chain: Chain,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(1024);
+    let listener_task = worker::spawn_listener(pool.clone(), events.clone());
+
+    // the indexer, restarted after transient failures
+    let mut indexer_task = None;
+    let mut indexer_status: Option<watch::Receiver<IndexerStatus>> = None;
+    if let Some(icfg) = cfg.indexer.clone() {
+        let mut indexer = Indexer::new(icfg, deployment.clone(), pool.clone()).await?;
+        indexer_status = Some(indexer.status());
+        let mut stop = stop_rx.clone();
+        indexer_task = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = indexer.run(Mode::Follow) => match r {
+                        Ok(()) => return,
+                        Err(e) if e.is_transient() => {
+                            tracing::warn!(error = %e, "indexer: transient failure; resuming in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "indexer stopped; /readyz reports it");
+                            return;
+                        }
+                    },
+                    _ = worker::stopped(&mut stop) => return,
+                }
+            }
+        }));
+    }
+
+    let jobs = registry(&pool, &deployment, &chain, cfg.confirm_timeout)?;
+    let worker_id = worker::worker_id();
+    let mut worker_task = None;
+    if cfg.worker_slots > 0 {
+        let mut wcfg = cfg.workers.clone();
+        wcfg.concurrency = cfg.worker_slots;
+        worker_task = Some(tokio::spawn(worker::run(
+            crate::jobs::Queue::new(pool.clone()),
+            jobs.clone(),
+            wcfg,
+            worker_id.clone(),
+            events.clone(),
+            stop_rx.clone(),
+        )));
+        register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone());
+    }
+
+    let state = AppState::new(StateParts {
+        pool: pool.clone(),
+        deployment,
+        chain: Some(chain),
+        cfg: cfg.api,
+        jobs,
+        job_events: events,
+        indexer: indexer_status,
+        metrics: crate::metrics::handle(),
+    })?;
+    let app = crate::api::app(state);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Http)?;
+    tracing::info!(%local, worker = %worker_id, "serving the API on http://{local} (docs at /docs)");
+
+    let (signalled_tx, signalled_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = signalled_tx.send(true);
+    });
+    let mut s1 = signalled_rx.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = s1.wait_for(|s| *s).await;
+    });
+    let mut s2 = signalled_rx.clone();
+    let grace = cfg.shutdown_grace;
+    let result = tokio::select! {
+        r = server => r.map_err(ServeError::Http),
+        // long-lived streams (SSE) would hold a graceful shutdown open forever
+        _ = async move { let _ = s2.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    tracing::info!("shutting down: releasing running jobs");
+    let _ = stop_tx.send(true);
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
+    if let Some(t) = indexer_task {
+        let _ = t.await;
+    }
+    let _ = sqlx::query("DELETE FROM workers WHERE id = $1")
+        .bind(&worker_id)
+        .execute(&pool)
+        .await;
+    listener_task.abort();
+    result
+}
+
+/// Registers this process in `workers` and keeps its `seen_at` fresh until stopped.
+fn register_worker(pool: &PgPool, id: &str, kinds: &[String], mut stop: watch::Receiver<bool>) {
+    let pool = pool.clone();
+    let id = id.to_owned();
+    let kinds = kinds.to_vec();
+    let host = id.split(':').next().unwrap_or("host").to_owned();
+    tokio::spawn(async move {
+        loop {
+            let r = sqlx::query(
+                "INSERT INTO workers (id, hostname, pid, kinds) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+            )
+            .bind(&id)
+            .bind(&host)
+            .bind(std::process::id() as i32)
+            .bind(&kinds)
+            .execute(&pool)
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "worker registration");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = worker::stopped(&mut stop) => return,
+            }
+        }
+    });
+}

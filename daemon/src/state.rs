@@ -1,0 +1,140 @@
+//! What every request handler shares.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::PrometheusHandle;
+use openledger_chain::Deployment;
+use openledger_indexer::IndexerStatus;
+use openledger_indexer::query::ChainIndex;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+
+use crate::auth::SiweConfig;
+use crate::chain::Chain;
+use crate::jobs::queue::Queue;
+use crate::jobs::worker::Registry;
+
+/// API settings (defaults in `ApiConfig::new`; `openledger serve --help` documents the flags).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest contribution upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Largest JSON request body, in bytes.
+    pub max_json_bytes: usize,
+    /// Authenticated requests per minute and address.
+    pub rate_per_minute: NonZeroU32,
+    /// Requests an address may send in a burst above the steady rate.
+    pub rate_burst: NonZeroU32,
+    /// Sign-in rules.
+    pub siwe: SiweConfig,
+    /// Default lifetime of a `contributeWithSig` signature (its `deadline`).
+    pub signature_ttl: Duration,
+    /// `/readyz` fails while the in-process indexer is more than this many blocks behind the head.
+    pub ready_max_lag: u64,
+}
+
+impl ApiConfig {
+    pub fn new(chain_id: u64, domain: impl Into<String>) -> Self {
+        Self {
+            max_upload_bytes: 5 * 1024 * 1024,
+            max_json_bytes: 64 * 1024,
+            rate_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
+            rate_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
+            siwe: SiweConfig {
+                domain: domain.into(),
+                chain_id,
+                nonce_ttl: Duration::from_secs(600),
+                session_ttl: Duration::from_secs(24 * 3600),
+                clock_skew: Duration::from_secs(60),
+            },
+            signature_ttl: Duration::from_secs(3600),
+            ready_max_lag: 32,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub pool: PgPool,
+    pub deployment: Deployment,
+    pub index: ChainIndex,
+    pub queue: Queue,
+    pub jobs: Registry,
+    pub chain: Option<Chain>,
+    pub cfg: ApiConfig,
+    pub limiter: DefaultKeyedRateLimiter<Address>,
+    /// Job ids whose rows changed, from Postgres NOTIFY (any process).
+    pub job_events: broadcast::Sender<i64>,
+    /// The in-process indexer's progress, when `serve` runs one.
+    pub indexer: Option<watch::Receiver<IndexerStatus>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("chain_id", &self.deployment.chain_id)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("chain_id", &self.0.deployment.chain_id)
+            .field("jobs", &self.0.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Everything `AppState::new` needs.
+#[derive(Debug)]
+pub struct StateParts {
+    pub pool: PgPool,
+    pub deployment: Deployment,
+    pub chain: Option<Chain>,
+    pub cfg: ApiConfig,
+    pub jobs: Registry,
+    pub job_events: broadcast::Sender<i64>,
+    pub indexer: Option<watch::Receiver<IndexerStatus>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(p: StateParts) -> Result<Self, openledger_indexer::IndexerError> {
+        let quota = Quota::per_minute(p.cfg.rate_per_minute).allow_burst(p.cfg.rate_burst);
+        Ok(Self(Arc::new(Inner {
+            index: ChainIndex::new(p.pool.clone(), &p.deployment)?,
+            queue: Queue::new(p.pool.clone()),
+            pool: p.pool,
+            deployment: p.deployment,
+            jobs: p.jobs,
+            chain: p.chain,
+            cfg: p.cfg,
+            limiter: RateLimiter::keyed(quota),
+            job_events: p.job_events,
+            indexer: p.indexer,
+            metrics: p.metrics,
+        })))
+    }
+
+    pub fn chain(&self) -> Result<&Chain, crate::api::ApiError> {
+        self.chain.as_ref().ok_or_else(|| {
+            crate::api::ApiError::Unavailable("this daemon has no connection to the chain".into())
+        })
+    }
+}

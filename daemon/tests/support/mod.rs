@@ -1,0 +1,269 @@
+//! Shared by the daemon's tests: an app over a real Postgres, wallet sign-in, index fixtures, requests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use openledger_chain::{ContractKind, Deployment};
+use openledger_daemon::api;
+use openledger_daemon::chain::Chain;
+use openledger_daemon::jobs::Registry;
+use openledger_daemon::jobs::snapshot::SnapshotJob;
+use openledger_daemon::state::{ApiConfig, AppState, StateParts};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tower::ServiceExt;
+
+pub const DOMAIN: &str = "localhost:8080";
+
+/// A manifest for a chain that need not exist (handler tests read only the index tables).
+pub fn fake_deployment() -> Deployment {
+    let mut contracts = serde_json::Map::new();
+    for (i, k) in ContractKind::ALL.iter().enumerate() {
+        contracts.insert(
+            k.name().into(),
+            serde_json::json!({
+                "address": format!("0x{:040x}", 0x1000 + i),
+                "block": 1,
+                "txHash": format!("0x{:064x}", i + 1),
+            }),
+        );
+    }
+    serde_json::from_value(serde_json::json!({
+        "chainId": 31337, "deployer": format!("0x{:040x}", 1), "config": "test", "startBlock": 1,
+        "contracts": contracts,
+        "roles": {"admin": format!("0x{:040x}", 1), "treasury": format!("0x{:040x}", 1),
+                  "governor": format!("0x{:040x}", 1), "settlers": [], "revokers": [], "slashers": []}
+    }))
+    .unwrap()
+}
+
+pub fn state_with(
+    pool: PgPool,
+    deployment: Deployment,
+    chain: Option<Chain>,
+    jobs: Registry,
+    cfg: ApiConfig,
+) -> AppState {
+    let (tx, _) = broadcast::channel(256);
+    openledger_daemon::jobs::worker::spawn_listener(pool.clone(), tx.clone());
+    AppState::new(StateParts {
+        pool,
+        deployment,
+        chain,
+        cfg,
+        jobs,
+        job_events: tx,
+        indexer: None,
+        metrics: openledger_daemon::metrics::handle(),
+    })
+    .unwrap()
+}
+
+/// The app over `pool` with the fake deployment and the snapshot job kind.
+pub fn app(pool: &PgPool) -> (Router, AppState) {
+    let d = fake_deployment();
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), &d).unwrap();
+    let jobs = Registry::default().with(SnapshotJob {
+        index,
+        chain: None,
+        tx_timeout: std::time::Duration::from_secs(5),
+    });
+    let mut cfg = ApiConfig::new(d.chain_id, DOMAIN);
+    cfg.max_upload_bytes = 4096;
+    let s = state_with(pool.clone(), d, None, jobs, cfg);
+    (api::app(s.clone()), s)
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts a problem document with this status and `type` suffix.
+    pub fn problem(&self, status: u16, kind: &str) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.headers.get("content-type").unwrap(),
+            "application/problem+json"
+        );
+        let v = self.json();
+        assert_eq!(v["type"], format!("/problems/{kind}"), "{v}");
+        assert_eq!(v["status"], status);
+        v
+    }
+}
+
+pub async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some((ct, b)) => req.header("content-type", ct).body(Body::from(b)).unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(app: &Router, uri: &str, token: Option<&str>) -> Reply {
+    send(app, Method::GET, uri, token, None).await
+}
+
+pub async fn post_json(app: &Router, uri: &str, token: Option<&str>, body: Value) -> Reply {
+    send(
+        app,
+        Method::POST,
+        uri,
+        token,
+        Some(("application/json", serde_json::to_vec(&body).unwrap())),
+    )
+    .await
+}
+
+/// An EIP-4361 message as a wallet would build it.
+pub fn siwe_message(address: Address, domain: &str, chain_id: u64, nonce: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let issued = (now - time::Duration::seconds(5)).format(fmt).unwrap();
+    let exp = (now + time::Duration::minutes(10)).format(fmt).unwrap();
+    format!(
+        "{domain} wants you to sign in with your Ethereum account:\n{}\n\nSign in to OpenLedger\n\nURI: http://{domain}\nVersion: 1\nChain ID: {chain_id}\nNonce: {nonce}\nIssued At: {issued}\nExpiration Time: {exp}",
+        address.to_checksum(None)
+    )
+}
+
+pub fn personal_sign(key: &PrivateKeySigner, message: &str) -> String {
+    key.sign_message_sync(message.as_bytes())
+        .unwrap()
+        .to_string()
+}
+
+/// Signs in with `key` through the API; returns the session token.
+pub async fn sign_in(app: &Router, key: &PrivateKeySigner) -> String {
+    let n = get(app, "/api/auth/nonce", None).await.json();
+    let msg = siwe_message(
+        key.address(),
+        n["domain"].as_str().unwrap(),
+        n["chain_id"].as_u64().unwrap(),
+        n["nonce"].as_str().unwrap(),
+    );
+    let r = post_json(
+        app,
+        "/api/auth/siwe",
+        None,
+        serde_json::json!({ "message": msg, "signature": personal_sign(key, &msg) }),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Index fixture: a Datanet as the indexer would have written it.
+pub async fn insert_datanet(pool: &PgPool, d: &Deployment, id: u64, owner: Address) {
+    sqlx::query(
+        "INSERT INTO datanets (chain_id, tx_hash, log_index, block_number, block_hash, contract_address,
+             datanet_id, owner, metadata_uri, tags, permissioned, curators, fee_paid)
+         VALUES ($1, $2, 0, $3, $4, $5, $6, $7, 'ipfs://datanet', ARRAY['test'], false, ARRAY[]::text[], 0)",
+    )
+    .bind(d.chain_id as i64)
+    .bind(format!("0x{:064x}", 0xd000 + id))
+    .bind(id as i64)
+    .bind(format!("0x{:064x}", id))
+    .bind(format!("{:#x}", d.address(ContractKind::Registry).unwrap()))
+    .bind(id as i64)
+    .bind(format!("{owner:#x}"))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Index fixture: a contribution (optionally reviewed).
+pub async fn insert_contribution(
+    pool: &PgPool,
+    d: &Deployment,
+    id: u64,
+    datanet: u64,
+    contributor: Address,
+    hash: B256,
+    accepted: Option<bool>,
+) {
+    let registry = format!("{:#x}", d.address(ContractKind::Registry).unwrap());
+    sqlx::query(
+        "INSERT INTO contributions (chain_id, tx_hash, log_index, block_number, block_hash, contract_address,
+             contribution_id, datanet_id, contributor, content_hash, metadata_uri, submitter)
+         VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, 'x', $8)",
+    )
+    .bind(d.chain_id as i64)
+    .bind(format!("0x{:064x}", 0xc000 + id))
+    .bind(100 + id as i64)
+    .bind(format!("0x{:064x}", id))
+    .bind(&registry)
+    .bind(id as i64)
+    .bind(datanet as i64)
+    .bind(format!("{contributor:#x}"))
+    .bind(format!("{hash:#x}"))
+    .execute(pool)
+    .await
+    .unwrap();
+    if let Some(accepted) = accepted {
+        sqlx::query(
+            "INSERT INTO contribution_reviews (chain_id, tx_hash, log_index, block_number, block_hash,
+                 contract_address, contribution_id, datanet_id, curator, accepted)
+             VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(d.chain_id as i64)
+        .bind(format!("0x{:064x}", 0xe000 + id))
+        .bind(200 + id as i64)
+        .bind(format!("0x{:064x}", 200 + id))
+        .bind(&registry)
+        .bind(id as i64)
+        .bind(datanet as i64)
+        .bind(format!("{contributor:#x}"))
+        .bind(accepted)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+pub fn u(n: u64) -> U256 {
+    U256::from(n)
+}
