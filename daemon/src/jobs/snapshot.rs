@@ -171,27 +171,38 @@ impl SnapshotJob {
         let me = chain
             .signer()
             .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
-        for v in self.index.versions(id).await.map_err(JobError::retryable)? {
-            if v.root == root && v.contribution_count == U256::from(count) {
-                ctx.log(format!("already published as version {}", v.version))
-                    .await;
+        let registry = chain.registry();
+        // the chain, not the index (which may lag), says whether this root is already the latest version
+        let on_chain = registry.datanet(id).call().await.map_err(|e| {
+            if e.as_revert_data().is_some() {
+                JobError::fatal(revert_reason(&e))
+            } else {
+                JobError::retryable(e)
+            }
+        })?;
+        if on_chain.versionCount > 0 {
+            let latest = registry
+                .versionRoot(id, on_chain.versionCount)
+                .call()
+                .await
+                .map_err(JobError::retryable)?;
+            if latest == root {
+                ctx.log(format!(
+                    "already published as version {}",
+                    on_chain.versionCount
+                ))
+                .await;
                 return Ok(
-                    json!({ "version": v.version.to_string(), "block_number": v.block_number, "already": true }),
+                    json!({ "version": on_chain.versionCount.to_string(), "already": true }),
                 );
             }
         }
-        let owner = self
-            .index
-            .datanet(id)
-            .await
-            .map_err(JobError::retryable)?
-            .map(|d| d.owner);
-        if owner != Some(me) {
+        if on_chain.owner != me {
             return Err(JobError::fatal(format!(
-                "the daemon's key {me:#x} does not own Datanet {id}; its owner must publish (or transfer it)"
+                "the daemon's key {me:#x} does not own Datanet {id} (its owner is {:#x}); the owner must publish",
+                on_chain.owner
             )));
         }
-        let registry = chain.registry();
         let call = registry.publishVersion(id, root, count, uri.to_owned());
         if let Err(e) = call.call().await {
             return Err(if e.as_revert_data().is_some() {

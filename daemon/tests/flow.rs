@@ -1,0 +1,390 @@
+//! The whole contribution path against a real anvil and Postgres: sign in with a wallet, upload, sign the
+//! EIP-712 payload, the daemon relays, the in-process indexer confirms; follow the job over SSE; snapshot and
+//! publish a Datanet version.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use alloy::dyn_abi::TypedData;
+use alloy::primitives::{B256, U256};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use axum::http::{Method, StatusCode};
+use common::{KEYS, TestChain, ether};
+use openledger_chain::ContractKind;
+use openledger_chain::bindings::{OpenToken, Registry};
+use openledger_chain::merkle::{StandardMerkleTree, leaf};
+use openledger_daemon::chain::Chain;
+use openledger_daemon::jobs::worker::{self, WorkerConfig};
+use openledger_daemon::state::ApiConfig;
+use openledger_indexer::{Indexer, Mode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::*;
+use tokio::sync::{broadcast, watch};
+
+async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Value {
+    for _ in 0..300 {
+        let v = get(app, &format!("/api/uploads/{id}"), Some(token))
+            .await
+            .json();
+        if v["state"] == want {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("upload {id} never got to {want}");
+}
+
+async fn wait_job(app: &axum::Router, token: &str, id: i64) -> Value {
+    for _ in 0..300 {
+        let v = get(app, &format!("/api/jobs/{id}"), Some(token))
+            .await
+            .json();
+        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} never finished");
+}
+
+fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
+    // sign the JSON the API returned, as a wallet would: this checks the JSON, not only the digest
+    let td: TypedData = serde_json::from_value(typed.clone()).unwrap();
+    key.sign_dynamic_typed_data_sync(&td).unwrap().to_string()
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let d = chain.deployment.clone();
+    let registry_addr = d.address(ContractKind::Registry).unwrap();
+    let token = |i| OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), chain.actor(i));
+    let registry = |i| Registry::new(registry_addr, chain.actor(i));
+
+    // the daemon (#1, the relayer) owns Datanet 1 so it may publish its versions; #0 owns Datanet 2
+    send!(token(0).transfer(TestChain::address_of(1), ether(100)));
+    send!(token(1).approve(registry_addr, ether(100)));
+    send!(registry(1).createDatanet("ipfs://dn1".into(), vec!["qa".into()], false, vec![]));
+    send!(token(0).approve(registry_addr, ether(100)));
+    send!(registry(0).createDatanet("ipfs://dn2".into(), vec![], false, vec![]));
+
+    // the daemon's pieces: chain with the relayer key, in-process indexer, workers, API
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let daemon_chain = Chain::connect(
+        &chain.url,
+        &d,
+        Some(relayer.clone()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let jobs =
+        openledger_daemon::serve::registry(&pool, &d, &daemon_chain, Duration::from_secs(30))
+            .unwrap();
+    let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())
+        .await
+        .unwrap();
+    let index_task = tokio::spawn(async move { indexer.run(Mode::Follow).await });
+    let (stop, stop_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(256);
+    worker::spawn_listener(pool.clone(), events.clone());
+    let workers = tokio::spawn(worker::run(
+        openledger_daemon::jobs::Queue::new(pool.clone()),
+        jobs.clone(),
+        WorkerConfig::default(),
+        "flow".into(),
+        events,
+        stop_rx,
+    ));
+    let state = state_with(
+        pool.clone(),
+        d.clone(),
+        Some(daemon_chain),
+        jobs,
+        ApiConfig::new(d.chain_id, DOMAIN),
+    );
+    let app = openledger_daemon::api::app(state);
+    for _ in 0..100 {
+        if get(&app, "/api/datanets/2", None).await.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // a contributor with no gas money of its own: #4 (anvil funds it with ETH, but it never sends)
+    let contributor: PrivateKeySigner = KEYS[4].parse().unwrap();
+    let session = sign_in(&app, &contributor).await;
+    let up = send(
+        &app,
+        Method::POST,
+        "/api/uploads?datanet_id=1&filename=qa.jsonl",
+        Some(&session),
+        Some((
+            "application/jsonl",
+            b"{\"prompt\":\"Capital of France?\",\"completion\":\"Paris\"}\n".to_vec(),
+        )),
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::CREATED);
+    let upload = up.json();
+    let id = upload["id"].as_i64().unwrap();
+    let td = get(
+        &app,
+        &format!("/api/uploads/{id}/typed-data"),
+        Some(&session),
+    )
+    .await;
+    assert_eq!(
+        td.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&td.body)
+    );
+    let td = td.json();
+    assert_eq!(td["nonce"], "0");
+    assert_eq!(
+        td["typed_data"]["message"]["contentHash"],
+        upload["content_hash"]
+    );
+    let signature = sign_typed(&contributor, &td["typed_data"]);
+
+    // refusals before anything is sent
+    let other: PrivateKeySigner = KEYS[5].parse().unwrap();
+    let relay_url = format!("/api/uploads/{id}/relay");
+    let body = |sig: &str, nonce: &str| json!({ "signature": sig, "nonce": nonce, "deadline": td["deadline"] });
+    let p = post_json(
+        &app,
+        &relay_url,
+        Some(&session),
+        body(&sign_typed(&other, &td["typed_data"]), "0"),
+    )
+    .await
+    .problem(400, "bad-request");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not by the upload's owner")
+    );
+    // the signature covers nonce 0: claiming another nonce breaks the recovery
+    post_json(&app, &relay_url, Some(&session), body(&signature, "1"))
+        .await
+        .problem(400, "bad-request");
+    post_json(
+        &app,
+        &relay_url,
+        Some(&session),
+        json!({ "signature": signature, "nonce": "0", "deadline": "1" }),
+    )
+    .await
+    .problem(400, "bad-request");
+    let stranger = sign_in(&app, &other).await;
+    post_json(&app, &relay_url, Some(&stranger), body(&signature, "0"))
+        .await
+        .problem(403, "forbidden");
+
+    // relay
+    let r = post_json(&app, &relay_url, Some(&session), body(&signature, "0")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let relay = r.json();
+    assert_eq!(relay["state"], "pending");
+    let job_id = relay["job_id"].as_i64().unwrap();
+    // the same signed payload twice is refused
+    post_json(&app, &relay_url, Some(&session), body(&signature, "0"))
+        .await
+        .problem(409, "conflict");
+
+    // follow the job to its end over SSE
+    let sse = get(
+        &app,
+        &format!("/api/jobs/{job_id}/events?access_token={session}"),
+        None,
+    )
+    .await;
+    assert_eq!(sse.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&sse.body).to_string();
+    assert!(text.contains("event: log"), "{text}");
+    assert!(text.contains("submitted transaction"), "{text}");
+    assert!(text.contains("event: end\ndata: succeeded"), "{text}");
+
+    let done = wait_upload(&app, &session, id, "confirmed").await;
+    assert_eq!(
+        done["contribution"]["contributor"],
+        format!("{:#x}", contributor.address())
+    );
+    assert_eq!(done["relays"][0]["state"], "confirmed");
+    let tx: B256 = done["relays"][0]["tx_hash"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(done["contribution"]["tx_hash"], tx.to_string());
+    // the relayer paid: the transaction is from #1, the contribution credits #4
+    let on_chain = registry(0)
+        .contributionByHash(
+            U256::from(1),
+            upload["content_hash"].as_str().unwrap().parse().unwrap(),
+        )
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(on_chain, U256::from(1));
+    assert_eq!(done["contribution"]["id"], "1");
+    // once on chain, relaying again is a conflict, and so is asking for a payload to sign
+    post_json(&app, &relay_url, Some(&session), body(&signature, "0"))
+        .await
+        .problem(409, "conflict");
+
+    // the contributor may also send `contribute` themselves: the upload is matched by its hash
+    let up2 = send(
+        &app,
+        Method::POST,
+        "/api/uploads?datanet_id=1",
+        Some(&session),
+        Some(("text/plain", b"Paris is the capital of France.".to_vec())),
+    )
+    .await
+    .json();
+    let h2: B256 = up2["content_hash"].as_str().unwrap().parse().unwrap();
+    send!(registry(4).contribute(U256::from(1), h2, "ipfs://self".into()));
+    wait_upload(&app, &session, up2["id"].as_i64().unwrap(), "confirmed").await;
+
+    // a stale signature (nonce already used) is refused
+    let up3 = send(
+        &app,
+        Method::POST,
+        "/api/uploads?datanet_id=2",
+        Some(&session),
+        Some(("text/plain", b"third".to_vec())),
+    )
+    .await
+    .json();
+    let stale = post_json(
+        &app,
+        &format!("/api/uploads/{}/relay", up3["id"]),
+        Some(&session),
+        body(&signature, "0"),
+    )
+    .await;
+    // the old signature covers other values, so recovery yields another address: 400, not a relay
+    stale.problem(400, "bad-request");
+
+    // the owner (#1 = the daemon) accepts both contributions; snapshot and publish version 1
+    send!(registry(1).reviewContributions(U256::from(1), vec![U256::from(1), U256::from(2)], true));
+    let owner_session = sign_in(&app, &relayer).await;
+    // wait for the reviews to be indexed
+    for _ in 0..100 {
+        if get(&app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the contributor may compute a snapshot but not publish one
+    post_json(
+        &app,
+        "/api/jobs",
+        Some(&session),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+    )
+    .await
+    .problem(403, "forbidden");
+    let j = post_json(
+        &app,
+        "/api/jobs",
+        Some(&owner_session),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+    )
+    .await;
+    assert_eq!(j.status, StatusCode::CREATED);
+    let j = wait_job(&app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let result = &j["result"];
+    let leaves: Vec<B256> = result["leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            leaf(&(
+                l["contribution_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<U256>()
+                    .unwrap(),
+                l["contributor"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<alloy::primitives::Address>()
+                    .unwrap(),
+                l["content_hash"].as_str().unwrap().parse::<B256>().unwrap(),
+            ))
+        })
+        .collect();
+    let root = StandardMerkleTree::new(leaves).unwrap().root();
+    assert_eq!(result["root"], root.to_string());
+    assert_eq!(result["published"]["version"], "1");
+    assert_eq!(
+        registry(0)
+            .versionRoot(U256::from(1), 1)
+            .call()
+            .await
+            .unwrap(),
+        root
+    );
+    // publishing the same snapshot again is a no-op
+    let again = post_json(
+        &app,
+        "/api/jobs",
+        Some(&owner_session),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+    )
+    .await;
+    for _ in 0..100 {
+        if get(&app, "/api/datanets/1/versions", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = wait_job(&app, &owner_session, again.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(again["result"]["published"]["already"], true, "{again}");
+    // Datanet 2 is owned by #0: the daemon cannot publish it, and says why (no retries)
+    let ops = openledger_daemon::auth::create_api_key(&pool, relayer.address(), "ops", true, None)
+        .await
+        .unwrap();
+    let c = send!(registry(4).contribute(U256::from(2), B256::repeat_byte(9), "x".into()));
+    assert!(c.status());
+    send!(registry(0).reviewContributions(U256::from(2), vec![U256::from(3)], true));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let j = post_json(
+        &app,
+        "/api/jobs",
+        Some(&ops.token),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "2", "publish": true}}),
+    )
+    .await;
+    let j = wait_job(&app, &ops.token, j.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["attempts"], 1);
+    assert!(j["error"].as_str().unwrap().contains("does not own"), "{j}");
+
+    stop.send(true).unwrap();
+    workers.await.unwrap();
+    index_task.abort();
+}

@@ -1,0 +1,314 @@
+//! The job queue against a real Postgres: two workers sharing it, a worker killed mid-job, cancellation,
+//! retries and graceful release.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openledger_daemon::jobs::queue::{CancelOutcome, JobState, NewJob, Queue};
+use openledger_daemon::jobs::worker::{
+    self, JobContext, JobError, JobHandler, Registry, WorkerConfig,
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+
+/// What each job should do, by its `mode` parameter, and a record of what happened.
+#[derive(Clone, Default)]
+struct TestJob {
+    /// (job id, attempt, worker) per start
+    starts: Arc<Mutex<Vec<(i64, i32, String)>>>,
+    /// job ids whose run future was dropped before finishing
+    dropped: Arc<Mutex<Vec<i64>>>,
+}
+
+struct DropGuard(Option<(i64, Arc<Mutex<Vec<i64>>>)>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some((id, v)) = self.0.take() {
+            v.lock().unwrap().push(id);
+        }
+    }
+}
+
+impl JobHandler for TestJob {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn validate(&self, params: &Value) -> Result<Value, String> {
+        Ok(params.clone())
+    }
+
+    fn run(&self, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>> {
+        async move {
+            self.starts
+                .lock()
+                .unwrap()
+                .push((ctx.id(), ctx.attempt(), ctx.lease.worker.clone()));
+            let mut guard = DropGuard(Some((ctx.id(), self.dropped.clone())));
+            let mode = ctx.params()["mode"].as_str().unwrap_or("ok").to_owned();
+            let r = match mode.as_str() {
+                "ok" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ctx.log("working").await;
+                    ctx.metric(1, "loss", 0.5).await;
+                    ctx.progress(0.5).await;
+                    Ok(json!({ "done": ctx.id() }))
+                }
+                // hangs on its first attempt, succeeds on later ones
+                "hang_first" if ctx.attempt() == 1 => futures::future::pending().await,
+                "hang_first" => Ok(json!({ "attempt": ctx.attempt() })),
+                "hang" => futures::future::pending().await,
+                "flaky" if ctx.attempt() == 1 => Err(JobError::retryable("node hiccup")),
+                "flaky" => Ok(json!({ "attempt": ctx.attempt() })),
+                _ => Err(JobError::fatal("bad input")),
+            };
+            guard.0 = None;
+            r
+        }
+        .boxed()
+    }
+}
+
+fn cfg() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 1,
+        heartbeat: Duration::from_millis(100),
+        stale_after: Duration::from_millis(800),
+        poll: Duration::from_millis(50),
+        retry_backoff: Duration::from_millis(10),
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(pool: &PgPool, h: &TestJob, id: &str, cfg: WorkerConfig) -> Running {
+    let (stop, rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(64);
+    worker::spawn_listener(pool.clone(), events.clone());
+    let task = tokio::spawn(worker::run(
+        Queue::new(pool.clone()),
+        Registry::default().with(h.clone()),
+        cfg,
+        id.to_owned(),
+        events,
+        rx,
+    ));
+    Running { stop, task }
+}
+
+async fn submit(q: &Queue, mode: &str, max_attempts: i32) -> i64 {
+    q.submit(&NewJob {
+        kind: "test".into(),
+        owner: Address::repeat_byte(7),
+        params: json!({ "mode": mode }),
+        priority: 0,
+        max_attempts,
+    })
+    .await
+    .unwrap()
+    .id
+}
+
+async fn wait_state(q: &Queue, id: i64, want: JobState) -> openledger_daemon::jobs::Job {
+    for _ in 0..200 {
+        let j = q.get(id).await.unwrap().unwrap();
+        if j.state() == want {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "job {id} never reached {want:?}: {:?}",
+        q.get(id).await.unwrap()
+    );
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn two_workers_share_the_queue_and_each_job_runs_once(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(submit(&q, "ok", 3).await);
+    }
+    let a = start(&pool, &h, "worker-a", cfg());
+    let b = start(&pool, &h, "worker-b", cfg());
+    for id in &ids {
+        let j = wait_state(&q, *id, JobState::Succeeded).await;
+        assert_eq!(j.result, Some(json!({ "done": id })));
+        assert_eq!(j.attempts, 1);
+        assert_eq!(j.progress, 1.0);
+        assert!(j.worker.is_none());
+        assert_eq!(q.metrics(*id).await.unwrap()[0].value, 0.5);
+    }
+    let starts = h.starts.lock().unwrap().clone();
+    let mut per_job: HashMap<i64, usize> = HashMap::new();
+    for (id, _, _) in &starts {
+        *per_job.entry(*id).or_default() += 1;
+    }
+    assert!(
+        per_job.values().all(|n| *n == 1),
+        "a job ran twice: {starts:?}"
+    );
+    assert_eq!(per_job.len(), 8);
+    let workers: std::collections::HashSet<&str> = starts
+        .iter()
+        .map(|(_, _, w)| w.split('/').next().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "both workers took work: {starts:?}");
+    for r in [a, b] {
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap();
+    }
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_killed_worker_job_is_retried_once_and_completed_once(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let id = submit(&q, "hang_first", 3).await;
+    let a = start(&pool, &h, "doomed", cfg());
+    let running = wait_state(&q, id, JobState::Running).await;
+    assert!(running.worker.as_deref().unwrap().starts_with("doomed"));
+    let lease_of_a = worker_lease(&q, id).await;
+    // kill: no release, no more heartbeats
+    a.task.abort();
+    let _ = a.task.await;
+    let b = start(&pool, &h, "survivor", cfg());
+    let done = wait_state(&q, id, JobState::Succeeded).await;
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.result, Some(json!({ "attempt": 2 })));
+    let starts = h.starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts[1].2.starts_with("survivor"));
+    // the dead worker's lease can no longer complete, fail or release the job
+    assert!(
+        !q.finish(&lease_of_a, JobState::Succeeded, Some(&json!(1)), None)
+            .await
+            .unwrap()
+    );
+    assert!(!q.release(&lease_of_a).await.unwrap());
+    assert_eq!(
+        q.get(id).await.unwrap().unwrap().result,
+        Some(json!({ "attempt": 2 }))
+    );
+    let logs = q.logs(id, 0, 100).await.unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.message.contains("stopped heartbeating")),
+        "{logs:?}"
+    );
+    b.stop.send(true).unwrap();
+    b.task.await.unwrap();
+}
+
+/// The lease the current holder has (as the worker would see it).
+async fn worker_lease(q: &Queue, id: i64) -> openledger_daemon::jobs::queue::Lease {
+    let job = q.get(id).await.unwrap().unwrap();
+    openledger_daemon::jobs::queue::Lease {
+        worker: job.worker.clone().unwrap(),
+        attempt: job.attempts,
+        job,
+    }
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_job_that_keeps_dying_fails_after_its_attempts(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let id = submit(&q, "hang", 1).await;
+    let lease = q.claim("w", &["test".to_owned()]).await.unwrap().unwrap();
+    assert_eq!(lease.job.id, id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reaped = q.reap(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(reaped, vec![(id, JobState::Failed)]);
+    let j = q.get(id).await.unwrap().unwrap();
+    assert!(j.error.unwrap().contains("stopped heartbeating"));
+    assert!(j.finished_at.is_some());
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn cancellation_stops_a_running_job_and_a_queued_one(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let id = submit(&q, "hang", 3).await;
+    let w = start(&pool, &h, "w", cfg());
+    wait_state(&q, id, JobState::Running).await;
+    assert_eq!(q.cancel(id).await.unwrap(), Some(CancelOutcome::Requested));
+    let j = wait_state(&q, id, JobState::Cancelled).await;
+    assert!(j.finished_at.is_some());
+    assert_eq!(
+        h.dropped.lock().unwrap().as_slice(),
+        &[id],
+        "the handler was stopped"
+    );
+    assert_eq!(
+        q.cancel(id).await.unwrap(),
+        Some(CancelOutcome::AlreadyFinished(JobState::Cancelled))
+    );
+    // a queued job is cancelled without running
+    w.stop.send(true).unwrap();
+    w.task.await.unwrap();
+    let queued = submit(&q, "ok", 3).await;
+    assert_eq!(
+        q.cancel(queued).await.unwrap(),
+        Some(CancelOutcome::Cancelled)
+    );
+    let w = start(&pool, &h, "w2", cfg());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        q.get(queued).await.unwrap().unwrap().state(),
+        JobState::Cancelled
+    );
+    assert!(
+        h.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(j, _, _)| *j != queued)
+    );
+    assert_eq!(q.cancel(99_999).await.unwrap(), None);
+    w.stop.send(true).unwrap();
+    w.task.await.unwrap();
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn retryable_failures_retry_and_fatal_ones_do_not(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let flaky = submit(&q, "flaky", 3).await;
+    let fatal = submit(&q, "explode", 3).await;
+    let w = start(&pool, &h, "w", cfg());
+    let j = wait_state(&q, flaky, JobState::Succeeded).await;
+    assert_eq!(j.attempts, 2);
+    let f = wait_state(&q, fatal, JobState::Failed).await;
+    assert_eq!(f.attempts, 1);
+    assert_eq!(f.error.as_deref(), Some("bad input"));
+    w.stop.send(true).unwrap();
+    w.task.await.unwrap();
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn shutdown_releases_running_jobs_without_spending_an_attempt(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let id = submit(&q, "hang_first", 2).await;
+    let w = start(&pool, &h, "leaving", cfg());
+    wait_state(&q, id, JobState::Running).await;
+    w.stop.send(true).unwrap();
+    w.task.await.unwrap();
+    let j = q.get(id).await.unwrap().unwrap();
+    assert_eq!(j.state(), JobState::Queued);
+    assert_eq!(j.attempts, 0);
+    assert!(j.worker.is_none());
+    assert_eq!(h.dropped.lock().unwrap().as_slice(), &[id]);
+}
