@@ -280,7 +280,7 @@ pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, AuthError> {
 }
 
 /// An API key as listed by `openledger keys list` (never the secret).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct KeyInfo {
     pub id: i64,
     pub address: String,
@@ -297,38 +297,12 @@ pub struct KeyInfo {
 }
 
 pub async fn list_api_keys(pool: &PgPool) -> Result<Vec<KeyInfo>, AuthError> {
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        bool,
-        OffsetDateTime,
-        Option<OffsetDateTime>,
-        Option<OffsetDateTime>,
-        Option<OffsetDateTime>,
-    )> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT id, address, label, admin, created_at, expires_at, revoked_at, last_used_at
          FROM auth_tokens WHERE kind = 'api_key' ORDER BY id",
     )
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, address, label, admin, created_at, expires_at, revoked_at, last_used_at)| {
-                KeyInfo {
-                    id,
-                    address,
-                    label,
-                    admin,
-                    created_at,
-                    expires_at,
-                    revoked_at,
-                    last_used_at,
-                }
-            },
-        )
-        .collect())
+    .await?)
 }
 
 /// The digest a wallet signs for a message (tests and tools).

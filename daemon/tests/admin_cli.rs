@@ -1,0 +1,262 @@
+//! The admin CLI through the real binary: keys, jobs, status, and `serve` start-up, readiness and
+//! graceful shutdown against anvil and Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use openledger_daemon::jobs::queue::{NewJob, Queue};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+fn openledger() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_openledger"))
+}
+
+fn url_of(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap()
+    )
+}
+
+fn run(db: &str, args: &[&str]) -> Output {
+    openledger()
+        .args(["--database-url", db])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn json_of(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn keys_create_list_revoke(pool: PgPool) {
+    let db = url_of(&pool);
+    let addr = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+    let created = json_of(&run(
+        &db,
+        &[
+            "--json",
+            "keys",
+            "create",
+            "--address",
+            addr,
+            "--label",
+            "ci",
+            "--admin",
+        ],
+    ));
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with("olk_"));
+    let caller = openledger_daemon::auth::authenticate(&pool, key)
+        .await
+        .unwrap();
+    assert!(caller.admin);
+    assert_eq!(format!("{:#x}", caller.address), addr);
+    // the secret is stored only hashed
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM auth_tokens WHERE token_hash = $1 OR label = $1")
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 0);
+    let listed = json_of(&run(&db, &["--json", "keys", "list"]));
+    assert_eq!(listed[0]["label"], "ci");
+    assert!(listed[0].get("key").is_none() && !listed.to_string().contains(key));
+    let id = created["id"].as_i64().unwrap().to_string();
+    assert!(run(&db, &["keys", "revoke", &id]).status.success());
+    assert!(
+        openledger_daemon::auth::authenticate(&pool, key)
+            .await
+            .is_err()
+    );
+    let again = run(&db, &["keys", "revoke", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live key"));
+    let bad = run(&db, &["keys", "create", "--address", "0x12"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--address"));
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn jobs_and_status(pool: PgPool) {
+    let db = url_of(&pool);
+    let q = Queue::new(pool.clone());
+    let job = q
+        .submit(&NewJob {
+            kind: "datanet_snapshot".into(),
+            owner: Address::repeat_byte(1),
+            params: json!({"datanet_id": "1"}),
+            priority: 0,
+            max_attempts: 3,
+        })
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let list = json_of(&run(&db, &["--json", "jobs", "list", "--state", "queued"]));
+    assert_eq!(list[0]["id"], job.id);
+    let show = json_of(&run(&db, &["--json", "jobs", "show", &id]));
+    assert_eq!(show["job"]["kind"], "datanet_snapshot");
+    assert!(
+        show["logs"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queued by")
+    );
+    assert!(run(&db, &["jobs", "cancel", &id]).status.success());
+    assert_eq!(q.get(job.id).await.unwrap().unwrap().state, "cancelled");
+    let again = run(&db, &["jobs", "cancel", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already finished"));
+    assert!(run(&db, &["jobs", "retry", &id]).status.success());
+    assert_eq!(q.get(job.id).await.unwrap().unwrap().state, "queued");
+    let missing = run(&db, &["jobs", "show", "999999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no job 999999"));
+    assert!(
+        !run(&db, &["jobs", "list", "--state", "sleeping"])
+            .status
+            .success()
+    );
+
+    let st = json_of(&run(
+        &db,
+        &["--json", "status", "--rpc-url", "http://127.0.0.1:1"],
+    ));
+    assert_eq!(st["head"], Value::Null);
+    assert_eq!(st["jobs"]["queued"], 1);
+    assert_eq!(st["workers"], json!([]));
+}
+
+/// A bare HTTP/1.0 GET (the test needs no HTTP client crate for this).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
+    let chain = common::TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.json");
+    std::fs::write(&manifest, serde_json::to_string(&chain.deployment).unwrap()).unwrap();
+    let port = common::free_port();
+    // no CLI argument takes a key
+    let refused = openledger()
+        .args(["serve", "--private-key", common::KEYS[1]])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let mut child = openledger()
+        .args([
+            "--database-url",
+            &url_of(&pool),
+            "serve",
+            "--rpc-url",
+            &chain.url,
+            "--manifest",
+        ])
+        .arg(&manifest)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--poll-interval-ms",
+            "50",
+        ])
+        .env("OPENLEDGER_PRIVATE_KEY", common::KEYS[1])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Some((200, _)) = http_get(port, "/readyz") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "serve never became ready");
+    let (code, body) = http_get(port, "/api/status").unwrap();
+    assert_eq!(code, 200);
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["chain_id"], chain.deployment.chain_id);
+    assert_eq!(
+        st["relayer"],
+        format!("{:#x}", common::TestChain::address_of(1))
+    );
+    assert!(st["indexed_through"].as_u64().unwrap() >= chain.deployment.start_block);
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 1);
+    let (code, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("openledger_indexer_lag_blocks"),
+        "{metrics}"
+    );
+    // SIGTERM: exits 0, deregisters
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (s, err)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1);
+    assert!(
+        !status.1.contains(&common::KEYS[1][2..]),
+        "the key appeared in the logs"
+    );
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0);
+}
