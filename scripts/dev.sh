@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Start the local OpenLedger stack and keep it running until Ctrl-C: an OP-stack-mode anvil devnet with the
-# contract suite deployed, and `openledger index` following it into Postgres (DATABASE_URL if set, else a
-# private cluster under .dev/openledger).
+# contract suite deployed, and `openledger serve` (REST API, in-process indexer, job workers) on it, with
+# Postgres from DATABASE_URL if set, else a private cluster under .dev/openledger.
 #
-#   scripts/dev.sh [--port N] [--chain-id N] [--block-time S] [--fresh]
+#   scripts/dev.sh [--port N] [--api-port N] [--chain-id N] [--block-time S] [--fresh]
 #
 #   --port N        JSON-RPC port (default 8545)
+#   --api-port N    the daemon's HTTP port (default 8080)
 #   --chain-id N    chain id of the devnet (default 7331, OpenLedger's local id)
 #   --block-time S  seconds per block; 0 mines each transaction at once (default 0)
 #   --fresh         forget the saved chain state and the local index (.dev/) and deploy anew
@@ -17,16 +18,18 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 PORT=8545
+API_PORT=8080
 CHAIN_ID=7331
 BLOCK_TIME=0
 FRESH=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) PORT="${2:?}"; shift 2 ;;
+    --api-port) API_PORT="${2:?}"; shift 2 ;;
     --chain-id) CHAIN_ID="${2:?}"; shift 2 ;;
     --block-time) BLOCK_TIME="${2:?}"; shift 2 ;;
     --fresh) FRESH=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -34,6 +37,9 @@ need_toolchain
 URL="http://127.0.0.1:$PORT"
 if "$CAST" chain-id --rpc-url "$URL" >/dev/null 2>&1; then
   die "something already answers JSON-RPC on port $PORT: stop it or pass --port"
+fi
+if curl -s -o /dev/null "http://127.0.0.1:$API_PORT/" 2>/dev/null; then
+  die "something already listens on port $API_PORT: stop it or pass --api-port"
 fi
 mkdir -p .dev
 STATE=".dev/anvil-state-$CHAIN_ID.json"
@@ -48,9 +54,9 @@ args=(--port "$PORT" --chain-id "$CHAIN_ID" --network optimism --state "$STATE" 
 log "starting anvil on $URL (chain $CHAIN_ID, state $STATE)"
 "$ANVIL" "${args[@]}" &
 ANVIL_PID=$!
-INDEX_PID=""
+DAEMON_PID=""
 cleanup() {
-  if [ -n "$INDEX_PID" ]; then kill "$INDEX_PID" 2>/dev/null || true; wait "$INDEX_PID" 2>/dev/null || true; fi
+  if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
   log "stopping anvil (state saved to $STATE)"
   kill "$ANVIL_PID" 2>/dev/null || true
   wait "$ANVIL_PID" 2>/dev/null || true
@@ -64,36 +70,48 @@ MANIFEST="$(scripts/deploy.sh --rpc-url "$URL")"
 log "building openledger"
 cargo build --locked -q -p openledger-daemon || die "cargo build failed"
 DATA_DIR="$ROOT/.dev/openledger"
-"$OPENLEDGER_BIN" --data-dir "$DATA_DIR" index --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
-  2> >(sed -u 's/^/[indexer] /' >&2) &
-INDEX_PID=$!
+# the daemon relays and publishes from anvil's dev account #1 (a well-known key: devnets only)
+OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
+  "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" serve --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
+  --listen "127.0.0.1:$API_PORT" --domain "127.0.0.1:$API_PORT" \
+  2> >(sed -u 's/^/[openledger] /' >&2) &
+DAEMON_PID=$!
 if [ -n "${DATABASE_URL:-}" ]; then
   PSQL="psql $DATABASE_URL"
 else
   # the private cluster's port is in its postmaster.pid (line 4) once it accepts connections
   pidfile="$DATA_DIR/postgres/pgdata/postmaster.pid"
-  PSQL="psql (the private cluster did not come up: see the [indexer] lines)"
+  PSQL="psql (the private cluster did not come up: see the [openledger] lines)"
   for _ in $(seq 600); do
     pg_port="$(sed -n 4p "$pidfile" 2>/dev/null || true)"
     if [ -n "$pg_port" ] && psql "postgres://openledger@127.0.0.1:$pg_port/openledger" -tAc 'select 1' >/dev/null 2>&1; then
       PSQL="psql postgres://openledger@127.0.0.1:$pg_port/openledger"
       break
     fi
-    kill -0 "$INDEX_PID" 2>/dev/null || break
+    kill -0 "$DAEMON_PID" 2>/dev/null || break
     sleep 0.1
   done
 fi
+
+API="http://127.0.0.1:$API_PORT"
+for _ in $(seq 600); do
+  curl -sf "$API/readyz" >/dev/null 2>&1 && break
+  kill -0 "$DAEMON_PID" 2>/dev/null || die "openledger serve exited (see the [openledger] lines)"
+  sleep 0.1
+done
 
 cat >&2 <<MSG
 
 OpenLedger local stack is up.
   JSON-RPC     $URL   (chain id $CHAIN_ID, OP-stack transaction types)
   contracts    $MANIFEST
-  indexer      openledger index (following by newHeads subscription)
+  API          $API   (docs $API/docs, OpenAPI $API/openapi.json, metrics $API/metrics)
+  daemon       openledger serve: API + indexer (newHeads subscription) + job workers
   database     $PSQL
   deployer     anvil dev account #0 (holds the dev genesis allocation)
-  daemon       anvil dev account #1 (settler)
-  walkthrough  scripts/demo.sh --rpc-url $URL
+  relayer      anvil dev account #1 (settler; relays signed contributions)
+  walkthrough  scripts/demo.sh --rpc-url $URL        (contracts, with cast)
+               scripts/api-demo.sh --api $API   (sign in, upload, relay, confirm)
 Ctrl-C stops it.
 MSG
 wait "$ANVIL_PID"

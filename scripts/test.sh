@@ -5,7 +5,8 @@
 # tests, gas snapshot unchanged, line coverage >= 95%, slither clean of medium/high findings, then a real deployment to a fresh anvil (OP-stack
 # mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
 # Rust: fmt, clippy -D warnings, and the workspace tests against real anvil nodes and a real Postgres
-# (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster).
+# (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster); then the
+# README's API walkthrough (scripts/api-demo.sh) against a fresh `openledger serve`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -94,10 +95,40 @@ cargo_tests() {
   [ "$rc" = 0 ] || { grep -A6 'panicked at' "$out" | head -80 >&2; return 1; }
 }
 
+# The README's API walkthrough (scripts/api-demo.sh: SIWE sign-in, upload, EIP-712 relay, confirmation) against
+# a fresh anvil and `openledger serve` on a fresh database.
+api_walkthrough() {
+  local port api_port chain=7340 dir anvil_pid serve_pid db status=0
+  port="$(free_port)"; api_port="$(free_port)"; dir="$(mktemp -d)"; db="ol_api_walk_$$"
+  "$ANVIL" --port "$port" --chain-id "$chain" --network optimism --silent &
+  anvil_pid=$!
+  local url="http://127.0.0.1:$port"
+  wait_rpc "$url" || { log "anvil did not start"; kill $anvil_pid; return 1; }
+  scripts/deploy.sh --rpc-url "$url" --out "$dir/$chain.json" >/dev/null 2>&1 || { kill $anvil_pid; return 1; }
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+  OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
+    "$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn serve --rpc-url "$url" \
+    --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 &
+  serve_pid=$!
+  local api="http://127.0.0.1:$api_port"
+  for _ in $(seq 300); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null; then
+    tests_passed=$((tests_passed + 1))
+  else
+    tests_failed=$((tests_failed + 1)); status=1
+  fi
+  kill -TERM "$serve_pid"; wait "$serve_pid" || { log "serve did not exit cleanly on SIGTERM"; status=1; }
+  kill "$anvil_pid"; wait "$anvil_pid" 2>/dev/null || true
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$dir"
+  return $status
+}
+
 ensure_test_postgres
 trap stop_test_postgres EXIT
 step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
+step "daemon: the README's API walkthrough (curl + cast) on a fresh stack" api_walkthrough
 summary

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The README's API walkthrough, runnable: sign in with a wallet (SIWE), upload a contribution, sign its
+# EIP-712 payload, let the daemon relay it, and watch it confirmed by the indexer. Uses only curl, jq and
+# cast. scripts/test.sh runs it against a fresh stack; run it against `scripts/dev.sh` yourself.
+#
+#   scripts/api-demo.sh [--api URL] [--rpc-url URL] [--manifest FILE]
+#
+#   --api URL       the daemon (default http://127.0.0.1:8080)
+#   --rpc-url URL   the chain (default http://127.0.0.1:8545)
+#   --manifest F    deployment manifest (default deployments/<chainId>.json)
+#
+# Keys are anvil's dev accounts: #0 creates a Datanet, #4 contributes (and never pays gas).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+API=http://127.0.0.1:8080
+RPC_URL=http://127.0.0.1:8545
+MANIFEST=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --api) API="${2:?}"; shift 2 ;;
+    --rpc-url) RPC_URL="${2:?}"; shift 2 ;;
+    --manifest) MANIFEST="${2:?}"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+done
+need_toolchain
+CHAIN_ID="$("$CAST" chain-id --rpc-url "$RPC_URL")"
+MANIFEST="${MANIFEST:-deployments/$CHAIN_ID.json}"
+REGISTRY="$(jq -r .contracts.Registry.address "$MANIFEST")"
+TOKEN_ADDR="$(jq -r .contracts.OpenToken.address "$MANIFEST")"
+OWNER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a
+ADDR="$("$CAST" wallet address "$KEY")"
+step() { printf '\n## %s\n' "$*" >&2; }
+
+step "a Datanet to contribute to (created by #0 with cast; the fee is 10 OPEN)"
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$TOKEN_ADDR" "approve(address,uint256)" "$REGISTRY" 10ether
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$REGISTRY" \
+  "createDatanet(string,string[],bool,address[])" "ipfs://qa-datanet" "[qa]" false "[]"
+DATANET="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "datanetCount()(uint256)")"
+echo "datanet $DATANET" >&2
+# the daemon's indexer picks it up within a block or two
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/api/datanets/$DATANET")" = 200 ] && break
+  sleep 0.1
+done
+curl -sf "$API/api/datanets/$DATANET" | jq -c '{id, owner, stats}' >&2
+
+step "sign in with the wallet (EIP-4361)"
+CHALLENGE="$(curl -sf "$API/api/auth/nonce")"
+NONCE="$(jq -r .nonce <<<"$CHALLENGE")"
+DOMAIN="$(jq -r .domain <<<"$CHALLENGE")"
+ISSUED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+MESSAGE="$DOMAIN wants you to sign in with your Ethereum account:
+$("$CAST" to-check-sum-address "$ADDR")
+
+Sign in to OpenLedger
+
+URI: http://$DOMAIN
+Version: 1
+Chain ID: $CHAIN_ID
+Nonce: $NONCE
+Issued At: $ISSUED"
+SIGNATURE="$("$CAST" wallet sign --private-key "$KEY" "$MESSAGE")"
+TOKEN="$(curl -sf -X POST "$API/api/auth/siwe" -H 'content-type: application/json' \
+  -d "$(jq -n --arg m "$MESSAGE" --arg s "$SIGNATURE" '{message: $m, signature: $s}')" | jq -r .token)"
+AUTH="authorization: Bearer $TOKEN"
+curl -sf "$API/api/auth/me" -H "$AUTH" | jq -c . >&2
+
+step "upload a contribution (JSON Lines)"
+printf '%s\n' '{"prompt": "What is the capital of France?", "completion": "Paris."}' \
+  '{"prompt": "What is 12 * 12?", "completion": "144."}' >"${TMPDIR:-/tmp}/qa.jsonl"
+UPLOAD="$(curl -sf -X POST "$API/api/uploads?datanet_id=$DATANET&filename=qa.jsonl" -H "$AUTH" \
+  -H 'content-type: application/jsonl' --data-binary @"${TMPDIR:-/tmp}/qa.jsonl")"
+UPLOAD_ID="$(jq -r .id <<<"$UPLOAD")"
+jq -c '{id, content_hash, records, state}' <<<"$UPLOAD" >&2
+
+step "sign the EIP-712 payload in the wallet; the daemon relays it and pays the gas"
+PAYLOAD="$(curl -sf "$API/api/uploads/$UPLOAD_ID/typed-data" -H "$AUTH")"
+jq .typed_data <<<"$PAYLOAD" >"${TMPDIR:-/tmp}/contribute.json"
+SIG712="$("$CAST" wallet sign --private-key "$KEY" --data --from-file "${TMPDIR:-/tmp}/contribute.json")"
+RELAY="$(curl -sf -X POST "$API/api/uploads/$UPLOAD_ID/relay" -H "$AUTH" -H 'content-type: application/json' \
+  -d "$(jq -n --arg s "$SIG712" --argjson p "$PAYLOAD" '{signature: $s, nonce: $p.nonce, deadline: $p.deadline}')")"
+JOB="$(jq -r .job_id <<<"$RELAY")"
+jq -c '{id, state, job_id}' <<<"$RELAY" >&2
+
+step "follow the relay job (Server-Sent Events) until it ends"
+curl -sfN --max-time 120 "$API/api/jobs/$JOB/events" -H "$AUTH" | sed -n 's/^data: //p' \
+  | jq -rR 'fromjson? // . | if type == "object" then (.message // ("job " + .state)) else "end: " + . end' >&2
+
+step "the upload is confirmed: the indexer saw the ContributionSubmitted event"
+STATE=""
+for _ in $(seq 100); do
+  RESULT="$(curl -sf "$API/api/uploads/$UPLOAD_ID" -H "$AUTH")"
+  STATE="$(jq -r .state <<<"$RESULT")"
+  [ "$STATE" = confirmed ] && break
+  sleep 0.2
+done
+jq -c '{state, contribution: .contribution | {id, contributor, tx_hash, status}}' <<<"$RESULT" >&2
+[ "$STATE" = confirmed ] || die "the upload did not get confirmed (state $STATE)"
+ONCHAIN="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "contributionByHash(uint256,bytes32)(uint256)" \
+  "$DATANET" "$(jq -r .content_hash <<<"$RESULT")")"
+[ "$ONCHAIN" = "$(jq -r .contribution.id <<<"$RESULT")" ] || die "chain says contribution $ONCHAIN"
+echo "contribution $ONCHAIN of Datanet $DATANET is on chain, credited to $ADDR" >&2
+echo "API walkthrough ok"
