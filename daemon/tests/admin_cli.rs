@@ -260,3 +260,58 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
         .unwrap();
     assert_eq!(workers, 0);
 }
+
+#[tokio::test]
+async fn deploy_wraps_the_deployment_and_checks_the_manifest() {
+    let chain = common::TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fresh.json");
+    let root = common::repo_root();
+    let o = openledger()
+        .args(["--json", "deploy", "--rpc-url", &chain.url, "--out"])
+        .arg(&out)
+        .arg("--repo")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let v = json_of(&o);
+    assert_eq!(v["chain_id"], chain.deployment.chain_id);
+    assert_eq!(v["contracts"].as_object().unwrap().len(), 7);
+    let written = openledger_chain::Deployment::load(&out).unwrap();
+    assert_eq!(
+        format!(
+            "{:#x}",
+            written
+                .address(openledger_chain::ContractKind::Registry)
+                .unwrap()
+        ),
+        v["contracts"]["Registry"]
+    );
+    // a second run finds the suite on chain and sends nothing
+    let head = chain.head().await;
+    let again = openledger()
+        .args(["deploy", "--rpc-url", &chain.url, "--out"])
+        .arg(&out)
+        .arg("--repo")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(chain.head().await, head);
+    // no node: a clear error, non-zero exit
+    let bad = openledger()
+        .args(["deploy", "--rpc-url", "http://127.0.0.1:1", "--repo"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no JSON-RPC node"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -73,10 +73,12 @@ pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
     } else {
         Mode::Follow
     };
+    let progress = progress_bar(status.clone());
     tokio::select! {
         r = indexer.run(mode) => r?,
         _ = super::shutdown_signal() => tracing::info!("shutting down (every committed range is kept)"),
     }
+    progress.abort();
     let s = status.borrow().clone();
     let elapsed = started.elapsed().as_secs_f64();
     if global.json {
@@ -94,4 +96,29 @@ pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A progress bar of blocks indexed against the head, on a terminal only (logs stay readable elsewhere).
+fn progress_bar(
+    mut status: tokio::sync::watch::Receiver<openledger_indexer::IndexerStatus>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} blocks {pos}/{len} {wide_bar} {per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while status.changed().await.is_ok() {
+            let s = status.borrow().clone();
+            bar.set_length(s.head);
+            bar.set_position(s.indexed_through.min(s.head));
+            bar.set_message(format!("{} events", s.events_written));
+        }
+        bar.finish_and_clear();
+    })
 }
