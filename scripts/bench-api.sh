@@ -68,7 +68,7 @@ for i in $(seq "$CONTRIBUTIONS"); do
     "contribute(uint256,bytes32,string)" 1 "$("$CAST" keccak "row $i")" "ipfs://row/$i" >/dev/null
 done
 
-"$BIN" --database-url "$DB_URL" --log warn serve --rpc-url "$url" --manifest "$work/m.json" \
+"$BIN" --database-url "$DB_URL" --log warn,sqlx::postgres::notice=error serve --rpc-url "$url" --manifest "$work/m.json" \
   --listen "127.0.0.1:$api_port" --workers 0 --rate-limit-per-minute 100000000 --rate-limit-burst 100000000 &
 serve_pid=$!
 API="http://127.0.0.1:$api_port"

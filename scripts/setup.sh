@@ -17,8 +17,8 @@ command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs np
 command -v python3 >/dev/null || apt_install python3
 command -v jq >/dev/null || apt_install jq
 command -v curl >/dev/null || apt_install curl
-# the API benchmark (scripts/bench-api.sh)
-command -v wrk >/dev/null || apt_install wrk
+# the API benchmark (scripts/bench-api.sh) only: not worth failing the setup over
+command -v wrk >/dev/null || (apt_install wrk) || log "could not install wrk: scripts/bench-api.sh needs it"
 command -v psql >/dev/null || apt_install postgresql-client
 # The Postgres server binaries: the daemon starts a private cluster with them when no DATABASE_URL is given.
 [ -x "$(pg_bin_dir)/initdb" ] || apt_install postgresql

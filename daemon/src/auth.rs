@@ -5,7 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, Signature, keccak256};
+use alloy::primitives::{Address, Signature, keccak256};
 use rand::Rng;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -303,11 +303,6 @@ pub async fn list_api_keys(pool: &PgPool) -> Result<Vec<KeyInfo>, AuthError> {
     )
     .fetch_all(pool)
     .await?)
-}
-
-/// The digest a wallet signs for a message (tests and tools).
-pub fn eip191_digest(message: &str) -> B256 {
-    alloy::primitives::eip191_hash_message(message)
 }
 
 #[cfg(test)]

@@ -135,6 +135,17 @@ pub async fn run(
         indexer: indexer_status,
         metrics: crate::metrics::handle(),
     })?;
+    // the per-address rate limiter keeps a cell per address seen: forget the idle ones now and then
+    let limiter_state = state.clone();
+    let mut limiter_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => limiter_state.limiter.retain_recent(),
+                _ = worker::stopped(&mut limiter_stop) => return,
+            }
+        }
+    });
     let app = crate::api::app(state);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

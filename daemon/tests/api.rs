@@ -258,7 +258,32 @@ async fn datanet_reads(pool: PgPool) {
     insert_contribution(&pool, &d, 2, 1, alice, keccak256("b"), Some(false)).await;
     insert_contribution(&pool, &d, 3, 1, owner, keccak256("c"), None).await;
 
-    let list = get(&app, "/api/datanets", None).await;
+    // ids order numerically, not as text
+    for id in 4..=11 {
+        insert_contribution(&pool, &d, id, 2, alice, keccak256(id.to_string()), None).await;
+    }
+    for id in 3..=10 {
+        insert_datanet(&pool, &d, id, owner).await;
+    }
+    let ids: Vec<String> = get(&app, "/api/datanets/2/contributions", None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, (4..=11).map(|i| i.to_string()).collect::<Vec<_>>());
+    let dn: Vec<String> = get(&app, "/api/datanets", None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(dn, (1..=10).map(|i| i.to_string()).collect::<Vec<_>>());
+    let list = get(&app, "/api/datanets?limit=2", None).await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.json().as_array().unwrap().len(), 2);
     assert_eq!(
@@ -293,7 +318,7 @@ async fn datanet_reads(pool: PgPool) {
     )
     .await
     .json();
-    assert_eq!(by.as_array().unwrap().len(), 2);
+    assert_eq!(by.as_array().unwrap().len(), 10);
     let by_hash = get(
         &app,
         &format!("/api/contents/{}/contributions", keccak256("c")),
@@ -303,10 +328,10 @@ async fn datanet_reads(pool: PgPool) {
     .json();
     assert_eq!(by_hash[0]["id"], "3");
 
-    get(&app, "/api/datanets/9", None)
+    get(&app, "/api/datanets/99", None)
         .await
         .problem(404, "not-found");
-    get(&app, "/api/datanets/9/contributions", None)
+    get(&app, "/api/datanets/99/contributions", None)
         .await
         .problem(404, "not-found");
     get(&app, "/api/datanets/x1", None)

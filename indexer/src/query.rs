@@ -1,5 +1,7 @@
 //! The read side over the indexed tables (its dynamic SQL only splices the constant SELECTs below): what the REST API and the CLI show. Every query is scoped to one
 //! deployment (chain id + contract addresses) and pages with `limit`/`offset` in on-chain id order.
+//! Ids are selected as text under other names (`*_text`): an output column named like the numeric one would
+//! make `ORDER BY` sort the text ("10" before "9").
 
 use alloy::primitives::{Address, B256, U256};
 use openledger_chain::{ContractKind, Deployment};
@@ -183,6 +185,18 @@ impl ChainIndex {
         row.as_ref().map(datanet).transpose()
     }
 
+    /// Whether the Datanet exists (cheaper than `datanet`, which aggregates its counts).
+    pub async fn datanet_exists(&self, id: U256) -> Result<bool, IndexerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM datanets WHERE chain_id = $1 AND contract_address = $2 AND datanet_id = $3::numeric)",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// A Datanet's contributions in id order, optionally only those with `status`.
     pub async fn contributions_by_datanet(
         &self,
@@ -263,7 +277,7 @@ impl ChainIndex {
 
     pub async fn versions(&self, datanet_id: U256) -> Result<Vec<DatanetVersion>, IndexerError> {
         let rows = sqlx::query(
-            "SELECT datanet_id::text, version::text, root, contribution_count::text, uri, block_number
+            "SELECT datanet_id::text AS datanet_id_text, version::text AS version_text, root, contribution_count::text, uri, block_number
              FROM datanet_versions WHERE chain_id = $1 AND contract_address = $2 AND datanet_id = $3::numeric
              ORDER BY version",
         )
@@ -376,7 +390,7 @@ impl ChainIndex {
 
     pub async fn reward_epochs(&self) -> Result<Vec<RewardEpoch>, IndexerError> {
         let rows = sqlx::query(
-            "SELECT epoch::text, root, total::text, uri, status, proposed_block FROM reward_epochs
+            "SELECT epoch::text AS epoch_text, root, total::text, uri, status, proposed_block FROM reward_epochs
              WHERE chain_id = $1 AND contract_address = $2 ORDER BY epoch",
         )
         .bind(self.chain_id)
@@ -447,17 +461,17 @@ impl ChainIndex {
 }
 
 const DATANET_SELECT: &str =
-    "SELECT datanet_id::text, owner, metadata_uri, tags, permissioned, contribution_count,
+    "SELECT datanet_id::text AS datanet_id_text, owner, metadata_uri, tags, permissioned, contribution_count,
         accepted_count, latest_version::text, created_block
     FROM datanets_current WHERE chain_id = $1 AND contract_address = $2";
 
 const CONTRIBUTION_SELECT: &str =
-    "SELECT contribution_id::text, datanet_id::text, contributor, content_hash,
+    "SELECT contribution_id::text AS contribution_id_text, datanet_id::text AS datanet_id_text, contributor, content_hash,
         metadata_uri, status, block_number, tx_hash
     FROM contributions_current WHERE chain_id = $1 AND contract_address = $2";
 
 const MODEL_SELECT: &str =
-    "SELECT model_id::text, developer, base_model, base_model_hash, datanet_ids::text[],
+    "SELECT model_id::text AS model_id_text, developer, base_model, base_model_hash, datanet_ids::text[],
         datanet_versions::text[], training_config_hash, metadata_uri, registered_block
     FROM models_current WHERE chain_id = $1 AND contract_address = $2";
 

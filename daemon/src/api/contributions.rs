@@ -208,7 +208,7 @@ async fn upload(
         ))
     })?;
     let canonical = content::canonicalise(&bytes, format, limit).map_err(content_error)?;
-    if s.index.datanet(datanet).await?.is_none() {
+    if !s.index.datanet_exists(datanet).await? {
         return Err(ApiError::NotFound(format!(
             "no Datanet {datanet} (indexed)"
         )));

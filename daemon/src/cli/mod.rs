@@ -44,7 +44,12 @@ pub struct GlobalArgs {
     )]
     pub db_connect_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `openledger_indexer=debug`.
-    #[arg(long, env = "RUST_LOG", global = true, default_value = "info")]
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        global = true,
+        default_value = "info,sqlx::postgres::notice=error"
+    )]
     pub log: String,
     /// Print results as JSON on stdout.
     #[arg(long, global = true)]
