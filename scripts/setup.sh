@@ -62,4 +62,7 @@ if ! "$ROOT/.tools/slither/bin/pip" show slither-analyzer 2>/dev/null | grep -q 
 fi
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2
+# the default base model for training and serving (checked by SHA-256; kept across runs)
+log "base model: $(scripts/fetch-model.sh)"
+
 log "ok"
