@@ -180,6 +180,8 @@ async fn a_killed_worker_job_is_retried_once_and_completed_once(pool: PgPool) {
     let a = start(&pool, &h, "doomed", cfg());
     let running = wait_state(&q, id, JobState::Running).await;
     assert!(running.worker.as_deref().unwrap().starts_with("doomed"));
+    // the claim lands before the handler runs: kill it only once it is inside the job
+    wait_started(&h, id).await;
     let lease_of_a = worker_lease(&q, id).await;
     // kill: no release, no more heartbeats
     a.task.abort();
@@ -210,6 +212,17 @@ async fn a_killed_worker_job_is_retried_once_and_completed_once(pool: PgPool) {
     );
     b.stop.send(true).unwrap();
     b.task.await.unwrap();
+}
+
+/// Waits until the handler is running `id` (the claim is committed before the handler is first polled).
+async fn wait_started(h: &TestJob, id: i64) {
+    for _ in 0..500 {
+        if h.starts.lock().unwrap().iter().any(|(j, _, _)| *j == id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never started in its handler");
 }
 
 /// The lease the current holder has (as the worker would see it).
@@ -243,6 +256,7 @@ async fn cancellation_stops_a_running_job_and_a_queued_one(pool: PgPool) {
     let id = submit(&q, "hang", 3).await;
     let w = start(&pool, &h, "w", cfg());
     wait_state(&q, id, JobState::Running).await;
+    wait_started(&h, id).await;
     assert_eq!(q.cancel(id).await.unwrap(), Some(CancelOutcome::Requested));
     let j = wait_state(&q, id, JobState::Cancelled).await;
     assert!(j.finished_at.is_some());
@@ -304,6 +318,7 @@ async fn shutdown_releases_running_jobs_without_spending_an_attempt(pool: PgPool
     let id = submit(&q, "hang_first", 2).await;
     let w = start(&pool, &h, "leaving", cfg());
     wait_state(&q, id, JobState::Running).await;
+    wait_started(&h, id).await;
     w.stop.send(true).unwrap();
     w.task.await.unwrap();
     let j = q.get(id).await.unwrap().unwrap();
