@@ -1,25 +1,15 @@
 //! `openledger index`: backfill the deployment's events into Postgres, then follow the head.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use openledger_chain::Deployment;
 use openledger_indexer::{Indexer, IndexerConfig, Mode};
 
 use super::GlobalArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
-    /// JSON-RPC endpoint; `ws://` follows new heads by subscription, `http://` polls.
-    #[arg(
-        long,
-        env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: String,
-    /// Deployment manifest written by scripts/deploy.sh [default: deployments/<the node's chain id>.json].
-    #[arg(long, env = "OPENLEDGER_MANIFEST")]
-    pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub chain: super::ChainArgs,
     /// Blocks to stay behind the head (0 indexes the head; reorgs are repaired either way).
     #[arg(long, default_value_t = 0)]
     pub confirmations: u64,
@@ -48,7 +38,7 @@ pub struct IndexArgs {
 
 impl IndexArgs {
     fn config(&self) -> IndexerConfig {
-        let mut cfg = IndexerConfig::new(self.rpc_url.clone());
+        let mut cfg = IndexerConfig::new(self.chain.rpc_url.clone());
         cfg.confirmations = self.confirmations;
         cfg.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         cfg.reorg_window = self.reorg_window;
@@ -62,8 +52,7 @@ impl IndexArgs {
 
 pub async fn run(global: &GlobalArgs, args: IndexArgs) -> anyhow::Result<()> {
     let cfg = args.config();
-    let manifest = super::manifest_path(&cfg.rpc_url, args.manifest.clone()).await?;
-    let deployment = Deployment::load(&manifest)?;
+    let deployment = args.chain.deployment().await?;
     let db = super::db::open(global).await?;
     let started = std::time::Instant::now();
     let mut indexer = Indexer::new(cfg, deployment, db.pool.clone()).await?;

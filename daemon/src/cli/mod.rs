@@ -112,6 +112,29 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// Which chain, and which deployment of the suite on it (`index` and `serve`).
+#[derive(Debug, clap::Args)]
+pub struct ChainArgs {
+    /// JSON-RPC endpoint; `ws://` follows new heads by subscription, `http://` polls.
+    #[arg(
+        long,
+        env = "OPENLEDGER_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+    /// Deployment manifest written by scripts/deploy.sh [default: deployments/<the node's chain id>.json].
+    #[arg(long, env = "OPENLEDGER_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+}
+
+impl ChainArgs {
+    /// Loads the manifest (asking the node for its chain id when none was named).
+    pub async fn deployment(&self) -> anyhow::Result<openledger_chain::Deployment> {
+        let path = manifest_path(&self.rpc_url, self.manifest.clone()).await?;
+        Ok(openledger_chain::Deployment::load(&path)?)
+    }
+}
+
 /// `manifest`, else `deployments/<the node's chain id>.json`.
 pub async fn manifest_path(rpc_url: &str, manifest: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = manifest {

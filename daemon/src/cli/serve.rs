@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use openledger_chain::Deployment;
 use openledger_indexer::IndexerConfig;
 
 use super::GlobalArgs;
@@ -20,16 +18,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "OPENLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// JSON-RPC endpoint of the chain (`ws://` follows heads by subscription).
-    #[arg(
-        long,
-        env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: String,
-    /// Deployment manifest [default: deployments/<the node's chain id>.json].
-    #[arg(long, env = "OPENLEDGER_MANIFEST")]
-    pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub chain: super::ChainArgs,
     /// The domain sign-in messages must name (EIP-4361 `domain`) [default: the --listen address].
     #[arg(long, env = "OPENLEDGER_SIWE_DOMAIN")]
     pub domain: Option<String>,
@@ -81,9 +71,14 @@ pub struct ServeArgs {
 
 pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     let key = args.key.load()?;
-    let manifest = super::manifest_path(&args.rpc_url, args.manifest.clone()).await?;
-    let deployment = Deployment::load(&manifest)?;
-    let chain = Chain::connect(&args.rpc_url, &deployment, key, Duration::from_secs(30)).await?;
+    let deployment = args.chain.deployment().await?;
+    let chain = Chain::connect(
+        &args.chain.rpc_url,
+        &deployment,
+        key,
+        Duration::from_secs(30),
+    )
+    .await?;
     match chain.signer() {
         Some(a) => tracing::info!(relayer = %a, "relaying and publishing from the daemon's key"),
         None => tracing::warn!(
@@ -104,7 +99,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.signature_ttl = Duration::from_secs(args.signature_ttl_secs.clamp(60, 604_800));
     api.ready_max_lag = args.ready_max_lag;
     let indexer = (!args.no_index).then(|| {
-        let mut c = IndexerConfig::new(args.rpc_url.clone());
+        let mut c = IndexerConfig::new(args.chain.rpc_url.clone());
         c.confirmations = args.confirmations;
         c.poll_interval = Duration::from_millis(args.poll_interval_ms.max(1));
         c
