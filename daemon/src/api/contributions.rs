@@ -256,9 +256,7 @@ async fn list_uploads(
 }
 
 async fn owned_upload(s: &AppState, a: &Auth, id: &str) -> ApiResult<UploadRow> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("upload id must be an integer, got {id:?}")))?;
+    let id = parse_id("upload id", id)?;
     let u = uploads::get(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no upload {id}")))?;
@@ -481,9 +479,7 @@ async fn get_relay(
     a: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayView>> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("relay id must be an integer, got {id:?}")))?;
+    let id = parse_id("relay id", &id)?;
     let r = uploads::relay(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no relay {id}")))?;

@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{Json, Path, Query};
-use super::types::parse_address;
+use super::types::{parse_address, parse_id};
 use super::{ApiError, ApiResult, Auth, Problem};
 use crate::jobs::queue::{CancelOutcome, Job, JobFilter, JobState, LogLine, MetricPoint, NewJob};
 use crate::state::AppState;
@@ -47,14 +47,8 @@ pub struct SubmitJob {
     pub max_attempts: Option<i32>,
 }
 
-fn parse_id(s: &str) -> ApiResult<i64> {
-    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        ApiError::BadRequest(format!("job id must be a positive integer, got {s:?}"))
-    })
-}
-
 async fn owned_job(s: &AppState, a: &Auth, id: &str) -> ApiResult<Job> {
-    let id = parse_id(id)?;
+    let id = parse_id("job id", id)?;
     let job = s
         .queue
         .get(id)

@@ -20,6 +20,13 @@ pub fn parse_u256(what: &str, s: &str) -> Result<U256, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{what} is out of the uint256 range")))
 }
 
+/// A database id (job, upload, relay) from a path.
+pub fn parse_id(what: &str, s: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!("{what} must be a positive integer, got {s:?}"))
+    })
+}
+
 pub fn parse_address(what: &str, s: &str) -> Result<Address, ApiError> {
     if !(s.len() == 42 && s.starts_with("0x")) {
         return Err(ApiError::BadRequest(format!(
