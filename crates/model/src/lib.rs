@@ -1,0 +1,46 @@
+//! OpenLedger's model layer (candle): base models from GGUF or Hugging Face folders (`weights`), their
+//! tokenizers and chat templates (`tokenizer`), the llama forward pass with LoRA hooks (`llama`), LoRA
+//! adapters in the PEFT layout (`lora`) and LoRA training (`train`). Serving and attribution build on it.
+
+pub mod config;
+pub mod error;
+pub mod llama;
+pub mod lora;
+pub mod tokenizer;
+pub mod train;
+pub mod weights;
+
+pub use candle_core::Device;
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use llama::{Forward, Llama, Precision, Proj};
+pub use lora::{Lora, LoraConfig};
+pub use tokenizer::TextTokenizer;
+pub use train::{Dataset, Event, Metrics, Record, Schedule, TrainConfig, Trainer};
+pub use weights::{BaseModel, ModelFormat, content_hash};
+
+/// The device for `spec`: `cpu` or `cuda:N` (the latter only in builds with the `cuda` feature).
+pub fn device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(n) = spec
+        .strip_prefix("cuda:")
+        .or(if spec == "cuda" { Some("0") } else { None })
+    {
+        let n: usize = n.parse().map_err(|_| {
+            ModelError::invalid("device", format!("{spec:?} (expected cpu or cuda:N)"))
+        })?;
+        if !candle_core::utils::cuda_is_available() {
+            return Err(ModelError::invalid(
+                "device",
+                format!("{spec}: this build has no CUDA support (rebuild with --features cuda)"),
+            ));
+        }
+        return Ok(Device::new_cuda(n)?);
+    }
+    Err(ModelError::invalid(
+        "device",
+        format!("{spec:?} (expected cpu or cuda:N)"),
+    ))
+}

@@ -1,0 +1,404 @@
+//! The llama forward pass, with LoRA hooks on any of the seven projections.
+//!
+//! Two ways to run one set of weights:
+//! - quantized weights (`QMatMul`) and candle's fused kernels (`rms_norm`, `softmax_last_dim`, `rope_i`):
+//!   the inference path, the same ops as `candle_transformers::models::quantized_llama`, so the same logits;
+//! - dequantized f32 weights and differentiable ops (`rms_norm_slow`, `softmax`, `rope_i_slow`): the training
+//!   path. The fused kernels have no backward pass (gradients silently vanish through them), hence the split.
+//!
+//! The base weights are plain tensors (never `Var`s), so only LoRA parameters get gradients. The model holds
+//! no LoRA state: adapters are passed per call, so one base serves many adapters.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{D, DType, Device, Module, Tensor};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::lora::Lora;
+use crate::weights::{BaseModel, Weight};
+
+/// The projections LoRA can attach to, named as in PEFT's `target_modules`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Proj {
+    #[serde(rename = "q_proj")]
+    Q,
+    #[serde(rename = "k_proj")]
+    K,
+    #[serde(rename = "v_proj")]
+    V,
+    #[serde(rename = "o_proj")]
+    O,
+    #[serde(rename = "gate_proj")]
+    Gate,
+    #[serde(rename = "up_proj")]
+    Up,
+    #[serde(rename = "down_proj")]
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    /// Accepts PEFT names and the short forms `q k v o gate up down`.
+    pub fn parse(s: &str) -> Option<Proj> {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_suffix("_proj").unwrap_or(&s);
+        Some(match s {
+            "q" => Proj::Q,
+            "k" => Proj::K,
+            "v" => Proj::V,
+            "o" => Proj::O,
+            "gate" => Proj::Gate,
+            "up" => Proj::Up,
+            "down" => Proj::Down,
+            _ => return None,
+        })
+    }
+
+    /// `self_attn` or `mlp`, for PEFT tensor names.
+    pub fn module(self) -> &'static str {
+        match self {
+            Proj::Q | Proj::K | Proj::V | Proj::O => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    fn gguf(self) -> &'static str {
+        match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How the base weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// As stored (GGUF blocks stay quantized): least memory, fastest decoding, no gradients.
+    Quantized,
+    /// Dequantized to f32: what training differentiates through.
+    F32,
+}
+
+#[derive(Debug, Clone)]
+enum Linear {
+    Q(QMatMul),
+    Dense(Tensor),
+}
+
+impl Linear {
+    fn new(w: &Weight, precision: Precision, device: &Device) -> Result<Self> {
+        Ok(match (w, precision) {
+            (Weight::Quantized(q), Precision::Quantized) => {
+                Linear::Q(QMatMul::from_arc(q.clone())?)
+            }
+            _ => Linear::Dense(w.dense(device)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Q(q) => q.forward(x)?,
+            Linear::Dense(w) => {
+                // one large GEMM over all tokens rather than a batched one
+                let dims = x.dims().to_vec();
+                let n_in = dims[dims.len() - 1];
+                let rows = x.elem_count() / n_in;
+                let y = x.reshape((rows, n_in))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                let last = out.len() - 1;
+                out[last] = w.dim(0)?;
+                y.reshape(out)?
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    proj: Vec<Linear>,
+}
+
+/// Per-call options.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    /// Differentiable ops (the training path). Required for gradients to reach LoRA parameters.
+    pub grad: bool,
+    /// LoRA dropout: when set, drops LoRA inputs with the adapter's dropout rate, from this generator.
+    pub dropout_rng: Option<&'a mut rand_chacha::ChaCha8Rng>,
+}
+
+impl Forward<'_> {
+    /// Inference: fused ops, no dropout.
+    pub fn infer() -> Forward<'static> {
+        Forward {
+            grad: false,
+            dropout_rng: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub precision: Precision,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+fn masked_fill(on_false: &Tensor, mask: &Tensor, on_true: f32) -> Result<Tensor> {
+    let fill = Tensor::new(on_true, on_false.device())?.broadcast_as(mask.shape().dims())?;
+    Ok(mask.where_cond(&fill, on_false)?)
+}
+
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, n_kv, s, hd) = x.dims4()?;
+    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n_kv * n_rep, s, hd))?)
+}
+
+impl Llama {
+    pub fn new(base: &BaseModel, precision: Precision, device: &Device) -> Result<Self> {
+        let cfg = base.config.clone();
+        let dense = |n: &str| base.weight(n)?.dense(device);
+        let embed = dense("token_embd.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(base.weight("token_embd.weight")?, precision, device)?
+        } else {
+            Linear::new(base.weight("output.weight")?, precision, device)?
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let proj = Proj::ALL
+                .iter()
+                .map(|p| {
+                    Linear::new(
+                        base.weight(&format!("blk.{l}.{}.weight", p.gguf()))?,
+                        precision,
+                        device,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            blocks.push(Block {
+                attn_norm: dense(&format!("blk.{l}.attn_norm.weight"))?,
+                ffn_norm: dense(&format!("blk.{l}.ffn_norm.weight"))?,
+                proj,
+            });
+        }
+        let hd = cfg.head_dim();
+        let theta: Vec<f32> = (0..hd)
+            .step_by(2)
+            .map(|i| 1f32 / cfg.rope_theta.powf(i as f32 / hd as f32))
+            .collect();
+        let n_pos = cfg.max_position_embeddings.max(1);
+        let theta = Tensor::new(theta.as_slice(), device)?;
+        let idx = Tensor::arange(0, n_pos as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((n_pos, 1))?
+            .matmul(&theta.reshape((1, hd / 2))?)?;
+        Ok(Llama {
+            embed,
+            blocks,
+            norm: dense("output_norm.weight")?,
+            lm_head,
+            cos: idx.cos()?,
+            sin: idx.sin()?,
+            precision,
+            device: device.clone(),
+            config: cfg,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn rms(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        Ok(if grad {
+            candle_nn::ops::rms_norm_slow(x, w, eps)?
+        } else {
+            candle_nn::ops::rms_norm(x, w, eps)?
+        })
+    }
+
+    fn linear(
+        &self,
+        layer: usize,
+        p: Proj,
+        x: &Tensor,
+        lora: Option<&Lora>,
+        opts: &mut Forward<'_>,
+    ) -> Result<Tensor> {
+        let y = self.blocks[layer].proj[p.index()].forward(x)?;
+        let Some((a, b, scale)) = lora.and_then(|l| l.get(layer, p)) else {
+            return Ok(y);
+        };
+        let x = match (
+            opts.dropout_rng.as_deref_mut(),
+            lora.map(|l| l.config.dropout),
+        ) {
+            (Some(rng), Some(p)) if p > 0.0 => {
+                let keep = 1.0 - p;
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| {
+                        if rng.random::<f32>() < p {
+                            0.0
+                        } else {
+                            1.0 / keep
+                        }
+                    })
+                    .collect();
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+            }
+            _ => x.clone(),
+        };
+        let dims = x.dims().to_vec();
+        let n_in = dims[dims.len() - 1];
+        let rows = x.elem_count() / n_in;
+        let delta = x
+            .reshape((rows, n_in))?
+            .matmul(&a.t()?)?
+            .matmul(&b.t()?)?
+            .affine(scale, 0.0)?;
+        let delta = delta.reshape(y.shape())?;
+        Ok((y + delta)?)
+    }
+
+    /// Hidden states after the final norm, `[batch, seq, hidden]`, for every position. Sequences start at
+    /// position 0; padding must come after the real tokens (the causal mask then keeps it out).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        lora: Option<&Lora>,
+        opts: &mut Forward<'_>,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let c = &self.config;
+        if s > c.max_position_embeddings {
+            return Err(ModelError::invalid(
+                "sequence length",
+                format!(
+                    "{s} tokens exceed the model's context of {}",
+                    c.max_position_embeddings
+                ),
+            ));
+        }
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let grad = opts.grad;
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, s, c.hidden_size))?;
+        let mask = if s > 1 {
+            let m: Vec<u8> = (0..s)
+                .flat_map(|i| (0..s).map(move |j| u8::from(j > i)))
+                .collect();
+            Some(Tensor::from_slice(&m, (s, s), &self.device)?)
+        } else {
+            None
+        };
+        let cos = self.cos.narrow(0, 0, s)?;
+        let sin = self.sin.narrow(0, 0, s)?;
+        let rope = |t: Tensor| -> Result<Tensor> {
+            let t = t.contiguous()?;
+            Ok(if grad {
+                candle_nn::rotary_emb::rope_i_slow(&t, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+            })
+        };
+        for l in 0..self.blocks.len() {
+            let blk = &self.blocks[l];
+            let residual = x.clone();
+            let h = self.rms(&x, &blk.attn_norm, grad)?;
+            let q = self.linear(l, Proj::Q, &h, lora, opts)?;
+            let k = self.linear(l, Proj::K, &h, lora, opts)?;
+            let v = self.linear(l, Proj::V, &h, lora, opts)?;
+            let q = rope(q.reshape((b, s, nh, hd))?.transpose(1, 2)?)?;
+            let k = rope(k.reshape((b, s, nkv, hd))?.transpose(1, 2)?)?;
+            let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = repeat_kv(k, nh / nkv)?;
+            let v = repeat_kv(v, nh / nkv)?;
+            let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+            let att = match &mask {
+                Some(m) => masked_fill(&att, &m.broadcast_as(att.shape())?, f32::NEG_INFINITY)?,
+                None => att,
+            };
+            let att = if grad {
+                candle_nn::ops::softmax(&att, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&att)?
+            };
+            let y = att.matmul(&v.contiguous()?)?;
+            let y = y.transpose(1, 2)?.reshape((b, s, c.hidden_size))?;
+            let y = self.linear(l, Proj::O, &y, lora, opts)?;
+            x = (y + residual)?;
+
+            let residual = x.clone();
+            let h = self.rms(&x, &blk.ffn_norm, grad)?;
+            let gate = self.linear(l, Proj::Gate, &h, lora, opts)?;
+            let up = self.linear(l, Proj::Up, &h, lora, opts)?;
+            let h = (candle_nn::ops::silu(&gate)? * up)?;
+            let h = self.linear(l, Proj::Down, &h, lora, opts)?;
+            x = (h + residual)?;
+        }
+        self.rms(&x, &self.norm, grad)
+    }
+
+    /// Logits for hidden states of any leading shape.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Logits for every position, `[batch, seq, vocab]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        lora: Option<&Lora>,
+        opts: &mut Forward<'_>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, lora, opts)?;
+        self.logits(&h)
+    }
+}

@@ -1,0 +1,446 @@
+//! Base models on disk: a GGUF file or a Hugging Face safetensors folder, read into one set of tensors
+//! named as in GGUF (`blk.N.attn_q.weight`...). Hugging Face q/k projections are permuted into GGUF's
+//! row order on load, so one forward pass (interleaved rotary embedding) serves both kinds of file.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{QTensor, gguf_file};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// A base weight: kept quantized for inference, dequantized to f32 for training.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Weight {
+    /// The weight as an f32 tensor (dequantizing when needed).
+    pub fn dense(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Quantized(q) => q.dequantize(device)?,
+            Weight::Dense(t) => t.to_device(device)?.to_dtype(DType::F32)?,
+        })
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Quantized(q) => q.shape().dims().to_vec(),
+            Weight::Dense(t) => t.dims().to_vec(),
+        }
+    }
+}
+
+/// Which kind of file a base model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    Gguf,
+    Safetensors,
+}
+
+/// A loaded base model: configuration, tokenizer, weights, and the content hash that names it on chain.
+#[derive(Debug, Clone)]
+pub struct BaseModel {
+    pub config: LlamaConfig,
+    pub tokenizer: TextTokenizer,
+    pub format: ModelFormat,
+    pub path: PathBuf,
+    /// `0x`-prefixed SHA-256; see [`content_hash`].
+    pub hash: String,
+    tensors: HashMap<String, Weight>,
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<[u8; 32]> {
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ModelError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+pub fn hex0x(bytes: &[u8]) -> String {
+    format!("0x{}", hex::encode(bytes))
+}
+
+/// The files of a Hugging Face folder that define the model (weights, config, tokenizer), sorted.
+fn hf_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let p = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".safetensors")
+            || matches!(
+                name,
+                "config.json" | "tokenizer.json" | "tokenizer_config.json"
+            )
+        {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A model's content hash: the SHA-256 of a GGUF file (what `sha256sum` prints), or for a folder the SHA-256
+/// of the lines `<sha256 hex>  <file name>\n` (the `sha256sum` output format) over its config, tokenizer and
+/// safetensors files in name order.
+pub fn content_hash(path: &Path) -> Result<String> {
+    if path.is_dir() {
+        let mut listing = String::new();
+        for f in hf_files(path)? {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            listing.push_str(&format!("{}  {name}\n", hex::encode(file_sha256(&f)?)));
+        }
+        Ok(hex0x(&Sha256::digest(listing.as_bytes())))
+    } else {
+        Ok(hex0x(&file_sha256(path)?))
+    }
+}
+
+impl BaseModel {
+    /// Load a GGUF file or a Hugging Face folder. `hash` may be passed when already known (the registry
+    /// caches it) to skip re-reading the files.
+    pub fn load(path: &Path, device: &Device, hash: Option<String>) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+        let mut m = if meta.is_dir() {
+            Self::load_hf_dir(path, device)?
+        } else {
+            Self::load_gguf(path, device)?
+        };
+        m.hash = match hash {
+            Some(h) => h,
+            None => content_hash(path)?,
+        };
+        Ok(m)
+    }
+
+    fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let ct = gguf_file::Content::read(&mut f).map_err(|e| ModelError::corrupt(path, e))?;
+        let tokenizer = TextTokenizer::from_gguf(&ct)?;
+        let vocab = ct
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| v.len())
+            .unwrap_or(0);
+        let mut config = LlamaConfig::from_gguf(&ct.metadata, vocab)?;
+        let mut tensors = HashMap::new();
+        let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+        for name in names {
+            let q = ct
+                .tensor(&mut f, &name, device)
+                .map_err(|e| ModelError::corrupt(path, format!("tensor {name}: {e}")))?;
+            tensors.insert(name, Weight::Quantized(Arc::new(q)));
+        }
+        config.tie_word_embeddings = !tensors.contains_key("output.weight");
+        let m = BaseModel {
+            config,
+            tokenizer,
+            format: ModelFormat::Gguf,
+            path: path.to_path_buf(),
+            hash: String::new(),
+            tensors,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let cfg_text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+        let config = LlamaConfig::from_hf_json(&cfg_text)?;
+        let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+        let files: Vec<PathBuf> = hf_files(dir)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        if files.is_empty() {
+            return Err(ModelError::corrupt(dir, "no *.safetensors files"));
+        }
+        let mut tensors = HashMap::new();
+        for f in &files {
+            let loaded =
+                candle_core::safetensors::load(f, device).map_err(|e| ModelError::corrupt(f, e))?;
+            for (name, t) in loaded {
+                let Some(gguf) = hf_to_gguf_name(&name) else {
+                    continue;
+                };
+                let t = t.to_dtype(DType::F32)?;
+                let t = if gguf.ends_with("attn_q.weight") {
+                    permute_rows_hf_to_gguf(&t, config.num_attention_heads)?
+                } else if gguf.ends_with("attn_k.weight") {
+                    permute_rows_hf_to_gguf(&t, config.num_key_value_heads)?
+                } else {
+                    t
+                };
+                tensors.insert(gguf, Weight::Dense(t));
+            }
+        }
+        let mut config = config;
+        config.tie_word_embeddings = !tensors.contains_key("output.weight");
+        let m = BaseModel {
+            config,
+            tokenizer,
+            format: ModelFormat::Safetensors,
+            path: dir.to_path_buf(),
+            hash: String::new(),
+            tensors,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    pub fn weight(&self, name: &str) -> Result<&Weight> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::corrupt(&self.path, format!("missing tensor {name}")))
+    }
+
+    /// Every tensor the forward pass reads exists with the shape the configuration implies.
+    fn check_shapes(&self) -> Result<()> {
+        let c = &self.config;
+        let (h, kv) = (c.hidden_size, c.num_key_value_heads * c.head_dim());
+        let mut want = vec![
+            ("token_embd.weight".to_string(), vec![c.vocab_size, h]),
+            ("output_norm.weight".to_string(), vec![h]),
+        ];
+        if !c.tie_word_embeddings {
+            want.push(("output.weight".into(), vec![c.vocab_size, h]));
+        }
+        for l in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("blk.{l}.{s}.weight");
+            want.extend([
+                (p("attn_norm"), vec![h]),
+                (p("ffn_norm"), vec![h]),
+                (p("attn_q"), vec![h, h]),
+                (p("attn_k"), vec![kv, h]),
+                (p("attn_v"), vec![kv, h]),
+                (p("attn_output"), vec![h, h]),
+                (p("ffn_gate"), vec![c.intermediate_size, h]),
+                (p("ffn_up"), vec![c.intermediate_size, h]),
+                (p("ffn_down"), vec![h, c.intermediate_size]),
+            ]);
+        }
+        for (name, dims) in want {
+            let got = self.weight(&name)?.dims();
+            if got != dims {
+                return Err(ModelError::corrupt(
+                    &self.path,
+                    format!("tensor {name} has shape {got:?}, the config implies {dims:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write this model as a Hugging Face folder (f32 safetensors, HF row order): used by tests to build tiny
+    /// models and by users to hand a model to other tools.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let cpu = Device::Cpu;
+        let mut out: HashMap<String, Tensor> = HashMap::new();
+        for (name, w) in &self.tensors {
+            let Some(hf) = gguf_to_hf_name(name) else {
+                continue;
+            };
+            let t = w.dense(&cpu)?;
+            let t = if name.ends_with("attn_q.weight") {
+                permute_rows_gguf_to_hf(&t, self.config.num_attention_heads)?
+            } else if name.ends_with("attn_k.weight") {
+                permute_rows_gguf_to_hf(&t, self.config.num_key_value_heads)?
+            } else {
+                t
+            };
+            out.insert(hf, t);
+        }
+        let st = dir.join("model.safetensors");
+        candle_core::safetensors::save(&out, &st).map_err(|e| ModelError::corrupt(&st, e))?;
+        let cfg = dir.join("config.json");
+        std::fs::write(&cfg, self.config.to_hf_json().to_string())
+            .map_err(|e| ModelError::io(&cfg, e))?;
+        let tj = dir.join("tokenizer.json");
+        std::fs::write(&tj, self.tokenizer.to_json()?).map_err(|e| ModelError::io(&tj, e))?;
+        let tc = dir.join("tokenizer_config.json");
+        std::fs::write(&tc, self.tokenizer.hf_config().to_string())
+            .map_err(|e| ModelError::io(&tc, e))?;
+        Ok(())
+    }
+
+    /// A randomly initialised model (normal, std 0.1; norms 1) with the byte-level tokenizer: what tests and
+    /// benchmarks of the machinery use when the real weights do not matter.
+    pub fn random(config: LlamaConfig, seed: u64) -> Result<Self> {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        config.validate()?;
+        let tokenizer = TextTokenizer::byte_level()?;
+        if config.vocab_size < tokenizer.vocab_size() {
+            return Err(ModelError::invalid(
+                "vocab_size",
+                format!(
+                    "{} < the byte-level tokenizer's {}",
+                    config.vocab_size,
+                    tokenizer.vocab_size()
+                ),
+            ));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let normal =
+            rand_distr::Normal::new(0f32, 0.1).map_err(|e| ModelError::invalid("std", e))?;
+        let dev = Device::Cpu;
+        let mut rand_t = |dims: &[usize]| -> Result<Tensor> {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            Ok(Tensor::from_vec(v, dims, &dev)?)
+        };
+        let c = &config;
+        let (h, kv, f) = (
+            c.hidden_size,
+            c.num_key_value_heads * c.head_dim(),
+            c.intermediate_size,
+        );
+        let mut t = HashMap::new();
+        t.insert("token_embd.weight".to_string(), rand_t(&[c.vocab_size, h])?);
+        t.insert(
+            "output_norm.weight".to_string(),
+            Tensor::ones(h, DType::F32, &dev)?,
+        );
+        if !c.tie_word_embeddings {
+            t.insert("output.weight".to_string(), rand_t(&[c.vocab_size, h])?);
+        }
+        for l in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("blk.{l}.{s}.weight");
+            t.insert(p("attn_norm"), Tensor::ones(h, DType::F32, &dev)?);
+            t.insert(p("ffn_norm"), Tensor::ones(h, DType::F32, &dev)?);
+            for (name, dims) in [
+                ("attn_q", [h, h]),
+                ("attn_k", [kv, h]),
+                ("attn_v", [kv, h]),
+                ("attn_output", [h, h]),
+                ("ffn_gate", [f, h]),
+                ("ffn_up", [f, h]),
+                ("ffn_down", [h, f]),
+            ] {
+                t.insert(p(name), rand_t(&dims)?);
+            }
+        }
+        let mut m = Self::from_tensors(config, tokenizer, t)?;
+        m.hash = hex0x(&Sha256::digest(
+            format!("random:{seed}:{:?}", m.config).as_bytes(),
+        ));
+        Ok(m)
+    }
+
+    /// Build a model from tensors already named as in GGUF (tests, converters).
+    pub fn from_tensors(
+        config: LlamaConfig,
+        tokenizer: TextTokenizer,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let m = BaseModel {
+            tokenizer,
+            format: ModelFormat::Safetensors,
+            path: PathBuf::from("<memory>"),
+            hash: String::new(),
+            tensors: tensors
+                .into_iter()
+                .map(|(k, v)| (k, Weight::Dense(v)))
+                .collect(),
+            config,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+}
+
+fn hf_to_gguf_name(name: &str) -> Option<String> {
+    Some(match name {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = name.strip_prefix("model.layers.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let part = match rest {
+                "input_layernorm.weight" => "attn_norm",
+                "post_attention_layernorm.weight" => "ffn_norm",
+                "self_attn.q_proj.weight" => "attn_q",
+                "self_attn.k_proj.weight" => "attn_k",
+                "self_attn.v_proj.weight" => "attn_v",
+                "self_attn.o_proj.weight" => "attn_output",
+                "mlp.gate_proj.weight" => "ffn_gate",
+                "mlp.up_proj.weight" => "ffn_up",
+                "mlp.down_proj.weight" => "ffn_down",
+                _ => return None,
+            };
+            format!("blk.{layer}.{part}.weight")
+        }
+    })
+}
+
+fn gguf_to_hf_name(name: &str) -> Option<String> {
+    Some(match name {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = name.strip_prefix("blk.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let part = match rest {
+                "attn_norm.weight" => "input_layernorm",
+                "ffn_norm.weight" => "post_attention_layernorm",
+                "attn_q.weight" => "self_attn.q_proj",
+                "attn_k.weight" => "self_attn.k_proj",
+                "attn_v.weight" => "self_attn.v_proj",
+                "attn_output.weight" => "self_attn.o_proj",
+                "ffn_gate.weight" => "mlp.gate_proj",
+                "ffn_up.weight" => "mlp.up_proj",
+                "ffn_down.weight" => "mlp.down_proj",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{part}.weight")
+        }
+    })
+}
+
+/// llama.cpp's converter reorders each head's q/k rows from halves `[x0..x(d/2), y0..]` to interleaved pairs
+/// `[x0, y0, x1, y1...]` (matching its interleaved rotary embedding). Rows are the first dimension, so this
+/// also applies to LoRA B matrices of q/k.
+pub fn permute_rows_hf_to_gguf(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    Ok(t.reshape((n_head, 2, rows / n_head / 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// The inverse of [`permute_rows_hf_to_gguf`].
+pub fn permute_rows_gguf_to_hf(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    Ok(t.reshape((n_head, rows / n_head / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}

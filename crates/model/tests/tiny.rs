@@ -1,0 +1,441 @@
+//! The model machinery on a tiny random llama: exactness of LoRA plumbing, gradients, training, resuming,
+//! file round trips and the errors bad input gets.
+
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use openledger_model::train::{Dataset, Record, TrainConfig, Trainer};
+use openledger_model::{
+    BaseModel, Forward, Llama, LlamaConfig, Lora, LoraConfig, ModelError, Precision, Proj,
+};
+
+fn tiny() -> BaseModel {
+    BaseModel::random(LlamaConfig::tiny(), 7).unwrap()
+}
+
+fn ids(m: &BaseModel, text: &str) -> Tensor {
+    let ids = m.tokenizer.encode(text).unwrap();
+    let n = ids.len();
+    Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn all_targets() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
+/// Gives B non-zero values so adapters change the output.
+fn perturb(lora: &Lora, seed: u64) {
+    for (i, v) in lora.vars().iter().enumerate() {
+        let r = Tensor::randn(0f32, 0.05, v.shape(), &Device::Cpu).unwrap();
+        let _ = (seed, i);
+        v.set(&(v.as_tensor() + r).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn fresh_lora_reproduces_the_base_model_exactly() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let lora = Lora::init(&m.config, all_targets(), 1, &Device::Cpu).unwrap();
+    let x = ids(&m, "The quick brown fox jumps over the lazy dog.");
+    for grad in [false, true] {
+        let base = model
+            .forward(
+                &x,
+                None,
+                &mut Forward {
+                    grad,
+                    dropout_rng: None,
+                },
+            )
+            .unwrap();
+        let with = model
+            .forward(
+                &x,
+                Some(&lora),
+                &mut Forward {
+                    grad,
+                    dropout_rng: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(max_abs_diff(&base, &with), 0.0, "grad={grad}");
+    }
+    // and a perturbed adapter does change it
+    perturb(&lora, 2);
+    let base = model.forward(&x, None, &mut Forward::infer()).unwrap();
+    let with = model
+        .forward(&x, Some(&lora), &mut Forward::infer())
+        .unwrap();
+    assert!(max_abs_diff(&base, &with) > 1e-3);
+}
+
+#[test]
+fn fused_and_differentiable_paths_agree() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let lora = Lora::init(&m.config, all_targets(), 1, &Device::Cpu).unwrap();
+    perturb(&lora, 3);
+    let x = ids(&m, "Numbers 12345 and words, repeated words words.");
+    let a = model
+        .forward(&x, Some(&lora), &mut Forward::infer())
+        .unwrap();
+    let b = model
+        .forward(
+            &x,
+            Some(&lora),
+            &mut Forward {
+                grad: true,
+                dropout_rng: None,
+            },
+        )
+        .unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
+}
+
+#[test]
+fn saved_then_loaded_adapter_gives_identical_logits() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let lora = Lora::init(&m.config, all_targets(), 1, &Device::Cpu).unwrap();
+    perturb(&lora, 4);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("adapter_model.safetensors"),
+        lora.safetensors_bytes().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        lora.peft_config("tiny").to_string(),
+    )
+    .unwrap();
+    let back = Lora::load_peft(dir.path(), &m.config, &Device::Cpu).unwrap();
+    assert_eq!(back.config, lora.config);
+    let x = ids(&m, "adapter round trip");
+    let a = model
+        .forward(&x, Some(&lora), &mut Forward::infer())
+        .unwrap();
+    let b = model
+        .forward(&x, Some(&back), &mut Forward::infer())
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // the file is in PEFT's layout: q's B rows in Hugging Face order differ from ours
+    let names = lora.peft_tensors().unwrap();
+    assert!(names.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
+    assert_eq!(
+        names["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].dims(),
+        &[4, 64]
+    );
+}
+
+#[test]
+fn hugging_face_folder_round_trip_keeps_the_logits() {
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    m.save_hf_dir(dir.path()).unwrap();
+    let back = BaseModel::load(dir.path(), &Device::Cpu, None).unwrap();
+    assert_eq!(back.config, m.config);
+    assert!(back.hash.starts_with("0x") && back.hash.len() == 66);
+    let x = ids(&m, "hf folder");
+    let a = Llama::new(&m, Precision::F32, &Device::Cpu)
+        .unwrap()
+        .forward(&x, None, &mut Forward::infer())
+        .unwrap();
+    let b = Llama::new(&back, Precision::F32, &Device::Cpu)
+        .unwrap()
+        .forward(&x, None, &mut Forward::infer())
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+fn loss_of(model: &Llama, lora: &Lora, x: &Tensor) -> f32 {
+    let logits = model
+        .forward(
+            x,
+            Some(lora),
+            &mut Forward {
+                grad: true,
+                dropout_rng: None,
+            },
+        )
+        .unwrap();
+    let (_, s, v) = logits.dims3().unwrap();
+    let l = logits
+        .narrow(1, 0, s - 1)
+        .unwrap()
+        .reshape((s - 1, v))
+        .unwrap();
+    let y = x.narrow(1, 1, s - 1).unwrap().flatten_all().unwrap();
+    candle_nn::loss::cross_entropy(&l, &y)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let lora = Lora::init(&m.config, all_targets(), 5, &Device::Cpu).unwrap();
+    perturb(&lora, 5);
+    let x = ids(&m, "gradient check text");
+    let logits = model
+        .forward(
+            &x,
+            Some(&lora),
+            &mut Forward {
+                grad: true,
+                dropout_rng: None,
+            },
+        )
+        .unwrap();
+    let (_, s, v) = logits.dims3().unwrap();
+    let l = logits
+        .narrow(1, 0, s - 1)
+        .unwrap()
+        .reshape((s - 1, v))
+        .unwrap();
+    let y = x.narrow(1, 1, s - 1).unwrap().flatten_all().unwrap();
+    let loss = candle_nn::loss::cross_entropy(&l, &y).unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = lora.vars();
+    let mut checked = 0;
+    // A and B of q (layer 0), k/o (layer 1) and down (layer 1): a spread of attention and MLP parameters
+    for vi in [0usize, 1, 2 * 7 + 2, 2 * 7 + 7, 2 * 7 + 13] {
+        let var = &vars[vi];
+        let g = grads
+            .get(var)
+            .expect("gradient reaches every LoRA parameter")
+            .flatten_all()
+            .unwrap();
+        let gv: Vec<f32> = g.to_vec1().unwrap();
+        // the three largest-magnitude entries: finite differences are meaningful there
+        let mut idx: Vec<usize> = (0..gv.len()).collect();
+        idx.sort_by(|&a, &b| gv[b].abs().total_cmp(&gv[a].abs()));
+        for &i in idx.iter().take(3) {
+            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let eps = 1e-2f32;
+            let set = |w: Vec<f32>| {
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap()
+            };
+            let bump = |d: f32| {
+                let mut w = orig.clone();
+                w[i] += d;
+                set(w);
+                loss_of(&model, &lora, &x)
+            };
+            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            set(orig.clone());
+            let rel = (fd - gv[i]).abs() / gv[i].abs().max(1e-3);
+            assert!(
+                rel < 0.05,
+                "var {vi} entry {i}: autograd {} vs finite difference {fd}",
+                gv[i]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 15);
+}
+
+fn memorise_set() -> Vec<(usize, Record)> {
+    vec![
+        (0, Record::Text("alpha beta gamma delta".into())),
+        (1, Record::Text("one two three four five".into())),
+        (
+            2,
+            Record::Pair {
+                prompt: "capital of France?".into(),
+                completion: "Paris".into(),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn training_memorises_a_small_set() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(60),
+        learning_rate: 2e-2,
+        batch_size: 3,
+        eval_fraction: 0.0,
+        warmup_steps: Some(5),
+        lora: LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: Proj::ALL.to_vec(),
+        },
+        max_seq_len: 128,
+        ..TrainConfig::default()
+    };
+    let ds = Dataset::build(&m.tokenizer, &memorise_set(), &cfg).unwrap();
+    assert_eq!(ds.train.len(), 3);
+    // the pair's prompt tokens are not targets, its completion tokens are
+    let pair = ds.train.iter().find(|e| e.source == 2).unwrap();
+    assert!(!pair.tokens.targets[0] && *pair.tokens.targets.last().unwrap());
+    let lora = Lora::init(&m.config, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let trainer = Trainer {
+        model: &model,
+        config: cfg,
+        dataset: &ds,
+        pad: m.tokenizer.eos,
+        checkpoint_dir: None,
+    };
+    let mut losses = vec![];
+    let metrics = trainer
+        .run(&lora, &AtomicBool::new(false), &mut |e| {
+            if let openledger_model::Event::Step { loss, .. } = e {
+                losses.push(loss);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(losses.len(), 60);
+    assert!(
+        metrics.final_loss < 0.3 * metrics.first_loss,
+        "loss {} -> {}",
+        metrics.first_loss,
+        metrics.final_loss
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_adapter() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(8),
+        learning_rate: 1e-2,
+        batch_size: 2,
+        eval_fraction: 0.0,
+        checkpoint_every: 3,
+        lora: LoraConfig {
+            dropout: 0.1,
+            ..LoraConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    let ds = Dataset::build(&m.tokenizer, &memorise_set(), &cfg).unwrap();
+    let run = |dir: Option<std::path::PathBuf>, stop_after: Option<usize>| {
+        let lora = Lora::init(&m.config, cfg.lora.clone(), 0, &Device::Cpu).unwrap();
+        let t = Trainer {
+            model: &model,
+            config: cfg.clone(),
+            dataset: &ds,
+            pad: m.tokenizer.eos,
+            checkpoint_dir: dir,
+        };
+        let stop = AtomicBool::new(false);
+        let r = t.run(&lora, &stop, &mut |e| {
+            if let (openledger_model::Event::Step { step, .. }, Some(n)) = (&e, stop_after)
+                && *step == n
+            {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        (lora, r)
+    };
+    let (straight, r) = run(None, None);
+    r.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let (_, r) = run(Some(ckpt.clone()), Some(5));
+    assert!(matches!(r, Err(ModelError::Stopped(_))), "{r:?}");
+    let (resumed, r) = run(Some(ckpt), None);
+    assert_eq!(r.unwrap().resumed_from, Some(5));
+    assert_eq!(
+        straight.safetensors_bytes().unwrap(),
+        resumed.safetensors_bytes().unwrap()
+    );
+}
+
+#[test]
+fn bad_parameters_are_refused_with_their_name() {
+    let ok = TrainConfig::default();
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (
+            TrainConfig {
+                learning_rate: 0.0,
+                ..ok.clone()
+            },
+            "learning_rate",
+        ),
+        (
+            TrainConfig {
+                learning_rate: f64::NAN,
+                ..ok.clone()
+            },
+            "learning_rate",
+        ),
+        (
+            TrainConfig {
+                max_seq_len: 100_000,
+                ..ok.clone()
+            },
+            "max_seq_len",
+        ),
+        (
+            TrainConfig {
+                lora: LoraConfig {
+                    rank: 0,
+                    ..LoraConfig::default()
+                },
+                ..ok.clone()
+            },
+            "lora rank",
+        ),
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..ok.clone()
+            },
+            "batch_size",
+        ),
+    ];
+    for (cfg, name) in cases {
+        let err = cfg.validate(8192).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
+    ok.validate(8192).unwrap();
+}
+
+#[test]
+fn corrupt_model_files_are_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("broken.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let err = BaseModel::load(&gguf, &Device::Cpu, None).unwrap_err();
+    assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+    let m = tiny();
+    let hf = dir.path().join("hf");
+    m.save_hf_dir(&hf).unwrap();
+    let st = hf.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let err = BaseModel::load(&hf, &Device::Cpu, None).unwrap_err();
+    assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+}
