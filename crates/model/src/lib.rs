@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod llama;
 pub mod lora;
+mod ops;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -127,9 +127,10 @@ impl Linear {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         Ok(match self {
             Linear::Q(q) => q.forward(x)?,
+            Linear::Dense(w) if grad && w.device().is_cpu() => crate::ops::frozen_linear(x, w)?,
             Linear::Dense(w) => {
                 // one large GEMM over all tokens rather than a batched one
                 let dims = x.dims().to_vec();
@@ -202,7 +203,9 @@ impl Llama {
         let cfg = base.config.clone();
         let dense = |n: &str| base.weight(n)?.dense(device);
         let embed = dense("token_embd.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = if cfg.tie_word_embeddings && precision == Precision::F32 {
+            Linear::Dense(embed.clone())
+        } else if cfg.tie_word_embeddings {
             Linear::new(base.weight("token_embd.weight")?, precision, device)?
         } else {
             Linear::new(base.weight("output.weight")?, precision, device)?
@@ -255,7 +258,9 @@ impl Llama {
 
     fn rms(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
-        Ok(if grad {
+        Ok(if grad && x.device().is_cpu() {
+            crate::ops::rms_norm(x, w, eps)?
+        } else if grad {
             candle_nn::ops::rms_norm_slow(x, w, eps)?
         } else {
             candle_nn::ops::rms_norm(x, w, eps)?
@@ -270,7 +275,7 @@ impl Llama {
         lora: Option<&Lora>,
         opts: &mut Forward<'_>,
     ) -> Result<Tensor> {
-        let y = self.blocks[layer].proj[p.index()].forward(x)?;
+        let y = self.blocks[layer].proj[p.index()].forward(x, opts.grad)?;
         let Some((a, b, scale)) = lora.and_then(|l| l.get(layer, p)) else {
             return Ok(y);
         };
@@ -340,9 +345,12 @@ impl Llama {
         };
         let cos = self.cos.narrow(0, 0, s)?;
         let sin = self.sin.narrow(0, 0, s)?;
+        let cpu = self.device.is_cpu();
         let rope = |t: Tensor| -> Result<Tensor> {
             let t = t.contiguous()?;
-            Ok(if grad {
+            Ok(if grad && cpu {
+                crate::ops::rope_i(&t, &cos, &sin)?
+            } else if grad {
                 candle_nn::rotary_emb::rope_i_slow(&t, &cos, &sin)?
             } else {
                 candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
@@ -360,15 +368,11 @@ impl Llama {
             let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let k = repeat_kv(k, nh / nkv)?;
             let v = repeat_kv(v, nh / nkv)?;
-            let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-            let att = match &mask {
-                Some(m) => masked_fill(&att, &m.broadcast_as(att.shape())?, f32::NEG_INFINITY)?,
-                None => att,
-            };
-            let att = if grad {
-                candle_nn::ops::softmax(&att, D::Minus1)?
+            let att = q.matmul(&k.t()?)?;
+            let att = if grad && cpu {
+                crate::ops::causal_softmax(&att, 1.0 / (hd as f32).sqrt())?
             } else {
-                candle_nn::ops::softmax_last_dim(&att)?
+                self.softmax_masked((att / (hd as f64).sqrt())?, mask.as_ref(), grad)?
             };
             let y = att.matmul(&v.contiguous()?)?;
             let y = y.transpose(1, 2)?.reshape((b, s, c.hidden_size))?;
@@ -386,9 +390,31 @@ impl Llama {
         self.rms(&x, &self.norm, grad)
     }
 
+    fn softmax_masked(&self, att: Tensor, mask: Option<&Tensor>, grad: bool) -> Result<Tensor> {
+        let att = match mask {
+            Some(m) => masked_fill(&att, &m.broadcast_as(att.shape())?, f32::NEG_INFINITY)?,
+            None => att,
+        };
+        Ok(if grad {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        })
+    }
+
     /// Logits for hidden states of any leading shape.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        self.lm_head.forward(hidden, false)
+    }
+
+    /// Summed next-token cross-entropy of `hidden [n, h]` against `labels [n]` (a scalar), differentiable.
+    pub fn loss_sum(&self, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            let logits = self.lm_head.forward(hidden, true)?;
+            return Ok(crate::ops::cross_entropy_sum(&logits, labels)?);
+        }
+        let logp = candle_nn::ops::log_softmax(&self.logits(hidden)?, 1)?;
+        Ok(logp.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?.neg()?)
     }
 
     /// Logits for every position, `[batch, seq, vocab]`.

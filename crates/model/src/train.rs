@@ -295,10 +295,7 @@ fn batch_loss_sum(
 ) -> Result<Tensor> {
     let hidden = model.hidden(&batch.ids, Some(lora), opts)?;
     let h = hidden.flatten_to(1)?.index_select(&batch.positions, 0)?;
-    let logits = model.logits(&h)?;
-    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-    let picked = logp.gather(&batch.labels.unsqueeze(1)?, 1)?;
-    Ok(picked.sum_all()?.neg()?)
+    model.loss_sum(&h, &batch.labels)
 }
 
 /// AdamW with its moments exposed (candle's keeps them private, and a checkpoint needs them).

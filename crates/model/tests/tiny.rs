@@ -1,6 +1,8 @@
 //! The model machinery on a tiny random llama: exactness of LoRA plumbing, gradients, training, resuming,
 //! file round trips and the errors bad input gets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};

@@ -1,0 +1,141 @@
+//! On the real SmolLM2-135M-Instruct GGUF (fetched by `scripts/setup.sh`): logit parity with candle's
+//! `quantized_llama`, agreement of the training path with the inference path, and token ids against
+//! llama.cpp's tokenizer. Skipped, with a message, only when the model file is absent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use candle_core::{D, Device, Tensor};
+use openledger_model::{BaseModel, Forward, Llama, Precision};
+
+fn model_path() -> Option<PathBuf> {
+    let p = std::env::var_os("OPENLEDGER_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let data = std::env::var_os("OPENLEDGER_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".local/share/openledger")
+                });
+            data.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent; run scripts/setup.sh (or scripts/fetch-model.sh) to fetch it",
+            p.display()
+        );
+        None
+    }
+}
+
+const TEXT: &str = "The Proof of Attribution traces which contributed data points shaped each answer, so that \
+part of every fee flows back to those contributors. Datanets are curated datasets; models are fine-tuned on \
+them as LoRA adapters, and thousands of adapters are served from one shared base model. In 2025, 1234 people \
+contributed 56789 records.";
+
+#[test]
+fn inference_path_reproduces_quantized_llama() {
+    let Some(path) = model_path() else { return };
+    let dev = Device::Cpu;
+    let base = BaseModel::load(&path, &dev, Some("0x00".into())).unwrap();
+    let ours = Llama::new(&base, Precision::Quantized, &dev).unwrap();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let mut reference =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
+            .unwrap();
+    let ids = base.tokenizer.encode(TEXT).unwrap();
+    for n in [1usize, 7, 40, ids.len()] {
+        let x = Tensor::new(&ids[..n], &dev).unwrap().unsqueeze(0).unwrap();
+        reference.clear_kv_cache();
+        let want = reference.forward(&x, 0).unwrap().squeeze(0).unwrap();
+        let got = ours
+            .forward(&x, None, &mut Forward::infer())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let got = got.get(n - 1).unwrap();
+        let diff = (&got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff <= 1e-3 * scale.max(1.0),
+            "prefix {n}: max |diff| {diff} (logit scale {scale})"
+        );
+        let a = got.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let b = want.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(a, b, "prefix {n}");
+    }
+}
+
+#[test]
+fn training_path_agrees_with_inference_path() {
+    let Some(path) = model_path() else { return };
+    let dev = Device::Cpu;
+    let base = BaseModel::load(&path, &dev, Some("0x00".into())).unwrap();
+    let q = Llama::new(&base, Precision::Quantized, &dev).unwrap();
+    let f = Llama::new(&base, Precision::F32, &dev).unwrap();
+    let ids = base.tokenizer.encode(&format!("{TEXT} {TEXT}")).unwrap();
+    let x = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let a = q
+        .forward(&x, None, &mut Forward::infer())
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap();
+    let b = f
+        .forward(
+            &x,
+            None,
+            &mut Forward {
+                grad: true,
+                dropout_rng: None,
+            },
+        )
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap();
+    let a: Vec<u32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<u32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert!(a.len() > 100);
+    assert!(
+        same as f64 >= 0.95 * a.len() as f64,
+        "same top token at {same} of {} positions",
+        a.len()
+    );
+}
+
+/// `tests/data/tokenizer_reference.json` holds ids from llama.cpp (`scripts/tokenizer-reference.py`).
+#[test]
+fn token_ids_match_llama_cpp() {
+    let Some(path) = model_path() else { return };
+    let base = BaseModel::load(&path, &Device::Cpu, Some("0x00".into())).unwrap();
+    let cases: Vec<(String, Vec<u32>)> =
+        serde_json::from_str(include_str!("data/tokenizer_reference.json")).unwrap();
+    assert!(cases.len() >= 10);
+    for (text, want) in cases {
+        let got = base.tokenizer.encode(&text).unwrap();
+        assert_eq!(got, want, "text {text:?}");
+        // decoding gives the text back
+        assert_eq!(base.tokenizer.decode(&got, false).unwrap(), text);
+    }
+}
