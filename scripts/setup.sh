@@ -60,6 +60,14 @@ if ! "$ROOT/.tools/slither/bin/pip" show slither-analyzer 2>/dev/null | grep -q 
   python3 -m venv "$ROOT/.tools/slither" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$ROOT/.tools/slither/bin/pip" install -q --disable-pip-version-check "slither-analyzer==$SLITHER_VERSION"
 fi
+# Python's safetensors: the tests check that adapters load outside Rust, as PEFT users would load them.
+PY_SAFETENSORS=0.8.0
+PY_NUMPY=2.4.6
+if ! "$ROOT/.tools/py/bin/pip" show safetensors 2>/dev/null | grep -q "^Version: $PY_SAFETENSORS$"; then
+  log "installing safetensors $PY_SAFETENSORS + numpy $PY_NUMPY into .tools/py (PyPI)"
+  python3 -m venv "$ROOT/.tools/py" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$ROOT/.tools/py/bin/pip" install -q --disable-pip-version-check "safetensors==$PY_SAFETENSORS" "numpy==$PY_NUMPY"
+fi
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2
 # the default base model for training and serving (checked by SHA-256; kept across runs)

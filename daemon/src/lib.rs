@@ -13,6 +13,7 @@ pub mod cli;
 pub mod content;
 pub mod jobs;
 pub mod metrics;
+pub mod models;
 pub mod serve;
 pub mod state;
 pub mod uploads;

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, watch};
 use crate::chain::Chain;
 use crate::jobs::relay::RelayJob;
 use crate::jobs::snapshot::SnapshotJob;
+use crate::jobs::train::{TrainJob, TrainSettings};
 use crate::jobs::worker::{self, Registry, WorkerConfig};
 use crate::state::{ApiConfig, AppState, StateParts};
 
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// How long the relayer waits for a receipt, then for the index.
     pub confirm_timeout: Duration,
+    /// Where training finds base models and writes adapters, and its device.
+    pub training: TrainSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +54,22 @@ pub fn registry(
     deployment: &Deployment,
     chain: &Chain,
     confirm_timeout: Duration,
+    training: &TrainSettings,
 ) -> Result<Registry, openledger_indexer::IndexerError> {
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment)?;
-    let mut r = Registry::default().with(SnapshotJob {
-        index: index.clone(),
-        chain: Some(chain.clone()),
-        tx_timeout: confirm_timeout,
-    });
+    let mut r = Registry::default()
+        .with(SnapshotJob {
+            index: index.clone(),
+            chain: Some(chain.clone()),
+            tx_timeout: confirm_timeout,
+        })
+        .with(TrainJob::new(
+            pool.clone(),
+            index.clone(),
+            Some(chain.clone()),
+            training.clone(),
+            confirm_timeout,
+        ));
     if chain.signer().is_some() {
         r = r.with(RelayJob {
             pool: pool.clone(),
@@ -108,7 +120,21 @@ pub async fn run(
         }));
     }
 
-    let jobs = registry(&pool, &deployment, &chain, cfg.confirm_timeout)?;
+    let jobs = registry(
+        &pool,
+        &deployment,
+        &chain,
+        cfg.confirm_timeout,
+        &cfg.training,
+    )?;
+    match crate::models::scan_models_dir(&pool, &cfg.training.models_dir()).await {
+        Ok(found) => tracing::info!(
+            dir = %cfg.training.models_dir().display(),
+            models = ?found.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            "base models"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not scan the base models directory"),
+    }
     let worker_id = worker::worker_id();
     let mut worker_task = None;
     if cfg.worker_slots > 0 {

@@ -84,9 +84,19 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     )
     .await
     .unwrap();
-    let jobs =
-        openledger_daemon::serve::registry(&pool, &d, &daemon_chain, Duration::from_secs(30))
-            .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let training = openledger_daemon::jobs::train::TrainSettings {
+        data_dir: data.path().to_path_buf(),
+        device: "cpu".into(),
+    };
+    let jobs = openledger_daemon::serve::registry(
+        &pool,
+        &d,
+        &daemon_chain,
+        Duration::from_secs(30),
+        &training,
+    )
+    .unwrap();
     let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())
         .await
         .unwrap();

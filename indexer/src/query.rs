@@ -84,6 +84,17 @@ pub struct Model {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adapter {
+    pub id: U256,
+    pub model_id: U256,
+    pub version: U256,
+    pub content_hash: B256,
+    pub uri: String,
+    pub block_number: u64,
+    pub tx_hash: B256,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
     pub payer: Address,
     pub model_id: U256,
@@ -298,6 +309,84 @@ impl ChainIndex {
                 })
             })
             .collect()
+    }
+
+    /// The contributions a published version froze: those accepted by a review logged before the version's
+    /// `DatanetVersionPublished` event (what `datanet_snapshot` hashed when it published). Callers check the
+    /// Merkle root of the result against the version's root.
+    pub async fn contributions_in_version(
+        &self,
+        datanet_id: U256,
+        version: U256,
+    ) -> Result<Vec<Contribution>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT c.contribution_id::text AS contribution_id_text, c.datanet_id::text AS datanet_id_text,
+                    c.contributor, c.content_hash, c.metadata_uri, 'accepted', c.block_number, c.tx_hash
+             FROM contributions c
+             JOIN contribution_reviews r ON r.chain_id = c.chain_id AND r.contract_address = c.contract_address
+                  AND r.contribution_id = c.contribution_id
+             JOIN datanet_versions v ON v.chain_id = c.chain_id AND v.contract_address = c.contract_address
+                  AND v.datanet_id = c.datanet_id AND v.version = $4::numeric
+             WHERE c.chain_id = $1 AND c.contract_address = $2 AND c.datanet_id = $3::numeric AND r.accepted
+               AND (r.block_number, r.log_index) < (v.block_number, v.log_index)
+             ORDER BY c.contribution_id",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .bind(version.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(contribution).collect()
+    }
+
+    /// A model's adapters in version order.
+    pub async fn adapters_by_model(&self, model_id: U256) -> Result<Vec<Adapter>, IndexerError> {
+        let rows = sqlx::query(
+            "SELECT adapter_id::text AS adapter_id_text, model_id::text AS model_id_text, version::text AS version_text,
+                    content_hash, uri, block_number, tx_hash
+             FROM adapters WHERE chain_id = $1 AND contract_address = $2 AND model_id = $3::numeric
+             ORDER BY version",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(model_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Adapter {
+                    id: u256(r, 0)?,
+                    model_id: u256(r, 1)?,
+                    version: u256(r, 2)?,
+                    content_hash: hash(r, 3)?,
+                    uri: r.try_get(4)?,
+                    block_number: block(r, 5)?,
+                    tx_hash: hash(r, 6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Models registered by `developer` with this training-config hash (how a retried publish finds the
+    /// registration an earlier attempt already made).
+    pub async fn models_by_config_hash(
+        &self,
+        developer: Address,
+        training_config_hash: B256,
+    ) -> Result<Vec<Model>, IndexerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{MODEL_SELECT} AND training_config_hash = $3 AND model_id IN
+                (SELECT model_id FROM models WHERE chain_id = $1 AND contract_address = $2 AND developer = $4)
+             ORDER BY model_id"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(format!("{training_config_hash:#x}"))
+        .bind(format!("{developer:#x}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(model).collect()
     }
 
     pub async fn models(&self, limit: i64, offset: i64) -> Result<Vec<Model>, IndexerError> {

@@ -114,6 +114,51 @@ pub fn content_hash(path: &Path) -> Result<String> {
     }
 }
 
+/// A model file's format and configuration, from its metadata only (no tensors read): what registering a
+/// base model needs.
+pub fn inspect(path: &Path) -> Result<(ModelFormat, LlamaConfig)> {
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    if meta.is_dir() {
+        let cfg_path = path.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+        let cfg = LlamaConfig::from_hf_json(&text)?;
+        if hf_files(path)?
+            .iter()
+            .all(|p| p.extension().is_none_or(|e| e != "safetensors"))
+        {
+            return Err(ModelError::corrupt(path, "no *.safetensors files"));
+        }
+        if !path.join("tokenizer.json").exists() {
+            return Err(ModelError::corrupt(path, "no tokenizer.json"));
+        }
+        cfg.validate()?;
+        return Ok((ModelFormat::Safetensors, cfg));
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let ct = gguf_file::Content::read(&mut f).map_err(|e| ModelError::corrupt(path, e))?;
+    let vocab = ct
+        .metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let mut cfg = LlamaConfig::from_gguf(&ct.metadata, vocab)?;
+    cfg.tie_word_embeddings = !ct.tensor_infos.contains_key("output.weight");
+    // the tensors must lie within the file
+    let len = meta.len();
+    for (name, info) in &ct.tensor_infos {
+        let n: usize = info.shape.elem_count();
+        let bytes = n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        if ct.tensor_data_offset + info.offset + bytes as u64 > len {
+            return Err(ModelError::corrupt(
+                path,
+                format!("tensor {name} runs past the end of the file"),
+            ));
+        }
+    }
+    Ok((ModelFormat::Gguf, cfg))
+}
+
 impl BaseModel {
     /// Load a GGUF file or a Hugging Face folder. `hash` may be passed when already known (the registry
     /// caches it) to skip re-reading the files.

@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::error::{Json, Path, Query};
 use super::types::{parse_address, parse_id};
 use super::{ApiError, ApiResult, Auth, Problem};
+use crate::jobs::Refusal;
 use crate::jobs::queue::{CancelOutcome, Job, JobFilter, JobState, LogLine, MetricPoint, NewJob};
 use crate::state::AppState;
 
@@ -108,7 +109,10 @@ async fn submit(
     handler
         .authorize(a.0.address, a.0.admin, &params)
         .await
-        .map_err(ApiError::Forbidden)?;
+        .map_err(|r| match r {
+            Refusal::Forbidden(m) => ApiError::Forbidden(m),
+            Refusal::Invalid(m) => ApiError::InvalidContent(m),
+        })?;
     let job = s
         .queue
         .submit(&NewJob {

@@ -9,6 +9,7 @@ mod datanets;
 mod docs;
 pub mod error;
 mod jobs;
+mod models;
 mod ops;
 pub mod types;
 
@@ -36,7 +37,7 @@ use crate::state::AppState;
     info(
         title = "OpenLedger daemon API",
         description = "Datanets and contributions from the chain index, contribution uploads and relaying, \
-                       the job queue. Errors are RFC 9457 problem documents (`application/problem+json`)."
+                       the job queue, base models and trained LoRA adapters. Errors are RFC 9457 problem documents (`application/problem+json`)."
     ),
     modifiers(&BearerAuth),
     tags(
@@ -44,6 +45,7 @@ use crate::state::AppState;
         (name = "datanets", description = "Datanets, contributions and versions as the indexer saw them"),
         (name = "uploads", description = "Contribution content, EIP-712 payloads and relaying"),
         (name = "jobs", description = "The job queue"),
+        (name = "models", description = "ModelFactory: base models, trained adapters and their files"),
         (name = "ops", description = "Health, readiness, metrics, status"),
     )
 )]
@@ -75,6 +77,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(datanets::routes())
         .merge(contributions::routes())
         .merge(jobs::routes())
+        .merge(models::routes())
         .merge(ops::routes())
         .merge(docs::routes())
         .split_for_parts()

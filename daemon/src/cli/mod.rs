@@ -6,8 +6,10 @@ mod index;
 mod jobs;
 mod keys;
 mod migrate;
+mod models;
 mod serve;
 mod status;
+mod train;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -72,6 +74,10 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Chain head, indexer lag, queue depth, workers.
     Status(status::StatusArgs),
+    /// Fine-tune a base model on Datanets (a LoRA adapter), then register it on chain.
+    Train(Box<train::TrainArgs>),
+    /// List or add base models.
+    Models(models::ModelsArgs),
 }
 
 /// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
@@ -102,6 +108,8 @@ pub async fn main() -> ExitCode {
         Command::Keys(args) => keys::run(&cli.global, args).await,
         Command::Jobs(args) => jobs::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
+        Command::Train(args) => train::run(&cli.global, *args).await,
+        Command::Models(args) => models::run(&cli.global, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

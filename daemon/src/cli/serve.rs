@@ -10,6 +10,7 @@ use openledger_indexer::IndexerConfig;
 use super::GlobalArgs;
 use crate::chain::{Chain, KeyArgs};
 use crate::jobs::WorkerConfig;
+use crate::jobs::train::TrainSettings;
 use crate::serve::ServeConfig;
 use crate::state::ApiConfig;
 
@@ -65,6 +66,9 @@ pub struct ServeArgs {
     /// /readyz fails while the indexer is more than this many blocks behind.
     #[arg(long, default_value_t = 32)]
     pub ready_max_lag: u64,
+    /// Device for training: `cpu` (all cores) or `cuda:N` (builds with `--features cuda`).
+    #[arg(long, env = "OPENLEDGER_DEVICE", default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -119,7 +123,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         worker_slots: args.workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         confirm_timeout: Duration::from_secs(args.confirm_timeout_secs.max(1)),
+        training: TrainSettings {
+            data_dir: global.data_dir.clone(),
+            device: args.device.clone(),
+        },
     };
+    // fail at start, not at the first job, on a device this build cannot use
+    openledger_model::device(&args.device)?;
     crate::serve::run(
         cfg,
         db.pool.clone(),

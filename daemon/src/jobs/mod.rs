@@ -4,7 +4,8 @@
 pub mod queue;
 pub mod relay;
 pub mod snapshot;
+pub mod train;
 pub mod worker;
 
 pub use queue::{Job, JobState, Queue};
-pub use worker::{JobContext, JobError, JobHandler, Registry, WorkerConfig};
+pub use worker::{JobContext, JobError, JobHandler, Refusal, Registry, WorkerConfig};

@@ -94,6 +94,15 @@ pub fn revert_reason(e: &alloy::contract::Error) -> String {
     }
 }
 
+/// A failed contract call or send: a revert is final, anything else (node, network) worth retrying.
+pub fn classify(e: alloy::contract::Error) -> JobError {
+    if e.as_revert_data().is_some() {
+        JobError::fatal(revert_reason(&e))
+    } else {
+        JobError::retryable(e)
+    }
+}
+
 impl RelayJob {
     async fn find_onchain(
         &self,
@@ -229,19 +238,8 @@ impl RelayJob {
             signature,
         );
         // simulate first: a revert is final and costs no gas
-        if let Err(e) = call.call().await {
-            if e.as_revert_data().is_some() {
-                return Err(JobError::fatal(revert_reason(&e)));
-            }
-            return Err(JobError::retryable(e));
-        }
-        let pending = call.send().await.map_err(|e| {
-            if e.as_revert_data().is_some() {
-                JobError::fatal(revert_reason(&e))
-            } else {
-                JobError::retryable(e)
-            }
-        })?;
+        call.call().await.map_err(classify)?;
+        let pending = call.send().await.map_err(classify)?;
         let tx_hash = *pending.tx_hash();
         uploads::set_relay_state(&self.pool, relay.id, "submitted", Some(tx_hash), None, None)
             .await?;

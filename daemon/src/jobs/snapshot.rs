@@ -13,8 +13,8 @@ use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use serde_json::{Value, json};
 
-use super::relay::revert_reason;
-use super::worker::{JobContext, JobError, JobHandler};
+use super::relay::classify;
+use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 
 pub const KIND: &str = "datanet_snapshot";
@@ -72,21 +72,21 @@ impl JobHandler for SnapshotJob {
         caller: Address,
         admin: bool,
         params: &Value,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), Refusal>> {
         let parsed = parse(params);
         async move {
-            let (id, publish, _) = parsed?;
+            let (id, publish, _) = parsed.map_err(Refusal::Invalid)?;
             let d = self
                 .index
                 .datanet(id)
                 .await
                 .map_err(|e| format!("index: {e}"))?
-                .ok_or_else(|| format!("no Datanet {id} (indexed)"))?;
+                .ok_or_else(|| Refusal::Invalid(format!("no Datanet {id} (indexed)")))?;
             if publish && !admin && d.owner != caller {
-                return Err(format!(
+                return Err(Refusal::Forbidden(format!(
                     "only the Datanet's owner ({:#x}) may publish its versions",
                     d.owner
-                ));
+                )));
             }
             Ok(())
         }
@@ -173,13 +173,7 @@ impl SnapshotJob {
             .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
         let registry = chain.registry();
         // the chain, not the index (which may lag), says whether this root is already the latest version
-        let on_chain = registry.datanet(id).call().await.map_err(|e| {
-            if e.as_revert_data().is_some() {
-                JobError::fatal(revert_reason(&e))
-            } else {
-                JobError::retryable(e)
-            }
-        })?;
+        let on_chain = registry.datanet(id).call().await.map_err(classify)?;
         if on_chain.versionCount > 0 {
             let latest = registry
                 .versionRoot(id, on_chain.versionCount)
@@ -204,13 +198,7 @@ impl SnapshotJob {
             )));
         }
         let call = registry.publishVersion(id, root, count, uri.to_owned());
-        if let Err(e) = call.call().await {
-            return Err(if e.as_revert_data().is_some() {
-                JobError::fatal(revert_reason(&e))
-            } else {
-                JobError::retryable(e)
-            });
-        }
+        call.call().await.map_err(classify)?;
         let pending = call.send().await.map_err(JobError::retryable)?;
         let tx = *pending.tx_hash();
         ctx.log(format!("publishVersion sent: {tx}")).await;

@@ -43,6 +43,21 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// Why a submission is refused after its parameters parsed: shown to the submitter with the matching status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller may not do this (403).
+    Forbidden(String),
+    /// The parameters name something that cannot be used: an unknown model, a Datanet without data (422).
+    Invalid(String),
+}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Self {
+        Refusal::Forbidden(s)
+    }
+}
+
 /// What a running job can do: report and notice cancellation.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -97,13 +112,13 @@ pub trait JobHandler: Send + Sync + 'static {
     }
     /// Checks and normalises parameters; the error is shown to the submitter.
     fn validate(&self, params: &Value) -> Result<Value, String>;
-    /// Whether `caller` may submit these (validated) parameters; the error is shown as 403.
+    /// Whether `caller` may submit these (validated) parameters, and whether what they name is usable.
     fn authorize(
         &self,
         _caller: alloy::primitives::Address,
         _admin: bool,
         _params: &Value,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), Refusal>> {
         Box::pin(async { Ok(()) })
     }
     fn run(&self, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>>;

@@ -1,0 +1,586 @@
+//! ModelFactory end to end against a real anvil and Postgres: contributions -> accepted -> version 1 ->
+//! `train` job through the API -> adapter files -> model and adapter registered on chain, hashes matching the
+//! files. Also: bad input refused before queueing, a job stopped mid-training resuming from its checkpoint,
+//! and (with the real SmolLM2 weights) a fine-tune that lowers held-out loss and writes a PEFT adapter that
+//! Python's `safetensors` reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alloy::primitives::{B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use axum::http::StatusCode;
+use common::{KEYS, TestChain, ether};
+use openledger_chain::ContractKind;
+use openledger_chain::bindings::{OpenToken, Registry};
+use openledger_daemon::chain::Chain;
+use openledger_daemon::content::{Format, canonicalise};
+use openledger_daemon::jobs::queue::Queue;
+use openledger_daemon::jobs::train::TrainSettings;
+use openledger_daemon::jobs::worker::{self, Registry as Jobs, WorkerConfig};
+use openledger_daemon::state::ApiConfig;
+use openledger_indexer::{Indexer, Mode};
+use openledger_model::{BaseModel, LlamaConfig};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use support::*;
+use tokio::sync::{broadcast, watch};
+
+struct Stack {
+    chain: TestChain,
+    app: axum::Router,
+    pool: PgPool,
+    jobs: Jobs,
+    data: tempfile::TempDir,
+    session: String,
+    stop: watch::Sender<bool>,
+    workers: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn start_workers(
+    pool: &PgPool,
+    jobs: &Jobs,
+    name: &str,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(256);
+    worker::spawn_listener(pool.clone(), events.clone());
+    let h = tokio::spawn(worker::run(
+        Queue::new(pool.clone()),
+        jobs.clone(),
+        WorkerConfig::default(),
+        name.into(),
+        events,
+        stop_rx,
+    ));
+    (stop, h)
+}
+
+/// Anvil with the suite, Datanet 1 (owned by the daemon's key #1) with `records` contributed by #4 and
+/// accepted, its version 1 published; Datanet 2 with nothing published; a tiny base model installed.
+async fn stack(pool: PgPool, records: &[&str]) -> Stack {
+    let chain = TestChain::start().await;
+    let d = chain.deployment.clone();
+    let registry_addr = d.address(ContractKind::Registry).unwrap();
+    let token = |i| OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), chain.actor(i));
+    let registry = |i| Registry::new(registry_addr, chain.actor(i));
+    send!(token(0).transfer(TestChain::address_of(1), ether(100)));
+    send!(token(1).approve(registry_addr, ether(100)));
+    send!(registry(1).createDatanet("ipfs://dn1".into(), vec![], false, vec![]));
+    send!(token(0).approve(registry_addr, ether(100)));
+    send!(registry(0).createDatanet("ipfs://dn2".into(), vec![], false, vec![]));
+
+    // contributions: content stored as an upload would, then contributed on chain by #4
+    let contributor = TestChain::address_of(4);
+    let mut ids = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let c = canonicalise(r.as_bytes(), Format::Jsonl, 1 << 20).unwrap();
+        openledger_daemon::uploads::store(
+            &pool,
+            contributor,
+            d.chain_id,
+            U256::from(1),
+            &c,
+            "r.jsonl",
+            "ipfs://r",
+        )
+        .await
+        .unwrap();
+        send!(registry(4).contribute(U256::from(1), c.hash, format!("ipfs://r{i}")));
+        ids.push(U256::from(i + 1));
+    }
+    // one more on chain whose content this daemon never saw
+    send!(registry(4).contribute(
+        U256::from(1),
+        B256::repeat_byte(7),
+        "ipfs://elsewhere".into()
+    ));
+    ids.push(U256::from(records.len() + 1));
+    send!(registry(1).reviewContributions(U256::from(1), ids, true));
+
+    let data = tempfile::tempdir().unwrap();
+    let tiny = data.path().join("models/tiny-llama");
+    BaseModel::random(LlamaConfig::tiny(), 3)
+        .unwrap()
+        .save_hf_dir(&tiny)
+        .unwrap();
+
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let daemon_chain = Chain::connect(
+        &chain.url,
+        &d,
+        Some(relayer.clone()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let settings = TrainSettings {
+        data_dir: data.path().to_path_buf(),
+        device: "cpu".into(),
+    };
+    let jobs = openledger_daemon::serve::registry(
+        &pool,
+        &d,
+        &daemon_chain,
+        Duration::from_secs(30),
+        &settings,
+    )
+    .unwrap();
+    openledger_daemon::models::scan_models_dir(&pool, &settings.models_dir())
+        .await
+        .unwrap();
+    let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())
+        .await
+        .unwrap();
+    tokio::spawn(async move { indexer.run(Mode::Follow).await });
+    let (stop, workers) = start_workers(&pool, &jobs, "train-test");
+    let state = state_with(
+        pool.clone(),
+        d.clone(),
+        Some(daemon_chain),
+        jobs.clone(),
+        ApiConfig::new(d.chain_id, DOMAIN),
+    );
+    let app = openledger_daemon::api::app(state);
+    let owner_session = sign_in(&app, &relayer).await;
+    for _ in 0..200 {
+        if get(&app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == records.len() + 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let j = post_json(
+        &app,
+        "/api/jobs",
+        Some(&owner_session),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+    )
+    .await;
+    assert_eq!(j.status, StatusCode::CREATED);
+    let j = wait_job(&app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    // a model builder: contributor #3 signs in and trains
+    let builder: PrivateKeySigner = KEYS[3].parse().unwrap();
+    let session = sign_in(&app, &builder).await;
+    for _ in 0..200 {
+        if get(&app, "/api/datanets/1/versions", None)
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Stack {
+        chain,
+        app,
+        pool,
+        jobs,
+        data,
+        session,
+        stop,
+        workers: Some(workers),
+    }
+}
+
+async fn wait_job(app: &axum::Router, token: &str, id: i64) -> Value {
+    for _ in 0..3000 {
+        let v = get(app, &format!("/api/jobs/{id}"), Some(token))
+            .await
+            .json();
+        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} never finished");
+}
+
+fn pairs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            json!({"prompt": format!("What is the ledger code of item {i}?"),
+                   "completion": format!("The ledger code of item {i} is OL-{:03}-{}.", i * 7 % 1000, ["ALPHA", "BETA", "GAMMA"][i % 3])})
+            .to_string()
+        })
+        .collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("0x{}", hex::encode(Sha256::digest(b)))
+}
+
+fn tiny_params(extra: Value) -> Value {
+    let mut cfg = json!({"steps": 12, "batch_size": 2, "learning_rate": 0.01, "max_seq_len": 64,
+                         "eval_fraction": 0.25, "eval_every": 4, "checkpoint_every": 4, "seed": 1});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            cfg[k] = v;
+        }
+    }
+    json!({"base_model": "tiny-llama", "datanets": [{"id": "1"}], "config": cfg})
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn train_through_the_api_and_publish_on_chain(pool: PgPool) {
+    let recs = pairs(8);
+    let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+    let s = stack(pool, &recs).await;
+    let app = &s.app;
+    let submit = |params: Value| {
+        post_json(
+            app,
+            "/api/jobs",
+            Some(&s.session),
+            json!({"kind": "train", "params": params}),
+        )
+    };
+
+    // bad input: refused with a problem document, nothing queued
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    let cases = [
+        (
+            json!({"base_model": "nope", "datanets": [{"id": "1"}]}),
+            "unknown base model",
+        ),
+        (
+            json!({"base_model": "tiny-llama", "datanets": [{"id": "99"}]}),
+            "no Datanet 99",
+        ),
+        (
+            json!({"base_model": "tiny-llama", "datanets": [{"id": "2"}]}),
+            "no published version",
+        ),
+        (
+            json!({"base_model": "tiny-llama", "datanets": [{"id": "1", "version": "5"}]}),
+            "no version 5",
+        ),
+        (tiny_params(json!({"max_seq_len": 100000})), "max_seq_len"),
+        (
+            tiny_params(
+                json!({"lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj"]}}),
+            ),
+            "lora rank",
+        ),
+        (tiny_params(json!({"learning_rate": 0.0})), "learning_rate"),
+        (
+            tiny_params(json!({"learning_rate": "NaN"})),
+            "learning_rate",
+        ),
+        (tiny_params(json!({"epochz": 1})), "unknown field"),
+    ];
+    for (params, want) in cases {
+        let p = submit(params.clone()).await.problem(422, "invalid-content");
+        assert!(
+            p["detail"].as_str().unwrap().contains(want),
+            "{params}: {p}"
+        );
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+
+    // the base model registry
+    let bases = get(app, "/api/base-models", None).await.json();
+    assert_eq!(bases[0]["id"], "tiny-llama");
+    assert_eq!(bases[0]["format"], "safetensors");
+
+    let r = submit(tiny_params(json!({}))).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let job_id = r.json()["id"].as_i64().unwrap();
+    let job = wait_job(app, &s.session, job_id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let result = &job["result"];
+
+    // live metrics: a loss per step and held-out losses
+    let metrics = get(
+        app,
+        &format!("/api/jobs/{job_id}/metrics"),
+        Some(&s.session),
+    )
+    .await
+    .json();
+    let count = |name: &str| {
+        metrics
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["name"] == name)
+            .count()
+    };
+    assert_eq!(count("loss"), 12, "{metrics}");
+    assert!(count("eval_loss") >= 3, "{metrics}");
+    assert!(count("tokens_per_s") == 12);
+
+    // files: hashes match what the job reported and what the chain holds
+    let adapter = get(
+        app,
+        &format!("/api/models/{job_id}/files/adapter_model.safetensors"),
+        None,
+    )
+    .await;
+    assert_eq!(adapter.status, StatusCode::OK);
+    assert_eq!(sha256(&adapter.body), result["adapter_hash"]);
+    let manifest = get(
+        app,
+        &format!(
+            "/api/manifests/{}",
+            result["manifest_hash"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(sha256(&manifest.body), result["manifest_hash"]);
+    let m = manifest.json();
+    assert_eq!(m["base_model"]["id"], "tiny-llama");
+    assert_eq!(m["datanets"][0]["version"], "1");
+    assert_eq!(m["sources"].as_array().unwrap().len(), 9);
+    assert_eq!(m["missing_content"].as_array().unwrap().len(), 1, "{m}");
+    assert!(
+        m["sources"].as_array().unwrap()[..8]
+            .iter()
+            .all(|s| s["examples"].as_i64().unwrap() >= 1)
+    );
+    let by_hash = get(
+        app,
+        &format!("/api/adapters/{}", result["adapter_hash"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(by_hash.body, adapter.body);
+    get(app, &format!("/api/models/{job_id}/files/secret.txt"), None)
+        .await
+        .problem(404, "not-found");
+    get(app, "/api/adapters/0x1234", None)
+        .await
+        .problem(400, "bad-request");
+
+    // on chain, and indexed
+    let published = &result["published"];
+    let model_id: U256 = published["model_id"].as_str().unwrap().parse().unwrap();
+    let registry = Registry::new(
+        s.chain.deployment.address(ContractKind::Registry).unwrap(),
+        s.chain.actor(0),
+    );
+    let a = registry
+        .adapter(published["adapter_id"].as_str().unwrap().parse().unwrap())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(
+        a.contentHash.to_string(),
+        result["adapter_hash"].as_str().unwrap()
+    );
+    assert_eq!(U256::from(a.modelId), model_id);
+    let index =
+        openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment).unwrap();
+    let model = index.model(model_id).await.unwrap().unwrap();
+    assert_eq!(
+        model.training_config_hash.to_string(),
+        result["manifest_hash"].as_str().unwrap()
+    );
+    assert_eq!(model.base_model, "tiny-llama");
+    assert_eq!(model.datanet_versions, vec![U256::from(1)]);
+
+    // the model list and detail
+    let list = get(app, "/api/models", None).await.json();
+    assert_eq!(list[0]["job_id"], job_id);
+    assert_eq!(list[0]["model_id"], model_id.to_string());
+    let detail = get(app, &format!("/api/models/{job_id}"), None)
+        .await
+        .json();
+    assert_eq!(detail["sources"].as_array().unwrap().len(), 9);
+    assert_eq!(
+        detail["sources"][0]["contributor"],
+        format!("{:#x}", TestChain::address_of(4))
+    );
+
+    let _ = s.stop.send(true);
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
+    let recs = pairs(8);
+    let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+    let mut s = stack(pool, &recs).await;
+    let r = post_json(
+        &s.app,
+        "/api/jobs",
+        Some(&s.session),
+        json!({"kind": "train", "params": tiny_params(json!({"steps": 400, "checkpoint_every": 1000, "eval_every": 1000}))
+            .as_object().unwrap().clone().into_iter().chain([("publish".to_string(), json!(false))]).collect::<serde_json::Map<_, _>>()}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_i64().unwrap();
+    let q = Queue::new(s.pool.clone());
+    // let it get going, then shut the worker down: the job goes back to the queue, training checkpoints
+    for _ in 0..600 {
+        if q.metrics(id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "loss" && m.step >= 20)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = s.stop.send(true);
+    s.workers.take().unwrap().await.unwrap();
+    let job = q.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, "queued", "released on shutdown");
+    let ckpt = s
+        .data
+        .path()
+        .join(format!("training/job-{id}/checkpoint/state.json"));
+    for _ in 0..200 {
+        if ckpt.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state: Value = serde_json::from_slice(&std::fs::read(&ckpt).unwrap()).unwrap();
+    let at = state["step"].as_u64().unwrap();
+    assert!((20..400).contains(&at), "checkpoint at step {at}");
+    // a new worker takes the job and finishes it from the checkpoint
+    let (_stop, _h) = start_workers(&s.pool, &s.jobs, "second");
+    let job = wait_job(&s.app, &s.session, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["metrics"]["resumed_from"], at);
+    let logs = get(&s.app, &format!("/api/jobs/{id}/logs"), Some(&s.session))
+        .await
+        .json();
+    assert!(
+        logs.to_string()
+            .contains(&format!("resumed from the checkpoint at step {at}")),
+        "{logs}"
+    );
+    // no checkpoint left behind once the adapter is written
+    assert!(!ckpt.exists());
+}
+
+fn smollm_path() -> Option<PathBuf> {
+    let p = std::env::var_os("OPENLEDGER_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share/openledger/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent; run scripts/setup.sh to fetch it",
+            p.display()
+        );
+        None
+    }
+}
+
+fn python() -> PathBuf {
+    let p = common::repo_root().join(".tools/py/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
+    p
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn fine_tuning_smollm2_lowers_held_out_loss(pool: PgPool) {
+    let Some(model) = smollm_path() else { return };
+    let recs = pairs(24);
+    let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+    let s = stack(pool, &recs).await;
+    let link = s.data.path().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    openledger_daemon::models::scan_models_dir(&s.pool, &s.data.path().join("models"))
+        .await
+        .unwrap();
+    let params = json!({
+        "base_model": "SmolLM2-135M-Instruct.Q4_1", "datanets": [{"id": "1"}], "publish": false,
+        "config": {"steps": 20, "batch_size": 4, "learning_rate": 0.002, "max_seq_len": 96,
+                   "eval_fraction": 0.25, "eval_every": 10, "seed": 3,
+                   "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}}
+    });
+    let r = post_json(
+        &s.app,
+        "/api/jobs",
+        Some(&s.session),
+        json!({"kind": "train", "params": params}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_i64().unwrap();
+    let job = wait_job(&s.app, &s.session, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let m = &job["result"]["metrics"];
+    let (before, after) = (
+        m["initial_eval_loss"].as_f64().unwrap(),
+        m["final_eval_loss"].as_f64().unwrap(),
+    );
+    assert!(after < 0.8 * before, "held-out loss {before} -> {after}");
+
+    // the adapter is a PEFT adapter Python reads: names, shapes, config
+    let dir = s.data.path().join(format!("adapters/job-{id}"));
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json,sys\nfrom safetensors.numpy import load_file\n\
+             t=load_file(sys.argv[1]+'/adapter_model.safetensors')\n\
+             c=json.load(open(sys.argv[1]+'/adapter_config.json'))\n\
+             print(json.dumps({'config':c,'tensors':{k:list(v.shape) for k,v in t.items()}}))",
+        )
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"]["peft_type"], "LORA");
+    assert_eq!(v["config"]["r"], 8);
+    assert_eq!(v["tensors"].as_object().unwrap().len(), 30 * 2 * 2);
+    assert_eq!(
+        v["tensors"]["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"],
+        json!([8, 576])
+    );
+    assert_eq!(
+        v["tensors"]["base_model.model.model.layers.29.self_attn.v_proj.lora_B.weight"],
+        json!([192, 8])
+    );
+    let _: &Path = &dir;
+}
