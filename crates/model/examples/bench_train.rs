@@ -5,7 +5,8 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use openledger_model::train::{Dataset, Record, TrainConfig, Trainer};
+use openledger_model::tokenizer::Tokenized;
+use openledger_model::train::{Dataset, Example, TrainConfig, Trainer};
 use openledger_model::{BaseModel, Device, Event, Llama, Lora, LoraConfig, Precision, Proj};
 
 fn peak_rss_mb() -> f64 {
@@ -40,15 +41,30 @@ fn main() -> anyhow::Result<()> {
     let (rank, seq, batch, steps): (usize, usize, usize, usize) =
         (a[3].parse()?, a[4].parse()?, a[5].parse()?, a[6].parse()?);
     let corpus = std::fs::read_to_string(&a[7])?;
-    // exactly `seq`-token windows, as the PyTorch baseline feeds
+    // exactly `seq`-token windows of the corpus, as the PyTorch baseline feeds
     let ids = base.tokenizer.encode(&corpus)?;
-    anyhow::ensure!(ids.len() >= seq * batch, "corpus too small");
-    let records: Vec<(usize, Record)> = ids
-        .chunks_exact(seq - 1)
+    anyhow::ensure!(
+        ids.len() >= seq * batch * (steps + 1),
+        "corpus too small: {} tokens",
+        ids.len()
+    );
+    let train: Vec<Example> = ids
+        .chunks_exact(seq)
         .take(batch * (steps + 1))
         .enumerate()
-        .map(|(i, c)| Ok((i, Record::Text(base.tokenizer.decode(c, false)?))))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|(i, w)| Example {
+            source: i,
+            tokens: Tokenized {
+                ids: w.to_vec(),
+                targets: vec![true; seq],
+            },
+        })
+        .collect();
+    let ds = Dataset {
+        train,
+        eval: vec![],
+        truncated: 0,
+    };
     let cfg = TrainConfig {
         steps: Some(steps + 1),
         batch_size: batch,
@@ -64,7 +80,6 @@ fn main() -> anyhow::Result<()> {
         },
         ..TrainConfig::default()
     };
-    let ds = Dataset::build(&base.tokenizer, &records, &cfg)?;
     let lora = Lora::init(&base.config, cfg.lora.clone(), 0, &dev)?;
     let trainer = Trainer {
         model: &model,
