@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's API walkthrough, runnable: sign in with a wallet (SIWE), upload a contribution, sign its
-# EIP-712 payload, let the daemon relay it, and watch it confirmed by the indexer. Uses only curl, jq and
-# cast. scripts/test.sh runs it against a fresh stack; run it against `scripts/dev.sh` yourself.
+# EIP-712 payload, let the daemon relay it, and watch it confirmed by the indexer; then the owner accepts it
+# and publishes a version, a train job fine-tunes the base model on it, and the adapter's hash is checked on
+# chain. Uses only curl, jq, sha256sum and cast. scripts/test.sh runs it against a fresh stack; run it against `scripts/dev.sh` yourself.
 #
 #   scripts/api-demo.sh [--api URL] [--rpc-url URL] [--manifest FILE]
 #
@@ -105,4 +106,56 @@ ONCHAIN="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "contributionByHash(uin
   "$DATANET" "$(jq -r .content_hash <<<"$RESULT")")"
 [ "$ONCHAIN" = "$(jq -r .contribution.id <<<"$RESULT")" ] || die "chain says contribution $ONCHAIN"
 echo "contribution $ONCHAIN of Datanet $DATANET is on chain, credited to $ADDR" >&2
+
+wait_job() { # id -> the finished job
+  local j
+  for _ in $(seq 1200); do
+    j="$(curl -sf "$API/api/jobs/$1" -H "$AUTH")"
+    case "$(jq -r .state <<<"$j")" in succeeded|failed|cancelled) echo "$j"; return ;; esac
+    sleep 0.5
+  done
+  die "job $1 did not finish"
+}
+
+step "the owner (#0) accepts it and publishes version 1 with the root a datanet_snapshot job computed"
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$REGISTRY" \
+  "reviewContributions(uint256,uint256[],bool)" "$DATANET" "[$ONCHAIN]" true
+for _ in $(seq 100); do
+  [ "$(curl -sf "$API/api/datanets/$DATANET" | jq .stats.accepted)" = 1 ] && break
+  sleep 0.2
+done
+SNAP="$(curl -sf -X POST "$API/api/jobs" -H "$AUTH" -H 'content-type: application/json' \
+  -d "$(jq -n --arg d "$DATANET" '{kind: "datanet_snapshot", params: {datanet_id: $d}}')" | jq -r .id)"
+SNAP="$(wait_job "$SNAP")"
+ROOT="$(jq -r .result.root <<<"$SNAP")"
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$REGISTRY" \
+  "publishVersion(uint256,bytes32,uint64,string)" "$DATANET" "$ROOT" "$(jq -r .result.contribution_count <<<"$SNAP")" \
+  "openledger://datanets/$DATANET/versions/$ROOT"
+for _ in $(seq 100); do
+  [ "$(curl -sf "$API/api/datanets/$DATANET/versions" | jq length)" = 1 ] && break
+  sleep 0.2
+done
+echo "version 1 root $ROOT" >&2
+
+step "fine-tune the base model on it (a train job) and watch the loss live"
+BASE="$(curl -sf "$API/api/base-models" | jq -r 'map(.id) | (map(select(startswith("SmolLM2"))) + .)[0] // empty')"
+[ -n "$BASE" ] || die "no base model installed (scripts/setup.sh fetches SmolLM2)"
+TRAIN="$(curl -sf -X POST "$API/api/jobs" -H "$AUTH" -H 'content-type: application/json' -d "$(jq -n \
+  --arg b "$BASE" --arg d "$DATANET" '{kind: "train", params: {base_model: $b, datanets: [{id: $d}],
+    config: {steps: 6, batch_size: 2, max_seq_len: 64, learning_rate: 0.001, eval_fraction: 0, eval_every: 3}}}')" \
+  | jq -r .id)"
+curl -sfN --max-time 600 "$API/api/jobs/$TRAIN/events" -H "$AUTH" | sed -n 's/^data: //p' \
+  | jq -rR 'fromjson? // . | if type == "object" then (.message // ("job " + .state)) else "end: " + . end' >&2
+TRAINED="$(wait_job "$TRAIN")"
+[ "$(jq -r .state <<<"$TRAINED")" = succeeded ] || die "training failed: $(jq -r .error <<<"$TRAINED")"
+
+step "the model and the adapter are on chain, with the hash of the adapter file"
+MODEL="$(curl -sf "$API/api/models/$TRAIN")"
+jq -c '{model_id, adapter_id, adapter_hash, manifest_hash, loss: [.metrics.first_loss, .metrics.final_loss]}' <<<"$MODEL" >&2
+curl -sf -o "${TMPDIR:-/tmp}/adapter_model.safetensors" "$API/api/models/$TRAIN/files/adapter_model.safetensors"
+FILE_HASH="0x$(sha256sum "${TMPDIR:-/tmp}/adapter_model.safetensors" | cut -d' ' -f1)"
+CHAIN_HASH="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "adapter(uint256)((uint64,uint64,bytes32))" \
+  "$(jq -r .adapter_id <<<"$MODEL")" | grep -o '0x[0-9a-f]\{64\}')"
+[ "$FILE_HASH" = "$CHAIN_HASH" ] || die "adapter file hash $FILE_HASH != on-chain contentHash $CHAIN_HASH"
+echo "adapter $(jq -r .adapter_id <<<"$MODEL") of model $(jq -r .model_id <<<"$MODEL"): sha256 $FILE_HASH on chain" >&2
 echo "API walkthrough ok"

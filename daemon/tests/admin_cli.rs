@@ -10,23 +10,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use alloy::primitives::Address;
+use common::url_of;
 use openledger_daemon::jobs::queue::{NewJob, Queue};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 fn openledger() -> Command {
     Command::new(env!("CARGO_BIN_EXE_openledger"))
-}
-
-fn url_of(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap()
-    )
 }
 
 fn run(db: &str, args: &[&str]) -> Output {

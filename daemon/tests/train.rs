@@ -327,9 +327,17 @@ async fn train_through_the_api_and_publish_on_chain(pool: PgPool) {
             .filter(|m| m["name"] == name)
             .count()
     };
-    assert_eq!(count("loss"), 12, "{metrics}");
-    assert!(count("eval_loss") >= 3, "{metrics}");
-    assert!(count("tokens_per_s") == 12);
+    assert!(count("loss") >= 1, "{metrics}");
+    assert!(
+        metrics
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "loss" && m["step"] == 12),
+        "the last step's loss is stored: {metrics}"
+    );
+    assert_eq!(count("eval_loss"), 4, "steps 0, 4, 8, 12: {metrics}");
+    assert_eq!(count("loss"), count("tokens_per_s"));
 
     // files: hashes match what the job reported and what the chain holds
     let adapter = get(
@@ -426,7 +434,7 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
         &s.app,
         "/api/jobs",
         Some(&s.session),
-        json!({"kind": "train", "params": tiny_params(json!({"steps": 400, "checkpoint_every": 1000, "eval_every": 1000}))
+        json!({"kind": "train", "params": tiny_params(json!({"steps": 3000, "checkpoint_every": 10000, "eval_every": 10000}))
             .as_object().unwrap().clone().into_iter().chain([("publish".to_string(), json!(false))]).collect::<serde_json::Map<_, _>>()}),
     )
     .await;
@@ -454,19 +462,29 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
     s.workers.take().unwrap().await.unwrap();
     let job = q.get(id).await.unwrap().unwrap();
     assert_eq!(job.state, "queued", "released on shutdown");
+    let created = job.created_at.unix_timestamp_nanos() / 1000;
     let ckpt = s
         .data
         .path()
-        .join(format!("training/job-{id}/checkpoint/state.json"));
+        .join(format!("training/job-{id}-{created}/checkpoint/state.json"));
     for _ in 0..200 {
         if ckpt.exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        ckpt.exists(),
+        "{} missing; training/ holds {:?}",
+        ckpt.display(),
+        std::fs::read_dir(s.data.path().join("training")).map(|d| d
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect::<Vec<_>>())
+    );
     let state: Value = serde_json::from_slice(&std::fs::read(&ckpt).unwrap()).unwrap();
     let at = state["step"].as_u64().unwrap();
-    assert!((20..400).contains(&at), "checkpoint at step {at}");
+    assert!((1..3000).contains(&at), "checkpoint at step {at}");
     // a new worker takes the job and finishes it from the checkpoint
     let (_stop, _h) = start_workers(&s.pool, &s.jobs, "second");
     let job = wait_job(&s.app, &s.session, id).await;
@@ -482,6 +500,85 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
     );
     // no checkpoint left behind once the adapter is written
     assert!(!ckpt.exists());
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn the_cli_trains_and_publishes(pool: PgPool) {
+    let recs = pairs(6);
+    let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+    let mut s = stack(pool, &recs).await;
+    // only the CLI's own worker may run the job
+    let _ = s.stop.send(true);
+    s.workers.take().unwrap().await.unwrap();
+    let manifest = s.data.path().join("deployment.json");
+    std::fs::write(
+        &manifest,
+        serde_json::to_string(&s.chain.deployment).unwrap(),
+    )
+    .unwrap();
+    let cli = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_openledger"));
+        c.args(["--database-url", &common::url_of(&s.pool)])
+            .arg("--data-dir")
+            .arg(s.data.path())
+            .args([
+                "--log",
+                "warn",
+                "--json",
+                "train",
+                "--base",
+                "tiny-llama",
+                "--datanet",
+                "1",
+                "--no-index",
+            ])
+            .args(["--rpc-url", &s.chain.url, "--manifest"])
+            .arg(&manifest)
+            .args(extra)
+            .env("OPENLEDGER_PRIVATE_KEY", KEYS[1]);
+        c
+    };
+    let bad = cli(&["--rank", "0"]).output().await.unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("lora rank"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad = cli(&["--datanet", "2"]).output().await.unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Datanet 2 has no published version"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let out = cli(&[
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-seq-len",
+        "64",
+        "--lr",
+        "0.01",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["result"]["metrics"]["steps"], 3);
+    let model_id = job["result"]["published"]["model_id"].as_str().unwrap();
+    let detail = get(&s.app, &format!("/api/models/{}", job["id"]), None)
+        .await
+        .json();
+    assert_eq!(detail["model_id"], model_id);
 }
 
 fn smollm_path() -> Option<PathBuf> {
@@ -553,7 +650,13 @@ async fn fine_tuning_smollm2_lowers_held_out_loss(pool: PgPool) {
     assert!(after < 0.8 * before, "held-out loss {before} -> {after}");
 
     // the adapter is a PEFT adapter Python reads: names, shapes, config
-    let dir = s.data.path().join(format!("adapters/job-{id}"));
+    let dir = PathBuf::from(
+        openledger_daemon::models::trained_model(&s.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .dir,
+    );
     let out = std::process::Command::new(python())
         .arg("-c")
         .arg(

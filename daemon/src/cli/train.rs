@@ -155,6 +155,8 @@ impl TrainArgs {
 
 pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     let params = args.params()?;
+    // parameter mistakes are reported before anything connects
+    params.config.validate(usize::MAX)?;
     openledger_model::device(&args.device)?;
     let deployment = args.chain.deployment().await?;
     let chain = Chain::connect(

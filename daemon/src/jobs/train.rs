@@ -38,8 +38,8 @@ pub const KIND: &str = "train";
 /// Where training keeps its files, and on what device it runs.
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
-    /// `<data dir>`: base models under `models/`, adapters under `adapters/job-<id>/`, checkpoints under
-    /// `training/job-<id>/`.
+    /// `<data dir>`: base models under `models/`, adapters under `adapters/job-<id>-<created>/`, checkpoints
+    /// under `training/job-<id>-<created>/`.
     pub data_dir: PathBuf,
     /// `cpu` or `cuda:N`.
     pub device: String,
@@ -50,12 +50,22 @@ impl TrainSettings {
         self.data_dir.join("models")
     }
 
-    pub fn adapter_dir(&self, job_id: i64) -> PathBuf {
-        self.data_dir.join("adapters").join(format!("job-{job_id}"))
+    /// Job ids restart with every database; the creation time keeps two databases sharing a data
+    /// directory from reusing each other's files.
+    fn job_dir(job: &crate::jobs::Job) -> String {
+        format!(
+            "job-{}-{}",
+            job.id,
+            job.created_at.unix_timestamp_nanos() / 1000
+        )
     }
 
-    fn work_dir(&self, job_id: i64) -> PathBuf {
-        self.data_dir.join("training").join(format!("job-{job_id}"))
+    pub fn adapter_dir(&self, job: &crate::jobs::Job) -> PathBuf {
+        self.data_dir.join("adapters").join(Self::job_dir(job))
+    }
+
+    fn work_dir(&self, job: &crate::jobs::Job) -> PathBuf {
+        self.data_dir.join("training").join(Self::job_dir(job))
     }
 }
 
@@ -120,7 +130,10 @@ fn yes() -> bool {
     true
 }
 
-fn parse_params(v: &Value) -> Result<(TrainParams, Vec<(U256, Option<u64>)>), String> {
+/// Datanet ids with their pinned versions (`None`: the latest).
+type Versions = Vec<(U256, Option<u64>)>;
+
+fn parse_params(v: &Value) -> Result<(TrainParams, Versions), String> {
     // the error names the field at fault (`config.learning_rate: invalid type...`)
     let p: TrainParams = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
         let path = e.path().to_string();
@@ -556,7 +569,7 @@ impl JobHandler for TrainJob {
                 .await?
                 .ok_or_else(|| JobError::fatal(format!("unknown base model {:?}", p.base_model)))?;
             let resolved = self.resolve(&refs).await?;
-            let out_dir = self.settings.adapter_dir(job_id);
+            let out_dir = self.settings.adapter_dir(&ctx.lease.job);
             let trained = match load_finished(&out_dir)? {
                 Some(t) => {
                     ctx.log("training finished in an earlier attempt; reusing its artifacts")
@@ -696,7 +709,10 @@ impl TrainJob {
                 .collect::<Vec<_>>(),
         );
         let job_id = ctx.id();
-        let (out, work) = (out_dir.to_path_buf(), self.settings.work_dir(job_id));
+        let (out, work) = (
+            out_dir.to_path_buf(),
+            self.settings.work_dir(&ctx.lease.job),
+        );
         let handle = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             train_blocking(
@@ -704,7 +720,20 @@ impl TrainJob {
                 out, work, stop, tx,
             )
         });
+        // metrics are stored at most every 200 ms (plus the last step): a tiny model takes thousands of
+        // steps a second, and a row per step would make the database the bottleneck
+        let mut last_stored: Option<std::time::Instant> = None;
         while let Some(e) = rx.recv().await {
+            if let Event::Step {
+                step, total_steps, ..
+            } = &e
+            {
+                let due = last_stored.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+                if !due && step != total_steps {
+                    continue;
+                }
+                last_stored = Some(std::time::Instant::now());
+            }
             self.report(ctx, e).await;
         }
         handle
@@ -732,7 +761,7 @@ impl TrainJob {
                 ctx.metric(s, "eta_s", eta_s).await;
                 ctx.progress(0.85 * step as f32 / total_steps.max(1) as f32)
                     .await;
-                if step == 1 || step % 10 == 0 || step == total_steps {
+                if step == 1 || step % 10 == 0 || step == total_steps || eta_s > 60.0 {
                     ctx.log(format!(
                         "step {step}/{total_steps}: loss {loss:.4}, lr {lr:.2e}, {tokens_per_s:.0} tokens/s, \
                          ETA {eta_s:.0} s"
@@ -855,11 +884,10 @@ impl TrainJob {
             }
         };
         self.wait_index("the ModelRegistered event", || async {
-            Ok(self
-                .index
+            self.index
                 .model(model_id)
                 .await
-                .map_err(JobError::retryable)?)
+                .map_err(JobError::retryable)
         })
         .await?;
         models::set_onchain_ids(&self.pool, ctx.id(), chain.chain_id(), model_id, None).await?;

@@ -287,3 +287,15 @@ pub async fn dump(pool: &PgPool) -> Vec<(String, Vec<String>)> {
 pub fn ether(n: u64) -> U256 {
     U256::from(n) * U256::from(10u64).pow(U256::from(18))
 }
+
+/// A connection URL for the database behind `pool` (for binaries under test).
+pub fn url_of(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap()
+    )
+}
