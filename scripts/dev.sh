@@ -70,6 +70,10 @@ MANIFEST="$(scripts/deploy.sh --rpc-url "$URL")"
 log "building openledger"
 cargo build --locked -q -p openledger-daemon || die "cargo build failed"
 DATA_DIR="$ROOT/.dev/openledger"
+# the base model setup.sh fetched, offered for training (linked, not copied)
+mkdir -p "$DATA_DIR/models"
+BASE_MODEL="$(scripts/fetch-model.sh)"
+ln -sf "$BASE_MODEL" "$DATA_DIR/models/$(basename "$BASE_MODEL")"
 # the daemon relays and publishes from anvil's dev account #1 (a well-known key: devnets only)
 OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
   "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" serve --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \

@@ -633,9 +633,14 @@ async fn jobs_submit_list_cancel_retry(pool: PgPool) {
     submit(json!({"kind": 7, "params": {}}))
         .await
         .problem(400, "bad-request");
-    submit(json!({"kind": "datanet_snapshot", "params": {"datanet_id": "9"}}))
+    // an unknown Datanet is bad content, not a permission problem
+    let p = submit(json!({"kind": "datanet_snapshot", "params": {"datanet_id": "9"}}))
         .await
-        .problem(403, "forbidden");
+        .problem(422, "invalid-content");
+    assert!(
+        p["detail"].as_str().unwrap().contains("no Datanet 9"),
+        "{p}"
+    );
     // publishing a Datanet one does not own
     submit(json!({"kind": "datanet_snapshot", "params": {"datanet_id": "2", "publish": true}}))
         .await
@@ -717,6 +722,12 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/api/datanets/{id}/versions",
         "/api/contributors/{address}/contributions",
         "/api/contents/{hash}/contributions",
+        "/api/base-models",
+        "/api/models",
+        "/api/models/{job_id}",
+        "/api/models/{job_id}/files/{name}",
+        "/api/adapters/{hash}",
+        "/api/manifests/{hash}",
         "/api/uploads",
         "/api/uploads/{id}",
         "/api/uploads/{id}/content",

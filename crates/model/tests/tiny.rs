@@ -441,3 +441,43 @@ fn corrupt_model_files_are_reported_as_such() {
     let err = BaseModel::load(&hf, &Device::Cpu, None).unwrap_err();
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run_with_the_error() {
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(6),
+        batch_size: 2,
+        eval_fraction: 0.0,
+        checkpoint_every: 2,
+        ..TrainConfig::default()
+    };
+    let ds = Dataset::build(&m.tokenizer, &memorise_set(), &cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let lora = Lora::init(&m.config, cfg.lora.clone(), 0, &Device::Cpu).unwrap();
+    let t = Trainer {
+        model: &model,
+        config: cfg,
+        dataset: &ds,
+        pad: m.tokenizer.eos,
+        checkpoint_dir: Some(ckpt.clone()),
+    };
+    let mut steps = 0;
+    let err = t
+        .run(&lora, &AtomicBool::new(false), &mut |e| {
+            if matches!(e, openledger_model::Event::Step { .. }) {
+                steps += 1;
+                // after the first step the checkpoint's staging path becomes unusable, as on a full disk
+                std::fs::write(dir.path().join("ckpt.tmp"), b"in the way").unwrap();
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("ckpt.tmp"), "{err}");
+    // it stopped at the first checkpoint instead of training on without one, and left no checkpoint
+    assert_eq!(steps, 2);
+    assert!(!ckpt.exists());
+}
