@@ -52,7 +52,9 @@ field() { awk -v k="$1" '$1 == k { print $2 }'; }
 declare -A OURS_TPS OURS_MB TORCH_TPS TORCH_MB
 for targets in q,v all; do
   log "candle: LoRA r=$RANK on $targets, seq $SEQ, batch $BATCH, $STEPS timed steps, $THREADS threads"
-  out="$(RAYON_NUM_THREADS="$THREADS" "$BIN" "$MODEL" "$targets" "$RANK" "$SEQ" "$BATCH" "$STEPS" "$corpus")"
+  # the malloc tuning `openledger serve` / `openledger train` apply to themselves (daemon/src/cli/malloc.rs)
+  out="$(GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.trim_threshold=8589934592:glibc.malloc.mmap_threshold=33554432}" \
+    RAYON_NUM_THREADS="$THREADS" "$BIN" "$MODEL" "$targets" "$RANK" "$SEQ" "$BATCH" "$STEPS" "$corpus")"
   OURS_TPS[$targets]="$(field tokens_per_s <<<"$out")"
   OURS_MB[$targets]="$(field peak_rss_mb <<<"$out")"
   log "  ${OURS_TPS[$targets]} tokens/s, peak RSS ${OURS_MB[$targets]} MB"

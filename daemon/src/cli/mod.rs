@@ -5,6 +5,7 @@ mod deploy;
 mod index;
 mod jobs;
 mod keys;
+pub mod malloc;
 mod migrate;
 mod models;
 mod serve;
