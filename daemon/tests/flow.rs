@@ -40,19 +40,6 @@ async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Va
     panic!("upload {id} never got to {want}");
 }
 
-async fn wait_job(app: &axum::Router, token: &str, id: i64) -> Value {
-    for _ in 0..300 {
-        let v = get(app, &format!("/api/jobs/{id}"), Some(token))
-            .await
-            .json();
-        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} never finished");
-}
-
 fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
     // sign the JSON the API returned, as a wallet would: this checks the JSON, not only the digest
     let td: TypedData = serde_json::from_value(typed.clone()).unwrap();

@@ -192,19 +192,6 @@ async fn stack(pool: PgPool, records: &[&str]) -> Stack {
     }
 }
 
-async fn wait_job(app: &axum::Router, token: &str, id: i64) -> Value {
-    for _ in 0..3000 {
-        let v = get(app, &format!("/api/jobs/{id}"), Some(token))
-            .await
-            .json();
-        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} never finished");
-}
-
 fn pairs(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {

@@ -103,6 +103,29 @@ pub fn classify(e: alloy::contract::Error) -> JobError {
     }
 }
 
+/// Simulates `call` (a revert is final and costs no gas), sends it from the daemon's key, logs the hash and
+/// waits up to `timeout` for a successful receipt.
+pub async fn send_confirmed<D: alloy::contract::CallDecoder>(
+    ctx: &JobContext,
+    what: &str,
+    call: alloy::contract::CallBuilder<&alloy::providers::DynProvider, D>,
+    timeout: Duration,
+) -> Result<alloy::rpc::types::TransactionReceipt, JobError> {
+    call.call().await.map_err(classify)?;
+    let pending = call.send().await.map_err(classify)?;
+    let tx = *pending.tx_hash();
+    ctx.log(format!("{what} sent: {tx}")).await;
+    let receipt = pending
+        .with_timeout(Some(timeout))
+        .get_receipt()
+        .await
+        .map_err(JobError::retryable)?;
+    if !receipt.status() {
+        return Err(JobError::fatal(format!("{what} {tx} reverted")));
+    }
+    Ok(receipt)
+}
+
 impl RelayJob {
     async fn find_onchain(
         &self,

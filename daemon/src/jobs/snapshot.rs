@@ -13,7 +13,7 @@ use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use serde_json::{Value, json};
 
-use super::relay::classify;
+use super::relay::{classify, send_confirmed};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 
@@ -197,19 +197,14 @@ impl SnapshotJob {
                 on_chain.owner
             )));
         }
-        let call = registry.publishVersion(id, root, count, uri.to_owned());
-        call.call().await.map_err(classify)?;
-        let pending = call.send().await.map_err(JobError::retryable)?;
-        let tx = *pending.tx_hash();
-        ctx.log(format!("publishVersion sent: {tx}")).await;
-        let receipt = pending
-            .with_timeout(Some(self.tx_timeout))
-            .get_receipt()
-            .await
-            .map_err(JobError::retryable)?;
-        if !receipt.status() {
-            return Err(JobError::fatal(format!("publishVersion {tx} reverted")));
-        }
+        let receipt = send_confirmed(
+            ctx,
+            "publishVersion",
+            registry.publishVersion(id, root, count, uri.to_owned()),
+            self.tx_timeout,
+        )
+        .await?;
+        let tx = receipt.transaction_hash;
         let version = receipt
             .decoded_log::<Registry::DatanetVersionPublished>()
             .map(|l| l.data.version)

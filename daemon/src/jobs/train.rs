@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::relay::classify;
+use super::relay::send_confirmed;
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 use crate::models::{self, NewTrainedModel, Source};
@@ -863,19 +863,14 @@ impl TrainJob {
                     trainingConfigHash: trained.manifest_hash,
                     metadataURI: manifest_uri.clone(),
                 };
-                let call = registry.registerModel(spec);
-                call.call().await.map_err(classify)?;
-                let pending = call.send().await.map_err(classify)?;
-                let tx = *pending.tx_hash();
-                ctx.log(format!("registerModel sent: {tx}")).await;
-                let receipt = pending
-                    .with_timeout(Some(self.tx_timeout))
-                    .get_receipt()
-                    .await
-                    .map_err(JobError::retryable)?;
-                if !receipt.status() {
-                    return Err(JobError::fatal(format!("registerModel {tx} reverted")));
-                }
+                let receipt = send_confirmed(
+                    ctx,
+                    "registerModel",
+                    registry.registerModel(spec),
+                    self.tx_timeout,
+                )
+                .await?;
+                let tx = receipt.transaction_hash;
                 let id = receipt
                     .decoded_log::<Registry::ModelRegistered>()
                     .map(|l| l.data.modelId)
@@ -909,19 +904,14 @@ impl TrainJob {
             Some(a) => (a, None),
             None => {
                 let uri = format!("openledger://adapters/{}", trained.adapter_hash);
-                let call = registry.publishAdapter(model_id, trained.adapter_hash, uri);
-                call.call().await.map_err(classify)?;
-                let pending = call.send().await.map_err(classify)?;
-                let tx = *pending.tx_hash();
-                ctx.log(format!("publishAdapter sent: {tx}")).await;
-                let receipt = pending
-                    .with_timeout(Some(self.tx_timeout))
-                    .get_receipt()
-                    .await
-                    .map_err(JobError::retryable)?;
-                if !receipt.status() {
-                    return Err(JobError::fatal(format!("publishAdapter {tx} reverted")));
-                }
+                let receipt = send_confirmed(
+                    ctx,
+                    "publishAdapter",
+                    registry.publishAdapter(model_id, trained.adapter_hash, uri),
+                    self.tx_timeout,
+                )
+                .await?;
+                let tx = receipt.transaction_hash;
                 (
                     self.wait_index("the AdapterPublished event", find_adapter)
                         .await?,

@@ -267,3 +267,17 @@ pub async fn insert_contribution(
 pub fn u(n: u64) -> U256 {
     U256::from(n)
 }
+
+/// Polls `/api/jobs/{id}` until the job ends (at most five minutes: training jobs take a while).
+pub async fn wait_job(app: &Router, token: &str, id: i64) -> Value {
+    for _ in 0..3000 {
+        let v = get(app, &format!("/api/jobs/{id}"), Some(token))
+            .await
+            .json();
+        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("job {id} never finished");
+}
