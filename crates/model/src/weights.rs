@@ -416,54 +416,51 @@ impl BaseModel {
     }
 }
 
+/// Hugging Face name <-> GGUF name, for the tensors outside the layers and within each layer.
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+/// Renames between the two conventions; `to_gguf` picks the direction.
+fn rename(name: &str, to_gguf: bool) -> Option<String> {
+    let pick = |(hf, gguf): &(&'static str, &'static str)| {
+        if to_gguf { (*hf, *gguf) } else { (*gguf, *hf) }
+    };
+    if let Some((_, to)) = TOP_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
+    }
+    let (prefix_from, prefix_to) = if to_gguf {
+        ("model.layers.", "blk.")
+    } else {
+        ("blk.", "model.layers.")
+    };
+    let (layer, rest) = name.strip_prefix(prefix_from)?.split_once('.')?;
+    let (_, to) = LAYER_NAMES
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == rest)?;
+    Some(format!("{prefix_to}{layer}.{to}"))
+}
+
 fn hf_to_gguf_name(name: &str) -> Option<String> {
-    Some(match name {
-        "model.embed_tokens.weight" => "token_embd.weight".into(),
-        "model.norm.weight" => "output_norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = name.strip_prefix("model.layers.")?;
-            let (layer, rest) = rest.split_once('.')?;
-            let part = match rest {
-                "input_layernorm.weight" => "attn_norm",
-                "post_attention_layernorm.weight" => "ffn_norm",
-                "self_attn.q_proj.weight" => "attn_q",
-                "self_attn.k_proj.weight" => "attn_k",
-                "self_attn.v_proj.weight" => "attn_v",
-                "self_attn.o_proj.weight" => "attn_output",
-                "mlp.gate_proj.weight" => "ffn_gate",
-                "mlp.up_proj.weight" => "ffn_up",
-                "mlp.down_proj.weight" => "ffn_down",
-                _ => return None,
-            };
-            format!("blk.{layer}.{part}.weight")
-        }
-    })
+    rename(name, true)
 }
 
 fn gguf_to_hf_name(name: &str) -> Option<String> {
-    Some(match name {
-        "token_embd.weight" => "model.embed_tokens.weight".into(),
-        "output_norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
-        _ => {
-            let rest = name.strip_prefix("blk.")?;
-            let (layer, rest) = rest.split_once('.')?;
-            let part = match rest {
-                "attn_norm.weight" => "input_layernorm",
-                "ffn_norm.weight" => "post_attention_layernorm",
-                "attn_q.weight" => "self_attn.q_proj",
-                "attn_k.weight" => "self_attn.k_proj",
-                "attn_v.weight" => "self_attn.v_proj",
-                "attn_output.weight" => "self_attn.o_proj",
-                "ffn_gate.weight" => "mlp.gate_proj",
-                "ffn_up.weight" => "mlp.up_proj",
-                "ffn_down.weight" => "mlp.down_proj",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{part}.weight")
-        }
-    })
+    rename(name, false)
 }
 
 /// llama.cpp's converter reorders each head's q/k rows from halves `[x0..x(d/2), y0..]` to interleaved pairs

@@ -103,6 +103,16 @@ pub fn classify(e: alloy::contract::Error) -> JobError {
     }
 }
 
+/// The daemon's chain connection and key, or why it cannot send transactions.
+pub fn signing_chain(chain: Option<&Chain>) -> Result<(&Chain, Address), JobError> {
+    let chain = chain
+        .ok_or_else(|| JobError::fatal("this daemon has no chain connection to publish with"))?;
+    let me = chain
+        .signer()
+        .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
+    Ok((chain, me))
+}
+
 /// Simulates `call` (a revert is final and costs no gas), sends it from the daemon's key, logs the hash and
 /// waits up to `timeout` for a successful receipt.
 pub async fn send_confirmed<D: alloy::contract::CallDecoder>(

@@ -13,7 +13,7 @@ use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use serde_json::{Value, json};
 
-use super::relay::{classify, send_confirmed};
+use super::relay::{classify, send_confirmed, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 
@@ -165,12 +165,7 @@ impl SnapshotJob {
         count: u64,
         uri: &str,
     ) -> Result<Value, JobError> {
-        let chain = self.chain.as_ref().ok_or_else(|| {
-            JobError::fatal("this daemon has no chain connection to publish with")
-        })?;
-        let me = chain
-            .signer()
-            .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
+        let (chain, me) = signing_chain(self.chain.as_ref())?;
         let registry = chain.registry();
         // the chain, not the index (which may lag), says whether this root is already the latest version
         let on_chain = registry.datanet(id).call().await.map_err(classify)?;

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::relay::send_confirmed;
+use super::relay::{send_confirmed, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 use crate::models::{self, NewTrainedModel, Source};
@@ -519,23 +519,23 @@ impl JobHandler for TrainJob {
         let parsed = parse_params(params);
         async move {
             let (p, refs) = parsed.map_err(Refusal::Invalid)?;
-            let installed = models::base_models(&self.pool)
+            let db = |e: sqlx::Error| Refusal::Invalid(format!("database: {e}"));
+            let Some(base) = models::base_model(&self.pool, &p.base_model)
                 .await
-                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?;
-            let base = models::base_model(&self.pool, &p.base_model)
-                .await
-                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?
-                .ok_or_else(|| {
-                    Refusal::Invalid(format!(
-                        "unknown base model {:?}; installed: {}",
-                        p.base_model,
-                        installed
-                            .iter()
-                            .map(|m| m.id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
+                .map_err(db)?
+            else {
+                // the installed list only when it helps: an unknown name
+                let installed = models::base_models(&self.pool).await.map_err(db)?;
+                return Err(Refusal::Invalid(format!(
+                    "unknown base model {:?}; installed: {}",
+                    p.base_model,
+                    installed
+                        .iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
             let ctx = base.config["max_position_embeddings"].as_u64().unwrap_or(0) as usize;
             p.config
                 .validate(ctx)
@@ -827,12 +827,7 @@ impl TrainJob {
         resolved: &[Resolved],
         trained: &Trained,
     ) -> Result<Value, JobError> {
-        let chain = self.chain.as_ref().ok_or_else(|| {
-            JobError::fatal("this daemon has no chain connection to publish with")
-        })?;
-        let me = chain
-            .signer()
-            .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
+        let (chain, me) = signing_chain(self.chain.as_ref())?;
         let registry = chain.registry();
         let manifest_uri = format!("openledger://manifests/{}", trained.manifest_hash);
         self.index_caught_up(chain).await?;
