@@ -23,6 +23,8 @@ command -v psql >/dev/null || apt_install postgresql-client
 # The Postgres server binaries: the daemon starts a private cluster with them when no DATABASE_URL is given.
 [ -x "$(pg_bin_dir)/initdb" ] || apt_install postgresql
 command -v runuser >/dev/null || apt_install util-linux
+# OpenBLAS: the GEMMs of CPU LoRA training (crates/model, feature `openblas`, on by default) link against it.
+{ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libopenblas\.so ' || apt_install libopenblas-dev
 command -v cargo >/dev/null || die "no Rust toolchain (cargo): install Rust 1.95+ (rustup) first"
 
 # forge/anvil/cast 1.7.1, solc 0.8.30 (wasm), OpenZeppelin: pinned in package-lock.json.

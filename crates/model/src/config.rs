@@ -41,6 +41,20 @@ impl LlamaConfig {
         }
     }
 
+    /// Refuses sequences longer than the model's context (the rotary tables end there).
+    pub fn check_seq_len(&self, s: usize) -> Result<()> {
+        if s > self.max_position_embeddings {
+            return Err(ModelError::invalid(
+                "sequence length",
+                format!(
+                    "{s} tokens exceed the model's context of {}",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

@@ -2,6 +2,8 @@
 //! tokenizers and chat templates (`tokenizer`), the llama forward pass with LoRA hooks (`llama`), LoRA
 //! adapters in the PEFT layout (`lora`) and LoRA training (`train`). Serving and attribution build on it.
 
+pub mod backprop;
+mod blas;
 pub mod config;
 pub mod error;
 pub mod llama;

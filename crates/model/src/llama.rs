@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlamaConfig;
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::lora::Lora;
 use crate::weights::{BaseModel, Weight};
 
@@ -97,7 +97,7 @@ impl Proj {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -144,6 +144,25 @@ impl Linear {
             }
         })
     }
+}
+
+/// Borrowed weights of a dense model (see `Llama::dense_parts`); projections in `Proj::ALL` order.
+#[derive(Debug)]
+pub(crate) struct DenseParts<'a> {
+    pub embed: &'a Tensor,
+    pub norm: &'a Tensor,
+    pub lm_head: &'a Tensor,
+    /// `[max_pos, head_dim / 2]` rotary tables, as the forward pass uses them.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub layers: Vec<LayerParts<'a>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LayerParts<'a> {
+    pub attn_norm: &'a Tensor,
+    pub ffn_norm: &'a Tensor,
+    pub proj: Vec<&'a Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +275,40 @@ impl Llama {
         &self.device
     }
 
+    /// The dense f32 weights on the CPU, for the hand-written training passes (`crate::backprop`); `None`
+    /// for quantized weights or another device.
+    pub(crate) fn dense_parts(&self) -> Option<DenseParts<'_>> {
+        if !self.device.is_cpu() || self.precision != Precision::F32 {
+            return None;
+        }
+        fn dense(l: &Linear) -> Option<&Tensor> {
+            match l {
+                Linear::Dense(w) => Some(w),
+                Linear::Q(_) => None,
+            }
+        }
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let mut proj = Vec::with_capacity(7);
+            for l in &b.proj {
+                proj.push(dense(l)?);
+            }
+            layers.push(LayerParts {
+                attn_norm: &b.attn_norm,
+                ffn_norm: &b.ffn_norm,
+                proj,
+            });
+        }
+        Some(DenseParts {
+            embed: &self.embed,
+            norm: &self.norm,
+            lm_head: dense(&self.lm_head)?,
+            cos: &self.cos,
+            sin: &self.sin,
+            layers,
+        })
+    }
+
     fn rms(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         Ok(if grad && x.device().is_cpu() {
@@ -320,15 +373,7 @@ impl Llama {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let c = &self.config;
-        if s > c.max_position_embeddings {
-            return Err(ModelError::invalid(
-                "sequence length",
-                format!(
-                    "{s} tokens exceed the model's context of {}",
-                    c.max_position_embeddings
-                ),
-            ));
-        }
+        c.check_seq_len(s)?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let grad = opts.grad;
         let mut x =

@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::backprop;
 use crate::error::{ModelError, Result};
 use crate::llama::{Forward, Llama};
 use crate::lora::{Lora, LoraConfig};
@@ -243,9 +244,14 @@ impl Dataset {
     }
 }
 
-/// A padded micro-batch ready for the model.
+/// A padded micro-batch ready for the model (as tensors for the autograd path, as slices for `backprop`).
 struct Batch {
     ids: Tensor,
+    host_ids: Vec<u32>,
+    host_positions: Vec<u32>,
+    host_labels: Vec<u32>,
+    rows: usize,
+    seq: usize,
     /// Flat `[batch*seq]` positions whose next token is a target, and those next tokens.
     positions: Tensor,
     labels: Tensor,
@@ -277,12 +283,29 @@ fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Batch>
     }
     let n_targets = labels.len();
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (examples.len(), s), device)?,
-        positions: Tensor::from_vec(positions, n_targets, device)?,
-        labels: Tensor::from_vec(labels, n_targets, device)?,
+        ids: Tensor::from_slice(&ids, (examples.len(), s), device)?,
+        positions: Tensor::from_slice(&positions, n_targets, device)?,
+        labels: Tensor::from_slice(&labels, n_targets, device)?,
+        host_ids: ids,
+        host_positions: positions,
+        host_labels: labels,
+        rows: examples.len(),
+        seq: s,
         n_targets,
         n_tokens,
     })
+}
+
+impl Batch {
+    fn host(&self) -> backprop::BatchRef<'_> {
+        backprop::BatchRef {
+            ids: &self.host_ids,
+            batch: self.rows,
+            seq: self.seq,
+            positions: &self.host_positions,
+            labels: &self.host_labels,
+        }
+    }
 }
 
 /// Summed next-token cross-entropy over the batch's targets (a scalar tensor) — summed so that gradient
@@ -453,14 +476,19 @@ impl Trainer<'_> {
             return Ok(None);
         }
         let (mut sum, mut n) = (0.0, 0usize);
+        let fast = backprop::supported(self.model);
         for chunk in self.dataset.eval.chunks(self.config.batch_size) {
             let refs: Vec<&Example> = chunk.iter().collect();
             let b = make_batch(&refs, self.pad, self.model.device())?;
             if b.n_targets == 0 {
                 continue;
             }
-            let l = batch_loss_sum(self.model, lora, &b, &mut Forward::infer())?;
-            sum += l.to_scalar::<f32>()? as f64;
+            sum += if fast {
+                backprop::loss(self.model, Some(lora), &b.host())?
+            } else {
+                let l = batch_loss_sum(self.model, lora, &b, &mut Forward::infer())?;
+                l.to_scalar::<f32>()? as f64
+            };
             n += b.n_targets;
         }
         Ok((n > 0).then(|| sum / n as f64))
@@ -506,6 +534,8 @@ impl Trainer<'_> {
                 })?;
             }
         }
+        // the hand-written passes wherever they run (dense f32 weights on the CPU), else candle's autograd
+        let fast = backprop::supported(self.model);
         let t0 = Instant::now();
         let mut tokens_seen = 0usize;
         let mut last_loss = first_loss.unwrap_or(f64::NAN);
@@ -533,20 +563,38 @@ impl Trainer<'_> {
             );
             let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
             let mut loss_sum = 0.0;
+            let add = |slot: &mut Option<Tensor>, g: Tensor| -> Result<()> {
+                *slot = Some(match slot.take() {
+                    Some(s) => (s + g)?,
+                    None => g,
+                });
+                Ok(())
+            };
             for b in batches.iter().filter(|b| b.n_targets > 0) {
-                let mut opts = Forward {
-                    grad: true,
-                    dropout_rng: Some(&mut rng),
-                };
-                let l = batch_loss_sum(self.model, lora, b, &mut opts)?;
-                loss_sum += l.to_scalar::<f32>()? as f64;
-                let grads = (l / n_targets as f64)?.backward()?;
-                for (slot, v) in acc.iter_mut().zip(&vars) {
-                    if let Some(g) = grads.get(v) {
-                        *slot = Some(match slot.take() {
-                            Some(s) => (s + g)?,
-                            None => g.clone(),
-                        });
+                if fast {
+                    let out = backprop::loss_and_grads(
+                        self.model,
+                        lora,
+                        &b.host(),
+                        Some(&mut rng),
+                        1.0 / n_targets as f32,
+                    )?;
+                    loss_sum += out.loss_sum;
+                    for ((slot, v), g) in acc.iter_mut().zip(&vars).zip(out.grads) {
+                        add(slot, Tensor::from_vec(g, v.shape(), v.device())?)?;
+                    }
+                } else {
+                    let mut opts = Forward {
+                        grad: true,
+                        dropout_rng: Some(&mut rng),
+                    };
+                    let l = batch_loss_sum(self.model, lora, b, &mut opts)?;
+                    loss_sum += l.to_scalar::<f32>()? as f64;
+                    let grads = (l / n_targets as f64)?.backward()?;
+                    for (slot, v) in acc.iter_mut().zip(&vars) {
+                        if let Some(g) = grads.get(v) {
+                            add(slot, g.clone())?;
+                        }
                     }
                 }
                 tokens_seen += b.n_tokens;

@@ -124,6 +124,84 @@ fn training_path_agrees_with_inference_path() {
     );
 }
 
+/// The hand-written training passes (what `train` runs on the CPU) against candle's autograd on the real
+/// model: the same loss and the same LoRA gradients, for attention and MLP adapters.
+#[test]
+fn hand_written_training_passes_match_autograd() {
+    use openledger_model::backprop::{self, BatchRef};
+    use openledger_model::{Lora, LoraConfig, Proj};
+    let Some(path) = model_path() else { return };
+    let dev = Device::Cpu;
+    let base = BaseModel::load(&path, &dev, Some("0x00".into())).unwrap();
+    let model = Llama::new(&base, Precision::F32, &dev).unwrap();
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![Proj::Q, Proj::V, Proj::Down],
+    };
+    let lora = Lora::init(&base.config, cfg, 1, &dev).unwrap();
+    for v in lora.vars() {
+        let r = Tensor::randn(0f32, 0.02, v.shape(), &dev).unwrap();
+        v.set(&(v.as_tensor() + r).unwrap()).unwrap();
+    }
+    let ids = base.tokenizer.encode(TEXT).unwrap();
+    let n = ids.len().min(48);
+    let ids = &ids[..n];
+    let positions: Vec<u32> = (0..n as u32 - 1).collect();
+    let labels: Vec<u32> = ids[1..].to_vec();
+    let scale = 1.0 / labels.len() as f32;
+
+    let x = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
+    let hidden = model
+        .hidden(
+            &x,
+            Some(&lora),
+            &mut Forward {
+                grad: true,
+                dropout_rng: None,
+            },
+        )
+        .unwrap();
+    let h = hidden.squeeze(0).unwrap().narrow(0, 0, n - 1).unwrap();
+    let lab = Tensor::new(labels.as_slice(), &dev).unwrap();
+    let loss = model.loss_sum(&h, &lab).unwrap();
+    let want = loss.to_scalar::<f32>().unwrap() as f64;
+    let grads = (loss * scale as f64).unwrap().backward().unwrap();
+
+    let batch = BatchRef {
+        ids,
+        batch: 1,
+        seq: n,
+        positions: &positions,
+        labels: &labels,
+    };
+    let got = backprop::loss_and_grads(&model, &lora, &batch, None, scale).unwrap();
+    assert!(
+        (got.loss_sum - want).abs() < 1e-4 * want,
+        "loss {} vs autograd {want}",
+        got.loss_sum
+    );
+    for (i, (v, g)) in lora.vars().iter().zip(&got.grads).enumerate() {
+        let w: Vec<f32> = grads
+            .get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let top = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let worst = g
+            .iter()
+            .zip(&w)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            top > 0.0 && worst <= 2e-3 * top,
+            "var {i}: max |diff| {worst}, max |grad| {top}"
+        );
+    }
+}
+
 /// `tests/data/tokenizer_reference.json` holds ids from llama.cpp (`scripts/tokenizer-reference.py`).
 #[test]
 fn token_ids_match_llama_cpp() {

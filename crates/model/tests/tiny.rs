@@ -481,3 +481,222 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_with_the_error() {
     assert_eq!(steps, 2);
     assert!(!ckpt.exists());
 }
+
+/// A padded two-row batch for the hand-written passes and the autograd path alike: the second row is
+/// shorter (padding after it) and only some positions are targets (as a prompt/completion mask gives).
+struct Padded {
+    ids: Vec<u32>,
+    seq: usize,
+    positions: Vec<u32>,
+    labels: Vec<u32>,
+}
+
+fn padded_batch(m: &BaseModel) -> Padded {
+    let a = m
+        .tokenizer
+        .encode("the hand-written backward pass")
+        .unwrap();
+    let b = m.tokenizer.encode("a shorter row").unwrap();
+    let seq = a.len();
+    let pad = m.tokenizer.eos;
+    let mut ids = a.clone();
+    ids.extend(&b);
+    ids.extend(std::iter::repeat_n(pad, seq - b.len()));
+    let (mut positions, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..seq - 1 {
+        // every other position of row 0 (a loss mask), every real position of row 1
+        if i % 2 == 1 {
+            positions.push(i as u32);
+            labels.push(a[i + 1]);
+        }
+    }
+    for i in 0..b.len() - 1 {
+        positions.push((seq + i) as u32);
+        labels.push(b[i + 1]);
+    }
+    Padded {
+        ids,
+        seq,
+        positions,
+        labels,
+    }
+}
+
+impl Padded {
+    fn host(&self) -> openledger_model::backprop::BatchRef<'_> {
+        openledger_model::backprop::BatchRef {
+            ids: &self.ids,
+            batch: 2,
+            seq: self.seq,
+            positions: &self.positions,
+            labels: &self.labels,
+        }
+    }
+}
+
+#[test]
+fn hand_written_passes_match_autograd_with_padding_masks_and_dropout() {
+    use openledger_model::backprop;
+    use rand::SeedableRng;
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    assert!(backprop::supported(&model));
+    let mut cfg = all_targets();
+    cfg.dropout = 0.2;
+    let lora = Lora::init(&m.config, cfg, 11, &Device::Cpu).unwrap();
+    perturb(&lora, 11);
+    let batch = padded_batch(&m);
+    let scale = 1.0 / batch.labels.len() as f32;
+
+    // autograd: hidden -> target rows -> summed cross-entropy -> backward, dropout from the same seed
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let ids = Tensor::from_slice(&batch.ids, (2, batch.seq), &Device::Cpu).unwrap();
+    let hidden = model
+        .hidden(
+            &ids,
+            Some(&lora),
+            &mut Forward {
+                grad: true,
+                dropout_rng: Some(&mut rng),
+            },
+        )
+        .unwrap();
+    let pos = Tensor::from_slice(&batch.positions, batch.positions.len(), &Device::Cpu).unwrap();
+    let lab = Tensor::from_slice(&batch.labels, batch.labels.len(), &Device::Cpu).unwrap();
+    let h = hidden.flatten_to(1).unwrap().index_select(&pos, 0).unwrap();
+    let loss = model.loss_sum(&h, &lab).unwrap();
+    let want_loss = loss.to_scalar::<f32>().unwrap() as f64;
+    let grads = (loss * scale as f64).unwrap().backward().unwrap();
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let got =
+        backprop::loss_and_grads(&model, &lora, &batch.host(), Some(&mut rng), scale).unwrap();
+    assert!(
+        (got.loss_sum - want_loss).abs() < 1e-4 * want_loss.abs(),
+        "loss {} vs autograd {want_loss}",
+        got.loss_sum
+    );
+    let vars = lora.vars();
+    assert_eq!(got.grads.len(), vars.len());
+    for (i, (v, g)) in vars.iter().zip(&got.grads).enumerate() {
+        let want: Vec<f32> = grads
+            .get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g.len(), want.len(), "var {i}");
+        let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(
+            scale > 0.0,
+            "var {i} has a zero gradient on the autograd path"
+        );
+        let worst = g
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            worst <= 1e-3 * scale,
+            "var {i}: max |diff| {worst} vs max |grad| {scale}"
+        );
+    }
+    // the forward-only loss (evaluation) is the same number, without dropout
+    let eval = backprop::loss(&model, Some(&lora), &batch.host()).unwrap();
+    let want_eval = {
+        let hidden = model
+            .hidden(&ids, Some(&lora), &mut Forward::infer())
+            .unwrap();
+        let h = hidden.flatten_to(1).unwrap().index_select(&pos, 0).unwrap();
+        model
+            .loss_sum(&h, &lab)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    assert!(
+        (eval - want_eval).abs() < 1e-4 * want_eval.abs(),
+        "{eval} vs {want_eval}"
+    );
+}
+
+#[test]
+fn hand_written_gradients_match_finite_differences() {
+    use openledger_model::backprop;
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let lora = Lora::init(&m.config, all_targets(), 13, &Device::Cpu).unwrap();
+    perturb(&lora, 13);
+    let batch = padded_batch(&m);
+    let got = backprop::loss_and_grads(&model, &lora, &batch.host(), None, 1.0).unwrap();
+    let vars = lora.vars();
+    let mut checked = 0;
+    // A and B of v (layer 0) and of gate/down (layer 1)
+    for vi in [4usize, 5, 14 + 8, 14 + 13] {
+        let var = &vars[vi];
+        let g = &got.grads[vi];
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for &i in idx.iter().take(3) {
+            let bump = |d: f32| {
+                let mut w = orig.clone();
+                w[i] += d;
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                backprop::loss(&model, Some(&lora), &batch.host()).unwrap()
+            };
+            let eps = 1e-2f32;
+            let fd = ((bump(eps) - bump(-eps)) / (2.0 * eps as f64)) as f32;
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let rel = (fd - g[i]).abs() / g[i].abs().max(1e-3);
+            assert!(
+                rel < 0.05,
+                "var {vi} entry {i}: backprop {} vs finite difference {fd}",
+                g[i]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+}
+
+#[test]
+fn hand_written_passes_refuse_out_of_range_batches() {
+    use openledger_model::backprop::{self, BatchRef};
+    let m = tiny();
+    let model = Llama::new(&m, Precision::F32, &Device::Cpu).unwrap();
+    let ids = [1u32, 2, 3, 4];
+    let ok = BatchRef {
+        ids: &ids,
+        batch: 2,
+        seq: 2,
+        positions: &[0, 2],
+        labels: &[2, 4],
+    };
+    assert!(backprop::loss(&model, None, &ok).unwrap().is_finite());
+    let bad_label = BatchRef {
+        labels: &[2, 10_000],
+        ..ok
+    };
+    let bad_pos = BatchRef {
+        positions: &[0, 4],
+        ..ok
+    };
+    let bad_shape = BatchRef { seq: 3, ..ok };
+    for b in [bad_label, bad_pos, bad_shape] {
+        let e = backprop::loss(&model, None, &b).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Invalid { name: "batch", .. }),
+            "{e}"
+        );
+    }
+    // a model built for inference (quantized precision) is not one to train through these passes
+    let q = Llama::new(&m, Precision::Quantized, &Device::Cpu).unwrap();
+    assert!(!backprop::supported(&q));
+    assert!(matches!(
+        backprop::loss(&q, None, &ok).unwrap_err(),
+        ModelError::Unsupported(_)
+    ));
+}
