@@ -139,6 +139,17 @@ async fn jobs_and_status(pool: PgPool) {
 }
 
 /// A bare HTTP/1.0 GET (the test needs no HTTP client crate for this).
+/// A child process killed if the test fails before it exits (a panicking test would otherwise leave a
+/// server running, holding its test database).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -188,6 +199,14 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // read stderr as it comes: debug logs fill a pipe's 64 KB within seconds, and a full pipe blocks the
+    // server's logging threads (it then stops answering)
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).map(|_| err)
+    });
+    let mut child = KillOnDrop(child);
     let mut ready = false;
     for _ in 0..200 {
         if let Some((200, _)) = http_get(port, "/readyz") {
@@ -218,7 +237,7 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
         "{metrics}"
     );
     // SIGTERM: exits 0, deregisters
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -227,15 +246,8 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
             .success()
     );
     let status = tokio::task::spawn_blocking(move || {
-        let s = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (s, err)
+        let s = child.0.wait().unwrap();
+        (s, logs.join().unwrap().unwrap())
     })
     .await
     .unwrap();

@@ -6,7 +6,9 @@
 //! mathematics runs as a fixed sequence of large GEMMs (OpenBLAS, `crate::blas`) on row-major `[tokens,
 //! features]` buffers — attention reads each head in place through leading dimensions, so nothing is
 //! transposed or repeated — and only what the backward pass needs is kept: per layer the inputs of the
-//! norms and projections, q/k/v after rope, the attention probabilities and the MLP pre-activations.
+//! norms and projections, q/k/v after rope, one log-sum-exp per attention row (the probabilities are
+//! rebuilt from it in the backward pass, so memory stays linear in the sequence length) and the MLP
+//! pre-activations. Attention works in blocks of query rows that see only the keys up to their last row.
 //! Frozen weights get no gradient, only LoRA's A and B do; the embedding gets none, so layer 0 skips the
 //! input gradient of its attention projections.
 //!
@@ -460,8 +462,8 @@ struct Saved {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention probabilities `[b, nh, s, s]`.
-    p: Vec<f32>,
+    /// Log-sum-exp of each attention row's scaled scores, `[b, nh, s]`.
+    lse: Vec<f32>,
     /// Attention output (o_proj's input), `[t, h]`.
     o: Vec<f32>,
     x_mid: Vec<f32>,
@@ -473,6 +475,7 @@ struct Saved {
 }
 
 struct Ctx<'a> {
+    cfg: &'a LlamaConfig,
     d: Dims,
     w: &'a Weights<'a>,
     ad: &'a Adapter,
@@ -488,7 +491,7 @@ impl Ctx<'_> {
         rng: &mut Option<&mut ChaCha8Rng>,
         saved: &mut [Option<LoraSaved>],
     ) -> Vec<f32> {
-        let (n_in, n_out) = proj_dims_of(&self.d, p);
+        let (n_in, n_out) = proj_dims(self.cfg, p);
         let t = self.d.t;
         let mut y = zeros(t * n_out);
         let w = self.w.layers[layer].proj[p.index()];
@@ -513,7 +516,7 @@ impl Ctx<'_> {
         accumulate: bool,
         grads: &mut [Vec<f32>],
     ) {
-        let (n_in, n_out) = proj_dims_of(&self.d, p);
+        let (n_in, n_out) = proj_dims(self.cfg, p);
         let t = self.d.t;
         let mut dx = dx;
         if let Some(dx) = dx.as_deref_mut() {
@@ -542,7 +545,7 @@ impl Ctx<'_> {
         let v = self.proj(l, Proj::V, &h1, rng, &mut lora);
         rope(&mut q, &d, d.nh, self.w.cos, self.w.sin, 1.0);
         rope(&mut k, &d, d.nkv, self.w.cos, self.w.sin, 1.0);
-        let (p, o) = attention_fwd(&d, &q, &k, &v);
+        let (lse, o) = attention_fwd(&d, &q, &k, &v);
         let y = self.proj(l, Proj::O, &o, rng, &mut lora);
         let mut x_mid = y;
         add_into(&mut x_mid, &x);
@@ -562,7 +565,7 @@ impl Ctx<'_> {
                 q,
                 k,
                 v,
-                p,
+                lse,
                 o,
                 x_mid,
                 rstd2,
@@ -640,7 +643,7 @@ impl Ctx<'_> {
             false,
             grads,
         );
-        let (mut dq, mut dk, dv) = attention_bwd(&d, &sv.q, &sv.k, &sv.v, &sv.p, &d_o);
+        let (mut dq, mut dk, dv) = attention_bwd(&d, &sv.q, &sv.k, &sv.v, &sv.lse, &d_o);
         drop(d_o);
         rope(&mut dq, &d, d.nh, self.w.cos, self.w.sin, -1.0);
         rope(&mut dk, &d, d.nkv, self.w.cos, self.w.sin, -1.0);
@@ -656,15 +659,6 @@ impl Ctx<'_> {
         let dh1 = dh1?;
         rms_bwd(&sv.x, &sv.rstd1, lw.attn_norm, &dh1, &mut dx_mid);
         Some(dx_mid)
-    }
-}
-
-fn proj_dims_of(d: &Dims, p: Proj) -> (usize, usize) {
-    match p {
-        Proj::Q | Proj::O => (d.h, d.h),
-        Proj::K | Proj::V => (d.h, d.kv),
-        Proj::Gate | Proj::Up => (d.h, d.inter),
-        Proj::Down => (d.inter, d.h),
     }
 }
 
@@ -698,66 +692,104 @@ fn silu_mul_bwd(gate: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) 
     (dg, du)
 }
 
-/// Causal attention per batch row: returns the probabilities `[b, nh, s, s]` and the output `[t, h]`.
-/// Query head `i` reads key/value head `i / (nh / nkv)` in place.
+/// Query rows per attention block: a block of rows attends to the keys up to its last row only, so the
+/// masked upper triangle is (mostly) never computed.
+const ATT_ROWS: usize = 64;
+
+/// The row blocks of one `[s, s]` causal score matrix: `(first row, rows, keys seen)`.
+fn att_blocks(s: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..s)
+        .step_by(ATT_ROWS)
+        .map(move |r0| (r0, ATT_ROWS.min(s - r0), (r0 + ATT_ROWS).min(s)))
+}
+
+/// Scores of rows `r0..r0+m` of one head against keys `0..n`: `out[m, n] = q·kᵀ`.
+#[allow(clippy::too_many_arguments)]
+fn att_scores(d: &Dims, qh: &[f32], kh: &[f32], r0: usize, m: usize, n: usize, out: &mut [f32]) {
+    sgemm(
+        T::N,
+        T::T,
+        m,
+        n,
+        d.hd,
+        1.0,
+        &qh[r0 * d.h..],
+        d.h,
+        kh,
+        d.kv,
+        0.0,
+        out,
+        n,
+    );
+}
+
+/// Causal attention per batch row: returns the log-sum-exp of each row's scaled scores `[b, nh, s]` (all
+/// the backward pass needs to rebuild the probabilities) and the output `[t, h]`. Query head `i` reads
+/// key/value head `i / (nh / nkv)` in place.
 fn attention_fwd(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (s, hd, h, kv) = (d.s, d.hd, d.h, d.kv);
     let rep = d.nh / d.nkv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut p = zeros(d.b * d.nh * s * s);
+    let mut lse = zeros(d.b * d.nh * s);
     let mut o = zeros(d.t * h);
     o.par_chunks_mut(s * h)
-        .zip(p.par_chunks_mut(d.nh * s * s))
+        .zip(lse.par_chunks_mut(d.nh * s))
         .enumerate()
-        .for_each(|(bi, (o_b, p_b))| {
+        .for_each(|(bi, (o_b, lse_b))| {
             let q_b = &q[bi * s * h..(bi + 1) * s * h];
             let k_b = &k[bi * s * kv..(bi + 1) * s * kv];
             let v_b = &v[bi * s * kv..(bi + 1) * s * kv];
-            for (head, p_h) in p_b.chunks_mut(s * s).enumerate() {
+            let mut p = zeros(ATT_ROWS * s);
+            for (head, lse_h) in lse_b.chunks_mut(s).enumerate() {
                 let g = head / rep;
                 let (qh, kh, vh) = (&q_b[head * hd..], &k_b[g * hd..], &v_b[g * hd..]);
-                sgemm(T::N, T::T, s, s, hd, 1.0, qh, h, kh, kv, 0.0, p_h, s);
-                for (i, row) in p_h.chunks_mut(s).enumerate() {
-                    let (live, masked) = row.split_at_mut(i + 1);
-                    let max = live
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-                    let mut sum = 0f32;
-                    for x in live.iter_mut() {
-                        *x = (*x * scale - max).exp();
-                        sum += *x;
+                for (r0, m, n) in att_blocks(s) {
+                    let p = &mut p[..m * n];
+                    att_scores(d, qh, kh, r0, m, n, p);
+                    for (i, row) in p.chunks_mut(n).enumerate() {
+                        let (live, masked) = row.split_at_mut(r0 + i + 1);
+                        let max = live
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+                        let mut sum = 0f32;
+                        for x in live.iter_mut() {
+                            *x = (*x * scale - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        live.iter_mut().for_each(|x| *x *= inv);
+                        masked.fill(0.0);
+                        lse_h[r0 + i] = max + sum.ln();
                     }
-                    let inv = 1.0 / sum;
-                    live.iter_mut().for_each(|x| *x *= inv);
-                    masked.fill(0.0);
+                    sgemm(
+                        T::N,
+                        T::N,
+                        m,
+                        hd,
+                        n,
+                        1.0,
+                        p,
+                        n,
+                        vh,
+                        kv,
+                        0.0,
+                        &mut o_b[r0 * h + head * hd..],
+                        h,
+                    );
                 }
-                sgemm(
-                    T::N,
-                    T::N,
-                    s,
-                    hd,
-                    s,
-                    1.0,
-                    p_h,
-                    s,
-                    vh,
-                    kv,
-                    0.0,
-                    &mut o_b[head * hd..],
-                    h,
-                );
             }
         });
-    (p, o)
+    (lse, o)
 }
 
-/// Gradients of q, k, v (after rope) from the output gradient `d_o`.
+/// Gradients of q, k, v (after rope) from the output gradient `d_o`; the probabilities are rebuilt from the
+/// scores and the forward pass's log-sum-exp, block by block.
 fn attention_bwd(
     d: &Dims,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    p: &[f32],
+    lse: &[f32],
     d_o: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (s, hd, h, kv) = (d.s, d.hd, d.h, d.kv);
@@ -774,73 +806,82 @@ fn attention_bwd(
             let k_b = &k[bi * s * kv..(bi + 1) * s * kv];
             let v_b = &v[bi * s * kv..(bi + 1) * s * kv];
             let do_b = &d_o[bi * s * h..(bi + 1) * s * h];
-            let mut ds = zeros(s * s);
+            let (mut p, mut ds) = (zeros(ATT_ROWS * s), zeros(ATT_ROWS * s));
             for head in 0..d.nh {
                 let g = head / rep;
-                let p_h = &p[(bi * d.nh + head) * s * s..][..s * s];
+                let lse_h = &lse[(bi * d.nh + head) * s..][..s];
                 let (qh, kh, vh, doh) = (
                     &q_b[head * hd..],
                     &k_b[g * hd..],
                     &v_b[g * hd..],
                     &do_b[head * hd..],
                 );
-                // dP = dO·Vᵀ ; dV += Pᵀ·dO
-                sgemm(T::N, T::T, s, s, hd, 1.0, doh, h, vh, kv, 0.0, &mut ds, s);
-                sgemm(
-                    T::T,
-                    T::N,
-                    s,
-                    hd,
-                    s,
-                    1.0,
-                    p_h,
-                    s,
-                    doh,
-                    h,
-                    1.0,
-                    &mut dv_b[g * hd..],
-                    kv,
-                );
-                // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); zero above the diagonal since P is
-                for (row, (dsr, pr)) in ds.chunks_mut(s).zip(p_h.chunks(s)).enumerate() {
-                    let n = row + 1;
-                    let dot: f32 = dsr[..n].iter().zip(&pr[..n]).map(|(a, b)| a * b).sum();
-                    for (x, &pv) in dsr[..n].iter_mut().zip(&pr[..n]) {
-                        *x = scale * pv * (*x - dot);
+                for (r0, m, n) in att_blocks(s) {
+                    let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
+                    att_scores(d, qh, kh, r0, m, n, p);
+                    for (i, row) in p.chunks_mut(n).enumerate() {
+                        let (live, masked) = row.split_at_mut(r0 + i + 1);
+                        let l = lse_h[r0 + i];
+                        live.iter_mut().for_each(|x| *x = (*x * scale - l).exp());
+                        masked.fill(0.0);
                     }
-                    dsr[n..].fill(0.0);
+                    let dor = &doh[r0 * h..];
+                    // dP = dO·Vᵀ ; dV += Pᵀ·dO
+                    sgemm(T::N, T::T, m, n, hd, 1.0, dor, h, vh, kv, 0.0, ds, n);
+                    sgemm(
+                        T::T,
+                        T::N,
+                        n,
+                        hd,
+                        m,
+                        1.0,
+                        p,
+                        n,
+                        dor,
+                        h,
+                        1.0,
+                        &mut dv_b[g * hd..],
+                        kv,
+                    );
+                    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); zero where P is (above the diagonal)
+                    for (dsr, pr) in ds.chunks_mut(n).zip(p.chunks(n)) {
+                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        for (x, &pv) in dsr.iter_mut().zip(pr) {
+                            *x = scale * pv * (*x - dot);
+                        }
+                    }
+                    // dQ = dS·K ; dK += dSᵀ·Q
+                    sgemm(
+                        T::N,
+                        T::N,
+                        m,
+                        hd,
+                        n,
+                        1.0,
+                        ds,
+                        n,
+                        kh,
+                        kv,
+                        0.0,
+                        &mut dq_b[r0 * h + head * hd..],
+                        h,
+                    );
+                    sgemm(
+                        T::T,
+                        T::N,
+                        n,
+                        hd,
+                        m,
+                        1.0,
+                        ds,
+                        n,
+                        &qh[r0 * h..],
+                        h,
+                        1.0,
+                        &mut dk_b[g * hd..],
+                        kv,
+                    );
                 }
-                // dQ = dS·K ; dK += dSᵀ·Q
-                sgemm(
-                    T::N,
-                    T::N,
-                    s,
-                    hd,
-                    s,
-                    1.0,
-                    &ds,
-                    s,
-                    kh,
-                    kv,
-                    0.0,
-                    &mut dq_b[head * hd..],
-                    h,
-                );
-                sgemm(
-                    T::T,
-                    T::N,
-                    s,
-                    hd,
-                    s,
-                    1.0,
-                    &ds,
-                    s,
-                    qh,
-                    h,
-                    1.0,
-                    &mut dk_b[g * hd..],
-                    kv,
-                );
             }
         });
     (dq, dk, dv)
@@ -888,11 +929,16 @@ fn lm_loss(
         let mut total = 0f64;
         for (zr, &y) in z.chunks_mut(v).zip(lab) {
             let max = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = zr.iter().map(|&x| (x - max).exp()).sum();
-            total += (max + sum.ln() - zr[y as usize]) as f64;
+            let zy = zr[y as usize];
+            let mut sum = 0f32;
+            for x in zr.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            total += (max + sum.ln() - zy) as f64;
             if let Some(gs) = grad_scale {
                 let inv = gs / sum;
-                zr.iter_mut().for_each(|x| *x = (*x - max).exp() * inv);
+                zr.iter_mut().for_each(|x| *x *= inv);
                 zr[y as usize] -= gs;
             }
         }
@@ -975,7 +1021,12 @@ fn run(
         hd: cfg.head_dim(),
         eps: cfg.rms_norm_eps as f32,
     };
-    let ctx = Ctx { d, w: &w, ad: &ad };
+    let ctx = Ctx {
+        cfg,
+        d,
+        w: &w,
+        ad: &ad,
+    };
     let mut x = zeros(d.t * d.h);
     x.par_chunks_mut(d.h)
         .zip(batch.ids.par_iter())

@@ -145,8 +145,10 @@ fn hand_written_training_passes_match_autograd() {
         let r = Tensor::randn(0f32, 0.02, v.shape(), &dev).unwrap();
         v.set(&(v.as_tensor() + r).unwrap()).unwrap();
     }
-    let ids = base.tokenizer.encode(TEXT).unwrap();
-    let n = ids.len().min(48);
+    // more than one block of 64 attention rows
+    let ids = base.tokenizer.encode(&format!("{TEXT} {TEXT}")).unwrap();
+    let n = ids.len().min(150);
+    assert!(n > 128);
     let ids = &ids[..n];
     let positions: Vec<u32> = (0..n as u32 - 1).collect();
     let labels: Vec<u32> = ids[1..].to_vec();

@@ -492,11 +492,16 @@ struct Padded {
 }
 
 fn padded_batch(m: &BaseModel) -> Padded {
+    // longer than two attention blocks of 64 rows, and a row that ends inside the second block
     let a = m
         .tokenizer
-        .encode("the hand-written backward pass")
+        .encode(&"the hand-written backward pass, checked against autograd. ".repeat(3))
         .unwrap();
-    let b = m.tokenizer.encode("a shorter row").unwrap();
+    let b = m
+        .tokenizer
+        .encode("a shorter row, padded after its last token to the length of the first")
+        .unwrap();
+    assert!(a.len() > 128 && b.len() > 64 && b.len() < a.len());
     let seq = a.len();
     let pad = m.tokenizer.eos;
     let mut ids = a.clone();
