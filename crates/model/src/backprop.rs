@@ -26,6 +26,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::{DenseParts, Llama, Proj};
 use crate::lora::{Lora, proj_dims};
+use crate::ops;
 
 /// A micro-batch: `batch` rows of `seq` token ids (padding after the real tokens), the flat positions whose
 /// next token is a training target, and those targets.
@@ -214,17 +215,14 @@ impl Adapter {
     fn new(lora: Option<&Lora>, cfg: &LlamaConfig) -> Result<Self> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut var = 0;
-        let (mut scale, mut dropout) = (0.0, 0.0);
         for l in 0..cfg.num_hidden_layers {
             let mut row = Vec::with_capacity(7);
             for p in Proj::ALL {
                 // the order of `Lora::vars`: layer, projection (sorted), A then B
                 let w = match lora.and_then(|lo| lo.get(l, p)) {
-                    Some((a, b, s)) => {
+                    Some((a, b, _)) => {
                         let (n_in, n_out) = proj_dims(cfg, p);
                         let r = a.dim(0)?;
-                        scale = s as f32;
-                        dropout = lora.map_or(0.0, |lo| lo.config.dropout);
                         let w = LoraW {
                             a: a.flatten_all()?.to_vec1()?,
                             b: b.flatten_all()?.to_vec1()?,
@@ -249,8 +247,8 @@ impl Adapter {
             layers.push(row);
         }
         Ok(Adapter {
-            scale,
-            dropout,
+            scale: lora.map_or(0.0, |l| l.config.scale() as f32),
+            dropout: lora.map_or(0.0, |l| l.config.dropout),
             layers,
             n_vars: var,
         })
@@ -279,20 +277,14 @@ fn zeros(n: usize) -> Vec<f32> {
     vec![0f32; n]
 }
 
-/// `out = x * rstd * w` per row; returns `rstd` per row.
+/// RMS norm per row (`ops::rms_row`); returns each row's `1 / rms`.
 fn rms_fwd(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32> {
     let n = w.len();
     let mut rstd = zeros(x.len() / n);
     out.par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .zip(rstd.par_iter_mut())
-        .for_each(|((o, x), r)| {
-            let ms: f32 = x.iter().map(|v| v * v).sum::<f32>() / n as f32;
-            *r = 1.0 / (ms + eps).sqrt();
-            for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = v * *r * w;
-            }
-        });
+        .for_each(|((o, x), r)| *r = ops::rms_row(x, w, eps, o));
     rstd
 }
 
@@ -302,13 +294,7 @@ fn rms_bwd(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(g.par_chunks(n)))
         .zip(rstd.par_iter())
-        .for_each(|((d, (x, g)), &r)| {
-            let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum();
-            let c = r * r * r * dot / n as f32;
-            for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(w) {
-                *d += r * g * w - x * c;
-            }
-        });
+        .for_each(|((d, (x, g)), &r)| ops::rms_row_bwd(x, w, r, g, d));
 }
 
 /// Interleaved rotary embedding in place on `[t, heads * hd]` rows, position = row % s; `sign` -1 applies
@@ -322,12 +308,7 @@ fn rope(x: &mut [f32], d: &Dims, heads: usize, cos: &[f32], sin: &[f32], sign: f
             let pos = row % s;
             let (c, sn) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
             for head in xr.chunks_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = (head[2 * i], head[2 * i + 1]);
-                    let (co, si) = (c[i], sign * sn[i]);
-                    head[2 * i] = a * co - b * si;
-                    head[2 * i + 1] = a * si + b * co;
-                }
+                ops::rope_head(head, c, sn, sign);
             }
         });
 }
@@ -351,6 +332,11 @@ struct LoraSaved {
     xa: Vec<f32>,
 }
 
+/// `x ⊙ mask`, when there is a dropout mask.
+fn apply_mask(x: &[f32], mask: Option<&[f32]>) -> Option<Vec<f32>> {
+    mask.map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect())
+}
+
 /// `y += scale * (dropout(x)·Aᵀ)·Bᵀ`.
 fn lora_fwd(
     w: &LoraW,
@@ -372,9 +358,7 @@ fn lora_fwd(
         }
         _ => None,
     };
-    let masked: Option<Vec<f32>> = mask
-        .as_ref()
-        .map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect());
+    let masked = apply_mask(x, mask.as_deref());
     let src = masked.as_deref().unwrap_or(x);
     let mut xa = zeros(t * w.r);
     par_gemm_rows(T::T, t, w.r, w.n_in, 1.0, src, &w.a, w.n_in, 0.0, &mut xa);
@@ -413,10 +397,8 @@ fn lora_bwd(
     );
     let mut dxa = zeros(t * r);
     par_gemm_rows(T::N, t, r, no, ad.scale, dy, &w.b, r, 0.0, &mut dxa);
-    let masked: Option<Vec<f32>> = saved
-        .mask
-        .as_ref()
-        .map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect());
+    // the masked input is rebuilt rather than kept: the mask is needed anyway, for dx
+    let masked = apply_mask(x, saved.mask.as_deref());
     let src = masked.as_deref().unwrap_or(x);
     let mut da = zeros(r * ni);
     sgemm(

@@ -58,7 +58,34 @@ pub(crate) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    backend::sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    let call = Call {
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha,
+        lda,
+        ldb,
+        beta,
+        ldc,
+    };
+    backend::sgemm(&call, a, b, c);
+}
+
+/// A GEMM whose views `sgemm` has checked against their slices: what a backend runs.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    ta: T,
+    tb: T,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    lda: usize,
+    ldb: usize,
+    beta: f32,
+    ldc: usize,
 }
 
 /// `sgemm` with `op(a)` = `a` as stored, `a` and `c` contiguous (`lda = k`, `ldc = n`), rows split across
@@ -96,7 +123,7 @@ pub(crate) fn par_gemm_rows(
 
 #[cfg(feature = "openblas")]
 mod backend {
-    use super::T;
+    use super::{Call, T};
     use std::ffi::c_int;
 
     const ROW_MAJOR: c_int = 101;
@@ -132,43 +159,28 @@ mod backend {
         c_int::try_from(x).unwrap_or_else(|_| panic!("sgemm: dimension {x} exceeds the BLAS int"))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn sgemm(
-        ta: T,
-        tb: T,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        beta: f32,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
+    pub(super) fn sgemm(c: &Call, a: &[f32], b: &[f32], out: &mut [f32]) {
         // SAFETY: takes no pointers; called once before any GEMM.
         SINGLE_THREADED.call_once(|| unsafe { openblas_set_num_threads(1) });
         let t = |x: T| if x == T::N { NO_TRANS } else { TRANS };
         // SAFETY: the caller (`super::sgemm`) checked that each row-major view with its leading dimension lies
-        // inside its slice; `c` is exclusively borrowed and cannot alias `a` or `b`.
+        // inside its slice; `out` is exclusively borrowed and cannot alias `a` or `b`.
         unsafe {
             cblas_sgemm(
                 ROW_MAJOR,
-                t(ta),
-                t(tb),
-                int(m),
-                int(n),
-                int(k),
-                alpha,
+                t(c.ta),
+                t(c.tb),
+                int(c.m),
+                int(c.n),
+                int(c.k),
+                c.alpha,
                 a.as_ptr(),
-                int(lda),
+                int(c.lda),
                 b.as_ptr(),
-                int(ldb),
-                beta,
-                c.as_mut_ptr(),
-                int(ldc),
+                int(c.ldb),
+                c.beta,
+                out.as_mut_ptr(),
+                int(c.ldc),
             )
         }
     }
@@ -176,24 +188,9 @@ mod backend {
 
 #[cfg(not(feature = "openblas"))]
 mod backend {
-    use super::T;
+    use super::{Call, T};
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn sgemm(
-        ta: T,
-        tb: T,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        beta: f32,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
+    pub(super) fn sgemm(c: &Call, a: &[f32], b: &[f32], out: &mut [f32]) {
         // (row stride, column stride) of op(x) for a row-major x with leading dimension ld
         let strides = |t: T, ld: usize| -> (isize, isize) {
             if t == T::N {
@@ -202,28 +199,28 @@ mod backend {
                 (1, ld as isize)
             }
         };
-        let (a_rs, a_cs) = strides(ta, lda);
-        let (b_rs, b_cs) = strides(tb, ldb);
-        // SAFETY: the caller (`super::sgemm`) checked that each view lies inside its slice; `c` is exclusively
-        // borrowed. The gemm crate computes dst = alpha*dst + beta*lhs*rhs, hence the swapped scalars; with
-        // read_dst false it never reads dst (BLAS's beta = 0 semantics, NaNs in c included).
+        let (a_rs, a_cs) = strides(c.ta, c.lda);
+        let (b_rs, b_cs) = strides(c.tb, c.ldb);
+        // SAFETY: the caller (`super::sgemm`) checked that each view lies inside its slice; `out` is
+        // exclusively borrowed. The gemm crate computes dst = alpha*dst + beta*lhs*rhs, hence the swapped
+        // scalars; with read_dst false it never reads dst (BLAS's beta = 0 semantics, NaNs in out included).
         unsafe {
             gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
+                c.m,
+                c.n,
+                c.k,
+                out.as_mut_ptr(),
                 1,
-                ldc as isize,
-                beta != 0.0,
+                c.ldc as isize,
+                c.beta != 0.0,
                 a.as_ptr(),
                 a_cs,
                 a_rs,
                 b.as_ptr(),
                 b_cs,
                 b_rs,
-                beta,
-                alpha,
+                c.beta,
+                c.alpha,
                 false,
                 false,
                 false,

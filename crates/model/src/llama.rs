@@ -189,6 +189,14 @@ impl Forward<'_> {
             dropout_rng: None,
         }
     }
+
+    /// The differentiable path without dropout (gradients, checks against it).
+    pub fn differentiable() -> Forward<'static> {
+        Forward {
+            grad: true,
+            dropout_rng: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -144,6 +144,36 @@ pub fn causal_softmax(att: &Tensor, scale: f32) -> Result<Tensor> {
     att.contiguous()?.apply_op1(CausalSoftmax { scale })
 }
 
+/// One row of RMS norm: `out = x * r * w`; returns `r = 1 / sqrt(mean(x²) + eps)`. Shared with `backprop`.
+pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let ms: f32 = x.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * w;
+    }
+    r
+}
+
+/// One row of RMS norm's backward: `d += ∂(x * r * w)/∂x · g`, with `r` from `rms_row`.
+pub(crate) fn rms_row_bwd(x: &[f32], w: &[f32], r: f32, g: &[f32], d: &mut [f32]) {
+    let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum();
+    let c = r * r * r * dot / w.len() as f32;
+    for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(w) {
+        *d += r * g * w - x * c;
+    }
+}
+
+/// Interleaved rotary embedding (pairs `2i, 2i+1`) of one head in place, by the angles whose cosines and
+/// sines are `c`/`sn`; `sign` -1 rotates back (a rotation's adjoint). Shared with `backprop`.
+pub(crate) fn rope_head(head: &mut [f32], c: &[f32], sn: &[f32], sign: f32) {
+    for (pair, (&co, &si)) in head.chunks_exact_mut(2).zip(c.iter().zip(sn)) {
+        let (a, b) = (pair[0], pair[1]);
+        let si = sign * si;
+        pair[0] = a * co - b * si;
+        pair[1] = a * si + b * co;
+    }
+}
+
 /// RMS norm with a frozen weight.
 #[derive(Debug)]
 struct RmsNorm {
@@ -161,11 +191,7 @@ impl CustomOp1 for RmsNorm {
         let n = self.w.len();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-            let ms: f32 = x.iter().map(|v| v * v).sum::<f32>() / n as f32;
-            let r = 1.0 / (ms + self.eps).sqrt();
-            for ((o, &v), &w) in y.iter_mut().zip(x).zip(&self.w) {
-                *o = v * r * w;
-            }
+            rms_row(x, &self.w, self.eps, y);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -180,16 +206,7 @@ impl CustomOp1 for RmsNorm {
                     .for_each(|(d, (x, g))| {
                         let ms: f32 = x.iter().map(|v| v * v).sum::<f32>() / n as f32;
                         let r = 1.0 / (ms + self.eps).sqrt();
-                        let dot: f32 = x
-                            .iter()
-                            .zip(g)
-                            .zip(&self.w)
-                            .map(|((x, g), w)| x * g * w)
-                            .sum();
-                        let c = r * r * r * dot / n as f32;
-                        for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(&self.w) {
-                            *d = r * g * w - x * c;
-                        }
+                        rms_row_bwd(x, &self.w, r, g, d);
                     });
                 Ok(dx)
             })
@@ -221,16 +238,13 @@ impl RopeI {
             .enumerate()
             .for_each(|(r, (y, x))| {
                 let pos = r % s;
-                let (c, sn) = (
+                y.copy_from_slice(x);
+                rope_head(
+                    y,
                     &self.cos[pos * d / 2..(pos + 1) * d / 2],
                     &self.sin[pos * d / 2..(pos + 1) * d / 2],
+                    sign,
                 );
-                for i in 0..d / 2 {
-                    let (a, b) = (x[2 * i], x[2 * i + 1]);
-                    let (co, si) = (c[i], sign * sn[i]);
-                    y[2 * i] = a * co - b * si;
-                    y[2 * i + 1] = a * si + b * co;
-                }
             });
         y
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -244,22 +244,18 @@ impl Dataset {
     }
 }
 
-/// A padded micro-batch ready for the model (as tensors for the autograd path, as slices for `backprop`).
+/// A padded micro-batch: `rows` x `seq` ids, and the flat positions whose next token is a target with those
+/// next tokens.
 struct Batch {
-    ids: Tensor,
-    host_ids: Vec<u32>,
-    host_positions: Vec<u32>,
-    host_labels: Vec<u32>,
+    ids: Vec<u32>,
     rows: usize,
     seq: usize,
-    /// Flat `[batch*seq]` positions whose next token is a target, and those next tokens.
-    positions: Tensor,
-    labels: Tensor,
-    n_targets: usize,
+    positions: Vec<u32>,
+    labels: Vec<u32>,
     n_tokens: usize,
 }
 
-fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Batch> {
+fn make_batch(examples: &[&Example], pad: u32) -> Batch {
     let s = examples
         .iter()
         .map(|e| e.tokens.ids.len())
@@ -281,44 +277,47 @@ fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Batch>
             }
         }
     }
-    let n_targets = labels.len();
-    Ok(Batch {
-        ids: Tensor::from_slice(&ids, (examples.len(), s), device)?,
-        positions: Tensor::from_slice(&positions, n_targets, device)?,
-        labels: Tensor::from_slice(&labels, n_targets, device)?,
-        host_ids: ids,
-        host_positions: positions,
-        host_labels: labels,
+    Batch {
+        ids,
         rows: examples.len(),
         seq: s,
-        n_targets,
+        positions,
+        labels,
         n_tokens,
-    })
+    }
 }
 
 impl Batch {
+    fn n_targets(&self) -> usize {
+        self.labels.len()
+    }
+
     fn host(&self) -> backprop::BatchRef<'_> {
         backprop::BatchRef {
-            ids: &self.host_ids,
+            ids: &self.ids,
             batch: self.rows,
             seq: self.seq,
-            positions: &self.host_positions,
-            labels: &self.host_labels,
+            positions: &self.positions,
+            labels: &self.labels,
         }
     }
 }
 
-/// Summed next-token cross-entropy over the batch's targets (a scalar tensor) — summed so that gradient
-/// accumulation can weigh micro-batches by their target counts exactly.
+/// Summed next-token cross-entropy over the batch's targets through candle's autograd path (a scalar
+/// tensor) — summed so that gradient accumulation can weigh micro-batches by their target counts exactly.
 fn batch_loss_sum(
     model: &Llama,
     lora: &Lora,
     batch: &Batch,
     opts: &mut Forward<'_>,
 ) -> Result<Tensor> {
-    let hidden = model.hidden(&batch.ids, Some(lora), opts)?;
-    let h = hidden.flatten_to(1)?.index_select(&batch.positions, 0)?;
-    model.loss_sum(&h, &batch.labels)
+    let dev = model.device();
+    let ids = Tensor::from_slice(&batch.ids, (batch.rows, batch.seq), dev)?;
+    let positions = Tensor::from_slice(&batch.positions, batch.n_targets(), dev)?;
+    let labels = Tensor::from_slice(&batch.labels, batch.n_targets(), dev)?;
+    let hidden = model.hidden(&ids, Some(lora), opts)?;
+    let h = hidden.flatten_to(1)?.index_select(&positions, 0)?;
+    model.loss_sum(&h, &labels)
 }
 
 /// AdamW with its moments exposed (candle's keeps them private, and a checkpoint needs them).
@@ -479,8 +478,8 @@ impl Trainer<'_> {
         let fast = backprop::supported(self.model);
         for chunk in self.dataset.eval.chunks(self.config.batch_size) {
             let refs: Vec<&Example> = chunk.iter().collect();
-            let b = make_batch(&refs, self.pad, self.model.device())?;
-            if b.n_targets == 0 {
+            let b = make_batch(&refs, self.pad);
+            if b.n_targets() == 0 {
                 continue;
             }
             sum += if fast {
@@ -489,7 +488,7 @@ impl Trainer<'_> {
                 let l = batch_loss_sum(self.model, lora, &b, &mut Forward::infer())?;
                 l.to_scalar::<f32>()? as f64
             };
-            n += b.n_targets;
+            n += b.n_targets();
         }
         Ok((n > 0).then(|| sum / n as f64))
     }
@@ -549,15 +548,9 @@ impl Trainer<'_> {
                 )));
             }
             let batches: Vec<Batch> = (0..cfg.grad_accum)
-                .map(|k| {
-                    make_batch(
-                        &self.micro_batch(step * cfg.grad_accum + k),
-                        self.pad,
-                        self.model.device(),
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let n_targets: usize = batches.iter().map(|b| b.n_targets).sum();
+                .map(|k| make_batch(&self.micro_batch(step * cfg.grad_accum + k), self.pad))
+                .collect();
+            let n_targets: usize = batches.iter().map(Batch::n_targets).sum();
             let mut rng = ChaCha8Rng::seed_from_u64(
                 cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
@@ -570,7 +563,7 @@ impl Trainer<'_> {
                 });
                 Ok(())
             };
-            for b in batches.iter().filter(|b| b.n_targets > 0) {
+            for b in batches.iter().filter(|b| b.n_targets() > 0) {
                 if fast {
                     let out = backprop::loss_and_grads(
                         self.model,

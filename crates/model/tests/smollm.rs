@@ -102,14 +102,7 @@ fn training_path_agrees_with_inference_path() {
         .argmax(D::Minus1)
         .unwrap();
     let b = f
-        .forward(
-            &x,
-            None,
-            &mut Forward {
-                grad: true,
-                dropout_rng: None,
-            },
-        )
+        .forward(&x, None, &mut Forward::differentiable())
         .unwrap()
         .argmax(D::Minus1)
         .unwrap();
@@ -156,14 +149,7 @@ fn hand_written_training_passes_match_autograd() {
 
     let x = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
     let hidden = model
-        .hidden(
-            &x,
-            Some(&lora),
-            &mut Forward {
-                grad: true,
-                dropout_rng: None,
-            },
-        )
+        .hidden(&x, Some(&lora), &mut Forward::differentiable())
         .unwrap();
     let h = hidden.squeeze(0).unwrap().narrow(0, 0, n - 1).unwrap();
     let lab = Tensor::new(labels.as_slice(), &dev).unwrap();

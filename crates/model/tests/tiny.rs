@@ -101,14 +101,7 @@ fn fused_and_differentiable_paths_agree() {
         .forward(&x, Some(&lora), &mut Forward::infer())
         .unwrap();
     let b = model
-        .forward(
-            &x,
-            Some(&lora),
-            &mut Forward {
-                grad: true,
-                dropout_rng: None,
-            },
-        )
+        .forward(&x, Some(&lora), &mut Forward::differentiable())
         .unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
 }
@@ -171,14 +164,7 @@ fn hugging_face_folder_round_trip_keeps_the_logits() {
 
 fn loss_of(model: &Llama, lora: &Lora, x: &Tensor) -> f32 {
     let logits = model
-        .forward(
-            x,
-            Some(lora),
-            &mut Forward {
-                grad: true,
-                dropout_rng: None,
-            },
-        )
+        .forward(x, Some(lora), &mut Forward::differentiable())
         .unwrap();
     let (_, s, v) = logits.dims3().unwrap();
     let l = logits
@@ -201,14 +187,7 @@ fn lora_gradients_match_finite_differences() {
     perturb(&lora, 5);
     let x = ids(&m, "gradient check text");
     let logits = model
-        .forward(
-            &x,
-            Some(&lora),
-            &mut Forward {
-                grad: true,
-                dropout_rng: None,
-            },
-        )
+        .forward(&x, Some(&lora), &mut Forward::differentiable())
         .unwrap();
     let (_, s, v) = logits.dims3().unwrap();
     let l = logits
