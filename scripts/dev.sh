@@ -66,6 +66,14 @@ trap 'exit 0' INT TERM
 wait_rpc "$URL" || die "anvil did not start (port $PORT taken?)"
 
 MANIFEST="$(scripts/deploy.sh --rpc-url "$URL")"
+# the daemon's key (#1) sponsors inferences on the dev stack: give it OPEN once (deployer #0 holds the supply)
+DAEMON_ADDR=0x70997970C51812dc3A010C7d01b50e0d17dc79C8
+TOKEN="$(jq -r '.contracts.OpenToken.address' "$MANIFEST")"
+if [ "$("$CAST" call --rpc-url "$URL" "$TOKEN" 'balanceOf(address)(uint256)' "$DAEMON_ADDR" | cut -d' ' -f1)" = 0 ]; then
+  "$CAST" send -q --rpc-url "$URL" --private-key 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 \
+    "$TOKEN" 'transfer(address,uint256)' "$DAEMON_ADDR" 1000000000000000000000 >/dev/null \
+    || die "could not fund the daemon's key with OPEN"
+fi
 
 log "building openledger"
 cargo build --locked -q -p openledger-daemon || die "cargo build failed"
@@ -77,7 +85,7 @@ ln -sf "$BASE_MODEL" "$DATA_DIR/models/$(basename "$BASE_MODEL")"
 # the daemon relays and publishes from anvil's dev account #1 (a well-known key: devnets only)
 OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
   "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" serve --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
-  --listen "127.0.0.1:$API_PORT" --domain "127.0.0.1:$API_PORT" \
+  --listen "127.0.0.1:$API_PORT" --domain "127.0.0.1:$API_PORT" --sponsor-inference \
   2> >(sed -u 's/^/[openledger] /' >&2) &
 DAEMON_PID=$!
 if [ -n "${DATABASE_URL:-}" ]; then

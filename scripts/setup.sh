@@ -70,6 +70,13 @@ if ! "$ROOT/.tools/py/bin/pip" show safetensors 2>/dev/null | grep -q "^Version:
   python3 -m venv "$ROOT/.tools/py" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$ROOT/.tools/py/bin/pip" install -q --disable-pip-version-check "safetensors==$PY_SAFETENSORS" "numpy==$PY_NUMPY"
 fi
+# The official `openai` client: scripts/test.sh runs it unchanged against `serve` (OpenAI compatibility).
+PY_OPENAI=3.57.0
+if ! "$ROOT/.tools/openai/bin/pip" show openai 2>/dev/null | grep -q "^Version: $PY_OPENAI$"; then
+  log "installing openai $PY_OPENAI into .tools/openai (PyPI)"
+  python3 -m venv "$ROOT/.tools/openai" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$ROOT/.tools/openai/bin/pip" install -q --disable-pip-version-check "openai==$PY_OPENAI"
+fi
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2
 # the default base model for training and serving (checked by SHA-256; kept across runs)

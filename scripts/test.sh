@@ -6,7 +6,8 @@
 # mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
 # Rust: fmt, clippy -D warnings, and the workspace tests against real anvil nodes and a real Postgres
 # (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster); then the
-# README's API walkthrough (scripts/api-demo.sh) against a fresh `openledger serve`.
+# README's API walkthrough (scripts/api-demo.sh) and the official openai client (scripts/openai-client-check.py)
+# against a fresh `openledger serve`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -113,6 +114,12 @@ api_walkthrough() {
   local api="http://127.0.0.1:$api_port"
   for _ in $(seq 300); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null; then
+    tests_passed=$((tests_passed + 1))
+  else
+    tests_failed=$((tests_failed + 1)); status=1
+  fi
+  # the official openai client, unchanged, against the same serve (the base model from scripts/setup.sh)
+  if "$ROOT/.tools/openai/bin/python" scripts/openai-client-check.py --base-url "$api/v1" >&2; then
     tests_passed=$((tests_passed + 1))
   else
     tests_failed=$((tests_failed + 1)); status=1

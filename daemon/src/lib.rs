@@ -4,6 +4,7 @@
 //! - `content` / `uploads`: contribution content and its path to the chain;
 //! - `jobs`: the Postgres job queue, its workers and the job kinds;
 //! - `chain`: the daemon's key and its view of the contracts;
+//! - `inference`: OpenLoRA serving (engine, model resolution, payment, inference records);
 //! - `serve`: one process running the API, the indexer and the workers.
 
 pub mod api;
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod chain;
 pub mod cli;
 pub mod content;
+pub mod inference;
 pub mod jobs;
 pub mod metrics;
 pub mod models;

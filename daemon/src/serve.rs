@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub confirm_timeout: Duration,
     /// Where training finds base models and writes adapters, and its device.
     pub training: TrainSettings,
+    /// Model serving (`None`: this process serves no model).
+    pub inference: Option<crate::inference::InferenceConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,18 @@ pub async fn run(
         ),
         Err(e) => tracing::warn!(error = %e, "could not scan the base models directory"),
     }
+    let inference = match cfg.inference.clone() {
+        Some(icfg) => {
+            match crate::inference::Inference::load(&pool, &cfg.training.models_dir(), icfg).await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not serving inference");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let worker_id = worker::worker_id();
     let mut worker_task = None;
     if cfg.worker_slots > 0 {
@@ -160,6 +174,7 @@ pub async fn run(
         job_events: events,
         indexer: indexer_status,
         metrics: crate::metrics::handle(),
+        inference,
     })?;
     // the per-address rate limiter keeps a cell per address seen: forget the idle ones now and then
     let limiter_state = state.clone();

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::auth::SiweConfig;
 use crate::chain::Chain;
+use crate::inference::Inference;
 use crate::jobs::queue::Queue;
 use crate::jobs::worker::Registry;
 
@@ -74,6 +75,8 @@ pub struct Inner {
     /// The in-process indexer's progress, when `serve` runs one.
     pub indexer: Option<watch::Receiver<IndexerStatus>>,
     pub metrics: Option<PrometheusHandle>,
+    /// The OpenLoRA engine, when this process serves a model.
+    pub inference: Option<Arc<Inference>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -112,6 +115,7 @@ pub struct StateParts {
     pub job_events: broadcast::Sender<i64>,
     pub indexer: Option<watch::Receiver<IndexerStatus>>,
     pub metrics: Option<PrometheusHandle>,
+    pub inference: Option<Arc<Inference>>,
 }
 
 impl AppState {
@@ -129,6 +133,7 @@ impl AppState {
             job_events: p.job_events,
             indexer: p.indexer,
             metrics: p.metrics,
+            inference: p.inference,
         })))
     }
 

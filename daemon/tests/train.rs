@@ -17,9 +17,10 @@ use alloy::signers::local::PrivateKeySigner;
 use axum::http::StatusCode;
 use common::{KEYS, TestChain, ether};
 use openledger_chain::ContractKind;
-use openledger_chain::bindings::{OpenToken, Registry};
+use openledger_chain::bindings::{FeeRouter, OpenToken, Registry};
 use openledger_daemon::chain::Chain;
 use openledger_daemon::content::{Format, canonicalise};
+use openledger_daemon::inference::{Inference, InferenceConfig};
 use openledger_daemon::jobs::queue::Queue;
 use openledger_daemon::jobs::train::TrainSettings;
 use openledger_daemon::jobs::worker::{self, Registry as Jobs, WorkerConfig};
@@ -409,7 +410,152 @@ async fn train_through_the_api_and_publish_on_chain(pool: PgPool) {
         format!("{:#x}", TestChain::address_of(4))
     );
 
+    serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
     let _ = s.stop.send(true);
+}
+
+/// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
+async fn serve_the_fresh_adapter_paid_first(s: &Stack, job_id: i64, model_id: U256) {
+    let d = &s.chain.deployment;
+    let inf = Inference::load(
+        &s.pool,
+        &s.data.path().join("models"),
+        InferenceConfig {
+            model: Some("tiny-llama".into()),
+            payment_wait: Duration::from_secs(5),
+            default_max_tokens: 6,
+            ..InferenceConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let app = openledger_daemon::api::app(state_serving(
+        s.pool.clone(),
+        d.clone(),
+        Some(chain),
+        s.jobs.clone(),
+        ApiConfig::new(d.chain_id, DOMAIN),
+        Some(inf),
+    ));
+    let name = format!("ft-{job_id}");
+    let models = get(&app, "/v1/models", None).await.json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-llama", name.as_str()], "{models}");
+    let chat = |extra: Value| {
+        let mut body = json!({"model": name, "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}],
+                              "max_tokens": 5, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post_json(&app, "/v1/chat/completions", None, body)
+    };
+    // unpaid: 402 naming the price; unknown model: 404; bad sampling: 400
+    let unpaid = chat(json!({})).await.problem(402, "payment-required");
+    assert!(
+        unpaid["detail"].as_str().unwrap().contains("payInference"),
+        "{unpaid}"
+    );
+    chat(json!({"model": "ft-999"}))
+        .await
+        .problem(404, "not-found");
+    chat(json!({"temperature": 9}))
+        .await
+        .problem(400, "bad-request");
+    chat(json!({"max_tokens": 100000}))
+        .await
+        .problem(400, "bad-request");
+
+    // the payer pays FeeRouter first, then calls with the request id
+    let router = d.address(ContractKind::FeeRouter).unwrap();
+    let token = |i| {
+        OpenToken::new(
+            d.address(ContractKind::OpenToken).unwrap(),
+            s.chain.actor(i),
+        )
+    };
+    let fee = FeeRouter::new(router, s.chain.actor(5));
+    send!(token(0).transfer(TestChain::address_of(5), ether(10)));
+    send!(token(5).approve(router, ether(10)));
+    let rid = B256::repeat_byte(0x42);
+    send!(fee.payInference(model_id, rid, ether(1)));
+    let paid = chat(json!({"request_id": rid.to_string()})).await;
+    assert_eq!(
+        paid.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&paid.body)
+    );
+    let v = paid.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["openledger"]["payment"]["mode"], "pay_first");
+    assert_eq!(
+        v["openledger"]["payment"]["payer"],
+        format!("{:#x}", TestChain::address_of(5))
+    );
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=5).contains(&n), "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let row: (String, String, Option<i32>, Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT status, payment_mode, completion_tokens, request_id, job_id FROM inferences WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "succeeded".into(),
+            "pay_first".into(),
+            Some(n as i32),
+            Some(rid.to_string()),
+            Some(job_id)
+        )
+    );
+    // the same payment twice: refused
+    chat(json!({"request_id": rid.to_string()}))
+        .await
+        .problem(409, "conflict");
+    // under-paid, and never paid
+    let cheap = B256::repeat_byte(0x43);
+    send!(fee.payInference(model_id, cheap, U256::from(1)));
+    let p = chat(json!({"request_id": cheap.to_string()}))
+        .await
+        .problem(402, "payment-required");
+    assert!(p["detail"].as_str().unwrap().contains("needs"), "{p}");
+    chat(json!({"request_id": B256::repeat_byte(0x44).to_string()}))
+        .await
+        .problem(402, "payment-required");
+    // streamed: OpenAI's chunks, then [DONE]
+    let rid2 = B256::repeat_byte(0x45);
+    send!(fee.payInference(model_id, rid2, ether(1)));
+    let st = chat(json!({"request_id": rid2.to_string(), "stream": true, "stream_options": {"include_usage": true}})).await;
+    assert_eq!(st.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&st.body).to_string();
+    assert!(
+        text.contains("chat.completion.chunk") && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+    assert!(text.contains("\"usage\""), "{text}");
+    // the base model is free and needs no payment
+    let base = post_json(
+        &app,
+        "/v1/completions",
+        None,
+        json!({"model": "tiny-llama", "prompt": "abc", "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(base.status, StatusCode::OK);
+    assert_eq!(base.json()["openledger"]["payment"]["mode"], "free");
 }
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]

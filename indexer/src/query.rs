@@ -424,6 +424,15 @@ impl ChainIndex {
             .await
     }
 
+    /// Payments carrying `request_id` (ids are unique per payer, so possibly several payers').
+    pub async fn payments_by_request(
+        &self,
+        request_id: B256,
+    ) -> Result<Vec<Payment>, IndexerError> {
+        self.payments("request_id = $3", format!("{request_id:#x}"), 16, 0)
+            .await
+    }
+
     pub async fn payments_by_model(
         &self,
         model_id: U256,

@@ -1,6 +1,6 @@
 //! OpenLedger's model layer (candle): base models from GGUF or Hugging Face folders (`weights`), their
 //! tokenizers and chat templates (`tokenizer`), the llama forward pass with LoRA hooks (`llama`), LoRA
-//! adapters in the PEFT layout (`lora`) and LoRA training (`train`). Serving and attribution build on it.
+//! adapters in the PEFT layout (`lora`), LoRA training (`train`) and multi-adapter serving (`serve`).
 
 pub mod backprop;
 mod blas;
@@ -9,6 +9,7 @@ pub mod error;
 pub mod llama;
 pub mod lora;
 mod ops;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -127,6 +127,19 @@ impl Linear {
         })
     }
 
+    /// `x [rows, in] @ w^T` on host rows, for the serving engine. Quantized weights multiply each row on its
+    /// own (candle quantizes the row and takes block dot products), so a row's result does not depend on
+    /// the other rows in the batch.
+    fn forward_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let n_in = x.len() / rows.max(1);
+        let t = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
+        let y = match self {
+            Linear::Q(q) => q.forward(&t)?,
+            Linear::Dense(w) => t.matmul(&w.to_device(&Device::Cpu)?.t()?)?,
+        };
+        Ok(y.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         Ok(match self {
             Linear::Q(q) => q.forward(x)?,
@@ -163,6 +176,17 @@ pub(crate) struct LayerParts<'a> {
     pub attn_norm: &'a Tensor,
     pub ffn_norm: &'a Tensor,
     pub proj: Vec<&'a Tensor>,
+}
+
+/// Host copies of a model's small per-token tables (see `Llama::host_tables`).
+#[derive(Debug, Clone)]
+pub(crate) struct HostTables {
+    pub attn_norm: Vec<Vec<f32>>,
+    pub ffn_norm: Vec<Vec<f32>>,
+    pub norm: Vec<f32>,
+    /// `[max_pos, head_dim / 2]`.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +339,55 @@ impl Llama {
             sin: &self.sin,
             layers,
         })
+    }
+
+    /// Projection `p` of layer `layer` (base weights only) over host rows: the serving engine's GEMM.
+    pub(crate) fn project_rows(
+        &self,
+        layer: usize,
+        p: Proj,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        self.blocks[layer].proj[p.index()].forward_rows(x, rows)
+    }
+
+    /// The output projection over host rows.
+    pub(crate) fn lm_head_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.lm_head.forward_rows(x, rows)
+    }
+
+    /// Host copies of what the serving engine reads per token: the norms and the rotary tables.
+    pub(crate) fn host_tables(&self) -> Result<HostTables> {
+        let v = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(HostTables {
+            attn_norm: self
+                .blocks
+                .iter()
+                .map(|b| v(&b.attn_norm))
+                .collect::<Result<_>>()?,
+            ffn_norm: self
+                .blocks
+                .iter()
+                .map(|b| v(&b.ffn_norm))
+                .collect::<Result<_>>()?,
+            norm: v(&self.norm)?,
+            cos: v(&self.cos)?,
+            sin: v(&self.sin)?,
+        })
+    }
+
+    /// Embedding rows of `ids` (`[ids.len(), hidden]`, row-major).
+    pub(crate) fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let t = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self
+            .embed
+            .index_select(&t, 0)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 
     fn rms(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {

@@ -394,6 +394,23 @@ impl BaseModel {
         Ok(m)
     }
 
+    /// The same model with its projection and output matrices quantized to `dtype` (tests and benchmarks of
+    /// the quantized inference path on random models). Matrices whose rows are not whole blocks stay f32.
+    pub fn quantized(mut self, dtype: candle_core::quantized::GgmlDType) -> Result<Self> {
+        for (name, w) in self.tensors.iter_mut() {
+            let matrix = name.starts_with("blk.") && !name.contains("_norm")
+                || name == "token_embd.weight"
+                || name == "output.weight";
+            if let (true, Weight::Dense(t)) = (matrix, &*w)
+                && t.dims().len() == 2
+                && t.dim(1)? % dtype.block_size() == 0
+            {
+                *w = Weight::Quantized(Arc::new(QTensor::quantize(t, dtype)?));
+            }
+        }
+        Ok(self)
+    }
+
     /// Build a model from tensors already named as in GGUF (tests, converters).
     pub fn from_tensors(
         config: LlamaConfig,

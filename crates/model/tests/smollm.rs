@@ -205,3 +205,115 @@ fn token_ids_match_llama_cpp() {
         assert_eq!(base.tokenizer.decode(&got, false).unwrap(), text);
     }
 }
+
+/// The serving engine's step on the real model: KV-cached decode gives the logits of a full recompute
+/// (f32 weights, where both sides do the same arithmetic), and on the quantized weights adapters of
+/// different ranks batched together decode exactly as each alone.
+#[test]
+fn serving_engine_matches_the_full_forward_and_batches_exactly() {
+    use openledger_model::serve::{
+        KvCache, SeqStep, ServedAdapter, ServingModel, sampling::argmax, step,
+    };
+    use openledger_model::{LoraConfig, Proj};
+    let Some(path) = model_path() else { return };
+    let dev = Device::Cpu;
+    let base = BaseModel::load(&path, &dev, Some("0x00".into())).unwrap();
+    let llama = Llama::new(&base, Precision::F32, &dev).unwrap();
+    let m = ServingModel::new(llama.clone()).unwrap();
+    let c = base.config.clone();
+    let prompt = base.tokenizer.encode("The capital of France is").unwrap();
+    // KV-cached greedy decode vs recomputing the whole sequence each token
+    let n = 6;
+    let mut cache = KvCache::new(c.num_hidden_layers, prompt.len() + n, m.kv_dim());
+    let mut input = prompt.clone();
+    let mut seq = prompt.clone();
+    for _ in 0..n {
+        let got = step(
+            &m,
+            &mut [SeqStep {
+                tokens: &input,
+                cache: &mut cache,
+                adapter: None,
+                want_logits: true,
+            }],
+        )
+        .unwrap()
+        .remove(0);
+        let x = Tensor::new(seq.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let want = llama
+            .forward(&x, None, &mut Forward::infer())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let want = want.get(seq.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 2e-2, "cached vs full: max |diff| {diff}");
+        let t = argmax(&got);
+        assert_eq!(t, argmax(&want));
+        seq.push(t);
+        input = vec![t];
+    }
+    // three adapters (ranks 4, 8, 16) and the base, decoded in one batch vs one by one
+    let adapters: Vec<ServedAdapter> = [
+        (4, vec![Proj::Q, Proj::V]),
+        (8, Proj::ALL.to_vec()),
+        (16, vec![Proj::Down]),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (r, t))| {
+        let cfg = LoraConfig {
+            rank: r,
+            alpha: 2.0 * r as f64,
+            dropout: 0.0,
+            targets: t,
+        };
+        ServedAdapter::random(format!("a{i}"), &c, &cfg, i as u64)
+    })
+    .collect();
+    let m = ServingModel::new(Llama::new(&base, Precision::Quantized, &dev).unwrap()).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Hello", "Write a poem about the sea", "2 + 2 =", "Paris is"]
+        .iter()
+        .map(|p| base.tokenizer.encode(p).unwrap())
+        .collect();
+    let picks = [Some(0), Some(1), Some(2), None];
+    let decode = |batch: &[usize]| -> Vec<Vec<u32>> {
+        let mut caches: Vec<KvCache> = batch
+            .iter()
+            .map(|_| KvCache::new(c.num_hidden_layers, 40, m.kv_dim()))
+            .collect();
+        let mut inputs: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
+        let mut out = vec![Vec::new(); batch.len()];
+        for _ in 0..5 {
+            let mut steps: Vec<SeqStep> = caches
+                .iter_mut()
+                .zip(&inputs)
+                .zip(batch)
+                .map(|((cache, tokens), &i)| SeqStep {
+                    tokens,
+                    cache,
+                    adapter: picks[i].map(|a| &adapters[a]),
+                    want_logits: true,
+                })
+                .collect();
+            let logits = step(&m, &mut steps).unwrap();
+            for (k, l) in logits.iter().enumerate() {
+                let t = argmax(l);
+                out[k].push(t);
+                inputs[k] = vec![t];
+            }
+        }
+        out
+    };
+    let together = decode(&[0, 1, 2, 3]);
+    for i in 0..4 {
+        assert_eq!(together[i], decode(&[i])[0], "sequence {i}");
+    }
+}

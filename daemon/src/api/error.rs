@@ -47,6 +47,10 @@ pub enum ApiError {
     #[error("rate limit exceeded; retry in {0} s")]
     RateLimited(u64),
     #[error("{0}")]
+    PaymentRequired(String),
+    #[error("the server is at capacity; retry in {0} s")]
+    Overloaded(u64),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -86,6 +90,12 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
             ),
+            PaymentRequired(_) => (
+                StatusCode::PAYMENT_REQUIRED,
+                "payment-required",
+                "Payment required",
+            ),
+            Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded", "At capacity"),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -117,7 +127,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             retry_after: match self {
-                ApiError::RateLimited(s) => Some(*s),
+                ApiError::RateLimited(s) | ApiError::Overloaded(s) => Some(*s),
                 _ => None,
             },
         }

@@ -10,6 +10,7 @@ mod docs;
 pub mod error;
 mod jobs;
 mod models;
+mod openai;
 mod ops;
 pub mod types;
 
@@ -46,6 +47,7 @@ use crate::state::AppState;
         (name = "uploads", description = "Contribution content, EIP-712 payloads and relaying"),
         (name = "jobs", description = "The job queue"),
         (name = "models", description = "ModelFactory: base models, trained adapters and their files"),
+        (name = "inference", description = "OpenAI-compatible inference on the base model and its adapters (OpenLoRA)"),
         (name = "ops", description = "Health, readiness, metrics, status"),
     )
 )]
@@ -78,6 +80,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(contributions::routes())
         .merge(jobs::routes())
         .merge(models::routes())
+        .merge(openai::routes())
         .merge(ops::routes())
         .merge(docs::routes())
         .split_for_parts()

@@ -3,6 +3,7 @@
 mod db;
 mod deploy;
 mod index;
+mod infer;
 mod jobs;
 mod keys;
 pub mod malloc;
@@ -79,6 +80,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// List or add base models.
     Models(models::ModelsArgs),
+    /// Chat with a served model (streams the answer).
+    Infer(Box<infer::InferArgs>),
 }
 
 /// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
@@ -111,6 +114,7 @@ pub async fn main() -> ExitCode {
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Train(args) => train::run(&cli.global, *args).await,
         Command::Models(args) => models::run(&cli.global, args).await,
+        Command::Infer(args) => infer::run(&cli.global, *args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

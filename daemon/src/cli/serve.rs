@@ -71,6 +71,77 @@ pub struct ServeArgs {
     pub device: String,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+}
+
+/// OpenLoRA serving: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+#[derive(Debug, clap::Args)]
+pub struct InferenceArgs {
+    /// Serve no model (the inference routes answer 503).
+    #[arg(long)]
+    pub no_inference: bool,
+    /// Base model to serve: an installed model's id or a path [default: the first installed].
+    #[arg(long, env = "OPENLEDGER_SERVE_MODEL")]
+    pub serve_model: Option<String>,
+    /// Sequences decoded together in one batch.
+    #[arg(long, env = "OPENLEDGER_MAX_SEQS", default_value_t = 32)]
+    pub max_seqs: usize,
+    /// Prompt tokens processed per batched step (decode tokens always fit).
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_tokens: usize,
+    /// Distinct adapters in one batch.
+    #[arg(long, env = "OPENLEDGER_MAX_ACTIVE_ADAPTERS", default_value_t = 128)]
+    pub max_active_adapters: usize,
+    /// Memory for resident adapters, in MB (least recently used ones are evicted).
+    #[arg(long, env = "OPENLEDGER_ADAPTER_CACHE_MB", default_value_t = 1024)]
+    pub adapter_cache_mb: usize,
+    /// Memory for KV caches, in MB (a request reserves prompt + max_tokens positions).
+    #[arg(long, env = "OPENLEDGER_KV_CACHE_MB", default_value_t = 2048)]
+    pub kv_cache_mb: usize,
+    /// Requests waiting or running; more get 429 with Retry-After.
+    #[arg(long, env = "OPENLEDGER_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub max_new_tokens: usize,
+    /// max_tokens of requests that give none.
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+    /// Price per 1,000 tokens (prompt + max_tokens), in OPEN wei, of adapters whose developer set none.
+    #[arg(
+        long,
+        env = "OPENLEDGER_PRICE_PER_1K",
+        default_value = "1000000000000000"
+    )]
+    pub price_per_1k: alloy::primitives::U256,
+    /// Pay FeeRouter from the daemon's key for requests without a request_id (the dev stack).
+    #[arg(long, env = "OPENLEDGER_SPONSOR_INFERENCE")]
+    pub sponsor_inference: bool,
+    /// Seconds a pay-first request waits for the indexer to see its payment.
+    #[arg(long, default_value_t = 10)]
+    pub payment_wait_secs: u64,
+}
+
+impl InferenceArgs {
+    pub fn config(&self) -> Option<crate::inference::InferenceConfig> {
+        (!self.no_inference).then(|| crate::inference::InferenceConfig {
+            model: self.serve_model.clone(),
+            engine: openledger_model::serve::EngineConfig {
+                max_seqs: self.max_seqs.max(1),
+                max_batch_tokens: self.max_batch_tokens.max(1),
+                max_active_adapters: self.max_active_adapters.max(1),
+                adapter_cache_bytes: self.adapter_cache_mb << 20,
+                max_queue: self.max_queue.max(1),
+                kv_cache_bytes: self.kv_cache_mb << 20,
+                max_new_tokens: self.max_new_tokens.max(1),
+            },
+            default_price_per_1k: self.price_per_1k,
+            sponsor: self.sponsor_inference,
+            payment_wait: Duration::from_secs(self.payment_wait_secs),
+            default_max_tokens: self.default_max_tokens.max(1),
+        })
+    }
 }
 
 pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
@@ -127,6 +198,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             data_dir: global.data_dir.clone(),
             device: args.device.clone(),
         },
+        inference: args.inference.config(),
     };
     // fail at start, not at the first job, on a device this build cannot use
     openledger_model::device(&args.device)?;

@@ -50,6 +50,18 @@ pub fn state_with(
     jobs: Registry,
     cfg: ApiConfig,
 ) -> AppState {
+    state_serving(pool, deployment, chain, jobs, cfg, None)
+}
+
+/// `state_with`, serving a model.
+pub fn state_serving(
+    pool: PgPool,
+    deployment: Deployment,
+    chain: Option<Chain>,
+    jobs: Registry,
+    cfg: ApiConfig,
+    inference: Option<std::sync::Arc<openledger_daemon::inference::Inference>>,
+) -> AppState {
     let (tx, _) = broadcast::channel(256);
     openledger_daemon::jobs::worker::spawn_listener(pool.clone(), tx.clone());
     AppState::new(StateParts {
@@ -61,6 +73,7 @@ pub fn state_with(
         job_events: tx,
         indexer: None,
         metrics: openledger_daemon::metrics::handle(),
+        inference,
     })
     .unwrap()
 }

@@ -1,0 +1,259 @@
+//! One batched forward step over the new tokens of many sequences at once: prefill chunks and single decode
+//! tokens side by side, each sequence with its own KV cache and its own adapter.
+//!
+//! The base projections run as one matmul over every row of the step (quantized weights stay quantized);
+//! each row then adds its own adapter's `B (A x)`. Attention reads each sequence's cache. Everything a row
+//! computes depends only on that row and its own sequence, so a sequence decodes to the same tokens alone
+//! or in any batch.
+
+use rayon::prelude::*;
+
+use super::adapter::ServedAdapter;
+use crate::error::Result;
+use crate::llama::{HostTables, Llama, Proj};
+use crate::ops::{rms_row, rope_head};
+
+/// Keys and values of one sequence, per layer `[pos][kv_head][head_dim]`.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, reserve_tokens: usize, kv_dim: usize) -> Self {
+        KvCache {
+            k: (0..layers)
+                .map(|_| Vec::with_capacity(reserve_tokens * kv_dim))
+                .collect(),
+            v: (0..layers)
+                .map(|_| Vec::with_capacity(reserve_tokens * kv_dim))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A model prepared for serving: the weights plus host copies of its small tables.
+#[derive(Debug)]
+pub struct ServingModel {
+    pub llama: Llama,
+    pub(crate) tables: HostTables,
+}
+
+impl ServingModel {
+    pub fn new(llama: Llama) -> Result<Self> {
+        let tables = llama.host_tables()?;
+        Ok(ServingModel { llama, tables })
+    }
+
+    pub fn config(&self) -> &crate::LlamaConfig {
+        &self.llama.config
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        let c = &self.llama.config;
+        c.num_key_value_heads * c.head_dim()
+    }
+
+    /// Bytes one cached position takes across all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * 4 * self.kv_dim() * self.llama.config.num_hidden_layers
+    }
+}
+
+/// One sequence's share of a step: its new tokens (positions continue its cache) and whether the logits
+/// of its last new token are wanted.
+#[derive(Debug)]
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub adapter: Option<&'a ServedAdapter>,
+    pub want_logits: bool,
+}
+
+struct Row {
+    seq: usize,
+    pos: usize,
+}
+
+/// Runs the step; returns, in `seqs` order, the last-token logits of every sequence that wanted them.
+pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+    let c = &m.llama.config;
+    let (h, nh, nkv, hd) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim(),
+    );
+    let eps = c.rms_norm_eps as f32;
+    let mut ids = Vec::new();
+    let mut rows = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        c.check_seq_len(s.cache.len + s.tokens.len())?;
+        for (j, &t) in s.tokens.iter().enumerate() {
+            ids.push(t);
+            rows.push(Row {
+                seq: i,
+                pos: s.cache.len + j,
+            });
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let adapters: Vec<Option<&ServedAdapter>> = rows.iter().map(|r| seqs[r.seq].adapter).collect();
+    let half = hd / 2;
+    let t = &m.tables;
+    let mut x = m.llama.embed_rows(&ids)?;
+    let mut hbuf = vec![0f32; n * h];
+    let layers = c.num_hidden_layers;
+    for l in 0..layers {
+        norm_rows(&x, &t.attn_norm[l], eps, h, &mut hbuf);
+        let mut q = project(m, l, Proj::Q, &hbuf, n, &adapters)?;
+        let mut k = project(m, l, Proj::K, &hbuf, n, &adapters)?;
+        let v = project(m, l, Proj::V, &hbuf, n, &adapters)?;
+        let rope = |buf: &mut [f32], heads: usize| {
+            buf.par_chunks_mut(heads * hd)
+                .zip(rows.par_iter())
+                .for_each(|(row, r)| {
+                    let (co, si) = (
+                        &t.cos[r.pos * half..(r.pos + 1) * half],
+                        &t.sin[r.pos * half..(r.pos + 1) * half],
+                    );
+                    for head in row.chunks_exact_mut(hd) {
+                        rope_head(head, co, si, 1.0);
+                    }
+                });
+        };
+        rope(&mut q, nh);
+        rope(&mut k, nkv);
+        let kvd = nkv * hd;
+        for (i, r) in rows.iter().enumerate() {
+            let cache = &mut *seqs[r.seq].cache;
+            cache.k[l].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+            cache.v[l].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+        }
+        let caches: Vec<(&[f32], &[f32])> = seqs
+            .iter()
+            .map(|s| (s.cache.k[l].as_slice(), s.cache.v[l].as_slice()))
+            .collect();
+        let mut att = vec![0f32; n * h];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = nh / nkv;
+        att.par_chunks_mut(h)
+            .zip(q.par_chunks(h))
+            .zip(rows.par_iter())
+            .for_each(|((out, q), r)| {
+                let (kc, vc) = caches[r.seq];
+                let len = r.pos + 1;
+                let mut w = vec![0f32; len];
+                for head in 0..nh {
+                    let g = head / group;
+                    let qh = &q[head * hd..(head + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, wj) in w.iter_mut().enumerate() {
+                        let kj = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                        let s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        *wj = s;
+                        max = max.max(s);
+                    }
+                    let mut sum = 0.0;
+                    for wj in w.iter_mut() {
+                        *wj = (*wj - max).exp();
+                        sum += *wj;
+                    }
+                    let o = &mut out[head * hd..(head + 1) * hd];
+                    for (j, &wj) in w.iter().enumerate() {
+                        let vj = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                        let wj = wj / sum;
+                        for (o, &v) in o.iter_mut().zip(vj) {
+                            *o += wj * v;
+                        }
+                    }
+                }
+            });
+        let o = project(m, l, Proj::O, &att, n, &adapters)?;
+        add(&mut x, &o);
+        norm_rows(&x, &t.ffn_norm[l], eps, h, &mut hbuf);
+        let mut gate = project(m, l, Proj::Gate, &hbuf, n, &adapters)?;
+        let up = project(m, l, Proj::Up, &hbuf, n, &adapters)?;
+        gate.par_iter_mut().zip(up.par_iter()).for_each(|(g, &u)| {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        });
+        let d = project(m, l, Proj::Down, &gate, n, &adapters)?;
+        add(&mut x, &d);
+    }
+    for s in seqs.iter_mut() {
+        s.cache.len += s.tokens.len();
+    }
+    // final norm and logits only for each wanting sequence's last row
+    let mut last = Vec::new();
+    let mut row = 0;
+    for s in seqs.iter() {
+        row += s.tokens.len();
+        if s.want_logits && !s.tokens.is_empty() {
+            last.push(row - 1);
+        }
+    }
+    if last.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut hl = vec![0f32; last.len() * h];
+    for (o, &r) in hl.chunks_exact_mut(h).zip(&last) {
+        rms_row(&x[r * h..(r + 1) * h], &t.norm, eps, o);
+    }
+    let logits = m.llama.lm_head_rows(&hl, last.len())?;
+    let vocab = logits.len() / last.len();
+    Ok(logits.chunks_exact(vocab).map(|r| r.to_vec()).collect())
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
+    out.par_chunks_mut(h)
+        .zip(x.par_chunks(h))
+        .for_each(|(o, x)| {
+            rms_row(x, w, eps, o);
+        });
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.par_iter_mut()
+        .zip(y.par_iter())
+        .for_each(|(a, &b)| *a += b);
+}
+
+/// Base projection over all rows, then each row's own LoRA delta.
+fn project(
+    m: &ServingModel,
+    l: usize,
+    p: Proj,
+    x: &[f32],
+    n: usize,
+    adapters: &[Option<&ServedAdapter>],
+) -> Result<Vec<f32>> {
+    let mut y = m.llama.project_rows(l, p, x, n)?;
+    if adapters.iter().any(|a| a.is_some()) {
+        let n_in = x.len() / n;
+        let n_out = y.len() / n;
+        y.par_chunks_mut(n_out)
+            .zip(x.par_chunks(n_in))
+            .zip(adapters.par_iter())
+            .for_each(|((y, x), a)| {
+                if let Some(a) = a {
+                    a.apply_row(l, p, x, y);
+                }
+            });
+    }
+    Ok(y)
+}

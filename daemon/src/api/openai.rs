@@ -1,0 +1,701 @@
+//! OpenAI-compatible inference: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+//! `model` is the base model's id or a trained adapter's `ft-<job id>`; `stream: true` answers with
+//! server-sent events in OpenAI's chunk format. Beyond OpenAI's fields a request may carry `top_k`,
+//! `repetition_penalty`, and for pay-first `request_id` (the bytes32 paid to FeeRouter) with an optional
+//! `payer`. Every response names its inference (`id`, the `x-openledger-inference-id` header, and an
+//! `openledger` object with the payment).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use openledger_model::serve::{
+    Event, Finished, GenerateRequest, Priority, SamplingParams, SubmitError,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::Json;
+use super::types::{parse_address, parse_hash};
+use super::{ApiError, ApiResult, Problem};
+use crate::inference::payment::{self, Paid, PaymentError};
+use crate::inference::records::{self, NewInference, RecordError};
+use crate::inference::{Inference, ResolveError, Target, adapter_name};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(chat_completions))
+        .routes(routes!(completions))
+}
+
+fn engine(s: &AppState) -> ApiResult<Arc<Inference>> {
+    s.inference.clone().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this daemon serves no model (started with --no-inference or none installed)".into(),
+        )
+    })
+}
+
+/// The models this daemon serves: its base model and every adapter trained on it.
+#[utoipa::path(get, path = "/v1/models", tag = "inference",
+    responses((status = 200, description = "OpenAI's model list", body = Object)))]
+async fn list_models(State(s): State<AppState>) -> ApiResult<axum::Json<Value>> {
+    let inf = engine(&s)?;
+    let rows: Vec<(i64, String, time::OffsetDateTime)> = sqlx::query_as(
+        "SELECT job_id, owner, created_at FROM trained_models WHERE lower(base_model_hash) = lower($1)
+         ORDER BY job_id",
+    )
+    .bind(&inf.base_hash)
+    .fetch_all(&s.pool)
+    .await?;
+    let mut data = vec![json!({
+        "id": inf.base_id, "object": "model", "created": inf.started.unix_timestamp(), "owned_by": "openledger",
+    })];
+    for (job, owner, created) in rows {
+        data.push(json!({
+            "id": adapter_name(job), "object": "model", "created": created.unix_timestamp(),
+            "owned_by": owner, "parent": inf.base_id,
+        }));
+    }
+    Ok(axum::Json(json!({ "object": "list", "data": data })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The generation fields both endpoints share.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<Value>,
+    request_id: Option<String>,
+    payer: Option<String>,
+}
+
+/// A chat completion request (OpenAI's fields, plus `top_k`, `repetition_penalty`, `request_id`, `payer`).
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// A text completion request.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    prompt: Value,
+    #[serde(flatten)]
+    common: Common,
+}
+
+// OpenAI's request schemas are large and documented by OpenAI: the OpenAPI document names them as objects.
+macro_rules! opaque_schema {
+    ($($t:ty),*) => {$(
+        impl utoipa::PartialSchema for $t {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .description(Some("See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id, payer"))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $t {}
+    )*};
+}
+opaque_schema!(ChatRequest, CompletionRequest);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// OpenAI's chat completion.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference",
+    responses((status = 200, description = "A chat.completion, or with stream: true server-sent chat.completion.chunk events", body = Object),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 402, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json")))]
+async fn chat_completions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<ChatRequest>,
+) -> ApiResult<Response> {
+    let inf = engine(&s)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::BadRequest("messages must not be empty".into()));
+    }
+    let mut msgs = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "developer"
+        ) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown message role {:?}",
+                m.role
+            )));
+        }
+        let text = match &m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut t = String::new();
+                for p in parts {
+                    match (p["type"].as_str(), p["text"].as_str()) {
+                        (Some("text"), Some(x)) => t.push_str(x),
+                        _ => {
+                            return Err(ApiError::BadRequest(
+                                "only text content parts are supported".into(),
+                            ));
+                        }
+                    }
+                }
+                t
+            }
+        };
+        let role = if m.role == "developer" {
+            "system".to_string()
+        } else {
+            m.role.clone()
+        };
+        msgs.push((role, text));
+    }
+    let pairs: Vec<(&str, &str)> = msgs.iter().map(|(r, t)| (r.as_str(), t.as_str())).collect();
+    let text = inf.tokenizer.render_chat(&pairs, true).map_err(|e| {
+        ApiError::BadRequest(format!("the chat template refused the messages: {e}"))
+    })?;
+    let prompt = inf.tokenizer.encode(&text).map_err(ApiError::internal)?;
+    run(s, inf, &headers, req.common, prompt, Kind::Chat).await
+}
+
+/// OpenAI's (legacy) text completion.
+#[utoipa::path(post, path = "/v1/completions", tag = "inference",
+    responses((status = 200, description = "A text_completion, or with stream: true server-sent events", body = Object),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 402, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json")))]
+async fn completions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<CompletionRequest>,
+) -> ApiResult<Response> {
+    let inf = engine(&s)?;
+    let prompt = match &req.prompt {
+        Value::String(p) => inf.tokenizer.encode(p).map_err(ApiError::internal)?,
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => inf
+            .tokenizer
+            .encode(a[0].as_str().unwrap_or_default())
+            .map_err(ApiError::internal)?,
+        Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_u64()) => {
+            let vocab = inf.tokenizer.vocab_size() as u64;
+            a.iter()
+                .map(|v| match v.as_u64() {
+                    Some(t) if t < vocab => Ok(t as u32),
+                    _ => Err(ApiError::BadRequest(format!(
+                        "token id {v} is outside the vocabulary"
+                    ))),
+                })
+                .collect::<ApiResult<Vec<u32>>>()?
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "prompt must be a string, a list of one string, or a list of token ids".into(),
+            ));
+        }
+    };
+    run(s, inf, &headers, req.common, prompt, Kind::Completion).await
+}
+
+fn sampling(c: &Common) -> ApiResult<SamplingParams> {
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::BadRequest(
+            "n must be 1 (one choice per request)".into(),
+        ));
+    }
+    if c.logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+    {
+        return Err(ApiError::BadRequest("logprobs are not supported".into()));
+    }
+    let p = SamplingParams {
+        temperature: c.temperature.unwrap_or(1.0),
+        top_k: c.top_k.unwrap_or(0),
+        top_p: c.top_p.unwrap_or(1.0),
+        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+        seed: c.seed,
+    };
+    p.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(p)
+}
+
+async fn caller(s: &AppState, headers: &HeaderMap) -> ApiResult<Option<Address>> {
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    Ok(Some(
+        crate::auth::authenticate(&s.pool, &token).await?.address,
+    ))
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Db(d) => d.into(),
+            ResolveError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            ResolveError::WrongBase { .. } => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(e: PaymentError) -> Self {
+        match e {
+            PaymentError::Required(m) => ApiError::PaymentRequired(m),
+            PaymentError::Refused(m) => ApiError::PaymentRequired(m),
+            PaymentError::Unavailable(m) => ApiError::Unavailable(m),
+            PaymentError::Db(d) => d.into(),
+        }
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::PaymentUsed(_) => ApiError::Conflict(e.to_string()),
+            RecordError::Db(d) => d.into(),
+        }
+    }
+}
+
+async fn run(
+    s: AppState,
+    inf: Arc<Inference>,
+    headers: &HeaderMap,
+    c: Common,
+    prompt: Vec<u32>,
+    kind: Kind,
+) -> ApiResult<Response> {
+    let params = sampling(&c)?;
+    let who = caller(&s, headers).await?;
+    let target = inf.resolve(&s.pool, &c.model).await?;
+    let context = inf.engine.context();
+    if prompt.len() >= context {
+        return Err(ApiError::BadRequest(format!(
+            "the prompt is {} tokens; the model's context is {context} tokens",
+            prompt.len()
+        )));
+    }
+    let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
+        Some(m) => m,
+        None => inf.cfg.default_max_tokens.min(context - prompt.len()),
+    };
+    let cap = inf.engine.config().max_new_tokens;
+    if max_tokens == 0 || max_tokens > cap || prompt.len() + max_tokens > context {
+        return Err(ApiError::BadRequest(format!(
+            "max_tokens {max_tokens}: must be 1..={cap}, and the prompt's {} tokens + max_tokens must fit the \
+             model's context of {context} tokens",
+            prompt.len()
+        )));
+    }
+    let stop = match c.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) if v.len() <= 4 => v,
+        Some(Stop::Many(_)) => return Err(ApiError::BadRequest("at most 4 stop sequences".into())),
+    };
+    // pay (or find the payment) before anything is generated
+    let id = records::new_id();
+    let (mode, paid, price, job_id, model_id, chain_id, adapter) = match &target {
+        Target::Base => {
+            if c.request_id.is_some() {
+                return Err(ApiError::BadRequest(
+                    "the base model is free; request_id is only for adapters".into(),
+                ));
+            }
+            ("free", None, None, None, None, None, None)
+        }
+        Target::Adapter {
+            job_id,
+            adapter,
+            model_id,
+            name,
+            ..
+        } => {
+            let model_id = model_id.ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "{name} is not registered on chain yet, so it cannot be paid for"
+                ))
+            })?;
+            let price =
+                payment::price_per_1k(&s.pool, *job_id, inf.cfg.default_price_per_1k).await?;
+            let need = payment::required(price, prompt.len() + max_tokens);
+            let (mode, paid) = match &c.request_id {
+                Some(rid) => {
+                    let rid: B256 = parse_hash("request_id", rid)?;
+                    let payer = c
+                        .payer
+                        .as_deref()
+                        .map(|p| parse_address("payer", p))
+                        .transpose()?;
+                    let p = payment::find_payment(
+                        &s.index,
+                        rid,
+                        model_id,
+                        payer,
+                        need,
+                        inf.cfg.payment_wait,
+                    )
+                    .await?;
+                    ("pay_first", p)
+                }
+                None if inf.cfg.sponsor => {
+                    let chain = s.chain()?;
+                    let p = payment::sponsor(
+                        chain,
+                        &s.deployment,
+                        model_id,
+                        need,
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                    tracing::info!(inference = %id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
+                    ("sponsored", p)
+                }
+                None => {
+                    return Err(ApiError::PaymentRequired(format!(
+                        "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
+                         <fresh bytes32 request id>, {need}) and send that request_id"
+                    )));
+                }
+            };
+            (
+                mode,
+                Some(paid),
+                Some(price),
+                Some(*job_id),
+                Some(model_id),
+                Some(s.deployment.chain_id as i64),
+                Some(adapter.clone()),
+            )
+        }
+    };
+    records::insert(
+        &s.pool,
+        &NewInference {
+            id: &id,
+            model: &c.model,
+            kind: if kind == Kind::Chat {
+                "chat"
+            } else {
+                "completion"
+            },
+            base_model_hash: &inf.base_hash,
+            job_id,
+            adapter_hash: adapter.as_ref().and_then(|a| a.sha256.as_deref()),
+            caller: who,
+            payment_mode: mode,
+            chain_id,
+            model_id,
+            paid: paid.as_ref(),
+            price_per_1k: price,
+            batch_job_id: None,
+            prompt_tokens: prompt.len(),
+            max_tokens,
+        },
+    )
+    .await?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let submitted = inf.engine.submit(GenerateRequest {
+        prompt: prompt.clone(),
+        adapter,
+        sampling: params,
+        max_tokens,
+        stop,
+        priority: Priority::Interactive,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    });
+    if let Err(e) = submitted {
+        let _ = records::ended(&s.pool, &id, "failed", Some(&e.to_string())).await;
+        return Err(match e {
+            SubmitError::Busy(_) => ApiError::Overloaded(1),
+            SubmitError::Invalid(m) => ApiError::BadRequest(m.to_string()),
+            SubmitError::Stopped => {
+                ApiError::Unavailable("the inference engine has stopped".into())
+            }
+        });
+    }
+    // the first event says whether it runs at all (an adapter that cannot load fails here)
+    match rx.recv().await {
+        Some(Event::Started) => {}
+        Some(Event::Failed(m)) => {
+            let _ = records::ended(&s.pool, &id, "failed", Some(&m)).await;
+            return Err(ApiError::Unavailable(m));
+        }
+        _ => {
+            let _ = records::ended(
+                &s.pool,
+                &id,
+                "failed",
+                Some("the engine dropped the request"),
+            )
+            .await;
+            return Err(ApiError::Internal("the engine dropped the request".into()));
+        }
+    }
+    let meta = json!({
+        "inference_id": id,
+        "payment": paid.as_ref().map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
+    });
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(pump(s.pool.clone(), id.clone(), rx, out_tx));
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut res = if c.stream {
+        let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
+        stream_response(
+            id.clone(),
+            c.model,
+            created,
+            kind,
+            include_usage,
+            meta,
+            out_rx,
+        )
+        .into_response()
+    } else {
+        whole_response(&id, &c.model, created, kind, meta, out_rx)
+            .await?
+            .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-openledger-inference-id", v);
+    }
+    Ok(res)
+}
+
+fn payment_json(mode: &str, p: &Paid) -> Value {
+    json!({
+        "mode": mode, "payer": format!("{:#x}", p.payer), "request_id": format!("{:#x}", p.request_id),
+        "amount": p.amount.to_string(), "tx_hash": format!("{:#x}", p.tx_hash),
+    })
+}
+
+/// Forwards the engine's events to the HTTP side and records the outcome, whether or not the client stays.
+async fn pump(
+    pool: sqlx::PgPool,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    out: mpsc::UnboundedSender<Event>,
+) {
+    while let Some(e) = rx.recv().await {
+        let r = match &e {
+            Event::Done(f) => records::succeeded(&pool, &id, f).await,
+            Event::Failed(m) => records::ended(&pool, &id, "failed", Some(m)).await,
+            _ => Ok(()),
+        };
+        if let Err(err) = r {
+            tracing::error!(inference = %id, error = %err, "recording the inference");
+        }
+        let last = matches!(e, Event::Done(_) | Event::Failed(_));
+        if out.send(e).is_err() {
+            // dropping `rx` makes the engine drop the sequence at its next token
+            if let Err(err) =
+                records::ended(&pool, &id, "cancelled", Some("the client went away")).await
+            {
+                tracing::error!(inference = %id, error = %err, "recording the inference");
+            }
+            tracing::info!(inference = %id, "client went away; sequence dropped");
+            return;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+fn usage(f: &Finished) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.tokens.len(),
+        "total_tokens": f.prompt_tokens + f.tokens.len(),
+    })
+}
+
+async fn whole_response(
+    id: &str,
+    model: &str,
+    created: i64,
+    kind: Kind,
+    meta: Value,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> ApiResult<axum::Json<Value>> {
+    loop {
+        match rx.recv().await {
+            Some(Event::Done(f)) => {
+                let choice = match kind {
+                    Kind::Chat => json!({
+                        "index": 0, "message": {"role": "assistant", "content": f.text},
+                        "finish_reason": f.reason.as_str(), "logprobs": null,
+                    }),
+                    Kind::Completion => json!({
+                        "index": 0, "text": f.text, "finish_reason": f.reason.as_str(), "logprobs": null,
+                    }),
+                };
+                return Ok(axum::Json(json!({
+                    "id": id,
+                    "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+                    "created": created, "model": model, "choices": [choice], "usage": usage(&f),
+                    "openledger": meta,
+                })));
+            }
+            Some(Event::Failed(m)) => return Err(ApiError::Unavailable(m)),
+            Some(_) => {}
+            None => return Err(ApiError::Internal("the engine dropped the request".into())),
+        }
+    }
+}
+
+fn stream_response(
+    id: String,
+    model: String,
+    created: i64,
+    kind: Kind,
+    include_usage: bool,
+    meta: Value,
+    rx: mpsc::UnboundedReceiver<Event>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let usage_head =
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": []});
+    let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
+        let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
+        if let Some((k, x)) = extra {
+            v[k] = x;
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>| match kind {
+        Kind::Chat => {
+            let mut d = json!({});
+            if role {
+                d["role"] = json!("assistant");
+            }
+            if let Some(t) = text {
+                d["content"] = json!(t);
+            }
+            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
+        }
+        Kind::Completion => {
+            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+        }
+    };
+    // first the role (and the inference's metadata), then text deltas, the finish, usage, [DONE]
+    let first = chunk(delta(Some(""), true, None), Some(("openledger", meta)));
+    let state = (rx, false);
+    let body = futures::stream::unfold(state, move |(mut rx, done)| {
+        let chunk = chunk.clone();
+        let usage_head = usage_head.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                match rx.recv().await {
+                    Some(Event::Token { text, .. }) if !text.is_empty() => {
+                        return Some((
+                            vec![chunk(delta(Some(&text), false, None), None)],
+                            (rx, false),
+                        ));
+                    }
+                    Some(Event::Done(f)) => {
+                        let mut evs =
+                            vec![chunk(delta(None, false, Some(f.reason.as_str())), None)];
+                        if include_usage {
+                            // OpenAI's usage chunk has an empty choices list
+                            let mut u = usage_head.clone();
+                            u["usage"] = usage(&f);
+                            evs.push(SseEvent::default().data(u.to_string()));
+                        }
+                        evs.push(SseEvent::default().data("[DONE]"));
+                        return Some((evs, (rx, true)));
+                    }
+                    Some(Event::Failed(m)) => {
+                        let err = json!({"error": {"message": m, "type": "server_error"}});
+                        return Some((vec![SseEvent::default().data(err.to_string())], (rx, true)));
+                    }
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        }
+    });
+    let body = futures::StreamExt::flat_map(body, |evs| {
+        futures::stream::iter(evs.into_iter().map(Ok::<_, Infallible>))
+    });
+    let all = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), body);
+    Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

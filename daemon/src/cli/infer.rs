@@ -1,0 +1,147 @@
+//! `openledger infer`: a chat completion against a running `serve`, streamed to the terminal.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// The prompt (the user's message).
+    pub prompt: String,
+    /// The model: the base model's id or a trained adapter's `ft-<job id>` (`GET /v1/models` lists them).
+    #[arg(long, short)]
+    pub model: String,
+    /// The daemon's address.
+    #[arg(long, env = "OPENLEDGER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A session token or API key (`openledger keys create`).
+    #[arg(long, env = "OPENLEDGER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A system message before the prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Pay-first: the bytes32 request id already paid to FeeRouter.payInference.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    messages.push(json!({"role": "user", "content": args.prompt}));
+    let mut body = json!({
+        "model": args.model, "messages": messages, "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    for (k, v) in [
+        ("max_tokens", args.max_tokens.map(Value::from)),
+        ("temperature", args.temperature.map(Value::from)),
+        ("top_p", args.top_p.map(Value::from)),
+        ("top_k", args.top_k.map(Value::from)),
+        ("seed", args.seed.map(Value::from)),
+        ("request_id", args.request_id.clone().map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    if !args.stop.is_empty() {
+        body["stop"] = json!(args.stop);
+    }
+    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().post(&url).json(&body);
+    if let Some(k) = &args.api_key {
+        req = req.bearer_auth(k);
+    }
+    let res = req
+        .send()
+        .await
+        .with_context(|| format!("no daemon at {}", args.url))?;
+    let status = res.status();
+    if !status.is_success() {
+        let text = res.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{status}: {detail}");
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf = Vec::new();
+    let mut text = String::new();
+    let (mut meta, mut usage, mut finish) = (Value::Null, Value::Null, Value::Null);
+    let mut out = std::io::stdout();
+    'read: while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("reading the stream")?);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    break 'read;
+                }
+                let v: Value = serde_json::from_str(data).context("a malformed stream chunk")?;
+                if let Some(e) = v.get("error") {
+                    bail!("the server failed mid-stream: {}", e["message"]);
+                }
+                if !v["openledger"].is_null() {
+                    meta = v["openledger"].clone();
+                }
+                if !v["usage"].is_null() {
+                    usage = v["usage"].clone();
+                }
+                let c = &v["choices"][0];
+                if let Some(t) = c["delta"]["content"].as_str() {
+                    text.push_str(t);
+                    if !global.json {
+                        write!(out, "{t}")?;
+                        out.flush()?;
+                    }
+                }
+                if !c["finish_reason"].is_null() {
+                    finish = c["finish_reason"].clone();
+                }
+            }
+        }
+    }
+    if global.json {
+        println!(
+            "{}",
+            json!({"text": text, "finish_reason": finish, "usage": usage, "openledger": meta})
+        );
+    } else {
+        println!();
+        eprintln!(
+            "[{}] {} prompt + {} completion tokens, finish: {}, payment: {}",
+            meta["inference_id"].as_str().unwrap_or("?"),
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            finish.as_str().unwrap_or("?"),
+            meta["payment"]["mode"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(())
+}

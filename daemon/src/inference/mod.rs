@@ -1,0 +1,204 @@
+//! OpenLoRA serving inside the daemon: the engine on the base model, which model a request names, what it
+//! costs, how it is paid (pay-first or operator-sponsored), and the `inferences` row that records it.
+//! The HTTP side (OpenAI-compatible) is `api/openai.rs`.
+
+pub mod payment;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use openledger_model::serve::{AdapterRef, Engine, EngineConfig, ServingModel};
+use openledger_model::{BaseModel, Device, Llama, Precision, TextTokenizer};
+use sqlx::PgPool;
+
+use crate::models;
+
+/// Serving settings (`openledger serve --help` documents the flags).
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// The base model to serve: an id from `/api/base-models` or a path [default: the first one installed].
+    pub model: Option<String>,
+    pub engine: EngineConfig,
+    /// Price per 1,000 tokens (OPEN wei) of models whose developer set none.
+    pub default_price_per_1k: U256,
+    /// Pay from the daemon's key for requests that bring no `request_id` (the dev stack).
+    pub sponsor: bool,
+    /// How long a pay-first request waits for the indexer to see its payment.
+    pub payment_wait: Duration,
+    /// `max_tokens` when a request gives none (capped by what the context leaves).
+    pub default_max_tokens: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            model: None,
+            engine: EngineConfig::default(),
+            default_price_per_1k: U256::from(1_000_000_000_000_000u64),
+            sponsor: false,
+            payment_wait: Duration::from_secs(10),
+            default_max_tokens: 256,
+        }
+    }
+}
+
+/// The loaded engine and what requests are checked against.
+pub struct Inference {
+    pub engine: Engine,
+    pub tokenizer: TextTokenizer,
+    /// The base model's id (`/v1/models` lists it) and content hash (adapters must be trained on it).
+    pub base_id: String,
+    pub base_hash: String,
+    pub cfg: InferenceConfig,
+    pub started: time::OffsetDateTime,
+}
+
+impl std::fmt::Debug for Inference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inference")
+            .field("base_id", &self.base_id)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "no base model to serve: install one under {0} (scripts/fetch-model.sh) or pass --serve-model"
+    )]
+    NoModel(PathBuf),
+    #[error("base model {0:?} is not installed (see `openledger models list`)")]
+    Unknown(String),
+    #[error(transparent)]
+    Model(#[from] openledger_model::ModelError),
+    #[error(transparent)]
+    Register(#[from] models::RegisterError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Inference {
+    /// Loads the base model (quantized weights stay quantized) and starts the engine.
+    pub async fn load(
+        pool: &PgPool,
+        models_dir: &Path,
+        cfg: InferenceConfig,
+    ) -> Result<Arc<Inference>, LoadError> {
+        let row = match &cfg.model {
+            Some(m) if Path::new(m).exists() => {
+                models::register_base_model(pool, Path::new(m)).await?
+            }
+            Some(m) => models::base_model(pool, m)
+                .await?
+                .ok_or_else(|| LoadError::Unknown(m.clone()))?,
+            None => models::base_models(pool)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| LoadError::NoModel(models_dir.to_path_buf()))?,
+        };
+        let path = PathBuf::from(&row.path);
+        let hash = row.hash.clone();
+        let engine_cfg = cfg.engine.clone();
+        let (engine, tokenizer) = tokio::task::spawn_blocking(move || {
+            let base = BaseModel::load(&path, &Device::Cpu, Some(hash))?;
+            let llama = Llama::new(&base, Precision::Quantized, &Device::Cpu)?;
+            let model = ServingModel::new(llama)?;
+            let engine = Engine::start(model, base.tokenizer.clone(), engine_cfg)
+                .map_err(LoadError::Thread)?;
+            Ok::<_, LoadError>((engine, base.tokenizer))
+        })
+        .await
+        .map_err(|e| LoadError::Thread(std::io::Error::other(e)))??;
+        tracing::info!(model = %row.id, context = engine.context(), "inference engine ready");
+        Ok(Arc::new(Inference {
+            engine,
+            tokenizer,
+            base_id: row.id,
+            base_hash: row.hash,
+            cfg,
+            started: time::OffsetDateTime::now_utc(),
+        }))
+    }
+}
+
+/// What a request's `model` resolved to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Base,
+    Adapter {
+        job_id: i64,
+        name: String,
+        adapter: AdapterRef,
+        /// The on-chain model id payments name (`None` until training published it).
+        model_id: Option<U256>,
+        chain_id: Option<i64>,
+        developer: String,
+    },
+}
+
+/// The `model` name of a trained adapter.
+pub fn adapter_name(job_id: i64) -> String {
+    format!("ft-{job_id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "no model {0:?}: GET /v1/models lists the base model and every trained adapter (ft-<job id>)"
+    )]
+    Unknown(String),
+    #[error("{name} was trained on base model {trained}, this server serves {served}")]
+    WrongBase {
+        name: String,
+        trained: String,
+        served: String,
+    },
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl Inference {
+    pub async fn resolve(&self, pool: &PgPool, model: &str) -> Result<Target, ResolveError> {
+        if model.eq_ignore_ascii_case(&self.base_id) || model == self.base_hash {
+            return Ok(Target::Base);
+        }
+        let job_id = model
+            .strip_prefix("ft-")
+            .and_then(|n| n.parse::<i64>().ok())
+            .ok_or_else(|| ResolveError::Unknown(model.to_string()))?;
+        let m = models::trained_model(pool, job_id)
+            .await?
+            .ok_or_else(|| ResolveError::Unknown(model.to_string()))?;
+        if !m.base_model_hash.eq_ignore_ascii_case(&self.base_hash) {
+            return Err(ResolveError::WrongBase {
+                name: model.to_string(),
+                trained: m.base_model.clone(),
+                served: self.base_id.clone(),
+            });
+        }
+        let chain_id: Option<i64> =
+            sqlx::query_scalar("SELECT chain_id FROM trained_models WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_one(pool)
+                .await?;
+        Ok(Target::Adapter {
+            job_id,
+            name: adapter_name(job_id),
+            adapter: AdapterRef {
+                id: adapter_name(job_id),
+                dir: PathBuf::from(&m.dir),
+                sha256: Some(m.adapter_hash.clone()),
+            },
+            model_id: m.model_id.as_deref().and_then(|s| s.parse().ok()),
+            chain_id,
+            developer: m.owner,
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! Paying for an inference through `FeeRouter.payInference(modelId, requestId, amount)`.
+//!
+//! - pay-first: the client pays, then calls the API with the `request_id`; the request is served once the
+//!   indexer has seen an `InferencePaid` for that id and model (from the named payer, if one is named)
+//!   whose amount covers the price; the `inferences` row claims the payment so it serves once.
+//! - sponsored: the daemon pays from its own key with a fresh request id before serving.
+//!
+//! The price covers the most the request may use: `ceil(price_per_1k * (prompt_tokens + max_tokens) / 1000)`.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, U256};
+use openledger_chain::ContractKind;
+use openledger_chain::bindings::{FeeRouter, OpenToken};
+use openledger_indexer::query::ChainIndex;
+use sqlx::PgPool;
+
+use crate::chain::Chain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("{0}")]
+    Required(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A payment an inference may use.
+#[derive(Debug, Clone)]
+pub struct Paid {
+    pub payer: Address,
+    pub request_id: B256,
+    pub amount: U256,
+    pub tx_hash: B256,
+}
+
+/// The model's price per 1,000 tokens: its developer's, else the default.
+pub async fn price_per_1k(pool: &PgPool, job_id: i64, default: U256) -> Result<U256, sqlx::Error> {
+    let p: Option<String> =
+        sqlx::query_scalar("SELECT price_per_1k::text FROM model_prices WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(p.and_then(|p| p.parse().ok()).unwrap_or(default))
+}
+
+/// What a request of `tokens` (prompt + max_tokens) costs, rounded up.
+pub fn required(price_per_1k: U256, tokens: usize) -> U256 {
+    (price_per_1k * U256::from(tokens)).div_ceil(U256::from(1000))
+}
+
+/// Waits (up to `wait`) for the indexer to see the client's payment, and checks it.
+pub async fn find_payment(
+    index: &ChainIndex,
+    request_id: B256,
+    model_id: U256,
+    payer: Option<Address>,
+    need: U256,
+    wait: Duration,
+) -> Result<Paid, PaymentError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let found = index
+            .payments_by_request(request_id)
+            .await
+            .map_err(|e| PaymentError::Unavailable(format!("the chain index: {e}")))?;
+        let mine: Vec<_> = found
+            .into_iter()
+            .filter(|p| payer.is_none_or(|a| a == p.payer))
+            .collect();
+        if let Some(p) = mine.iter().find(|p| p.model_id == model_id) {
+            if p.amount < need {
+                return Err(PaymentError::Required(format!(
+                    "request {request_id:#x} paid {} wei, this request needs {need} wei \
+                     (price per 1k tokens x (prompt + max_tokens))",
+                    p.amount
+                )));
+            }
+            return Ok(Paid {
+                payer: p.payer,
+                request_id,
+                amount: p.amount,
+                tx_hash: p.tx_hash,
+            });
+        }
+        if let Some(p) = mine.first() {
+            return Err(PaymentError::Refused(format!(
+                "request {request_id:#x} paid for model {}, not model {model_id}",
+                p.model_id
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(PaymentError::Required(format!(
+                "no InferencePaid for request {request_id:#x} and model {model_id} has been indexed \
+                 (pay FeeRouter.payInference({model_id}, {request_id:#x}, >= {need}) first)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Pays from the daemon's key (approving FeeRouter first when its allowance is short).
+pub async fn sponsor(
+    chain: &Chain,
+    deployment: &openledger_chain::Deployment,
+    model_id: U256,
+    amount: U256,
+    timeout: Duration,
+) -> Result<Paid, PaymentError> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = LOCK.lock().await;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
+    };
+    let me = chain.signer().ok_or_else(|| {
+        PaymentError::Unavailable("the daemon has no key to sponsor payments".into())
+    })?;
+    let router = deployment
+        .address(ContractKind::FeeRouter)
+        .map_err(|e| unavailable(&e))?;
+    let token = deployment
+        .address(ContractKind::OpenToken)
+        .map_err(|e| unavailable(&e))?;
+    let open = OpenToken::new(token, chain.provider().clone());
+    let allowance = open
+        .allowance(me, router)
+        .call()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if allowance < amount {
+        confirmed("approve", open.approve(router, U256::MAX), timeout).await?;
+    }
+    let request_id = B256::from(rand::random::<[u8; 32]>());
+    let fee = FeeRouter::new(router, chain.provider().clone());
+    let r = confirmed(
+        "payInference",
+        fee.payInference(model_id, request_id, amount),
+        timeout,
+    )
+    .await?;
+    Ok(Paid {
+        payer: me,
+        request_id,
+        amount,
+        tx_hash: r.transaction_hash,
+    })
+}
+
+/// Simulates `call` (a revert costs nothing), sends it and waits for a successful receipt.
+async fn confirmed<D: alloy::contract::CallDecoder>(
+    what: &str,
+    call: alloy::contract::CallBuilder<&alloy::providers::DynProvider, D>,
+    timeout: Duration,
+) -> Result<alloy::rpc::types::TransactionReceipt, PaymentError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        PaymentError::Unavailable(format!("sponsoring the payment: {what}: {e}"))
+    };
+    call.call().await.map_err(|e| fail(&e))?;
+    let r = call
+        .send()
+        .await
+        .map_err(|e| fail(&e))?
+        .with_timeout(Some(timeout))
+        .get_receipt()
+        .await
+        .map_err(|e| fail(&e))?;
+    if !r.status() {
+        return Err(fail(&"reverted"));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_price_covers_prompt_and_max_tokens_rounded_up() {
+        let p = U256::from(1000u64);
+        assert_eq!(required(p, 1), U256::from(1));
+        assert_eq!(required(p, 1500), U256::from(1500));
+        assert_eq!(required(U256::from(3u64), 1), U256::from(1));
+        assert_eq!(required(U256::from(3u64), 1000), U256::from(3));
+        assert_eq!(required(U256::from(3u64), 1001), U256::from(4));
+    }
+}

@@ -1,0 +1,122 @@
+//! The `inferences` table: a row is written (claiming its payment) before the engine starts, and
+//! completed in one update when the generation ends.
+
+use alloy::primitives::{Address, U256};
+use openledger_model::serve::Finished;
+use sqlx::PgPool;
+
+use super::payment::Paid;
+
+/// A new inference, as its row records it before serving.
+#[derive(Debug, Clone)]
+pub struct NewInference<'a> {
+    pub id: &'a str,
+    pub model: &'a str,
+    pub kind: &'a str,
+    pub base_model_hash: &'a str,
+    pub job_id: Option<i64>,
+    pub adapter_hash: Option<&'a str>,
+    pub caller: Option<Address>,
+    /// `pay_first`, `sponsored` or `free`.
+    pub payment_mode: &'a str,
+    pub chain_id: Option<i64>,
+    pub model_id: Option<U256>,
+    pub paid: Option<&'a Paid>,
+    pub price_per_1k: Option<U256>,
+    pub batch_job_id: Option<i64>,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("request {0} has already been served: a payment pays for one inference")]
+    PaymentUsed(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub fn new_id() -> String {
+    format!("inf-{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+/// Inserts the row; a payment another inference already used is refused by the unique index.
+pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordError> {
+    let r = sqlx::query(
+        "INSERT INTO inferences (id, model, kind, base_model_hash, job_id, adapter_hash, caller, payment_mode,
+                                 chain_id, model_id, payer, request_id, amount, price_per_1k, tx_hash,
+                                 batch_job_id, prompt_tokens, max_tokens)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13::numeric, $14::numeric, $15,
+                 $16, $17, $18)",
+    )
+    .bind(n.id)
+    .bind(n.model)
+    .bind(n.kind)
+    .bind(n.base_model_hash)
+    .bind(n.job_id)
+    .bind(n.adapter_hash)
+    .bind(n.caller.map(|a| format!("{a:#x}")))
+    .bind(n.payment_mode)
+    .bind(n.chain_id)
+    .bind(n.model_id.map(|m| m.to_string()))
+    .bind(n.paid.map(|p| format!("{:#x}", p.payer)))
+    .bind(n.paid.map(|p| format!("{:#x}", p.request_id)))
+    .bind(n.paid.map(|p| p.amount.to_string()))
+    .bind(n.price_per_1k.map(|p| p.to_string()))
+    .bind(n.paid.map(|p| format!("{:#x}", p.tx_hash)))
+    .bind(n.batch_job_id)
+    .bind(n.prompt_tokens as i32)
+    .bind(n.max_tokens as i32)
+    .execute(pool)
+    .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(d)) if d.constraint() == Some("inferences_payment") => {
+            Err(RecordError::PaymentUsed(
+                n.paid
+                    .map(|p| format!("{:#x}", p.request_id))
+                    .unwrap_or_default(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn succeeded(pool: &PgPool, id: &str, f: &Finished) -> Result<(), sqlx::Error> {
+    let tokens: Vec<i32> = f.tokens.iter().map(|&t| t as i32).collect();
+    sqlx::query(
+        "UPDATE inferences SET status = 'succeeded', completion_tokens = $2, output_tokens = $3, output_text = $4,
+                finish_reason = $5, queue_ms = $6, first_token_ms = $7, latency_ms = $8, finished_at = now()
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(tokens.len() as i32)
+    .bind(&tokens)
+    .bind(&f.text)
+    .bind(f.reason.as_str())
+    .bind(f.queued.as_millis() as i32)
+    .bind(f.first_token.as_millis() as i32)
+    .bind(f.total.as_millis() as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `failed` releases the payment (the unique index skips failed rows), so the client may retry with it;
+/// `cancelled` (the client went away mid-stream) keeps it used.
+pub async fn ended(
+    pool: &PgPool,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE inferences SET status = $2, error = $3, finished_at = now() WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

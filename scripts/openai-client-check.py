@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The official `openai` Python client against `openledger serve`, unchanged: list the models, run a chat
+completion and a streamed one, and a text completion. Exits non-zero on any mismatch.
+
+    .tools/openai/bin/python scripts/openai-client-check.py --base-url http://127.0.0.1:8080/v1
+"""
+import argparse
+import sys
+
+import openai
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--model", help="default: the first model /v1/models lists")
+    args = ap.parse_args()
+    client = openai.OpenAI(base_url=args.base_url, api_key="unused-for-free-models", max_retries=0)
+    models = [m.id for m in client.models.list()]
+    assert models, "no models listed"
+    model = args.model or models[0]
+    assert model in models, f"{model} not in {models}"
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0, seed=1)
+    text = r.choices[0].message.content
+    assert text, "empty answer"
+    assert r.choices[0].finish_reason in ("stop", "length"), r.choices[0].finish_reason
+    assert r.usage.completion_tokens >= 1 and r.usage.prompt_tokens > 5, r.usage
+    assert r.id.startswith("inf-"), r.id
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages, max_tokens=12, temperature=0, seed=1, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = [c.usage for c in chunks if c.usage]
+    # greedy: the stream says exactly what the plain call said
+    assert streamed == text, (streamed, text)
+    assert finishes == [r.choices[0].finish_reason], finishes
+    assert usage and usage[0].completion_tokens == r.usage.completion_tokens, usage
+
+    c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert c.choices[0].text, c
+
+    try:
+        client.chat.completions.create(model="ft-999999", messages=messages, max_tokens=4)
+        raise AssertionError("an unknown model was served")
+    except openai.NotFoundError:
+        pass
+    try:
+        client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=7)
+        raise AssertionError("temperature 7 was accepted")
+    except openai.BadRequestError:
+        pass
+    print(f"openai {openai.__version__}: {model} answered {text!r} (streamed identically)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
