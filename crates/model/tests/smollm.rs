@@ -313,7 +313,7 @@ fn serving_engine_matches_the_full_forward_and_batches_exactly() {
         out
     };
     let together = decode(&[0, 1, 2, 3]);
-    for i in 0..4 {
-        assert_eq!(together[i], decode(&[i])[0], "sequence {i}");
+    for (i, t) in together.iter().enumerate() {
+        assert_eq!(*t, decode(&[i])[0], "sequence {i}");
     }
 }
