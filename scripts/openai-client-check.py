@@ -2,8 +2,10 @@
 """The official `openai` Python client against `openledger serve`, unchanged: list the models, run a chat
 completion and a streamed one, and a text completion. Exits non-zero on any mismatch.
 
-    .tools/openai/bin/python scripts/openai-client-check.py --base-url http://127.0.0.1:8080/v1
+    OPENAI_API_KEY=<openledger keys create ...> .tools/openai/bin/python scripts/openai-client-check.py \
+        --base-url http://127.0.0.1:8080/v1
 """
+import os
 import argparse
 import sys
 
@@ -15,7 +17,8 @@ def main() -> int:
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--model", help="default: the first model /v1/models lists")
     args = ap.parse_args()
-    client = openai.OpenAI(base_url=args.base_url, api_key="unused-for-free-models", max_retries=0)
+    # a daemon API key: the client always sends one, and the daemon checks any key it is sent
+    client = openai.OpenAI(base_url=args.base_url, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
     models = [m.id for m in client.models.list()]
     assert models, "no models listed"
     model = args.model or models[0]
@@ -55,6 +58,12 @@ def main() -> int:
         client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=7)
         raise AssertionError("temperature 7 was accepted")
     except openai.BadRequestError:
+        pass
+    bad = openai.OpenAI(base_url=args.base_url, api_key="not-a-key", max_retries=0)
+    try:
+        bad.chat.completions.create(model=model, messages=messages, max_tokens=4)
+        raise AssertionError("a made-up API key was accepted")
+    except openai.AuthenticationError:
         pass
     print(f"openai {openai.__version__}: {model} answered {text!r} (streamed identically)")
     return 0

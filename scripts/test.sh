@@ -119,7 +119,10 @@ api_walkthrough() {
     tests_failed=$((tests_failed + 1)); status=1
   fi
   # the official openai client, unchanged, against the same serve (the base model from scripts/setup.sh)
-  if "$ROOT/.tools/openai/bin/python" scripts/openai-client-check.py --base-url "$api/v1" >&2; then
+  local key
+  key="$("$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn keys create \
+    --address 0x70997970c51812dc3a010c7d01b50e0d17dc79c8 --label openai-check)"
+  if OPENAI_API_KEY="$key" "$ROOT/.tools/openai/bin/python" scripts/openai-client-check.py --base-url "$api/v1" >&2; then
     tests_passed=$((tests_passed + 1))
   else
     tests_failed=$((tests_failed + 1)); status=1

@@ -209,6 +209,9 @@ pub struct TrainedModel {
     pub created_at: OffsetDateTime,
     #[serde(skip)]
     pub dir: String,
+    /// The chain `model_id` is on.
+    #[serde(skip)]
+    pub chain_id: Option<i64>,
 }
 
 type TrainedRow = (
@@ -224,6 +227,7 @@ type TrainedRow = (
     Option<String>,
     OffsetDateTime,
     String,
+    Option<i64>,
 );
 
 fn trained(r: TrainedRow) -> TrainedModel {
@@ -240,11 +244,12 @@ fn trained(r: TrainedRow) -> TrainedModel {
         adapter_id: r.9,
         created_at: r.10,
         dir: r.11,
+        chain_id: r.12,
     }
 }
 
 const TRAINED_COLS: &str = "job_id, owner, base_model, base_model_hash, datanets, adapter_hash, manifest_hash, \
-    metrics, model_id::text, adapter_id::text, created_at, dir";
+    metrics, model_id::text, adapter_id::text, created_at, dir, chain_id";
 
 /// Newest first; only `owner`'s unless `owner` is `None`.
 pub async fn trained_models(

@@ -1,6 +1,6 @@
 //! The `Auth` extractor: resolves the bearer token and applies the caller's rate limit.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 
@@ -45,15 +45,9 @@ fn bearer(parts: &Parts) -> Option<String> {
     })
 }
 
-impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(AuthError::Missing)?;
-        let caller = auth::authenticate(&state.pool, &token).await?;
+impl Auth {
+    async fn resolve(token: &str, state: &AppState) -> Result<Self, ApiError> {
+        let caller = auth::authenticate(&state.pool, token).await?;
         if let Err(not_until) = state.limiter.check_key(&caller.address) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -62,5 +56,32 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::RateLimited(wait.as_secs().max(1)));
         }
         Ok(Auth(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(AuthError::Missing)?;
+        Auth::resolve(&token, state).await
+    }
+}
+
+/// `Option<Auth>`: anonymous callers are `None`; a token that is present must be valid.
+impl OptionalFromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match bearer(parts) {
+            Some(token) => Auth::resolve(&token, state).await.map(Some),
+            None => Ok(None),
+        }
     }
 }

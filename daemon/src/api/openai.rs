@@ -9,9 +9,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{B256, U256};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use openledger_model::serve::{
@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 
 use super::error::Json;
 use super::types::{parse_address, parse_hash};
-use super::{ApiError, ApiResult, Problem};
+use super::{ApiError, ApiResult, Auth, Problem};
 use crate::inference::payment::{self, Paid, PaymentError};
 use crate::inference::records::{self, NewInference, RecordError};
 use crate::inference::{Inference, ResolveError, Target, adapter_name};
@@ -166,7 +166,7 @@ enum Kind {
               (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn chat_completions(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    auth: Option<Auth>,
     Json(req): Json<ChatRequest>,
 ) -> ApiResult<Response> {
     let inf = engine(&s)?;
@@ -214,7 +214,7 @@ async fn chat_completions(
         ApiError::BadRequest(format!("the chat template refused the messages: {e}"))
     })?;
     let prompt = inf.tokenizer.encode(&text).map_err(ApiError::internal)?;
-    run(s, inf, &headers, req.common, prompt, Kind::Chat).await
+    run(s, inf, auth, req.common, prompt, Kind::Chat).await
 }
 
 /// OpenAI's (legacy) text completion.
@@ -225,7 +225,7 @@ async fn chat_completions(
               (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn completions(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    auth: Option<Auth>,
     Json(req): Json<CompletionRequest>,
 ) -> ApiResult<Response> {
     let inf = engine(&s)?;
@@ -252,7 +252,7 @@ async fn completions(
             ));
         }
     };
-    run(s, inf, &headers, req.common, prompt, Kind::Completion).await
+    run(s, inf, auth, req.common, prompt, Kind::Completion).await
 }
 
 fn sampling(c: &Common) -> ApiResult<SamplingParams> {
@@ -267,7 +267,7 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
     {
         return Err(ApiError::BadRequest("logprobs are not supported".into()));
     }
-    let p = SamplingParams {
+    Ok(SamplingParams {
         temperature: c.temperature.unwrap_or(1.0),
         top_k: c.top_k.unwrap_or(0),
         top_p: c.top_p.unwrap_or(1.0),
@@ -275,26 +275,7 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         seed: c.seed,
-    };
-    p.validate()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(p)
-}
-
-async fn caller(s: &AppState, headers: &HeaderMap) -> ApiResult<Option<Address>> {
-    let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let token = v
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
-    Ok(Some(
-        crate::auth::authenticate(&s.pool, &token).await?.address,
-    ))
+    })
 }
 
 impl From<ResolveError> for ApiError {
@@ -330,34 +311,26 @@ impl From<RecordError> for ApiError {
 async fn run(
     s: AppState,
     inf: Arc<Inference>,
-    headers: &HeaderMap,
-    c: Common,
+    auth: Option<Auth>,
+    mut c: Common,
     prompt: Vec<u32>,
     kind: Kind,
 ) -> ApiResult<Response> {
     let params = sampling(&c)?;
-    let who = caller(&s, headers).await?;
-    let target = inf.resolve(&s.pool, &c.model).await?;
-    let context = inf.engine.context();
-    if prompt.len() >= context {
-        return Err(ApiError::BadRequest(format!(
-            "the prompt is {} tokens; the model's context is {context} tokens",
-            prompt.len()
-        )));
-    }
-    let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
-        Some(m) => m,
-        None => inf.cfg.default_max_tokens.min(context - prompt.len()),
-    };
-    let cap = inf.engine.config().max_new_tokens;
-    if max_tokens == 0 || max_tokens > cap || prompt.len() + max_tokens > context {
-        return Err(ApiError::BadRequest(format!(
-            "max_tokens {max_tokens}: must be 1..={cap}, and the prompt's {} tokens + max_tokens must fit the \
-             model's context of {context} tokens",
-            prompt.len()
-        )));
-    }
-    let stop = match c.stop {
+    let who = auth.map(|a| a.0.address);
+    let target = inf
+        .resolve(&s.pool, &c.model, s.deployment.chain_id)
+        .await?;
+    let room = inf.engine.context().saturating_sub(prompt.len());
+    let max_tokens = c
+        .max_completion_tokens
+        .or(c.max_tokens)
+        .unwrap_or(inf.cfg.default_max_tokens.min(room).max(1));
+    // refused before any payment is taken
+    inf.engine
+        .check(prompt.len(), max_tokens, &params)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let stop = match c.stop.take() {
         None => vec![],
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) if v.len() <= 4 => v,
@@ -365,79 +338,18 @@ async fn run(
     };
     // pay (or find the payment) before anything is generated
     let id = records::new_id();
-    let (mode, paid, price, job_id, model_id, chain_id, adapter) = match &target {
-        Target::Base => {
-            if c.request_id.is_some() {
-                return Err(ApiError::BadRequest(
-                    "the base model is free; request_id is only for adapters".into(),
-                ));
-            }
-            ("free", None, None, None, None, None, None)
-        }
+    let charge = charge(&s, &inf, &target, &c, prompt.len() + max_tokens, &id).await?;
+    let (job_id, model_id, adapter) = match &target {
+        Target::Base => (None, None, None),
         Target::Adapter {
             job_id,
             adapter,
             model_id,
-            name,
-            ..
-        } => {
-            let model_id = model_id.ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "{name} is not registered on chain yet, so it cannot be paid for"
-                ))
-            })?;
-            let price =
-                payment::price_per_1k(&s.pool, *job_id, inf.cfg.default_price_per_1k).await?;
-            let need = payment::required(price, prompt.len() + max_tokens);
-            let (mode, paid) = match &c.request_id {
-                Some(rid) => {
-                    let rid: B256 = parse_hash("request_id", rid)?;
-                    let payer = c
-                        .payer
-                        .as_deref()
-                        .map(|p| parse_address("payer", p))
-                        .transpose()?;
-                    let p = payment::find_payment(
-                        &s.index,
-                        rid,
-                        model_id,
-                        payer,
-                        need,
-                        inf.cfg.payment_wait,
-                    )
-                    .await?;
-                    ("pay_first", p)
-                }
-                None if inf.cfg.sponsor => {
-                    let chain = s.chain()?;
-                    let p = payment::sponsor(
-                        chain,
-                        &s.deployment,
-                        model_id,
-                        need,
-                        Duration::from_secs(60),
-                    )
-                    .await?;
-                    tracing::info!(inference = %id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
-                    ("sponsored", p)
-                }
-                None => {
-                    return Err(ApiError::PaymentRequired(format!(
-                        "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
-                         <fresh bytes32 request id>, {need}) and send that request_id"
-                    )));
-                }
-            };
-            (
-                mode,
-                Some(paid),
-                Some(price),
-                Some(*job_id),
-                Some(model_id),
-                Some(s.deployment.chain_id as i64),
-                Some(adapter.clone()),
-            )
-        }
+        } => (Some(*job_id), *model_id, Some(adapter.clone())),
+    };
+    let (mode, paid, price) = match &charge {
+        Some(c) => (c.mode, Some(&c.paid), Some(c.price)),
+        None => ("free", None, None),
     };
     records::insert(
         &s.pool,
@@ -454,9 +366,9 @@ async fn run(
             adapter_hash: adapter.as_ref().and_then(|a| a.sha256.as_deref()),
             caller: who,
             payment_mode: mode,
-            chain_id,
+            chain_id: paid.map(|_| s.deployment.chain_id as i64),
             model_id,
-            paid: paid.as_ref(),
+            paid,
             price_per_1k: price,
             batch_job_id: None,
             prompt_tokens: prompt.len(),
@@ -505,7 +417,7 @@ async fn run(
     }
     let meta = json!({
         "inference_id": id,
-        "payment": paid.as_ref().map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
+        "payment": paid.map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     tokio::spawn(pump(s.pool.clone(), id.clone(), rx, out_tx));
@@ -531,6 +443,74 @@ async fn run(
         res.headers_mut().insert("x-openledger-inference-id", v);
     }
     Ok(res)
+}
+
+/// How an inference is paid.
+struct Charge {
+    mode: &'static str,
+    paid: Paid,
+    price: U256,
+}
+
+/// Finds (pay-first) or makes (sponsored) the payment for `tokens` (prompt + max_tokens) of `target`;
+/// `None` for the base model, which is free.
+async fn charge(
+    s: &AppState,
+    inf: &Inference,
+    target: &Target,
+    c: &Common,
+    tokens: usize,
+    id: &str,
+) -> ApiResult<Option<Charge>> {
+    let Target::Adapter {
+        job_id,
+        adapter,
+        model_id,
+    } = target
+    else {
+        if c.request_id.is_some() {
+            return Err(ApiError::BadRequest(
+                "the base model is free; request_id is only for adapters".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let name = &adapter.id;
+    let model_id = model_id.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "{name} is not registered on this chain yet, so it cannot be paid for"
+        ))
+    })?;
+    let price = payment::price_per_1k(&s.pool, *job_id, inf.cfg.default_price_per_1k).await?;
+    let need = payment::required(price, tokens);
+    let (mode, paid) = match &c.request_id {
+        Some(rid) => {
+            let rid: B256 = parse_hash("request_id", rid)?;
+            let payer = c
+                .payer
+                .as_deref()
+                .map(|p| parse_address("payer", p))
+                .transpose()?;
+            let wait = inf.cfg.payment_wait;
+            let p = payment::find_payment(&s.index, rid, model_id, payer, need, wait).await?;
+            ("pay_first", p)
+        }
+        None if inf.cfg.sponsor => {
+            let p = inf
+                .sponsor
+                .pay(s.chain()?, &s.deployment, model_id, need)
+                .await?;
+            tracing::info!(inference = %id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
+            ("sponsored", p)
+        }
+        None => {
+            return Err(ApiError::PaymentRequired(format!(
+                "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
+                 <fresh bytes32 request id>, {need}) and send that request_id"
+            )));
+        }
+    };
+    Ok(Some(Charge { mode, paid, price }))
 }
 
 fn payment_json(mode: &str, p: &Paid) -> Value {

@@ -54,6 +54,8 @@ pub struct Inference {
     pub base_hash: String,
     pub cfg: InferenceConfig,
     pub started: time::OffsetDateTime,
+    /// Pays for sponsored requests (`cfg.sponsor`).
+    pub sponsor: payment::Sponsor,
 }
 
 impl std::fmt::Debug for Inference {
@@ -124,6 +126,7 @@ impl Inference {
             base_hash: row.hash,
             cfg,
             started: time::OffsetDateTime::now_utc(),
+            sponsor: payment::Sponsor::new(Duration::from_secs(60)),
         }))
     }
 }
@@ -134,12 +137,10 @@ pub enum Target {
     Base,
     Adapter {
         job_id: i64,
-        name: String,
+        /// `id` is the request's name for it (`ft-<job id>`).
         adapter: AdapterRef,
-        /// The on-chain model id payments name (`None` until training published it).
+        /// The model id payments name on this daemon's chain (`None` until training published it there).
         model_id: Option<U256>,
-        chain_id: Option<i64>,
-        developer: String,
     },
 }
 
@@ -165,7 +166,13 @@ pub enum ResolveError {
 }
 
 impl Inference {
-    pub async fn resolve(&self, pool: &PgPool, model: &str) -> Result<Target, ResolveError> {
+    /// `chain_id`: the chain this daemon takes payments on.
+    pub async fn resolve(
+        &self,
+        pool: &PgPool,
+        model: &str,
+        chain_id: u64,
+    ) -> Result<Target, ResolveError> {
         if model.eq_ignore_ascii_case(&self.base_id) || model == self.base_hash {
             return Ok(Target::Base);
         }
@@ -183,22 +190,19 @@ impl Inference {
                 served: self.base_id.clone(),
             });
         }
-        let chain_id: Option<i64> =
-            sqlx::query_scalar("SELECT chain_id FROM trained_models WHERE job_id = $1")
-                .bind(job_id)
-                .fetch_one(pool)
-                .await?;
+        let here = m.chain_id == Some(chain_id as i64);
         Ok(Target::Adapter {
             job_id,
-            name: adapter_name(job_id),
             adapter: AdapterRef {
                 id: adapter_name(job_id),
                 dir: PathBuf::from(&m.dir),
                 sha256: Some(m.adapter_hash.clone()),
             },
-            model_id: m.model_id.as_deref().and_then(|s| s.parse().ok()),
-            chain_id,
-            developer: m.owner,
+            model_id: m
+                .model_id
+                .as_deref()
+                .filter(|_| here)
+                .and_then(|s| s.parse().ok()),
         })
     }
 }

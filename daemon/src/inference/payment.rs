@@ -103,51 +103,73 @@ pub async fn find_payment(
     }
 }
 
-/// Pays from the daemon's key (approving FeeRouter first when its allowance is short).
-pub async fn sponsor(
-    chain: &Chain,
-    deployment: &openledger_chain::Deployment,
-    model_id: U256,
-    amount: U256,
+/// Pays from the daemon's key, one payment at a time (the key's nonces), approving FeeRouter once.
+#[derive(Debug)]
+pub struct Sponsor {
+    lock: tokio::sync::Mutex<()>,
+    /// FeeRouter holds an unlimited allowance (an `approve(max)` this process made or saw).
+    approved: std::sync::atomic::AtomicBool,
     timeout: Duration,
-) -> Result<Paid, PaymentError> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one_at_a_time = LOCK.lock().await;
-    let unavailable = |e: &dyn std::fmt::Display| {
-        PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
-    };
-    let me = chain.signer().ok_or_else(|| {
-        PaymentError::Unavailable("the daemon has no key to sponsor payments".into())
-    })?;
-    let router = deployment
-        .address(ContractKind::FeeRouter)
-        .map_err(|e| unavailable(&e))?;
-    let token = deployment
-        .address(ContractKind::OpenToken)
-        .map_err(|e| unavailable(&e))?;
-    let open = OpenToken::new(token, chain.provider().clone());
-    let allowance = open
-        .allowance(me, router)
-        .call()
-        .await
-        .map_err(|e| unavailable(&e))?;
-    if allowance < amount {
-        confirmed("approve", open.approve(router, U256::MAX), timeout).await?;
+}
+
+impl Sponsor {
+    pub fn new(timeout: Duration) -> Self {
+        Sponsor {
+            lock: tokio::sync::Mutex::const_new(()),
+            approved: std::sync::atomic::AtomicBool::new(false),
+            timeout,
+        }
     }
-    let request_id = B256::from(rand::random::<[u8; 32]>());
-    let fee = FeeRouter::new(router, chain.provider().clone());
-    let r = confirmed(
-        "payInference",
-        fee.payInference(model_id, request_id, amount),
-        timeout,
-    )
-    .await?;
-    Ok(Paid {
-        payer: me,
-        request_id,
-        amount,
-        tx_hash: r.transaction_hash,
-    })
+
+    pub async fn pay(
+        &self,
+        chain: &Chain,
+        deployment: &openledger_chain::Deployment,
+        model_id: U256,
+        amount: U256,
+    ) -> Result<Paid, PaymentError> {
+        use std::sync::atomic::Ordering;
+        let _one_at_a_time = self.lock.lock().await;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
+        };
+        let me = chain.signer().ok_or_else(|| {
+            PaymentError::Unavailable("the daemon has no key to sponsor payments".into())
+        })?;
+        let router = deployment
+            .address(ContractKind::FeeRouter)
+            .map_err(|e| unavailable(&e))?;
+        if !self.approved.load(Ordering::Acquire) {
+            let token = deployment
+                .address(ContractKind::OpenToken)
+                .map_err(|e| unavailable(&e))?;
+            let open = OpenToken::new(token, chain.provider().clone());
+            let allowance = open
+                .allowance(me, router)
+                .call()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            // OpenZeppelin's ERC20 never spends down an allowance of U256::MAX
+            if allowance != U256::MAX {
+                confirmed("approve", open.approve(router, U256::MAX), self.timeout).await?;
+            }
+            self.approved.store(true, Ordering::Release);
+        }
+        let request_id = B256::from(rand::random::<[u8; 32]>());
+        let fee = FeeRouter::new(router, chain.provider().clone());
+        let r = confirmed(
+            "payInference",
+            fee.payInference(model_id, request_id, amount),
+            self.timeout,
+        )
+        .await?;
+        Ok(Paid {
+            payer: me,
+            request_id,
+            amount,
+            tx_hash: r.transaction_hash,
+        })
+    }
 }
 
 /// Simulates `call` (a revert costs nothing), sends it and waits for a successful receipt.

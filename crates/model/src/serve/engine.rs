@@ -270,54 +270,61 @@ impl Engine {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Checks what can be checked up front, then queues the request.
-    pub fn submit(&self, req: GenerateRequest) -> Result<(), SubmitError> {
-        let inv = |name, reason: String| SubmitError::Invalid(ModelError::invalid(name, reason));
-        if req.prompt.is_empty() {
-            return Err(inv("prompt", "the prompt has no tokens".into()));
+    /// Whether a request of this shape would be accepted: prompt and `max_tokens` within the context and
+    /// the KV budget, sampling values in range. `submit` checks the same; callers that must act before
+    /// submitting (take a payment) check first.
+    pub fn check(
+        &self,
+        prompt_len: usize,
+        max_tokens: usize,
+        sampling: &SamplingParams,
+    ) -> Result<(), ModelError> {
+        let inv = |name, reason: String| Err(ModelError::invalid(name, reason));
+        if prompt_len == 0 {
+            return inv("prompt", "the prompt has no tokens".into());
         }
-        if req.max_tokens == 0 || req.max_tokens > self.cfg.max_new_tokens {
-            return Err(inv(
-                "max_tokens",
-                format!(
-                    "{} (must be 1..={})",
-                    req.max_tokens, self.cfg.max_new_tokens
-                ),
-            ));
-        }
-        if req.prompt.len() >= self.context {
-            return Err(inv(
+        if prompt_len >= self.context {
+            return inv(
                 "prompt",
                 format!(
-                    "{} tokens; the model's context is {} tokens",
-                    req.prompt.len(),
+                    "{prompt_len} tokens; the model's context is {} tokens",
                     self.context
                 ),
-            ));
+            );
         }
-        if req.prompt.len() + req.max_tokens > self.context {
-            return Err(inv(
+        if max_tokens == 0 || max_tokens > self.cfg.max_new_tokens {
+            return inv(
+                "max_tokens",
+                format!("{max_tokens} (must be 1..={})", self.cfg.max_new_tokens),
+            );
+        }
+        if prompt_len + max_tokens > self.context {
+            return inv(
                 "max_tokens",
                 format!(
-                    "{} prompt tokens + max_tokens {} exceed the model's context of {} tokens",
-                    req.prompt.len(),
-                    req.max_tokens,
+                    "{prompt_len} prompt tokens + max_tokens {max_tokens} exceed the model's context of {} tokens",
                     self.context
                 ),
-            ));
+            );
         }
-        let need = (req.prompt.len() + req.max_tokens) * self.kv_bytes_per_token;
+        let need = (prompt_len + max_tokens) * self.kv_bytes_per_token;
         if need > self.cfg.kv_cache_bytes {
-            return Err(inv(
+            return inv(
                 "max_tokens",
                 format!(
                     "prompt + max_tokens need {} MB of KV cache; this server has {} MB",
                     need >> 20,
                     self.cfg.kv_cache_bytes >> 20
                 ),
-            ));
+            );
         }
-        req.sampling.validate().map_err(SubmitError::Invalid)?;
+        sampling.validate()
+    }
+
+    /// Checks the request (`check`), then queues it.
+    pub fn submit(&self, req: GenerateRequest) -> Result<(), SubmitError> {
+        self.check(req.prompt.len(), req.max_tokens, &req.sampling)
+            .map_err(SubmitError::Invalid)?;
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if n >= self.cfg.max_queue {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
