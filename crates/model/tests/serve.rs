@@ -85,7 +85,6 @@ fn request(
             sampling: SamplingParams::greedy(),
             max_tokens,
             stop: vec![],
-            ignore_eos: false,
             priority: Priority::Interactive,
             sink: Box::new(move |e| tx.send(e).is_ok()),
         },
