@@ -322,6 +322,50 @@ impl Lora {
         })
     }
 
+    /// From per-layer `(A [rank, in], B [out, rank])` in this crate's (GGUF) row order; shapes are checked.
+    pub fn from_layers(
+        model: &LlamaConfig,
+        config: LoraConfig,
+        layers: Vec<HashMap<Proj, (Tensor, Tensor)>>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if layers.len() != model.num_hidden_layers {
+            return Err(ModelError::invalid(
+                "adapter",
+                format!(
+                    "{} layers, the model has {}",
+                    layers.len(),
+                    model.num_hidden_layers
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(layers.len());
+        for m in layers {
+            let mut vars = HashMap::new();
+            for (p, (a, b)) in m {
+                let (n_in, n_out) = proj_dims(model, p);
+                if a.dims() != [config.rank, n_in] || b.dims() != [n_out, config.rank] {
+                    return Err(ModelError::invalid(
+                        "adapter",
+                        format!(
+                            "{} has shapes {:?} / {:?}",
+                            p.peft_name(),
+                            a.dims(),
+                            b.dims()
+                        ),
+                    ));
+                }
+                vars.insert(p, (Var::from_tensor(&a)?, Var::from_tensor(&b)?));
+            }
+            out.push(vars);
+        }
+        Ok(Lora {
+            config,
+            model: model.clone(),
+            layers: out,
+        })
+    }
+
     /// Replace the weights with those of `other` (same shapes): restoring a checkpoint.
     pub fn assign(&self, other: &Lora) -> Result<()> {
         for (x, y) in self.vars().iter().zip(other.vars()) {

@@ -85,6 +85,7 @@ fn request(
             sampling: SamplingParams::greedy(),
             max_tokens,
             stop: vec![],
+            ignore_eos: false,
             priority: Priority::Interactive,
             sink: Box::new(move |e| tx.send(e).is_ok()),
         },

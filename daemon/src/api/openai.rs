@@ -384,6 +384,7 @@ async fn run(
         sampling: params,
         max_tokens,
         stop,
+        ignore_eos: false,
         priority: Priority::Interactive,
         sink: Box::new(move |e| tx.send(e).is_ok()),
     });

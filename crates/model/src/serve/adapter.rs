@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::config::LlamaConfig;
@@ -40,8 +40,7 @@ pub(crate) struct LoraMats {
 #[derive(Debug, Clone)]
 pub struct ServedAdapter {
     pub id: String,
-    pub rank: usize,
-    pub scale: f32,
+    pub config: LoraConfig,
     /// `[layer][proj]`.
     pub(crate) mats: Vec<[Option<LoraMats>; 7]>,
     bytes: usize,
@@ -67,8 +66,7 @@ impl ServedAdapter {
         }
         Ok(ServedAdapter {
             id: id.into(),
-            rank: lora.config.rank,
-            scale: lora.config.scale() as f32,
+            config: lora.config.clone(),
             mats,
             bytes,
         })
@@ -119,11 +117,39 @@ impl ServedAdapter {
         }
         ServedAdapter {
             id: id.into(),
-            rank: config.rank,
-            scale: config.scale() as f32,
+            config: config.clone(),
             mats,
             bytes,
         }
+    }
+
+    /// Back to a `Lora` (for writing it as a PEFT folder, or merging).
+    pub fn to_lora(&self, model: &LlamaConfig) -> Result<Lora> {
+        let mut layers = Vec::with_capacity(self.mats.len());
+        for row in &self.mats {
+            let mut m = HashMap::new();
+            for p in Proj::ALL {
+                if let Some(x) = &row[p.index()] {
+                    let (n_in, n_out) = proj_dims(model, p);
+                    let a = Tensor::from_slice(&x.a, (self.config.rank, n_in), &Device::Cpu)?;
+                    let b = Tensor::from_slice(&x.b, (n_out, self.config.rank), &Device::Cpu)?;
+                    m.insert(p, (a, b));
+                }
+            }
+            layers.push(m);
+        }
+        Lora::from_layers(model, self.config.clone(), layers)
+    }
+
+    /// The dense update `scale * B A` (`[out, in]`, GGUF row order) of one projection: what merging adds.
+    pub fn delta(&self, model: &LlamaConfig, layer: usize, p: Proj) -> Result<Option<Tensor>> {
+        let Some(x) = self.mats.get(layer).and_then(|r| r[p.index()].as_ref()) else {
+            return Ok(None);
+        };
+        let (n_in, n_out) = proj_dims(model, p);
+        let a = Tensor::from_slice(&x.a, (self.config.rank, n_in), &Device::Cpu)?;
+        let b = Tensor::from_slice(&x.b, (n_out, self.config.rank), &Device::Cpu)?;
+        Ok(Some((b.matmul(&a)? * self.config.scale())?))
     }
 
     /// Host memory the weights take.
@@ -136,7 +162,8 @@ impl ServedAdapter {
         let Some(m) = self.mats.get(layer).and_then(|r| r[p.index()].as_ref()) else {
             return;
         };
-        let r = self.rank;
+        let r = self.config.rank;
+        let scale = self.config.scale() as f32;
         let n_in = x.len();
         let mut t = [0f32; 64];
         let mut heap;
@@ -147,7 +174,7 @@ impl ServedAdapter {
             &mut heap
         };
         for (ti, a) in t.iter_mut().zip(m.a.chunks_exact(n_in)) {
-            *ti = a.iter().zip(x).map(|(a, x)| a * x).sum::<f32>() * self.scale;
+            *ti = a.iter().zip(x).map(|(a, x)| a * x).sum::<f32>() * scale;
         }
         for (o, b) in out.iter_mut().zip(m.b.chunks_exact(r)) {
             *o += b.iter().zip(t.iter()).map(|(b, t)| b * t).sum::<f32>();
@@ -314,6 +341,42 @@ mod tests {
         assert_eq!((c.hits, c.misses), (2, 0));
         assert!(c.acquire("c").is_none());
         assert_eq!(c.misses, 1);
+    }
+
+    #[test]
+    fn the_lora_round_trip_and_the_merge_delta_agree_with_the_per_row_product() {
+        let c = LlamaConfig::tiny();
+        let a = adapter("x", 4);
+        let back = ServedAdapter::from_lora("x", &a.to_lora(&c).unwrap()).unwrap();
+        assert_eq!(back.config, a.config);
+        for l in 0..c.num_hidden_layers {
+            for p in a.config.targets.clone() {
+                let (m, n) = (&a.mats[l][p.index()], &back.mats[l][p.index()]);
+                let (m, n) = (m.as_ref().unwrap(), n.as_ref().unwrap());
+                assert_eq!((&m.a, &m.b), (&n.a, &n.b));
+                // x (scale B A)^T == the per-row path
+                let (n_in, n_out) = proj_dims(&c, p);
+                let x: Vec<f32> = (0..n_in).map(|i| (i as f32 * 0.3).sin()).collect();
+                let mut y = vec![0f32; n_out];
+                a.apply_row(l, p, &x, &mut y);
+                let d = a.delta(&c, l, p).unwrap().unwrap();
+                let want = Tensor::from_slice(&x, (1, n_in), &Device::Cpu)
+                    .unwrap()
+                    .matmul(&d.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let err = y
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-4, "{p:?}: {err}");
+            }
+        }
+        assert!(a.delta(&c, 0, Proj::Down).unwrap().is_none());
     }
 
     #[test]

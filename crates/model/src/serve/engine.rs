@@ -117,6 +117,8 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Generate `max_tokens` even past the model's EOS (benchmarks with fixed output lengths).
+    pub ignore_eos: bool,
     pub priority: Priority,
     pub sink: Sink,
 }
@@ -366,6 +368,7 @@ struct Running {
     text: TextStream,
     sink: Sink,
     reserved: usize,
+    ignore_eos: bool,
     submitted: Instant,
     queued: Duration,
     first_token: Option<Duration>,
@@ -564,6 +567,7 @@ impl State {
                     adapter,
                     sink: req.sink,
                     reserved: reserve,
+                    ignore_eos: req.ignore_eos,
                     submitted: p.submitted,
                     queued: p.submitted.elapsed(),
                     first_token: None,
@@ -745,7 +749,7 @@ impl State {
             r.first_token = Some(r.submitted.elapsed());
         }
         self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        if self.eos.contains(&tok) {
+        if !r.ignore_eos && self.eos.contains(&tok) {
             return Outcome::Finish(FinishReason::Stop);
         }
         r.generated.push(tok);
