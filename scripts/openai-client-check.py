@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """The official `openai` Python client against `openledger serve`, unchanged: list the models, run a chat
-completion and a streamed one, and a text completion. Exits non-zero on any mismatch.
+completion and a streamed one, a text completion, and a batch (file upload, batch, output download).
+Exits non-zero on any mismatch.
 
     OPENAI_API_KEY=<openledger keys create ...> .tools/openai/bin/python scripts/openai-client-check.py \
         --base-url http://127.0.0.1:8080/v1
 """
+import io
+import json
 import os
 import argparse
 import sys
+import time
 
 import openai
 
@@ -65,7 +69,29 @@ def main() -> int:
         raise AssertionError("a made-up API key was accepted")
     except openai.AuthenticationError:
         pass
-    print(f"openai {openai.__version__}: {model} answered {text!r} (streamed identically)")
+
+    # the Batch API: the same request as a batch line gives the same greedy answer
+    lines = [
+        {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": model, "messages": messages, "max_tokens": 12, "temperature": 0, "seed": 1}}
+        for i in range(3)
+    ]
+    data = "".join(json.dumps(l) + "\n" for l in lines).encode()
+    f = client.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.time() + 300
+    while b.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.time() < deadline, f"batch {b.id} still {b.status}"
+        time.sleep(0.5)
+        b = client.batches.retrieve(b.id)
+    assert b.status == "completed", b
+    assert b.request_counts.completed == 3 and b.request_counts.failed == 0, b.request_counts
+    out = [json.loads(l) for l in client.files.content(b.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["q0", "q1", "q2"], out
+    answers = {o["response"]["body"]["choices"][0]["message"]["content"] for o in out}
+    assert answers == {text}, (answers, text)
+    assert b.id in [x.id for x in client.batches.list()]
+    print(f"openai {openai.__version__}: {model} answered {text!r} (streamed and batched identically)")
     return 0
 
 

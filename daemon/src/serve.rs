@@ -3,6 +3,7 @@
 //! queue, every committed index range is kept).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openledger_chain::Deployment;
@@ -10,7 +11,9 @@ use openledger_indexer::{Indexer, IndexerConfig, IndexerStatus, Mode};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
 
+use crate::api::openai::Serving;
 use crate::chain::Chain;
+use crate::jobs::batch::BatchJob;
 use crate::jobs::relay::RelayJob;
 use crate::jobs::snapshot::SnapshotJob;
 use crate::jobs::train::{TrainJob, TrainSettings};
@@ -57,6 +60,7 @@ pub fn registry(
     chain: &Chain,
     confirm_timeout: Duration,
     training: &TrainSettings,
+    inference: Option<&Arc<crate::inference::Inference>>,
 ) -> Result<Registry, openledger_indexer::IndexerError> {
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment)?;
     let mut r = Registry::default()
@@ -72,6 +76,19 @@ pub fn registry(
             training.clone(),
             confirm_timeout,
         ));
+    // only a process that serves a model claims batches
+    if let Some(inf) = inference {
+        r = r.with(BatchJob {
+            concurrency: inf.cfg.batch_concurrency,
+            serving: Serving {
+                pool: pool.clone(),
+                index: index.clone(),
+                chain: Some(chain.clone()),
+                deployment: deployment.clone(),
+                inf: inf.clone(),
+            },
+        });
+    }
     if chain.signer().is_some() {
         r = r.with(RelayJob {
             pool: pool.clone(),
@@ -122,13 +139,6 @@ pub async fn run(
         }));
     }
 
-    let jobs = registry(
-        &pool,
-        &deployment,
-        &chain,
-        cfg.confirm_timeout,
-        &cfg.training,
-    )?;
     match crate::models::scan_models_dir(&pool, &cfg.training.models_dir()).await {
         Ok(found) => tracing::info!(
             dir = %cfg.training.models_dir().display(),
@@ -149,6 +159,14 @@ pub async fn run(
         }
         None => None,
     };
+    let jobs = registry(
+        &pool,
+        &deployment,
+        &chain,
+        cfg.confirm_timeout,
+        &cfg.training,
+        inference.as_ref(),
+    )?;
     let worker_id = worker::worker_id();
     let mut worker_task = None;
     if cfg.worker_slots > 0 {

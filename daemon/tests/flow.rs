@@ -82,6 +82,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
         &daemon_chain,
         Duration::from_secs(30),
         &training,
+        None,
     )
     .unwrap();
     let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())

@@ -131,6 +131,7 @@ async fn stack(pool: PgPool, records: &[&str]) -> Stack {
         &daemon_chain,
         Duration::from_secs(30),
         &settings,
+        None,
     )
     .unwrap();
     openledger_daemon::models::scan_models_dir(&pool, &settings.models_dir())
@@ -218,8 +219,13 @@ fn tiny_params(extra: Value) -> Value {
     json!({"base_model": "tiny-llama", "datanets": [{"id": "1"}], "config": cfg})
 }
 
+// a second set of workers (for batches) and its listener need more than sqlx::test's 5 connections
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
-async fn train_through_the_api_and_publish_on_chain(pool: PgPool) {
+async fn train_through_the_api_and_publish_on_chain(
+    opts: sqlx::postgres::PgPoolOptions,
+    conn: sqlx::postgres::PgConnectOptions,
+) {
+    let pool = opts.max_connections(12).connect_with(conn).await.unwrap();
     let recs = pairs(8);
     let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
     let s = stack(pool, &recs).await;
@@ -410,12 +416,17 @@ async fn train_through_the_api_and_publish_on_chain(pool: PgPool) {
         format!("{:#x}", TestChain::address_of(4))
     );
 
-    serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
+    let inf = serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
+    batches_of_requests_through_the_files_and_batches_api(&s, job_id, model_id, inf).await;
     let _ = s.stop.send(true);
 }
 
 /// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
-async fn serve_the_fresh_adapter_paid_first(s: &Stack, job_id: i64, model_id: U256) {
+async fn serve_the_fresh_adapter_paid_first(
+    s: &Stack,
+    job_id: i64,
+    model_id: U256,
+) -> std::sync::Arc<Inference> {
     let d = &s.chain.deployment;
     let inf = Inference::load(
         &s.pool,
@@ -439,7 +450,7 @@ async fn serve_the_fresh_adapter_paid_first(s: &Stack, job_id: i64, model_id: U2
         Some(chain),
         s.jobs.clone(),
         ApiConfig::new(d.chain_id, DOMAIN),
-        Some(inf),
+        Some(inf.clone()),
     ));
     let name = format!("ft-{job_id}");
     let models = get(&app, "/v1/models", None).await.json();
@@ -556,6 +567,252 @@ async fn serve_the_fresh_adapter_paid_first(s: &Stack, job_id: i64, model_id: U2
     .await;
     assert_eq!(base.status, StatusCode::OK);
     assert_eq!(base.json()["openledger"]["payment"]["mode"], "free");
+    inf
+}
+
+fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec<u8>) {
+    let body = format!(
+        "--XB\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+         --XB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{content}\r\n--XB--\r\n"
+    );
+    ("multipart/form-data; boundary=XB", body.into_bytes())
+}
+
+/// OpenAI's Batch API on the same adapter: an uploaded JSON Lines file run by a batch job, each line
+/// paid and recorded like an interactive call, failures in the error file, outputs in input order.
+async fn batches_of_requests_through_the_files_and_batches_api(
+    s: &Stack,
+    job_id: i64,
+    model_id: U256,
+    inf: std::sync::Arc<Inference>,
+) {
+    use axum::http::Method;
+    use openledger_daemon::api::openai::Serving;
+    use openledger_daemon::jobs::batch::BatchJob;
+    let d = &s.chain.deployment;
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), d).unwrap();
+    let jobs = Jobs::default().with(BatchJob {
+        serving: Serving {
+            pool: s.pool.clone(),
+            index,
+            chain: Some(chain.clone()),
+            deployment: d.clone(),
+            inf: inf.clone(),
+        },
+        concurrency: 3,
+    });
+    let (stop, _workers) = start_workers(&s.pool, &jobs, "batch-test");
+    let app = openledger_daemon::api::app(state_serving(
+        s.pool.clone(),
+        d.clone(),
+        Some(chain),
+        jobs,
+        ApiConfig::new(d.chain_id, DOMAIN),
+        Some(inf),
+    ));
+    let tok = Some(s.session.as_str());
+    let name = format!("ft-{job_id}");
+    let router = d.address(ContractKind::FeeRouter).unwrap();
+    let fee = FeeRouter::new(router, s.chain.actor(5));
+    let rid = B256::repeat_byte(0x51);
+    send!(fee.payInference(model_id, rid, ether(1)));
+    let line = |id: &str, body: Value| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            .to_string()
+    };
+    let msgs = json!([{"role": "user", "content": "What is the ledger code of item 3?"}]);
+    let input = [
+        line("paid", json!({"model": name, "messages": msgs, "max_tokens": 4, "temperature": 0, "request_id": rid.to_string()})),
+        line("unpaid", json!({"model": name, "messages": msgs, "max_tokens": 4, "request_id": B256::repeat_byte(0x52).to_string()})),
+        line("base", json!({"model": "tiny-llama", "messages": msgs, "max_tokens": 3})),
+        line("bad-sampling", json!({"model": "tiny-llama", "messages": msgs, "temperature": 9})),
+    ]
+    .join("\n");
+
+    // bad files are refused at upload, naming the line
+    let bad = input.replacen("\"POST\"", "\"GET\"", 1);
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/files",
+        tok,
+        Some(multipart("batch", "b.jsonl", &bad)),
+    )
+    .await;
+    let p = r.problem(422, "invalid-content");
+    assert!(p["detail"].as_str().unwrap().contains("line 1"), "{p}");
+    send(
+        &app,
+        Method::POST,
+        "/v1/files",
+        tok,
+        Some(multipart("fine-tune", "b.jsonl", &input)),
+    )
+    .await
+    .problem(400, "bad-request");
+    send(
+        &app,
+        Method::POST,
+        "/v1/files",
+        None,
+        Some(multipart("batch", "b.jsonl", &input)),
+    )
+    .await
+    .problem(401, "unauthorized");
+
+    let f = send(
+        &app,
+        Method::POST,
+        "/v1/files",
+        tok,
+        Some(multipart("batch", "b.jsonl", &input)),
+    )
+    .await;
+    assert_eq!(
+        f.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&f.body)
+    );
+    let file_id = f.json()["id"].as_str().unwrap().to_string();
+    // another address sees no such file, and cannot batch it
+    let other = sign_in(&app, &KEYS[2].parse().unwrap()).await;
+    get(&app, &format!("/v1/files/{file_id}"), Some(&other))
+        .await
+        .problem(404, "not-found");
+    let batch_req = |endpoint: &str| json!({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": {"run": "test"}});
+    post_json(
+        &app,
+        "/v1/batches",
+        Some(&other),
+        batch_req("/v1/chat/completions"),
+    )
+    .await
+    .problem(404, "not-found");
+    post_json(&app, "/v1/batches", tok, batch_req("/v1/completions"))
+        .await
+        .problem(422, "invalid-content");
+
+    let b = post_json(&app, "/v1/batches", tok, batch_req("/v1/chat/completions")).await;
+    assert_eq!(
+        b.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&b.body)
+    );
+    let b = b.json();
+    let id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(b["object"], "batch");
+    assert_eq!(b["request_counts"]["total"], 4);
+    let mut done = Value::Null;
+    for _ in 0..600 {
+        done = get(&app, &format!("/v1/batches/{id}"), tok).await.json();
+        if ["completed", "failed", "cancelled"].contains(&done["status"].as_str().unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 4, "completed": 2, "failed": 2})
+    );
+    assert_eq!(done["metadata"]["run"], "test");
+    let out = get(
+        &app,
+        &format!(
+            "/v1/files/{}/content",
+            done["output_file_id"].as_str().unwrap()
+        ),
+        tok,
+    )
+    .await;
+    let out: Vec<Value> = String::from_utf8(out.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = out
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["paid", "base"]);
+    assert_eq!(out[0]["response"]["status_code"], 200);
+    let body = &out[0]["response"]["body"];
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["openledger"]["payment"]["mode"], "pay_first");
+    assert_eq!(body["openledger"]["payment"]["request_id"], rid.to_string());
+    assert_eq!(
+        out[1]["response"]["body"]["openledger"]["payment"]["mode"],
+        "free"
+    );
+    let errs = get(
+        &app,
+        &format!(
+            "/v1/files/{}/content",
+            done["error_file_id"].as_str().unwrap()
+        ),
+        tok,
+    )
+    .await;
+    let errs: Vec<Value> = String::from_utf8(errs.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let codes: Vec<(&str, i64)> = errs
+        .iter()
+        .map(|l| {
+            (
+                l["custom_id"].as_str().unwrap(),
+                l["response"]["status_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(codes, [("unpaid", 402), ("bad-sampling", 400)]);
+    // each served line is an inference row of this batch, at its line
+    let job: i64 = id.strip_prefix("batch_").unwrap().parse().unwrap();
+    let rows: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT batch_line, status, payment_mode FROM inferences WHERE batch_job_id = $1 ORDER BY batch_line",
+    )
+    .bind(job)
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (0, "succeeded".into(), "pay_first".into()),
+            (2, "succeeded".into(), "free".into())
+        ]
+    );
+    // the payment a batch line used cannot serve again
+    let again = post_json(
+        &app,
+        "/v1/chat/completions",
+        None,
+        json!({"model": name, "messages": msgs, "max_tokens": 2, "request_id": rid.to_string()}),
+    )
+    .await;
+    again.problem(409, "conflict");
+    // an ended batch cannot be cancelled
+    send(
+        &app,
+        Method::POST,
+        &format!("/v1/batches/{id}/cancel"),
+        tok,
+        None,
+    )
+    .await
+    .problem(409, "conflict");
+    let list = get(&app, "/v1/batches", tok).await.json();
+    assert_eq!(list["data"][0]["id"], id);
+    let _ = stop.send(true);
 }
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]

@@ -249,7 +249,8 @@ fn main() -> anyhow::Result<()> {
     let n_req: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(48);
     let max_n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2048);
     let dev = Device::Cpu;
-    let base = BaseModel::load(std::path::Path::new(path), &dev, Some("0x00".into()))?;
+    let base = BaseModel::load(std::path::Path::new(path), &dev, Some("0x00".into()))?
+        .with_fast_kernels()?;
     let c = base.config.clone();
     let vocab = c.vocab_size;
     let lcfg = LoraConfig {

@@ -456,3 +456,64 @@ fn bad_requests_are_refused_and_a_corrupt_adapter_fails_only_its_own_request() {
         1
     );
 }
+
+#[test]
+fn interactive_requests_are_admitted_before_waiting_batch_requests() {
+    let base = tiny_quantized();
+    let tok = base.tokenizer.clone();
+    let model =
+        ServingModel::new(Llama::new(&base, Precision::Quantized, &Device::Cpu).unwrap()).unwrap();
+    // one sequence at a time: whoever is admitted next shows the order
+    let engine = Engine::start(
+        model,
+        tok,
+        EngineConfig {
+            max_seqs: 1,
+            ..no_eos_engine_cfg()
+        },
+    )
+    .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let mut go = Some(go);
+    let submit = |name: &'static str, priority: Priority, hold: Option<mpsc::Receiver<()>>| {
+        let (mut req, rx) = request(vec![5, 6, 7], None, 4);
+        req.priority = priority;
+        req.ignore_eos = true;
+        let tx = started_tx.clone();
+        let mut inner = req.sink;
+        let mut hold = hold;
+        req.sink = Box::new(move |e| {
+            match &e {
+                Event::Started => {
+                    let _ = tx.send(name);
+                }
+                // holds the engine thread at its first token until the test has queued the others
+                Event::Token { .. } => {
+                    if let Some(h) = hold.take() {
+                        let _ = h.recv_timeout(Duration::from_secs(30));
+                    }
+                }
+                _ => {}
+            }
+            inner(e)
+        });
+        engine.submit(req).unwrap();
+        rx
+    };
+    // a batch request occupies the only slot; two more batch requests wait, then an interactive one
+    let first = submit("batch-0", Priority::Batch, go.take());
+    assert_eq!(
+        started.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "batch-0"
+    );
+    let b1 = submit("batch-1", Priority::Batch, None);
+    let b2 = submit("batch-2", Priority::Batch, None);
+    let i = submit("interactive", Priority::Interactive, None);
+    go_tx.send(()).unwrap();
+    for rx in [&first, &b1, &b2, &i] {
+        finished(rx).unwrap();
+    }
+    let order: Vec<&str> = started.try_iter().collect();
+    assert_eq!(order, ["interactive", "batch-1", "batch-2"]);
+}

@@ -3,6 +3,7 @@
 //! address.
 
 mod auth;
+mod batches;
 mod caller;
 mod contributions;
 mod datanets;
@@ -10,7 +11,7 @@ mod docs;
 pub mod error;
 mod jobs;
 mod models;
-mod openai;
+pub mod openai;
 mod ops;
 pub mod types;
 
@@ -81,6 +82,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(jobs::routes())
         .merge(models::routes())
         .merge(openai::routes())
+        .merge(batches::routes())
         .merge(ops::routes())
         .merge(docs::routes())
         .split_for_parts()

@@ -9,16 +9,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{B256, U256};
+use alloy::primitives::{Address, B256, U256};
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use openledger_chain::Deployment;
+use openledger_indexer::query::ChainIndex;
 use openledger_model::serve::{
     Event, Finished, GenerateRequest, Priority, SamplingParams, SubmitError,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,6 +29,7 @@ use utoipa_axum::routes;
 use super::error::Json;
 use super::types::{parse_address, parse_hash};
 use super::{ApiError, ApiResult, Auth, Problem};
+use crate::chain::Chain;
 use crate::inference::payment::{self, Paid, PaymentError};
 use crate::inference::records::{self, NewInference, RecordError};
 use crate::inference::{Inference, ResolveError, Target, adapter_name};
@@ -150,8 +154,9 @@ macro_rules! opaque_schema {
 }
 opaque_schema!(ChatRequest, CompletionRequest);
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+/// Which endpoint: chat or text completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     Chat,
     Completion,
 }
@@ -169,7 +174,14 @@ async fn chat_completions(
     auth: Option<Auth>,
     Json(req): Json<ChatRequest>,
 ) -> ApiResult<Response> {
-    let inf = engine(&s)?;
+    let sv = Serving::of(&s)?;
+    let prompt = chat_prompt(&sv.inf, &req)?;
+    let origin = Origin::interactive(auth.map(|a| a.0.address));
+    run(sv, origin, req.common, prompt, Kind::Chat).await
+}
+
+/// The chat template applied to the messages, tokenized.
+fn chat_prompt(inf: &Inference, req: &ChatRequest) -> ApiResult<Vec<u32>> {
     if req.messages.is_empty() {
         return Err(ApiError::BadRequest("messages must not be empty".into()));
     }
@@ -213,8 +225,7 @@ async fn chat_completions(
     let text = inf.tokenizer.render_chat(&pairs, true).map_err(|e| {
         ApiError::BadRequest(format!("the chat template refused the messages: {e}"))
     })?;
-    let prompt = inf.tokenizer.encode(&text).map_err(ApiError::internal)?;
-    run(s, inf, auth, req.common, prompt, Kind::Chat).await
+    inf.tokenizer.encode(&text).map_err(ApiError::internal)
 }
 
 /// OpenAI's (legacy) text completion.
@@ -228,13 +239,19 @@ async fn completions(
     auth: Option<Auth>,
     Json(req): Json<CompletionRequest>,
 ) -> ApiResult<Response> {
-    let inf = engine(&s)?;
-    let prompt = match &req.prompt {
-        Value::String(p) => inf.tokenizer.encode(p).map_err(ApiError::internal)?,
+    let sv = Serving::of(&s)?;
+    let prompt = completion_prompt(&sv.inf, &req)?;
+    let origin = Origin::interactive(auth.map(|a| a.0.address));
+    run(sv, origin, req.common, prompt, Kind::Completion).await
+}
+
+fn completion_prompt(inf: &Inference, req: &CompletionRequest) -> ApiResult<Vec<u32>> {
+    match &req.prompt {
+        Value::String(p) => inf.tokenizer.encode(p).map_err(ApiError::internal),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => inf
             .tokenizer
             .encode(a[0].as_str().unwrap_or_default())
-            .map_err(ApiError::internal)?,
+            .map_err(ApiError::internal),
         Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_u64()) => {
             let vocab = inf.tokenizer.vocab_size() as u64;
             a.iter()
@@ -244,15 +261,12 @@ async fn completions(
                         "token id {v} is outside the vocabulary"
                     ))),
                 })
-                .collect::<ApiResult<Vec<u32>>>()?
+                .collect::<ApiResult<Vec<u32>>>()
         }
-        _ => {
-            return Err(ApiError::BadRequest(
-                "prompt must be a string, a list of one string, or a list of token ids".into(),
-            ));
-        }
-    };
-    run(s, inf, auth, req.common, prompt, Kind::Completion).await
+        _ => Err(ApiError::BadRequest(
+            "prompt must be a string, a list of one string, or a list of token ids".into(),
+        )),
+    }
 }
 
 fn sampling(c: &Common) -> ApiResult<SamplingParams> {
@@ -308,18 +322,165 @@ impl From<RecordError> for ApiError {
     }
 }
 
+/// What serving a request needs, whether it came over HTTP or from a batch job's input file.
+#[derive(Clone)]
+pub struct Serving {
+    pub pool: PgPool,
+    pub index: ChainIndex,
+    pub chain: Option<Chain>,
+    pub deployment: Deployment,
+    pub inf: Arc<Inference>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("inf", &self.inf)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    pub fn of(s: &AppState) -> ApiResult<Self> {
+        Ok(Serving {
+            pool: s.pool.clone(),
+            index: s.index.clone(),
+            chain: s.chain.clone(),
+            deployment: s.deployment.clone(),
+            inf: engine(s)?,
+        })
+    }
+
+    fn chain(&self) -> ApiResult<&Chain> {
+        self.chain.as_ref().ok_or_else(|| {
+            ApiError::Unavailable("this daemon has no connection to the chain".into())
+        })
+    }
+}
+
+/// Who asks, how urgently, and (for a batch job) which line of which batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub caller: Option<Address>,
+    pub priority: Priority,
+    /// `(job id, line index)`.
+    pub batch: Option<(i64, i32)>,
+}
+
+impl Origin {
+    fn interactive(caller: Option<Address>) -> Self {
+        Origin {
+            caller,
+            priority: Priority::Interactive,
+            batch: None,
+        }
+    }
+}
+
+impl Kind {
+    /// The endpoints a batch line may name (`url`).
+    pub const URLS: [&'static str; 2] = ["/v1/chat/completions", "/v1/completions"];
+
+    pub fn from_url(url: &str) -> Option<Self> {
+        match url {
+            "/v1/chat/completions" => Some(Kind::Chat),
+            "/v1/completions" => Some(Kind::Completion),
+            _ => None,
+        }
+    }
+}
+
+/// Serves one request of a batch at batch priority and returns the body an HTTP call would have got
+/// (the error's problem otherwise). The same checks, payment and record as an interactive call.
+pub async fn execute(
+    sv: &Serving,
+    origin: Origin,
+    kind: Kind,
+    body: Value,
+) -> Result<(String, Value), ApiError> {
+    let bad = |e: serde_json::Error| ApiError::BadRequest(format!("invalid request body: {e}"));
+    let (common, prompt) = match kind {
+        Kind::Chat => {
+            let req: ChatRequest = serde_json::from_value(body).map_err(bad)?;
+            let prompt = chat_prompt(&sv.inf, &req)?;
+            (req.common, prompt)
+        }
+        Kind::Completion => {
+            let req: CompletionRequest = serde_json::from_value(body).map_err(bad)?;
+            let prompt = completion_prompt(&sv.inf, &req)?;
+            (req.common, prompt)
+        }
+    };
+    if common.stream {
+        return Err(ApiError::BadRequest(
+            "stream is not available in a batch".into(),
+        ));
+    }
+    let r = start(sv, origin, common, prompt, kind).await?;
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(pump(sv.pool.clone(), r.id.clone(), r.rx, out_tx));
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = whole_response(&r.id, &r.model, created, kind, r.meta, out_rx).await?;
+    Ok((r.id, body.0))
+}
+
+/// A request the engine has started on.
+struct Running {
+    id: String,
+    model: String,
+    meta: Value,
+    stream: bool,
+    include_usage: bool,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
 async fn run(
-    s: AppState,
-    inf: Arc<Inference>,
-    auth: Option<Auth>,
-    mut c: Common,
+    sv: Serving,
+    origin: Origin,
+    c: Common,
     prompt: Vec<u32>,
     kind: Kind,
 ) -> ApiResult<Response> {
+    let r = start(&sv, origin, c, prompt, kind).await?;
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(pump(sv.pool.clone(), r.id.clone(), r.rx, out_tx));
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let id = r.id;
+    let mut res = if r.stream {
+        stream_response(
+            id.clone(),
+            r.model,
+            created,
+            kind,
+            r.include_usage,
+            r.meta,
+            out_rx,
+        )
+        .into_response()
+    } else {
+        whole_response(&id, &r.model, created, kind, r.meta, out_rx)
+            .await?
+            .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-openledger-inference-id", v);
+    }
+    Ok(res)
+}
+
+/// Checks the request, takes its payment, records it and hands it to the engine; returns once the engine
+/// has started it (an adapter that cannot load fails here, before any response is sent).
+async fn start(
+    sv: &Serving,
+    origin: Origin,
+    mut c: Common,
+    prompt: Vec<u32>,
+    kind: Kind,
+) -> ApiResult<Running> {
+    let inf = &sv.inf;
     let params = sampling(&c)?;
-    let who = auth.map(|a| a.0.address);
     let target = inf
-        .resolve(&s.pool, &c.model, s.deployment.chain_id)
+        .resolve(&sv.pool, &c.model, sv.deployment.chain_id)
         .await?;
     let room = inf.engine.context().saturating_sub(prompt.len());
     let max_tokens = c
@@ -338,7 +499,7 @@ async fn run(
     };
     // pay (or find the payment) before anything is generated
     let id = records::new_id();
-    let charge = charge(&s, &inf, &target, &c, prompt.len() + max_tokens, &id).await?;
+    let charge = charge(sv, origin, &target, &c, prompt.len() + max_tokens, &id).await?;
     let (job_id, model_id, adapter) = match &target {
         Target::Base => (None, None, None),
         Target::Adapter {
@@ -352,7 +513,7 @@ async fn run(
         None => ("free", None, None),
     };
     records::insert(
-        &s.pool,
+        &sv.pool,
         &NewInference {
             id: &id,
             model: &c.model,
@@ -364,13 +525,13 @@ async fn run(
             base_model_hash: &inf.base_hash,
             job_id,
             adapter_hash: adapter.as_ref().and_then(|a| a.sha256.as_deref()),
-            caller: who,
+            caller: origin.caller,
             payment_mode: mode,
-            chain_id: paid.map(|_| s.deployment.chain_id as i64),
+            chain_id: paid.map(|_| sv.deployment.chain_id as i64),
             model_id,
             paid,
             price_per_1k: price,
-            batch_job_id: None,
+            batch: origin.batch,
             prompt_tokens: prompt.len(),
             max_tokens,
         },
@@ -379,17 +540,17 @@ async fn run(
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let submitted = inf.engine.submit(GenerateRequest {
-        prompt: prompt.clone(),
+        prompt,
         adapter,
         sampling: params,
         max_tokens,
         stop,
         ignore_eos: false,
-        priority: Priority::Interactive,
+        priority: origin.priority,
         sink: Box::new(move |e| tx.send(e).is_ok()),
     });
     if let Err(e) = submitted {
-        let _ = records::ended(&s.pool, &id, "failed", Some(&e.to_string())).await;
+        let _ = records::ended(&sv.pool, &id, "failed", Some(&e.to_string())).await;
         return Err(match e {
             SubmitError::Busy(_) => ApiError::Overloaded(1),
             SubmitError::Invalid(m) => ApiError::BadRequest(m.to_string()),
@@ -402,12 +563,12 @@ async fn run(
     match rx.recv().await {
         Some(Event::Started) => {}
         Some(Event::Failed(m)) => {
-            let _ = records::ended(&s.pool, &id, "failed", Some(&m)).await;
+            let _ = records::ended(&sv.pool, &id, "failed", Some(&m)).await;
             return Err(ApiError::Unavailable(m));
         }
         _ => {
             let _ = records::ended(
-                &s.pool,
+                &sv.pool,
                 &id,
                 "failed",
                 Some("the engine dropped the request"),
@@ -420,30 +581,14 @@ async fn run(
         "inference_id": id,
         "payment": paid.map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
     });
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(s.pool.clone(), id.clone(), rx, out_tx));
-    let created = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut res = if c.stream {
-        let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
-        stream_response(
-            id.clone(),
-            c.model,
-            created,
-            kind,
-            include_usage,
-            meta,
-            out_rx,
-        )
-        .into_response()
-    } else {
-        whole_response(&id, &c.model, created, kind, meta, out_rx)
-            .await?
-            .into_response()
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert("x-openledger-inference-id", v);
-    }
-    Ok(res)
+    Ok(Running {
+        id,
+        model: c.model,
+        meta,
+        stream: c.stream,
+        include_usage: c.stream_options.is_some_and(|o| o.include_usage),
+        rx,
+    })
 }
 
 /// How an inference is paid.
@@ -456,13 +601,14 @@ struct Charge {
 /// Finds (pay-first) or makes (sponsored) the payment for `tokens` (prompt + max_tokens) of `target`;
 /// `None` for the base model, which is free.
 async fn charge(
-    s: &AppState,
-    inf: &Inference,
+    sv: &Serving,
+    origin: Origin,
     target: &Target,
     c: &Common,
     tokens: usize,
     id: &str,
 ) -> ApiResult<Option<Charge>> {
+    let inf = &sv.inf;
     let Target::Adapter {
         job_id,
         adapter,
@@ -482,7 +628,7 @@ async fn charge(
             "{name} is not registered on this chain yet, so it cannot be paid for"
         ))
     })?;
-    let price = payment::price_per_1k(&s.pool, *job_id, inf.cfg.default_price_per_1k).await?;
+    let price = payment::price_per_1k(&sv.pool, *job_id, inf.cfg.default_price_per_1k).await?;
     let need = payment::required(price, tokens);
     let (mode, paid) = match &c.request_id {
         Some(rid) => {
@@ -493,14 +639,25 @@ async fn charge(
                 .map(|p| parse_address("payer", p))
                 .transpose()?;
             let wait = inf.cfg.payment_wait;
-            let p = payment::find_payment(&s.index, rid, model_id, payer, need, wait).await?;
+            let p = payment::find_payment(&sv.index, rid, model_id, payer, need, wait).await?;
             ("pay_first", p)
         }
         None if inf.cfg.sponsor => {
-            let p = inf
-                .sponsor
-                .pay(s.chain()?, &s.deployment, model_id, need)
-                .await?;
+            // a batch line that an interrupted run already paid for reuses that payment
+            let earlier = match origin.batch {
+                Some((job, line)) => {
+                    records::unused_sponsored_payment(&sv.pool, job, line, model_id, need).await?
+                }
+                None => None,
+            };
+            let p = match earlier {
+                Some(p) => p,
+                None => {
+                    inf.sponsor
+                        .pay(sv.chain()?, &sv.deployment, model_id, need)
+                        .await?
+                }
+            };
             tracing::info!(inference = %id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
             ("sponsored", p)
         }

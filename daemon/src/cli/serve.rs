@@ -108,6 +108,10 @@ pub struct InferenceArgs {
     /// max_tokens of requests that give none.
     #[arg(long, default_value_t = 256)]
     pub default_max_tokens: usize,
+    /// Lines of one batch inference job in flight at once (keep it below --max-seqs so interactive calls
+    /// find room).
+    #[arg(long, default_value_t = 8)]
+    pub batch_concurrency: usize,
     /// Price per 1,000 tokens (prompt + max_tokens), in OPEN wei, of adapters whose developer set none.
     #[arg(
         long,
@@ -140,6 +144,7 @@ impl InferenceArgs {
             sponsor: self.sponsor_inference,
             payment_wait: Duration::from_secs(self.payment_wait_secs),
             default_max_tokens: self.default_max_tokens.max(1),
+            batch_concurrency: self.batch_concurrency.max(1),
         })
     }
 }

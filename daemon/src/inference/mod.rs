@@ -2,6 +2,7 @@
 //! costs, how it is paid (pay-first or operator-sponsored), and the `inferences` row that records it.
 //! The HTTP side (OpenAI-compatible) is `api/openai.rs`.
 
+pub mod batch;
 pub mod payment;
 pub mod records;
 
@@ -30,6 +31,8 @@ pub struct InferenceConfig {
     pub payment_wait: Duration,
     /// `max_tokens` when a request gives none (capped by what the context leaves).
     pub default_max_tokens: usize,
+    /// Lines of one batch job in flight at once (the rest of `engine.max_seqs` stays for interactive calls).
+    pub batch_concurrency: usize,
 }
 
 impl Default for InferenceConfig {
@@ -41,6 +44,7 @@ impl Default for InferenceConfig {
             sponsor: false,
             payment_wait: Duration::from_secs(10),
             default_max_tokens: 256,
+            batch_concurrency: 8,
         }
     }
 }
@@ -109,7 +113,7 @@ impl Inference {
         let hash = row.hash.clone();
         let engine_cfg = cfg.engine.clone();
         let (engine, tokenizer) = tokio::task::spawn_blocking(move || {
-            let base = BaseModel::load(&path, &Device::Cpu, Some(hash))?;
+            let base = BaseModel::load(&path, &Device::Cpu, Some(hash))?.with_fast_kernels()?;
             let llama = Llama::new(&base, Precision::Quantized, &Device::Cpu)?;
             let model = ServingModel::new(llama)?;
             let engine = Engine::start(model, base.tokenizer.clone(), engine_cfg)

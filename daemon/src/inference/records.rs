@@ -23,7 +23,8 @@ pub struct NewInference<'a> {
     pub model_id: Option<U256>,
     pub paid: Option<&'a Paid>,
     pub price_per_1k: Option<U256>,
-    pub batch_job_id: Option<i64>,
+    /// `(job id, line index)` of the batch this request came from.
+    pub batch: Option<(i64, i32)>,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
 }
@@ -45,9 +46,9 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     let r = sqlx::query(
         "INSERT INTO inferences (id, model, kind, base_model_hash, job_id, adapter_hash, caller, payment_mode,
                                  chain_id, model_id, payer, request_id, amount, price_per_1k, tx_hash,
-                                 batch_job_id, prompt_tokens, max_tokens)
+                                 batch_job_id, batch_line, prompt_tokens, max_tokens)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13::numeric, $14::numeric, $15,
-                 $16, $17, $18)",
+                 $16, $17, $18, $19)",
     )
     .bind(n.id)
     .bind(n.model)
@@ -64,7 +65,8 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     .bind(n.paid.map(|p| p.amount.to_string()))
     .bind(n.price_per_1k.map(|p| p.to_string()))
     .bind(n.paid.map(|p| format!("{:#x}", p.tx_hash)))
-    .bind(n.batch_job_id)
+    .bind(n.batch.map(|b| b.0))
+    .bind(n.batch.map(|b| b.1))
     .bind(n.prompt_tokens as i32)
     .bind(n.max_tokens as i32)
     .execute(pool)
@@ -119,4 +121,50 @@ pub async fn ended(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A sponsored payment made for this batch line by a run that was interrupted before the line finished,
+/// and not used since: a resumed batch reuses it instead of paying twice.
+pub async fn unused_sponsored_payment(
+    pool: &PgPool,
+    job_id: i64,
+    line: i32,
+    model_id: U256,
+    need: U256,
+) -> Result<Option<Paid>, sqlx::Error> {
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "SELECT i.payer, i.request_id, i.amount::text, i.tx_hash FROM inferences i
+         WHERE i.batch_job_id = $1 AND i.batch_line = $2 AND i.payment_mode = 'sponsored'
+           AND i.status = 'failed' AND i.model_id = $3::numeric AND i.amount >= $4::numeric
+           AND NOT EXISTS (SELECT 1 FROM inferences j WHERE j.chain_id = i.chain_id AND j.payer = i.payer
+                           AND j.request_id = i.request_id AND j.status <> 'failed')
+         ORDER BY i.created_at DESC LIMIT 1",
+    )
+    .bind(job_id)
+    .bind(line)
+    .bind(model_id.to_string())
+    .bind(need.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(payer, rid, amount, tx)| {
+        Some(Paid {
+            payer: payer.parse().ok()?,
+            request_id: rid.parse().ok()?,
+            amount: amount.parse().ok()?,
+            tx_hash: tx.parse().ok()?,
+        })
+    }))
+}
+
+/// Marks a batch's rows that an interrupted run left `running` as failed (which frees their payments
+/// for the resumed run).
+pub async fn fail_interrupted(pool: &PgPool, job_id: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE inferences SET status = 'failed', error = 'interrupted: the batch job restarted', finished_at = now()
+         WHERE batch_job_id = $1 AND status = 'running'",
+    )
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }

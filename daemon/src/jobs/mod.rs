@@ -1,6 +1,7 @@
 //! The job queue: `queue` (Postgres state machine), `worker` (claiming, heartbeats, cancellation) and one
 //! file per job kind. Training, inference and settlement kinds plug in as further `JobHandler`s.
 
+pub mod batch;
 pub mod queue;
 pub mod relay;
 pub mod snapshot;

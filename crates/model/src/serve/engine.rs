@@ -402,8 +402,11 @@ enum Outcome {
 impl State {
     fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
         loop {
-            let idle = self.running.is_empty();
-            if idle {
+            if self.running.is_empty() {
+                // requests that waited for the last sequences to finish start now
+                self.admit();
+            }
+            if self.running.is_empty() {
                 // nothing to decode: sleep until a request or a load arrives
                 match rx.recv() {
                     Ok(c) => self.handle(c),
