@@ -39,7 +39,10 @@ if [ "$LLAMACPP" = 1 ]; then
   if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
     log "installing llama-cpp-python 0.3.36 into .tools/llamacpp (PyPI; compiles llama.cpp, ~10 minutes)"
     python3 -m venv "$ROOT/.tools/llamacpp"
-    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.tools/llamacpp/bin/pip" install -q \
+    # AVX2/AVX-512 kernels but not AMX: the native build's AMX path segfaults on the first decode on
+    # this machine kind (Sapphire Rapids VMs), and the engine does not use AMX either
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" \
+      CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.tools/llamacpp/bin/pip" install -q --no-cache-dir \
       --disable-pip-version-check llama-cpp-python==0.3.36
   fi
   log "llama.cpp: single stream, $THREADS threads, 128 new tokens, greedy"
