@@ -119,9 +119,18 @@ async fn upload_file(
             "filename is longer than 255 bytes".into(),
         ));
     }
-    batch::parse(&bytes, None).map_err(ApiError::InvalidContent)?;
+    let (_, lines) = batch::parse(&bytes, None).map_err(ApiError::InvalidContent)?;
     let id = batch::new_file_id();
-    batch::store_file(&s.pool, &id, a.0.address, "batch", &filename, &bytes).await?;
+    batch::store_file(
+        &s.pool,
+        &id,
+        a.0.address,
+        "batch",
+        &filename,
+        &bytes,
+        Some(lines.len()),
+    )
+    .await?;
     let f = batch::file(&s.pool, &id)
         .await?
         .ok_or_else(|| ApiError::Internal("the stored file vanished".into()))?;
@@ -134,10 +143,10 @@ async fn upload_file(
     responses((status = 200, description = "OpenAI's file list", body = Object),
               (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn list_files(State(s): State<AppState>, a: Auth) -> ApiResult<axum::Json<Value>> {
-    let rows: Vec<File> = sqlx::query_as(
-        "SELECT id, owner, purpose, filename, octet_length(bytes)::bigint AS size, created_at FROM files
-         WHERE owner = $1 ORDER BY created_at DESC LIMIT 1000",
-    )
+    let rows: Vec<File> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM files WHERE owner = $1 ORDER BY created_at DESC LIMIT 1000",
+        batch::FILE_COLUMNS
+    )))
     .bind(format!("{:#x}", a.0.address))
     .fetch_all(&s.pool)
     .await?;
@@ -194,14 +203,11 @@ async fn owned_batch(s: &AppState, a: &Auth, id: &str) -> ApiResult<Job> {
 /// A job as OpenAI's batch object.
 async fn batch_json(s: &AppState, j: &Job) -> ApiResult<Value> {
     let p = parse_params(&j.params).map_err(ApiError::Internal)?;
-    let total = batch::parse(
-        &batch::file_bytes(&s.pool, &p.input_file_id)
-            .await?
-            .unwrap_or_default(),
-        Some(&p.endpoint),
-    )
-    .map(|(_, l)| l.len())
-    .unwrap_or(0);
+    // counted at upload: the file is not read again for every poll
+    let total = batch::file(&s.pool, &p.input_file_id)
+        .await?
+        .and_then(|f| f.lines)
+        .unwrap_or(0);
     let (done, failed) = batch::counts(&s.pool, j.id).await?;
     let ts = |t: Option<time::OffsetDateTime>| t.map(|t| t.unix_timestamp());
     let state = j.state();
@@ -267,15 +273,12 @@ async fn create_batch(
     let handler = s.jobs.get(KIND).ok_or_else(|| {
         ApiError::Unavailable("this daemon serves no model, so it runs no batches".into())
     })?;
-    let raw = json!({
+    let mut raw = json!({
         "input_file_id": req.input_file_id, "endpoint": req.endpoint,
-        "completion_window": req.completion_window, "metadata": req.metadata,
+        "completion_window": req.completion_window,
     });
-    let mut raw = raw;
-    if raw["metadata"].is_null()
-        && let Some(o) = raw.as_object_mut()
-    {
-        o.remove("metadata");
+    if let Some(m) = req.metadata {
+        raw["metadata"] = m;
     }
     let params = handler.validate(&raw).map_err(ApiError::BadRequest)?;
     handler

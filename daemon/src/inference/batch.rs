@@ -102,6 +102,8 @@ pub struct File {
     pub purpose: String,
     pub filename: String,
     pub size: i64,
+    /// Requests in an input file.
+    pub lines: Option<i32>,
     pub created_at: time::OffsetDateTime,
 }
 
@@ -109,7 +111,12 @@ pub fn new_file_id() -> String {
     format!("file-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
-/// Stores a file; `id` already taken leaves the first one (a resumed batch writes its outputs again).
+/// The columns `File` reads.
+pub const FILE_COLUMNS: &str =
+    "id, owner, purpose, filename, octet_length(bytes)::bigint AS size, lines, created_at";
+
+/// Stores a file (`lines`: the requests of an input file); `id` already taken leaves the first one (a
+/// resumed batch writes its outputs again).
 pub async fn store_file(
     pool: &PgPool,
     id: &str,
@@ -117,9 +124,10 @@ pub async fn store_file(
     purpose: &str,
     filename: &str,
     bytes: &[u8],
+    lines: Option<usize>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO files (id, owner, purpose, filename, bytes) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO files (id, owner, purpose, filename, bytes, lines) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
@@ -127,15 +135,16 @@ pub async fn store_file(
     .bind(purpose)
     .bind(filename)
     .bind(bytes)
+    .bind(lines.map(|n| n as i32))
     .execute(pool)
     .await?;
     Ok(())
 }
 
 pub async fn file(pool: &PgPool, id: &str) -> Result<Option<File>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, owner, purpose, filename, octet_length(bytes)::bigint AS size, created_at FROM files WHERE id = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE id = $1"
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await

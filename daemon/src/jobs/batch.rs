@@ -203,6 +203,7 @@ impl BatchJob {
             "batch_output",
             &format!("batch_{job}_output.jsonl"),
             &out,
+            None,
         )
         .await?;
         if failed > 0 {
@@ -213,6 +214,7 @@ impl BatchJob {
                 "batch_output",
                 &format!("batch_{job}_errors.jsonl"),
                 &err,
+                None,
             )
             .await?;
         }
