@@ -7,8 +7,6 @@ CREATE TABLE files (
     purpose    TEXT NOT NULL CHECK (purpose IN ('batch', 'batch_output')),
     filename   TEXT NOT NULL,
     bytes      BYTEA NOT NULL,
-    -- requests in a batch input file, counted at upload (a batch's request_counts.total)
-    lines      INTEGER,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX files_owner ON files (owner, created_at DESC);
