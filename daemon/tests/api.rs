@@ -725,6 +725,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/api/base-models",
         "/api/models",
         "/api/models/{job_id}",
+        "/api/models/{job_id}/price",
         "/api/models/{job_id}/files/{name}",
         "/api/adapters/{hash}",
         "/api/manifests/{hash}",
@@ -756,6 +757,8 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/v1/batches",
         "/v1/batches/{id}",
         "/v1/batches/{id}/cancel",
+        "/api/credits",
+        "/api/credits/{address}",
     ];
     let mut documented: Vec<&str> = paths.keys().map(|k| k.as_str()).collect();
     documented.sort();
@@ -822,5 +825,117 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
             .headers
             .get("x-request-id")
             .is_some()
+    );
+}
+
+/// A trained model row (and its job) owned by `owner`, as a finished training job leaves them.
+async fn insert_trained_model(pool: &PgPool, owner: alloy::primitives::Address) -> i64 {
+    let owner = format!("{owner:#x}");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, owner, params, state) VALUES ('train', $1, '{}', 'succeeded') RETURNING id",
+    )
+    .bind(&owner)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO trained_models (job_id, owner, base_model, base_model_hash, datanets, adapter_hash,
+                                     manifest_hash, dir, metrics)
+         VALUES ($1, $2, 'm', '0x00', '[]', 'aa', 'bb', '/nonexistent', '{}')",
+    )
+    .bind(id)
+    .bind(&owner)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn developers_set_their_models_price(pool: PgPool) {
+    let (app, _) = app(&pool);
+    let dev = PrivateKeySigner::random();
+    let other = PrivateKeySigner::random();
+    let job = insert_trained_model(&pool, dev.address()).await;
+    let uri = format!("/api/models/{job}/price");
+    let put = |token: Option<String>, body: serde_json::Value| {
+        let (app, uri) = (app.clone(), uri.clone());
+        async move {
+            send(
+                &app,
+                Method::PUT,
+                &uri,
+                token.as_deref(),
+                Some(("application/json", serde_json::to_vec(&body).unwrap())),
+            )
+            .await
+        }
+    };
+    // no price of its own yet; this test daemon serves no model, so no effective price either
+    let p = get(&app, &uri, None).await.json();
+    assert_eq!(p["price_per_1k"], serde_json::Value::Null);
+    assert_eq!(p["effective_price_per_1k"], serde_json::Value::Null);
+
+    let tok = sign_in(&app, &dev).await;
+    let set = put(
+        Some(tok.clone()),
+        json!({"price_per_1k": "2500000000000000"}),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{:?}", set.json());
+    assert_eq!(set.json()["price_per_1k"], "2500000000000000");
+    assert_eq!(set.json()["effective_price_per_1k"], "2500000000000000");
+    let stored: String =
+        sqlx::query_scalar("SELECT price_per_1k::text FROM model_prices WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, "2500000000000000");
+
+    // refusals leave the price as it was
+    put(None, json!({"price_per_1k": "1"}))
+        .await
+        .problem(401, "unauthorized");
+    let stranger = sign_in(&app, &other).await;
+    put(Some(stranger), json!({"price_per_1k": "1"}))
+        .await
+        .problem(403, "forbidden");
+    for bad in [
+        json!({"price_per_1k": "0"}),
+        json!({"price_per_1k": "-5"}),
+        json!({"price_per_1k": "1.5"}),
+        json!({"price_per_1k": "0x10"}),
+        json!({"price_per_1k": format!("1{}", "0".repeat(37))}),
+        json!({"price_per_1k": 7}),
+        json!({"price": "7"}),
+    ] {
+        put(Some(tok.clone()), bad.clone())
+            .await
+            .problem(400, "bad-request");
+    }
+    send(
+        &app,
+        Method::PUT,
+        "/api/models/999999/price",
+        Some(&tok),
+        Some(("application/json", br#"{"price_per_1k":"5"}"#.to_vec())),
+    )
+    .await
+    .problem(404, "not-found");
+    assert_eq!(
+        get(&app, &uri, None).await.json()["price_per_1k"],
+        "2500000000000000"
+    );
+
+    // null returns the model to the default
+    let cleared = put(Some(tok), json!({"price_per_1k": null})).await.json();
+    assert_eq!(cleared["price_per_1k"], serde_json::Value::Null);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM model_prices")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0
     );
 }

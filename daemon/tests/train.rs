@@ -418,7 +418,106 @@ async fn train_through_the_api_and_publish_on_chain(
 
     let inf = serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
     batches_of_requests_through_the_files_and_batches_api(&s, job_id, model_id, inf).await;
+    imports_a_peft_adapter(&s, job_id, model_id).await;
     let _ = s.stop.send(true);
+}
+
+/// A PEFT folder trained elsewhere (here: a copy of the adapter just trained) is imported by an admin:
+/// checked against the base model, registered and published with no Datanets, listed like a trained one.
+async fn imports_a_peft_adapter(s: &Stack, trained_job: i64, trained_model: U256) {
+    let app = &s.app;
+    let src = s.data.path().join("peft-from-elsewhere");
+    std::fs::create_dir_all(&src).unwrap();
+    let dir: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
+        .bind(trained_job)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::copy(Path::new(&dir).join(f), src.join(f)).unwrap();
+    }
+    let bad = s.data.path().join("not-an-adapter");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        bad.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::fs::write(bad.join("adapter_model.safetensors"), b"not safetensors").unwrap();
+    let submit = |token: String, params: Value| async move {
+        post_json(
+            app,
+            "/api/jobs",
+            Some(&token),
+            json!({"kind": "train", "params": params}),
+        )
+        .await
+    };
+    // a model builder may not make the daemon read its disk
+    submit(
+        s.session.clone(),
+        json!({"base_model": "tiny-llama", "import": src}),
+    )
+    .await
+    .problem(403, "forbidden");
+    let admin = openledger_daemon::auth::create_api_key(
+        &s.pool,
+        TestChain::address_of(3),
+        "ops",
+        true,
+        None,
+    )
+    .await
+    .unwrap()
+    .token;
+    let p = submit(
+        admin.clone(),
+        json!({"base_model": "tiny-llama", "import": bad}),
+    )
+    .await
+    .problem(422, "invalid-content");
+    assert!(
+        p["detail"].as_str().unwrap().contains("not a LoRA adapter"),
+        "{p}"
+    );
+    submit(
+        admin.clone(),
+        json!({"base_model": "tiny-llama", "import": src, "datanets": [{"id": "1"}]}),
+    )
+    .await
+    .problem(422, "invalid-content");
+
+    let r = submit(
+        admin.clone(),
+        json!({"base_model": "tiny-llama", "import": src}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let id = r.json()["id"].as_i64().unwrap();
+    let j = wait_job(app, &admin, id).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let trained = get(app, &format!("/api/models/{trained_job}"), None)
+        .await
+        .json();
+    let imported = get(app, &format!("/api/models/{id}"), None).await.json();
+    assert_eq!(imported["adapter_hash"], trained["adapter_hash"]);
+    assert_eq!(imported["sources"].as_array().unwrap().len(), 0);
+    assert_eq!(imported["datanets"], json!([]));
+    let model_id: U256 = imported["model_id"].as_str().unwrap().parse().unwrap();
+    assert_ne!(model_id, trained_model);
+    let index =
+        openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment).unwrap();
+    let m = index.model(model_id).await.unwrap().unwrap();
+    assert!(m.datanet_versions.is_empty());
+    // the copy is the daemon's own: the source folder may go away
+    std::fs::remove_dir_all(&src).unwrap();
+    let files = get(
+        app,
+        &format!("/api/models/{id}/files/adapter_config.json"),
+        None,
+    )
+    .await;
+    assert_eq!(files.status, StatusCode::OK);
 }
 
 /// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
@@ -567,7 +666,135 @@ async fn serve_the_fresh_adapter_paid_first(
     .await;
     assert_eq!(base.status, StatusCode::OK);
     assert_eq!(base.json()["openledger"]["payment"]["mode"], "free");
+    inference_credit_pays_for_signed_in_callers(s, &app, &name).await;
     inf
+}
+
+/// A signed-in caller without a request id is served on its inference credit: the daemon pays from its
+/// own key and the credit goes down by exactly the price; no credit, or too little, is a 402 that takes
+/// nothing.
+async fn inference_credit_pays_for_signed_in_callers(s: &Stack, app: &axum::Router, name: &str) {
+    let d = &s.chain.deployment;
+    // the daemon's key (the relayer) pays the sponsored payments
+    let open = OpenToken::new(
+        d.address(ContractKind::OpenToken).unwrap(),
+        s.chain.actor(0),
+    );
+    send!(open.transfer(TestChain::address_of(1), ether(10)));
+    let user = PrivateKeySigner::random();
+    let token = sign_in(app, &user).await;
+    let chat = || {
+        post_json(
+            app,
+            "/v1/chat/completions",
+            Some(&token),
+            json!({"model": name, "messages": [{"role": "user", "content": "item 3?"}], "max_tokens": 4}),
+        )
+    };
+    let none = chat().await.problem(402, "payment-required");
+    assert!(
+        none["detail"].as_str().unwrap().contains("credit is 0 wei"),
+        "{none}"
+    );
+    // only admins grant
+    post_json(
+        app,
+        &format!("/api/credits/{:#x}", user.address()),
+        Some(&token),
+        json!({"amount": "1"}),
+    )
+    .await
+    .problem(403, "forbidden");
+    let (admin, _) = openledger_daemon::auth::create_api_key(
+        &s.pool,
+        TestChain::address_of(0),
+        "ops",
+        true,
+        None,
+    )
+    .await
+    .map(|k| (k.token, k.id))
+    .unwrap();
+    let grant = ether(1);
+    let g = post_json(
+        app,
+        &format!("/api/credits/{:#x}", user.address()),
+        Some(&admin),
+        json!({"amount": grant.to_string(), "note": "welcome"}),
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK, "{:?}", g.json());
+    assert_eq!(g.json()["balance"], grant.to_string());
+    for bad in [
+        json!({"amount": "0"}),
+        json!({"amount": "-1"}),
+        json!({"amount": "1e18"}),
+    ] {
+        post_json(
+            app,
+            &format!("/api/credits/{:#x}", user.address()),
+            Some(&admin),
+            bad,
+        )
+        .await
+        .problem(400, "bad-request");
+    }
+    post_json(
+        app,
+        &format!("/api/credits/{:#x}", user.address()),
+        Some(&admin),
+        json!({"amount": ether(5).to_string(), "revoke": true}),
+    )
+    .await
+    .problem(409, "conflict");
+
+    let r = chat().await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let v = r.json();
+    let pay = &v["openledger"]["payment"];
+    assert_eq!(pay["mode"], "sponsored", "{v}");
+    assert_eq!(pay["payer"], format!("{:#x}", TestChain::address_of(1)));
+    let amount: U256 = pay["amount"].as_str().unwrap().parse().unwrap();
+    let mine = get(app, "/api/credits", Some(&token)).await.json();
+    assert_eq!(mine["balance"], (grant - amount).to_string(), "{mine}");
+    assert_eq!(mine["ledger"][0]["reason"], "inference");
+    assert_eq!(mine["ledger"][0]["inference_id"], v["id"]);
+    assert_eq!(mine["ledger"][0]["delta"], format!("-{amount}"));
+    assert_eq!(mine["ledger"][1]["reason"], "grant");
+    // the payment is on chain: the indexer's copy of InferencePaid names the daemon as payer
+    let tx: String = sqlx::query_scalar("SELECT tx_hash FROM inferences WHERE id = $1")
+        .bind(v["id"].as_str().unwrap())
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(pay["tx_hash"], tx);
+
+    // too little left: refused, balance untouched
+    let left = grant - amount;
+    let keep = U256::from(1);
+    openledger_daemon::inference::credits::revoke(&s.pool, user.address(), left - keep, None)
+        .await
+        .unwrap();
+    let short = chat().await.problem(402, "payment-required");
+    assert!(
+        short["detail"]
+            .as_str()
+            .unwrap()
+            .contains("credit is 1 wei"),
+        "{short}"
+    );
+    assert_eq!(
+        get(app, "/api/credits", Some(&token)).await.json()["balance"],
+        "1"
+    );
+    get(app, "/api/credits", None)
+        .await
+        .problem(401, "unauthorized");
 }
 
 fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec<u8>) {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod llama;
 pub mod lora;
 mod ops;
+pub mod q8;
 pub mod serve;
 pub mod tokenizer;
 pub mod train;

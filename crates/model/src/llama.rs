@@ -14,9 +14,12 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::config::LlamaConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::lora::Lora;
+use crate::q8::Q8Matrix;
 use crate::weights::{BaseModel, Weight};
 
 /// The projections LoRA can attach to, named as in PEFT's `target_modules`.
@@ -109,11 +112,15 @@ pub enum Precision {
     Quantized,
     /// Dequantized to f32: what training differentiates through.
     F32,
+    /// Repacked as int8 blocks (`q8`, any source format) for the serving engine's batched matmul, which
+    /// beats candle's per-row quantized kernels once a step carries several rows. CPU only.
+    Int8,
 }
 
 #[derive(Debug, Clone)]
 enum Linear {
     Q(QMatMul),
+    Q8(Arc<Q8Matrix>),
     Dense(Tensor),
 }
 
@@ -122,6 +129,21 @@ impl Linear {
         Ok(match (w, precision) {
             (Weight::Quantized(q), Precision::Quantized) => {
                 Linear::Q(QMatMul::from_arc(q.clone())?)
+            }
+            (_, Precision::Int8) => {
+                if !device.is_cpu() {
+                    return Err(ModelError::invalid(
+                        "precision",
+                        "int8 weights run on the CPU only",
+                    ));
+                }
+                let t = w.dense(&Device::Cpu)?;
+                let (rows, cols) = t.dims2()?;
+                if !cols.is_multiple_of(crate::q8::BLOCK) {
+                    return Ok(Linear::Dense(t));
+                }
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                Linear::Q8(Arc::new(Q8Matrix::quantize(&v, rows, cols)?))
             }
             _ => Linear::Dense(w.dense(device)?),
         })
@@ -135,6 +157,7 @@ impl Linear {
         let t = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
         let y = match self {
             Linear::Q(q) => q.forward(&t)?,
+            Linear::Q8(q) => return Ok(q.matmul(x, rows)),
             Linear::Dense(w) => t.matmul(&w.to_device(&Device::Cpu)?.t()?)?,
         };
         Ok(y.flatten_all()?.to_vec1::<f32>()?)
@@ -143,6 +166,15 @@ impl Linear {
     fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         Ok(match self {
             Linear::Q(q) => q.forward(x)?,
+            Linear::Q8(q) => {
+                let dims = x.dims().to_vec();
+                let rows = x.elem_count() / q.cols();
+                let host = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = dims;
+                let last = out.len() - 1;
+                out[last] = q.rows();
+                Tensor::from_vec(q.matmul(&host, rows), out, x.device())?
+            }
             Linear::Dense(w) if grad && w.device().is_cpu() => crate::ops::frozen_linear(x, w)?,
             Linear::Dense(w) => {
                 // one large GEMM over all tokens rather than a batched one
@@ -316,7 +348,7 @@ impl Llama {
         fn dense(l: &Linear) -> Option<&Tensor> {
             match l {
                 Linear::Dense(w) => Some(w),
-                Linear::Q(_) => None,
+                Linear::Q(_) | Linear::Q8(_) => None,
             }
         }
         let mut layers = Vec::with_capacity(self.blocks.len());

@@ -145,6 +145,26 @@ pub fn causal_softmax(att: &Tensor, scale: f32) -> Result<Tensor> {
 }
 
 /// One row of RMS norm: `out = x * r * w`; returns `r = 1 / sqrt(mean(x²) + eps)`. Shared with `backprop`.
+/// `a . b` over eight partial sums, which the compiler vectorizes (an iterator `sum` stays sequential,
+/// since float addition does not reassociate). The order depends only on the length, never on a batch.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
     let ms: f32 = x.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
     let r = 1.0 / (ms + eps).sqrt();

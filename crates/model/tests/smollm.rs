@@ -115,6 +115,23 @@ fn training_path_agrees_with_inference_path() {
         "same top token at {same} of {} positions",
         a.len()
     );
+    // the serving engine's int8 re-encoding agrees with the file's weights as closely
+    let i8m = Llama::new(&base, Precision::Int8, &dev).unwrap();
+    let c: Vec<u32> = i8m
+        .forward(&x, None, &mut Forward::infer())
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let same = c.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert!(
+        same as f64 >= 0.95 * c.len() as f64,
+        "int8: same top token at {same} of {} positions",
+        c.len()
+    );
 }
 
 /// The hand-written training passes (what `train` runs on the CPU) against candle's autograd on the real

@@ -6,6 +6,7 @@ mod auth;
 mod batches;
 mod caller;
 mod contributions;
+mod credits;
 mod datanets;
 mod docs;
 pub mod error;
@@ -83,6 +84,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(models::routes())
         .merge(openai::routes())
         .merge(batches::routes())
+        .merge(credits::routes())
         .merge(ops::routes())
         .merge(docs::routes())
         .split_for_parts()

@@ -1,15 +1,18 @@
 //! ModelFactory: installed base models, the adapters training jobs produced, and their files. Training itself
 //! is a job: `POST /api/jobs` with `kind: "train"`. Everything here is public, like the chain it mirrors.
 
+use alloy::primitives::U256;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::caller::Auth;
 use super::error::{Json, Path, Query};
 use super::types::{Page, parse_address, parse_id};
 use super::{ApiError, ApiResult, Problem};
@@ -21,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_base_models))
         .routes(routes!(list_models))
         .routes(routes!(get_model))
+        .routes(routes!(get_price, set_price))
         .routes(routes!(model_file))
         .routes(routes!(adapter_by_hash))
         .routes(routes!(manifest_by_hash))
@@ -102,6 +106,133 @@ async fn get_model(
             .collect(),
         files: FILES.iter().map(|f| f.to_string()).collect(),
     }))
+}
+
+/// What one inference on a model costs, per 1,000 tokens of prompt plus `max_tokens`, in OPEN wei
+/// (decimal strings: the amounts exceed JSON's safe integers).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Price {
+    pub job_id: i64,
+    /// The developer's price, or null where the model uses the daemon's default.
+    pub price_per_1k: Option<String>,
+    /// What this daemon charges now: the developer's price, else its default (null when it serves no
+    /// model).
+    pub effective_price_per_1k: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+/// A developer's price: a positive decimal amount of OPEN wei per 1,000 tokens, or null to go back to the
+/// daemon's default.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrice {
+    pub price_per_1k: Option<String>,
+}
+
+/// Prices above this are refused: 10^36 wei (10^18 OPEN) per 1,000 tokens keeps every request's cost far
+/// inside 256 bits.
+const MAX_PRICE_EXP: usize = 36;
+
+fn parse_price(v: &str) -> ApiResult<U256> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "price_per_1k must be a positive whole number of OPEN wei, at most 10^{MAX_PRICE_EXP} (got {v:?})"
+        ))
+    };
+    if v.is_empty() || v.len() > MAX_PRICE_EXP + 1 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let p: U256 = v.parse().map_err(|_| bad())?;
+    if p.is_zero() || p > U256::from(10u8).pow(U256::from(MAX_PRICE_EXP)) {
+        return Err(bad());
+    }
+    Ok(p)
+}
+
+async fn price_of(s: &AppState, job_id: i64) -> ApiResult<Price> {
+    models::trained_model(&s.pool, job_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {job_id}")))?;
+    let row: Option<(String, OffsetDateTime)> =
+        sqlx::query_as("SELECT price_per_1k::text, updated_at FROM model_prices WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&s.pool)
+            .await?;
+    let default = s
+        .inference
+        .as_ref()
+        .map(|i| i.cfg.default_price_per_1k.to_string());
+    let (own, at) = row.map_or((None, None), |(p, at)| (Some(p), Some(at)));
+    Ok(Price {
+        job_id,
+        effective_price_per_1k: own.clone().or(default),
+        price_per_1k: own,
+        updated_at: at,
+    })
+}
+
+/// A trained model's price per 1,000 tokens.
+#[utoipa::path(get, path = "/api/models/{job_id}/price", tag = "models",
+    params(("job_id" = String, Path, description = "The training job's id")),
+    responses((status = 200, body = Price),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_price(
+    State(s): State<AppState>,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<Price>> {
+    let id = parse_id("job id", &job_id)?;
+    Ok(Json(price_of(&s, id).await?))
+}
+
+/// Sets (or, with null, clears) the price of a model; only its developer (the training job's owner) or
+/// an admin may. Applies to requests priced from now on; payments already made keep their terms.
+#[utoipa::path(put, path = "/api/models/{job_id}/price", tag = "models", security(("bearer" = [])),
+    params(("job_id" = String, Path, description = "The training job's id")),
+    request_body = SetPrice,
+    responses((status = 200, body = Price),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn set_price(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(job_id): Path<String>,
+    Json(body): Json<SetPrice>,
+) -> ApiResult<Json<Price>> {
+    let id = parse_id("job id", &job_id)?;
+    let price = body.price_per_1k.as_deref().map(parse_price).transpose()?;
+    let model = models::trained_model(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {id}")))?;
+    if !auth.may_access(&model.owner) {
+        return Err(ApiError::Forbidden(format!(
+            "model {id} belongs to {}: only its developer sets its price",
+            model.owner
+        )));
+    }
+    match price {
+        Some(p) => {
+            sqlx::query(
+                "INSERT INTO model_prices (job_id, price_per_1k) VALUES ($1, $2::numeric)
+                 ON CONFLICT (job_id) DO UPDATE SET price_per_1k = EXCLUDED.price_per_1k, updated_at = now()",
+            )
+            .bind(id)
+            .bind(p.to_string())
+            .execute(&s.pool)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM model_prices WHERE job_id = $1")
+                .bind(id)
+                .execute(&s.pool)
+                .await?;
+        }
+    }
+    tracing::info!(job = id, price = ?price, by = %auth.0.address, "model price set");
+    Ok(Json(price_of(&s, id).await?))
 }
 
 /// The files of a trained model's folder that may be downloaded.

@@ -30,6 +30,7 @@ use super::error::Json;
 use super::types::{parse_address, parse_hash};
 use super::{ApiError, ApiResult, Auth, Problem};
 use crate::chain::Chain;
+use crate::inference::credits::{self, CreditError};
 use crate::inference::payment::{self, Paid, PaymentError};
 use crate::inference::records::{self, NewInference, RecordError};
 use crate::inference::{Inference, ResolveError, Target, adapter_name};
@@ -313,6 +314,16 @@ impl From<PaymentError> for ApiError {
     }
 }
 
+impl From<CreditError> for ApiError {
+    fn from(e: CreditError) -> Self {
+        match e {
+            CreditError::Insufficient { .. } => ApiError::PaymentRequired(e.to_string()),
+            CreditError::Zero => ApiError::BadRequest(e.to_string()),
+            CreditError::Db(d) => d.into(),
+        }
+    }
+}
+
 impl From<RecordError> for ApiError {
     fn from(e: RecordError) -> Self {
         match e {
@@ -497,6 +508,11 @@ async fn start(
         Some(Stop::Many(v)) if v.len() <= 4 => v,
         Some(Stop::Many(_)) => return Err(ApiError::BadRequest("at most 4 stop sequences".into())),
     };
+    // a full queue refuses before the payment is taken (submit checks again: a race still frees a
+    // pay-first payment and refunds credit, as any failure does)
+    if inf.engine.in_flight() >= inf.engine.config().max_queue {
+        return Err(ApiError::Overloaded(1));
+    }
     // pay (or find the payment) before anything is generated
     let id = records::new_id();
     let charge = charge(sv, origin, &target, &c, prompt.len() + max_tokens, &id).await?;
@@ -642,7 +658,7 @@ async fn charge(
             let p = payment::find_payment(&sv.index, rid, model_id, payer, need, wait).await?;
             ("pay_first", p)
         }
-        None if inf.cfg.sponsor => {
+        None => {
             // a batch line that an interrupted run already paid for reuses that payment
             let earlier = match origin.batch {
                 Some((job, line)) => {
@@ -650,22 +666,58 @@ async fn charge(
                 }
                 None => None,
             };
-            let p = match earlier {
-                Some(p) => p,
-                None => {
+            let p = match (earlier, origin.caller) {
+                // the earlier attempt's credit charge was refunded when it failed: charge this one
+                (Some(p), Some(caller)) if !inf.cfg.sponsor => {
+                    credits::charge(&sv.pool, caller, need, id).await?;
+                    p
+                }
+                (Some(p), _) => p,
+                (None, _) if inf.cfg.sponsor => {
                     inf.sponsor
                         .pay(sv.chain()?, &sv.deployment, model_id, need)
                         .await?
                 }
+                (None, Some(caller)) => {
+                    match credits::charge(&sv.pool, caller, need, id).await {
+                        Ok(left) => {
+                            tracing::info!(inference = %id, %caller, charged = %need, %left, "inference credit");
+                        }
+                        Err(CreditError::Insufficient { balance, .. }) => {
+                            return Err(ApiError::PaymentRequired(format!(
+                                "{name} costs {need} wei of OPEN for this request and your inference credit \
+                                 is {balance} wei: pay FeeRouter.payInference({model_id}, <fresh bytes32 \
+                                 request id>, {need}) and send that request_id, or ask the operator for credit"
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let paid = match sv.chain() {
+                        Ok(chain) => inf
+                            .sponsor
+                            .pay(chain, &sv.deployment, model_id, need)
+                            .await
+                            .map_err(ApiError::from),
+                        Err(e) => Err(e),
+                    };
+                    match paid {
+                        Ok(p) => p,
+                        Err(e) => {
+                            credits::refund(&sv.pool, caller, need, id).await?;
+                            return Err(e);
+                        }
+                    }
+                }
+                (None, None) => {
+                    return Err(ApiError::PaymentRequired(format!(
+                        "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
+                         <fresh bytes32 request id>, {need}) and send that request_id (or sign in with \
+                         inference credit)"
+                    )));
+                }
             };
             tracing::info!(inference = %id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
             ("sponsored", p)
-        }
-        None => {
-            return Err(ApiError::PaymentRequired(format!(
-                "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
-                 <fresh bytes32 request id>, {need}) and send that request_id"
-            )));
         }
     };
     Ok(Some(Charge { mode, paid, price }))

@@ -94,7 +94,50 @@ async fn readyz(State(s): State<AppState>) -> ApiResult<&'static str> {
     Ok("ready")
 }
 
-/// Prometheus metrics: HTTP latency, queue depth, job durations, indexer lag.
+/// The OpenLoRA engine's counters and gauges, copied from its own atomics at scrape time.
+fn engine_metrics(st: &openledger_model::serve::Stats, in_flight: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = |name: &'static str, v: &std::sync::atomic::AtomicU64| {
+        metrics::counter!(name).absolute(v.load(Relaxed));
+    };
+    c("openledger_inference_submitted_total", &st.submitted);
+    c("openledger_inference_completed_total", &st.completed);
+    c("openledger_inference_failed_total", &st.failed);
+    c("openledger_inference_cancelled_total", &st.cancelled);
+    c(
+        "openledger_inference_generated_tokens_total",
+        &st.generated_tokens,
+    );
+    c(
+        "openledger_inference_prompt_tokens_total",
+        &st.prompt_tokens,
+    );
+    c("openledger_inference_steps_total", &st.steps);
+    c("openledger_adapter_cache_hits_total", &st.cache_hits);
+    c("openledger_adapter_cache_misses_total", &st.cache_misses);
+    c("openledger_adapter_loads_total", &st.adapter_loads);
+    c(
+        "openledger_adapter_load_failures_total",
+        &st.adapter_load_failures,
+    );
+    // a gauge: the metrics crate's counters are integers
+    metrics::gauge!("openledger_adapter_load_seconds_sum")
+        .set(st.adapter_load_micros.load(Relaxed) as f64 / 1e6);
+    let g = |name: &'static str, v: usize| metrics::gauge!(name).set(v as f64);
+    g("openledger_inference_running", st.running.load(Relaxed));
+    g("openledger_inference_waiting", st.waiting.load(Relaxed));
+    g("openledger_inference_in_flight", in_flight);
+    g(
+        "openledger_adapters_resident",
+        st.resident_adapters.load(Relaxed),
+    );
+    g(
+        "openledger_adapters_resident_bytes",
+        st.resident_adapter_bytes.load(Relaxed),
+    );
+}
+
+/// Prometheus metrics: HTTP latency, queue depth, job durations, indexer lag, the inference engine.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics_page(State(s): State<AppState>) -> ApiResult<Response> {
@@ -117,6 +160,9 @@ async fn metrics_page(State(s): State<AppState>) -> ApiResult<Response> {
         metrics::gauge!("openledger_indexer_lag_blocks")
             .set(st.head.saturating_sub(st.indexed_through) as f64);
         metrics::gauge!("openledger_indexer_reorgs").set(st.reorgs as f64);
+    }
+    if let Some(inf) = &s.inference {
+        engine_metrics(&inf.engine.stats, inf.engine.in_flight());
     }
     Ok((
         StatusCode::OK,

@@ -1,5 +1,6 @@
 //! Command-line interface: global options, logging, and dispatch to one file per subcommand.
 
+mod credits;
 mod db;
 mod deploy;
 mod index;
@@ -72,6 +73,8 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Create, list and revoke operator API keys.
     Keys(keys::KeysArgs),
+    /// Grant, revoke and show inference credit (what sponsored inferences of an address draw on).
+    Credits(credits::CreditsArgs),
     /// List, show, cancel and retry jobs.
     Jobs(jobs::JobsArgs),
     /// Chain head, indexer lag, queue depth, workers.
@@ -110,6 +113,7 @@ pub async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&cli.global, *args).await,
         Command::Deploy(args) => deploy::run(&cli.global, args).await,
         Command::Keys(args) => keys::run(&cli.global, args).await,
+        Command::Credits(args) => credits::run(&cli.global, args).await,
         Command::Jobs(args) => jobs::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Train(args) => train::run(&cli.global, *args).await,

@@ -1,5 +1,5 @@
-//! `openledger train`: fine-tune a base model on Datanet versions as a `train` job run by this process,
-//! with a progress bar; the same job (checks, provenance, on-chain publishing) the API queues.
+//! `openledger train`: fine-tune a base model on Datanet versions (or `--import` a PEFT adapter trained
+//! elsewhere) as a `train` job run by this process, with a progress bar; the same job (checks, provenance, on-chain publishing) the API queues.
 
 use std::time::Duration;
 
@@ -22,8 +22,12 @@ pub struct TrainArgs {
     #[arg(long = "base", default_value = "SmolLM2-135M-Instruct.Q4_1")]
     pub base: String,
     /// A Datanet to train on, `ID` (its latest version) or `ID:VERSION`; repeat for several.
-    #[arg(long = "datanet", required = true, value_parser = parse_datanet)]
+    #[arg(long = "datanet", required_unless_present = "import", value_parser = parse_datanet)]
     pub datanets: Vec<DatanetRef>,
+    /// Train nothing: import a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) trained
+    /// elsewhere on the base model, then register and publish it like a trained adapter.
+    #[arg(long, conflicts_with = "datanets", value_name = "DIR")]
+    pub import: Option<std::path::PathBuf>,
     /// Passes over the training set (ignored with --steps).
     #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
@@ -123,9 +127,18 @@ impl TrainArgs {
                 .map(|t| Proj::parse(t).with_context(|| format!("unknown projection {t:?}")))
                 .collect::<anyhow::Result<_>>()?
         };
+        let import = self
+            .import
+            .as_ref()
+            .map(|d| {
+                std::fs::canonicalize(d)
+                    .with_context(|| format!("the adapter folder {}", d.display()))
+            })
+            .transpose()?;
         Ok(TrainParams {
             base_model: self.base.clone(),
             datanets: self.datanets.clone(),
+            import,
             publish: !self.no_publish,
             config: TrainConfig {
                 epochs: self.epochs,

@@ -3,6 +3,7 @@
 //! The HTTP side (OpenAI-compatible) is `api/openai.rs`.
 
 pub mod batch;
+pub mod credits;
 pub mod payment;
 pub mod records;
 
@@ -123,6 +124,15 @@ impl Inference {
         .await
         .map_err(|e| LoadError::Thread(std::io::Error::other(e)))??;
         tracing::info!(model = %row.id, context = engine.context(), "inference engine ready");
+        // charges an earlier process took without recording their inference
+        match self::credits::refund_orphans(pool, Duration::from_secs(600)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                refunded = n,
+                "refunded inference credit of unrecorded or failed inferences"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweeping inference credit"),
+        }
         Ok(Arc::new(Inference {
             engine,
             tokenizer,

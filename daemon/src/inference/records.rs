@@ -104,8 +104,8 @@ pub async fn succeeded(pool: &PgPool, id: &str, f: &Finished) -> Result<(), sqlx
     Ok(())
 }
 
-/// `failed` releases the payment (the unique index skips failed rows), so the client may retry with it;
-/// `cancelled` (the client went away mid-stream) keeps it used.
+/// `failed` releases the payment (the unique index skips failed rows), so the client may retry with it,
+/// and refunds a credit charge; `cancelled` (the client went away mid-stream) keeps both used.
 pub async fn ended(
     pool: &PgPool,
     id: &str,
@@ -120,7 +120,19 @@ pub async fn ended(
     .bind(error)
     .execute(pool)
     .await?;
+    if status == "failed" {
+        super::credits::refund_inference(pool, id)
+            .await
+            .map_err(credit_db)?;
+    }
     Ok(())
+}
+
+fn credit_db(e: super::credits::CreditError) -> sqlx::Error {
+    match e {
+        super::credits::CreditError::Db(d) => d,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
 }
 
 /// A sponsored payment made for this batch line by a run that was interrupted before the line finished,
@@ -157,14 +169,19 @@ pub async fn unused_sponsored_payment(
 }
 
 /// Marks a batch's rows that an interrupted run left `running` as failed (which frees their payments
-/// for the resumed run).
+/// for the resumed run, and refunds their credit charges: a resumed line is charged again).
 pub async fn fail_interrupted(pool: &PgPool, job_id: i64) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    let ids: Vec<String> = sqlx::query_scalar(
         "UPDATE inferences SET status = 'failed', error = 'interrupted: the batch job restarted', finished_at = now()
-         WHERE batch_job_id = $1 AND status = 'running'",
+         WHERE batch_job_id = $1 AND status = 'running' RETURNING id",
     )
     .bind(job_id)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(r.rows_affected())
+    for id in &ids {
+        super::credits::refund_inference(pool, id)
+            .await
+            .map_err(credit_db)?;
+    }
+    Ok(ids.len() as u64)
 }

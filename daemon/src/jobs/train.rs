@@ -117,7 +117,13 @@ pub struct DatanetRef {
 pub struct TrainParams {
     /// Installed base model id (see `GET /v1/base-models`) or its hash.
     pub base_model: String,
+    #[serde(default)]
     pub datanets: Vec<DatanetRef>,
+    /// Instead of training: a PEFT LoRA folder (`adapter_config.json` + `adapter_model.safetensors`) on
+    /// the daemon's disk, trained elsewhere on this base model; it is checked, copied and published like a
+    /// trained adapter (with no Datanets: nothing to attribute to). Admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<PathBuf>,
     /// Hyper-parameters; every field optional (defaults in `openledger train --help`).
     #[serde(default)]
     pub config: TrainConfig,
@@ -146,7 +152,11 @@ fn parse_params(v: &Value) -> Result<(TrainParams, Versions), String> {
     if p.base_model.trim().is_empty() {
         return Err("base_model is empty".into());
     }
-    if p.datanets.is_empty() || p.datanets.len() > 16 {
+    if p.import.is_some() {
+        if !p.datanets.is_empty() {
+            return Err("an import trains nothing: give datanets or import, not both".into());
+        }
+    } else if p.datanets.is_empty() || p.datanets.len() > 16 {
         return Err("datanets must name 1 to 16 Datanets".into());
     }
     let mut ids = Vec::new();
@@ -446,6 +456,79 @@ fn train_blocking(
     })
 }
 
+/// Loads a PEFT folder against the base model's shapes: what an import needs to be servable.
+fn check_import(
+    base: &models::BaseModelRow,
+    dir: &Path,
+) -> Result<openledger_model::LoraConfig, String> {
+    let cfg: openledger_model::LlamaConfig = serde_json::from_value(base.config.clone())
+        .map_err(|e| format!("base model {}: its config: {e}", base.id))?;
+    let lora = openledger_model::Lora::load_peft(dir, &cfg, &openledger_model::Device::Cpu)
+        .map_err(|e| {
+            format!(
+                "{} is not a LoRA adapter of {}: {e}",
+                dir.display(),
+                base.id
+            )
+        })?;
+    Ok(lora.config)
+}
+
+/// An adapter trained elsewhere: checked against the base, copied in with a manifest that says so.
+async fn import(
+    ctx: &JobContext,
+    base: &models::BaseModelRow,
+    src: &Path,
+    out_dir: &Path,
+) -> Result<Trained, JobError> {
+    let (base, src, out) = (base.clone(), src.to_path_buf(), out_dir.to_path_buf());
+    let job_id = ctx.id();
+    let trained = tokio::task::spawn_blocking(move || {
+        let lora = check_import(&base, &src).map_err(JobError::fatal)?;
+        let read = |name: &str| {
+            let p = src.join(name);
+            std::fs::read(&p).map_err(|e| JobError::retryable(format!("{}: {e}", p.display())))
+        };
+        let (adapter, adapter_config) = (read("adapter_model.safetensors")?, read("adapter_config.json")?);
+        let adapter_hash = sha256_0x(&adapter);
+        let manifest = json!({
+            "openledger_training_manifest": 1,
+            "job_id": job_id,
+            "imported": { "from": src.display().to_string(),
+                          "adapter_config_sha256": sha256_0x(&adapter_config).to_string() },
+            "base_model": { "id": base.id, "hash": base.hash, "config": base.config },
+            "datanets": [],
+            "sources": [],
+            "config": { "lora": { "rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets } },
+            "metrics": {},
+            "adapter": { "file": "adapter_model.safetensors", "sha256": adapter_hash.to_string() },
+        });
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(JobError::fatal)?;
+        let tmp = out.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let io = |p: &Path, e: std::io::Error| JobError::retryable(format!("{}: {e}", p.display()));
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        write_synced(&tmp.join("adapter_model.safetensors"), &adapter).map_err(model_error)?;
+        write_synced(&tmp.join("adapter_config.json"), &adapter_config).map_err(model_error)?;
+        write_synced(&tmp.join("manifest.json"), &bytes).map_err(model_error)?;
+        std::fs::rename(&tmp, &out).map_err(|e| io(&out, e))?;
+        load_finished(&out)?.ok_or_else(|| JobError::fatal("the imported manifest vanished"))
+    })
+    .await
+    .map_err(|e| JobError::fatal(format!("import thread: {e}")))??;
+    ctx.log(format!(
+        "imported adapter {} from {}",
+        trained.adapter_hash,
+        src_display(ctx)
+    ))
+    .await;
+    Ok(trained)
+}
+
+fn src_display(ctx: &JobContext) -> String {
+    ctx.params()["import"].as_str().unwrap_or("?").to_string()
+}
+
 /// Reads back finished artifacts (an earlier attempt got past training).
 fn load_finished(out_dir: &Path) -> Result<Option<Trained>, JobError> {
     let mpath = out_dir.join("manifest.json");
@@ -513,7 +596,7 @@ impl JobHandler for TrainJob {
     fn authorize(
         &self,
         _caller: Address,
-        _admin: bool,
+        admin: bool,
         params: &Value,
     ) -> BoxFuture<'_, Result<(), Refusal>> {
         let parsed = parse_params(params);
@@ -536,6 +619,15 @@ impl JobHandler for TrainJob {
                         .join(", ")
                 )));
             };
+            if let Some(dir) = &p.import {
+                if !admin {
+                    return Err(Refusal::Forbidden(
+                        "importing an adapter from the daemon's disk is for admins (API keys)"
+                            .into(),
+                    ));
+                }
+                check_import(&base, dir).map_err(Refusal::Invalid)?;
+            }
             let ctx = base.config["max_position_embeddings"].as_u64().unwrap_or(0) as usize;
             p.config
                 .validate(ctx)
@@ -576,7 +668,10 @@ impl JobHandler for TrainJob {
                         .await;
                     t
                 }
-                None => self.train(&ctx, &p, &base, &resolved, &out_dir).await?,
+                None => match &p.import {
+                    Some(dir) => import(&ctx, &base, dir, &out_dir).await?,
+                    None => self.train(&ctx, &p, &base, &resolved, &out_dir).await?,
+                },
             };
             ctx.progress(0.9).await;
             models::insert_trained_model(

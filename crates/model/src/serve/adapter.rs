@@ -174,10 +174,10 @@ impl ServedAdapter {
             &mut heap
         };
         for (ti, a) in t.iter_mut().zip(m.a.chunks_exact(n_in)) {
-            *ti = a.iter().zip(x).map(|(a, x)| a * x).sum::<f32>() * scale;
+            *ti = crate::ops::dot(a, x) * scale;
         }
         for (o, b) in out.iter_mut().zip(m.b.chunks_exact(r)) {
-            *o += b.iter().zip(t.iter()).map(|(b, t)| b * t).sum::<f32>();
+            *o += crate::ops::dot(b, t);
         }
     }
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::adapter::ServedAdapter;
 use crate::error::Result;
 use crate::llama::{HostTables, Llama, Proj};
-use crate::ops::{rms_row, rope_head};
+use crate::ops::{dot, rms_row, rope_head};
 
 /// Keys and values of one sequence, per layer `[pos][kv_head][head_dim]`.
 #[derive(Debug, Default)]
@@ -165,7 +165,7 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
                     let mut max = f32::NEG_INFINITY;
                     for (j, wj) in w.iter_mut().enumerate() {
                         let kj = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                        let s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let s = dot(qh, kj) * scale;
                         *wj = s;
                         max = max.max(s);
                     }
