@@ -85,9 +85,7 @@ async fn get_model(
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<ModelDetail>> {
     let id = parse_id("job id", &job_id)?;
-    let model = models::trained_model(&s.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {id}")))?;
+    let model = found_model(&s, id).await?;
     let sources: Vec<(i32, String, String, String, String, i32, i64)> = sqlx::query_as(
         "SELECT source, datanet_id::text, contribution_id::text, contributor, content_hash, examples, tokens
          FROM training_sources WHERE job_id = $1 ORDER BY source",
@@ -141,20 +139,20 @@ fn parse_price(v: &str) -> ApiResult<U256> {
             "price_per_1k must be a positive whole number of OPEN wei, at most 10^{MAX_PRICE_EXP} (got {v:?})"
         ))
     };
-    if v.is_empty() || v.len() > MAX_PRICE_EXP + 1 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
+    match super::credits::parse_amount(v) {
+        Ok(p) if p <= U256::from(10u8).pow(U256::from(MAX_PRICE_EXP)) => Ok(p),
+        _ => Err(bad()),
     }
-    let p: U256 = v.parse().map_err(|_| bad())?;
-    if p.is_zero() || p > U256::from(10u8).pow(U256::from(MAX_PRICE_EXP)) {
-        return Err(bad());
-    }
-    Ok(p)
 }
 
-async fn price_of(s: &AppState, job_id: i64) -> ApiResult<Price> {
+async fn found_model(s: &AppState, job_id: i64) -> ApiResult<TrainedModel> {
     models::trained_model(&s.pool, job_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {job_id}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {job_id}")))
+}
+
+/// The price of a model known to exist.
+async fn price_of(s: &AppState, job_id: i64) -> ApiResult<Price> {
     let row: Option<(String, OffsetDateTime)> =
         sqlx::query_as("SELECT price_per_1k::text, updated_at FROM model_prices WHERE job_id = $1")
             .bind(job_id)
@@ -183,6 +181,7 @@ async fn get_price(
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<Price>> {
     let id = parse_id("job id", &job_id)?;
+    found_model(&s, id).await?;
     Ok(Json(price_of(&s, id).await?))
 }
 
@@ -204,9 +203,7 @@ async fn set_price(
 ) -> ApiResult<Json<Price>> {
     let id = parse_id("job id", &job_id)?;
     let price = body.price_per_1k.as_deref().map(parse_price).transpose()?;
-    let model = models::trained_model(&s.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {id}")))?;
+    let model = found_model(&s, id).await?;
     if !auth.may_access(&model.owner) {
         return Err(ApiError::Forbidden(format!(
             "model {id} belongs to {}: only its developer sets its price",

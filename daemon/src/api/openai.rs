@@ -686,8 +686,8 @@ async fn charge(
                         Err(CreditError::Insufficient { balance, .. }) => {
                             return Err(ApiError::PaymentRequired(format!(
                                 "{name} costs {need} wei of OPEN for this request and your inference credit \
-                                 is {balance} wei: pay FeeRouter.payInference({model_id}, <fresh bytes32 \
-                                 request id>, {need}) and send that request_id, or ask the operator for credit"
+                                 is {balance} wei: {}, or ask the operator for credit",
+                                pay_hint(model_id, need)
                             )));
                         }
                         Err(e) => return Err(e.into()),
@@ -710,9 +710,8 @@ async fn charge(
                 }
                 (None, None) => {
                     return Err(ApiError::PaymentRequired(format!(
-                        "{name} costs {need} wei of OPEN for this request: pay FeeRouter.payInference({model_id}, \
-                         <fresh bytes32 request id>, {need}) and send that request_id (or sign in with \
-                         inference credit)"
+                        "{name} costs {need} wei of OPEN for this request: {} (or sign in with inference credit)",
+                        pay_hint(model_id, need)
                     )));
                 }
             };
@@ -721,6 +720,13 @@ async fn charge(
         }
     };
     Ok(Some(Charge { mode, paid, price }))
+}
+
+/// How to pay for a request yourself, for 402 messages.
+fn pay_hint(model_id: U256, need: U256) -> String {
+    format!(
+        "pay FeeRouter.payInference({model_id}, <fresh bytes32 request id>, {need}) and send that request_id"
+    )
 }
 
 fn payment_json(mode: &str, p: &Paid) -> Value {

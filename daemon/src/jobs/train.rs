@@ -481,6 +481,7 @@ async fn import(
     src: &Path,
     out_dir: &Path,
 ) -> Result<Trained, JobError> {
+    let from = src.display().to_string();
     let (base, src, out) = (base.clone(), src.to_path_buf(), out_dir.to_path_buf());
     let job_id = ctx.id();
     let trained = tokio::task::spawn_blocking(move || {
@@ -518,15 +519,10 @@ async fn import(
     .map_err(|e| JobError::fatal(format!("import thread: {e}")))??;
     ctx.log(format!(
         "imported adapter {} from {}",
-        trained.adapter_hash,
-        src_display(ctx)
+        trained.adapter_hash, from
     ))
     .await;
     Ok(trained)
-}
-
-fn src_display(ctx: &JobContext) -> String {
-    ctx.params()["import"].as_str().unwrap_or("?").to_string()
 }
 
 /// Reads back finished artifacts (an earlier attempt got past training).
