@@ -7,8 +7,10 @@
 # and llama.cpp on the same GGUF, single stream (PyPI llama-cpp-python, built on first use into
 # .tools/llamacpp: about 10 minutes).
 #
-#   scripts/bench-serve.sh [--requests N] [--max-adapters N] [--threads T] [--no-llamacpp]
+#   scripts/bench-serve.sh [--requests N] [--max-adapters N] [--threads T] [--weights int8|q8_0] [--no-llamacpp]
 #
+# --weights: the engine's base weights, int8 (what `serve` runs; default) or candle's Q8_0 kernels. With
+# int8 the run ends with the base model through candle's Q8_0 kernels too, for comparison.
 # Ends with RESULT lines; serve_2048_vs_base_ratio and serve_vs_llamacpp_ratio are the headline.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -18,13 +20,15 @@ REQUESTS=48
 MAX_ADAPTERS=2048
 THREADS="$(nproc)"
 LLAMACPP=1
+WEIGHTS=int8
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) REQUESTS="${2:?}"; shift 2 ;;
     --max-adapters) MAX_ADAPTERS="${2:?}"; shift 2 ;;
     --threads) THREADS="${2:?}"; shift 2 ;;
     --no-llamacpp) LLAMACPP=0; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --weights) WEIGHTS="${2:?}"; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -52,7 +56,7 @@ fi
 
 log "engine: $REQUESTS requests per run, up to $MAX_ADAPTERS adapters, $THREADS threads"
 out="$(GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.trim_threshold=8589934592:glibc.malloc.mmap_threshold=33554432}" \
-  RAYON_NUM_THREADS="$THREADS" "$BIN" "$MODEL" "$REQUESTS" "$MAX_ADAPTERS")"
+  RAYON_NUM_THREADS="$THREADS" BENCH_PRECISION="$WEIGHTS" "$BIN" "$MODEL" "$REQUESTS" "$MAX_ADAPTERS")"
 echo "$out"
 
 field() { awk -v k="$1" '$1 == k { print $2 }' <<<"$out"; }
@@ -69,6 +73,10 @@ echo "RESULT serve_${n}_adapter_mb $(field "n${n}_adapter_mb") MB"
 echo "RESULT serve_cold_load_p50_ms $(field cold_load_p50_ms) ms"
 echo "RESULT serve_cold_load_p99_ms $(field cold_load_p99_ms) ms"
 echo "RESULT serve_disk_cache_hit_rate $(field disk64_cache16_hit_rate) fraction"
+echo "RESULT serve_disk_cache_warm_hit_rate $(field disk64_cache16_warm_hit_rate) fraction"
+[ -n "$(field int8_vs_candle_q8_0_ratio)" ] && echo "RESULT serve_int8_vs_candle_q8_0_ratio $(field int8_vs_candle_q8_0_ratio) x"
+echo "RESULT serve_merge_swap_tokens_per_s $(field "n${n}_merge_swap_tokens_per_s") tokens/s"
+echo "RESULT serve_merge_ms_p50 $(field merge_ms_p50) ms"
 echo "RESULT serve_vs_merge_swap_ratio $(field vs_merge_swap_ratio) x"
 echo "RESULT serve_${n}_vs_base_ratio $(field vs_base_ratio) x"
 if [ "$LLAMACPP" = 1 ]; then

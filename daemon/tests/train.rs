@@ -1039,6 +1039,66 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     .problem(409, "conflict");
     let list = get(&app, "/v1/batches", tok).await.json();
     assert_eq!(list["data"][0]["id"], id);
+
+    // a crash while line 0 ran: its inference left running, its result and the output files not written,
+    // the job taken back to the queue. The rerun skips the finished lines and serves line 0 again on the
+    // payment the interrupted run had taken.
+    let (out_id, err_id) = openledger_daemon::inference::batch::output_file_ids(job);
+    for q in [
+        "UPDATE inferences SET status = 'running', finished_at = NULL WHERE batch_job_id = $1 AND batch_line = 0",
+        "DELETE FROM batch_results WHERE job_id = $1 AND line = 0",
+        "UPDATE jobs SET state = 'queued', worker = NULL, heartbeat_at = NULL, result = NULL, finished_at = NULL WHERE id = $1",
+    ] {
+        sqlx::query(q).bind(job).execute(&s.pool).await.unwrap();
+    }
+    sqlx::query("DELETE FROM files WHERE id = $1 OR id = $2")
+        .bind(&out_id)
+        .bind(&err_id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let mut state = String::new();
+    for _ in 0..600 {
+        state = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        if state != "queued" && state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT batch_line, status, payment_mode, request_id FROM inferences WHERE batch_job_id = $1
+         ORDER BY batch_line, created_at",
+    )
+    .bind(job)
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    let paid = Some(rid.to_string());
+    assert_eq!(
+        rows,
+        [
+            (0, "failed".into(), "pay_first".into(), paid.clone()),
+            (0, "succeeded".into(), "pay_first".into(), paid),
+            (2, "succeeded".into(), "free".into(), None)
+        ]
+    );
+    let out = get(&app, &format!("/v1/files/{out_id}/content"), tok).await;
+    let ids: Vec<String> = String::from_utf8(out.body)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["paid", "base"]);
     let _ = stop.send(true);
 }
 

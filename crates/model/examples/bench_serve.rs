@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::QTensor;
+use openledger_model::q8::Q8Matrix;
 use openledger_model::serve::{
     AdapterRef, Engine, EngineConfig, Event, Finished, GenerateRequest, Priority, SamplingParams,
     ServedAdapter, ServingModel,
@@ -160,21 +161,32 @@ fn run(engine: &Engine, reqs: &[Req], disk: Option<&std::path::Path>) -> RunStat
     }
 }
 
-/// Merges one adapter into the quantized q/v weights for real (dequantize, add, requantize) and returns
-/// how long it took; the merged tensors are dropped (serving on them costs what the base model costs).
-fn merge_once(base: &BaseModel, a: &ServedAdapter) -> anyhow::Result<Duration> {
+/// Merges one adapter into the q/v weights for real, into the format the engine serves (int8: dequantize,
+/// add scale*B*A, repack as int8 blocks; Q8_0: the same through candle's quantizer) and returns how long it
+/// took; the merged tensors are dropped (serving on them costs what the base model costs).
+fn merge_once(
+    base: &BaseModel,
+    a: &ServedAdapter,
+    precision: Precision,
+) -> anyhow::Result<Duration> {
     let t = Instant::now();
     for l in 0..base.config.num_hidden_layers {
         for (p, name) in [(Proj::Q, "attn_q"), (Proj::V, "attn_v")] {
-            let Weight::Quantized(q) = base.weight(&format!("blk.{l}.{name}.weight"))? else {
-                anyhow::bail!("merge-and-swap needs quantized weights");
-            };
-            let w = q.dequantize(&Device::Cpu)?;
+            let w = base.weight(&format!("blk.{l}.{name}.weight"))?;
             let delta = a
                 .delta(&base.config, l, p)?
                 .ok_or_else(|| anyhow::anyhow!("the adapter does not target {p:?}"))?;
-            let merged = (w + delta)?;
-            std::hint::black_box(QTensor::quantize(&merged, q.dtype())?);
+            let merged = (w.dense(&Device::Cpu)? + delta)?;
+            match (precision, w) {
+                (Precision::Quantized, Weight::Quantized(q)) => {
+                    std::hint::black_box(QTensor::quantize(&merged, q.dtype())?);
+                }
+                _ => {
+                    let (rows, cols) = merged.dims2()?;
+                    let v = merged.flatten_all()?.to_vec1::<f32>()?;
+                    std::hint::black_box(Q8Matrix::quantize(&v, rows, cols)?);
+                }
+            }
         }
     }
     Ok(t.elapsed())
@@ -185,6 +197,7 @@ fn merge_once(base: &BaseModel, a: &ServedAdapter) -> anyhow::Result<Duration> {
 fn merge_and_swap(
     engine: &Engine,
     base: &BaseModel,
+    precision: Precision,
     adapters: &[Arc<ServedAdapter>],
     reqs: &[Req],
 ) -> anyhow::Result<(RunStats, f64)> {
@@ -202,7 +215,7 @@ fn merge_and_swap(
         if a != current
             && let Some(k) = a
         {
-            merges.push(merge_once(base, &adapters[k])?.as_secs_f64() * 1e3);
+            merges.push(merge_once(base, &adapters[k], precision)?.as_secs_f64() * 1e3);
             current = a;
         }
         let group: Vec<Req> = reqs[i..j]
@@ -248,9 +261,20 @@ fn main() -> anyhow::Result<()> {
     })?;
     let n_req: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(48);
     let max_n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2048);
+    // the engine's weights: int8 (the serving default) or candle's Q8_0 kernels, for comparison
+    let precision = match std::env::var("BENCH_PRECISION").as_deref() {
+        Ok("q8_0") => Precision::Quantized,
+        Ok("int8") | Err(_) => Precision::Int8,
+        Ok(other) => anyhow::bail!("BENCH_PRECISION={other}: int8 or q8_0"),
+    };
+    println!("precision {precision:?}");
     let dev = Device::Cpu;
-    let base = BaseModel::load(std::path::Path::new(path), &dev, Some("0x00".into()))?
-        .with_fast_kernels()?;
+    let load = || BaseModel::load(std::path::Path::new(path), &dev, Some("0x00".into()));
+    // candle's kernels want Q8_0 blocks; the int8 engine repacks from the file's blocks directly
+    let base = match precision {
+        Precision::Quantized => load()?.with_fast_kernels()?,
+        _ => load()?,
+    };
     let c = base.config.clone();
     let vocab = c.vocab_size;
     let lcfg = LoraConfig {
@@ -263,7 +287,7 @@ fn main() -> anyhow::Result<()> {
         adapter_cache_bytes: 16 << 30,
         ..EngineConfig::default()
     };
-    let model = ServingModel::new(Llama::new(&base, Precision::Quantized, &dev)?)?;
+    let model = ServingModel::new(Llama::new(&base, precision, &dev)?)?;
     let engine = Engine::start(model, base.tokenizer.clone(), cfg.clone())?;
     println!("requests {n_req}");
     println!("max_seqs {}", cfg.max_seqs);
@@ -311,16 +335,13 @@ fn main() -> anyhow::Result<()> {
                     &run(&engine, &timed, None),
                 );
             }
-            // merge-and-swap on a prefix of the same requests (it is slow)
-            let k = n_req.min(12);
-            let ours = run(&engine, &reqs[..k], None);
-            report(&format!("n{n}_prefix{k}"), &ours);
-            let (mas, merge_ms) = merge_and_swap(&engine, &base, &adapters, &reqs[..k])?;
-            report(&format!("n{n}_merge_swap_prefix{k}"), &mas);
+            // merge-and-swap on the same requests: one adapter merged into the weights at a time
+            let (mas, merge_ms) = merge_and_swap(&engine, &base, precision, &adapters, &reqs)?;
+            report(&format!("n{n}_merge_swap"), &mas);
             println!("merge_ms_p50 {merge_ms:.0}");
             println!(
                 "vs_merge_swap_ratio {:.2}",
-                ours.tokens_per_s / mas.tokens_per_s
+                s.tokens_per_s / mas.tokens_per_s
             );
             sat_2048 = Some(s);
         }
@@ -354,12 +375,13 @@ fn main() -> anyhow::Result<()> {
     }
     println!("cold_load_p50_ms {:.1}", pct(&mut loads, 0.5));
     println!("cold_load_p99_ms {:.1}", pct(&mut loads, 0.99));
+    let cfg_ref = cfg.clone();
     let small = EngineConfig {
         adapter_cache_bytes: 16 * adapters[0].bytes(),
         ..cfg
     };
     drop(engine);
-    let model = ServingModel::new(Llama::new(&base, Precision::Quantized, &dev)?)?;
+    let model = ServingModel::new(Llama::new(&base, precision, &dev)?)?;
     let disk_engine = Engine::start(model, base.tokenizer.clone(), small)?;
     let mut reqs = base_reqs.clone();
     for (r, w) in reqs
@@ -368,17 +390,43 @@ fn main() -> anyhow::Result<()> {
     {
         r.adapter = w.adapter;
     }
-    let s = run(&disk_engine, &reqs, Some(&dir));
-    report("disk64_cache16_skewed", &s);
     let st = &disk_engine.stats;
-    let (h, m) = (
-        st.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
-        st.cache_misses.load(std::sync::atomic::Ordering::Relaxed),
+    let counts = || {
+        (
+            st.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
+            st.cache_misses.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let rate = |(h0, m0): (u64, u64), (h1, m1): (u64, u64)| {
+        (h1 - h0) as f64 / ((h1 - h0) + (m1 - m0)).max(1) as f64
+    };
+    let c0 = counts();
+    report(
+        "disk64_cache16_skewed",
+        &run(&disk_engine, &reqs, Some(&dir)),
     );
-    println!(
-        "disk64_cache16_hit_rate {:.3}",
-        h as f64 / (h + m).max(1) as f64
+    let c1 = counts();
+    println!("disk64_cache16_hit_rate {:.3}", rate(c0, c1));
+    // the same requests again: the cache now holds the adapters the last ones used
+    report(
+        "disk64_cache16_skewed_warm",
+        &run(&disk_engine, &reqs, Some(&dir)),
     );
+    println!("disk64_cache16_warm_hit_rate {:.3}", rate(c1, counts()));
+    drop(disk_engine);
+    if precision != Precision::Quantized {
+        // the same base-model run through candle's Q8_0 kernels, for scale
+        let q = load()?.with_fast_kernels()?;
+        let model = ServingModel::new(Llama::new(&q, Precision::Quantized, &dev)?)?;
+        let e = Engine::start(model, q.tokenizer.clone(), cfg_ref)?;
+        run(&e, &workload(4, vocab, 0, false, 99), None);
+        let s = run(&e, &base_reqs, None);
+        report("base_candle_q8_0", &s);
+        println!(
+            "int8_vs_candle_q8_0_ratio {:.2}",
+            base_sat.tokens_per_s / s.tokens_per_s
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

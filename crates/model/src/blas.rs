@@ -318,7 +318,15 @@ mod tests {
         assert!(one.iter().all(|x| x.is_finite()));
         let mut split = vec![f32::NAN; m * n];
         par_gemm_rows(T::T, m, n, k, 1.0, &a, &b, k, 0.0, &mut split);
-        assert_eq!(one, split);
+        // equal to rounding, not bit for bit: on some CPUs (seen on AMD EPYC with AVX-512) OpenBLAS picks its
+        // kernel for a row by the call's row count, so a split can sum in another order
+        for (i, (x, y)) in one.iter().zip(&split).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "[{i}]: {x} vs {y}");
+        }
+        let want = naive(T::N, T::T, (m, n, k), &a, k, &b, k);
+        for (i, (x, w)) in split.iter().zip(&want).enumerate() {
+            assert!((x - w).abs() < 1e-4 * (1.0 + w.abs()), "[{i}]: {x} vs {w}");
+        }
     }
 
     #[test]

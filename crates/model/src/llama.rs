@@ -373,15 +373,31 @@ impl Llama {
         })
     }
 
-    /// Projection `p` of layer `layer` (base weights only) over host rows: the serving engine's GEMM.
-    pub(crate) fn project_rows(
+    /// Several projections of one layer over the same host rows (q, k, v; gate, up): with int8 weights one
+    /// quantization of the rows and one fork-join for all of them. Each result is what that projection alone
+    /// gives (base weights only): the serving engine's GEMM.
+    pub(crate) fn project_group_rows(
         &self,
         layer: usize,
-        p: Proj,
+        ps: &[Proj],
         x: &[f32],
         rows: usize,
-    ) -> Result<Vec<f32>> {
-        self.blocks[layer].proj[p.index()].forward_rows(x, rows)
+    ) -> Result<Vec<Vec<f32>>> {
+        let lin: Vec<&Linear> = ps
+            .iter()
+            .map(|p| &self.blocks[layer].proj[p.index()])
+            .collect();
+        let q8: Option<Vec<&Q8Matrix>> = lin
+            .iter()
+            .map(|l| match l {
+                Linear::Q8(q) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        match q8 {
+            Some(mats) => Ok(Q8Matrix::matmul_group(&mats, x, rows)),
+            None => lin.iter().map(|l| l.forward_rows(x, rows)).collect(),
+        }
     }
 
     /// The output projection over host rows.

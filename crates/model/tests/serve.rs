@@ -118,10 +118,16 @@ fn no_eos_engine_cfg() -> EngineConfig {
 
 #[test]
 fn batched_decoding_with_mixed_adapters_matches_decoding_each_alone() {
+    // int8 is what `serve` runs; candle's quantized kernels are the other serving path
+    for precision in [Precision::Int8, Precision::Quantized] {
+        batched_matches_alone(precision);
+    }
+}
+
+fn batched_matches_alone(precision: Precision) {
     let base = tiny_quantized();
     let tok = base.tokenizer.clone();
-    let model =
-        ServingModel::new(Llama::new(&base, Precision::Quantized, &Device::Cpu).unwrap()).unwrap();
+    let model = ServingModel::new(Llama::new(&base, precision, &Device::Cpu).unwrap()).unwrap();
     let c = base.config.clone();
     // different ranks and targets in one batch
     let adapters: Vec<Arc<ServedAdapter>> = vec![
@@ -234,7 +240,7 @@ fn batched_decoding_with_mixed_adapters_matches_decoding_each_alone() {
             .iter()
             .position(|t| engine.eos.contains(t))
             .unwrap_or(n);
-        assert_eq!(f.tokens, want[..stop_at], "request {i}");
+        assert_eq!(f.tokens, want[..stop_at], "{precision:?}: request {i}");
         assert_eq!(
             f.reason,
             if stop_at < n {

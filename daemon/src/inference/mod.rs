@@ -23,6 +23,8 @@ use crate::models;
 pub struct InferenceConfig {
     /// The base model to serve: an id from `/api/base-models` or a path [default: the first one installed].
     pub model: Option<String>,
+    /// How the base weights are held for serving [default: int8, the engine's fast batched matmul].
+    pub precision: Precision,
     pub engine: EngineConfig,
     /// Price per 1,000 tokens (OPEN wei) of models whose developer set none.
     pub default_price_per_1k: U256,
@@ -40,6 +42,7 @@ impl Default for InferenceConfig {
     fn default() -> Self {
         InferenceConfig {
             model: None,
+            precision: Precision::Int8,
             engine: EngineConfig::default(),
             default_price_per_1k: U256::from(1_000_000_000_000_000u64),
             sponsor: false,
@@ -113,9 +116,13 @@ impl Inference {
         let path = PathBuf::from(&row.path);
         let hash = row.hash.clone();
         let engine_cfg = cfg.engine.clone();
+        let precision = cfg.precision;
         let (engine, tokenizer) = tokio::task::spawn_blocking(move || {
-            let base = BaseModel::load(&path, &Device::Cpu, Some(hash))?.with_fast_kernels()?;
-            let llama = Llama::new(&base, Precision::Quantized, &Device::Cpu)?;
+            let mut base = BaseModel::load(&path, &Device::Cpu, Some(hash))?;
+            if precision == Precision::Quantized {
+                base = base.with_fast_kernels()?;
+            }
+            let llama = Llama::new(&base, precision, &Device::Cpu)?;
             let model = ServingModel::new(llama)?;
             let engine = Engine::start(model, base.tokenizer.clone(), engine_cfg)
                 .map_err(LoadError::Thread)?;

@@ -158,6 +158,11 @@ impl ServedAdapter {
     }
 
     /// `out [n_out] += scale * B (A x)` for one row, in a fixed order (the same result in any batch).
+    /// Whether the adapter changes projection `p` of `layer`.
+    pub(crate) fn targets(&self, layer: usize, p: Proj) -> bool {
+        self.mats.get(layer).is_some_and(|r| r[p.index()].is_some())
+    }
+
     pub(crate) fn apply_row(&self, layer: usize, p: Proj, x: &[f32], out: &mut [f32]) {
         let Some(m) = self.mats.get(layer).and_then(|r| r[p.index()].as_ref()) else {
             return;

@@ -121,21 +121,19 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
     let layers = c.num_hidden_layers;
     for l in 0..layers {
         norm_rows(&x, &t.attn_norm[l], eps, h, &mut hbuf);
-        let mut q = project(m, l, Proj::Q, &hbuf, n, &adapters)?;
-        let mut k = project(m, l, Proj::K, &hbuf, n, &adapters)?;
-        let v = project(m, l, Proj::V, &hbuf, n, &adapters)?;
+        let [mut q, mut k, v] =
+            project_group(m, l, [Proj::Q, Proj::K, Proj::V], &hbuf, n, &adapters)?;
+        // element-wise work over a step's rows is microseconds: a fork-join would cost more
         let rope = |buf: &mut [f32], heads: usize| {
-            buf.par_chunks_mut(heads * hd)
-                .zip(rows.par_iter())
-                .for_each(|(row, r)| {
-                    let (co, si) = (
-                        &t.cos[r.pos * half..(r.pos + 1) * half],
-                        &t.sin[r.pos * half..(r.pos + 1) * half],
-                    );
-                    for head in row.chunks_exact_mut(hd) {
-                        rope_head(head, co, si, 1.0);
-                    }
-                });
+            for (row, r) in buf.chunks_mut(heads * hd).zip(&rows) {
+                let (co, si) = (
+                    &t.cos[r.pos * half..(r.pos + 1) * half],
+                    &t.sin[r.pos * half..(r.pos + 1) * half],
+                );
+                for head in row.chunks_exact_mut(hd) {
+                    rope_head(head, co, si, 1.0);
+                }
+            }
         };
         rope(&mut q, nh);
         rope(&mut k, nkv);
@@ -187,11 +185,10 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
         let o = project(m, l, Proj::O, &att, n, &adapters)?;
         add(&mut x, &o);
         norm_rows(&x, &t.ffn_norm[l], eps, h, &mut hbuf);
-        let mut gate = project(m, l, Proj::Gate, &hbuf, n, &adapters)?;
-        let up = project(m, l, Proj::Up, &hbuf, n, &adapters)?;
-        gate.par_iter_mut().zip(up.par_iter()).for_each(|(g, &u)| {
+        let [mut gate, up] = project_group(m, l, [Proj::Gate, Proj::Up], &hbuf, n, &adapters)?;
+        for (g, &u) in gate.iter_mut().zip(&up) {
             *g = *g / (1.0 + (-*g).exp()) * u;
-        });
+        }
         let d = project(m, l, Proj::Down, &gate, n, &adapters)?;
         add(&mut x, &d);
     }
@@ -220,17 +217,46 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
 }
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
-    out.par_chunks_mut(h)
-        .zip(x.par_chunks(h))
-        .for_each(|(o, x)| {
-            rms_row(x, w, eps, o);
-        });
+    for (o, x) in out.chunks_mut(h).zip(x.chunks(h)) {
+        rms_row(x, w, eps, o);
+    }
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
-    x.par_iter_mut()
-        .zip(y.par_iter())
-        .for_each(|(a, &b)| *a += b);
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Several projections of the same rows (one base matmul for all), then each row's own LoRA deltas.
+fn project_group<const K: usize>(
+    m: &ServingModel,
+    l: usize,
+    ps: [Proj; K],
+    x: &[f32],
+    n: usize,
+    adapters: &[Option<&ServedAdapter>],
+) -> Result<[Vec<f32>; K]> {
+    let mut ys: [Vec<f32>; K] = m
+        .llama
+        .project_group_rows(l, &ps, x, n)?
+        .try_into()
+        .map_err(|_| crate::error::ModelError::invalid("projection", "group size"))?;
+    let n_in = x.len() / n;
+    for (y, p) in ys.iter_mut().zip(ps) {
+        if adapters.iter().flatten().any(|a| a.targets(l, p)) {
+            let n_out = y.len() / n;
+            y.par_chunks_mut(n_out)
+                .zip(x.par_chunks(n_in))
+                .zip(adapters.par_iter())
+                .for_each(|((y, x), a)| {
+                    if let Some(a) = a {
+                        a.apply_row(l, p, x, y);
+                    }
+                });
+        }
+    }
+    Ok(ys)
 }
 
 /// Base projection over all rows, then each row's own LoRA delta.
@@ -242,18 +268,6 @@ fn project(
     n: usize,
     adapters: &[Option<&ServedAdapter>],
 ) -> Result<Vec<f32>> {
-    let mut y = m.llama.project_rows(l, p, x, n)?;
-    if adapters.iter().any(|a| a.is_some()) {
-        let n_in = x.len() / n;
-        let n_out = y.len() / n;
-        y.par_chunks_mut(n_out)
-            .zip(x.par_chunks(n_in))
-            .zip(adapters.par_iter())
-            .for_each(|((y, x), a)| {
-                if let Some(a) = a {
-                    a.apply_row(l, p, x, y);
-                }
-            });
-    }
+    let [y] = project_group(m, l, [p], x, n, adapters)?;
     Ok(y)
 }
