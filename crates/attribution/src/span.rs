@@ -1,0 +1,684 @@
+//! Exact-span attribution: a suffix array over a model's training token stream, and the maximal spans of
+//! an output that occur in it, each mapped to the training sources (contributions) it occurs in.
+//!
+//! The stream is the training examples joined with a separator token no output contains, so a match never
+//! runs from one example into the next. Token ids are stored as u16 (SmolLM2's vocabulary is 49,152): ids
+//! from `u16::MAX` up are refused at build time and in outputs.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use libsais::SuffixArrayConstruction;
+
+/// Ends every example in the joined stream; never a token id.
+const SEP: u16 = u16::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpanError {
+    #[error("token id {0} does not fit the index's 16-bit token type (ids below {SEP})")]
+    TokenTooLarge(u32),
+    #[error("example {index} ({offset}+{len}) lies outside the {tokens}-token stream")]
+    ExampleOutOfRange {
+        index: usize,
+        offset: usize,
+        len: usize,
+        tokens: usize,
+    },
+    #[error(
+        "the training stream is too long for a 32-bit suffix array ({0} tokens with separators)"
+    )]
+    TooLong(usize),
+    #[error("suffix array construction failed: {0}")]
+    Build(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a span index ({reason})")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpanError + '_ {
+    move |source| SpanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One training example: `len` tokens at `offset` of the token stream, from training source `source` (an
+/// index into the manifest's `sources`: a contribution and its contributor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doc {
+    pub offset: usize,
+    pub len: usize,
+    pub source: usize,
+}
+
+/// What counts as an attributable span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanParams {
+    /// Shortest span, in tokens.
+    pub min_len: usize,
+    /// Spans occurring more often than this in the training data are too common to say whose they are.
+    pub max_count: usize,
+    /// Spans kept per output token (the rarest first, by unigram probability); at least one is kept.
+    pub density: f64,
+}
+
+impl Default for SpanParams {
+    fn default() -> Self {
+        SpanParams {
+            min_len: 4,
+            max_count: 10,
+            density: 0.05,
+        }
+    }
+}
+
+/// A maximal span of the output found in the training data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// First output position and length, in tokens.
+    pub start: usize,
+    pub len: usize,
+    /// Occurrences in the training stream.
+    pub count: usize,
+    /// Occurrences per training source, ascending by source.
+    pub sources: Vec<(usize, usize)>,
+    /// Sum of the span's tokens' log unigram probabilities in the training stream (lower: rarer).
+    pub log_prob: f64,
+}
+
+/// The stream and its suffix array: built in memory, or memory-mapped from a saved index.
+#[derive(Debug)]
+enum Store {
+    Owned {
+        text: Vec<u16>,
+        sa: Vec<i32>,
+    },
+    Mapped {
+        map: memmap2::Mmap,
+        text: std::ops::Range<usize>,
+        sa: std::ops::Range<usize>,
+    },
+}
+
+/// The suffix array over one model's training stream.
+#[derive(Debug)]
+pub struct SpanIndex {
+    store: Store,
+    /// Start of each example in `text`, ascending, and its source.
+    starts: Vec<usize>,
+    sources: Vec<usize>,
+    /// Occurrences of each token id.
+    unigram: Vec<u64>,
+    tokens: u64,
+}
+
+impl SpanIndex {
+    /// Indexes `docs` of `tokens` (examples may come in any order; tokens outside every example are not
+    /// indexed).
+    pub fn build(tokens: &[u32], docs: &[Doc]) -> Result<Self, SpanError> {
+        let total: usize = docs.iter().map(|d| d.len + 1).sum();
+        if total > i32::MAX as usize {
+            return Err(SpanError::TooLong(total));
+        }
+        let mut text = Vec::with_capacity(total);
+        let mut starts = Vec::with_capacity(docs.len());
+        let mut sources = Vec::with_capacity(docs.len());
+        let mut unigram = vec![0u64; SEP as usize];
+        for (index, d) in docs.iter().enumerate() {
+            let ids = tokens.get(d.offset..d.offset.saturating_add(d.len)).ok_or(
+                SpanError::ExampleOutOfRange {
+                    index,
+                    offset: d.offset,
+                    len: d.len,
+                    tokens: tokens.len(),
+                },
+            )?;
+            starts.push(text.len());
+            sources.push(d.source);
+            for &t in ids {
+                let t16 = to_u16(t)?;
+                unigram[t16 as usize] += 1;
+                text.push(t16);
+            }
+            text.push(SEP);
+        }
+        let sa = if text.is_empty() {
+            Vec::new()
+        } else {
+            SuffixArrayConstruction::for_text(text.as_slice())
+                .in_owned_buffer32()
+                .single_threaded()
+                .run()
+                .map_err(|e| SpanError::Build(format!("{e:?}")))?
+                .into_vec()
+        };
+        let tokens = text.len() as u64 - docs.len() as u64;
+        Ok(SpanIndex {
+            store: Store::Owned { text, sa },
+            starts,
+            sources,
+            unigram,
+            tokens,
+        })
+    }
+
+    /// Examples, each followed by `SEP`.
+    fn text(&self) -> &[u16] {
+        match &self.store {
+            Store::Owned { text, .. } => text,
+            // checked aligned and in bounds by `open`
+            Store::Mapped { map, text, .. } => bytemuck::cast_slice(&map[text.clone()]),
+        }
+    }
+
+    fn sa(&self) -> &[i32] {
+        match &self.store {
+            Store::Owned { sa, .. } => sa,
+            Store::Mapped { map, sa, .. } => bytemuck::cast_slice(&map[sa.clone()]),
+        }
+    }
+
+    /// Writes the index to one file (little-endian): a header, the stream, the suffix array, the example
+    /// starts and sources, the unigram counts. `open` maps it back.
+    pub fn save(&self, path: &Path) -> Result<(), SpanError> {
+        let f = std::fs::File::create(path).map_err(io(path))?;
+        let mut w = std::io::BufWriter::new(f);
+        let (text, sa) = (self.text(), self.sa());
+        let mut put = |b: &[u8]| w.write_all(b).map_err(io(path));
+        put(MAGIC)?;
+        for v in [text.len() as u64, self.starts.len() as u64, self.tokens] {
+            put(&v.to_le_bytes())?;
+        }
+        put(bytemuck::cast_slice(text))?;
+        put(&[0u8; 8][..pad8(2 * text.len())])?;
+        put(bytemuck::cast_slice(sa))?;
+        put(&[0u8; 8][..pad8(4 * sa.len())])?;
+        for v in self.starts.iter().chain(&self.sources) {
+            put(&(*v as u64).to_le_bytes())?;
+        }
+        put(bytemuck::cast_slice(&self.unigram))?;
+        let f = w.into_inner().map_err(|e| SpanError::Io {
+            path: path.to_path_buf(),
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(io(path))
+    }
+
+    /// Memory-maps an index written by `save`, checking its layout and every suffix array entry, so a
+    /// damaged file is an error here rather than a wrong answer or a panic later.
+    pub fn open(path: &Path) -> Result<Self, SpanError> {
+        let corrupt = |reason: String| SpanError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if cfg!(target_endian = "big") {
+            return Err(corrupt("span indexes are little-endian".into()));
+        }
+        let f = std::fs::File::open(path).map_err(io(path))?;
+        let map = map_file(&f).map_err(io(path))?;
+        if map.len() < 32 || &map[..8] != MAGIC {
+            return Err(corrupt("bad header".into()));
+        }
+        let word = |i: usize| {
+            u64::from_le_bytes(map[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default())
+        };
+        let (n, docs, tokens) = (word(0) as usize, word(1) as usize, word(2));
+        let text = 32..32 + 2 * n;
+        let sa = text.end + pad8(2 * n)..text.end + pad8(2 * n) + 4 * n;
+        let tables = sa.end + pad8(4 * n);
+        let want = tables + 16 * docs + 8 * SEP as usize;
+        if n > i32::MAX as usize || map.len() != want {
+            return Err(corrupt(format!(
+                "{} bytes, the header implies {want}",
+                map.len()
+            )));
+        }
+        let words = |r: std::ops::Range<usize>| -> Vec<u64> {
+            map[r]
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect()
+        };
+        let starts: Vec<usize> = words(tables..tables + 8 * docs)
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        let sources: Vec<usize> = words(tables + 8 * docs..tables + 16 * docs)
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        let unigram = words(tables + 16 * docs..want);
+        let idx = SpanIndex {
+            store: Store::Mapped { map, text, sa },
+            starts,
+            sources,
+            unigram,
+            tokens,
+        };
+        let (text, sa) = (idx.text(), idx.sa());
+        if !idx.starts.windows(2).all(|w| w[0] < w[1]) || idx.starts.iter().any(|&s| s >= n.max(1))
+        {
+            return Err(corrupt("example starts out of order".into()));
+        }
+        if text.last().is_some_and(|&t| t != SEP)
+            || text.iter().filter(|&&t| t == SEP).count() != docs
+        {
+            return Err(corrupt(
+                "the stream's example separators do not match the examples".into(),
+            ));
+        }
+        if sa.iter().any(|&p| p < 0 || p as usize >= n) {
+            return Err(corrupt("suffix array entry out of range".into()));
+        }
+        Ok(idx)
+    }
+
+    /// Training tokens indexed (separators excluded).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Occurrences of `pattern` within examples (empty: 0).
+    pub fn count(&self, pattern: &[u32]) -> Result<usize, SpanError> {
+        let p = pattern
+            .iter()
+            .map(|&t| to_u16(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        if p.is_empty() {
+            return Ok(0);
+        }
+        let (lo, hi) = self.range(&p);
+        Ok(hi - lo)
+    }
+
+    /// Suffix-array rows whose suffixes start with `pat`.
+    fn range(&self, pat: &[u16]) -> (usize, usize) {
+        let text = self.text();
+        let cmp = |&p: &i32| {
+            let p = p as usize;
+            let end = (p + pat.len()).min(text.len());
+            text[p..end].cmp(pat)
+        };
+        let sa = self.sa();
+        let lo = sa.partition_point(|p| cmp(p) == Ordering::Less);
+        let hi = lo + sa[lo..].partition_point(|p| cmp(p) != Ordering::Greater);
+        (lo, hi)
+    }
+
+    /// The output's maximal spans that occur in the training data, filtered by `params`: at least
+    /// `min_len` tokens, starting and ending on word boundaries (`word_start(t)`: token `t` begins a word;
+    /// a span is shrunk inward to the nearest boundaries), at most `max_count` occurrences, then the
+    /// rarest `density` per output token. Returned in output order.
+    pub fn spans(
+        &self,
+        output: &[u32],
+        params: &SpanParams,
+        word_start: &dyn Fn(u32) -> bool,
+    ) -> Result<Vec<Span>, SpanError> {
+        let out = output
+            .iter()
+            .map(|&t| to_u16(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = out.len();
+        // maximal matches: the longest match at each start, kept when it reaches past every earlier one
+        // (the match at i + 1 is at least the one at i minus its first token)
+        let mut maximal = Vec::new();
+        let (mut len, mut reach) = (0usize, 0usize);
+        for i in 0..n {
+            len = len.saturating_sub(1);
+            while i + len < n && {
+                let (lo, hi) = self.range(&out[i..i + len + 1]);
+                hi > lo
+            } {
+                len += 1;
+            }
+            if len > 0 && i + len > reach {
+                maximal.push((i, len));
+                reach = i + len;
+            }
+        }
+        let boundary = |p: usize| p == n || word_start(output[p]);
+        let mut spans = Vec::new();
+        for (s, l) in maximal {
+            let (mut a, mut b) = (s, s + l);
+            while a < b && !boundary(a) {
+                a += 1;
+            }
+            while b > a && !boundary(b) {
+                b -= 1;
+            }
+            if b - a < params.min_len.max(1) {
+                continue;
+            }
+            let (lo, hi) = self.range(&out[a..b]);
+            let count = hi - lo;
+            if count == 0 || count > params.max_count {
+                continue;
+            }
+            let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+            for &p in &self.sa()[lo..hi] {
+                let doc = self.starts.partition_point(|&st| st <= p as usize) - 1;
+                *per.entry(self.sources[doc]).or_default() += 1;
+            }
+            let log_prob = out[a..b]
+                .iter()
+                .map(|&t| (self.unigram[t as usize] as f64 / self.tokens as f64).ln())
+                .sum();
+            spans.push(Span {
+                start: a,
+                len: b - a,
+                count,
+                sources: per.into_iter().collect(),
+                log_prob,
+            });
+        }
+        let keep = ((params.density * n as f64).ceil() as usize).max(1);
+        if spans.len() > keep {
+            // rarest first; ties to the earlier span, so the choice is deterministic
+            let mut order: Vec<usize> = (0..spans.len()).collect();
+            order.sort_by(|&x, &y| {
+                spans[x]
+                    .log_prob
+                    .total_cmp(&spans[y].log_prob)
+                    .then(x.cmp(&y))
+            });
+            let mut kept: Vec<usize> = order[..keep].to_vec();
+            kept.sort_unstable();
+            spans = kept.into_iter().map(|i| spans[i].clone()).collect();
+        }
+        Ok(spans)
+    }
+}
+
+const MAGIC: &[u8; 8] = b"OLSPAN\x00\x01";
+
+/// Zero bytes that bring `n` to a multiple of 8 (each section starts aligned for its element type).
+fn pad8(n: usize) -> usize {
+    (8 - n % 8) % 8
+}
+
+// The one `unsafe` here: mapping a file. Indexes are written once, into a new directory, and never
+// modified in place, so the mapping cannot change underneath.
+#[allow(unsafe_code)]
+fn map_file(f: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: see above; the bytes are only read, through bounds-checked slices.
+    unsafe { memmap2::Mmap::map(f) }
+}
+
+fn to_u16(t: u32) -> Result<u16, SpanError> {
+    u16::try_from(t)
+        .ok()
+        .filter(|&t| t != SEP)
+        .ok_or(SpanError::TokenTooLarge(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn naive_count(tokens: &[u32], docs: &[Doc], pat: &[u32]) -> usize {
+        docs.iter()
+            .map(|d| {
+                let t = &tokens[d.offset..d.offset + d.len];
+                t.windows(pat.len()).filter(|w| *w == pat).count()
+            })
+            .sum()
+    }
+
+    fn corpus(rng: &mut StdRng, docs: usize, alphabet: u32) -> (Vec<u32>, Vec<Doc>) {
+        let mut tokens = Vec::new();
+        let mut ds = Vec::new();
+        for i in 0..docs {
+            let len = rng.random_range(0..40);
+            ds.push(Doc {
+                offset: tokens.len(),
+                len,
+                source: i % 3,
+            });
+            tokens.extend((0..len).map(|_| rng.random_range(0..alphabet)));
+        }
+        (tokens, ds)
+    }
+
+    #[test]
+    fn counts_equal_a_scan_of_every_example_and_never_cross_examples() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (tokens, docs) = corpus(&mut rng, 30, 4);
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        assert_eq!(idx.tokens(), tokens.len() as u64);
+        for _ in 0..300 {
+            let len = rng.random_range(1..6);
+            let pat: Vec<u32> = (0..len).map(|_| rng.random_range(0..4)).collect();
+            assert_eq!(
+                idx.count(&pat).unwrap(),
+                naive_count(&tokens, &docs, &pat),
+                "{pat:?}"
+            );
+        }
+        // the last tokens of one example followed by the first of the next occur in the stream but in
+        // no example
+        let (a, b) = (docs[0], docs[1]);
+        if a.len > 0 && b.len > 0 {
+            let cross = [tokens[a.offset + a.len - 1], tokens[b.offset]];
+            assert_eq!(
+                idx.count(&cross).unwrap(),
+                naive_count(&tokens, &docs, &cross)
+            );
+        }
+    }
+
+    #[test]
+    fn maximal_spans_occur_and_cannot_be_extended() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (tokens, docs) = corpus(&mut rng, 40, 3);
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        let params = SpanParams {
+            min_len: 1,
+            max_count: usize::MAX,
+            density: 1.0,
+        };
+        for _ in 0..50 {
+            let out: Vec<u32> = (0..30).map(|_| rng.random_range(0..3)).collect();
+            let spans = idx.spans(&out, &params, &|_| true).unwrap();
+            let occurs = |a: usize, b: usize| naive_count(&tokens, &docs, &out[a..b]) > 0;
+            let mut covered = vec![false; out.len()];
+            for s in &spans {
+                let (a, b) = (s.start, s.start + s.len);
+                assert_eq!(s.count, naive_count(&tokens, &docs, &out[a..b]));
+                assert_eq!(s.count, s.sources.iter().map(|x| x.1).sum::<usize>());
+                assert!(a == 0 || !occurs(a - 1, b), "{s:?} extends left");
+                assert!(b == out.len() || !occurs(a, b + 1), "{s:?} extends right");
+                covered[a..b].iter_mut().for_each(|c| *c = true);
+            }
+            // every output token found anywhere in the data is inside some span
+            for (i, c) in covered.iter().enumerate() {
+                assert_eq!(*c, occurs(i, i + 1), "position {i} of {out:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_planted_phrase_is_traced_to_its_source_and_common_ones_are_dropped() {
+        let mut rng = StdRng::seed_from_u64(3);
+        // background: tokens 10..60 at random; source 7 holds a phrase of rare tokens 100..108; the common
+        // phrase 1 2 3 4 5 is in every example
+        let mut tokens = Vec::new();
+        let mut docs = Vec::new();
+        for i in 0..50 {
+            let offset = tokens.len();
+            tokens.extend([1, 2, 3, 4, 5]);
+            tokens.extend((0..30).map(|_| rng.random_range(10..60)));
+            if i == 20 {
+                tokens.extend(100..108);
+            }
+            docs.push(Doc {
+                offset,
+                len: tokens.len() - offset,
+                source: if i == 20 { 7 } else { i % 5 },
+            });
+        }
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        let mut out = vec![9, 9];
+        out.extend(1..=5);
+        out.push(9);
+        out.extend(100..108);
+        out.extend([9, 9, 9]);
+        let spans = idx.spans(&out, &SpanParams::default(), &|_| true).unwrap();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!((spans[0].start, spans[0].len), (8, 8));
+        assert_eq!(spans[0].sources, [(7, 1)]);
+        // the common phrase is there, but 50 times
+        assert_eq!(idx.count(&[1, 2, 3, 4, 5]).unwrap(), 50);
+        // word boundaries: the 9 after the phrase continues 107's word, so the span ends before 107; 100
+        // continuing a word moves the start past it
+        let spans = idx
+            .spans(&out, &SpanParams::default(), &|t| t != 9)
+            .unwrap();
+        assert_eq!((spans[0].start, spans[0].len), (8, 7));
+        let spans = idx
+            .spans(&out, &SpanParams::default(), &|t| t != 100 && t != 9)
+            .unwrap();
+        assert_eq!((spans[0].start, spans[0].len), (9, 6));
+        // shorter than min_len after shrinking: nothing
+        let strict = SpanParams {
+            min_len: 7,
+            ..SpanParams::default()
+        };
+        assert!(
+            idx.spans(&out, &strict, &|t| t != 100 && t != 9)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn density_keeps_the_rarest_spans() {
+        // two planted phrases: one of tokens seen once each, one of tokens seen often elsewhere
+        let mut tokens: Vec<u32> = (200..206).collect();
+        tokens.extend([50, 51, 52, 53, 54, 55]);
+        for _ in 0..20 {
+            tokens.extend([55, 54, 53, 52, 51, 50]);
+        }
+        let docs = [
+            Doc {
+                offset: 0,
+                len: 6,
+                source: 0,
+            },
+            Doc {
+                offset: 6,
+                len: tokens.len() - 6,
+                source: 1,
+            },
+        ];
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        let mut out: Vec<u32> = vec![50, 51, 52, 53, 54, 55, 9];
+        out.extend(200..206);
+        let one = SpanParams {
+            density: 0.01,
+            ..SpanParams::default()
+        };
+        let spans = idx.spans(&out, &one, &|_| true).unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            (spans[0].start, spans[0].sources.clone()),
+            (7, vec![(0, 1)])
+        );
+        let all = SpanParams {
+            density: 1.0,
+            ..SpanParams::default()
+        };
+        assert_eq!(idx.spans(&out, &all, &|_| true).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_saved_index_maps_back_and_answers_the_same() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (tokens, docs) = corpus(&mut rng, 25, 5);
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        let dir = std::env::temp_dir().join(format!("span-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("index.span");
+        idx.save(&path).unwrap();
+        let back = SpanIndex::open(&path).unwrap();
+        assert!(matches!(back.store, Store::Mapped { .. }));
+        assert_eq!(back.tokens(), idx.tokens());
+        let params = SpanParams {
+            min_len: 2,
+            ..SpanParams::default()
+        };
+        for _ in 0..20 {
+            let out: Vec<u32> = (0..20).map(|_| rng.random_range(0..5)).collect();
+            assert_eq!(
+                back.spans(&out, &params, &|_| true).unwrap(),
+                idx.spans(&out, &params, &|_| true).unwrap()
+            );
+        }
+        // a flipped suffix array entry, a truncated file, another file: refused
+        let mut bytes = std::fs::read(&path).unwrap();
+        let sa_at = 32 + 2 * back.text().len() + pad8(2 * back.text().len());
+        bytes[sa_at + 3] = 0x7f;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            SpanIndex::open(&path),
+            Err(SpanError::Corrupt { .. })
+        ));
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(matches!(
+            SpanIndex::open(&path),
+            Err(SpanError::Corrupt { .. })
+        ));
+        std::fs::write(&path, b"{}").unwrap();
+        assert!(matches!(
+            SpanIndex::open(&path),
+            Err(SpanError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            SpanIndex::open(&dir.join("missing")),
+            Err(SpanError::Io { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let docs = [Doc {
+            offset: 0,
+            len: 3,
+            source: 0,
+        }];
+        assert!(matches!(
+            SpanIndex::build(&[1, 2, 70_000], &docs),
+            Err(SpanError::TokenTooLarge(70_000))
+        ));
+        assert!(matches!(
+            SpanIndex::build(&[1, 2], &docs),
+            Err(SpanError::ExampleOutOfRange { index: 0, .. })
+        ));
+        let idx = SpanIndex::build(&[1, 2, 3], &docs).unwrap();
+        assert!(matches!(
+            idx.spans(&[1, 65_535], &SpanParams::default(), &|_| true),
+            Err(SpanError::TokenTooLarge(65_535))
+        ));
+        assert!(
+            idx.spans(&[], &SpanParams::default(), &|_| true)
+                .unwrap()
+                .is_empty()
+        );
+        let empty = SpanIndex::build(&[], &[]).unwrap();
+        assert_eq!(empty.count(&[1]).unwrap(), 0);
+        assert!(
+            empty
+                .spans(&[1, 2], &SpanParams::default(), &|_| true)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
