@@ -362,6 +362,7 @@ async fn train_through_the_api_and_publish_on_chain(
             .iter()
             .all(|s| s["examples"].as_i64().unwrap() >= 1)
     );
+    span_index_traces_training_examples(app, job_id, &m).await;
     let by_hash = get(
         app,
         &format!("/api/adapters/{}", result["adapter_hash"].as_str().unwrap()),
@@ -804,6 +805,60 @@ fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec
          Content-Type: application/jsonl\r\n\r\n{content}\r\n--XB--\r\n"
     );
     ("multipart/form-data; boundary=XB", body.into_bytes())
+}
+
+/// The span-attribution index the job wrote: downloadable, hashed in the manifest, over the trained (not the
+/// held-out) examples, and a trained example's tokens are traced back to its source.
+async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m: &Value) {
+    use openledger_attribution::{SpanIndex, SpanParams};
+    let info = &m["attribution"]["span_index"];
+    let file = get(
+        app,
+        &format!("/api/models/{job_id}/files/attribution.span"),
+        None,
+    )
+    .await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(sha256(&file.body), info["sha256"], "{info}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("attribution.span");
+    std::fs::write(&path, &file.body).unwrap();
+    let idx = SpanIndex::open(&path).unwrap();
+    let index = get(
+        app,
+        &format!("/api/models/{job_id}/files/dataset.json"),
+        None,
+    )
+    .await
+    .json();
+    let raw = get(
+        app,
+        &format!("/api/models/{job_id}/files/dataset.tokens"),
+        None,
+    )
+    .await
+    .body;
+    let ids: Vec<u32> = raw
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let examples = index["examples"].as_array().unwrap();
+    let trained: Vec<&Value> = examples.iter().filter(|e| e["split"] == "train").collect();
+    assert_eq!(info["examples"], trained.len());
+    let n = |e: &Value| e["len"].as_u64().unwrap();
+    assert_eq!(info["tokens"], trained.iter().map(|e| n(e)).sum::<u64>());
+    let e = trained[0];
+    let (at, len) = (e["offset"].as_u64().unwrap() as usize, n(e) as usize);
+    let all = SpanParams {
+        min_len: 4,
+        max_count: usize::MAX,
+        density: 1.0,
+    };
+    let spans = idx.spans(&ids[at..at + len], &all, &|_| true).unwrap();
+    // the whole example is one span, found (at least) in its own source
+    assert_eq!((spans[0].start, spans[0].len), (0, len), "{spans:?}");
+    let source = e["source"].as_u64().unwrap() as usize;
+    assert!(spans[0].sources.iter().any(|s| s.0 == source), "{spans:?}");
 }
 
 /// OpenAI's Batch API on the same adapter: an uploaded JSON Lines file run by a batch job, each line

@@ -233,12 +233,13 @@ async fn set_price(
 }
 
 /// The files of a trained model's folder that may be downloaded.
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "adapter_model.safetensors",
     "adapter_config.json",
     "manifest.json",
     "dataset.json",
     "dataset.tokens",
+    crate::jobs::train::SPAN_INDEX_FILE,
 ];
 
 async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
@@ -266,11 +267,11 @@ async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
 }
 
 /// A file of a trained model: the PEFT adapter (`adapter_model.safetensors`, `adapter_config.json`), the
-/// training manifest, or the tokenized training set (`dataset.tokens`, u32 little-endian, indexed by
-/// `dataset.json`).
+/// training manifest, the tokenized training set (`dataset.tokens`, u32 little-endian, indexed by
+/// `dataset.json`), or the span-attribution index over the trained examples (`attribution.span`).
 #[utoipa::path(get, path = "/api/models/{job_id}/files/{name}", tag = "models",
     params(("job_id" = String, Path, description = "The training job's id"),
-           ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json or dataset.tokens")),
+           ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json, dataset.tokens or attribution.span")),
     responses((status = 200, description = "The file", content_type = "application/octet-stream"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn model_file(

@@ -17,6 +17,7 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use openledger_attribution::{Doc as SpanDoc, SpanError, SpanIndex};
 use openledger_chain::bindings::Registry;
 use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, Contribution};
@@ -312,6 +313,32 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     f.sync_all().map_err(|e| ModelError::io(path, e))
 }
 
+/// The span-attribution index of a trained model's folder.
+pub const SPAN_INDEX_FILE: &str = "attribution.span";
+
+/// Builds and saves the span-attribution index over the examples the adapter was trained on (held-out ones
+/// did not shape it) and describes it for the manifest; `null` with a reason when the vocabulary does not
+/// fit the index's 16-bit tokens.
+fn span_index(ids: &[u32], docs: &[SpanDoc], path: &Path) -> Result<Value, ModelError> {
+    let idx = match SpanIndex::build(ids, docs) {
+        Ok(idx) => idx,
+        Err(SpanError::TokenTooLarge(t)) => {
+            return Ok(json!({
+                "file": null,
+                "reason": format!("token id {t} does not fit the span index's 16-bit tokens"),
+            }));
+        }
+        Err(e) => return Err(ModelError::invalid("span index", e)),
+    };
+    idx.save(path)
+        .map_err(|e| ModelError::invalid("span index", e))?;
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    Ok(json!({
+        "file": SPAN_INDEX_FILE, "sha256": sha256_0x(&bytes).to_string(), "format": 1,
+        "examples": docs.len(), "tokens": idx.tokens(), "split": "train",
+    }))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_blocking(
     base_path: PathBuf,
@@ -350,6 +377,8 @@ fn train_blocking(
 
     // the token stream with example boundaries, for attribution
     let mut tokens: Vec<u8> = Vec::new();
+    let mut ids: Vec<u32> = Vec::new();
+    let mut trained_docs = Vec::new();
     let mut examples = Vec::new();
     let mut per_source: BTreeMap<usize, (i32, i64)> = BTreeMap::new();
     let mut offset = 0usize;
@@ -357,6 +386,14 @@ fn train_blocking(
         for e in set.iter() {
             for id in &e.tokens.ids {
                 tokens.extend_from_slice(&id.to_le_bytes());
+            }
+            ids.extend_from_slice(&e.tokens.ids);
+            if split == "train" {
+                trained_docs.push(SpanDoc {
+                    offset,
+                    len: e.tokens.ids.len(),
+                    source: e.source,
+                });
             }
             let first_target = e
                 .tokens
@@ -378,6 +415,11 @@ fn train_blocking(
         "tokens_file": "dataset.tokens", "dtype": "u32le", "examples": examples,
     }))
     .map_err(|e| ModelError::invalid("dataset index", e))?;
+    // written aside and renamed into place: a crash or a full disk never leaves a partial adapter visible
+    let tmp = out_dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let span_index = span_index(&ids, &trained_docs, &tmp.join(SPAN_INDEX_FILE))?;
     let adapter = lora.safetensors_bytes()?;
     let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&base_id))
         .map_err(|e| ModelError::invalid("adapter config", e))?;
@@ -414,15 +456,12 @@ fn train_blocking(
         },
         "metrics": metrics_json,
         "adapter": { "file": "adapter_model.safetensors", "sha256": adapter_hash.to_string() },
+        "attribution": { "span_index": span_index },
     });
     let manifest_bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::invalid("manifest", e))?;
     let manifest_hash = sha256_0x(&manifest_bytes);
 
-    // written aside and renamed into place: a crash or a full disk never leaves a partial adapter visible
-    let tmp = out_dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     write_synced(&tmp.join("adapter_model.safetensors"), &adapter)?;
     write_synced(&tmp.join("adapter_config.json"), &adapter_config)?;
     write_synced(&tmp.join("dataset.tokens"), &tokens)?;
