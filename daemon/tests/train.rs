@@ -854,7 +854,7 @@ async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m:
         max_count: usize::MAX,
         density: 1.0,
     };
-    let spans = idx.spans(&ids[at..at + len], &all, &|_| true).unwrap();
+    let spans = idx.spans(&ids[at..at + len], &all, &|_, _| true).unwrap();
     // the whole example is one span, found (at least) in its own source
     assert_eq!((spans[0].start, spans[0].len), (0, len), "{spans:?}");
     let source = e["source"].as_u64().unwrap() as usize;

@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 out[to..to + len].copy_from_slice(&tokens[from..from + len]);
             }
             let t = Instant::now();
-            let spans = idx.spans(&out, &params, &|_| true)?;
+            let spans = idx.spans(&out, &params, &|_, _| true)?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             found += spans.len();
         }

@@ -312,14 +312,15 @@ impl SpanIndex {
     }
 
     /// The output's maximal spans that occur in the training data, filtered by `params`: at least
-    /// `min_len` tokens, starting and ending on word boundaries (`word_start(t)`: token `t` begins a word;
-    /// a span is shrunk inward to the nearest boundaries), at most `max_count` occurrences, then the
-    /// rarest `density` per output token. Returned in output order.
+    /// `min_len` tokens, starting and ending on word boundaries (`breaks(a, b)`: a word breaks between
+    /// tokens `a` and `b`; the output's ends always break; a span is shrunk inward to the nearest
+    /// boundaries), at most `max_count` occurrences, then the rarest `density` per output token. Returned
+    /// in output order.
     pub fn spans(
         &self,
         output: &[u32],
         params: &SpanParams,
-        word_start: &dyn Fn(u32) -> bool,
+        breaks: &dyn Fn(u32, u32) -> bool,
     ) -> Result<Vec<Span>, SpanError> {
         let out = output
             .iter()
@@ -343,7 +344,7 @@ impl SpanIndex {
                 reach = i + len;
             }
         }
-        let boundary = |p: usize| p == n || word_start(output[p]);
+        let boundary = |p: usize| p == 0 || p == n || breaks(output[p - 1], output[p]);
         let mut spans = Vec::new();
         for (s, l) in maximal {
             let (mut a, mut b) = (s, s + l);
@@ -486,7 +487,7 @@ mod tests {
         };
         for _ in 0..50 {
             let out: Vec<u32> = (0..30).map(|_| rng.random_range(0..3)).collect();
-            let spans = idx.spans(&out, &params, &|_| true).unwrap();
+            let spans = idx.spans(&out, &params, &|_, _| true).unwrap();
             let occurs = |a: usize, b: usize| naive_count(&tokens, &docs, &out[a..b]) > 0;
             let mut covered = vec![false; out.len()];
             for s in &spans {
@@ -530,7 +531,9 @@ mod tests {
         out.push(9);
         out.extend(100..108);
         out.extend([9, 9, 9]);
-        let spans = idx.spans(&out, &SpanParams::default(), &|_| true).unwrap();
+        let spans = idx
+            .spans(&out, &SpanParams::default(), &|_, _| true)
+            .unwrap();
         assert_eq!(spans.len(), 1, "{spans:?}");
         assert_eq!((spans[0].start, spans[0].len), (8, 8));
         assert_eq!(spans[0].sources, [(7, 1)]);
@@ -539,11 +542,11 @@ mod tests {
         // word boundaries: the 9 after the phrase continues 107's word, so the span ends before 107; 100
         // continuing a word moves the start past it
         let spans = idx
-            .spans(&out, &SpanParams::default(), &|t| t != 9)
+            .spans(&out, &SpanParams::default(), &|_, t| t != 9)
             .unwrap();
         assert_eq!((spans[0].start, spans[0].len), (8, 7));
         let spans = idx
-            .spans(&out, &SpanParams::default(), &|t| t != 100 && t != 9)
+            .spans(&out, &SpanParams::default(), &|_, t| t != 100 && t != 9)
             .unwrap();
         assert_eq!((spans[0].start, spans[0].len), (9, 6));
         // shorter than min_len after shrinking: nothing
@@ -552,7 +555,7 @@ mod tests {
             ..SpanParams::default()
         };
         assert!(
-            idx.spans(&out, &strict, &|t| t != 100 && t != 9)
+            idx.spans(&out, &strict, &|_, t| t != 100 && t != 9)
                 .unwrap()
                 .is_empty()
         );
@@ -585,7 +588,7 @@ mod tests {
             density: 0.01,
             ..SpanParams::default()
         };
-        let spans = idx.spans(&out, &one, &|_| true).unwrap();
+        let spans = idx.spans(&out, &one, &|_, _| true).unwrap();
         assert_eq!(spans.len(), 1);
         assert_eq!(
             (spans[0].start, spans[0].sources.clone()),
@@ -595,7 +598,7 @@ mod tests {
             density: 1.0,
             ..SpanParams::default()
         };
-        assert_eq!(idx.spans(&out, &all, &|_| true).unwrap().len(), 2);
+        assert_eq!(idx.spans(&out, &all, &|_, _| true).unwrap().len(), 2);
     }
 
     #[test]
@@ -617,8 +620,8 @@ mod tests {
         for _ in 0..20 {
             let out: Vec<u32> = (0..20).map(|_| rng.random_range(0..5)).collect();
             assert_eq!(
-                back.spans(&out, &params, &|_| true).unwrap(),
-                idx.spans(&out, &params, &|_| true).unwrap()
+                back.spans(&out, &params, &|_, _| true).unwrap(),
+                idx.spans(&out, &params, &|_, _| true).unwrap()
             );
         }
         // a flipped suffix array entry, a truncated file, another file: refused
@@ -664,11 +667,11 @@ mod tests {
         ));
         let idx = SpanIndex::build(&[1, 2, 3], &docs).unwrap();
         assert!(matches!(
-            idx.spans(&[1, 65_535], &SpanParams::default(), &|_| true),
+            idx.spans(&[1, 65_535], &SpanParams::default(), &|_, _| true),
             Err(SpanError::TokenTooLarge(65_535))
         ));
         assert!(
-            idx.spans(&[], &SpanParams::default(), &|_| true)
+            idx.spans(&[], &SpanParams::default(), &|_, _| true)
                 .unwrap()
                 .is_empty()
         );
@@ -676,7 +679,7 @@ mod tests {
         assert_eq!(empty.count(&[1]).unwrap(), 0);
         assert!(
             empty
-                .spans(&[1, 2], &SpanParams::default(), &|_| true)
+                .spans(&[1, 2], &SpanParams::default(), &|_, _| true)
                 .unwrap()
                 .is_empty()
         );

@@ -20,7 +20,7 @@ pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use llama::{Forward, Llama, Precision, Proj};
 pub use lora::{Lora, LoraConfig};
-pub use tokenizer::TextTokenizer;
+pub use tokenizer::{TextTokenizer, WordBreaks};
 pub use train::{Dataset, Event, Metrics, Record, Schedule, TrainConfig, Trainer};
 pub use weights::{BaseModel, ModelFormat, content_hash};
 

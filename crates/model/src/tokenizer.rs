@@ -31,6 +31,21 @@ pub struct Tokenized {
     pub targets: Vec<bool>,
 }
 
+/// Per token id: whether its text begins / ends with something other than a letter or digit.
+#[derive(Debug, Clone)]
+pub struct WordBreaks {
+    starts: Vec<bool>,
+    ends: Vec<bool>,
+}
+
+impl WordBreaks {
+    /// Whether a word breaks between tokens `a` and `b` (unknown ids break).
+    pub fn between(&self, a: u32, b: u32) -> bool {
+        self.ends.get(a as usize).is_none_or(|&e| e)
+            || self.starts.get(b as usize).is_none_or(|&s| s)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -283,6 +298,20 @@ impl TextTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// Where words break between tokens, for span attribution (a matched span never starts or ends inside
+    /// a word).
+    pub fn word_breaks(&self) -> WordBreaks {
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for id in 0..self.vocab_size() as u32 {
+            let text = self.inner.decode(&[id], false).unwrap_or_default();
+            // whitespace, punctuation, special tokens and partial UTF-8 are not letters or digits
+            let apart = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+            starts.push(apart(text.chars().next()));
+            ends.push(apart(text.chars().next_back()));
+        }
+        WordBreaks { starts, ends }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

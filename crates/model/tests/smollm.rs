@@ -334,3 +334,44 @@ fn serving_engine_matches_the_full_forward_and_batches_exactly() {
         assert_eq!(*t, decode(&[i])[0], "sequence {i}");
     }
 }
+
+#[test]
+fn word_breaks_fall_between_words_and_never_inside_one() {
+    let Some(path) = model_path() else { return };
+    let base = BaseModel::load(&path, &Device::Cpu, Some("0x00".into())).unwrap();
+    let tok = &base.tokenizer;
+    let wb = tok.word_breaks();
+    let ids = tok.encode(TEXT).unwrap();
+    // cut the text at every break: each piece is whole words (with their spaces and punctuation), so
+    // gluing them back gives the text and no piece ends in the middle of a word
+    let text = tok.decode(&ids, false).unwrap();
+    assert_eq!(text, TEXT);
+    let mut cuts = vec![0];
+    cuts.extend((1..ids.len()).filter(|&p| wb.between(ids[p - 1], ids[p])));
+    cuts.push(ids.len());
+    let mut pieces = Vec::new();
+    for w in cuts.windows(2) {
+        pieces.push(tok.decode(&ids[w[0]..w[1]], false).unwrap());
+    }
+    assert_eq!(pieces.concat(), TEXT);
+    let words: Vec<&str> = TEXT
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    // every word lies inside one piece
+    let mut at = 0;
+    for w in &words {
+        let i = TEXT[at..].find(w).unwrap() + at;
+        at = i + w.len();
+        let mut start = 0;
+        let holder = pieces.iter().find(|p| {
+            let s = start;
+            start += p.len();
+            s <= i && i + w.len() <= start
+        });
+        assert!(holder.is_some(), "{w:?} is split: {pieces:?}");
+    }
+    // and the breaks are not everywhere: "Attribution" and "contributed" are several tokens each
+    assert!(pieces.len() < ids.len(), "{pieces:?}");
+    assert!(pieces.len() >= words.len(), "{pieces:?}");
+}
