@@ -153,12 +153,12 @@ impl Linear {
     /// own (candle quantizes the row and takes block dot products), so a row's result does not depend on
     /// the other rows in the batch.
     fn forward_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let n_in = x.len() / rows.max(1);
-        let t = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
+        // int8 works on the host rows as they are; candle's paths take them as a tensor
+        let t = || Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu);
         let y = match self {
-            Linear::Q(q) => q.forward(&t)?,
             Linear::Q8(q) => return Ok(q.matmul(x, rows)),
-            Linear::Dense(w) => t.matmul(&w.to_device(&Device::Cpu)?.t()?)?,
+            Linear::Q(q) => q.forward(&t()?)?,
+            Linear::Dense(w) => t()?.matmul(&w.to_device(&Device::Cpu)?.t()?)?,
         };
         Ok(y.flatten_all()?.to_vec1::<f32>()?)
     }

@@ -196,7 +196,7 @@ async fn change(
 
 /// Refunds inference `id`'s credit charge, if it had one not yet refunded (it failed: the caller got
 /// nothing for it). Returns whether it refunded.
-pub async fn refund_inference(pool: &PgPool, id: &str) -> Result<bool, CreditError> {
+pub async fn refund_inference(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
     let charged: Option<(String, String)> = sqlx::query_as(
         "SELECT address, (-delta)::text FROM credit_ledger WHERE inference_id = $1 AND reason = 'inference'",
     )
@@ -213,13 +213,15 @@ pub async fn refund_inference(pool: &PgPool, id: &str) -> Result<bool, CreditErr
         Ok(_) => Ok(true),
         // refunded already (the unique index)
         Err(CreditError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() => Ok(false),
-        Err(e) => Err(e),
+        Err(CreditError::Db(e)) => Err(e),
+        // a refund adds, so is never short; a zero charge leaves nothing to give back
+        Err(CreditError::Insufficient { .. } | CreditError::Zero) => Ok(false),
     }
 }
 
 /// Refunds the charges of inferences that failed, and of those that never got their row (the process
 /// stopped between the charge and the record) once older than `grace`. Returns how many it refunded.
-pub async fn refund_orphans(pool: &PgPool, grace: std::time::Duration) -> Result<u64, CreditError> {
+pub async fn refund_orphans(pool: &PgPool, grace: std::time::Duration) -> Result<u64, sqlx::Error> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT c.inference_id FROM credit_ledger c
          LEFT JOIN inferences i ON i.id = c.inference_id

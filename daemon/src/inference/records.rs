@@ -121,18 +121,9 @@ pub async fn ended(
     .execute(pool)
     .await?;
     if status == "failed" {
-        super::credits::refund_inference(pool, id)
-            .await
-            .map_err(credit_db)?;
+        super::credits::refund_inference(pool, id).await?;
     }
     Ok(())
-}
-
-fn credit_db(e: super::credits::CreditError) -> sqlx::Error {
-    match e {
-        super::credits::CreditError::Db(d) => d,
-        other => sqlx::Error::Protocol(other.to_string()),
-    }
 }
 
 /// A sponsored payment made for this batch line by a run that was interrupted before the line finished,
@@ -179,9 +170,7 @@ pub async fn fail_interrupted(pool: &PgPool, job_id: i64) -> Result<u64, sqlx::E
     .fetch_all(pool)
     .await?;
     for id in &ids {
-        super::credits::refund_inference(pool, id)
-            .await
-            .map_err(credit_db)?;
+        super::credits::refund_inference(pool, id).await?;
     }
     Ok(ids.len() as u64)
 }
