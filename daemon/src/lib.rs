@@ -8,6 +8,7 @@
 //! - `serve`: one process running the API, the indexer and the workers.
 
 pub mod api;
+pub mod attribution;
 pub mod auth;
 pub mod chain;
 pub mod cli;

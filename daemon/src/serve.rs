@@ -159,6 +159,10 @@ pub async fn run(
         }
         None => None,
     };
+    // completes attributions whose gradient part was queued (or left pending by an earlier process)
+    let attribution_task = inference
+        .as_ref()
+        .map(|i| tokio::spawn(i.attribution.clone().run_queue(pool.clone())));
     let jobs = registry(
         &pool,
         &deployment,
@@ -251,6 +255,10 @@ pub async fn run(
         .execute(&pool)
         .await;
     listener_task.abort();
+    // a pending record it was working on stays pending: the next process completes it
+    if let Some(t) = attribution_task {
+        t.abort();
+    }
     result
 }
 

@@ -632,6 +632,7 @@ async fn serve_the_fresh_adapter_paid_first(
             Some(job_id)
         )
     );
+    attribution_of_an_inference(s, &app, &inf, job_id, &v).await;
     // the same payment twice: refused
     chat(json!({"request_id": rid.to_string()}))
         .await
@@ -657,6 +658,11 @@ async fn serve_the_fresh_adapter_paid_first(
         "{text}"
     );
     assert!(text.contains("\"usage\""), "{text}");
+    // the finish chunk carries the attribution
+    assert!(
+        text.contains("\"attribution\"") && text.contains("\"commitment\""),
+        "{text}"
+    );
     // the base model is free and needs no payment
     let base = post_json(
         &app,
@@ -666,9 +672,270 @@ async fn serve_the_fresh_adapter_paid_first(
     )
     .await;
     assert_eq!(base.status, StatusCode::OK);
-    assert_eq!(base.json()["openledger"]["payment"]["mode"], "free");
+    let base = base.json();
+    assert_eq!(base["openledger"]["payment"]["mode"], "free");
+    assert!(base["openledger"]["attribution"].is_null(), "{base}");
+    let p = get(
+        &app,
+        &format!(
+            "/api/inferences/{}/attribution",
+            base["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    assert!(p["detail"].as_str().unwrap().contains("base model"), "{p}");
     inference_credit_pays_for_signed_in_callers(s, &app, &name).await;
     inf
+}
+
+/// The paid inference's attribution: returned with the completion, stored with its weights in the same
+/// transaction, served at /api/inferences/{id}/attribution, recomputed equal by `verify`; a tampered record
+/// does not verify; missing or damaged artifacts, an empty output and oversized token ids are clear errors;
+/// a queued gradient part is completed by the background task.
+async fn attribution_of_an_inference(
+    s: &Stack,
+    app: &axum::Router,
+    inf: &Inference,
+    job_id: i64,
+    v: &Value,
+) {
+    use openledger_daemon::attribution::{
+        self, AttributionError, Gradient, Subject, store, verify,
+    };
+    let id = v["id"].as_str().unwrap();
+    let a = &v["openledger"]["attribution"];
+    assert_eq!(a["status"], "complete", "{a}");
+    assert_eq!(a["method"], "ol-attr/1");
+    let manifest_hash: String =
+        sqlx::query_scalar("SELECT manifest_hash FROM trained_models WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        a["commitment"]["manifest_sha256"],
+        manifest_hash.to_lowercase()
+    );
+    for k in [
+        "output_tokens_sha256",
+        "prompt_tokens_sha256",
+        "adapter_sha256",
+        "span_index_sha256",
+        "gradients_sha256",
+    ] {
+        assert!(
+            a["commitment"][k].as_str().is_some_and(|h| h.len() == 66),
+            "{k}: {a}"
+        );
+    }
+    // the gradient part ran (sync by default) and named trained examples of known contributions
+    let top = a["gradient"]["top"].as_array().unwrap();
+    assert!(!top.is_empty(), "{a}");
+    assert!(
+        top.iter().all(|e| e["contributor"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("0x"))),
+        "{a}"
+    );
+    // weights: integers summing to exactly one million with the no-attribution share
+    let w = &a["weights"];
+    let sum: u64 = w["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["weight"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sum + w["no_attribution"].as_u64().unwrap(),
+        1_000_000,
+        "{w}"
+    );
+    // stored, with the weights settlement reads
+    let got = get(app, &format!("/api/inferences/{id}/attribution"), None)
+        .await
+        .json();
+    assert_eq!(got["record_hash"], a["record_hash"]);
+    assert_eq!(got["weights"], a["weights"]);
+    let (rows, total): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), sum(weight)::bigint FROM attribution_weights WHERE inference_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows as usize, w["contributions"].as_array().unwrap().len());
+    assert_eq!(total.unwrap_or(0) as u64, sum);
+
+    // verify agrees, through the library and the CLI; a record tampered with in the database does not
+    let ok = verify::verify(&s.pool, id).await.unwrap();
+    assert!(ok.matches, "{:?}", ok.differences);
+    let db = common::url_of(&s.pool);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_openledger"))
+            .args(["--database-url", &db, "--data-dir"])
+            .arg(s.data.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["--json", "attribution", "verify", id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vj: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vj["matches"], true, "{vj}");
+    assert_eq!(vj["stored_record_hash"], a["record_hash"]);
+    let o = cli(&["attribution", "verify", "inf-nope"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no inference inf-nope"),
+        "{o:?}"
+    );
+    sqlx::query("UPDATE attributions SET record = jsonb_set(record, '{weights,no_attribution}', '1') WHERE inference_id = $1")
+        .bind(id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let bad = verify::verify(&s.pool, id).await.unwrap();
+    assert!(!bad.matches);
+    let o = cli(&["attribution", "verify", id]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("DOES NOT MATCH"),
+        "{o:?}"
+    );
+    assert!(
+        bad.differences.iter().any(|d| d.contains("record_hash")),
+        "{:?}",
+        bad.differences
+    );
+    assert!(
+        bad.differences.iter().any(|d| d.starts_with("weights")),
+        "{:?}",
+        bad.differences
+    );
+
+    // bad input and missing artifacts
+    let st = store::get(&s.pool, id).await.unwrap().unwrap();
+    let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
+    let subject = |job, output: &'static [u32]| Subject {
+        inference_id: "inf-x",
+        job_id: job,
+        prompt: &[],
+        output,
+    };
+    let att = &inf.attribution;
+    assert!(matches!(
+        att.attribute(&s.pool, &subject(job_id, &[]), Gradient::Run)
+            .await,
+        Err(AttributionError::EmptyOutput)
+    ));
+    let e = att
+        .attribute(&s.pool, &subject(job_id, &[70_000]), Gradient::Run)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("70000"), "{e}");
+    assert!(matches!(
+        att.attribute(&s.pool, &subject(9999, &[1, 2]), Gradient::Run)
+            .await,
+        Err(AttributionError::UnknownModel(9999))
+    ));
+    let dir: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    let span = Path::new(&dir).join("attribution.span");
+    let saved = std::fs::read(&span).unwrap();
+    let mut damaged = saved.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&span, &damaged).unwrap();
+    // a fresh process (verify opens the artifacts anew) finds the damage
+    match verify::verify(&s.pool, id).await {
+        Err(verify::VerifyError::Attribution(AttributionError::HashMismatch { file, .. })) => {
+            assert_eq!(file, "attribution.span")
+        }
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+    std::fs::remove_file(&span).unwrap();
+    let e = verify::verify(&s.pool, id).await.unwrap_err();
+    assert!(e.to_string().contains("attribution.span"), "{e}");
+    std::fs::write(&span, &saved).unwrap();
+
+    // a flagged record is a clear error at the endpoint, and is never paid: no weights
+    let flagged: Result<attribution::Record, AttributionError> = Err(AttributionError::Missing {
+        job: job_id,
+        reason: "test".into(),
+    });
+    let mut tx = s.pool.begin().await.unwrap();
+    store::save(&mut tx, id, job_id, &prompt, &flagged)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let p = get(app, &format!("/api/inferences/{id}/attribution"), None)
+        .await
+        .problem(409, "conflict");
+    assert!(p["detail"].as_str().unwrap().contains("flagged"), "{p}");
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM attribution_weights WHERE inference_id = $1")
+            .bind(id)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+
+    // queued: the record is pending without weights, then the background task completes it to the same
+    // weights the synchronous path gave
+    let out: Vec<u32> = {
+        let o: Vec<i32> = sqlx::query_scalar("SELECT output_tokens FROM inferences WHERE id = $1")
+            .bind(id)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        o.into_iter().map(|t| t as u32).collect()
+    };
+    let real = Subject {
+        inference_id: id,
+        job_id,
+        prompt: &prompt,
+        output: &out,
+    };
+    let pending = att
+        .attribute(&s.pool, &real, Gradient::Defer)
+        .await
+        .unwrap();
+    assert!(pending.pending && pending.body["weights"].is_null());
+    let mut tx = s.pool.begin().await.unwrap();
+    store::save(&mut tx, id, job_id, &prompt, &Ok(pending))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let p = get(app, &format!("/api/inferences/{id}/attribution"), None)
+        .await
+        .json();
+    assert_eq!(p["status"], "pending");
+    let task = tokio::spawn(inf.attribution.clone().run_queue(s.pool.clone()));
+    att.wake();
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        done = get(app, &format!("/api/inferences/{id}/attribution"), None)
+            .await
+            .json();
+        if done["status"] == "complete" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(done["weights"], a["weights"]);
+    assert_eq!(done["record_hash"], a["record_hash"]);
+    assert!(verify::verify(&s.pool, id).await.unwrap().matches);
+    get(app, "/api/inferences/inf-nope/attribution", None)
+        .await
+        .problem(404, "not-found");
 }
 
 /// A signed-in caller without a request id is served on its inference credit: the daemon pays from its

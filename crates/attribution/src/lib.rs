@@ -1,8 +1,17 @@
-//! Proof of Attribution: which training contributions an output's tokens came from.
+//! Proof of Attribution: which training contributions shaped an output, and how much each is paid.
 //!
-//! `span`: exact matches (infini-gram / OLMoTrace style), a suffix array over the training token stream
-//! with its example -> source boundaries, queried for the maximal spans of an output.
+//! - `span`: exact matches (infini-gram / OLMoTrace style), a suffix array over the training token stream
+//!   with its example -> source boundaries, queried for the maximal spans of an output.
+//! - `grad`: paraphrase-aware gradient attribution for LoRA models (LoGra-style projected per-example
+//!   gradients, TracIn / DataInf scores).
+//! - `lora`: the two meet the model: an adapter's parameter layout and a sequence's projected gradient.
+//! - `weights`: the deterministic rule from both kinds of evidence to integer payout weights.
 
+pub mod grad;
+pub mod lora;
 pub mod span;
+pub mod weights;
 
+pub use grad::{GradError, GradParams, GradScores, GradStore, Projector};
 pub use span::{Doc, Span, SpanError, SpanIndex, SpanParams};
+pub use weights::{CombineParams, METHOD, SCALE, Weights, combine};

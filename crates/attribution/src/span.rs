@@ -99,10 +99,13 @@ enum Store {
         text: Vec<u16>,
         sa: Vec<i32>,
     },
+    /// The suffix array packed: `width` little-endian bytes per entry (as few as the stream's length
+    /// needs: 3 up to 16M tokens), so the file costs no more than the infini-gram layout.
     Mapped {
         map: memmap2::Mmap,
         text: std::ops::Range<usize>,
         sa: std::ops::Range<usize>,
+        width: usize,
     },
 }
 
@@ -177,32 +180,58 @@ impl SpanIndex {
         }
     }
 
-    fn sa(&self) -> &[i32] {
+    /// Suffix-array row `i` (a position in `text`).
+    #[inline]
+    fn sa_at(&self, i: usize) -> usize {
         match &self.store {
-            Store::Owned { sa, .. } => sa,
-            Store::Mapped { map, sa, .. } => bytemuck::cast_slice(&map[sa.clone()]),
+            Store::Owned { sa, .. } => sa[i] as usize,
+            Store::Mapped { map, sa, width, .. } => {
+                let at = sa.start + i * width;
+                let mut b = [0u8; 8];
+                b[..*width].copy_from_slice(&map[at..at + width]);
+                u64::from_le_bytes(b) as usize
+            }
         }
     }
 
-    /// Writes the index to one file (little-endian): a header, the stream, the suffix array, the example
-    /// starts and sources, the unigram counts. `open` maps it back.
+    /// Suffix-array rows (the stream's length).
+    fn sa_len(&self) -> usize {
+        self.text().len()
+    }
+
+    /// Writes the index to one file (little-endian): a header (stream length, examples, tokens, suffix
+    /// array width), the stream, the packed suffix array, each example's source. `open` maps it back; the
+    /// example starts (after each separator) and the unigram counts are recomputed from the stream.
     pub fn save(&self, path: &Path) -> Result<(), SpanError> {
         let f = std::fs::File::create(path).map_err(io(path))?;
         let mut w = std::io::BufWriter::new(f);
-        let (text, sa) = (self.text(), self.sa());
+        let text = self.text();
+        let n = text.len();
+        let width = sa_width(n);
         let mut put = |b: &[u8]| w.write_all(b).map_err(io(path));
         put(MAGIC)?;
-        for v in [text.len() as u64, self.starts.len() as u64, self.tokens] {
+        for v in [
+            n as u64,
+            self.starts.len() as u64,
+            self.tokens,
+            width as u64,
+        ] {
             put(&v.to_le_bytes())?;
         }
         put(bytemuck::cast_slice(text))?;
-        put(&[0u8; 8][..pad8(2 * text.len())])?;
-        put(bytemuck::cast_slice(sa))?;
-        put(&[0u8; 8][..pad8(4 * sa.len())])?;
-        for v in self.starts.iter().chain(&self.sources) {
-            put(&(*v as u64).to_le_bytes())?;
+        put(&[0u8; 8][..pad8(2 * n)])?;
+        let mut row = Vec::with_capacity(width * 4096);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+            row.clear();
+            for &i in chunk {
+                row.extend_from_slice(&(self.sa_at(i) as u64).to_le_bytes()[..width]);
+            }
+            put(&row)?;
         }
-        put(bytemuck::cast_slice(&self.unigram))?;
+        put(&[0u8; 8][..pad8(width * n)])?;
+        for v in &self.sources {
+            put(&(*v as u32).to_le_bytes())?;
+        }
         let f = w.into_inner().map_err(|e| SpanError::Io {
             path: path.to_path_buf(),
             source: e.into_error(),
@@ -222,60 +251,71 @@ impl SpanIndex {
         }
         let f = std::fs::File::open(path).map_err(io(path))?;
         let map = map_file(&f).map_err(io(path))?;
-        if map.len() < 32 || &map[..8] != MAGIC {
-            return Err(corrupt("bad header".into()));
+        if map.len() < 40 || &map[..8] != MAGIC {
+            return Err(corrupt(
+                "bad header (or an index from an older format: retrain)".into(),
+            ));
         }
         let word = |i: usize| {
             u64::from_le_bytes(map[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default())
         };
-        let (n, docs, tokens) = (word(0) as usize, word(1) as usize, word(2));
-        let text = 32..32 + 2 * n;
-        let sa = text.end + pad8(2 * n)..text.end + pad8(2 * n) + 4 * n;
-        let tables = sa.end + pad8(4 * n);
-        let want = tables + 16 * docs + 8 * SEP as usize;
-        if n > i32::MAX as usize || map.len() != want {
+        let (n, docs, tokens, width) = (
+            word(0) as usize,
+            word(1) as usize,
+            word(2),
+            word(3) as usize,
+        );
+        if n > i32::MAX as usize || width != sa_width(n) || docs > n || tokens != (n - docs) as u64
+        {
+            return Err(corrupt("inconsistent header".into()));
+        }
+        let text = 40..40 + 2 * n;
+        let sa = text.end + pad8(2 * n)..text.end + pad8(2 * n) + width * n;
+        let tables = sa.end + pad8(width * n);
+        let want = tables + 4 * docs;
+        if map.len() != want {
             return Err(corrupt(format!(
                 "{} bytes, the header implies {want}",
                 map.len()
             )));
         }
-        let words = |r: std::ops::Range<usize>| -> Vec<u64> {
-            map[r]
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect()
-        };
-        let starts: Vec<usize> = words(tables..tables + 8 * docs)
-            .into_iter()
-            .map(|v| v as usize)
+        let sources: Vec<usize> = map[tables..want]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()) as usize)
             .collect();
-        let sources: Vec<usize> = words(tables + 8 * docs..tables + 16 * docs)
-            .into_iter()
-            .map(|v| v as usize)
-            .collect();
-        let unigram = words(tables + 16 * docs..want);
-        let idx = SpanIndex {
-            store: Store::Mapped { map, text, sa },
-            starts,
+        let mut idx = SpanIndex {
+            store: Store::Mapped {
+                map,
+                text,
+                sa,
+                width,
+            },
+            starts: Vec::with_capacity(docs),
             sources,
-            unigram,
+            unigram: vec![0u64; SEP as usize],
             tokens,
         };
-        let (text, sa) = (idx.text(), idx.sa());
-        if !idx.starts.windows(2).all(|w| w[0] < w[1]) || idx.starts.iter().any(|&s| s >= n.max(1))
-        {
-            return Err(corrupt("example starts out of order".into()));
+        let mut starts = Vec::with_capacity(docs);
+        let mut unigram = vec![0u64; SEP as usize];
+        let mut at = 0;
+        for (i, &t) in idx.text().iter().enumerate() {
+            if t == SEP {
+                starts.push(at);
+                at = i + 1;
+            } else {
+                unigram[t as usize] += 1;
+            }
         }
-        if text.last().is_some_and(|&t| t != SEP)
-            || text.iter().filter(|&&t| t == SEP).count() != docs
-        {
+        if starts.len() != docs || at != n {
             return Err(corrupt(
                 "the stream's example separators do not match the examples".into(),
             ));
         }
-        if sa.iter().any(|&p| p < 0 || p as usize >= n) {
+        if (0..n).any(|i| idx.sa_at(i) >= n) {
             return Err(corrupt("suffix array entry out of range".into()));
         }
+        idx.starts = starts;
+        idx.unigram = unigram;
         Ok(idx)
     }
 
@@ -300,15 +340,32 @@ impl SpanIndex {
     /// Suffix-array rows whose suffixes start with `pat`.
     fn range(&self, pat: &[u16]) -> (usize, usize) {
         let text = self.text();
-        let cmp = |&p: &i32| {
-            let p = p as usize;
+        let cmp = |row: usize| {
+            let p = self.sa_at(row);
             let end = (p + pat.len()).min(text.len());
             text[p..end].cmp(pat)
         };
-        let sa = self.sa();
-        let lo = sa.partition_point(|p| cmp(p) == Ordering::Less);
-        let hi = lo + sa[lo..].partition_point(|p| cmp(p) != Ordering::Greater);
-        (lo, hi)
+        // first row not below `pat`, then first row above it
+        let (mut lo, mut hi) = (0, self.sa_len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if cmp(mid) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let first = lo;
+        hi = self.sa_len();
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if cmp(mid) == Ordering::Greater {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        (first, lo)
     }
 
     /// The output's maximal spans that occur in the training data, filtered by `params`: at least
@@ -363,8 +420,9 @@ impl SpanIndex {
                 continue;
             }
             let mut per: BTreeMap<usize, usize> = BTreeMap::new();
-            for &p in &self.sa()[lo..hi] {
-                let doc = self.starts.partition_point(|&st| st <= p as usize) - 1;
+            for row in lo..hi {
+                let p = self.sa_at(row);
+                let doc = self.starts.partition_point(|&st| st <= p) - 1;
                 *per.entry(self.sources[doc]).or_default() += 1;
             }
             let log_prob = out[a..b]
@@ -397,7 +455,13 @@ impl SpanIndex {
     }
 }
 
-const MAGIC: &[u8; 8] = b"OLSPAN\x00\x01";
+const MAGIC: &[u8; 8] = b"OLSPAN\x00\x02";
+
+/// Bytes per suffix array entry for a stream of `n` positions.
+fn sa_width(n: usize) -> usize {
+    let bits = usize::BITS - n.saturating_sub(1).leading_zeros();
+    (bits as usize).div_ceil(8).max(1)
+}
 
 /// Zero bytes that bring `n` to a multiple of 8 (each section starts aligned for its element type).
 fn pad8(n: usize) -> usize {
@@ -626,8 +690,11 @@ mod tests {
         }
         // a flipped suffix array entry, a truncated file, another file: refused
         let mut bytes = std::fs::read(&path).unwrap();
-        let sa_at = 32 + 2 * back.text().len() + pad8(2 * back.text().len());
-        bytes[sa_at + 3] = 0x7f;
+        let sa_at = 40 + 2 * back.text().len() + pad8(2 * back.text().len());
+        let Store::Mapped { width, .. } = back.store else {
+            unreachable!()
+        };
+        bytes[sa_at + width - 1] = 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(
             SpanIndex::open(&path),

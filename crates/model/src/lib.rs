@@ -20,8 +20,11 @@ pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use llama::{Forward, Llama, Precision, Proj};
 pub use lora::{Lora, LoraConfig};
+pub use ops::dot;
 pub use tokenizer::{TextTokenizer, WordBreaks};
-pub use train::{Dataset, Event, Metrics, Record, Schedule, TrainConfig, Trainer};
+pub use train::{
+    Dataset, Event, Metrics, Record, Schedule, TrainConfig, Trainer, sequence_gradient,
+};
 pub use weights::{BaseModel, ModelFormat, content_hash};
 
 /// The device for `spec`: `cpu` or `cuda:N` (the latter only in builds with the `cuda` feature).

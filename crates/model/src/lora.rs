@@ -148,6 +148,20 @@ impl Lora {
         out
     }
 
+    /// `(rows, cols)` of each parameter in `vars` order.
+    pub fn shapes(&self) -> Vec<(usize, usize)> {
+        self.vars()
+            .iter()
+            .map(|v| {
+                let d = v.dims();
+                (
+                    d.first().copied().unwrap_or(0),
+                    d.get(1).copied().unwrap_or(1),
+                )
+            })
+            .collect()
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }

@@ -148,7 +148,7 @@ pub fn causal_softmax(att: &Tensor, scale: f32) -> Result<Tensor> {
 /// `a . b` over eight partial sums, which the compiler vectorizes (an iterator `sum` stays sequential,
 /// since float addition does not reassociate). The order depends only on the length, never on a batch.
 #[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca

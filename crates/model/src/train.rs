@@ -244,6 +244,36 @@ impl Dataset {
     }
 }
 
+/// The gradient of one sequence's mean next-token loss over its targets for every LoRA parameter (`Lora::vars`
+/// order, flat, row-major), without dropout, and that loss: what gradient attribution projects, for a
+/// training example and an inference's prompt + output alike. Runs the hand-written CPU passes.
+pub fn sequence_gradient(
+    model: &Llama,
+    lora: &Lora,
+    tokens: &Tokenized,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    if !backprop::supported(model) {
+        return Err(ModelError::invalid(
+            "gradient",
+            "per-sequence gradients need dense f32 weights on the CPU",
+        ));
+    }
+    let ex = Example {
+        source: 0,
+        tokens: tokens.clone(),
+    };
+    let batch = make_batch(&[&ex], 0);
+    let n = batch.n_targets();
+    if n == 0 {
+        return Err(ModelError::invalid(
+            "gradient",
+            "the sequence has no target tokens",
+        ));
+    }
+    let lg = backprop::loss_and_grads(model, lora, &batch.host(), None, 1.0 / n as f32)?;
+    Ok((lg.loss_sum / n as f64, lg.grads))
+}
+
 /// A padded micro-batch: `rows` x `seq` ids, and the flat positions whose next token is a target with those
 /// next tokens.
 struct Batch {

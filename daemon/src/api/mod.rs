@@ -2,6 +2,7 @@
 //! Reads are public; writes need a bearer token (wallet session or API key) and are rate-limited per
 //! address.
 
+mod attribution;
 mod auth;
 mod batches;
 mod caller;
@@ -83,6 +84,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(jobs::routes())
         .merge(models::routes())
         .merge(openai::routes())
+        .merge(attribution::routes())
         .merge(batches::routes())
         .merge(credits::routes())
         .merge(ops::routes())

@@ -29,6 +29,7 @@ use utoipa_axum::routes;
 use super::error::Json;
 use super::types::{parse_address, parse_hash};
 use super::{ApiError, ApiResult, Auth, Problem};
+use crate::attribution::{self, AttributionError, Gradient, GradientMode, Subject};
 use crate::chain::Chain;
 use crate::inference::credits::{self, CreditError};
 use crate::inference::payment::{self, Paid, PaymentError};
@@ -429,7 +430,7 @@ pub async fn execute(
     }
     let r = start(sv, origin, common, prompt, kind).await?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(sv.pool.clone(), r.id.clone(), r.rx, out_tx));
+    tokio::spawn(pump(sv.clone(), r.id.clone(), r.attribution, r.rx, out_tx));
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let body = whole_response(&r.id, &r.model, created, kind, r.meta, out_rx).await?;
     Ok((r.id, body.0))
@@ -442,6 +443,8 @@ struct Running {
     meta: Value,
     stream: bool,
     include_usage: bool,
+    /// A trained adapter's job id and the prompt: what attribution needs once the output is known.
+    attribution: Option<(i64, Vec<u32>)>,
     rx: mpsc::UnboundedReceiver<Event>,
 }
 
@@ -454,7 +457,7 @@ async fn run(
 ) -> ApiResult<Response> {
     let r = start(&sv, origin, c, prompt, kind).await?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(sv.pool.clone(), r.id.clone(), r.rx, out_tx));
+    tokio::spawn(pump(sv.clone(), r.id.clone(), r.attribution, r.rx, out_tx));
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let id = r.id;
     let mut res = if r.stream {
@@ -554,6 +557,7 @@ async fn start(
     )
     .await?;
 
+    let attribution = job_id.map(|j| (j, prompt.clone()));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let submitted = inf.engine.submit(GenerateRequest {
         prompt,
@@ -603,6 +607,7 @@ async fn start(
         meta,
         stream: c.stream,
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
+        attribution,
         rx,
     })
 }
@@ -736,27 +741,44 @@ fn payment_json(mode: &str, p: &Paid) -> Value {
     })
 }
 
-/// Forwards the engine's events to the HTTP side and records the outcome, whether or not the client stays.
+/// An engine event and, with `Done`, the inference's attribution (`openledger.attribution`).
+type Out = (Event, Option<Value>);
+
+/// Forwards the engine's events to the HTTP side and records the outcome, whether or not the client stays:
+/// a finished inference of a trained adapter is attributed first, and its record is written in the
+/// transaction that marks it succeeded.
 async fn pump(
-    pool: sqlx::PgPool,
+    sv: Serving,
     id: String,
+    attribution: Option<(i64, Vec<u32>)>,
     mut rx: mpsc::UnboundedReceiver<Event>,
-    out: mpsc::UnboundedSender<Event>,
+    out: mpsc::UnboundedSender<Out>,
 ) {
+    let pool = &sv.pool;
     while let Some(e) = rx.recv().await {
-        let r = match &e {
-            Event::Done(f) => records::succeeded(&pool, &id, f).await,
-            Event::Failed(m) => records::ended(&pool, &id, "failed", Some(m)).await,
+        let mut att = None;
+        let r = match (&e, &attribution) {
+            (Event::Done(f), Some((job, prompt))) => {
+                match attribute_and_record(&sv, &id, *job, prompt, f).await {
+                    Ok(v) => {
+                        att = Some(v);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Event::Done(f), None) => records::succeeded(pool, &id, f).await,
+            (Event::Failed(m), _) => records::ended(pool, &id, "failed", Some(m)).await,
             _ => Ok(()),
         };
         if let Err(err) = r {
             tracing::error!(inference = %id, error = %err, "recording the inference");
         }
         let last = matches!(e, Event::Done(_) | Event::Failed(_));
-        if out.send(e).is_err() {
+        if out.send((e, att)).is_err() {
             // dropping `rx` makes the engine drop the sequence at its next token
             if let Err(err) =
-                records::ended(&pool, &id, "cancelled", Some("the client went away")).await
+                records::ended(pool, &id, "cancelled", Some("the client went away")).await
             {
                 tracing::error!(inference = %id, error = %err, "recording the inference");
             }
@@ -767,6 +789,49 @@ async fn pump(
             return;
         }
     }
+}
+
+/// Attributes a finished inference (its gradient part now, later or never, as configured; a gradient
+/// failure defers it to the queued task) and records both in one transaction; returns what the response
+/// carries.
+async fn attribute_and_record(
+    sv: &Serving,
+    id: &str,
+    job: i64,
+    prompt: &[u32],
+    f: &Finished,
+) -> Result<Value, sqlx::Error> {
+    let a = &sv.inf.attribution;
+    let subject = Subject {
+        inference_id: id,
+        job_id: job,
+        prompt,
+        output: &f.tokens,
+    };
+    let mode = match a.cfg.gradient {
+        GradientMode::Sync => Gradient::Run,
+        GradientMode::Queued => Gradient::Defer,
+        GradientMode::Off => Gradient::Skip,
+    };
+    let mut outcome = a.attribute(&sv.pool, &subject, mode).await;
+    if let Err(AttributionError::Gradient(m)) = &outcome {
+        tracing::warn!(inference = %id, error = %m, "gradient attribution failed; queued for a retry");
+        outcome = a.attribute(&sv.pool, &subject, Gradient::Defer).await;
+    }
+    if let Err(e) = &outcome {
+        tracing::warn!(inference = %id, error = %e, "inference flagged: it could not be attributed");
+    }
+    let mut tx = sv.pool.begin().await?;
+    records::succeeded(&mut *tx, id, f).await?;
+    attribution::store::save(&mut tx, id, job, prompt, &outcome).await?;
+    tx.commit().await?;
+    if outcome.as_ref().is_ok_and(|r| r.pending) {
+        a.wake();
+    }
+    Ok(match outcome {
+        Ok(r) => r.response(),
+        Err(e) => json!({ "status": "flagged", "error": e.to_string() }),
+    })
 }
 
 fn usage(f: &Finished) -> Value {
@@ -782,12 +847,15 @@ async fn whole_response(
     model: &str,
     created: i64,
     kind: Kind,
-    meta: Value,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut meta: Value,
+    mut rx: mpsc::UnboundedReceiver<Out>,
 ) -> ApiResult<axum::Json<Value>> {
     loop {
         match rx.recv().await {
-            Some(Event::Done(f)) => {
+            Some((Event::Done(f), att)) => {
+                if let Some(a) = att {
+                    meta["attribution"] = a;
+                }
                 let choice = match kind {
                     Kind::Chat => json!({
                         "index": 0, "message": {"role": "assistant", "content": f.text},
@@ -804,7 +872,7 @@ async fn whole_response(
                     "openledger": meta,
                 })));
             }
-            Some(Event::Failed(m)) => return Err(ApiError::Unavailable(m)),
+            Some((Event::Failed(m), _)) => return Err(ApiError::Unavailable(m)),
             Some(_) => {}
             None => return Err(ApiError::Internal("the engine dropped the request".into())),
         }
@@ -818,7 +886,7 @@ fn stream_response(
     kind: Kind,
     include_usage: bool,
     meta: Value,
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::UnboundedReceiver<Out>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let object = if kind == Kind::Chat {
         "chat.completion.chunk"
@@ -861,15 +929,17 @@ fn stream_response(
             }
             loop {
                 match rx.recv().await {
-                    Some(Event::Token { text, .. }) if !text.is_empty() => {
+                    Some((Event::Token { text, .. }, _)) if !text.is_empty() => {
                         return Some((
                             vec![chunk(delta(Some(&text), false, None), None)],
                             (rx, false),
                         ));
                     }
-                    Some(Event::Done(f)) => {
+                    Some((Event::Done(f), att)) => {
+                        // the finish chunk carries the attribution, as the first one the metadata
+                        let extra = att.map(|a| ("openledger", json!({ "attribution": a })));
                         let mut evs =
-                            vec![chunk(delta(None, false, Some(f.reason.as_str())), None)];
+                            vec![chunk(delta(None, false, Some(f.reason.as_str())), extra)];
                         if include_usage {
                             // OpenAI's usage chunk has an empty choices list
                             let mut u = usage_head.clone();
@@ -879,7 +949,7 @@ fn stream_response(
                         evs.push(SseEvent::default().data("[DONE]"));
                         return Some((evs, (rx, true)));
                     }
-                    Some(Event::Failed(m)) => {
+                    Some((Event::Failed(m), _)) => {
                         let err = json!({"error": {"message": m, "type": "server_error"}});
                         return Some((vec![SseEvent::default().data(err.to_string())], (rx, true)));
                     }

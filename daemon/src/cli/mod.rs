@@ -1,5 +1,6 @@
 //! Command-line interface: global options, logging, and dispatch to one file per subcommand.
 
+mod attribution;
 mod credits;
 mod db;
 mod deploy;
@@ -85,6 +86,8 @@ pub enum Command {
     Models(models::ModelsArgs),
     /// Chat with a served model (streams the answer).
     Infer(Box<infer::InferArgs>),
+    /// Proof of Attribution records: show one, or verify it against the public artifacts.
+    Attribution(attribution::AttributionArgs),
 }
 
 /// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
@@ -119,6 +122,7 @@ pub async fn main() -> ExitCode {
         Command::Train(args) => train::run(&cli.global, *args).await,
         Command::Models(args) => models::run(&cli.global, args).await,
         Command::Infer(args) => infer::run(&cli.global, *args).await,
+        Command::Attribution(args) => attribution::run(&cli.global, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,6 +129,56 @@ pub struct InferenceArgs {
     /// Seconds a pay-first request waits for the indexer to see its payment.
     #[arg(long, default_value_t = 10)]
     pub payment_wait_secs: u64,
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Proof of Attribution of inferences of trained adapters (all but --attribution-gradient are part of every
+/// record, so `openledger attribution verify` must be given the same).
+#[derive(Debug, clap::Args)]
+pub struct AttributionArgs {
+    /// When the gradient part runs: `sync` (the response carries the final weights; costs about one
+    /// backward pass), `queued` (after the response; GET /api/inferences/{id}/attribution completes within
+    /// seconds) or `off` (spans only).
+    #[arg(long, env = "OPENLEDGER_ATTRIBUTION_GRADIENT", value_enum, default_value_t = crate::attribution::GradientMode::Sync)]
+    pub attribution_gradient: crate::attribution::GradientMode,
+    /// Shortest attributable span, in tokens.
+    #[arg(long, default_value_t = 4)]
+    pub span_min_len: usize,
+    /// Spans found more often than this in the training data are too common to attribute.
+    #[arg(long, default_value_t = 10)]
+    pub span_max_count: usize,
+    /// Spans kept per output token (the rarest first).
+    #[arg(long, default_value_t = 0.05)]
+    pub span_density: f64,
+    /// Training examples (highest gradient scores) whose contributions share the gradient evidence.
+    #[arg(long, default_value_t = 8)]
+    pub gradient_top_k: usize,
+    /// Sources below this share of an inference's contributor pool (parts per million) get nothing.
+    #[arg(long, default_value_t = 20_000)]
+    pub attribution_floor_ppm: u64,
+}
+
+impl AttributionArgs {
+    pub fn config(&self) -> crate::attribution::AttributionConfig {
+        let d = crate::attribution::AttributionConfig::default();
+        crate::attribution::AttributionConfig {
+            gradient: self.attribution_gradient,
+            span: openledger_attribution::SpanParams {
+                min_len: self.span_min_len.max(1),
+                max_count: self.span_max_count.max(1),
+                density: self.span_density.max(0.0),
+            },
+            grad: openledger_attribution::GradParams {
+                top_k: self.gradient_top_k.max(1),
+                ..d.grad
+            },
+            combine: openledger_attribution::CombineParams {
+                floor_ppm: self.attribution_floor_ppm,
+                ..d.combine
+            },
+        }
+    }
 }
 
 /// `--serve-weights`.
@@ -162,6 +212,7 @@ impl InferenceArgs {
             payment_wait: Duration::from_secs(self.payment_wait_secs),
             default_max_tokens: self.default_max_tokens.max(1),
             batch_concurrency: self.batch_concurrency.max(1),
+            attribution: self.attribution.config(),
         })
     }
 }

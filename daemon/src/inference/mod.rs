@@ -16,6 +16,7 @@ use openledger_model::serve::{AdapterRef, Engine, EngineConfig, ServingModel};
 use openledger_model::{BaseModel, Device, Llama, Precision, TextTokenizer};
 use sqlx::PgPool;
 
+use crate::attribution::{AttributionConfig, Attributor};
 use crate::models;
 
 /// Serving settings (`openledger serve --help` documents the flags).
@@ -36,6 +37,8 @@ pub struct InferenceConfig {
     pub default_max_tokens: usize,
     /// Lines of one batch job in flight at once (the rest of `engine.max_seqs` stays for interactive calls).
     pub batch_concurrency: usize,
+    /// Proof of Attribution of every inference of a trained adapter.
+    pub attribution: AttributionConfig,
 }
 
 impl Default for InferenceConfig {
@@ -49,6 +52,7 @@ impl Default for InferenceConfig {
             payment_wait: Duration::from_secs(10),
             default_max_tokens: 256,
             batch_concurrency: 8,
+            attribution: AttributionConfig::default(),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct Inference {
     pub started: time::OffsetDateTime,
     /// Pays for sponsored requests (`cfg.sponsor`).
     pub sponsor: payment::Sponsor,
+    /// Attributes inferences of trained adapters.
+    pub attribution: Arc<Attributor>,
 }
 
 impl std::fmt::Debug for Inference {
@@ -115,6 +121,7 @@ impl Inference {
         };
         let path = PathBuf::from(&row.path);
         let hash = row.hash.clone();
+        let base = (path.clone(), hash.clone());
         let engine_cfg = cfg.engine.clone();
         let precision = cfg.precision;
         let (engine, tokenizer) = tokio::task::spawn_blocking(move || {
@@ -131,6 +138,10 @@ impl Inference {
         .await
         .map_err(|e| LoadError::Thread(std::io::Error::other(e)))??;
         tracing::info!(model = %row.id, context = engine.context(), "inference engine ready");
+        let attribution = Arc::new(
+            Attributor::new(cfg.attribution.clone(), tokenizer.clone(), base)
+                .map_err(LoadError::Thread)?,
+        );
         // charges an earlier process took without recording their inference
         match self::credits::refund_orphans(pool, Duration::from_secs(600)).await {
             Ok(0) => {}
@@ -148,6 +159,7 @@ impl Inference {
             cfg,
             started: time::OffsetDateTime::now_utc(),
             sponsor: payment::Sponsor::new(Duration::from_secs(60)),
+            attribution,
         }))
     }
 }

@@ -84,7 +84,11 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     }
 }
 
-pub async fn succeeded(pool: &PgPool, id: &str, f: &Finished) -> Result<(), sqlx::Error> {
+pub async fn succeeded<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: &str,
+    f: &Finished,
+) -> Result<(), sqlx::Error> {
     let tokens: Vec<i32> = f.tokens.iter().map(|&t| t as i32).collect();
     sqlx::query(
         "UPDATE inferences SET status = 'succeeded', completion_tokens = $2, output_tokens = $3, output_text = $4,
@@ -99,7 +103,7 @@ pub async fn succeeded(pool: &PgPool, id: &str, f: &Finished) -> Result<(), sqlx
     .bind(f.queued.as_millis() as i32)
     .bind(f.first_token.as_millis() as i32)
     .bind(f.total.as_millis() as i32)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -1,0 +1,306 @@
+//! The combination rule (method `ol-attr/1`): span and gradient evidence -> integer payout weights over
+//! training sources, in parts per million of the inference's contributor pool, with the rest going to
+//! "no attributable data" (the protocol).
+//!
+//! 1. Span evidence. Each kept span carries its information, `-log_prob` (nats, from the training stream's
+//!    unigram counts); a span's information is split over the sources it occurs in by occurrences. Its
+//!    strength `d_span` is the share of the output's tokens the kept spans cover.
+//! 2. Gradient evidence. Among the top examples by DataInf score (positive ones), each counts for its
+//!    source by how far its gradient cosine with the output's exceeds `cos_lo`. Its strength `d_grad`
+//!    maps the best example's cosine linearly from `cos_lo` (0) to `cos_hi` (1).
+//! 3. The data share is `max(d_span, d_grad)`; the sources' mix is the strength-weighted mean of the two
+//!    normalised distributions. Both strengths and mixes are rounded to parts per million before any
+//!    further step, so floating-point noise in the last bits (a gradient recomputed on another thread
+//!    count) cannot move a payout.
+//! 4. From here on integers only: sources below `floor_ppm` of the whole pool are dropped and the data
+//!    share is re-split over the rest by largest remainder (ties to the lower source); what the data share
+//!    leaves goes to the protocol. Weights always sum to exactly `SCALE`.
+
+use std::collections::BTreeMap;
+
+use crate::grad::GradScores;
+use crate::span::Span;
+
+/// Weights are parts of this.
+pub const SCALE: u64 = 1_000_000;
+
+/// The method's name in records and commitments.
+pub const METHOD: &str = "ol-attr/1";
+
+/// The combination's parameters; part of a record's commitment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CombineParams {
+    /// Best-example gradient cosine at which gradient evidence starts to count.
+    pub cos_lo: f64,
+    /// ... and at which it counts fully.
+    pub cos_hi: f64,
+    /// Sources whose weight would fall below this (ppm of the pool) get nothing; the rest is re-split.
+    pub floor_ppm: u64,
+}
+
+impl Default for CombineParams {
+    fn default() -> Self {
+        CombineParams {
+            cos_lo: 0.35,
+            cos_hi: 0.7,
+            floor_ppm: 20_000,
+        }
+    }
+}
+
+/// The outcome: strengths and mixes (ppm, for the record) and the final integer weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weights {
+    pub span_strength: u64,
+    pub grad_strength: u64,
+    /// Per source, the span and gradient distributions (each sums to `SCALE` when not empty).
+    pub span_mix: BTreeMap<usize, u64>,
+    pub grad_mix: BTreeMap<usize, u64>,
+    /// Final weights per source, ascending by source; none below the floor.
+    pub sources: Vec<(usize, u64)>,
+    /// "No attributable data": `SCALE` minus the sources' weights.
+    pub protocol: u64,
+}
+
+fn ppm(x: f64) -> u64 {
+    (x.clamp(0.0, 1.0) * SCALE as f64).round() as u64
+}
+
+/// Splits `total` over `parts` proportionally by largest remainder (ties to the lower key).
+fn split(total: u64, parts: &BTreeMap<usize, u64>) -> BTreeMap<usize, u64> {
+    let sum: u128 = parts.values().map(|&v| v as u128).sum();
+    if sum == 0 {
+        return BTreeMap::new();
+    }
+    let mut out = BTreeMap::new();
+    let mut rem = Vec::new();
+    let mut given = 0u64;
+    for (&k, &v) in parts {
+        let num = total as u128 * v as u128;
+        let q = (num / sum) as u64;
+        given += q;
+        out.insert(k, q);
+        rem.push((num % sum, k));
+    }
+    rem.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, k) in rem.into_iter().take((total - given) as usize) {
+        if let Some(v) = out.get_mut(&k) {
+            *v += 1;
+        }
+    }
+    out
+}
+
+/// A float distribution over sources, rounded to ppm summing to exactly `SCALE`.
+fn distribution(raw: &BTreeMap<usize, f64>) -> BTreeMap<usize, u64> {
+    let sum: f64 = raw.values().filter(|v| **v > 0.0).sum();
+    if sum <= 0.0 || !sum.is_finite() {
+        return BTreeMap::new();
+    }
+    // to integers at a fine grain first, then exactly SCALE by largest remainder
+    let fine: BTreeMap<usize, u64> = raw
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(&k, &v)| (k, (v / sum * 1e12).round() as u64))
+        .collect();
+    split(SCALE, &fine)
+}
+
+/// Applies the rule to an output of `output_len` tokens.
+pub fn combine(
+    output_len: usize,
+    spans: &[Span],
+    grad: Option<&GradScores>,
+    params: &CombineParams,
+) -> Weights {
+    // span evidence: information split by occurrences; strength = covered share of the output
+    let mut span_raw: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut covered = vec![false; output_len];
+    for s in spans {
+        let info = (-s.log_prob).max(0.0);
+        let count: usize = s.sources.iter().map(|x| x.1).sum();
+        for &(src, occ) in &s.sources {
+            *span_raw.entry(src).or_default() += info * occ as f64 / count.max(1) as f64;
+        }
+        for c in covered.iter_mut().skip(s.start).take(s.len) {
+            *c = true;
+        }
+    }
+    let span_strength = if output_len == 0 {
+        0
+    } else {
+        ppm(covered.iter().filter(|&&c| c).count() as f64 / output_len as f64)
+    };
+    let span_mix = distribution(&span_raw);
+    let span_strength = if span_mix.is_empty() {
+        0
+    } else {
+        span_strength
+    };
+
+    // gradient evidence: positive scores of the top examples per source; strength from the best cosine
+    let (grad_mix, grad_strength) = match grad {
+        Some(g) => {
+            // the top examples (by DataInf score) that resemble the output, by how much they do
+            let mut raw: BTreeMap<usize, f64> = BTreeMap::new();
+            for e in g
+                .top
+                .iter()
+                .filter(|e| e.score > 0.0 && e.cosine.is_finite())
+            {
+                let w = e.cosine - params.cos_lo;
+                if w > 0.0 {
+                    *raw.entry(e.source).or_default() += w;
+                }
+            }
+            let best = g
+                .top
+                .iter()
+                .filter(|e| e.score > 0.0)
+                .map(|e| e.cosine)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let strength = if best.is_finite() && params.cos_hi > params.cos_lo {
+                ppm((best - params.cos_lo) / (params.cos_hi - params.cos_lo))
+            } else {
+                0
+            };
+            let mix = distribution(&raw);
+            let strength = if mix.is_empty() { 0 } else { strength };
+            (mix, strength)
+        }
+        None => (BTreeMap::new(), 0),
+    };
+
+    // integers from here: the mix, the data share, the floor, the re-split
+    let data = span_strength.max(grad_strength);
+    let mut mix: BTreeMap<usize, u64> = BTreeMap::new();
+    if span_strength + grad_strength > 0 {
+        let mut num: BTreeMap<usize, u64> = BTreeMap::new();
+        for (m, w) in [(&span_mix, span_strength), (&grad_mix, grad_strength)] {
+            for (&s, &v) in m {
+                *num.entry(s).or_default() += v * w;
+            }
+        }
+        mix = split(SCALE, &num);
+    }
+    let shares = split(data, &mix);
+    let kept: BTreeMap<usize, u64> = mix
+        .into_iter()
+        .filter(|(s, _)| shares.get(s).is_some_and(|&w| w >= params.floor_ppm.max(1)))
+        .collect();
+    let final_w = split(data, &kept);
+    let sources: Vec<(usize, u64)> = final_w.into_iter().filter(|(_, w)| *w > 0).collect();
+    let protocol = SCALE - sources.iter().map(|s| s.1).sum::<u64>();
+    Weights {
+        span_strength,
+        grad_strength,
+        span_mix,
+        grad_mix,
+        sources,
+        protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grad::ExampleScore;
+
+    fn span(start: usize, len: usize, sources: &[(usize, usize)], log_prob: f64) -> Span {
+        Span {
+            start,
+            len,
+            count: sources.iter().map(|s| s.1).sum(),
+            sources: sources.to_vec(),
+            log_prob,
+        }
+    }
+
+    fn ex(source: usize, score: f64, cosine: f64) -> ExampleScore {
+        ExampleScore {
+            example: source * 10,
+            source,
+            score,
+            tracin: score,
+            cosine,
+        }
+    }
+
+    #[test]
+    fn weights_always_sum_to_the_scale_and_no_evidence_goes_to_the_protocol() {
+        let w = combine(20, &[], None, &CombineParams::default());
+        assert_eq!((w.sources.len(), w.protocol), (0, SCALE));
+        let w = combine(0, &[], None, &CombineParams::default());
+        assert_eq!(w.protocol, SCALE);
+        // a weak gradient (cosine below cos_lo) is no evidence either
+        let g = GradScores {
+            top: vec![ex(1, 5.0, 0.3)],
+        };
+        let w = combine(20, &[], Some(&g), &CombineParams::default());
+        assert_eq!((w.grad_strength, w.protocol), (0, SCALE));
+    }
+
+    #[test]
+    fn a_verbatim_copy_pays_its_source_by_coverage() {
+        // 15 of 20 tokens copied from source 3
+        let spans = [span(2, 15, &[(3, 1)], -40.0)];
+        let w = combine(20, &spans, None, &CombineParams::default());
+        assert_eq!(w.span_strength, 750_000);
+        assert_eq!(w.sources, vec![(3, 750_000)]);
+        assert_eq!(w.protocol, 250_000);
+    }
+
+    #[test]
+    fn a_shared_span_is_split_by_occurrences_and_small_shares_are_dropped_and_resplit() {
+        let spans = [
+            span(0, 10, &[(1, 1), (2, 1)], -30.0),
+            // a little from source 9, below the floor once scaled
+            span(10, 4, &[(9, 1)], -0.5),
+        ];
+        let w = combine(14, &spans, None, &CombineParams::default());
+        assert_eq!(w.span_strength, 1_000_000);
+        assert_eq!(w.sources.len(), 2, "{w:?}");
+        assert_eq!(w.sources[0].1, w.sources[1].1);
+        assert_eq!(w.sources[0].1 + w.sources[1].1 + w.protocol, SCALE);
+        assert_eq!(w.protocol, 0);
+    }
+
+    #[test]
+    fn gradient_evidence_weighs_by_its_strength_and_mixes_with_spans() {
+        let p = CombineParams::default();
+        // best cosine 0.7 = cos_hi: full strength; cosines 0.35 above cos_lo for source 4, 0.05 for 5 (a
+        // negative score and one below cos_lo count for nothing)
+        let g = GradScores {
+            top: vec![
+                ex(4, 3.0, 0.7),
+                ex(5, 1.0, 0.4),
+                ex(6, -2.0, 0.9),
+                ex(7, 1.0, 0.2),
+            ],
+        };
+        let w = combine(30, &[], Some(&g), &p);
+        assert_eq!(w.grad_strength, SCALE);
+        assert_eq!(w.sources, vec![(4, 875_000), (5, 125_000)]);
+        // half strength and a span over a third of the output from source 7
+        let g = GradScores {
+            top: vec![ex(4, 1.0, 0.525)],
+        };
+        let spans = [span(0, 10, &[(7, 2)], -20.0)];
+        let w = combine(30, &spans, Some(&g), &p);
+        assert_eq!((w.grad_strength, w.span_strength), (500_000, 333_333));
+        assert_eq!(w.sources.iter().map(|s| s.1).sum::<u64>(), 500_000);
+        let (s4, s7) = (w.sources[0], w.sources[1]);
+        assert_eq!((s4.0, s7.0), (4, 7));
+        assert!(s4.1 > s7.1, "{w:?}");
+        assert_eq!(w.protocol, 500_000);
+    }
+
+    #[test]
+    fn split_is_exact_and_deterministic() {
+        let parts: BTreeMap<usize, u64> = [(0, 1), (1, 1), (2, 1)].into();
+        let s = split(100, &parts);
+        assert_eq!(s.values().sum::<u64>(), 100);
+        assert_eq!(s[&0], 34);
+        assert_eq!((s[&1], s[&2]), (33, 33));
+    }
+}

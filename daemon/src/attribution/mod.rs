@@ -1,0 +1,617 @@
+//! Proof of Attribution in the daemon: for an inference of a trained adapter, the spans of its output found
+//! in the adapter's training data, the training examples its gradient points at, the payout weights over
+//! contributions, and the commitment that lets anyone recompute them (`openledger attribution verify`).
+//!
+//! The methods live in `openledger_attribution`; here are the model's artifacts (opened once, checked
+//! against its manifest), the gradient worker (the f32 model on its own thread), the record and its
+//! storage (`store`).
+
+pub mod store;
+pub mod verify;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openledger_attribution::{
+    CombineParams, GradParams, GradStore, METHOD, SCALE, SpanIndex, SpanParams, combine,
+};
+use openledger_model::{TextTokenizer, WordBreaks};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::jobs::train::{GRAD_STORE_FILE, SPAN_INDEX_FILE};
+
+pub use worker::GradientWorker;
+
+/// When the gradient part of an attribution runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GradientMode {
+    /// Before the response: the completion carries its final weights (latency: about one backward pass).
+    Sync,
+    /// After the response, by a background task: the completion carries the spans, the record completes
+    /// within seconds (GET /api/inferences/{id}/attribution).
+    Queued,
+    /// Span evidence only.
+    Off,
+}
+
+impl GradientMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GradientMode::Sync => "sync",
+            GradientMode::Queued => "queued",
+            GradientMode::Off => "off",
+        }
+    }
+}
+
+/// Attribution settings (`openledger serve --help`); all but `gradient` are part of every record.
+#[derive(Debug, Clone)]
+pub struct AttributionConfig {
+    /// When the gradient part runs [default: sync].
+    pub gradient: GradientMode,
+    pub span: SpanParams,
+    /// Only `damping` and `top_k` are read here: the projection's `k` and seed are the model's own (its
+    /// manifest), as they must match its stored training gradients.
+    pub grad: GradParams,
+    pub combine: CombineParams,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            gradient: GradientMode::Sync,
+            span: SpanParams::default(),
+            grad: GradParams::default(),
+            combine: CombineParams::default(),
+        }
+    }
+}
+
+/// Why an inference could not be attributed. Every one of them flags the inference: it is never paid out
+/// as if it had no attributable data.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("model ft-{0} is not a trained model here")]
+    UnknownModel(i64),
+    #[error("model ft-{job}: {reason}")]
+    Missing { job: i64, reason: String },
+    #[error(
+        "model ft-{job}: {file} does not match its hash in the manifest (expected {want}, found {got})"
+    )]
+    HashMismatch {
+        job: i64,
+        file: String,
+        want: String,
+        got: String,
+    },
+    #[error("the output is empty: there is nothing to attribute")]
+    EmptyOutput,
+    #[error(transparent)]
+    Span(#[from] openledger_attribution::SpanError),
+    #[error("gradient: {0}")]
+    Gradient(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A training source as records name it.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    pub datanet_id: String,
+    pub contribution_id: String,
+    pub contributor: String,
+}
+
+/// A model's gradient store and what its gradients were taken under.
+#[derive(Debug)]
+pub struct GradArtifacts {
+    pub store: GradStore,
+    /// The projection's per-matrix dimensions and seed.
+    pub k: usize,
+    pub seed: u64,
+    pub sha256: String,
+    /// The adapter gradients are taken under: `Lora::init(lora, adapter_seed)`.
+    pub lora: openledger_model::LoraConfig,
+    pub adapter_seed: u64,
+}
+
+/// A trained model's attribution files, opened and checked against its manifest.
+#[derive(Debug)]
+pub struct Artifacts {
+    pub job_id: i64,
+    pub dir: PathBuf,
+    pub manifest_sha256: String,
+    pub adapter_sha256: String,
+    pub span: SpanIndex,
+    pub span_sha256: String,
+    /// `None` for models trained before gradient attribution (their records say so).
+    pub grads: Option<GradArtifacts>,
+    pub sources: HashMap<usize, SourceRow>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("0x{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("0x{}", hex::encode(h.finalize())))
+}
+
+/// SHA-256 of token ids as little-endian u32s.
+pub fn tokens_sha256(tokens: &[u32]) -> String {
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    sha256_hex(&bytes)
+}
+
+impl Artifacts {
+    /// Opens `job`'s files (blocking: hashing and the index's validation read them whole).
+    fn open(
+        job: i64,
+        dir: &Path,
+        manifest_sha256: &str,
+        adapter_sha256: &str,
+        sources: HashMap<usize, SourceRow>,
+    ) -> Result<Artifacts, AttributionError> {
+        let missing = |reason: String| AttributionError::Missing { job, reason };
+        let mismatch = |file: &str, want: &str, got: String| AttributionError::HashMismatch {
+            job,
+            file: file.to_string(),
+            want: want.to_string(),
+            got,
+        };
+        let mpath = dir.join("manifest.json");
+        let mbytes =
+            std::fs::read(&mpath).map_err(|e| missing(format!("{}: {e}", mpath.display())))?;
+        let got = sha256_hex(&mbytes);
+        if !got.eq_ignore_ascii_case(manifest_sha256) {
+            return Err(mismatch("manifest.json", manifest_sha256, got));
+        }
+        let manifest: Value =
+            serde_json::from_slice(&mbytes).map_err(|e| missing(format!("manifest.json: {e}")))?;
+        let apath = dir.join("adapter_model.safetensors");
+        let got = file_sha256(&apath).map_err(|e| missing(format!("{}: {e}", apath.display())))?;
+        if !got.eq_ignore_ascii_case(adapter_sha256) {
+            return Err(mismatch("adapter_model.safetensors", adapter_sha256, got));
+        }
+        let att = &manifest["attribution"];
+        let si = &att["span_index"];
+        let Some(file) = si["file"].as_str() else {
+            return Err(missing(match si["reason"].as_str() {
+                Some(r) => format!("it has no span index: {r}"),
+                None if manifest.get("imported").is_some() => {
+                    "it has no span index: an imported adapter's training data is unknown".into()
+                }
+                None => "its manifest names no span index".into(),
+            }));
+        };
+        if file != SPAN_INDEX_FILE {
+            return Err(missing(format!("unexpected span index file {file:?}")));
+        }
+        let want = si["sha256"].as_str().unwrap_or_default();
+        let spath = dir.join(file);
+        let got = file_sha256(&spath).map_err(|e| missing(format!("{}: {e}", spath.display())))?;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(mismatch(file, want, got));
+        }
+        let span_sha256 = got.to_lowercase();
+        let span = SpanIndex::open(&spath)?;
+        let g = &att["gradients"];
+        let grads = match g["file"].as_str() {
+            None => None,
+            Some(file) => {
+                if file != GRAD_STORE_FILE {
+                    return Err(missing(format!("unexpected gradient file {file:?}")));
+                }
+                let want = g["sha256"].as_str().unwrap_or_default();
+                let gpath = dir.join(file);
+                let got = file_sha256(&gpath)
+                    .map_err(|e| missing(format!("{}: {e}", gpath.display())))?;
+                if !got.eq_ignore_ascii_case(want) {
+                    return Err(mismatch(file, want, got));
+                }
+                let store = GradStore::open(&gpath)
+                    .map_err(|e| AttributionError::Gradient(e.to_string()))?;
+                let num = |v: &Value| -> Option<u64> { v.as_str().and_then(|s| s.parse().ok()) };
+                let (Some(seed), Some(adapter_seed), Some(k), Ok(lora)) = (
+                    num(&g["seed"]),
+                    num(&g["adapter_seed"]),
+                    g["k"].as_u64(),
+                    serde_json::from_value::<openledger_model::LoraConfig>(g["lora"].clone()),
+                ) else {
+                    return Err(missing(
+                        "the manifest's gradient store lacks its projection or adapter".into(),
+                    ));
+                };
+                Some(GradArtifacts {
+                    store,
+                    k: k as usize,
+                    seed,
+                    sha256: got.to_lowercase(),
+                    lora,
+                    adapter_seed,
+                })
+            }
+        };
+        Ok(Artifacts {
+            job_id: job,
+            dir: dir.to_path_buf(),
+            manifest_sha256: manifest_sha256.to_lowercase(),
+            adapter_sha256: adapter_sha256.to_lowercase(),
+            span,
+            span_sha256,
+            grads,
+            sources,
+        })
+    }
+}
+
+/// What to do with the gradient part of one attribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gradient {
+    /// Compute it now.
+    Run,
+    /// Leave it to the queued task: the record is `pending`, without weights.
+    Defer,
+    /// Span evidence only (gradient attribution is off).
+    Skip,
+}
+
+/// Computes attributions: artifacts cached per model, spans inline, gradients on the worker.
+#[derive(Debug)]
+pub struct Attributor {
+    pub cfg: AttributionConfig,
+    breaks: WordBreaks,
+    tokenizer: TextTokenizer,
+    cache: Mutex<HashMap<(i64, String), Arc<Artifacts>>>,
+    worker: GradientWorker,
+    /// Wakes the queued task.
+    queued: tokio::sync::Notify,
+}
+
+/// Models whose artifacts stay open.
+const CACHED_MODELS: usize = 32;
+
+/// The prompt and output of one inference of a trained model.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub inference_id: &'a str,
+    pub job_id: i64,
+    pub prompt: &'a [u32],
+    pub output: &'a [u32],
+}
+
+impl Attributor {
+    /// `base`: the base model's folder and content hash (the gradient worker loads it in f32 when first
+    /// needed).
+    pub fn new(
+        cfg: AttributionConfig,
+        tokenizer: TextTokenizer,
+        base: (PathBuf, String),
+    ) -> std::io::Result<Self> {
+        Ok(Attributor {
+            cfg,
+            breaks: tokenizer.word_breaks(),
+            tokenizer,
+            cache: Mutex::new(HashMap::new()),
+            worker: GradientWorker::start(base.0, base.1)?,
+            queued: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Tells the queued task that a pending record is waiting.
+    pub fn wake(&self) {
+        self.queued.notify_one();
+    }
+
+    /// The queued task: completes pending records (oldest first) until the process stops. Woken by
+    /// `wake`, and every few seconds regardless, so records left pending by an earlier process or a
+    /// failed attempt are picked up too.
+    pub async fn run_queue(self: Arc<Self>, pool: PgPool) {
+        const TRIES: i32 = 5;
+        loop {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.queued.notified())
+                .await;
+            let batch = match store::pending(&pool, 16).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading pending attributions");
+                    continue;
+                }
+            };
+            for (st, output) in batch {
+                let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
+                let output: Vec<u32> = output.iter().map(|&t| t as u32).collect();
+                let subject = Subject {
+                    inference_id: &st.inference_id,
+                    job_id: st.job_id,
+                    prompt: &prompt,
+                    output: &output,
+                };
+                let mut outcome = self.attribute(&pool, &subject, Gradient::Run).await;
+                if let Err(AttributionError::Gradient(m)) = &outcome
+                    && st.attempts + 1 < TRIES
+                {
+                    tracing::warn!(inference = %st.inference_id, error = %m, "gradient attribution failed; will retry");
+                    // counts the attempt, keeps the record pending
+                    outcome = self.attribute(&pool, &subject, Gradient::Defer).await;
+                }
+                let r = async {
+                    let mut tx = pool.begin().await?;
+                    store::save(&mut tx, &st.inference_id, st.job_id, &prompt, &outcome).await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(inference = %st.inference_id, error = %e, "saving an attribution");
+                }
+            }
+        }
+    }
+
+    /// The model's artifacts, opened (and checked) on first use.
+    pub async fn artifacts(
+        &self,
+        pool: &PgPool,
+        job: i64,
+    ) -> Result<Arc<Artifacts>, AttributionError> {
+        let m = crate::models::trained_model(pool, job)
+            .await?
+            .ok_or(AttributionError::UnknownModel(job))?;
+        let key = (job, m.manifest_hash.to_lowercase());
+        if let Some(a) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(a);
+        }
+        let rows: Vec<(i32, String, String, String)> = sqlx::query_as(
+            "SELECT source, datanet_id::text, contribution_id::text, contributor
+             FROM training_sources WHERE job_id = $1",
+        )
+        .bind(job)
+        .fetch_all(pool)
+        .await?;
+        let sources = rows
+            .into_iter()
+            .map(|(s, d, c, a)| {
+                (
+                    s as usize,
+                    SourceRow {
+                        datanet_id: d,
+                        contribution_id: c,
+                        contributor: a,
+                    },
+                )
+            })
+            .collect();
+        let (dir, mh, ah) = (
+            PathBuf::from(&m.dir),
+            m.manifest_hash.clone(),
+            m.adapter_hash.clone(),
+        );
+        let a = tokio::task::spawn_blocking(move || Artifacts::open(job, &dir, &mh, &ah, sources))
+            .await
+            .map_err(|e| AttributionError::Gradient(format!("artifact thread: {e}")))??;
+        let a = Arc::new(a);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHED_MODELS {
+                c.clear();
+            }
+            c.insert(key, a.clone());
+        }
+        Ok(a)
+    }
+
+    /// The attribution of `s`: spans, the gradient part (as `gradient` says), weights and commitment. A
+    /// deferred gradient part on a model that has a gradient store makes the record partial
+    /// (`"gradient": "pending"`, no weights).
+    pub async fn attribute(
+        &self,
+        pool: &PgPool,
+        s: &Subject<'_>,
+        gradient: Gradient,
+    ) -> Result<Record, AttributionError> {
+        if s.output.is_empty() {
+            return Err(AttributionError::EmptyOutput);
+        }
+        let art = self.artifacts(pool, s.job_id).await?;
+        let spans = art
+            .span
+            .spans(s.output, &self.cfg.span, &|a, b| self.breaks.between(a, b))?;
+        let grad = match (&art.grads, gradient) {
+            (Some(g), Gradient::Run) => {
+                let (loss, v) = self
+                    .worker
+                    .gradient(art.job_id, g, s.prompt, s.output)
+                    .await
+                    .map_err(AttributionError::Gradient)?;
+                let params = GradParams {
+                    k: g.k,
+                    seed: g.seed,
+                    ..self.cfg.grad.clone()
+                };
+                let scores = g
+                    .store
+                    .score(&v, &params)
+                    .map_err(|e| AttributionError::Gradient(e.to_string()))?;
+                Some((loss, scores))
+            }
+            _ => None,
+        };
+        let pending = art.grads.is_some() && gradient == Gradient::Defer;
+        Ok(self.record(&art, s, &spans, grad.as_ref(), pending))
+    }
+
+    fn source_json(art: &Artifacts, source: usize) -> Value {
+        match art.sources.get(&source) {
+            Some(r) => json!({
+                "source": source, "datanet_id": r.datanet_id,
+                "contribution_id": r.contribution_id, "contributor": r.contributor,
+            }),
+            None => json!({ "source": source }),
+        }
+    }
+
+    fn record(
+        &self,
+        art: &Artifacts,
+        s: &Subject<'_>,
+        spans: &[openledger_attribution::Span],
+        grad: Option<&(f64, openledger_attribution::GradScores)>,
+        pending: bool,
+    ) -> Record {
+        let p = &self.cfg;
+        let grad_params = art.grads.as_ref().map(|g| {
+            json!({ "k": g.k, "seed": g.seed.to_string(), "damping": p.grad.damping, "top_k": p.grad.top_k,
+                    "adapter": "initial", "adapter_seed": g.adapter_seed.to_string() })
+        });
+        let params = json!({
+            "span": { "min_len": p.span.min_len, "max_count": p.span.max_count, "density": p.span.density },
+            "gradient": grad_params,
+            "combine": { "cos_lo": p.combine.cos_lo, "cos_hi": p.combine.cos_hi, "floor_ppm": p.combine.floor_ppm },
+        });
+        let commitment = json!({
+            "output_tokens_sha256": tokens_sha256(s.output),
+            "prompt_tokens_sha256": tokens_sha256(s.prompt),
+            "adapter_sha256": art.adapter_sha256,
+            "manifest_sha256": art.manifest_sha256,
+            "span_index_sha256": art.span_sha256,
+            "gradients_sha256": art.grads.as_ref().map(|g| g.sha256.clone()),
+        });
+        let spans_json: Vec<Value> = spans
+            .iter()
+            .map(|sp| {
+                let text = self
+                    .tokenizer
+                    .decode(&s.output[sp.start..sp.start + sp.len], false)
+                    .unwrap_or_default();
+                json!({
+                    "start": sp.start, "len": sp.len, "text": text, "count": sp.count,
+                    "log_prob": sp.log_prob,
+                    "contributions": sp.sources.iter().map(|&(src, occ)| {
+                        let mut v = Self::source_json(art, src);
+                        v["occurrences"] = json!(occ);
+                        v
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let gradient = match (grad, pending) {
+            (Some((loss, g)), _) => json!({
+                "loss": loss,
+                "top": g.top.iter().map(|e| {
+                    let mut v = Self::source_json(art, e.source);
+                    v["example"] = json!(e.example);
+                    v["score"] = json!(e.score);
+                    v["tracin"] = json!(e.tracin);
+                    v["cosine"] = json!(e.cosine);
+                    v
+                }).collect::<Vec<_>>(),
+            }),
+            (None, true) => json!("pending"),
+            (None, false) if art.grads.is_none() => {
+                json!({ "skipped": "the model was trained without a gradient store" })
+            }
+            (None, false) => json!({ "skipped": "gradient attribution is off" }),
+        };
+        let weights = if pending {
+            Value::Null
+        } else {
+            let w = combine(s.output.len(), spans, grad.map(|g| &g.1), &p.combine);
+            json!({
+                "scale": SCALE,
+                "span_strength": w.span_strength,
+                "gradient_strength": w.grad_strength,
+                "no_attribution": w.protocol,
+                "contributions": w.sources.iter().map(|&(src, ppm)| {
+                    let mut v = Self::source_json(art, src);
+                    v["weight"] = json!(ppm);
+                    v
+                }).collect::<Vec<_>>(),
+            })
+        };
+        let body = json!({
+            "method": METHOD,
+            "inference_id": s.inference_id,
+            "model": crate::inference::adapter_name(s.job_id),
+            "params": params,
+            "commitment": commitment,
+            "output_tokens": s.output.len(),
+            "spans": spans_json,
+            "gradient": gradient,
+            "weights": weights,
+        });
+        Record { body, pending }
+    }
+}
+
+/// One attribution record (`body`, the JSON that is stored, returned and hashed).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub body: Value,
+    /// The gradient part is still to run.
+    pub pending: bool,
+}
+
+/// JSON with object keys sorted at every level and no whitespace: what record hashes are taken over.
+pub fn canonical_json(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&m[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    write(v, &mut s);
+    s
+}
+
+impl Record {
+    /// SHA-256 of the canonical JSON.
+    pub fn hash(&self) -> String {
+        sha256_hex(canonical_json(&self.body).as_bytes())
+    }
+
+    /// What responses show: the record with its status and hash.
+    pub fn response(&self) -> Value {
+        let mut v = self.body.clone();
+        v["status"] = json!(if self.pending { "pending" } else { "complete" });
+        v["record_hash"] = json!(self.hash());
+        v
+    }
+}

@@ -1,0 +1,117 @@
+//! The `attributions` and `attribution_weights` tables.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use super::{AttributionError, Record};
+
+/// A stored attribution.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stored {
+    pub inference_id: String,
+    pub job_id: i64,
+    pub method: String,
+    pub status: String,
+    pub prompt_tokens: Vec<i32>,
+    pub record: Option<Value>,
+    pub record_hash: Option<String>,
+    pub no_attribution: Option<i64>,
+    pub error: Option<String>,
+    pub attempts: i32,
+}
+
+/// Inserts (or, for a pending record, completes) the attribution of `inference_id`: the record and its
+/// weights, or the error that flags it. Runs inside the caller's transaction.
+pub async fn save(
+    tx: &mut PgConnection,
+    inference_id: &str,
+    job_id: i64,
+    prompt: &[u32],
+    outcome: &Result<Record, AttributionError>,
+) -> Result<(), sqlx::Error> {
+    let prompt: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let (status, record, hash, none, error) = match outcome {
+        Ok(r) if r.pending => ("pending", Some(&r.body), Some(r.hash()), None, None),
+        Ok(r) => (
+            "complete",
+            Some(&r.body),
+            Some(r.hash()),
+            r.body["weights"]["no_attribution"].as_i64(),
+            None,
+        ),
+        Err(e) => ("flagged", None, None, None, Some(e.to_string())),
+    };
+    sqlx::query(
+        "INSERT INTO attributions (inference_id, job_id, method, status, prompt_tokens, record, record_hash,
+                                   no_attribution, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (inference_id) DO UPDATE SET status = EXCLUDED.status, record = EXCLUDED.record,
+             record_hash = EXCLUDED.record_hash, no_attribution = EXCLUDED.no_attribution,
+             error = EXCLUDED.error, attempts = attributions.attempts + 1, updated_at = now()",
+    )
+    .bind(inference_id)
+    .bind(job_id)
+    .bind(openledger_attribution::METHOD)
+    .bind(status)
+    .bind(&prompt)
+    .bind(record)
+    .bind(hash)
+    .bind(none)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM attribution_weights WHERE inference_id = $1")
+        .bind(inference_id)
+        .execute(&mut *tx)
+        .await?;
+    if let (Ok(r), "complete") = (outcome, status) {
+        let empty = vec![];
+        let rows = r.body["weights"]["contributions"]
+            .as_array()
+            .unwrap_or(&empty);
+        for w in rows {
+            sqlx::query(
+                "INSERT INTO attribution_weights (inference_id, source, datanet_id, contribution_id, contributor, weight)
+                 VALUES ($1, $2, $3::numeric, $4::numeric, $5, $6)",
+            )
+            .bind(inference_id)
+            .bind(w["source"].as_i64().unwrap_or(-1) as i32)
+            .bind(w["datanet_id"].as_str())
+            .bind(w["contribution_id"].as_str())
+            .bind(w["contributor"].as_str())
+            .bind(w["weight"].as_i64())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, inference_id: &str) -> Result<Option<Stored>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT inference_id, job_id, method, status, prompt_tokens, record, record_hash, no_attribution,
+                error, attempts
+         FROM attributions WHERE inference_id = $1",
+    )
+    .bind(inference_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Pending records, oldest first, with their outputs: what the queued gradient task works through.
+pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<(Stored, Vec<i32>)>, sqlx::Error> {
+    let rows: Vec<(String, Option<Vec<i32>>)> = sqlx::query_as(
+        "SELECT a.inference_id, i.output_tokens FROM attributions a JOIN inferences i ON i.id = a.inference_id
+         WHERE a.status = 'pending' ORDER BY a.created_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, output) in rows {
+        if let Some(s) = get(pool, &id).await? {
+            out.push((s, output.unwrap_or_default()));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,339 @@
+//! Re-checking a stored attribution from the public artifacts: the inference's tokens, the model's
+//! adapter, manifest, span index and gradient store, with the method parameters the record names.
+
+use std::path::PathBuf;
+
+use openledger_attribution::{CombineParams, GradParams, METHOD, SpanParams};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::{
+    AttributionConfig, AttributionError, Attributor, Gradient, GradientMode, Subject, store,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no inference {0}")]
+    UnknownInference(String),
+    #[error(
+        "inference {0} has no attribution record (the base model, a failed call, or served before attribution existed)"
+    )]
+    NoRecord(String),
+    #[error(
+        "the attribution of {0} is still pending (its gradient part is queued); verify it once it completes"
+    )]
+    Pending(String),
+    #[error("the record names method {0:?}; this build verifies {METHOD}")]
+    Method(String),
+    #[error("the record's parameters are unreadable: {0}")]
+    Params(String),
+    #[error("base model {0} of the adapter is not installed here (see `openledger models list`)")]
+    NoBase(String),
+    #[error(transparent)]
+    Attribution(#[from] AttributionError),
+    #[error("loading the base model: {0}")]
+    Model(#[from] openledger_model::ModelError),
+    #[error("starting the gradient worker: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// The outcome: `matches` when the recomputation agrees with the stored record in every field that
+/// decides money (and the stored hash is the hash of the stored record).
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub inference_id: String,
+    pub matches: bool,
+    pub differences: Vec<String>,
+    pub stored_hash: Option<String>,
+    pub recomputed_hash: String,
+    pub status: String,
+}
+
+impl Verdict {
+    pub fn json(&self) -> Value {
+        json!({
+            "inference_id": self.inference_id, "matches": self.matches, "differences": self.differences,
+            "stored_record_hash": self.stored_hash, "recomputed_record_hash": self.recomputed_hash,
+            "stored_status": self.status,
+        })
+    }
+}
+
+/// The attribution settings a record was made with.
+pub fn config_of(record: &Value) -> Result<AttributionConfig, VerifyError> {
+    let p = &record["params"];
+    let f = |v: &Value, what: &str| {
+        v.as_f64()
+            .ok_or_else(|| VerifyError::Params(format!("{what} is missing")))
+    };
+    let u = |v: &Value, what: &str| {
+        v.as_u64()
+            .ok_or_else(|| VerifyError::Params(format!("{what} is missing")))
+    };
+    let d = GradParams::default();
+    let g = &p["gradient"];
+    Ok(AttributionConfig {
+        gradient: GradientMode::Sync,
+        span: SpanParams {
+            min_len: u(&p["span"]["min_len"], "span.min_len")? as usize,
+            max_count: u(&p["span"]["max_count"], "span.max_count")? as usize,
+            density: f(&p["span"]["density"], "span.density")?,
+        },
+        grad: GradParams {
+            damping: g["damping"].as_f64().unwrap_or(d.damping),
+            top_k: g["top_k"].as_u64().map(|v| v as usize).unwrap_or(d.top_k),
+            ..d
+        },
+        combine: CombineParams {
+            cos_lo: f(&p["combine"]["cos_lo"], "combine.cos_lo")?,
+            cos_hi: f(&p["combine"]["cos_hi"], "combine.cos_hi")?,
+            floor_ppm: u(&p["combine"]["floor_ppm"], "combine.floor_ppm")?,
+        },
+    })
+}
+
+fn close(a: &Value, b: &Value, rel: f64) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= rel * x.abs().max(y.abs()).max(1e-12),
+        _ => a == b,
+    }
+}
+
+/// Compares two records field by field; floats from the gradient pass within `1e-3` (a recomputation on
+/// another thread count rounds differently), everything else exactly.
+pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for key in [
+        "method",
+        "inference_id",
+        "model",
+        "params",
+        "commitment",
+        "output_tokens",
+        "weights",
+    ] {
+        if stored[key] != fresh[key] {
+            diffs.push(format!(
+                "{key}: stored {} recomputed {}",
+                stored[key], fresh[key]
+            ));
+        }
+    }
+    let (ss, fs) = (&stored["spans"], &fresh["spans"]);
+    match (ss.as_array(), fs.as_array()) {
+        (Some(a), Some(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                for k in ["start", "len", "count", "contributions", "text"] {
+                    if x[k] != y[k] {
+                        diffs.push(format!(
+                            "spans[{i}].{k}: stored {} recomputed {}",
+                            x[k], y[k]
+                        ));
+                    }
+                }
+                if !close(&x["log_prob"], &y["log_prob"], 1e-9) {
+                    diffs.push(format!(
+                        "spans[{i}].log_prob: stored {} recomputed {}",
+                        x["log_prob"], y["log_prob"]
+                    ));
+                }
+            }
+        }
+        _ => diffs.push(format!("spans: stored {ss} recomputed {fs}")),
+    }
+    let (sg, fg) = (&stored["gradient"], &fresh["gradient"]);
+    match (sg["top"].as_array(), fg["top"].as_array()) {
+        (Some(a), Some(b)) if a.len() == b.len() => {
+            if !close(&sg["loss"], &fg["loss"], 1e-3) {
+                diffs.push(format!(
+                    "gradient.loss: stored {} recomputed {}",
+                    sg["loss"], fg["loss"]
+                ));
+            }
+            // the same examples with the same scores; near-ties may swap places
+            for x in a {
+                match b.iter().find(|y| y["example"] == x["example"]) {
+                    Some(y) => {
+                        for k in ["score", "tracin", "cosine"] {
+                            if !close(&x[k], &y[k], 1e-3) {
+                                diffs.push(format!(
+                                    "gradient example {}: {k} stored {} recomputed {}",
+                                    x["example"], x[k], y[k]
+                                ));
+                            }
+                        }
+                        if x["source"] != y["source"] {
+                            diffs
+                                .push(format!("gradient example {}: source differs", x["example"]));
+                        }
+                    }
+                    None => diffs.push(format!(
+                        "gradient example {} is not among the recomputed top",
+                        x["example"]
+                    )),
+                }
+            }
+        }
+        _ if sg == fg => {}
+        _ => diffs.push(format!("gradient: stored {sg} recomputed {fg}")),
+    }
+    diffs
+}
+
+/// Recomputes the attribution of `inference_id` with the parameters its record names and compares.
+pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, VerifyError> {
+    let row: Option<(Option<i64>, Option<Vec<i32>>)> =
+        sqlx::query_as("SELECT job_id, output_tokens FROM inferences WHERE id = $1")
+            .bind(inference_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((_, output)) = row else {
+        return Err(VerifyError::UnknownInference(inference_id.into()));
+    };
+    let st = store::get(pool, inference_id)
+        .await?
+        .ok_or_else(|| VerifyError::NoRecord(inference_id.into()))?;
+    if st.status == "pending" {
+        return Err(VerifyError::Pending(inference_id.into()));
+    }
+    let stored = st.record.clone().unwrap_or(Value::Null);
+    let cfg = if stored.is_null() {
+        // flagged: recompute with today's defaults to say whether it is attributable now
+        AttributionConfig::default()
+    } else {
+        if stored["method"] != json!(METHOD) {
+            return Err(VerifyError::Method(stored["method"].to_string()));
+        }
+        config_of(&stored)?
+    };
+    let model = crate::models::trained_model(pool, st.job_id)
+        .await?
+        .ok_or(AttributionError::UnknownModel(st.job_id))?;
+    let base_row = crate::models::base_model(pool, &model.base_model_hash)
+        .await?
+        .ok_or_else(|| VerifyError::NoBase(model.base_model.clone()))?;
+    let (path, hash) = (PathBuf::from(&base_row.path), base_row.hash.clone());
+    let (p2, h2) = (path.clone(), hash.clone());
+    let tokenizer = tokio::task::spawn_blocking(move || {
+        openledger_model::BaseModel::load(&p2, &openledger_model::Device::Cpu, Some(h2))
+            .map(|b| b.tokenizer)
+    })
+    .await
+    .map_err(|e| VerifyError::Io(std::io::Error::other(e)))??;
+    let wants_gradient = stored["gradient"]["top"].is_array() || stored.is_null();
+    let attributor = Attributor::new(cfg, tokenizer, (path, hash))?;
+    let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
+    let output: Vec<u32> = output
+        .unwrap_or_default()
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let subject = Subject {
+        inference_id,
+        job_id: st.job_id,
+        prompt: &prompt,
+        output: &output,
+    };
+    let mode = if wants_gradient {
+        Gradient::Run
+    } else {
+        Gradient::Skip
+    };
+    let mut differences = Vec::new();
+    let fresh = match attributor.attribute(pool, &subject, mode).await {
+        Ok(r) => r,
+        Err(e) if st.status == "flagged" => {
+            // still not attributable, for the reason recorded (or another)
+            let now = e.to_string();
+            if Some(&now) != st.error.as_ref() {
+                differences.push(format!(
+                    "flagged: stored {:?}, now {now:?}",
+                    st.error.unwrap_or_default()
+                ));
+            }
+            return Ok(Verdict {
+                inference_id: inference_id.into(),
+                matches: differences.is_empty(),
+                differences,
+                stored_hash: None,
+                recomputed_hash: String::new(),
+                status: st.status,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if st.status == "flagged" {
+        differences.push(format!(
+            "stored as flagged ({}) but attributable now",
+            st.error.unwrap_or_default()
+        ));
+    } else {
+        let stored_rec = super::Record {
+            body: stored.clone(),
+            pending: false,
+        };
+        if st.record_hash.as_deref() != Some(stored_rec.hash().as_str()) {
+            differences.push("the stored record_hash is not the hash of the stored record".into());
+        }
+        differences.extend(compare(&stored, &fresh.body));
+    }
+    Ok(Verdict {
+        inference_id: inference_id.into(),
+        matches: differences.is_empty(),
+        differences,
+        stored_hash: st.record_hash,
+        recomputed_hash: fresh.hash(),
+        status: st.status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_finds_money_differences_and_tolerates_gradient_rounding() {
+        let rec = json!({
+            "method": METHOD, "inference_id": "inf-1", "model": "ft-1", "params": {}, "commitment": {"a": 1},
+            "output_tokens": 5,
+            "spans": [{"start": 0, "len": 4, "count": 1, "contributions": [], "text": "abcd", "log_prob": -3.0}],
+            "gradient": {"loss": 1.0, "top": [{"example": 3, "source": 1, "score": 2.0, "tracin": 1.0, "cosine": 0.5}]},
+            "weights": {"no_attribution": 10},
+        });
+        assert!(compare(&rec, &rec).is_empty());
+        let mut near = rec.clone();
+        near["gradient"]["top"][0]["score"] = json!(2.0000001);
+        assert!(compare(&rec, &near).is_empty());
+        let mut far = rec.clone();
+        far["gradient"]["top"][0]["score"] = json!(2.1);
+        far["weights"]["no_attribution"] = json!(11);
+        far["spans"][0]["start"] = json!(1);
+        let d = compare(&rec, &far);
+        assert_eq!(d.len(), 3, "{d:?}");
+    }
+
+    #[test]
+    fn the_record_names_its_parameters() {
+        let rec = json!({"params": {
+            "span": {"min_len": 5, "max_count": 3, "density": 0.1},
+            "gradient": {"k": 4, "seed": "1", "damping": 0.2, "top_k": 3},
+            "combine": {"cos_lo": 0.1, "cos_hi": 0.4, "floor_ppm": 7},
+        }});
+        let c = config_of(&rec).unwrap();
+        assert_eq!(
+            (
+                c.span.min_len,
+                c.span.max_count,
+                c.grad.top_k,
+                c.combine.floor_ppm
+            ),
+            (5, 3, 3, 7)
+        );
+        assert!(matches!(
+            config_of(&json!({"params": {}})),
+            Err(VerifyError::Params(_))
+        ));
+    }
+}
