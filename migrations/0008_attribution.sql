@@ -12,7 +12,10 @@ CREATE TABLE attributions (
     -- the prompt as the model saw it (gradient attribution and `attribution verify` recompute from it)
     prompt_tokens  INTEGER[] NOT NULL,
     record         JSONB,
-    -- SHA-256 of the record's canonical JSON (sorted keys, no whitespace)
+    -- the record's canonical JSON (sorted keys, no whitespace) exactly as hashed: JSONB re-renders numbers
+    -- (and -0.0), so the hash is over this text, and readers parse it rather than `record`
+    record_canonical TEXT,
+    -- SHA-256 of record_canonical
     record_hash    eth_hash,
     no_attribution BIGINT CHECK (no_attribution BETWEEN 0 AND 1000000),
     error          TEXT,
@@ -20,7 +23,9 @@ CREATE TABLE attributions (
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     CHECK ((status = 'complete') = (no_attribution IS NOT NULL)),
-    CHECK ((status = 'flagged') = (error IS NOT NULL))
+    CHECK ((status = 'flagged') = (error IS NOT NULL)),
+    CHECK ((record IS NULL) = (record_canonical IS NULL)),
+    CHECK ((record IS NULL) = (record_hash IS NULL))
 );
 CREATE INDEX attributions_open ON attributions (created_at) WHERE status <> 'complete';
 CREATE INDEX attributions_job ON attributions (job_id, created_at);

@@ -2,13 +2,15 @@
 # The README's API walkthrough, runnable: sign in with a wallet (SIWE), upload a contribution, sign its
 # EIP-712 payload, let the daemon relay it, and watch it confirmed by the indexer; then the owner accepts it
 # and publishes a version, a train job fine-tunes the base model on it, and the adapter's hash is checked on
-# chain. Uses only curl, jq, sha256sum and cast. scripts/test.sh runs it against a fresh stack; run it against `scripts/dev.sh` yourself.
+# chain; last, an inference on the fresh adapter is paid on chain (FeeRouter, pay-first) and answered with
+# its Proof of Attribution, which `openledger attribution verify` recomputes (given --database-url). Uses only curl, jq, sha256sum and cast. scripts/test.sh runs it against a fresh stack; run it against `scripts/dev.sh` yourself.
 #
 #   scripts/api-demo.sh [--api URL] [--rpc-url URL] [--manifest FILE]
 #
 #   --api URL       the daemon (default http://127.0.0.1:8080)
 #   --rpc-url URL   the chain (default http://127.0.0.1:8545)
 #   --manifest F    deployment manifest (default deployments/<chainId>.json)
+#   --database-url U  the daemon's database: also verify the attribution with the CLI
 #
 # Keys are anvil's dev accounts: #0 creates a Datanet, #4 contributes (and never pays gas).
 set -euo pipefail
@@ -18,12 +20,14 @@ cd "$ROOT"
 API=http://127.0.0.1:8080
 RPC_URL=http://127.0.0.1:8545
 MANIFEST=""
+DB_URL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --api) API="${2:?}"; shift 2 ;;
     --rpc-url) RPC_URL="${2:?}"; shift 2 ;;
     --manifest) MANIFEST="${2:?}"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --database-url) DB_URL="${2:?}"; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -158,4 +162,24 @@ CHAIN_HASH="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "adapter(uint256)((u
   "$(jq -r .adapter_id <<<"$MODEL")" | grep -o '0x[0-9a-f]\{64\}')"
 [ "$FILE_HASH" = "$CHAIN_HASH" ] || die "adapter file hash $FILE_HASH != on-chain contentHash $CHAIN_HASH"
 echo "adapter $(jq -r .adapter_id <<<"$MODEL") of model $(jq -r .model_id <<<"$MODEL"): sha256 $FILE_HASH on chain" >&2
+
+step "pay FeeRouter for an inference on it, ask, and read whose data answered"
+ROUTER="$(jq -r .contracts.FeeRouter.address "$MANIFEST")"
+REQUEST="$("$CAST" keccak "api-demo-$(date +%s%N)")"
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$TOKEN_ADDR" "approve(address,uint256)" "$ROUTER" 1ether
+"$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$ROUTER" "payInference(uint256,bytes32,uint256)" \
+  "$(jq -r .model_id <<<"$MODEL")" "$REQUEST" 1ether
+ANSWER="$(curl -sf "$API/v1/chat/completions" -H 'content-type: application/json' -d "$(jq -n \
+  --arg m "ft-$TRAIN" --arg r "$REQUEST" '{model: $m, request_id: $r, max_tokens: 12, temperature: 0,
+    messages: [{role: "user", content: "What is the capital of France?"}]}')")"
+ATT="$(jq .openledger.attribution <<<"$ANSWER")"
+jq -c '{answer: .choices[0].message.content, inference: .openledger.inference_id}' <<<"$ANSWER" >&2
+jq -c '{status, spans: [.spans[] | {text, contributors: [.contributions[].contributor]}], weights}' <<<"$ATT" >&2
+[ "$(jq -r .status <<<"$ATT")" = complete ] || die "the inference was not attributed: $ATT"
+INFERENCE="$(jq -r .openledger.inference_id <<<"$ANSWER")"
+STORED="$(curl -sf "$API/api/inferences/$INFERENCE/attribution")"
+[ "$(jq -r .record_hash <<<"$STORED")" = "$(jq -r .record_hash <<<"$ATT")" ] || die "stored attribution differs from the response"
+if [ -n "$DB_URL" ]; then
+  "$OPENLEDGER_BIN" --database-url "$DB_URL" --log warn attribution verify "$INFERENCE" >&2
+fi
 echo "API walkthrough ok"

@@ -113,7 +113,8 @@ api_walkthrough() {
   serve_pid=$!
   local api="http://127.0.0.1:$api_port"
   for _ in $(seq 300); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" >/dev/null; then
+  if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" \
+    --database-url "${DATABASE_URL%/*}/$db" >/dev/null; then
     tests_passed=$((tests_passed + 1))
   else
     tests_failed=$((tests_failed + 1)); status=1

@@ -759,6 +759,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/v1/batches/{id}/cancel",
         "/api/credits",
         "/api/credits/{address}",
+        "/api/inferences/{id}/attribution",
     ];
     let mut documented: Vec<&str> = paths.keys().map(|k| k.as_str()).collect();
     documented.sort();

@@ -792,7 +792,7 @@ async fn attribution_of_an_inference(
         String::from_utf8_lossy(&o.stderr).contains("no inference inf-nope"),
         "{o:?}"
     );
-    sqlx::query("UPDATE attributions SET record = jsonb_set(record, '{weights,no_attribution}', '1') WHERE inference_id = $1")
+    sqlx::query("UPDATE attributions SET record_canonical = replace(record_canonical, '\"no_attribution\":', '\"no_attribution\":1') WHERE inference_id = $1")
         .bind(id)
         .execute(&s.pool)
         .await

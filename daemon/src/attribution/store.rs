@@ -13,7 +13,10 @@ pub struct Stored {
     pub method: String,
     pub status: String,
     pub prompt_tokens: Vec<i32>,
+    /// Parsed from `record_canonical` (the hashed text), not from the JSONB column.
+    #[sqlx(skip)]
     pub record: Option<Value>,
+    pub record_canonical: Option<String>,
     pub record_hash: Option<String>,
     pub no_attribution: Option<i64>,
     pub error: Option<String>,
@@ -30,22 +33,26 @@ pub async fn save(
     outcome: &Result<Record, AttributionError>,
 ) -> Result<(), sqlx::Error> {
     let prompt: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let (status, record, hash, none, error) = match outcome {
-        Ok(r) if r.pending => ("pending", Some(&r.body), Some(r.hash()), None, None),
+    let (status, record, none, error) = match outcome {
+        Ok(r) if r.pending => ("pending", Some(&r.body), None, None),
         Ok(r) => (
             "complete",
             Some(&r.body),
-            Some(r.hash()),
             r.body["weights"]["no_attribution"].as_i64(),
             None,
         ),
-        Err(e) => ("flagged", None, None, None, Some(e.to_string())),
+        Err(e) => ("flagged", None, None, Some(e.to_string())),
     };
+    let canonical = record.map(super::canonical_json);
+    let hash = canonical
+        .as_deref()
+        .map(|c| super::sha256_hex(c.as_bytes()));
     sqlx::query(
         "INSERT INTO attributions (inference_id, job_id, method, status, prompt_tokens, record, record_hash,
-                                   no_attribution, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                   no_attribution, error, record_canonical)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (inference_id) DO UPDATE SET status = EXCLUDED.status, record = EXCLUDED.record,
+             record_canonical = EXCLUDED.record_canonical,
              record_hash = EXCLUDED.record_hash, no_attribution = EXCLUDED.no_attribution,
              error = EXCLUDED.error, attempts = attributions.attempts + 1, updated_at = now()",
     )
@@ -58,6 +65,7 @@ pub async fn save(
     .bind(hash)
     .bind(none)
     .bind(error)
+    .bind(&canonical)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM attribution_weights WHERE inference_id = $1")
@@ -88,14 +96,22 @@ pub async fn save(
 }
 
 pub async fn get(pool: &PgPool, inference_id: &str) -> Result<Option<Stored>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT inference_id, job_id, method, status, prompt_tokens, record, record_hash, no_attribution,
-                error, attempts
+    let row: Option<Stored> = sqlx::query_as(
+        "SELECT inference_id, job_id, method, status, prompt_tokens, record_canonical, record_hash,
+                no_attribution, error, attempts
          FROM attributions WHERE inference_id = $1",
     )
     .bind(inference_id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    row.map(|mut r| {
+        r.record = match r.record_canonical.as_deref() {
+            Some(c) => Some(serde_json::from_str(c).map_err(|e| sqlx::Error::Decode(Box::new(e)))?),
+            None => None,
+        };
+        Ok(r)
+    })
+    .transpose()
 }
 
 /// Pending records, oldest first, with their outputs: what the queued gradient task works through.

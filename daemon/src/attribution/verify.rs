@@ -270,11 +270,10 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
             st.error.unwrap_or_default()
         ));
     } else {
-        let stored_rec = super::Record {
-            body: stored.clone(),
-            pending: false,
-        };
-        if st.record_hash.as_deref() != Some(stored_rec.hash().as_str()) {
+        let text = st.record_canonical.as_deref().unwrap_or_default();
+        if st.record_hash.as_deref() != Some(super::sha256_hex(text.as_bytes()).as_str())
+            || super::canonical_json(&stored) != text
+        {
             differences.push("the stored record_hash is not the hash of the stored record".into());
         }
         differences.extend(compare(&stored, &fresh.body));
