@@ -55,6 +55,17 @@ pub struct Param {
     pub block: usize,
 }
 
+impl Param {
+    /// The projected side's length, and the side kept.
+    fn sides(&self) -> (usize, usize) {
+        let wide = match self.side {
+            Side::Cols => self.cols,
+            Side::Rows => self.rows,
+        };
+        (wide, self.rows * self.cols / wide.max(1))
+    }
+}
+
 /// Gradient attribution settings; part of a record's commitment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradParams {
@@ -83,16 +94,7 @@ impl Default for GradParams {
 impl GradParams {
     /// The `k` that gives about `target` projected dimensions in all for `params` (at least 1).
     pub fn k_for(params: &[Param], target: usize) -> usize {
-        let narrow: usize = params
-            .iter()
-            .map(|p| {
-                let wide = match p.side {
-                    Side::Cols => p.cols,
-                    Side::Rows => p.rows,
-                };
-                p.rows * p.cols / wide.max(1)
-            })
-            .sum();
+        let narrow: usize = params.iter().map(|p| p.sides().1).sum();
         ((target as f64 / narrow.max(1) as f64).round() as usize).max(1)
     }
 }
@@ -119,11 +121,7 @@ impl Projector {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let wide = match p.side {
-                    Side::Cols => p.cols,
-                    Side::Rows => p.rows,
-                };
-                let narrow = p.rows * p.cols / wide.max(1);
+                let (wide, narrow) = p.sides();
                 offsets.push(offsets[offsets.len() - 1] + narrow * k);
                 let mut rng = ChaCha8Rng::seed_from_u64(
                     seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -230,6 +228,9 @@ pub struct GradStore {
     pub sources: Vec<usize>,
     /// `sources.len() x dims`, row-major.
     pub data: Vec<f32>,
+    /// `sources.len() x blocks.len()`: each example's squared norm per block, kept beside the rows so a
+    /// query does not recompute them.
+    norms: Vec<f64>,
 }
 
 const MAGIC: &[u8; 8] = b"OLGRAD\x00\x01";
@@ -241,6 +242,13 @@ impl GradStore {
             blocks,
             sources: Vec::new(),
             data: Vec::new(),
+            norms: Vec::new(),
+        }
+    }
+
+    fn push_norms(&mut self, g: &[f32]) {
+        for &(s, e) in &self.blocks {
+            self.norms.push(dot32(&g[s..e], &g[s..e]));
         }
     }
 
@@ -253,6 +261,7 @@ impl GradStore {
         }
         self.sources.push(source);
         self.data.extend_from_slice(g);
+        self.push_norms(g);
         Ok(())
     }
 
@@ -342,12 +351,18 @@ impl GradStore {
         if data.iter().any(|v| !v.is_finite()) {
             return Err(corrupt("a gradient is not finite".into()));
         }
-        Ok(GradStore {
+        let mut store = GradStore {
             dims,
             blocks,
             sources,
-            data,
-        })
+            data: Vec::new(),
+            norms: Vec::with_capacity(n * nb),
+        };
+        for g in data.chunks_exact(dims.max(1)).take(n) {
+            store.push_norms(g);
+        }
+        store.data = data;
+        Ok(store)
     }
 
     /// Scores every example against an output's projected gradient `v`: DataInf's closed form per block,
@@ -365,24 +380,22 @@ impl GradStore {
         }
         let n = self.len();
         let nb = self.blocks.len();
-        // pass 1, per example and block: ‖g‖² and ⟨v, g⟩ (rows in parallel, f32 lanes, f64 per block)
-        let per: Vec<(Vec<f64>, Vec<f64>)> = (0..n)
+        // pass 1, per example and block: ⟨v, g⟩ (rows in parallel; the norms are the store's)
+        let vg: Vec<f64> = (0..n)
             .into_par_iter()
             .with_min_len(256)
-            .map(|i| {
+            .flat_map_iter(|i| {
                 let row = self.row(i);
-                let mut norms = Vec::with_capacity(nb);
-                let mut vg = Vec::with_capacity(nb);
-                for &(s, e) in &self.blocks {
-                    norms.push(dot32(&row[s..e], &row[s..e]));
-                    vg.push(dot32(&v[s..e], &row[s..e]));
-                }
-                (norms, vg)
+                self.blocks
+                    .iter()
+                    .map(move |&(s, e)| dot32(&v[s..e], &row[s..e]))
             })
             .collect();
+        let norm = |i: usize, b: usize| self.norms[i * nb + b];
+        let dotv = |i: usize, b: usize| vg[i * nb + b];
         let lambda: Vec<f64> = (0..nb)
             .map(|b| {
-                let mean = per.iter().map(|p| p.0[b]).sum::<f64>() / n.max(1) as f64;
+                let mean = (0..n).map(|i| norm(i, b)).sum::<f64>() / n.max(1) as f64;
                 (params.damping * mean).max(f64::MIN_POSITIVE)
             })
             .collect();
@@ -396,7 +409,7 @@ impl GradStore {
                 |mut acc, i| {
                     let row = self.row(i);
                     for (b, &(s, e)) in self.blocks.iter().enumerate() {
-                        let c = (per[i].1[b] / (lambda[b] + per[i].0[b]) / n as f64) as f32;
+                        let c = (dotv(i, b) / (lambda[b] + norm(i, b)) / n as f64) as f32;
                         for (a, &g) in acc[s..e].iter_mut().zip(&row[s..e]) {
                             *a += c * g;
                         }
@@ -423,9 +436,9 @@ impl GradStore {
                 let (mut datainf, mut tracin, mut gnorm2) = (0.0, 0.0, 0.0);
                 for (b, &(s, e)) in self.blocks.iter().enumerate() {
                     let corr = dot32(&w[s..e], &row[s..e]);
-                    datainf += (per[k].1[b] - corr) / lambda[b];
-                    tracin += per[k].1[b];
-                    gnorm2 += per[k].0[b];
+                    datainf += (dotv(k, b) - corr) / lambda[b];
+                    tracin += dotv(k, b);
+                    gnorm2 += norm(k, b);
                 }
                 let cosine = if vnorm > 0.0 && gnorm2 > 0.0 {
                     tracin / (vnorm * gnorm2.sqrt())

@@ -3,13 +3,13 @@
 //! inference id is unguessable, and a record holds token positions, span texts and hashes.
 
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{Json, Path};
 use super::{ApiError, ApiResult, Problem};
-use crate::attribution::store;
+use crate::attribution::{self, store};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -70,8 +70,9 @@ async fn get_attribution(
             a.error.unwrap_or_default()
         )));
     }
-    let mut v = a.record.unwrap_or_else(|| json!({}));
-    v["status"] = json!(a.status);
-    v["record_hash"] = json!(a.record_hash);
-    Ok(Json(v))
+    Ok(Json(attribution::shown(
+        a.record.unwrap_or_default(),
+        &a.status,
+        a.record_hash.as_deref(),
+    )))
 }

@@ -759,13 +759,9 @@ async fn pump(
         let mut att = None;
         let r = match (&e, &attribution) {
             (Event::Done(f), Some((job, prompt))) => {
-                match attribute_and_record(&sv, &id, *job, prompt, f).await {
-                    Ok(v) => {
-                        att = Some(v);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+                attribute_and_record(&sv, &id, *job, prompt, f)
+                    .await
+                    .map(|v| att = Some(v))
             }
             (Event::Done(f), None) => records::succeeded(pool, &id, f).await,
             (Event::Failed(m), _) => records::ended(pool, &id, "failed", Some(m)).await,

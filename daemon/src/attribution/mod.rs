@@ -38,16 +38,6 @@ pub enum GradientMode {
     Off,
 }
 
-impl GradientMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GradientMode::Sync => "sync",
-            GradientMode::Queued => "queued",
-            GradientMode::Off => "off",
-        }
-    }
-}
-
 /// Attribution settings (`openledger serve --help`); all but `gradient` are part of every record.
 #[derive(Debug, Clone)]
 pub struct AttributionConfig {
@@ -123,7 +113,6 @@ pub struct GradArtifacts {
 #[derive(Debug)]
 pub struct Artifacts {
     pub job_id: i64,
-    pub dir: PathBuf,
     pub manifest_sha256: String,
     pub adapter_sha256: String,
     pub span: SpanIndex,
@@ -134,22 +123,12 @@ pub struct Artifacts {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("0x{}", hex::encode(Sha256::digest(bytes)))
+    openledger_model::weights::hex0x(&Sha256::digest(bytes))
 }
 
-fn file_sha256(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("0x{}", hex::encode(h.finalize())))
+/// A file's SHA-256 as `0x` hex, streamed.
+fn file_sha256(path: &Path) -> Result<String, openledger_model::ModelError> {
+    openledger_model::weights::file_sha256(path).map(|h| openledger_model::weights::hex0x(&h))
 }
 
 /// SHA-256 of token ids as little-endian u32s.
@@ -184,7 +163,7 @@ impl Artifacts {
         let manifest: Value =
             serde_json::from_slice(&mbytes).map_err(|e| missing(format!("manifest.json: {e}")))?;
         let apath = dir.join("adapter_model.safetensors");
-        let got = file_sha256(&apath).map_err(|e| missing(format!("{}: {e}", apath.display())))?;
+        let got = file_sha256(&apath).map_err(|e| missing(e.to_string()))?;
         if !got.eq_ignore_ascii_case(adapter_sha256) {
             return Err(mismatch("adapter_model.safetensors", adapter_sha256, got));
         }
@@ -204,7 +183,7 @@ impl Artifacts {
         }
         let want = si["sha256"].as_str().unwrap_or_default();
         let spath = dir.join(file);
-        let got = file_sha256(&spath).map_err(|e| missing(format!("{}: {e}", spath.display())))?;
+        let got = file_sha256(&spath).map_err(|e| missing(e.to_string()))?;
         if !got.eq_ignore_ascii_case(want) {
             return Err(mismatch(file, want, got));
         }
@@ -219,8 +198,7 @@ impl Artifacts {
                 }
                 let want = g["sha256"].as_str().unwrap_or_default();
                 let gpath = dir.join(file);
-                let got = file_sha256(&gpath)
-                    .map_err(|e| missing(format!("{}: {e}", gpath.display())))?;
+                let got = file_sha256(&gpath).map_err(|e| missing(e.to_string()))?;
                 if !got.eq_ignore_ascii_case(want) {
                     return Err(mismatch(file, want, got));
                 }
@@ -249,7 +227,6 @@ impl Artifacts {
         };
         Ok(Artifacts {
             job_id: job,
-            dir: dir.to_path_buf(),
             manifest_sha256: manifest_sha256.to_lowercase(),
             adapter_sha256: adapter_sha256.to_lowercase(),
             span,
@@ -609,9 +586,19 @@ impl Record {
 
     /// What responses show: the record with its status and hash.
     pub fn response(&self) -> Value {
-        let mut v = self.body.clone();
-        v["status"] = json!(if self.pending { "pending" } else { "complete" });
-        v["record_hash"] = json!(self.hash());
-        v
+        let status = if self.pending { "pending" } else { "complete" };
+        shown(self.body.clone(), status, Some(&self.hash()))
     }
+}
+
+/// A record as the API, the CLI and completions show it: its body with `status` and `record_hash`.
+pub fn shown(record: Value, status: &str, record_hash: Option<&str>) -> Value {
+    let mut v = if record.is_object() {
+        record
+    } else {
+        json!({})
+    };
+    v["status"] = json!(status);
+    v["record_hash"] = json!(record_hash);
+    v
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 
 use super::GlobalArgs;
-use crate::attribution::{store, verify};
+use crate::attribution::{self, store, verify};
 
 #[derive(Debug, clap::Args)]
 pub struct AttributionArgs {
@@ -29,12 +29,11 @@ pub async fn run(global: &GlobalArgs, args: AttributionArgs) -> anyhow::Result<(
                 .await
                 .context("reading the attribution")?
                 .with_context(|| format!("inference {inference_id} has no attribution record"))?;
-            let mut v = st.record.unwrap_or(serde_json::Value::Null);
-            if !v.is_object() {
-                v = serde_json::json!({});
-            }
-            v["status"] = serde_json::json!(st.status);
-            v["record_hash"] = serde_json::json!(st.record_hash);
+            let mut v = attribution::shown(
+                st.record.unwrap_or_default(),
+                &st.status,
+                st.record_hash.as_deref(),
+            );
             v["error"] = serde_json::json!(st.error);
             println!("{}", serde_json::to_string_pretty(&v)?);
         }

@@ -366,7 +366,7 @@ fn gradient_store(
     store
         .save(path)
         .map_err(|e| ModelError::invalid("gradient store", e))?;
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let sha256 = B256::from(openledger_model::weights::file_sha256(path)?);
     tracing::info!(
         examples = train.len(),
         dims = projector.dims(),
@@ -374,7 +374,7 @@ fn gradient_store(
         "gradient store written"
     );
     Ok(json!({
-        "file": GRAD_STORE_FILE, "sha256": sha256_0x(&bytes).to_string(), "format": 1,
+        "file": GRAD_STORE_FILE, "sha256": sha256.to_string(), "format": 1,
         "examples": train.len(), "dims": projector.dims(), "k": k, "seed": p.seed.to_string(),
         "adapter": "initial", "adapter_seed": seed.to_string(), "lora": lora.config,
         "projection": "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)",
@@ -399,9 +399,10 @@ fn span_index(ids: &[u32], docs: &[SpanDoc], path: &Path) -> Result<Value, Model
     };
     idx.save(path)
         .map_err(|e| ModelError::invalid("span index", e))?;
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    // streamed: the file is not read back whole
+    let sha256 = B256::from(openledger_model::weights::file_sha256(path)?);
     Ok(json!({
-        "file": SPAN_INDEX_FILE, "sha256": sha256_0x(&bytes).to_string(), "format": 2,
+        "file": SPAN_INDEX_FILE, "sha256": sha256.to_string(), "format": 2,
         "examples": docs.len(), "tokens": idx.tokens(), "split": "train",
     }))
 }
