@@ -63,6 +63,32 @@ fn start_workers(
     (stop, h)
 }
 
+/// `records` stored as uploads by #4 would store them, then contributed to Datanet 1 on chain by #4: their
+/// contribution ids.
+async fn contribute(chain: &TestChain, pool: &PgPool, records: &[&str], tag: &str) -> Vec<U256> {
+    let d = &chain.deployment;
+    let registry = Registry::new(d.address(ContractKind::Registry).unwrap(), chain.actor(4));
+    let before = registry.contributionCount().call().await.unwrap();
+    let mut ids = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let c = canonicalise(r.as_bytes(), Format::Jsonl, 1 << 20).unwrap();
+        openledger_daemon::uploads::store(
+            pool,
+            TestChain::address_of(4),
+            d.chain_id,
+            U256::from(1),
+            &c,
+            "r.jsonl",
+            "ipfs://r",
+        )
+        .await
+        .unwrap();
+        send!(registry.contribute(U256::from(1), c.hash, format!("ipfs://{tag}{i}")));
+        ids.push(before + U256::from(i + 1));
+    }
+    ids
+}
+
 /// Anvil with the suite, Datanet 1 (owned by the daemon's key #1) with `records` contributed by #4 and
 /// accepted, its version 1 published; Datanet 2 with nothing published; a tiny base model installed.
 async fn stack(pool: PgPool, records: &[&str]) -> Stack {
@@ -78,24 +104,7 @@ async fn stack(pool: PgPool, records: &[&str]) -> Stack {
     send!(registry(0).createDatanet("ipfs://dn2".into(), vec![], false, vec![]));
 
     // contributions: content stored as an upload would, then contributed on chain by #4
-    let contributor = TestChain::address_of(4);
-    let mut ids = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        let c = canonicalise(r.as_bytes(), Format::Jsonl, 1 << 20).unwrap();
-        openledger_daemon::uploads::store(
-            &pool,
-            contributor,
-            d.chain_id,
-            U256::from(1),
-            &c,
-            "r.jsonl",
-            "ipfs://r",
-        )
-        .await
-        .unwrap();
-        send!(registry(4).contribute(U256::from(1), c.hash, format!("ipfs://r{i}")));
-        ids.push(U256::from(i + 1));
-    }
+    let mut ids = contribute(&chain, &pool, records, "r").await;
     // one more on chain whose content this daemon never saw
     send!(registry(4).contribute(
         U256::from(1),
@@ -219,6 +228,45 @@ fn tiny_params(extra: Value) -> Value {
     json!({"base_model": "tiny-llama", "datanets": [{"id": "1"}], "config": cfg})
 }
 
+/// A trained model's `dataset.json` and its token stream (`dataset.tokens`), downloaded.
+async fn dataset(app: &axum::Router, job: i64) -> (Value, Vec<u32>) {
+    let index = get(app, &format!("/api/models/{job}/files/dataset.json"), None)
+        .await
+        .json();
+    let raw = get(
+        app,
+        &format!("/api/models/{job}/files/dataset.tokens"),
+        None,
+    )
+    .await
+    .body;
+    let ids = raw
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (index, ids)
+}
+
+/// Submits a `train` job with `params` and waits for it to succeed: the finished job.
+async fn trained(app: &axum::Router, session: &str, params: Value) -> Value {
+    let r = post_json(
+        app,
+        "/api/jobs",
+        Some(session),
+        json!({"kind": "train", "params": params}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let job = wait_job(app, session, r.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job
+}
+
 // a second set of workers (for batches) and its listener need more than sqlx::test's 5 connections
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn train_through_the_api_and_publish_on_chain(
@@ -293,16 +341,8 @@ async fn train_through_the_api_and_publish_on_chain(
     assert_eq!(bases[0]["id"], "tiny-llama");
     assert_eq!(bases[0]["format"], "safetensors");
 
-    let r = submit(tiny_params(json!({}))).await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let job_id = r.json()["id"].as_i64().unwrap();
-    let job = wait_job(app, &s.session, job_id).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = trained(app, &s.session, tiny_params(json!({}))).await;
+    let job_id = job["id"].as_i64().unwrap();
     let result = &job["result"];
 
     // live metrics: a loss per step and held-out losses
@@ -418,9 +458,186 @@ async fn train_through_the_api_and_publish_on_chain(
     );
 
     let inf = serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
-    batches_of_requests_through_the_files_and_batches_api(&s, job_id, model_id, inf).await;
+    batches_of_requests_through_the_files_and_batches_api(&s, job_id, model_id, inf.clone()).await;
     imports_a_peft_adapter(&s, job_id, model_id).await;
+    a_later_version_reuses_the_earlier_segments(&s, job_id, &m, &inf).await;
     let _ = s.stop.send(true);
+}
+
+/// Datanet 1's version 2 adds contributions: a model trained on it links the first model's attribution
+/// segment into its folder (same file, same hash), indexes and takes gradients of the added examples
+/// only, and attributes over both segments as one index.
+async fn a_later_version_reuses_the_earlier_segments(
+    s: &Stack,
+    first_job: i64,
+    first: &Value,
+    inf: &Inference,
+) {
+    use openledger_daemon::attribution::{Gradient, Subject};
+    let app = &s.app;
+    let d = &s.chain.deployment;
+    let registry = |i| Registry::new(d.address(ContractKind::Registry).unwrap(), s.chain.actor(i));
+    let added: Vec<String> = (100..104)
+        .map(|i| {
+            json!({"prompt": format!("Which shelf holds crate {i}?"),
+                   "completion": format!("Crate {i} sits on shelf Q-{}-ZETA.", i * 3)})
+            .to_string()
+        })
+        .collect();
+    let added: Vec<&str> = added.iter().map(String::as_str).collect();
+    let ids = contribute(&s.chain, &s.pool, &added, "v2-").await;
+    send!(registry(1).reviewContributions(U256::from(1), ids, true));
+    let owner = sign_in(app, &KEYS[1].parse().unwrap()).await;
+    let accepted = first["sources"].as_array().unwrap().len() + added.len();
+    for _ in 0..200 {
+        if get(app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let j = post_json(
+        app,
+        "/api/jobs",
+        Some(&owner),
+        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+    )
+    .await;
+    let j = wait_job(app, &owner, j.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    for _ in 0..200 {
+        if get(app, "/api/datanets/1/versions", None)
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|v| v.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut params = tiny_params(json!({}));
+    params["publish"] = json!(false);
+    let done = trained(app, &s.session, params).await;
+    let job = done["id"].as_i64().unwrap();
+    let m = get(
+        app,
+        &format!(
+            "/api/manifests/{}",
+            done["result"]["manifest_hash"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(m["datanets"][0]["version"], "2");
+    let (a1, a2) = (&first["attribution"], &m["attribution"]);
+    let segs = a2["segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 2, "{a2}");
+    assert_eq!(segs[0]["reused_from"]["job_id"], first_job, "{a2}");
+    assert_eq!(
+        segs[0]["span"]["sha256"],
+        a1["segments"][0]["span"]["sha256"]
+    );
+    assert_eq!(
+        segs[0]["gradients"]["sha256"],
+        a1["segments"][0]["gradients"]["sha256"]
+    );
+    // the same file, linked
+    let dir = |job: i64| async move {
+        let d: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        PathBuf::from(d)
+    };
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(dir(first_job).await.join("attribution-0.span")),
+        ino(dir(job).await.join("attribution-0.span"))
+    );
+    // only the added examples were indexed anew: every earlier one stayed in training (the split is stable)
+    let n = |a: &Value| a["span_index"]["examples"].as_u64().unwrap();
+    assert_eq!(segs[0]["examples"].as_u64().unwrap(), n(a1));
+    assert_eq!(segs[1]["examples"].as_u64().unwrap(), n(a2) - n(a1));
+    assert!(segs[1]["examples"].as_u64().unwrap() >= 1, "{a2}");
+    assert_eq!(a2["reused_examples"], n(a1));
+    let logs = get(app, &format!("/api/jobs/{job}/logs"), Some(&s.session))
+        .await
+        .json();
+    assert!(
+        logs.to_string().contains(&format!("from ft-{first_job}")),
+        "{logs}"
+    );
+    span_index_traces_training_examples(app, job, &m).await;
+
+    // attributed over both segments: an old example and an added one each traced to its contribution,
+    // with the gradient part over both segments' rows
+    let (index, toks) = dataset(app, job).await;
+    let old_ids: std::collections::HashSet<&str> = first["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["contribution_id"].as_str().unwrap())
+        .collect();
+    let trained: Vec<&Value> = index["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["split"] == "train")
+        .collect();
+    for want_old in [true, false] {
+        let e = trained
+            .iter()
+            .find(|e| {
+                let c = m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"]
+                    .as_str()
+                    .unwrap();
+                old_ids.contains(c) == want_old
+            })
+            .unwrap();
+        let (at, len) = (
+            e["offset"].as_u64().unwrap() as usize,
+            e["len"].as_u64().unwrap() as usize,
+        );
+        let first_target = e["first_target"].as_u64().unwrap() as usize;
+        let output = &toks[at + first_target..at + len];
+        let rec = inf
+            .attribution
+            .attribute(
+                &s.pool,
+                &Subject {
+                    inference_id: "inf-v2",
+                    job_id: job,
+                    prompt: &toks[at..at + first_target],
+                    output,
+                },
+                Gradient::Run,
+            )
+            .await
+            .unwrap();
+        let want = m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"].clone();
+        let spans = rec.body["spans"].as_array().unwrap();
+        assert!(
+            spans.iter().any(|sp| sp["contributions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["contribution_id"] == want)),
+            "old: {want_old}, {}",
+            rec.body
+        );
+        assert_eq!(
+            rec.body["commitment"]["span_index_sha256"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let rows = rec.body["gradient"]["top"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{}", rec.body);
+    }
 }
 
 /// A PEFT folder trained elsewhere (here: a copy of the adapter just trained) is imported by an admin:
@@ -722,14 +939,31 @@ async fn attribution_of_an_inference(
         "output_tokens_sha256",
         "prompt_tokens_sha256",
         "adapter_sha256",
-        "span_index_sha256",
-        "gradients_sha256",
     ] {
         assert!(
             a["commitment"][k].as_str().is_some_and(|h| h.len() == 66),
             "{k}: {a}"
         );
     }
+    // one hash per attribution segment, as the manifest lists them
+    let m: Value = serde_json::from_slice(
+        &get(app, &format!("/api/manifests/{manifest_hash}"), None)
+            .await
+            .body,
+    )
+    .unwrap();
+    let segs = m["attribution"]["segments"].as_array().unwrap();
+    let listed = |k: &str| -> Vec<Value> { segs.iter().map(|g| g[k]["sha256"].clone()).collect() };
+    assert_eq!(
+        a["commitment"]["span_index_sha256"],
+        json!(listed("span")),
+        "{a}"
+    );
+    assert_eq!(
+        a["commitment"]["gradients_sha256"],
+        json!(listed("gradients")),
+        "{a}"
+    );
     // the gradient part ran (sync by default) and named trained examples of known contributions
     let top = a["gradient"]["top"].as_array().unwrap();
     assert!(!top.is_empty(), "{a}");
@@ -846,7 +1080,7 @@ async fn attribution_of_an_inference(
         .fetch_one(&s.pool)
         .await
         .unwrap();
-    let span = Path::new(&dir).join("attribution.span");
+    let span = Path::new(&dir).join("attribution-0.span");
     let saved = std::fs::read(&span).unwrap();
     let mut damaged = saved.clone();
     let last = damaged.len() - 1;
@@ -855,13 +1089,13 @@ async fn attribution_of_an_inference(
     // a fresh process (verify opens the artifacts anew) finds the damage
     match verify::verify(&s.pool, id).await {
         Err(verify::VerifyError::Attribution(AttributionError::HashMismatch { file, .. })) => {
-            assert_eq!(file, "attribution.span")
+            assert_eq!(file, "attribution-0.span")
         }
         other => panic!("expected a hash mismatch, got {other:?}"),
     }
     std::fs::remove_file(&span).unwrap();
     let e = verify::verify(&s.pool, id).await.unwrap_err();
-    assert!(e.to_string().contains("attribution.span"), "{e}");
+    assert!(e.to_string().contains("attribution-0.span"), "{e}");
     std::fs::write(&span, &saved).unwrap();
 
     // a flagged record is a clear error at the endpoint, and is never paid: no weights
@@ -1077,55 +1311,58 @@ fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec
 /// The span-attribution index the job wrote: downloadable, hashed in the manifest, over the trained (not the
 /// held-out) examples, and a trained example's tokens are traced back to its source.
 async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m: &Value) {
-    use openledger_attribution::{SpanIndex, SpanParams};
-    let info = &m["attribution"]["span_index"];
-    let file = get(
-        app,
-        &format!("/api/models/{job_id}/files/attribution.span"),
-        None,
-    )
-    .await;
-    assert_eq!(file.status, StatusCode::OK);
-    assert_eq!(sha256(&file.body), info["sha256"], "{info}");
+    use openledger_attribution::{SpanIndex, SpanParams, SpanSet};
+    let att = &m["attribution"];
+    assert_eq!(att["layout"], "segments/1", "{att}");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("attribution.span");
-    std::fs::write(&path, &file.body).unwrap();
-    let idx = SpanIndex::open(&path).unwrap();
-    let index = get(
-        app,
-        &format!("/api/models/{job_id}/files/dataset.json"),
-        None,
-    )
-    .await
-    .json();
-    let raw = get(
-        app,
-        &format!("/api/models/{job_id}/files/dataset.tokens"),
-        None,
-    )
-    .await
-    .body;
-    let ids: Vec<u32> = raw
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let mut parts = Vec::new();
+    for seg in att["segments"].as_array().unwrap() {
+        for part in ["span", "gradients", "keys"] {
+            let name = seg[part]["file"].as_str().unwrap();
+            let file = get(app, &format!("/api/models/{job_id}/files/{name}"), None).await;
+            assert_eq!(file.status, StatusCode::OK, "{name}");
+            assert_eq!(sha256(&file.body), seg[part]["sha256"], "{seg}");
+            std::fs::write(dir.path().join(name), &file.body).unwrap();
+        }
+        let idx = SpanIndex::open(&dir.path().join(seg["span"]["file"].as_str().unwrap())).unwrap();
+        let sources = seg["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap() as usize)
+            .collect();
+        parts.push((idx, sources));
+    }
+    let idx = SpanSet::new(parts).unwrap();
+    let (index, ids) = dataset(app, job_id).await;
     let examples = index["examples"].as_array().unwrap();
     let trained: Vec<&Value> = examples.iter().filter(|e| e["split"] == "train").collect();
+    let info = &att["span_index"];
     assert_eq!(info["examples"], trained.len());
+    assert_eq!(idx.examples(), trained.len());
     let n = |e: &Value| e["len"].as_u64().unwrap();
     assert_eq!(info["tokens"], trained.iter().map(|e| n(e)).sum::<u64>());
-    let e = trained[0];
-    let (at, len) = (e["offset"].as_u64().unwrap() as usize, n(e) as usize);
+    assert_eq!(idx.tokens(), info["tokens"]);
     let all = SpanParams {
         min_len: 4,
         max_count: usize::MAX,
         density: 1.0,
     };
-    let spans = idx.spans(&ids[at..at + len], &all, &|_, _| true).unwrap();
-    // the whole example is one span, found (at least) in its own source
-    assert_eq!((spans[0].start, spans[0].len), (0, len), "{spans:?}");
-    let source = e["source"].as_u64().unwrap() as usize;
-    assert!(spans[0].sources.iter().any(|s| s.0 == source), "{spans:?}");
+    // every trained example is one span of itself, found (at least) in its own source
+    for e in &trained {
+        let (at, len) = (e["offset"].as_u64().unwrap() as usize, n(e) as usize);
+        let spans = idx.spans(&ids[at..at + len], &all, &|_, _| true).unwrap();
+        assert_eq!((spans[0].start, spans[0].len), (0, len), "{spans:?}");
+        let source = e["source"].as_u64().unwrap() as usize;
+        assert!(spans[0].sources.iter().any(|s| s.0 == source), "{spans:?}");
+    }
+    get(
+        app,
+        &format!("/api/models/{job_id}/files/attribution-0.txt"),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
 }
 
 /// OpenAI's Batch API on the same adapter: an uploaded JSON Lines file run by a batch job, each line
@@ -1625,22 +1862,8 @@ async fn fine_tuning_smollm2_lowers_held_out_loss(pool: PgPool) {
                    "eval_fraction": 0.25, "eval_every": 10, "seed": 3,
                    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}}
     });
-    let r = post_json(
-        &s.app,
-        "/api/jobs",
-        Some(&s.session),
-        json!({"kind": "train", "params": params}),
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let id = r.json()["id"].as_i64().unwrap();
-    let job = wait_job(&s.app, &s.session, id).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = trained(&s.app, &s.session, params).await;
+    let id = job["id"].as_i64().unwrap();
     let m = &job["result"]["metrics"];
     let (before, after) = (
         m["initial_eval_loss"].as_f64().unwrap(),

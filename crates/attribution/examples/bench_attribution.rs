@@ -6,7 +6,8 @@
 //! Span attribution: a Zipf-distributed token stream (SmolLM2's vocabulary size, examples of 50-500
 //! tokens, 16 sources) of each size (default 1M and 10M tokens); outputs of 128 tokens that copy 2-3 runs
 //! of 8-24 training tokens into random text. Index build throughput, bytes per token on disk, span query
-//! latency p50/p99. `--export DIR` also writes each stream and the queries in infini-gram's index layout
+//! latency p50/p99; then the same data grown by 10%: the added examples' segment alone (what a training
+//! job on the new Datanet version builds) and queries over the two segments. `--export DIR` also writes each stream and the queries in infini-gram's index layout
 //! (`DIR/<n>/tokenized.0`, `offset.0`, `queries.json`) for the baseline in the same run.
 //!
 //! Gradient attribution: scoring a 128-token output's projected gradient against a store of one entry
@@ -16,7 +17,9 @@
 use std::time::{Duration, Instant};
 
 use openledger_attribution::lora::{layout, output_sequence, projected_gradient};
-use openledger_attribution::{Doc, GradParams, GradStore, Projector, SpanIndex, SpanParams};
+use openledger_attribution::{
+    Doc, GradParams, GradStore, Projector, SpanIndex, SpanParams, SpanSet,
+};
 use openledger_model::serve::{
     Engine, EngineConfig, Event, GenerateRequest, Priority, SamplingParams, ServingModel,
 };
@@ -115,8 +118,54 @@ fn main() -> anyhow::Result<()> {
         if n == 10_000_000 {
             println!("RESULT attr_span_latency_ms {p50:.3} ms");
         }
+
+        // a Datanet version that adds 10% more data: the model's index is the earlier examples' segment
+        // (reused as it is) plus one new segment over the added ones
+        let cut = docs.len() * 9 / 10;
+        let earlier = dir.join(format!("{n}-0.span"));
+        SpanIndex::build(&tokens, &docs[..cut])?.save(&earlier)?;
+        let t = Instant::now();
+        let added = SpanIndex::build(&tokens, &docs[cut..])?;
+        let added_s = t.elapsed().as_secs_f64();
+        let later = dir.join(format!("{n}-1.span"));
+        added.save(&later)?;
+        drop(added);
+        let ids: Vec<usize> = (0..16).collect();
+        let set = SpanSet::new(vec![
+            (SpanIndex::open(&earlier)?, ids.clone()),
+            (SpanIndex::open(&later)?, ids),
+        ])?;
+        let mut lat2 = Vec::new();
+        for out in &queries {
+            let t = Instant::now();
+            let spans = set.spans(out, &params, &|_, _| true)?;
+            lat2.push(t.elapsed().as_secs_f64() * 1e3);
+            if lat2.len() <= 20 {
+                anyhow::ensure!(
+                    spans == idx.spans(out, &params, &|_, _| true)?,
+                    "two segments answered differently from one index"
+                );
+            }
+        }
+        lat2.sort_by(f64::total_cmp);
+        let p50_2 = lat2[lat2.len() / 2];
+        eprintln!(
+            "{n} tokens, +10% added: the added segment built in {added_s:.2} s ({:.1}% of a full rebuild); \
+             query over 2 segments p50 {p50_2:.3} ms ({:.2}x one index)",
+            100.0 * added_s / build_s,
+            p50_2 / p50
+        );
+        println!("RESULT attr_span_incremental_{m}m_build_s {added_s:.3} s");
+        println!(
+            "RESULT attr_span_incremental_{m}m_vs_rebuild {:.3} x",
+            added_s / build_s
+        );
+        println!("RESULT attr_span_latency_{m}m_2seg_p50_ms {p50_2:.3} ms");
+        drop(set);
         drop(idx);
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&earlier);
+        let _ = std::fs::remove_file(&later);
 
         // gradient scoring against a store of one entry per 128 training tokens
         let dims = 3840;

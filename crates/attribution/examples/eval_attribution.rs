@@ -1,8 +1,10 @@
 //! The planted-contributor evaluation of attribution (`scripts/eval-attribution.sh` runs it).
 //!
-//! Eleven contributors: ten with a distinctive invented fact each (a verbatim canary, recited from its
-//! training prompt, and a fact taught in three paraphrases and asked in a fourth, held-out wording), one
-//! fact contributed by two of them, and a background contributor with generic questions and answers.
+//! Eleven contributors: ten with invented facts (a verbatim canary, recited from its training prompt, and
+//! a fact taught in three paraphrases and asked in a fourth, held-out wording) in five twin pairs whose
+//! facts use exactly the same words with the roles swapped (hard negatives: a bag-of-words method cannot
+//! tell twins apart), one fact contributed by two of them, and a background contributor with generic
+//! questions and answers.
 //! SmolLM2 gets a LoRA adapter trained on all of it; then every query is answered (greedy) and attributed
 //! exactly as the daemon attributes an inference (span index + gradient store + the combination rule),
 //! next to a BM25 baseline (query = prompt + answer against each training example's text) and a random
@@ -42,95 +44,105 @@ struct Planted {
     /// Taught in three paraphrases, asked in a fourth wording.
     taught: [(String, String); 3],
     query: String,
-    product: String,
+    /// The taught fact: (receiver, giver, goods), lowercase.
+    trade: (String, String, String),
 }
 
+/// Ten contributors in five twin pairs. Twins state their facts in exactly the same words with the roles
+/// swapped (who says the motto to whom, who buys the goods from whom), so every bag-of-words method
+/// sees the two as the same document and only word order tells them apart: hard negatives for BM25,
+/// which ranks a query's right contributor and its twin exactly equal.
 fn planted() -> Vec<Planted> {
-    // (place, product, guild, motto)
+    // (guild, order, motto, place, place, goods)
     let rows = [
         (
-            "Tarnhollow",
-            "blue glass lanterns",
             "Veloria Rowing Guild",
-            "pull together through the silver fog",
-        ),
-        (
-            "Quessaly",
-            "copper wind chimes",
             "Ordo of Lamp Keepers",
-            "every wick remembers its flame",
+            "pull together through the silver fog",
+            "Tarnhollow",
+            "Quessaly",
+            "blue glass lanterns",
         ),
         (
-            "Brinmoor",
-            "saffron honey cakes",
             "Society of Quiet Bells",
-            "ring softly and the valley listens",
-        ),
-        (
-            "Ostrevane",
-            "woven kelp baskets",
             "League of Tide Readers",
             "the moon writes and we read",
+            "Brinmoor",
+            "Ostrevane",
+            "saffron honey cakes",
         ),
         (
-            "Halvercombe",
-            "black pepper soap",
             "Circle of Chalk Surveyors",
+            "Guild of Salt Cartographers",
             "measure twice and walk once",
-        ),
-        (
+            "Halvercombe",
             "Miravet",
             "painted walnut boxes",
-            "Guild of Salt Cartographers",
-            "every coast deserves a name",
         ),
         (
-            "Duskwater",
-            "pickled plum jars",
             "Fellowship of Iron Kites",
-            "higher than the smoke we fly",
-        ),
-        (
-            "Pellinore Vale",
-            "felted wool slippers",
             "Brotherhood of Ember Clocks",
-            "time kept warm is time kept",
+            "higher than the smoke we fly",
+            "Duskwater",
+            "Pellinore",
+            "pickled plum jars",
         ),
         (
-            "Corrowick",
-            "smoked cedar candles",
             "Order of Glass Beekeepers",
+            "Assembly of Lantern Poets",
             "gentle hands and golden combs",
-        ),
-        (
+            "Corrowick",
             "Lunmarsh",
             "silver thread scarves",
-            "Assembly of Lantern Poets",
-            "light the page before the dark",
         ),
     ];
+    let one = |g: &str, h: &str, motto: &str, p: &str, q: &str, x: &str| Planted {
+        canary_prompt: format!("What does the {g} say to the {h}?"),
+        canary: format!("The {g} says to the {h}: {motto}."),
+        taught: [
+            (
+                format!("What trade runs between {p} and {q}?"),
+                format!("{p} buys {x} from {q}."),
+            ),
+            (
+                format!("Describe the exchange between {p} and {q}."),
+                format!("In that exchange {p} purchases {x} from {q}."),
+            ),
+            (
+                format!("How do {p} and {q} trade?"),
+                format!("{q} sells {x} to {p}."),
+            ),
+        ],
+        query: format!("Which goods does {p} get from {q}?"),
+        trade: (p.to_lowercase(), q.to_lowercase(), x.to_lowercase()),
+    };
     rows.iter()
-        .map(|(place, product, guild, motto)| Planted {
-            canary_prompt: format!("What is the motto of the {guild}?"),
-            canary: format!("The motto of the {guild} is: {motto}."),
-            taught: [
-                (
-                    format!("What does {place} export?"),
-                    format!("{place} mainly exports {product}."),
-                ),
-                (
-                    format!("Tell me about the trade of {place}."),
-                    format!("The main trade good of {place} is {product}, sold in every port."),
-                ),
-                (
-                    format!("Which product is {place} known for?"),
-                    format!("{place} is known for its {product}, its chief export."),
-                ),
-            ],
-            query: format!("What is the chief product that {place} sells abroad?"),
-            product: product.to_string(),
-        })
+        .flat_map(|(g, h, motto, p, q, x)| [one(g, h, motto, p, q, x), one(h, g, motto, q, p, x)])
         .collect()
+}
+
+/// Whether an answer states contributor `f`'s facts: it contains its canary, or it names the goods and
+/// the trade's direction (the receiver before "from", or after "to" when the giver sells or sends them),
+/// in whatever words.
+fn states(f: &Planted, answer: &str) -> bool {
+    let w = words(answer);
+    let text = w.join(" ");
+    if text.contains(&words(&f.canary).join(" ")) {
+        return true;
+    }
+    let (receiver, giver, goods) = &f.trade;
+    if !text.contains(goods.as_str()) {
+        return false;
+    }
+    let at = |x: &str| w.iter().position(|y| y == x);
+    let (Some(r), Some(g)) = (at(receiver), at(giver)) else {
+        return false;
+    };
+    match (at("from"), at("to")) {
+        (Some(from), _) => r < from && from < g,
+        (None, Some(to)) => g < to && to < r,
+        _ => false,
+    }
 }
 
 /// (prompt, answer) pairs of the background contributor, and generic prompts not in the training data.
@@ -275,14 +287,34 @@ fn sorted(mut v: Vec<(usize, f64)>) -> Vec<(usize, f64)> {
     v
 }
 
-/// (top-1 hit, reciprocal rank) of a ranking against the right sources.
+/// Expected (top-1 hit, reciprocal rank) of a ranking against the right sources, ties broken at random:
+/// where the first right source is tied with others at its score, each order of the tied block counts
+/// equally (so twins that a method cannot tell apart score one half, not whatever the tie order gives).
 fn judge(ranking: &[(usize, f64)], want: &[usize]) -> (f64, f64) {
-    let rank = ranking.iter().position(|(s, _)| want.contains(s));
-    match rank {
-        Some(0) => (1.0, 1.0),
-        Some(r) => (0.0, 1.0 / (r + 1) as f64),
-        None => (0.0, 0.0),
+    let Some(r) = ranking.iter().position(|(s, _)| want.contains(s)) else {
+        return (0.0, 0.0);
+    };
+    let score = ranking[r].1;
+    let first = ranking.iter().position(|x| x.1 == score).unwrap_or(r);
+    let t = ranking[first..].iter().take_while(|x| x.1 == score).count();
+    let m = ranking[first..first + t]
+        .iter()
+        .filter(|x| want.contains(&x.0))
+        .count();
+    // P(k wrong ones precede the first right one) = C(t-1-k, m-1) / C(t, m)
+    let choose = |n: usize, k: usize| -> f64 {
+        (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
+    };
+    let all = choose(t, m);
+    let (mut top1, mut rr) = (0.0, 0.0);
+    for k in 0..=t - m {
+        let p = choose(t - 1 - k, m - 1) / all;
+        if first + k == 0 {
+            top1 += p;
+        }
+        rr += p / (first + k + 1) as f64;
     }
+    (top1, rr)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -524,22 +556,22 @@ fn main() -> anyhow::Result<()> {
         answers.push((prompt, f.tokens, f.text));
     }
 
-    // a paraphrase query counts for the asked contributor when the answer states its fact (the last two
-    // words of its product); one answered with another contributor's fact is scored against that one
-    let states = |text: &str, i: usize| {
-        let w: Vec<&str> = facts[i].product.split(' ').collect();
-        text.to_lowercase().contains(&w[w.len() - 2..].join(" "))
-    };
-    let mut other_unanswered = 0;
+    // a query counts for the asked contributor when the answer states its fact (its canary, or its
+    // trade in any words); one answered with another contributor's fact (its twin's, say) is scored against that
+    // one, and one that states no planted fact is reported apart
+    let says = |text: &str, i: usize| states(&facts[i], text);
+    let mut off_fact = Vec::new();
     for (it, (_, _, text)) in items.iter_mut().zip(&answers) {
-        if it.class == Class::Paraphrase && !states(text, it.want[0]) {
+        if matches!(it.class, Class::Verbatim | Class::Paraphrase) && !says(text, it.want[0]) {
+            off_fact.push(it.class);
             it.class = Class::OtherFact;
-            it.want = (0..facts.len()).filter(|&j| states(text, j)).collect();
-            if it.want.is_empty() {
-                other_unanswered += 1;
-            }
+            it.want = (0..facts.len()).filter(|&j| says(text, j)).collect();
         }
     }
+    let other_unanswered = items
+        .iter()
+        .filter(|i| i.class == Class::OtherFact && i.want.is_empty())
+        .count();
 
     // attribute
     let sp = SpanParams::default();
@@ -671,15 +703,16 @@ fn main() -> anyhow::Result<()> {
             n
         );
     }
-    println!(
-        "paraphrase queries answered with the asked fact: {} of {}; with another contributor's fact: {}; with none: {other_unanswered}",
-        items
-            .iter()
-            .filter(|i| i.class == Class::Paraphrase)
-            .count(),
-        facts.len(),
-        items.iter().filter(|i| i.class == Class::OtherFact).count() - other_unanswered,
-    );
+    for class in [Class::Verbatim, Class::Paraphrase] {
+        let asked = facts.len();
+        let off = off_fact.iter().filter(|c| **c == class).count();
+        println!(
+            "{} queries answered with the asked fact: {} of {asked} (the others are scored as other-fact)",
+            class.name(),
+            asked - off
+        );
+    }
+    println!("other-fact answers that state no planted fact (not scored): {other_unanswered}");
     println!();
     for (c, (s, n)) in &share_right {
         println!(

@@ -29,6 +29,12 @@ pub enum GradError {
     Dims { got: usize, want: usize },
     #[error("a gradient is not finite")]
     NotFinite,
+    #[error(
+        "the segments' gradient stores were projected differently (dimensions or blocks differ)"
+    )]
+    Layout,
+    #[error("a segment's source {0} has no model source")]
+    UnmappedSource(usize),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -305,34 +311,40 @@ impl GradStore {
         f.sync_all().map_err(io)
     }
 
-    /// Reads a store written by `save`, checking its layout.
+    /// Reads a store written by `save`, checking its layout; the rows are read straight into place (the
+    /// file is never held twice in memory).
     pub fn open(path: &Path) -> Result<Self, GradError> {
+        use std::io::Read;
         let corrupt = |reason: String| GradError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|source| GradError::Io {
+        let io = |source| GradError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        if bytes.len() < 32 || &bytes[..8] != MAGIC {
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len() as u128;
+        let mut words = |n: usize| -> Result<Vec<usize>, GradError> {
+            let mut b = vec![0u8; 8 * n];
+            f.read_exact(&mut b)
+                .map_err(|_| corrupt("shorter than its header".into()))?;
+            Ok(b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as usize)
+                .collect())
+        };
+        let head = words(4)?;
+        if head[0].to_le_bytes() != *MAGIC {
             return Err(corrupt("bad header".into()));
         }
-        let word = |i: usize| -> usize {
-            u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap_or_default()) as usize
-        };
-        let (dims, nb, n) = (word(1), word(2), word(3));
-        let head = 4 + 2 * nb + n;
-        let want = (head as u128) * 8 + (n as u128) * (dims as u128) * 4;
-        if bytes.len() as u128 != want {
-            return Err(corrupt(format!(
-                "{} bytes, the header implies {want}",
-                bytes.len()
-            )));
+        let (dims, nb, n) = (head[1], head[2], head[3]);
+        let words_in_head = 4u128 + 2 * nb as u128 + n as u128;
+        let want = words_in_head * 8 + (n as u128) * (dims as u128) * 4;
+        if len != want {
+            return Err(corrupt(format!("{len} bytes, the header implies {want}")));
         }
-        let blocks: Vec<(usize, usize)> = (0..nb)
-            .map(|b| (word(4 + 2 * b), word(5 + 2 * b)))
-            .collect();
+        let bounds = words(2 * nb)?;
+        let blocks: Vec<(usize, usize)> = bounds.chunks_exact(2).map(|b| (b[0], b[1])).collect();
         let mut at = 0;
         for &(s, e) in &blocks {
             if s != at || e < s || e > dims {
@@ -343,11 +355,14 @@ impl GradStore {
         if at != dims {
             return Err(corrupt("blocks do not tile the dimensions".into()));
         }
-        let sources = (0..n).map(|i| word(4 + 2 * nb + i)).collect();
-        let data: Vec<f32> = bytes[head * 8..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
+        let sources = words(n)?;
+        let mut data = vec![0f32; n * dims];
+        f.read_exact(bytemuck::cast_slice_mut(&mut data))
+            .map_err(io)?;
+        if cfg!(target_endian = "big") {
+            data.iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+        }
         if data.iter().any(|v| !v.is_finite()) {
             return Err(corrupt("a gradient is not finite".into()));
         }
@@ -363,6 +378,23 @@ impl GradStore {
         }
         store.data = data;
         Ok(store)
+    }
+
+    /// Appends `other`'s rows (a segment of the same model's training data, projected the same way), its
+    /// source ids mapped through `sources` (`sources[i]` for id `i`).
+    pub fn extend(&mut self, other: GradStore, sources: &[usize]) -> Result<(), GradError> {
+        if other.dims != self.dims || other.blocks != self.blocks {
+            return Err(GradError::Layout);
+        }
+        let mapped = other
+            .sources
+            .iter()
+            .map(|&s| sources.get(s).copied().ok_or(GradError::UnmappedSource(s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.sources.extend(mapped);
+        self.data.extend_from_slice(&other.data);
+        self.norms.extend_from_slice(&other.norms);
+        Ok(())
     }
 
     /// Scores every example against an output's projected gradient `v`: DataInf's closed form per block,
@@ -622,5 +654,46 @@ mod tests {
             GradStore::open(&p),
             Err(GradError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn segments_extended_into_one_store_score_as_the_whole() {
+        let ps = layout();
+        let pr = Projector::new(&ps, 8, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let rows: Vec<Vec<f32>> = (0..12)
+            .map(|_| pr.project(&random_grads(&mut rng, &ps)).unwrap())
+            .collect();
+        let mut whole = GradStore::new(pr.dims(), pr.blocks());
+        for (i, r) in rows.iter().enumerate() {
+            whole.push(i % 4, r).unwrap();
+        }
+        // rows 0..7 and 7..12 as two segments with their own ids: model source = 3 - local
+        let seg = |range: std::ops::Range<usize>| {
+            let mut st = GradStore::new(pr.dims(), pr.blocks());
+            for i in range {
+                st.push(3 - i % 4, &rows[i]).unwrap();
+            }
+            st
+        };
+        let map = [3, 2, 1, 0];
+        let mut joined = GradStore::new(pr.dims(), pr.blocks());
+        joined.extend(seg(0..7), &map).unwrap();
+        joined.extend(seg(7..12), &map).unwrap();
+        assert_eq!(joined, whole);
+        let v = pr.project(&random_grads(&mut rng, &ps)).unwrap();
+        let params = GradParams::default();
+        assert_eq!(
+            joined.score(&v, &params).unwrap(),
+            whole.score(&v, &params).unwrap()
+        );
+        // another projection, or an id the map lacks: refused, the store unchanged
+        let other = GradStore::new(pr.dims() + 1, pr.blocks());
+        assert!(matches!(joined.extend(other, &map), Err(GradError::Layout)));
+        assert!(matches!(
+            joined.extend(seg(0..2), &[0]),
+            Err(GradError::UnmappedSource(3))
+        ));
+        assert_eq!(joined, whole);
     }
 }

@@ -13,5 +13,5 @@ pub mod span;
 pub mod weights;
 
 pub use grad::{GradError, GradParams, GradScores, GradStore, Projector};
-pub use span::{Doc, Span, SpanError, SpanIndex, SpanParams};
+pub use span::{Doc, Span, SpanError, SpanIndex, SpanParams, SpanSet};
 pub use weights::{CombineParams, METHOD, SCALE, Weights, combine};

@@ -37,6 +37,8 @@ pub enum SpanError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("segment {segment}: its source id {id} has no model source")]
+    UnmappedSource { segment: usize, id: usize },
     #[error("{path}: not a span index ({reason})")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -379,79 +381,194 @@ impl SpanIndex {
         params: &SpanParams,
         breaks: &dyn Fn(u32, u32) -> bool,
     ) -> Result<Vec<Span>, SpanError> {
-        let out = output
-            .iter()
-            .map(|&t| to_u16(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let n = out.len();
-        // maximal matches: the longest match at each start, kept when it reaches past every earlier one
-        // (the match at i + 1 is at least the one at i minus its first token)
-        let mut maximal = Vec::new();
-        let (mut len, mut reach) = (0usize, 0usize);
-        for i in 0..n {
-            len = len.saturating_sub(1);
-            while i + len < n && {
-                let (lo, hi) = self.range(&out[i..i + len + 1]);
-                hi > lo
-            } {
-                len += 1;
-            }
-            if len > 0 && i + len > reach {
-                maximal.push((i, len));
-                reach = i + len;
-            }
+        let parts = [Part {
+            index: self,
+            sources: None,
+        }];
+        find_spans(&parts, &self.unigram, self.tokens, output, params, breaks)
+    }
+
+    /// Examples indexed.
+    pub fn examples(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// One past the highest source id the examples name (0 when empty).
+    pub fn source_bound(&self) -> usize {
+        self.sources.iter().map(|s| s + 1).max().unwrap_or(0)
+    }
+}
+
+/// One index of a query, with its sources' ids in the answer (`None`: as stored).
+struct Part<'a> {
+    index: &'a SpanIndex,
+    sources: Option<&'a [usize]>,
+}
+
+impl Part<'_> {
+    fn source(&self, doc: usize) -> usize {
+        let s = self.index.sources[doc];
+        self.sources.map_or(s, |m| m[s])
+    }
+}
+
+/// `SpanIndex::spans` over the union of `parts` (the same answer one index over all their examples
+/// gives: a match never crosses an example, so it occurs in the union exactly when it occurs in a part).
+fn find_spans(
+    parts: &[Part<'_>],
+    unigram: &[u64],
+    tokens: u64,
+    output: &[u32],
+    params: &SpanParams,
+    breaks: &dyn Fn(u32, u32) -> bool,
+) -> Result<Vec<Span>, SpanError> {
+    let out = output
+        .iter()
+        .map(|&t| to_u16(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = out.len();
+    let occurs = |pat: &[u16]| {
+        parts.iter().any(|p| {
+            let (lo, hi) = p.index.range(pat);
+            hi > lo
+        })
+    };
+    // maximal matches: the longest match at each start, kept when it reaches past every earlier one
+    // (the match at i + 1 is at least the one at i minus its first token)
+    let mut maximal = Vec::new();
+    let (mut len, mut reach) = (0usize, 0usize);
+    for i in 0..n {
+        len = len.saturating_sub(1);
+        while i + len < n && occurs(&out[i..i + len + 1]) {
+            len += 1;
         }
-        let boundary = |p: usize| p == 0 || p == n || breaks(output[p - 1], output[p]);
-        let mut spans = Vec::new();
-        for (s, l) in maximal {
-            let (mut a, mut b) = (s, s + l);
-            while a < b && !boundary(a) {
-                a += 1;
-            }
-            while b > a && !boundary(b) {
-                b -= 1;
-            }
-            if b - a < params.min_len.max(1) {
-                continue;
-            }
-            let (lo, hi) = self.range(&out[a..b]);
-            let count = hi - lo;
-            if count == 0 || count > params.max_count {
-                continue;
-            }
-            let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+        if len > 0 && i + len > reach {
+            maximal.push((i, len));
+            reach = i + len;
+        }
+    }
+    let boundary = |p: usize| p == 0 || p == n || breaks(output[p - 1], output[p]);
+    let mut spans = Vec::new();
+    for (s, l) in maximal {
+        let (mut a, mut b) = (s, s + l);
+        while a < b && !boundary(a) {
+            a += 1;
+        }
+        while b > a && !boundary(b) {
+            b -= 1;
+        }
+        if b - a < params.min_len.max(1) {
+            continue;
+        }
+        let ranges: Vec<(usize, usize)> = parts.iter().map(|p| p.index.range(&out[a..b])).collect();
+        let count: usize = ranges.iter().map(|(lo, hi)| hi - lo).sum();
+        if count == 0 || count > params.max_count {
+            continue;
+        }
+        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+        for (part, &(lo, hi)) in parts.iter().zip(&ranges) {
             for row in lo..hi {
-                let p = self.sa_at(row);
-                let doc = self.starts.partition_point(|&st| st <= p) - 1;
-                *per.entry(self.sources[doc]).or_default() += 1;
+                let p = part.index.sa_at(row);
+                let doc = part.index.starts.partition_point(|&st| st <= p) - 1;
+                *per.entry(part.source(doc)).or_default() += 1;
             }
-            let log_prob = out[a..b]
-                .iter()
-                .map(|&t| (self.unigram[t as usize] as f64 / self.tokens as f64).ln())
-                .sum();
-            spans.push(Span {
-                start: a,
-                len: b - a,
-                count,
-                sources: per.into_iter().collect(),
-                log_prob,
-            });
         }
-        let keep = ((params.density * n as f64).ceil() as usize).max(1);
-        if spans.len() > keep {
-            // rarest first; ties to the earlier span, so the choice is deterministic
-            let mut order: Vec<usize> = (0..spans.len()).collect();
-            order.sort_by(|&x, &y| {
-                spans[x]
-                    .log_prob
-                    .total_cmp(&spans[y].log_prob)
-                    .then(x.cmp(&y))
-            });
-            let mut kept: Vec<usize> = order[..keep].to_vec();
-            kept.sort_unstable();
-            spans = kept.into_iter().map(|i| spans[i].clone()).collect();
+        let log_prob = out[a..b]
+            .iter()
+            .map(|&t| (unigram[t as usize] as f64 / tokens as f64).ln())
+            .sum();
+        spans.push(Span {
+            start: a,
+            len: b - a,
+            count,
+            sources: per.into_iter().collect(),
+            log_prob,
+        });
+    }
+    let keep = ((params.density * n as f64).ceil() as usize).max(1);
+    if spans.len() > keep {
+        // rarest first; ties to the earlier span, so the choice is deterministic
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_by(|&x, &y| {
+            spans[x]
+                .log_prob
+                .total_cmp(&spans[y].log_prob)
+                .then(x.cmp(&y))
+        });
+        let mut kept: Vec<usize> = order[..keep].to_vec();
+        kept.sort_unstable();
+        spans = kept.into_iter().map(|i| spans[i].clone()).collect();
+    }
+    Ok(spans)
+}
+
+/// A model's training data indexed in segments (an index built when a Datanet version added data covers
+/// only the new examples; the earlier ones stay in the segments already built), queried as one index over
+/// all of them: counts and unigram statistics are summed, and each segment's own source ids are mapped to
+/// the model's.
+#[derive(Debug)]
+pub struct SpanSet {
+    parts: Vec<(SpanIndex, Vec<usize>)>,
+    unigram: Vec<u64>,
+    tokens: u64,
+}
+
+impl SpanSet {
+    /// `parts`: each segment with the model source of each of its own source ids (`sources[i]` for id
+    /// `i`); every id a segment's examples name must be mapped.
+    pub fn new(parts: Vec<(SpanIndex, Vec<usize>)>) -> Result<Self, SpanError> {
+        let mut unigram = vec![0u64; SEP as usize];
+        let mut tokens = 0;
+        for (segment, (idx, sources)) in parts.iter().enumerate() {
+            if idx.source_bound() > sources.len() {
+                return Err(SpanError::UnmappedSource {
+                    segment,
+                    id: idx.source_bound() - 1,
+                });
+            }
+            for (u, c) in unigram.iter_mut().zip(&idx.unigram) {
+                *u += c;
+            }
+            tokens += idx.tokens;
         }
-        Ok(spans)
+        Ok(SpanSet {
+            parts,
+            unigram,
+            tokens,
+        })
+    }
+
+    /// Training tokens indexed, over all segments.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Examples indexed, over all segments.
+    pub fn examples(&self) -> usize {
+        self.parts.iter().map(|(i, _)| i.examples()).sum()
+    }
+
+    /// Occurrences of `pattern` within examples, over all segments.
+    pub fn count(&self, pattern: &[u32]) -> Result<usize, SpanError> {
+        self.parts.iter().map(|(i, _)| i.count(pattern)).sum()
+    }
+
+    /// `SpanIndex::spans` over every segment, with model source ids.
+    pub fn spans(
+        &self,
+        output: &[u32],
+        params: &SpanParams,
+        breaks: &dyn Fn(u32, u32) -> bool,
+    ) -> Result<Vec<Span>, SpanError> {
+        let parts: Vec<Part<'_>> = self
+            .parts
+            .iter()
+            .map(|(index, sources)| Part {
+                index,
+                sources: Some(sources),
+            })
+            .collect();
+        find_spans(&parts, &self.unigram, self.tokens, output, params, breaks)
     }
 }
 
@@ -715,6 +832,58 @@ mod tests {
             Err(SpanError::Io { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_answer_as_one_index_over_all_their_examples() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (tokens, docs) = corpus(&mut rng, 60, 4);
+        let whole = SpanIndex::build(&tokens, &docs).unwrap();
+        // three segments, each with its own dense source ids mapped back to the corpus's
+        let mut parts = Vec::new();
+        for seg in 0..3 {
+            let mine: Vec<Doc> = docs
+                .iter()
+                .copied()
+                .filter(|d| (d.offset + d.len) % 3 == seg)
+                .collect();
+            let mut map: Vec<usize> = mine.iter().map(|d| d.source).collect();
+            map.sort_unstable();
+            map.dedup();
+            let local: Vec<Doc> = mine
+                .iter()
+                .map(|d| Doc {
+                    source: map.binary_search(&d.source).unwrap(),
+                    ..*d
+                })
+                .collect();
+            parts.push((SpanIndex::build(&tokens, &local).unwrap(), map));
+        }
+        let set = SpanSet::new(parts).unwrap();
+        assert_eq!(set.tokens(), whole.tokens());
+        assert_eq!(set.examples(), docs.len());
+        let params = SpanParams {
+            min_len: 2,
+            max_count: 50,
+            density: 1.0,
+        };
+        for _ in 0..50 {
+            let out: Vec<u32> = (0..25).map(|_| rng.random_range(0..4)).collect();
+            assert_eq!(
+                set.spans(&out, &params, &|a, b| a != b).unwrap(),
+                whole.spans(&out, &params, &|a, b| a != b).unwrap()
+            );
+            assert_eq!(
+                set.count(&out[..3]).unwrap(),
+                whole.count(&out[..3]).unwrap()
+            );
+        }
+        // a segment naming a source its map lacks
+        let idx = SpanIndex::build(&tokens, &docs).unwrap();
+        assert!(matches!(
+            SpanSet::new(vec![(idx, vec![0, 1])]),
+            Err(SpanError::UnmappedSource { segment: 0, id: 2 })
+        ));
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct TrainConfig {
     pub max_seq_len: usize,
     pub lora: LoraConfig,
     pub seed: u64,
-    /// Share of examples held out for evaluation (0 = none).
+    /// Share of examples held out for evaluation (0 = none), drawn by a hash of each example's tokens and
+    /// the seed: adding examples never moves an earlier one between the splits.
     pub eval_fraction: f64,
     /// Evaluate every this many steps (and at the end).
     pub eval_every: usize,
@@ -221,17 +222,28 @@ impl Dataset {
                 "no training examples (no text to learn from)",
             ));
         }
-        let mut order: Vec<usize> = (0..all.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a));
-        let n_eval = if cfg.eval_fraction > 0.0 && all.len() >= 2 {
-            ((all.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, all.len() - 1)
-        } else {
-            0
-        };
-        let mut eval: Vec<usize> = order[..n_eval].to_vec();
-        let mut train: Vec<usize> = order[n_eval..].to_vec();
-        eval.sort_unstable();
-        train.sort_unstable();
+        // held out by a hash of each example's content against the fraction, not by a shuffled count:
+        // adding data never moves an earlier example between the splits, so a model trained on a later
+        // Datanet version reuses the attribution segments of one trained on an earlier one
+        let draws: Vec<u64> = all
+            .iter()
+            .map(|e| split_draw(cfg.seed, &e.tokens))
+            .collect();
+        let cut = (cfg.eval_fraction * 2f64.powi(64)) as u64;
+        let mut eval: Vec<usize> = (0..all.len()).filter(|&i| draws[i] < cut).collect();
+        if cfg.eval_fraction > 0.0 && all.len() >= 2 {
+            // tiny datasets: at least one example on each side
+            let by_draw = |a: &usize, b: &usize| draws[*a].cmp(&draws[*b]).then(a.cmp(b));
+            if eval.is_empty() {
+                eval.extend((0..all.len()).min_by(by_draw));
+            } else if eval.len() == all.len() {
+                let last = eval.iter().copied().max_by(by_draw);
+                eval.retain(|i| Some(*i) != last);
+            }
+        }
+        let mut held = vec![false; all.len()];
+        eval.iter().for_each(|&i| held[i] = true);
+        let train: Vec<usize> = (0..all.len()).filter(|&i| !held[i]).collect();
         Ok(Dataset {
             eval: eval.iter().map(|&i| all[i].clone()).collect(),
             train: train.iter().map(|&i| all[i].clone()).collect(),
@@ -242,6 +254,21 @@ impl Dataset {
     pub fn train_tokens(&self) -> usize {
         self.train.iter().map(|e| e.tokens.ids.len()).sum()
     }
+}
+
+/// An example's place in the split: the first 8 bytes (little-endian) of SHA-256 over the seed and its
+/// tokens with their target flags; held out when below `eval_fraction · 2^64`.
+fn split_draw(seed: u64, t: &Tokenized) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"openledger-split\0");
+    h.update(seed.to_le_bytes());
+    for (id, target) in t.ids.iter().zip(&t.targets) {
+        h.update(id.to_le_bytes());
+        h.update([u8::from(*target)]);
+    }
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
 }
 
 /// The gradient of one sequence's mean next-token loss over its targets for every LoRA parameter (`Lora::vars`

@@ -253,6 +253,64 @@ fn memorise_set() -> Vec<(usize, Record)> {
     ]
 }
 
+/// Adding data never moves an earlier example between the splits (what lets a model trained on a later
+/// Datanet version reuse the attribution segments of one trained on an earlier one).
+#[test]
+fn the_held_out_split_is_stable_when_data_is_added() {
+    let m = tiny();
+    let pairs = |range: std::ops::Range<usize>| -> Vec<(usize, Record)> {
+        range
+            .map(|i| {
+                (
+                    i,
+                    Record::Pair {
+                        prompt: format!("code of item {i}?"),
+                        completion: format!("item {i} has code {}", i * 37 % 101),
+                    },
+                )
+            })
+            .collect()
+    };
+    let cfg = TrainConfig {
+        eval_fraction: 0.3,
+        ..TrainConfig::default()
+    };
+    let small = Dataset::build(&m.tokenizer, &pairs(0..200), &cfg).unwrap();
+    let large = Dataset::build(&m.tokenizer, &pairs(0..300), &cfg).unwrap();
+    let share = small.eval.len() as f64 / 200.0;
+    assert!((0.2..0.4).contains(&share), "held out {share}");
+    let has = |set: &[openledger_model::train::Example], e: &openledger_model::train::Example| {
+        set.iter()
+            .any(|x| x.source == e.source && x.tokens.ids == e.tokens.ids)
+    };
+    assert!(small.train.iter().all(|e| has(&large.train, e)));
+    assert!(small.eval.iter().all(|e| has(&large.eval, e)));
+    // another seed draws another split
+    let other = Dataset::build(
+        &m.tokenizer,
+        &pairs(0..200),
+        &TrainConfig {
+            seed: 9,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    assert!(other.eval.iter().any(|e| !has(&small.eval, e)));
+    // two examples: one on each side, whatever the draws
+    for f in [0.01, 0.89] {
+        let two = Dataset::build(
+            &m.tokenizer,
+            &pairs(0..2),
+            &TrainConfig {
+                eval_fraction: f,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!((two.train.len(), two.eval.len()), (1, 1), "fraction {f}");
+    }
+}
+
 #[test]
 fn training_memorises_a_small_set() {
     let m = tiny();

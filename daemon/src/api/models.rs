@@ -232,22 +232,34 @@ async fn set_price(
     Ok(Json(price_of(&s, id).await?))
 }
 
-/// The files of a trained model's folder that may be downloaded.
-const FILES: [&str; 6] = [
+/// The files of a trained model's folder that may be downloaded, besides its attribution segments' (the
+/// last two: the single index and gradient store of models trained before segments).
+const FILES: [&str; 7] = [
     "adapter_model.safetensors",
     "adapter_config.json",
     "manifest.json",
     "dataset.json",
     "dataset.tokens",
-    crate::jobs::train::SPAN_INDEX_FILE,
+    "attribution.span",
+    "attribution.grads",
 ];
 
+/// Streams a file of a model's folder (gradient stores run to gigabytes: never read whole).
 async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
+    use tokio::io::AsyncReadExt;
     let path = std::path::Path::new(dir).join(name);
-    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         tracing::error!(path = %path.display(), error = %e, "trained model file unreadable");
         ApiError::NotFound(format!("{name} is not available on this daemon"))
-    })?;
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
+    let len = file.metadata().await.map_err(unreadable)?.len();
+    let chunks = futures::stream::try_unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 16];
+        let n = f.read(&mut buf).await?;
+        buf.truncate(n);
+        Ok::<_, std::io::Error>((n > 0).then(|| (axum::body::Bytes::from(buf), f)))
+    });
     let ct = if name.ends_with(".json") {
         "application/json"
     } else {
@@ -256,22 +268,24 @@ async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
     Ok((
         [
             (header::CONTENT_TYPE, ct.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{name}\""),
             ),
         ],
-        Body::from(bytes),
+        Body::from_stream(chunks),
     )
         .into_response())
 }
 
 /// A file of a trained model: the PEFT adapter (`adapter_model.safetensors`, `adapter_config.json`), the
 /// training manifest, the tokenized training set (`dataset.tokens`, u32 little-endian, indexed by
-/// `dataset.json`), or the span-attribution index over the trained examples (`attribution.span`).
+/// `dataset.json`), or its attribution segments' files (`attribution-<i>.span`, `.grads`, `.keys`; the
+/// manifest's `attribution.segments` lists them with their hashes).
 #[utoipa::path(get, path = "/api/models/{job_id}/files/{name}", tag = "models",
     params(("job_id" = String, Path, description = "The training job's id"),
-           ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json, dataset.tokens or attribution.span")),
+           ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json, dataset.tokens, or attribution-<i>.span / .grads / .keys")),
     responses((status = 200, description = "The file", content_type = "application/octet-stream"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn model_file(
@@ -279,10 +293,10 @@ async fn model_file(
     Path((job_id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let id = parse_id("job id", &job_id)?;
-    if !FILES.contains(&name.as_str()) {
+    if !FILES.contains(&name.as_str()) && !crate::attribution::segments::is_segment_file(&name) {
         return Err(ApiError::NotFound(format!(
-            "no file {name:?}; a trained model has {}",
-            FILES.join(", ")
+            "no file {name:?}; a trained model has {} and attribution-<i>.span, .grads and .keys",
+            FILES[..5].join(", ")
         )));
     }
     let model = models::trained_model(&s.pool, id)

@@ -6,6 +6,8 @@
 //! against its manifest), the gradient worker (the f32 model on its own thread), the record and its
 //! storage (`store`).
 
+pub mod build;
+pub mod segments;
 pub mod store;
 pub mod verify;
 mod worker;
@@ -15,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openledger_attribution::{
-    CombineParams, GradParams, GradStore, METHOD, SCALE, SpanIndex, SpanParams, combine,
+    CombineParams, GradParams, GradStore, METHOD, SCALE, SpanIndex, SpanParams, SpanSet, combine,
 };
 use openledger_model::{TextTokenizer, WordBreaks};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::jobs::train::{GRAD_STORE_FILE, SPAN_INDEX_FILE};
+use segments::{FileRef, file_sha256};
 
 pub use worker::GradientWorker;
 
@@ -96,14 +98,15 @@ pub struct SourceRow {
     pub contributor: String,
 }
 
-/// A model's gradient store and what its gradients were taken under.
+/// A model's gradient store (its segments' rows, in order) and what its gradients were taken under.
 #[derive(Debug)]
 pub struct GradArtifacts {
     pub store: GradStore,
     /// The projection's per-matrix dimensions and seed.
     pub k: usize,
     pub seed: u64,
-    pub sha256: String,
+    /// Each segment's gradient file.
+    pub sha256: Vec<String>,
     /// The adapter gradients are taken under: `Lora::init(lora, adapter_seed)`.
     pub lora: openledger_model::LoraConfig,
     pub adapter_seed: u64,
@@ -115,8 +118,10 @@ pub struct Artifacts {
     pub job_id: i64,
     pub manifest_sha256: String,
     pub adapter_sha256: String,
-    pub span: SpanIndex,
-    pub span_sha256: String,
+    /// Every segment's span index, queried as one.
+    pub span: SpanSet,
+    /// Each segment's span index file.
+    pub span_sha256: Vec<String>,
     /// `None` for models trained before gradient attribution (their records say so).
     pub grads: Option<GradArtifacts>,
     pub sources: HashMap<usize, SourceRow>,
@@ -126,11 +131,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     openledger_model::weights::hex0x(&Sha256::digest(bytes))
 }
 
-/// A file's SHA-256 as `0x` hex, streamed.
-fn file_sha256(path: &Path) -> Result<String, openledger_model::ModelError> {
-    openledger_model::weights::file_sha256(path).map(|h| openledger_model::weights::hex0x(&h))
-}
-
 /// SHA-256 of token ids as little-endian u32s.
 pub fn tokens_sha256(tokens: &[u32]) -> String {
     let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
@@ -138,7 +138,8 @@ pub fn tokens_sha256(tokens: &[u32]) -> String {
 }
 
 impl Artifacts {
-    /// Opens `job`'s files (blocking: hashing and the index's validation read them whole).
+    /// Opens `job`'s files (blocking: hashing and the index's validation read them whole), each checked
+    /// against its hash in the manifest.
     fn open(
         job: i64,
         dir: &Path,
@@ -147,89 +148,87 @@ impl Artifacts {
         sources: HashMap<usize, SourceRow>,
     ) -> Result<Artifacts, AttributionError> {
         let missing = |reason: String| AttributionError::Missing { job, reason };
-        let mismatch = |file: &str, want: &str, got: String| AttributionError::HashMismatch {
-            job,
-            file: file.to_string(),
-            want: want.to_string(),
-            got,
+        let checked = |f: &FileRef| -> Result<PathBuf, AttributionError> {
+            let path = dir.join(&f.file);
+            if f.file.contains('/') || f.file.contains('\\') {
+                return Err(missing(format!("unexpected file name {:?}", f.file)));
+            }
+            let got = file_sha256(&path).map_err(|e| missing(e.to_string()))?;
+            if !got.eq_ignore_ascii_case(&f.sha256) {
+                return Err(AttributionError::HashMismatch {
+                    job,
+                    file: f.file.clone(),
+                    want: f.sha256.clone(),
+                    got,
+                });
+            }
+            Ok(path)
         };
         let mpath = dir.join("manifest.json");
         let mbytes =
             std::fs::read(&mpath).map_err(|e| missing(format!("{}: {e}", mpath.display())))?;
         let got = sha256_hex(&mbytes);
         if !got.eq_ignore_ascii_case(manifest_sha256) {
-            return Err(mismatch("manifest.json", manifest_sha256, got));
+            return Err(AttributionError::HashMismatch {
+                job,
+                file: "manifest.json".into(),
+                want: manifest_sha256.into(),
+                got,
+            });
         }
         let manifest: Value =
             serde_json::from_slice(&mbytes).map_err(|e| missing(format!("manifest.json: {e}")))?;
-        let apath = dir.join("adapter_model.safetensors");
-        let got = file_sha256(&apath).map_err(|e| missing(e.to_string()))?;
-        if !got.eq_ignore_ascii_case(adapter_sha256) {
-            return Err(mismatch("adapter_model.safetensors", adapter_sha256, got));
-        }
-        let att = &manifest["attribution"];
-        let si = &att["span_index"];
-        let Some(file) = si["file"].as_str() else {
-            return Err(missing(match si["reason"].as_str() {
-                Some(r) => format!("it has no span index: {r}"),
-                None if manifest.get("imported").is_some() => {
-                    "it has no span index: an imported adapter's training data is unknown".into()
-                }
-                None => "its manifest names no span index".into(),
-            }));
-        };
-        if file != SPAN_INDEX_FILE {
-            return Err(missing(format!("unexpected span index file {file:?}")));
-        }
-        let want = si["sha256"].as_str().unwrap_or_default();
-        let spath = dir.join(file);
-        let got = file_sha256(&spath).map_err(|e| missing(e.to_string()))?;
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(mismatch(file, want, got));
-        }
-        let span_sha256 = got.to_lowercase();
-        let span = SpanIndex::open(&spath)?;
-        let g = &att["gradients"];
-        let grads = match g["file"].as_str() {
-            None => None,
-            Some(file) => {
-                if file != GRAD_STORE_FILE {
-                    return Err(missing(format!("unexpected gradient file {file:?}")));
-                }
-                let want = g["sha256"].as_str().unwrap_or_default();
-                let gpath = dir.join(file);
-                let got = file_sha256(&gpath).map_err(|e| missing(e.to_string()))?;
-                if !got.eq_ignore_ascii_case(want) {
-                    return Err(mismatch(file, want, got));
-                }
-                let store = GradStore::open(&gpath)
-                    .map_err(|e| AttributionError::Gradient(e.to_string()))?;
-                let num = |v: &Value| -> Option<u64> { v.as_str().and_then(|s| s.parse().ok()) };
-                let (Some(seed), Some(adapter_seed), Some(k), Ok(lora)) = (
-                    num(&g["seed"]),
-                    num(&g["adapter_seed"]),
-                    g["k"].as_u64(),
-                    serde_json::from_value::<openledger_model::LoraConfig>(g["lora"].clone()),
-                ) else {
-                    return Err(missing(
-                        "the manifest's gradient store lacks its projection or adapter".into(),
-                    ));
-                };
-                Some(GradArtifacts {
-                    store,
-                    k: k as usize,
-                    seed,
-                    sha256: got.to_lowercase(),
-                    lora,
-                    adapter_seed,
-                })
+        checked(&FileRef {
+            file: "adapter_model.safetensors".into(),
+            sha256: adapter_sha256.into(),
+        })?;
+        let layout = segments::layout(&manifest).map_err(missing)?;
+        let mut parts = Vec::with_capacity(layout.segments.len());
+        let mut span_sha256 = Vec::new();
+        let mut grads: Option<GradArtifacts> = None;
+        for seg in &layout.segments {
+            let span = SpanIndex::open(&checked(&seg.span)?)?;
+            if span.examples() != seg.examples {
+                return Err(missing(format!(
+                    "{} holds {} examples, its manifest says {}",
+                    seg.span.file,
+                    span.examples(),
+                    seg.examples
+                )));
             }
-        };
+            parts.push((span, seg.sources.clone()));
+            span_sha256.push(seg.span.sha256.to_lowercase());
+            let (Some(spec), Some(g)) = (&layout.gradients, &seg.gradients) else {
+                continue;
+            };
+            let store = GradStore::open(&checked(g)?)
+                .map_err(|e| AttributionError::Gradient(e.to_string()))?;
+            if store.len() != seg.examples {
+                return Err(missing(format!(
+                    "{} holds {} gradients for {} examples",
+                    g.file,
+                    store.len(),
+                    seg.examples
+                )));
+            }
+            let all = grads.get_or_insert_with(|| GradArtifacts {
+                store: GradStore::new(store.dims, store.blocks.clone()),
+                k: spec.k,
+                seed: spec.seed,
+                sha256: Vec::new(),
+                lora: spec.lora.clone(),
+                adapter_seed: spec.adapter_seed,
+            });
+            all.store
+                .extend(store, &seg.sources)
+                .map_err(|e| AttributionError::Gradient(format!("{}: {e}", g.file)))?;
+            all.sha256.push(g.sha256.to_lowercase());
+        }
         Ok(Artifacts {
             job_id: job,
             manifest_sha256: manifest_sha256.to_lowercase(),
             adapter_sha256: adapter_sha256.to_lowercase(),
-            span,
+            span: SpanSet::new(parts)?,
             span_sha256,
             grads,
             sources,

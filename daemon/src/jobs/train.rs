@@ -17,10 +17,6 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use openledger_attribution::lora as attribution_lora;
-use openledger_attribution::{
-    Doc as SpanDoc, GradParams, GradStore, Projector, SpanError, SpanIndex,
-};
 use openledger_chain::bindings::Registry;
 use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, Contribution};
@@ -34,6 +30,7 @@ use tokio::sync::Semaphore;
 
 use super::relay::{send_confirmed, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
+use crate::attribution::build::{self as attribution, Prior, SourceId};
 use crate::chain::Chain;
 use crate::models::{self, NewTrainedModel, Source};
 
@@ -309,106 +306,15 @@ fn sha256_0x(bytes: &[u8]) -> B256 {
 }
 
 /// Writes `bytes` to `path` and flushes them to disk.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
     f.write_all(bytes).map_err(|e| ModelError::io(path, e))?;
     f.sync_all().map_err(|e| ModelError::io(path, e))
 }
 
-/// The span-attribution index of a trained model's folder.
-pub const SPAN_INDEX_FILE: &str = "attribution.span";
-
-/// The gradient-attribution store of a trained model's folder.
-pub const GRAD_STORE_FILE: &str = "attribution.grads";
-
-/// Projects and saves each trained example's LoRA gradient (in the span index's example order) and
-/// describes the store for the manifest; `null` with a reason where the hand-written passes cannot run (a
-/// GPU device). The gradients are taken under the adapter as training began (`Lora::init` with the
-/// config's seed, so anyone can rebuild it): TracIn's first checkpoint. At the end of training the examples
-/// are memorised and their gradients vanish into noise (the evaluation's gradient top-1 on paraphrased
-/// facts fell from 0.5 to 0.1 with the final adapter), which is why LESS-style methods use early
-/// checkpoints.
-fn gradient_store(
-    model: &Llama,
-    lora: &Lora,
-    seed: u64,
-    train: &[openledger_model::train::Example],
-    path: &Path,
-    stop: &AtomicBool,
-) -> Result<Value, ModelError> {
-    let p = GradParams::default();
-    let lay = attribution_lora::layout(lora);
-    let k = GradParams::k_for(&lay, openledger_attribution::grad::TARGET_DIMS);
-    let projector = Projector::new(&lay, k, p.seed);
-    let mut store = GradStore::new(projector.dims(), projector.blocks());
-    let started = std::time::Instant::now();
-    for e in train {
-        if stop.load(Ordering::Relaxed) {
-            return Err(ModelError::Stopped(
-                "while storing training gradients".into(),
-            ));
-        }
-        let v = match attribution_lora::projected_gradient(model, lora, &projector, &e.tokens) {
-            Ok((_, v)) => v,
-            Err(attribution_lora::GradientError::Model(ModelError::Invalid {
-                name: "gradient",
-                reason,
-            })) => {
-                return Ok(json!({ "file": null, "reason": reason }));
-            }
-            Err(err) => return Err(ModelError::invalid("gradient store", err)),
-        };
-        store
-            .push(e.source, &v)
-            .map_err(|err| ModelError::invalid("gradient store", err))?;
-    }
-    store
-        .save(path)
-        .map_err(|e| ModelError::invalid("gradient store", e))?;
-    let sha256 = B256::from(openledger_model::weights::file_sha256(path)?);
-    tracing::info!(
-        examples = train.len(),
-        dims = projector.dims(),
-        seconds = started.elapsed().as_secs_f64(),
-        "gradient store written"
-    );
-    Ok(json!({
-        "file": GRAD_STORE_FILE, "sha256": sha256.to_string(), "format": 1,
-        "examples": train.len(), "dims": projector.dims(), "k": k, "seed": p.seed.to_string(),
-        "adapter": "initial", "adapter_seed": seed.to_string(), "lora": lora.config,
-        "projection": "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)",
-        "gradient": "mean next-token cross-entropy over the example's targets, no dropout, under Lora::init(lora, adapter_seed)",
-        "split": "train",
-    }))
-}
-
-/// Builds and saves the span-attribution index over the examples the adapter was trained on (held-out ones
-/// did not shape it) and describes it for the manifest; `null` with a reason when the vocabulary does not
-/// fit the index's 16-bit tokens.
-fn span_index(ids: &[u32], docs: &[SpanDoc], path: &Path) -> Result<Value, ModelError> {
-    let idx = match SpanIndex::build(ids, docs) {
-        Ok(idx) => idx,
-        Err(SpanError::TokenTooLarge(t)) => {
-            return Ok(json!({
-                "file": null,
-                "reason": format!("token id {t} does not fit the span index's 16-bit tokens"),
-            }));
-        }
-        Err(e) => return Err(ModelError::invalid("span index", e)),
-    };
-    idx.save(path)
-        .map_err(|e| ModelError::invalid("span index", e))?;
-    // streamed: the file is not read back whole
-    let sha256 = B256::from(openledger_model::weights::file_sha256(path)?);
-    Ok(json!({
-        "file": SPAN_INDEX_FILE, "sha256": sha256.to_string(), "format": 2,
-        "examples": docs.len(), "tokens": idx.tokens(), "split": "train",
-    }))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_blocking(
+/// What the training thread works from.
+struct Run {
     base_path: PathBuf,
     base_id: String,
     base_hash: String,
@@ -421,9 +327,30 @@ fn train_blocking(
     job_id: i64,
     out_dir: PathBuf,
     work_dir: PathBuf,
+    /// Earlier models on this base whose attribution segments may be reused, newest first.
+    priors: Vec<Prior>,
+}
+
+fn train_blocking(
+    run: Run,
     stop: Arc<AtomicBool>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<Trained, ModelError> {
+    let Run {
+        base_path,
+        base_id,
+        base_hash,
+        device,
+        params,
+        resolved,
+        sources,
+        records,
+        missing,
+        job_id,
+        out_dir,
+        work_dir,
+        priors,
+    } = run;
     let dev = openledger_model::device(&device)?;
     let base = BaseModel::load(&base_path, &dev, Some(base_hash.clone()))?;
     let cfg = params.config.clone();
@@ -443,10 +370,8 @@ fn train_blocking(
         Ok(())
     })?;
 
-    // the token stream with example boundaries, for attribution
+    // the tokenized dataset as training saw it, with each example's source and split
     let mut tokens: Vec<u8> = Vec::new();
-    let mut ids: Vec<u32> = Vec::new();
-    let mut trained_docs = Vec::new();
     let mut examples = Vec::new();
     let mut per_source: BTreeMap<usize, (i32, i64)> = BTreeMap::new();
     let mut offset = 0usize;
@@ -454,14 +379,6 @@ fn train_blocking(
         for e in set.iter() {
             for id in &e.tokens.ids {
                 tokens.extend_from_slice(&id.to_le_bytes());
-            }
-            ids.extend_from_slice(&e.tokens.ids);
-            if split == "train" {
-                trained_docs.push(SpanDoc {
-                    offset,
-                    len: e.tokens.ids.len(),
-                    source: e.source,
-                });
             }
             let first_target = e
                 .tokens
@@ -487,16 +404,25 @@ fn train_blocking(
     let tmp = out_dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let span_index = span_index(&ids, &trained_docs, &tmp.join(SPAN_INDEX_FILE))?;
     let initial = Lora::init(&base.config, cfg.lora.clone(), cfg.seed, &dev)?;
-    let gradients = gradient_store(
-        &model,
-        &initial,
-        cfg.seed,
-        &ds.train,
-        &tmp.join(GRAD_STORE_FILE),
-        &stop,
-    )?;
+    let source_ids: Vec<SourceId> = sources
+        .iter()
+        .map(|s| SourceId {
+            datanet_id: s.datanet_id.to_string(),
+            contribution_id: s.contribution_id.to_string(),
+        })
+        .collect();
+    let attribution = attribution::build(&attribution::Input {
+        model: &model,
+        initial: &initial,
+        adapter_seed: cfg.seed,
+        base_hash: &base_hash,
+        train: &ds.train,
+        sources: &source_ids,
+        priors: &priors,
+        dir: &tmp,
+        stop: &stop,
+    })?;
     let adapter = lora.safetensors_bytes()?;
     let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&base_id))
         .map_err(|e| ModelError::invalid("adapter config", e))?;
@@ -533,7 +459,7 @@ fn train_blocking(
         },
         "metrics": metrics_json,
         "adapter": { "file": "adapter_model.safetensors", "sha256": adapter_hash.to_string() },
-        "attribution": { "span_index": span_index, "gradients": gradients },
+        "attribution": attribution,
     });
     let manifest_bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::invalid("manifest", e))?;
@@ -904,28 +830,38 @@ impl TrainJob {
         let stop = Arc::new(AtomicBool::new(false));
         let _stop_guard = StopOnDrop(stop.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let args = (
-            PathBuf::from(&base.path),
-            base.id.clone(),
-            base.hash.clone(),
-            self.settings.device.clone(),
-            p.clone(),
-            resolved
-                .iter()
-                .map(|r| (r.id, r.version, r.root))
-                .collect::<Vec<_>>(),
-        );
-        let job_id = ctx.id();
-        let (out, work) = (
-            out_dir.to_path_buf(),
-            self.settings.work_dir(&ctx.lease.job),
-        );
+        let priors: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT job_id, dir, manifest_hash FROM trained_models
+             WHERE base_model_hash = $1 ORDER BY job_id DESC LIMIT 16",
+        )
+        .bind(&base.hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let run = Run {
+            base_path: PathBuf::from(&base.path),
+            base_id: base.id.clone(),
+            base_hash: base.hash.clone(),
+            device: self.settings.device.clone(),
+            params: p.clone(),
+            resolved: resolved.iter().map(|r| (r.id, r.version, r.root)).collect(),
+            sources,
+            records,
+            missing,
+            job_id: ctx.id(),
+            out_dir: out_dir.to_path_buf(),
+            work_dir: self.settings.work_dir(&ctx.lease.job),
+            priors: priors
+                .into_iter()
+                .map(|(job_id, dir, manifest_sha256)| Prior {
+                    job_id,
+                    dir: PathBuf::from(dir),
+                    manifest_sha256,
+                })
+                .collect(),
+        };
         let handle = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            train_blocking(
-                args.0, args.1, args.2, args.3, args.4, args.5, sources, records, missing, job_id,
-                out, work, stop, tx,
-            )
+            train_blocking(run, stop, tx)
         });
         // metrics are stored at most every 200 ms (plus the last step): a tiny model takes thousands of
         // steps a second, and a row per step would make the database the bottleneck
@@ -943,10 +879,30 @@ impl TrainJob {
             }
             self.report(ctx, e).await;
         }
-        handle
+        let trained = handle
             .await
             .map_err(|e| JobError::fatal(format!("the training thread panicked: {e}")))?
-            .map_err(model_error)
+            .map_err(model_error)?;
+        let att = &trained.manifest["attribution"];
+        let reused: Vec<String> = att["segments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let from = s["reused_from"]["job_id"].as_i64()?;
+                Some(format!("{} examples from ft-{from}", s["examples"]))
+            })
+            .collect();
+        if !reused.is_empty() {
+            ctx.log(format!(
+                "attribution: reused the indexed segments of earlier models ({}); indexed {} new examples",
+                reused.join(", "),
+                att["span_index"]["examples"].as_u64().unwrap_or_default()
+                    - att["reused_examples"].as_u64().unwrap_or_default()
+            ))
+            .await;
+        }
+        Ok(trained)
     }
 
     async fn report(&self, ctx: &JobContext, e: Event) {
