@@ -203,7 +203,11 @@ fn plan(inp: &Input<'_>, keys: &[Key], spec: Option<&GradientSpec>) -> (Vec<Reus
         }
         let Some(kref) = &segment.keys else { continue };
         let seg_keys = match read_keys(&p.dir.join(&kref.file)) {
-            Ok(k) if k.len() == segment.examples => k,
+            Ok((k, sha))
+                if k.len() == segment.examples && sha.eq_ignore_ascii_case(&kref.sha256) =>
+            {
+                k
+            }
             _ => continue,
         };
         let mut need: HashMap<&Key, usize> = HashMap::new();
@@ -216,7 +220,7 @@ fn plan(inp: &Input<'_>, keys: &[Key], spec: Option<&GradientSpec>) -> (Vec<Reus
         {
             continue;
         }
-        let mut files = vec![&segment.span, kref];
+        let mut files = vec![&segment.span];
         if spec.is_some() {
             files.extend(segment.gradients.as_ref());
         }

@@ -204,8 +204,8 @@ pub fn example_key(datanet_id: &str, contribution_id: &str, t: &Tokenized) -> Ke
     h.finalize().into()
 }
 
-/// A keys file's rows.
-pub fn read_keys(path: &Path) -> std::io::Result<Vec<Key>> {
+/// A keys file's rows and the file's SHA-256 (one read).
+pub fn read_keys(path: &Path) -> std::io::Result<(Vec<Key>, String)> {
     let bytes = std::fs::read(path)?;
     if bytes.len() % 32 != 0 {
         return Err(std::io::Error::new(
@@ -213,10 +213,11 @@ pub fn read_keys(path: &Path) -> std::io::Result<Vec<Key>> {
             format!("{}: not a whole number of 32-byte keys", path.display()),
         ));
     }
-    Ok(bytes
+    let keys = bytes
         .chunks_exact(32)
         .map(|c| c.try_into().unwrap_or_default())
-        .collect())
+        .collect();
+    Ok((keys, super::sha256_hex(&bytes)))
 }
 
 /// A file's SHA-256 as lowercase `0x` hex, streamed.
