@@ -529,16 +529,20 @@ impl Attributor {
             "gradient": gradient,
             "weights": weights,
         });
-        Record { body, pending }
+        Record::new(body, pending)
     }
 }
 
-/// One attribution record (`body`, the JSON that is stored, returned and hashed).
+/// One attribution record (`body`, the JSON that is stored, returned and hashed), with its canonical text
+/// and hash computed once.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub body: Value,
     /// The gradient part is still to run.
     pub pending: bool,
+    /// `canonical_json(body)`, what is stored as `record_canonical`, and its SHA-256.
+    pub canonical: String,
+    pub hash: String,
 }
 
 /// JSON with object keys sorted at every level and no whitespace: what record hashes are taken over.
@@ -578,15 +582,21 @@ pub fn canonical_json(v: &Value) -> String {
 }
 
 impl Record {
-    /// SHA-256 of the canonical JSON.
-    pub fn hash(&self) -> String {
-        sha256_hex(canonical_json(&self.body).as_bytes())
+    pub fn new(body: Value, pending: bool) -> Self {
+        let canonical = canonical_json(&body);
+        let hash = sha256_hex(canonical.as_bytes());
+        Record {
+            body,
+            pending,
+            canonical,
+            hash,
+        }
     }
 
     /// What responses show: the record with its status and hash.
     pub fn response(&self) -> Value {
         let status = if self.pending { "pending" } else { "complete" };
-        shown(self.body.clone(), status, Some(&self.hash()))
+        shown(self.body.clone(), status, Some(&self.hash))
     }
 }
 

@@ -33,20 +33,21 @@ pub async fn save(
     outcome: &Result<Record, AttributionError>,
 ) -> Result<(), sqlx::Error> {
     let prompt: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let (status, record, none, error) = match outcome {
-        Ok(r) if r.pending => ("pending", Some(&r.body), None, None),
+    let (status, none, error) = match outcome {
+        Ok(r) if r.pending => ("pending", None, None),
         Ok(r) => (
             "complete",
-            Some(&r.body),
             r.body["weights"]["no_attribution"].as_i64(),
             None,
         ),
-        Err(e) => ("flagged", None, None, Some(e.to_string())),
+        Err(e) => ("flagged", None, Some(e.to_string())),
     };
-    let canonical = record.map(super::canonical_json);
-    let hash = canonical
-        .as_deref()
-        .map(|c| super::sha256_hex(c.as_bytes()));
+    let record = outcome.as_ref().ok();
+    let (body, hash, canonical) = (
+        record.map(|r| &r.body),
+        record.map(|r| &r.hash),
+        record.map(|r| &r.canonical),
+    );
     sqlx::query(
         "INSERT INTO attributions (inference_id, job_id, method, status, prompt_tokens, record, record_hash,
                                    no_attribution, error, record_canonical)
@@ -61,11 +62,11 @@ pub async fn save(
     .bind(openledger_attribution::METHOD)
     .bind(status)
     .bind(&prompt)
-    .bind(record)
+    .bind(body)
     .bind(hash)
     .bind(none)
     .bind(error)
-    .bind(&canonical)
+    .bind(canonical)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM attribution_weights WHERE inference_id = $1")

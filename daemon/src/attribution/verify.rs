@@ -283,7 +283,7 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
         matches: differences.is_empty(),
         differences,
         stored_hash: st.record_hash,
-        recomputed_hash: fresh.hash(),
+        recomputed_hash: fresh.hash,
         status: st.status,
     })
 }
