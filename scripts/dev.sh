@@ -3,13 +3,15 @@
 # contract suite deployed, and `openledger serve` (REST API, in-process indexer, job workers) on it, with
 # Postgres from DATABASE_URL if set, else a private cluster under .dev/openledger.
 #
-#   scripts/dev.sh [--port N] [--api-port N] [--chain-id N] [--block-time S] [--fresh]
+#   scripts/dev.sh [--port N] [--api-port N] [--chain-id N] [--block-time S] [--fresh] [--demo]
 #
 #   --port N        JSON-RPC port (default 8545)
 #   --api-port N    the daemon's HTTP port (default 8080)
 #   --chain-id N    chain id of the devnet (default 7331, OpenLedger's local id)
 #   --block-time S  seconds per block; 0 mines each transaction at once (default 0)
 #   --fresh         forget the saved chain state and the local index (.dev/) and deploy anew
+#   --demo          once it is up, run the whole economy (scripts/economy-demo.sh): contributors contribute,
+#                   an adapter is trained, inferences are paid, the daemon settles, contributors claim
 #
 # The chain state is saved on exit and loaded on the next start, so the deployment in
 # deployments/<chainId>.json stays valid across restarts.
@@ -22,6 +24,7 @@ API_PORT=8080
 CHAIN_ID=7331
 BLOCK_TIME=0
 FRESH=0
+DEMO=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) PORT="${2:?}"; shift 2 ;;
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     --chain-id) CHAIN_ID="${2:?}"; shift 2 ;;
     --block-time) BLOCK_TIME="${2:?}"; shift 2 ;;
     --fresh) FRESH=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --demo) DEMO=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -86,8 +90,10 @@ ln -sf "$BASE_MODEL" "$DATA_DIR/models/$(basename "$BASE_MODEL")"
 OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
   "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" serve --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
   --listen "127.0.0.1:$API_PORT" --domain "127.0.0.1:$API_PORT" --sponsor-inference \
+  --settle-every-secs 5 --finality-depth 0 \
   2> >(sed -u 's/^/[openledger] /' >&2) &
 DAEMON_PID=$!
+DB_URL="${DATABASE_URL:-}"
 if [ -n "${DATABASE_URL:-}" ]; then
   PSQL="psql $DATABASE_URL"
 else
@@ -97,7 +103,8 @@ else
   for _ in $(seq 600); do
     pg_port="$(sed -n 4p "$pidfile" 2>/dev/null || true)"
     if [ -n "$pg_port" ] && psql "postgres://openledger@127.0.0.1:$pg_port/openledger" -tAc 'select 1' >/dev/null 2>&1; then
-      PSQL="psql postgres://openledger@127.0.0.1:$pg_port/openledger"
+      DB_URL="postgres://openledger@127.0.0.1:$pg_port/openledger"
+      PSQL="psql $DB_URL"
       break
     fi
     kill -0 "$DAEMON_PID" 2>/dev/null || break
@@ -121,9 +128,15 @@ OpenLedger local stack is up.
   daemon       openledger serve: API + indexer (newHeads subscription) + job workers
   database     $PSQL
   deployer     anvil dev account #0 (holds the dev genesis allocation)
-  relayer      anvil dev account #1 (settler; relays signed contributions)
+  relayer      anvil dev account #1 (settler: settles every 5 s; relays signed contributions)
   walkthrough  scripts/demo.sh --rpc-url $URL        (contracts, with cast)
                scripts/api-demo.sh --api $API   (sign in, upload, relay, confirm)
+               scripts/economy-demo.sh --api $API --database-url $DB_URL
+                                               (contribute, train, pay, settle, claim)
 Ctrl-C stops it.
 MSG
+if [ "$DEMO" = 1 ]; then
+  scripts/economy-demo.sh --api "$API" --rpc-url "$URL" --manifest "$MANIFEST" --database-url "$DB_URL" \
+    || log "the economy demo failed (the stack keeps running)"
+fi
 wait "$ANVIL_PID"

@@ -6,7 +6,8 @@
 # mode) walked through with cast exactly as the README shows, and a second deploy that must send nothing.
 # Rust: fmt, clippy -D warnings, and the workspace tests against real anvil nodes and a real Postgres
 # (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster); then the
-# README's API walkthrough (scripts/api-demo.sh) and the official openai client (scripts/openai-client-check.py)
+# README's API walkthrough (scripts/api-demo.sh), the economy demo (scripts/economy-demo.sh: contribute, train,
+# pay, settle on serve's schedule, claim, verify) and the official openai client (scripts/openai-client-check.py)
 # against a fresh `openledger serve`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -109,11 +110,20 @@ api_walkthrough() {
   psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
   OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
     "$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn serve --rpc-url "$url" \
-    --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 &
+    --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 \
+    --settle-every-secs 2 --finality-depth 0 &
   serve_pid=$!
   local api="http://127.0.0.1:$api_port"
   for _ in $(seq 300); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" \
+    --database-url "${DATABASE_URL%/*}/$db" >/dev/null; then
+    tests_passed=$((tests_passed + 1))
+  else
+    tests_failed=$((tests_failed + 1)); status=1
+  fi
+  # the whole economy (what `scripts/dev.sh --demo` runs): contributors, training, paid inferences, the
+  # settlement schedule, claims, `settle verify`
+  if scripts/economy-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" \
     --database-url "${DATABASE_URL%/*}/$db" >/dev/null; then
     tests_passed=$((tests_passed + 1))
   else
@@ -141,5 +151,5 @@ step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
-step "daemon: the README's API walkthrough (curl + cast) on a fresh stack" api_walkthrough
+step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough
 summary

@@ -106,6 +106,8 @@ impl KeyArgs {
 pub struct Chain {
     provider: DynProvider,
     signer: Option<Address>,
+    /// The key again, for transactions signed ahead of sending (settlement stores them before broadcast).
+    wallet: Option<EthereumWallet>,
     registry: Address,
     chain_id: u64,
     url: String,
@@ -123,10 +125,11 @@ impl Chain {
             detail,
         };
         let signer = key.as_ref().map(|k| k.address());
+        let wallet = key.map(EthereumWallet::from);
         let builder = ProviderBuilder::new();
-        let provider = match key {
-            Some(k) => {
-                let p = builder.wallet(EthereumWallet::from(k));
+        let provider = match wallet.clone() {
+            Some(w) => {
+                let p = builder.wallet(w);
                 tokio::time::timeout(timeout, p.connect(url))
                     .await
                     .map_err(|_| connect_err("timed out".into()))?
@@ -153,6 +156,7 @@ impl Chain {
         Ok(Self {
             provider,
             signer,
+            wallet,
             registry: deployment.address(ContractKind::Registry)?,
             chain_id: deployment.chain_id,
             url: url.to_owned(),
@@ -178,6 +182,11 @@ impl Chain {
     /// The daemon's own address (the relayer), if it has a key.
     pub fn signer(&self) -> Option<Address> {
         self.signer
+    }
+
+    /// The daemon's key as a wallet, if it has one.
+    pub fn wallet(&self) -> Option<&EthereumWallet> {
+        self.wallet.as_ref()
     }
 
     pub fn registry(&self) -> Registry::RegistryInstance<DynProvider> {

@@ -5,7 +5,8 @@
 //! - `jobs`: the Postgres job queue, its workers and the job kinds;
 //! - `chain`: the daemon's key and its view of the contracts;
 //! - `inference`: OpenLoRA serving (engine, model resolution, payment, inference records);
-//! - `serve`: one process running the API, the indexer and the workers.
+//! - `settlement`: epochs of paid, attributed inferences proposed as reward roots, and their audit;
+//! - `serve`: one process running the API, the indexer, the workers and the settlement schedule.
 
 pub mod api;
 pub mod attribution;
@@ -18,5 +19,6 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod serve;
+pub mod settlement;
 pub mod state;
 pub mod uploads;

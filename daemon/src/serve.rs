@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub training: TrainSettings,
     /// Model serving (`None`: this process serves no model).
     pub inference: Option<crate::inference::InferenceConfig>,
+    /// Scheduled settlement and its period (`None`: settle by hand with `openledger settle`).
+    pub settlement: Option<(crate::settlement::SettleConfig, Duration)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +189,30 @@ pub async fn run(
         register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone());
     }
 
+    let mut settle_task = None;
+    if let Some((scfg, every)) = cfg.settlement.clone() {
+        if chain.signer().is_some() {
+            match crate::settlement::Settler::new(
+                pool.clone(),
+                deployment.clone(),
+                chain.clone(),
+                scfg,
+            ) {
+                Ok(s) => {
+                    tracing::info!(every_secs = every.as_secs(), "settling on a schedule");
+                    settle_task = Some(tokio::spawn(crate::settlement::submit::run_schedule(
+                        s,
+                        every,
+                        stop_rx.clone(),
+                    )));
+                }
+                Err(e) => tracing::warn!(error = %e, "not settling"),
+            }
+        } else {
+            tracing::warn!("--settle-every-secs needs the settler key; not settling");
+        }
+    }
+
     let state = AppState::new(StateParts {
         pool: pool.clone(),
         deployment,
@@ -249,6 +275,10 @@ pub async fn run(
     }
     if let Some(t) = indexer_task {
         let _ = t.await;
+    }
+    if let Some(t) = settle_task {
+        // a round in flight stops where it is: every step is stored, the next process resumes it
+        t.abort();
     }
     let _ = sqlx::query("DELETE FROM workers WHERE id = $1")
         .bind(&worker_id)

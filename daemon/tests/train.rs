@@ -160,37 +160,11 @@ async fn stack(pool: PgPool, records: &[&str]) -> Stack {
     );
     let app = openledger_daemon::api::app(state);
     let owner_session = sign_in(&app, &relayer).await;
-    for _ in 0..200 {
-        if get(&app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == records.len() + 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let j = post_json(
-        &app,
-        "/api/jobs",
-        Some(&owner_session),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
-    )
-    .await;
-    assert_eq!(j.status, StatusCode::CREATED);
-    let j = wait_job(&app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(j["state"], "succeeded", "{j}");
+    wait_accepted(&app, 1, records.len() + 1).await;
+    publish_version(&app, &owner_session, 1).await;
     // a model builder: contributor #3 signs in and trains
     let builder: PrivateKeySigner = KEYS[3].parse().unwrap();
     let session = sign_in(&app, &builder).await;
-    for _ in 0..200 {
-        if get(&app, "/api/datanets/1/versions", None)
-            .await
-            .json()
-            .as_array()
-            .is_some_and(|v| !v.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Stack {
         chain,
         app,
@@ -245,26 +219,6 @@ async fn dataset(app: &axum::Router, job: i64) -> (Value, Vec<u32>) {
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     (index, ids)
-}
-
-/// Submits a `train` job with `params` and waits for it to succeed: the finished job.
-async fn trained(app: &axum::Router, session: &str, params: Value) -> Value {
-    let r = post_json(
-        app,
-        "/api/jobs",
-        Some(session),
-        json!({"kind": "train", "params": params}),
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let job = wait_job(app, session, r.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    job
 }
 
 // a second set of workers (for batches) and its listener need more than sqlx::test's 5 connections

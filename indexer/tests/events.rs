@@ -6,7 +6,7 @@ mod common;
 use alloy::primitives::{Address, U256, keccak256};
 use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
-use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::rpc::types::Filter;
 use alloy::sol_types::{SolCall, SolValue};
 use common::{TestChain, ether};
 use openledger_chain::ContractKind;
@@ -15,26 +15,6 @@ use openledger_chain::bindings::{
 };
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use sqlx::PgPool;
-
-/// Send `data` to `to` as `from` without its key (anvil impersonation), e.g. as the timelock.
-async fn impersonated(chain: &TestChain, from: Address, to: Address, data: Vec<u8>) {
-    let p = chain.plain();
-    p.anvil_impersonate_account(from).await.unwrap();
-    p.anvil_set_balance(from, ether(10)).await.unwrap();
-    let tx = TransactionRequest::default()
-        .from(from)
-        .to(to)
-        .input(data.into());
-    let r = p
-        .send_transaction(tx)
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    assert!(r.status(), "impersonated call reverted");
-    p.anvil_stop_impersonating_account(from).await.unwrap();
-}
 
 async fn advance(chain: &TestChain, seconds: u64, blocks: u64) {
     let p = chain.plain();
@@ -111,13 +91,9 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
         amount: ether(5),
         incidentId: keccak256("incident"),
     };
-    impersonated(
-        &chain,
-        timelock,
-        addr(ContractKind::Staking),
-        slash.abi_encode(),
-    )
-    .await;
+    chain
+        .impersonated(timelock, addr(ContractKind::Staking), slash.abi_encode())
+        .await;
 
     // FeeRouter: a payment, and a split change by governance
     send!(token(2).approve(addr(ContractKind::FeeRouter), ether(100)));
@@ -131,26 +107,22 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
             poolBps: 5000,
         },
     };
-    impersonated(
-        &chain,
-        timelock,
-        addr(ContractKind::FeeRouter),
-        split.abi_encode(),
-    )
-    .await;
+    chain
+        .impersonated(timelock, addr(ContractKind::FeeRouter), split.abi_encode())
+        .await;
 
     // RewardDistributor: propose, supersede, revoke, propose, accept, claim
     // a one-leaf tree: root = leaf = keccak(keccak(abi.encode(account, amount)))
     let leaf = keccak256(keccak256((contributor, ether(3)).abi_encode_params()));
     send!(pool_c(1).proposeRoot(1, keccak256("bad"), ether(1), "ipfs://e1".into()));
     send!(pool_c(1).proposeRoot(2, keccak256("worse"), ether(1), "ipfs://e2".into()));
-    impersonated(
-        &chain,
-        timelock,
-        addr(ContractKind::RewardDistributor),
-        RewardDistributor::revokeRootCall {}.abi_encode(),
-    )
-    .await;
+    chain
+        .impersonated(
+            timelock,
+            addr(ContractKind::RewardDistributor),
+            RewardDistributor::revokeRootCall {}.abi_encode(),
+        )
+        .await;
     send!(pool_c(1).proposeRoot(3, leaf, ether(3), "ipfs://e3".into()));
     advance(&chain, 3_601, 1).await;
     send!(pool_c(2).acceptRoot());

@@ -33,20 +33,29 @@ pub struct StandardMerkleTree {
 
 impl StandardMerkleTree {
     /// Builds the tree; `None` for no leaves (the contracts reject an empty root anyway).
-    pub fn new(mut leaves: Vec<B256>) -> Option<Self> {
+    pub fn new(leaves: Vec<B256>) -> Option<Self> {
+        Self::with_positions(&leaves).map(|(t, _)| t)
+    }
+
+    /// Builds the tree and says where each leaf went: `positions[j]` is the tree index of `leaves[j]`, for
+    /// [`Self::proof_at`] (finding a leaf by value is a scan; a settlement needs a proof for every leaf).
+    pub fn with_positions(leaves: &[B256]) -> Option<(Self, Vec<usize>)> {
         if leaves.is_empty() {
             return None;
         }
-        leaves.sort_unstable();
         let n = leaves.len();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_unstable_by_key(|&j| leaves[j as usize]);
         let mut tree = vec![B256::ZERO; 2 * n - 1];
-        for (i, l) in leaves.into_iter().enumerate() {
-            tree[2 * n - 2 - i] = l;
+        let mut positions = vec![0usize; n];
+        for (i, &j) in order.iter().enumerate() {
+            tree[2 * n - 2 - i] = leaves[j as usize];
+            positions[j as usize] = 2 * n - 2 - i;
         }
         for i in (0..n - 1).rev() {
             tree[i] = node(tree[2 * i + 1], tree[2 * i + 2]);
         }
-        Some(Self { tree })
+        Some((Self { tree }, positions))
     }
 
     pub fn root(&self) -> B256 {
@@ -64,14 +73,20 @@ impl StandardMerkleTree {
     /// The proof for `leaf`, or `None` if it is not in the tree.
     pub fn proof(&self, leaf: B256) -> Option<Vec<B256>> {
         let n = self.len();
-        let mut i = (n - 1..2 * n - 1).find(|&i| self.tree[i] == leaf)?;
-        let mut proof = Vec::new();
-        while i > 0 {
-            let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };
+        let i = (n - 1..2 * n - 1).find(|&i| self.tree[i] == leaf)?;
+        Some(self.proof_at(i))
+    }
+
+    /// The proof for the leaf at tree index `index` (from [`Self::with_positions`]), leaf to root.
+    pub fn proof_at(&self, mut index: usize) -> Vec<B256> {
+        let mut proof =
+            Vec::with_capacity(usize::BITS as usize - self.tree.len().leading_zeros() as usize);
+        while index > 0 {
+            let sibling = if index % 2 == 1 { index + 1 } else { index - 1 };
             proof.push(self.tree[sibling]);
-            i = (i - 1) / 2;
+            index = (index - 1) / 2;
         }
-        Some(proof)
+        proof
     }
 
     /// What `MerkleProof.verify` computes on chain.
@@ -150,12 +165,12 @@ mod tests {
             let leaves: Vec<B256> = (0..n).map(|i| leaf(&(U256::from(i),))).collect();
             let tree = StandardMerkleTree::new(leaves.clone()).unwrap();
             assert_eq!(tree.len(), n as usize);
-            for l in &leaves {
-                assert!(StandardMerkleTree::verify(
-                    tree.root(),
-                    *l,
-                    &tree.proof(*l).unwrap()
-                ));
+            let (same, positions) = StandardMerkleTree::with_positions(&leaves).unwrap();
+            assert_eq!(same, tree);
+            for (j, l) in leaves.iter().enumerate() {
+                let proof = tree.proof(*l).unwrap();
+                assert_eq!(tree.proof_at(positions[j]), proof);
+                assert!(StandardMerkleTree::verify(tree.root(), *l, &proof));
             }
         }
     }

@@ -15,6 +15,7 @@ mod jobs;
 mod models;
 pub mod openai;
 mod ops;
+mod rewards;
 pub mod types;
 
 use std::time::Instant;
@@ -51,6 +52,7 @@ use crate::state::AppState;
         (name = "jobs", description = "The job queue"),
         (name = "models", description = "ModelFactory: base models, trained adapters and their files"),
         (name = "inference", description = "OpenAI-compatible inference on the base model and its adapters (OpenLoRA)"),
+        (name = "rewards", description = "Settlement epochs, contributors' rewards and claim proofs"),
         (name = "ops", description = "Health, readiness, metrics, status"),
     )
 )]
@@ -87,6 +89,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(attribution::routes())
         .merge(batches::routes())
         .merge(credits::routes())
+        .merge(rewards::routes())
         .merge(ops::routes())
         .merge(docs::routes())
         .split_for_parts()

@@ -1,6 +1,7 @@
 //! Command-line interface: global options, logging, and dispatch to one file per subcommand.
 
 mod attribution;
+mod claim;
 mod credits;
 mod db;
 mod deploy;
@@ -12,6 +13,7 @@ pub mod malloc;
 mod migrate;
 mod models;
 mod serve;
+mod settle;
 mod status;
 mod train;
 
@@ -88,6 +90,11 @@ pub enum Command {
     Infer(Box<infer::InferArgs>),
     /// Proof of Attribution records: show one, or verify it against the public artifacts.
     Attribution(attribution::AttributionArgs),
+    /// Settle the next epoch: split paid inferences by attribution and propose the reward root
+    /// (`verify`, `accept`, `list` as subcommands).
+    Settle(Box<settle::SettleArgs>),
+    /// Claim an address's OPEN rewards (the proof comes from a running `serve`).
+    Claim(Box<claim::ClaimArgs>),
 }
 
 /// `$XDG_DATA_HOME/openledger`, else `~/.local/share/openledger`, else `./.openledger`.
@@ -123,6 +130,8 @@ pub async fn main() -> ExitCode {
         Command::Models(args) => models::run(&cli.global, args).await,
         Command::Infer(args) => infer::run(&cli.global, *args).await,
         Command::Attribution(args) => attribution::run(&cli.global, args).await,
+        Command::Settle(args) => settle::run(&cli.global, *args).await,
+        Command::Claim(args) => claim::run(&cli.global, *args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,6 +73,12 @@ pub struct ServeArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// Settle every this many seconds: propose the next epoch when payments are final, follow proposals,
+    /// accept roots whose challenge delay passed (0: off; needs the settler key).
+    #[arg(long, env = "OPENLEDGER_SETTLE_EVERY_SECS", default_value_t = 0)]
+    pub settle_every_secs: u64,
+    #[command(flatten)]
+    pub settle: super::settle::SettleOpts,
 }
 
 /// OpenLoRA serving: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
@@ -272,6 +278,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             device: args.device.clone(),
         },
         inference: args.inference.config(),
+        settlement: (args.settle_every_secs > 0).then(|| {
+            (
+                args.settle.config(),
+                Duration::from_secs(args.settle_every_secs),
+            )
+        }),
     };
     // fail at start, not at the first job, on a device this build cannot use
     openledger_model::device(&args.device)?;

@@ -294,3 +294,67 @@ pub async fn wait_job(app: &Router, token: &str, id: i64) -> Value {
     }
     panic!("job {id} never finished");
 }
+
+/// Waits until the index shows `n` accepted contributions in `datanet`.
+pub async fn wait_accepted(app: &Router, datanet: u64, n: usize) {
+    for _ in 0..200 {
+        if get(app, &format!("/api/datanets/{datanet}"), None)
+            .await
+            .json()["stats"]["accepted"]
+            == n
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("Datanet {datanet} never showed {n} accepted contributions");
+}
+
+/// Freezes `datanet`'s accepted contributions with a `datanet_snapshot` job that publishes the version
+/// (as its owner, `session`), and waits until the index has the version.
+pub async fn publish_version(app: &Router, session: &str, datanet: u64) {
+    job_succeeded(
+        app,
+        session,
+        "datanet_snapshot",
+        serde_json::json!({"datanet_id": datanet.to_string(), "publish": true}),
+    )
+    .await;
+    for _ in 0..200 {
+        if get(app, &format!("/api/datanets/{datanet}/versions"), None)
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the version of Datanet {datanet} was never indexed");
+}
+
+/// Submits a job of `kind` with `params` and waits for it to succeed: the finished job.
+pub async fn job_succeeded(app: &Router, session: &str, kind: &str, params: Value) -> Value {
+    let r = post_json(
+        app,
+        "/api/jobs",
+        Some(session),
+        serde_json::json!({"kind": kind, "params": params}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let job = wait_job(app, session, r.json()["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job
+}
+
+/// Submits a `train` job with `params` and waits for it to succeed: the finished job.
+pub async fn trained(app: &Router, session: &str, params: Value) -> Value {
+    job_succeeded(app, session, "train", params).await
+}

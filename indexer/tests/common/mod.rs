@@ -178,6 +178,28 @@ impl TestChain {
         indexer
     }
 
+    /// Sends `data` to `to` as `from` without its key (anvil impersonation), e.g. as the timelock or as a
+    /// contract; fails the test if it reverts.
+    pub async fn impersonated(&self, from: Address, to: Address, data: Vec<u8>) {
+        use alloy::providers::ext::AnvilApi;
+        let p = self.plain();
+        p.anvil_impersonate_account(from).await.unwrap();
+        p.anvil_set_balance(from, ether(10)).await.unwrap();
+        let tx = alloy::rpc::types::TransactionRequest::default()
+            .from(from)
+            .to(to)
+            .input(data.into());
+        let r = p
+            .send_transaction(tx)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(r.status(), "impersonated call reverted");
+        p.anvil_stop_impersonating_account(from).await.unwrap();
+    }
+
     pub async fn head(&self) -> u64 {
         self.plain().get_block_number().await.unwrap()
     }

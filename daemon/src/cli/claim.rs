@@ -1,0 +1,156 @@
+//! `openledger claim`: claim an address's OPEN rewards with the proof a running `serve` gives
+//! (`GET /api/rewards/{address}`), sent from the caller's own key. No database needed: a contributor
+//! runs it against any daemon and any node of the chain.
+
+use std::time::Duration;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use anyhow::{Context, bail};
+use openledger_chain::bindings::{OpenToken, RewardDistributor};
+use serde_json::{Value, json};
+
+use super::GlobalArgs;
+use crate::chain::KeyArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct ClaimArgs {
+    /// Whose rewards to claim [default: the key's own address]. Anyone may send a claim; the OPEN goes to
+    /// this address.
+    #[arg(long)]
+    pub account: Option<Address>,
+    /// The daemon to ask for the proof.
+    #[arg(long, env = "OPENLEDGER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// JSON-RPC endpoint of the chain.
+    #[arg(
+        long,
+        env = "OPENLEDGER_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+    /// Print what would be claimed; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+pub async fn run(global: &GlobalArgs, args: ClaimArgs) -> anyhow::Result<()> {
+    let key = args
+        .key
+        .load()?
+        .context("claiming needs a key to send from (OPENLEDGER_PRIVATE_KEY or --keystore)")?;
+    let account = args.account.unwrap_or(key.address());
+    let url = format!(
+        "{}/api/rewards/{account:#x}",
+        args.url.trim_end_matches('/')
+    );
+    let res = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("no daemon at {}", args.url))?;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            v["detail"].as_str().unwrap_or(&v.to_string())
+        );
+    }
+    let parse = |k: &str| -> anyhow::Result<U256> {
+        v[k].as_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("the daemon's answer has no {k}: {v}"))
+    };
+    let cumulative = parse("cumulative")?;
+    let claimable = parse("claimable")?;
+    if claimable.is_zero() {
+        bail!(
+            "nothing to claim for {account:#x}: cumulative {cumulative} wei as of epoch {}, claimed {} (pending: {})",
+            v["epoch"],
+            v["claimed"].as_str().unwrap_or("0"),
+            v["pending"]
+        );
+    }
+    let proof: Vec<B256> = v["proof"]
+        .as_array()
+        .context("no proof in the answer")?
+        .iter()
+        .map(|h| h.as_str().and_then(|s| s.parse().ok()))
+        .collect::<Option<_>>()
+        .context("a proof node does not parse")?;
+    let distributor: Address = v["distributor"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("no distributor in the answer")?;
+    if args.dry_run {
+        println!(
+            "{}",
+            json!({"account": account, "cumulative": cumulative.to_string(), "claimable": claimable.to_string(),
+                   "distributor": distributor, "proof": proof})
+        );
+        return Ok(());
+    }
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(key))
+        .connect(&args.rpc_url)
+        .await
+        .with_context(|| format!("no JSON-RPC node at {}", args.rpc_url))?;
+    let chain_id = provider.get_chain_id().await?;
+    if Some(chain_id) != v["chain_id"].as_u64() {
+        bail!(
+            "the node at {} is chain {chain_id}; the daemon settles chain {}",
+            args.rpc_url,
+            v["chain_id"]
+        );
+    }
+    let d = RewardDistributor::new(distributor, &provider);
+    // the chain's own count: the daemon's index may not have seen a claim just made
+    let already = d.claimed(account).call().await?;
+    if already >= cumulative {
+        bail!(
+            "nothing to claim for {account:#x}: {already} wei of its cumulative {cumulative} are already claimed (on chain)"
+        );
+    }
+    let token = OpenToken::new(d.open().call().await?, &provider);
+    let before = token.balanceOf(account).call().await?;
+    let call = d.claim(account, cumulative, proof);
+    // simulate first: a stale or wrong proof is refused with the contract's reason, costing nothing
+    if let Err(e) = call.call().await {
+        match e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>() {
+            Some(err) => bail!("the distributor refuses this claim: {err:?}"),
+            None => bail!("the claim would fail: {e}"),
+        }
+    }
+    let receipt = call
+        .send()
+        .await?
+        .with_timeout(Some(Duration::from_secs(120)))
+        .get_receipt()
+        .await?;
+    if !receipt.status() {
+        bail!("claim {} reverted", receipt.transaction_hash);
+    }
+    let after = token.balanceOf(account).call().await?;
+    if global.json {
+        println!(
+            "{}",
+            json!({"account": account, "claimed": (after - before).to_string(), "cumulative": cumulative.to_string(),
+                   "balance": after.to_string(), "tx_hash": receipt.transaction_hash})
+        );
+    } else {
+        println!(
+            "claimed {} wei for {account:#x} (tx {}); OPEN balance {} -> {}",
+            after - before,
+            receipt.transaction_hash,
+            before,
+            after
+        );
+    }
+    Ok(())
+}

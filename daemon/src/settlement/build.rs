@@ -1,0 +1,393 @@
+//! Building an epoch: which payments it includes and holds, their split, the cumulative tree, the report.
+
+use std::collections::HashMap;
+
+use alloy::eips::BlockId;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use openledger_chain::bindings::FeeRouter;
+use openledger_settlement::{RULE, RewardTree, Share, Split};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::submit::Settler;
+use super::{SettleError, hex_addr, store, u256};
+
+/// A payment the epoch splits.
+#[derive(Debug, Clone)]
+pub struct IncludedPayment {
+    pub tx_hash: String,
+    pub log_index: i64,
+    pub block_number: i64,
+    pub pool_amount: U256,
+    pub inference_id: String,
+    /// The attribution record the split follows (SHA-256 of its canonical text).
+    pub record_hash: String,
+    pub shares: Vec<Share>,
+}
+
+/// A payment the epoch cannot split yet, and why; the next epoch looks at it again.
+#[derive(Debug, Clone)]
+pub struct HeldPayment {
+    pub tx_hash: String,
+    pub log_index: i64,
+    pub block_number: i64,
+    pub pool_amount: U256,
+    pub inference_id: Option<String>,
+    pub reason: String,
+}
+
+/// The build this one extends.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub id: i64,
+    pub epoch: u64,
+    pub root: String,
+    pub to_block: u64,
+}
+
+/// One epoch, computed and not yet stored.
+#[derive(Debug)]
+pub struct Build {
+    pub epoch: u64,
+    pub from_block: u64,
+    pub to_block: u64,
+    pub to_block_hash: B256,
+    pub previous: Option<Previous>,
+    pub treasury: Address,
+    pub included: Vec<IncludedPayment>,
+    pub held: Vec<HeldPayment>,
+    pub split: Split,
+    pub tree: RewardTree,
+    /// Canonical JSON (sorted keys, no whitespace) and its SHA-256.
+    pub report: String,
+    pub report_hash: String,
+    pub uri: String,
+}
+
+impl Build {
+    pub fn root(&self) -> B256 {
+        self.tree.root()
+    }
+
+    pub fn total(&self) -> U256 {
+        self.tree.total()
+    }
+
+    /// What `settle --json` and the API print about it (the report without its per-payment lists).
+    pub fn summary(&self) -> Value {
+        let mut reasons: HashMap<&str, usize> = HashMap::new();
+        for h in &self.held {
+            *reasons.entry(h.reason.as_str()).or_default() += 1;
+        }
+        json!({
+            "epoch": self.epoch,
+            "from_block": self.from_block,
+            "to_block": self.to_block,
+            "root": self.root().to_string(),
+            "total": self.total().to_string(),
+            "pool_amount": self.split.pool.to_string(),
+            "protocol_amount": self.split.protocol.to_string(),
+            "treasury": hex_addr(self.treasury),
+            "accounts": self.tree.entries.len(),
+            "paid_accounts": self.tree.entries.iter().filter(|e| !e.amount.is_zero()).count(),
+            "included": self.included.len(),
+            "held": self.held.len(),
+            "held_reasons": reasons,
+            "report_hash": self.report_hash,
+            "uri": self.uri,
+        })
+    }
+}
+
+/// The last block an epoch may reach: indexed, and `finality_depth` below the head. Waits (up to 30 s)
+/// while the index's last block is not the chain's block of that number: the indexer has yet to see a
+/// reorg, and its rows above the fork are stale.
+pub async fn final_block(s: &Settler) -> Result<(u64, u64, Option<u64>), SettleError> {
+    for _ in 0..150 {
+        let head = s
+            .provider()
+            .get_block_number()
+            .await
+            .map_err(SettleError::rpc)?;
+        let indexed = s.index.indexed_through().await?;
+        if index_matches_chain(s).await? {
+            let by_depth = head.saturating_sub(s.cfg.finality_depth);
+            return Ok((by_depth.min(indexed.unwrap_or(0)), head, indexed));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(SettleError::Moving(
+        "the indexer has not caught up with a reorg of the chain; is it running?".into(),
+    ))
+}
+
+/// Whether the block the index ends at is the chain's block of that number.
+async fn index_matches_chain(s: &Settler) -> Result<bool, SettleError> {
+    let key = hex_addr(
+        s.deployment
+            .address(openledger_chain::ContractKind::OpenToken)?,
+    );
+    let last: Option<(i64, String)> = sqlx::query_as(
+        "SELECT c.indexed_through, b.block_hash FROM indexer_checkpoints c
+         JOIN indexer_blocks b ON b.chain_id = c.chain_id AND b.deployment_key = c.deployment_key
+                              AND b.block_number = c.indexed_through
+         WHERE c.chain_id = $1 AND c.deployment_key = $2",
+    )
+    .bind(s.chain_id as i64)
+    .bind(key)
+    .fetch_optional(&s.pool)
+    .await?;
+    match last {
+        None => Ok(true),
+        Some((n, h)) => Ok(block_hash(s, n as u64).await?.to_string() == h),
+    }
+}
+
+/// Computes epoch `epoch` on top of `previous`.
+pub async fn build(
+    s: &Settler,
+    epoch: u64,
+    previous: Option<Previous>,
+    progress: &indicatif::ProgressBar,
+) -> Result<Build, SettleError> {
+    let from_block = previous
+        .as_ref()
+        .map_or(s.deployment.start_block, |p| p.to_block + 1);
+    let (final_block, _head, indexed) = final_block(s).await?;
+    let to_block = if s.cfg.epoch_blocks > 0 {
+        from_block + s.cfg.epoch_blocks - 1
+    } else {
+        final_block
+    };
+    if to_block > final_block {
+        tracing::debug!(?indexed, to_block, final_block, "not final");
+        return Err(SettleError::NotFinal {
+            epoch,
+            to_block,
+            final_block,
+            depth: s.cfg.finality_depth,
+        });
+    }
+    let to_block_hash = block_hash(s, to_block).await?;
+
+    progress.set_message("reading payments");
+    let (included, held) = payments(s, to_block).await?;
+    // a reorg while reading: the rows may be of the old branch
+    if block_hash(s, to_block).await? != to_block_hash || !index_matches_chain(s).await? {
+        return Err(SettleError::Moving(format!(
+            "the chain reorganised at or below block {to_block} while epoch {epoch} was built"
+        )));
+    }
+    if included.is_empty() {
+        let mut reasons: Vec<String> = held.iter().map(|h| h.reason.clone()).collect();
+        reasons.sort();
+        reasons.dedup();
+        return Err(SettleError::NothingToSettle {
+            through: to_block,
+            held: held.len(),
+            reasons: if reasons.is_empty() {
+                "no payments".into()
+            } else {
+                reasons.join("; ")
+            },
+        });
+    }
+    let treasury = treasury_at(s, to_block).await?;
+    let prev_leaves = match &previous {
+        Some(p) => store::leaves(&s.pool, p.id).await?,
+        None => Vec::new(),
+    };
+    progress.set_message(format!(
+        "splitting {} payments over {} earlier accounts",
+        included.len(),
+        prev_leaves.len()
+    ));
+    let (split, tree) = openledger_settlement::settle(
+        &prev_leaves,
+        included
+            .iter()
+            .map(|p| (p.pool_amount, p.shares.as_slice())),
+        treasury,
+    )?;
+    let mut b = Build {
+        epoch,
+        from_block,
+        to_block,
+        to_block_hash,
+        previous,
+        treasury,
+        included,
+        held,
+        split,
+        tree,
+        report: String::new(),
+        report_hash: String::new(),
+        uri: String::new(),
+    };
+    b.report = crate::attribution::canonical_json(&report(s, &b));
+    b.report_hash = crate::attribution::sha256_hex(b.report.as_bytes());
+    b.uri = format!(
+        "openledger://settlement/{}/{}/{}",
+        s.chain_id, epoch, b.report_hash
+    );
+    Ok(b)
+}
+
+/// The protocol's address (FeeRouter's `treasury()`) as of block `number`: it takes the protocol's part.
+pub async fn treasury_at(s: &Settler, number: u64) -> Result<Address, SettleError> {
+    FeeRouter::new(s.fee_router, s.provider())
+        .treasury()
+        .block(BlockId::number(number))
+        .call()
+        .await
+        .map_err(SettleError::rpc)
+}
+
+pub async fn block_hash(s: &Settler, number: u64) -> Result<B256, SettleError> {
+    let block = s
+        .provider()
+        .get_block_by_number(number.into())
+        .await
+        .map_err(SettleError::rpc)?
+        .ok_or_else(|| SettleError::Rpc(format!("the node has no block {number}")))?;
+    Ok(block.header.hash)
+}
+
+/// Every payment up to `to_block` that no live epoch included, sorted into included and held.
+async fn payments(
+    s: &Settler,
+    to_block: u64,
+) -> Result<(Vec<IncludedPayment>, Vec<HeldPayment>), SettleError> {
+    let rows = sqlx::query(
+        "SELECT p.tx_hash, p.log_index, p.block_number, p.pool_amount::text, p.model_id::text,
+                i.id, i.status, i.model_id::text, a.status, a.record_hash, a.error
+         FROM inference_payments p
+         LEFT JOIN LATERAL (
+             SELECT id, status, model_id FROM inferences i
+             WHERE i.chain_id = p.chain_id AND i.payer = p.payer AND i.request_id = p.request_id
+               AND i.status <> 'failed'
+             ORDER BY (i.status = 'succeeded') DESC, i.created_at LIMIT 1) i ON true
+         LEFT JOIN attributions a ON a.inference_id = i.id
+         WHERE p.chain_id = $1 AND p.contract_address = $2 AND p.block_number <= $3
+           AND NOT EXISTS (SELECT 1 FROM settlement_payments sp
+                           WHERE sp.included AND sp.chain_id = p.chain_id AND sp.tx_hash = p.tx_hash
+                             AND sp.log_index = p.log_index)
+         ORDER BY p.block_number, p.log_index",
+    )
+    .bind(s.chain_id as i64)
+    .bind(hex_addr(s.fee_router))
+    .bind(to_block as i64)
+    .fetch_all(&s.pool)
+    .await?;
+    let mut included = Vec::new();
+    let mut held = Vec::new();
+    for r in rows {
+        let tx_hash: String = r.try_get(0)?;
+        let log_index: i64 = r.try_get(1)?;
+        let block_number: i64 = r.try_get(2)?;
+        let pool_amount = u256(&r.try_get::<String, _>(3)?)?;
+        let paid_model: String = r.try_get(4)?;
+        let inference: Option<String> = r.try_get(5)?;
+        let inf_status: Option<String> = r.try_get(6)?;
+        let served_model: Option<String> = r.try_get(7)?;
+        let attr_status: Option<String> = r.try_get(8)?;
+        let record_hash: Option<String> = r.try_get(9)?;
+        let attr_error: Option<String> = r.try_get(10)?;
+        let reason = match (&inference, inf_status.as_deref(), attr_status.as_deref()) {
+            (None, _, _) => Some("no inference has used this payment yet".to_owned()),
+            (Some(_), Some("running"), _) => Some("the inference is still running".to_owned()),
+            (Some(_), Some(st), _) if st != "succeeded" => Some(format!("the inference is {st}")),
+            _ if served_model.as_deref() != Some(paid_model.as_str()) => Some(format!(
+                "paid for model {paid_model}, served {}",
+                served_model.as_deref().unwrap_or("a base model")
+            )),
+            (Some(_), _, None) => Some("the inference has no attribution record".to_owned()),
+            (Some(_), _, Some("pending")) => {
+                Some("its attribution is pending (gradient part queued)".to_owned())
+            }
+            (Some(_), _, Some("flagged")) => Some(format!(
+                "its attribution is flagged: {}",
+                attr_error.as_deref().unwrap_or("no reason given")
+            )),
+            _ => None,
+        };
+        match (reason, inference, record_hash) {
+            (None, Some(inference_id), Some(record_hash)) => included.push(IncludedPayment {
+                tx_hash,
+                log_index,
+                block_number,
+                pool_amount,
+                inference_id,
+                record_hash,
+                shares: Vec::new(),
+            }),
+            (reason, inference_id, _) => held.push(HeldPayment {
+                tx_hash,
+                log_index,
+                block_number,
+                pool_amount,
+                inference_id,
+                reason: reason.unwrap_or_else(|| "the attribution record has no hash".into()),
+            }),
+        }
+    }
+    // the weights of the included inferences
+    let ids: Vec<String> = included.iter().map(|p| p.inference_id.clone()).collect();
+    let mut shares: HashMap<String, Vec<Share>> = HashMap::new();
+    for chunk in ids.chunks(10_000) {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT inference_id, contributor, weight FROM attribution_weights
+             WHERE inference_id = ANY($1) ORDER BY inference_id, source",
+        )
+        .bind(chunk)
+        .fetch_all(&s.pool)
+        .await?;
+        for (id, contributor, weight) in rows {
+            let account: Address = contributor
+                .parse()
+                .map_err(|_| SettleError::Stored(format!("contributor {contributor:?}")))?;
+            let ppm = u32::try_from(weight)
+                .map_err(|_| SettleError::Stored(format!("weight {weight} of {id}")))?;
+            shares.entry(id).or_default().push(Share { account, ppm });
+        }
+    }
+    for p in &mut included {
+        p.shares = shares.remove(&p.inference_id).unwrap_or_default();
+    }
+    Ok((included, held))
+}
+
+/// The epoch's report: everything needed to recompute the root, and the root.
+fn report(s: &Settler, b: &Build) -> Value {
+    json!({
+        "rule": RULE,
+        "chain_id": s.chain_id,
+        "distributor": hex_addr(s.distributor),
+        "fee_router": hex_addr(s.fee_router),
+        "epoch": b.epoch,
+        "from_block": b.from_block,
+        "to_block": b.to_block,
+        "to_block_hash": b.to_block_hash.to_string(),
+        "previous": b.previous.as_ref().map(|p| json!({"epoch": p.epoch, "root": p.root})),
+        "treasury": hex_addr(b.treasury),
+        "payments": b.included.iter().map(|p| json!({
+            "tx_hash": p.tx_hash, "log_index": p.log_index, "block_number": p.block_number,
+            "pool_amount": p.pool_amount.to_string(), "inference_id": p.inference_id,
+            "record_hash": p.record_hash,
+        })).collect::<Vec<_>>(),
+        "held": b.held.iter().map(|p| json!({
+            "tx_hash": p.tx_hash, "log_index": p.log_index, "block_number": p.block_number,
+            "pool_amount": p.pool_amount.to_string(), "inference_id": p.inference_id,
+            "reason": p.reason,
+        })).collect::<Vec<_>>(),
+        "leaves": b.tree.entries.iter().map(|e| json!({
+            "account": hex_addr(e.account), "cumulative": e.cumulative.to_string(),
+            "amount": e.amount.to_string(),
+        })).collect::<Vec<_>>(),
+        "pool_amount": b.split.pool.to_string(),
+        "protocol_amount": b.split.protocol.to_string(),
+        "total": b.total().to_string(),
+        "root": b.root().to_string(),
+    })
+}

@@ -1,0 +1,321 @@
+//! `openledger settle verify`: recompute an epoch from the chain's own logs and the stored attribution
+//! records, and compare it with the root the chain holds. Nothing here trusts the index or the stored
+//! split: payments are read from their receipts, weights from each record's hashed canonical text, the
+//! previous leaves are checked against the previous epoch's root on chain.
+
+use std::collections::{HashMap, HashSet};
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::Filter;
+use alloy::sol_types::SolEvent;
+use openledger_chain::bindings::FeeRouter;
+use openledger_settlement::{RewardTree, Share};
+use serde_json::{Value, json};
+
+use super::submit::Settler;
+use super::{SettleError, hex_addr, store, u256};
+
+#[derive(Debug)]
+pub struct Verification {
+    pub epoch: u64,
+    pub matches: bool,
+    pub differences: Vec<String>,
+    /// The recomputed root and total.
+    pub root: String,
+    pub total: String,
+    pub onchain_root: Option<String>,
+    pub payments: usize,
+    pub accounts: usize,
+}
+
+impl Verification {
+    pub fn json(&self) -> Value {
+        json!({
+            "epoch": self.epoch, "matches": self.matches, "differences": self.differences,
+            "root": self.root, "total": self.total, "onchain_root": self.onchain_root,
+            "payments": self.payments, "accounts": self.accounts,
+        })
+    }
+}
+
+/// The chain's `RootProposed` of `epoch`: (root, total, uri).
+async fn proposed(
+    s: &Settler,
+    epoch: u64,
+    from: u64,
+) -> Result<Option<(B256, U256, String)>, SettleError> {
+    Ok(super::submit::proposal_log(s, epoch, from)
+        .await?
+        .map(|p| (p.root, p.total, p.uri)))
+}
+
+pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError> {
+    let row = store::epoch(&s.pool, s.chain_id, s.distributor, epoch)
+        .await?
+        .ok_or_else(|| {
+            SettleError::Stored(format!(
+                "epoch {epoch} was not built by this daemon's database"
+            ))
+        })?;
+    let mut diff = Vec::new();
+    let report_text = store::report(&s.pool, row.id).await?;
+    if crate::attribution::sha256_hex(report_text.as_bytes()) != row.report_hash {
+        diff.push("the stored report does not hash to its recorded hash".to_owned());
+    }
+    let report: Value = serde_json::from_str(&report_text)
+        .map_err(|e| SettleError::Stored(format!("report of epoch {epoch}: {e}")))?;
+    let from_block = row.from_block as u64;
+    let to_block = row.to_block as u64;
+
+    // 1. the root on chain
+    let onchain = proposed(s, epoch, s.deployment.start_block).await?;
+    match &onchain {
+        None => diff.push(format!("the chain has no proposal of epoch {epoch}")),
+        Some((_, _, uri)) if *uri != row.uri => diff.push(format!(
+            "the proposal's uri {uri:?} does not name this report ({})",
+            row.uri
+        )),
+        _ => {}
+    }
+
+    // 2. every InferencePaid of the range is in the report, included or held
+    let listed: HashSet<(String, i64)> = ["payments", "held"]
+        .iter()
+        .flat_map(|k| report[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| Some((p["tx_hash"].as_str()?.to_owned(), p["log_index"].as_i64()?)))
+        .collect();
+    let mut start = from_block;
+    while start <= to_block {
+        let end = (start + 9_999).min(to_block);
+        let filter = Filter::new()
+            .address(s.fee_router)
+            .event_signature(FeeRouter::InferencePaid::SIGNATURE_HASH)
+            .from_block(start)
+            .to_block(end);
+        for l in s
+            .provider()
+            .get_logs(&filter)
+            .await
+            .map_err(SettleError::rpc)?
+        {
+            let key = (
+                l.transaction_hash
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+                l.log_index.unwrap_or_default() as i64,
+            );
+            if !listed.contains(&key) {
+                diff.push(format!(
+                    "payment {}:{} of block {} is in the epoch's range but neither included nor held",
+                    key.0,
+                    key.1,
+                    l.block_number.unwrap_or_default()
+                ));
+            }
+        }
+        start = end + 1;
+    }
+
+    // 3. each included payment: its log from its receipt, its inference, its record's weights
+    let mut receipts: HashMap<B256, alloy::rpc::types::TransactionReceipt> = HashMap::new();
+    let mut payments: Vec<(U256, Vec<Share>)> = Vec::new();
+    let empty = vec![];
+    for p in report["payments"].as_array().unwrap_or(&empty) {
+        let tx: B256 = p["tx_hash"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| SettleError::Stored(format!("payment {p} in the report")))?;
+        let log_index = p["log_index"].as_u64().unwrap_or(u64::MAX);
+        let inference_id = p["inference_id"].as_str().unwrap_or_default();
+        let what = format!("payment {tx}:{log_index}");
+        if let std::collections::hash_map::Entry::Vacant(slot) = receipts.entry(tx) {
+            match s
+                .provider()
+                .get_transaction_receipt(tx)
+                .await
+                .map_err(SettleError::rpc)?
+            {
+                Some(r) => {
+                    slot.insert(r);
+                }
+                None => {
+                    diff.push(format!("{what}: no such transaction on chain"));
+                    continue;
+                }
+            }
+        }
+        let receipt = &receipts[&tx];
+        let Some(log) = receipt
+            .inner
+            .logs()
+            .iter()
+            .find(|l| l.log_index == Some(log_index))
+        else {
+            diff.push(format!("{what}: the transaction has no such log"));
+            continue;
+        };
+        let paid = match log.log_decode::<FeeRouter::InferencePaid>() {
+            Ok(e) if log.address() == s.fee_router => e.inner.data,
+            _ => {
+                diff.push(format!("{what}: not an InferencePaid of the FeeRouter"));
+                continue;
+            }
+        };
+        if receipt.block_number.is_none_or(|b| b > to_block) {
+            diff.push(format!(
+                "{what}: mined after the epoch's last block {to_block}"
+            ));
+        }
+        if p["pool_amount"].as_str() != Some(paid.poolAmount.to_string().as_str()) {
+            diff.push(format!(
+                "{what}: the chain says poolAmount {}, the report {}",
+                paid.poolAmount, p["pool_amount"]
+            ));
+        }
+        // the inference that used it
+        let inf: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT status, payer, request_id FROM inferences WHERE id = $1")
+                .bind(inference_id)
+                .fetch_optional(&s.pool)
+                .await?;
+        match inf {
+            Some((status, payer, request)) => {
+                if status != "succeeded"
+                    || payer.as_deref() != Some(hex_addr(paid.payer).as_str())
+                    || request.as_deref() != Some(paid.requestId.to_string().as_str())
+                {
+                    diff.push(format!(
+                        "{what}: inference {inference_id} ({status}) did not use this payment"
+                    ));
+                }
+            }
+            None => diff.push(format!("{what}: inference {inference_id} does not exist")),
+        }
+        // the weights, from the record's hashed text
+        let rec: Option<(Option<String>, Option<String>, String)> = sqlx::query_as(
+            "SELECT record_canonical, record_hash, status FROM attributions WHERE inference_id = $1",
+        )
+        .bind(inference_id)
+        .fetch_optional(&s.pool)
+        .await?;
+        let Some((Some(canonical), Some(hash), status)) = rec else {
+            diff.push(format!(
+                "{what}: inference {inference_id} has no attribution record"
+            ));
+            continue;
+        };
+        let recomputed = crate::attribution::sha256_hex(canonical.as_bytes());
+        if recomputed != hash || p["record_hash"].as_str() != Some(hash.as_str()) {
+            diff.push(format!(
+                "{what}: the attribution record hashes to {recomputed}; stored {hash}, report {}",
+                p["record_hash"]
+            ));
+        }
+        if status != "complete" {
+            diff.push(format!("{what}: the attribution is {status}, not complete"));
+        }
+        let record: Value = serde_json::from_str(&canonical)
+            .map_err(|e| SettleError::Stored(format!("record of {inference_id}: {e}")))?;
+        if record["inference_id"].as_str() != Some(inference_id) {
+            diff.push(format!(
+                "{what}: the record is not of inference {inference_id}"
+            ));
+        }
+        let mut shares = Vec::new();
+        for w in record["weights"]["contributions"]
+            .as_array()
+            .unwrap_or(&empty)
+        {
+            let account: Option<Address> = w["contributor"].as_str().and_then(|a| a.parse().ok());
+            let ppm = w["weight"].as_u64().and_then(|v| u32::try_from(v).ok());
+            match (account, ppm) {
+                (Some(account), Some(ppm)) => shares.push(Share { account, ppm }),
+                _ => diff.push(format!(
+                    "{what}: a weight of the record does not parse: {w}"
+                )),
+            }
+        }
+        let sum: u64 = shares.iter().map(|s| u64::from(s.ppm)).sum::<u64>()
+            + record["weights"]["no_attribution"].as_u64().unwrap_or(0);
+        if sum != openledger_settlement::PPM {
+            diff.push(format!(
+                "{what}: the record's weights and no-attribution part sum to {sum} ppm, not 1,000,000"
+            ));
+            // split as if unattributed, so the rest of the epoch is still compared
+            shares.clear();
+        }
+        payments.push((paid.poolAmount, shares));
+    }
+
+    // 4. the leaves this epoch extends, checked against the previous root on chain
+    let previous = match row.previous_id {
+        Some(id) => {
+            let prev = store::by_id(&s.pool, id).await?;
+            let leaves = store::leaves(&s.pool, id).await?;
+            let entries = leaves
+                .iter()
+                .map(|&(account, cumulative)| openledger_settlement::Entry {
+                    account,
+                    cumulative,
+                    amount: U256::ZERO,
+                })
+                .collect();
+            let root = RewardTree::build(entries)?.root();
+            match proposed(s, prev.epoch as u64, s.deployment.start_block).await? {
+                Some((r, _, _)) if r == root => {}
+                Some((r, _, _)) => diff.push(format!(
+                    "the previous epoch's stored leaves give root {root}, the chain has {r}"
+                )),
+                None => diff.push(format!(
+                    "the previous epoch {} has no proposal on chain",
+                    prev.epoch
+                )),
+            }
+            leaves
+        }
+        None => Vec::new(),
+    };
+
+    // 5. the protocol's address as the chain had it at the epoch's end
+    let treasury = super::build::treasury_at(s, to_block).await?;
+    if report["treasury"].as_str() != Some(hex_addr(treasury).as_str()) {
+        diff.push(format!(
+            "the report names treasury {}, the FeeRouter had {treasury:#x} at block {to_block}",
+            report["treasury"]
+        ));
+    }
+
+    // 6. the recomputation
+    let (_, tree) = openledger_settlement::settle(
+        &previous,
+        payments.iter().map(|(a, sh)| (*a, sh.as_slice())),
+        treasury,
+    )?;
+    let root = tree.root().to_string();
+    let total = tree.total();
+    if root != row.root {
+        diff.push(format!("recomputed root {root}, stored {}", row.root));
+    }
+    if let Some((r, t, _)) = &onchain {
+        if r.to_string() != root {
+            diff.push(format!("recomputed root {root}, the chain has {r}"));
+        }
+        if *t != total {
+            diff.push(format!("recomputed total {total}, the chain has {t}"));
+        }
+    }
+    if u256(&row.total)? != total {
+        diff.push(format!("recomputed total {total}, stored {}", row.total));
+    }
+    Ok(Verification {
+        epoch,
+        matches: diff.is_empty(),
+        differences: diff,
+        root,
+        total: total.to_string(),
+        onchain_root: onchain.map(|(r, _, _)| r.to_string()),
+        payments: payments.len(),
+        accounts: tree.entries.len(),
+    })
+}
