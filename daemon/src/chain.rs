@@ -126,17 +126,24 @@ impl Chain {
         };
         let signer = key.as_ref().map(|k| k.address());
         let wallet = key.map(EthereumWallet::from);
-        let builder = ProviderBuilder::new();
         let provider = match wallet.clone() {
             Some(w) => {
-                let p = builder.wallet(w);
+                // nonces asked of the node (pending) for every transaction, not counted in this process:
+                // the settler signs its proposals ahead of sending with the same key, and an operator may
+                // use it elsewhere; a cached count would go stale and every later send fail
+                let p = ProviderBuilder::new()
+                    .disable_recommended_fillers()
+                    .with_gas_estimation()
+                    .with_simple_nonce_management()
+                    .fetch_chain_id()
+                    .wallet(w);
                 tokio::time::timeout(timeout, p.connect(url))
                     .await
                     .map_err(|_| connect_err("timed out".into()))?
                     .map_err(|e| connect_err(e.to_string()))?
                     .erased()
             }
-            None => tokio::time::timeout(timeout, builder.connect(url))
+            None => tokio::time::timeout(timeout, ProviderBuilder::new().connect(url))
                 .await
                 .map_err(|_| connect_err("timed out".into()))?
                 .map_err(|e| connect_err(e.to_string()))?

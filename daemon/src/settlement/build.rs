@@ -160,11 +160,12 @@ pub async fn build(
     } else {
         final_block
     };
-    if to_block > final_block {
+    // nothing new is final yet (or the finality depth grew since the last epoch)
+    if to_block > final_block || to_block < from_block {
         tracing::debug!(?indexed, to_block, final_block, "not final");
         return Err(SettleError::NotFinal {
             epoch,
-            to_block,
+            to_block: to_block.max(from_block),
             final_block,
             depth: s.cfg.finality_depth,
         });

@@ -80,6 +80,8 @@ pub enum SettleError {
     },
     #[error("epoch {asked} cannot be settled now: the next epoch is {next}")]
     OutOfOrder { asked: u64, next: u64 },
+    #[error("another settler process holds the settlement lock of this distributor; wait for it")]
+    Locked,
     #[error("epoch {epoch} is in flight (state {state}); settle it first")]
     InFlight { epoch: u64, state: String },
     #[error(

@@ -151,10 +151,7 @@ impl Settler {
             .fetch_one(&mut conn)
             .await?;
         if !got {
-            return Err(SettleError::InFlight {
-                epoch: 0,
-                state: "locked by another settler process".into(),
-            });
+            return Err(SettleError::Locked);
         }
         let r = f.await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -598,9 +595,21 @@ impl Settler {
             .map_err(|_| SettleError::Stored(format!("root {:?}", row.root)))?;
         let total = u256(&row.total)?;
         // a revert is final and costs nothing
-        self.simulate(epoch, root, total, &row.uri)
-            .await
-            .inspect_err(|e| tracing::warn!(error = %e, "the proposal would revert"))?;
+        if let Err(e) = self.simulate(epoch, root, total, &row.uri).await {
+            tracing::warn!(error = %e, "the proposal would revert");
+            // nothing of this build is in flight (no earlier attempt to bump) and the chain has no
+            // proposal of the epoch: the build can never be proposed, so it fails and the epoch is
+            // built again next time
+            if let (None, SettleError::Rejected { reason, .. }) = (bump, &e)
+                && self
+                    .onchain_proposal(epoch, row.to_block as u64)
+                    .await?
+                    .is_none()
+            {
+                store::fail(&self.pool, row.id, reason).await?;
+            }
+            return Err(e);
+        }
         let d = self.distributor();
         let call = d.proposeRoot(epoch, root, total, row.uri.clone()).from(me);
         let gas = call.estimate_gas().await.map_err(SettleError::rpc)?;
