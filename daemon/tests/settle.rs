@@ -426,6 +426,15 @@ async fn contributors_are_paid_exactly_once(
         "{dry}"
     );
     assert_eq!(w.count(none).await, 0);
+    // fixed windows of 2 blocks: the deployment's quiet first windows do not hold the epoch back, it
+    // takes every whole window that is final
+    let windows = ok_json(&w.settle(&["--dry-run", "--epoch-blocks", "2"], &[]).await);
+    assert_eq!(windows["included"], 2, "{windows}");
+    let from = windows["from_block"].as_u64().unwrap();
+    let to = windows["to_block"].as_u64().unwrap();
+    assert_eq!((to + 1 - from) % 2, 0, "whole windows: {windows}");
+    assert!(to + 2 > w.chain.head().await, "{windows}");
+    assert_eq!(w.count(none).await, 0);
 
     // ---- epoch 1, killed after the transaction is stored and before it is sent
     let crash = w
@@ -808,6 +817,66 @@ async fn contributors_are_paid_exactly_once(
         &w.cli(
             DAEMON,
             &["--json", "settle", "verify", "--epoch", &next.to_string()],
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(v["matches"], true, "{v}");
+
+    // ---- a revoked root: its payments go to the next epoch, once, on top of the build before it
+    let revoker = w.chain.deployment.roles.revokers[0];
+    w.chain
+        .impersonated(
+            revoker,
+            distributor,
+            RewardDistributor::revokeRootCall {}.abi_encode(),
+        )
+        .await;
+    w.pay_and_infer(rid(7), 3).await;
+    let after = ok_json(&w.settle(&[], &[]).await);
+    assert_eq!(after["epoch"].as_u64(), Some(next + 1), "{after}");
+    assert_eq!(after["state"], "final", "{after}");
+    let states: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT epoch, state FROM settlement_epochs WHERE epoch >= $1 AND state <> 'failed' ORDER BY epoch",
+    )
+    .bind(next as i64)
+    .fetch_all(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        vec![
+            (next as i64, "revoked".into()),
+            (next as i64 + 1, "final".into())
+        ]
+    );
+    let carried: Vec<String> = sqlx::query_scalar(
+        "SELECT p.request_id FROM settlement_payments sp
+         JOIN settlement_epochs e ON e.id = sp.epoch_id
+         JOIN inference_payments p ON p.tx_hash = sp.tx_hash AND p.log_index = sp.log_index
+         WHERE sp.included AND e.epoch = $1 ORDER BY p.request_id",
+    )
+    .bind(next as i64 + 1)
+    .fetch_all(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(carried, vec![rid(6).to_string(), rid(7).to_string()]);
+    // extending the accepted build, not the revoked one: its total grows by exactly the two pools
+    let accepted_total = u256_of(&list[0]["total"]);
+    assert_eq!(
+        u256_of(&after["total"]),
+        accepted_total + ether(2) * U256::from(4) / U256::from(10)
+    );
+    let v = ok_json(
+        &w.cli(
+            DAEMON,
+            &[
+                "--json",
+                "settle",
+                "verify",
+                "--epoch",
+                &(next + 1).to_string(),
+            ],
             &[],
         )
         .await,

@@ -155,10 +155,14 @@ pub async fn build(
         .as_ref()
         .map_or(s.deployment.start_block, |p| p.to_block + 1);
     let (final_block, _head, indexed) = final_block(s).await?;
-    let to_block = if s.cfg.epoch_blocks > 0 {
-        from_block + s.cfg.epoch_blocks - 1
-    } else {
-        final_block
+    // fixed windows: every whole window that is final (at least one), so a window without a payable
+    // payment does not hold back the ones after it
+    let to_block = match (final_block + 1)
+        .saturating_sub(from_block)
+        .checked_div(s.cfg.epoch_blocks)
+    {
+        Some(windows) => from_block + s.cfg.epoch_blocks * windows.max(1) - 1,
+        None => final_block,
     };
     // nothing new is final yet (or the finality depth grew since the last epoch)
     if to_block > final_block || to_block < from_block {
@@ -262,7 +266,9 @@ async fn payments(
 ) -> Result<(Vec<IncludedPayment>, Vec<HeldPayment>), SettleError> {
     let rows = sqlx::query(
         "SELECT p.tx_hash, p.log_index, p.block_number, p.pool_amount::text, p.model_id::text,
-                i.id, i.status, i.model_id::text, a.status, a.record_hash, a.error
+                i.id, i.status, i.model_id::text, a.status, a.record_hash, a.error,
+                EXISTS (SELECT 1 FROM inferences f WHERE f.chain_id = p.chain_id AND f.payer = p.payer
+                        AND f.request_id = p.request_id AND f.status = 'failed')
          FROM inference_payments p
          LEFT JOIN LATERAL (
              SELECT id, status, model_id FROM inferences i
@@ -295,7 +301,11 @@ async fn payments(
         let attr_status: Option<String> = r.try_get(8)?;
         let record_hash: Option<String> = r.try_get(9)?;
         let attr_error: Option<String> = r.try_get(10)?;
+        let failed_before: bool = r.try_get(11)?;
         let reason = match (&inference, inf_status.as_deref(), attr_status.as_deref()) {
+            (None, _, _) if failed_before => {
+                Some("its inference failed; the payer may use the request id again".to_owned())
+            }
             (None, _, _) => Some("no inference has used this payment yet".to_owned()),
             (Some(_), Some("running"), _) => Some("the inference is still running".to_owned()),
             (Some(_), Some(st), _) if st != "succeeded" => Some(format!("the inference is {st}")),
@@ -356,7 +366,22 @@ async fn payments(
     for p in &mut included {
         p.shares = shares.remove(&p.inference_id).unwrap_or_default();
     }
-    Ok((included, held))
+    // a record whose weights overflow the pool would stop every epoch: hold it alone, with the reason
+    let (ok, bad): (Vec<_>, Vec<_>) = included.into_iter().partition(|p| {
+        p.shares.iter().map(|s| u64::from(s.ppm)).sum::<u64>() <= openledger_settlement::PPM
+    });
+    for p in bad {
+        let sum: u64 = p.shares.iter().map(|s| u64::from(s.ppm)).sum();
+        held.push(HeldPayment {
+            tx_hash: p.tx_hash,
+            log_index: p.log_index,
+            block_number: p.block_number,
+            pool_amount: p.pool_amount,
+            inference_id: Some(p.inference_id),
+            reason: format!("its attribution weights sum to {sum} ppm, more than 1,000,000"),
+        });
+    }
+    Ok((ok, held))
 }
 
 /// The epoch's report: everything needed to recompute the root, and the root.

@@ -335,26 +335,44 @@ pub async fn fail(pool: &PgPool, id: i64, error: &str) -> Result<(), SettleError
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    // a revoked base whose payments this build was carrying: free them now
+    let base: Option<i64> =
+        sqlx::query_scalar("SELECT previous_id FROM settlement_epochs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(base) = base {
+        free_if_unused(&mut tx, base).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
 
 /// The root was revoked on chain: its payments are free for the next epoch, whose leaves extend the
-/// build before it. One transaction.
+/// build before it — unless a build on top of it is live, whose leaves carry its amounts (then they stay
+/// included, and are freed if that build fails). One transaction.
 pub async fn revoked(pool: &PgPool, id: i64) -> Result<(), SettleError> {
     let mut tx = pool.begin().await?;
     sqlx::query("UPDATE settlement_epochs SET state = 'revoked', updated_at = now() WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    free_if_unused(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Frees the payments of revoked build `id` when no live build extends it.
+async fn free_if_unused(tx: &mut sqlx::PgConnection, id: i64) -> Result<(), SettleError> {
     sqlx::query(
         "UPDATE settlement_payments SET included = false, reason = 'the epoch''s root was revoked'
-         WHERE epoch_id = $1 AND included",
+         WHERE epoch_id = $1 AND included
+           AND EXISTS (SELECT 1 FROM settlement_epochs WHERE id = $1 AND state = 'revoked')
+           AND NOT EXISTS (SELECT 1 FROM settlement_epochs WHERE previous_id = $1 AND state <> 'failed')",
     )
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -399,7 +417,8 @@ pub async fn insert_tx(pool: &PgPool, epoch_id: i64, t: &NewTx<'_>) -> Result<()
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO settlement_txs (tx_hash, epoch_id, kind, nonce, raw, max_fee, priority_fee, state)
-         VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, 'sent')",
+         VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, 'sent')
+         ON CONFLICT (tx_hash) DO NOTHING",
     )
     .bind(t.tx_hash)
     .bind(epoch_id)

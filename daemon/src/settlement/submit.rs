@@ -431,6 +431,13 @@ impl Settler {
                     });
                 }
                 failpoint("after-receipt");
+                if build::block_hash(self, row.to_block as u64)
+                    .await?
+                    .to_string()
+                    != row.to_block_hash
+                {
+                    tracing::error!(epoch, %tx, "the proposal was mined but the epoch's range was reorganised since it was built; `settle verify` shows what it covers, and a revoker can revoke it");
+                }
                 store::confirmed(&self.pool, row.id, &tx.to_string(), block).await?;
                 tracing::info!(epoch, %tx, block, "proposal mined");
                 return Ok(Proposed::Mined);
@@ -477,7 +484,8 @@ impl Settler {
                 }
             }
             // nothing of ours is mined: the range must still be the chain's (a reorg deeper than the
-            // finality depth, or a depth of 0, can move it)
+            // finality depth, or a depth of 0, can move it), and the build it extends still live (a
+            // revoked or failed base would put its amounts back on chain)
             let now = build::block_hash(self, row.to_block as u64).await?;
             if now.to_string() != row.to_block_hash {
                 let why = format!(
@@ -485,13 +493,19 @@ impl Settler {
                     row.to_block, row.to_block_hash
                 );
                 tracing::warn!(epoch, "{why}");
-                if let Some(last) = live.last()
-                    && self.cancel(row, last).await?
-                {
-                    return Ok(Proposed::Mined);
+                return self.discard(row, &live, &why).await;
+            }
+            if let Some(p) = row.previous_id {
+                self.sync().await?;
+                let prev = store::by_id(&self.pool, p).await?;
+                if matches!(prev.state.as_str(), "revoked" | "failed") {
+                    let why = format!(
+                        "its base epoch {} was {} before its proposal was mined; the epoch is derived again",
+                        prev.epoch, prev.state
+                    );
+                    tracing::warn!(epoch, "{why}");
+                    return self.discard(row, &live, &why).await;
                 }
-                store::fail(&self.pool, row.id, &why).await?;
-                return Ok(Proposed::Discarded);
             }
             let mined_nonce = self
                 .provider()
@@ -538,6 +552,41 @@ impl Settler {
             }
             tokio::time::sleep(self.cfg.poll_interval).await;
         }
+    }
+
+    /// Gives the build up before its proposal is mined: takes the nonce of a sent attempt with a cancel,
+    /// then fails the build. `Mined`: the proposal won the race after all (it is confirmed).
+    async fn discard(
+        &self,
+        row: &EpochRow,
+        live: &[store::TxRow],
+        why: &str,
+    ) -> Result<Proposed, SettleError> {
+        if let Some(last) = live.last() {
+            let (me, _) = self.key()?;
+            let used = self
+                .provider()
+                .get_transaction_count(me)
+                .latest()
+                .await
+                .map_err(SettleError::rpc)?
+                > last.nonce as u64;
+            if !used && self.cancel(row, last).await? {
+                return Ok(Proposed::Mined);
+            }
+            // the nonce went elsewhere (a cancel of an earlier run, or another transaction): ours is
+            // mined only if the chain has the proposal
+            if used
+                && let Some((_, tx, block)) = self
+                    .onchain_proposal(row.epoch as u64, row.to_block as u64)
+                    .await?
+            {
+                store::confirmed(&self.pool, row.id, &tx.to_string(), block).await?;
+                return Ok(Proposed::Mined);
+            }
+        }
+        store::fail(&self.pool, row.id, why).await?;
+        Ok(Proposed::Discarded)
     }
 
     /// Takes `last`'s nonce with a self-transfer at higher fees, so the stale proposal can never be mined,
@@ -596,16 +645,23 @@ impl Settler {
         let total = u256(&row.total)?;
         // a revert is final and costs nothing
         if let Err(e) = self.simulate(epoch, root, total, &row.uri).await {
-            tracing::warn!(error = %e, "the proposal would revert");
-            // nothing of this build is in flight (no earlier attempt to bump) and the chain has no
-            // proposal of the epoch: the build can never be proposed, so it fails and the epoch is
-            // built again next time
-            if let (None, SettleError::Rejected { reason, .. }) = (bump, &e)
-                && self
-                    .onchain_proposal(epoch, row.to_block as u64)
-                    .await?
-                    .is_none()
+            // an earlier attempt was mined meanwhile: the loop confirms it
+            if self
+                .onchain_proposal(epoch, row.to_block as u64)
+                .await?
+                .is_some()
             {
+                return Ok(());
+            }
+            tracing::warn!(error = %e, "the proposal would revert");
+            // the chain refuses this build for good: free a pending attempt's nonce, fail the build (the
+            // epoch is built again next time)
+            if let SettleError::Rejected { reason, .. } = &e {
+                if let Some(prev) = bump
+                    && self.cancel(row, prev).await?
+                {
+                    return Ok(());
+                }
                 store::fail(&self.pool, row.id, reason).await?;
             }
             return Err(e);
@@ -875,7 +931,9 @@ impl Settler {
         loop {
             self.sync().await?;
             let now = store::by_id(&self.pool, row.id).await?;
-            if now.state != "final" || tokio::time::Instant::now() > deadline {
+            if matches!(now.state.as_str(), "accepted" | "revoked" | "superseded")
+                || tokio::time::Instant::now() > deadline
+            {
                 return Ok(Some(now.json()));
             }
             tokio::time::sleep(self.cfg.poll_interval).await;

@@ -69,7 +69,8 @@ pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError
     let to_block = row.to_block as u64;
 
     // 1. the root on chain
-    let onchain = proposed(s, epoch, s.deployment.start_block).await?;
+    // a proposal comes after the epoch's last block: the log query starts there
+    let onchain = proposed(s, epoch, to_block).await?;
     match &onchain {
         None => diff.push(format!("the chain has no proposal of epoch {epoch}")),
         Some((_, _, uri)) if *uri != row.uri => diff.push(format!(
@@ -262,7 +263,7 @@ pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError
                 })
                 .collect();
             let root = RewardTree::build(entries)?.root();
-            match proposed(s, prev.epoch as u64, s.deployment.start_block).await? {
+            match proposed(s, prev.epoch as u64, prev.to_block as u64).await? {
                 Some((r, _, _)) if r == root => {}
                 Some((r, _, _)) => diff.push(format!(
                     "the previous epoch's stored leaves give root {root}, the chain has {r}"
