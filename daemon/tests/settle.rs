@@ -29,16 +29,15 @@ use openledger_chain::bindings::{FeeRouter, OpenToken, Registry, RewardDistribut
 use openledger_daemon::chain::Chain;
 use openledger_daemon::content::{Format, canonicalise};
 use openledger_daemon::inference::{Inference, InferenceConfig};
-use openledger_daemon::jobs::queue::Queue;
 use openledger_daemon::jobs::train::TrainSettings;
-use openledger_daemon::jobs::worker::{self, WorkerConfig};
+
 use openledger_daemon::state::ApiConfig;
 use openledger_indexer::{Indexer, Mode};
 use openledger_model::{BaseModel, LlamaConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::*;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 /// The contributors (anvil accounts), the payer, and the daemon (relayer, curator, settler).
 const CONTRIBUTORS: [usize; 3] = [2, 3, 4];
@@ -129,17 +128,7 @@ async fn world(pool: PgPool) -> World {
         .await
         .unwrap();
     tokio::spawn(async move { indexer.run(Mode::Follow).await });
-    let (stop, stop_rx) = watch::channel(false);
-    let (events, _) = broadcast::channel(256);
-    worker::spawn_listener(pool.clone(), events.clone());
-    tokio::spawn(worker::run(
-        Queue::new(pool.clone()),
-        jobs.clone(),
-        WorkerConfig::default(),
-        "settle-test".into(),
-        events,
-        stop_rx,
-    ));
+    let (stop, _workers) = start_workers(&pool, &jobs, "settle-test");
     let plain_app = openledger_daemon::api::app(state_with(
         pool.clone(),
         d.clone(),

@@ -23,7 +23,7 @@ use openledger_daemon::content::{Format, canonicalise};
 use openledger_daemon::inference::{Inference, InferenceConfig};
 use openledger_daemon::jobs::queue::Queue;
 use openledger_daemon::jobs::train::TrainSettings;
-use openledger_daemon::jobs::worker::{self, Registry as Jobs, WorkerConfig};
+use openledger_daemon::jobs::worker::Registry as Jobs;
 use openledger_daemon::state::ApiConfig;
 use openledger_indexer::{Indexer, Mode};
 use openledger_model::{BaseModel, LlamaConfig};
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use support::*;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 struct Stack {
     chain: TestChain,
@@ -42,25 +42,6 @@ struct Stack {
     session: String,
     stop: watch::Sender<bool>,
     workers: Option<tokio::task::JoinHandle<()>>,
-}
-
-fn start_workers(
-    pool: &PgPool,
-    jobs: &Jobs,
-    name: &str,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-    let (stop, stop_rx) = watch::channel(false);
-    let (events, _) = broadcast::channel(256);
-    worker::spawn_listener(pool.clone(), events.clone());
-    let h = tokio::spawn(worker::run(
-        Queue::new(pool.clone()),
-        jobs.clone(),
-        WorkerConfig::default(),
-        name.into(),
-        events,
-        stop_rx,
-    ));
-    (stop, h)
 }
 
 /// `records` stored as uploads by #4 would store them, then contributed to Datanet 1 on chain by #4: their

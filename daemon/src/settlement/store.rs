@@ -100,6 +100,24 @@ pub async fn by_id(pool: &PgPool, id: i64) -> Result<EpochRow, SettleError> {
     .await?)
 }
 
+/// Why build `id` can no longer be extended, if it cannot: (its epoch, `failed` or `revoked`) — revoked
+/// also when the index has the revocation and `sync` has not marked it yet.
+pub async fn dead_base(pool: &PgPool, id: i64) -> Result<Option<(i64, String)>, SettleError> {
+    let row: Option<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT e.epoch,
+                CASE WHEN e.state IN ('failed', 'revoked') THEN e.state
+                     WHEN EXISTS (SELECT 1 FROM reward_root_outcomes o
+                                  WHERE o.chain_id = e.chain_id AND o.contract_address = e.distributor
+                                    AND o.epoch = e.epoch AND o.root = e.root AND o.outcome = 'revoked')
+                     THEN 'revoked' END
+         FROM settlement_epochs e WHERE e.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(epoch, dead)| dead.map(|d| (epoch, d))))
+}
+
 /// An epoch's cumulative leaves, sorted by account (hex order is byte order).
 pub async fn leaves(pool: &PgPool, epoch_id: i64) -> Result<Vec<(Address, U256)>, SettleError> {
     let rows = sqlx::query(

@@ -58,6 +58,20 @@ pub(crate) async fn proposal_log(
     }))
 }
 
+/// A build `sync` may move, with what the index has of its root.
+#[derive(Debug, sqlx::FromRow)]
+struct Tracked {
+    id: i64,
+    epoch: i64,
+    state: String,
+    root: String,
+    proposed_tx: Option<String>,
+    /// The block of the indexed `RootProposed`.
+    proposed_at: Option<i64>,
+    /// accepted, superseded or revoked, once indexed.
+    outcome: Option<String>,
+}
+
 /// What one `settle` did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -347,27 +361,7 @@ impl Settler {
         mut row: EpochRow,
         progress: &indicatif::ProgressBar,
     ) -> Result<Option<Value>, SettleError> {
-        if row.state == "built" {
-            // the range must still be the chain's, and the base still live
-            let now = build::block_hash(self, row.to_block as u64).await?;
-            if now.to_string() != row.to_block_hash {
-                let why = format!(
-                    "block {} was reorganised ({} -> {now}); the epoch is derived again",
-                    row.to_block, row.to_block_hash
-                );
-                tracing::warn!(epoch = row.epoch, "{why}");
-                store::fail(&self.pool, row.id, &why).await?;
-                return Ok(None);
-            }
-            if let Some(p) = row.previous_id {
-                let prev = store::by_id(&self.pool, p).await?;
-                if matches!(prev.state.as_str(), "revoked" | "failed") {
-                    let why = format!("its base epoch {} was {}", prev.epoch, prev.state);
-                    store::fail(&self.pool, row.id, &why).await?;
-                    return Ok(None);
-                }
-            }
-        }
+        // (the proposal loop checks the range and the base before anything is sent)
         // a reorg can take a mined proposal back out (confirmed -> submitted): a bounded number of rounds
         for _ in 0..8 {
             match row.state.as_str() {
@@ -495,17 +489,14 @@ impl Settler {
                 tracing::warn!(epoch, "{why}");
                 return self.discard(row, &live, &why).await;
             }
-            if let Some(p) = row.previous_id {
-                self.sync().await?;
-                let prev = store::by_id(&self.pool, p).await?;
-                if matches!(prev.state.as_str(), "revoked" | "failed") {
-                    let why = format!(
-                        "its base epoch {} was {} before its proposal was mined; the epoch is derived again",
-                        prev.epoch, prev.state
-                    );
-                    tracing::warn!(epoch, "{why}");
-                    return self.discard(row, &live, &why).await;
-                }
+            if let Some(p) = row.previous_id
+                && let Some((base, state)) = store::dead_base(&self.pool, p).await?
+            {
+                let why = format!(
+                    "its base epoch {base} was {state} before its proposal was mined; the epoch is derived again"
+                );
+                tracing::warn!(epoch, "{why}");
+                return self.discard(row, &live, &why).await;
             }
             let mined_nonce = self
                 .provider()
@@ -807,62 +798,60 @@ impl Settler {
     /// final -> accepted / superseded / revoked; a final one whose event a reorg removed goes back to
     /// submitted (its stored transaction is re-sent or found mined again).
     pub async fn sync(&self) -> Result<(), SettleError> {
-        let rows = store::epochs(&self.pool, self.chain_id, self.distributor).await?;
+        // the builds a chain event can move, with what the index has of their root
+        let rows: Vec<Tracked> =
+            sqlx::query_as(
+                "SELECT e.id, e.epoch, e.state, e.root, e.proposed_tx, rr.block_number AS proposed_at, o.outcome
+                 FROM settlement_epochs e
+                 LEFT JOIN reward_roots rr ON rr.chain_id = e.chain_id AND rr.contract_address = e.distributor
+                                          AND rr.epoch = e.epoch AND rr.root = e.root
+                 LEFT JOIN reward_root_outcomes o ON o.chain_id = e.chain_id AND o.contract_address = e.distributor
+                                                 AND o.epoch = e.epoch AND o.root = e.root
+                 WHERE e.chain_id = $1 AND e.distributor = $2 AND e.state IN ('confirmed', 'final')
+                 ORDER BY e.epoch",
+            )
+            .bind(self.chain_id as i64)
+            .bind(hex_addr(self.distributor))
+            .fetch_all(&self.pool)
+            .await?;
         if rows.is_empty() {
             return Ok(());
         }
         let (final_block, _, _) = build::final_block(self).await?;
-        let proposed: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT epoch::bigint, root, block_number FROM reward_roots
-             WHERE chain_id = $1 AND contract_address = $2",
-        )
-        .bind(self.chain_id as i64)
-        .bind(hex_addr(self.distributor))
-        .fetch_all(&self.pool)
-        .await?;
-        let outcomes: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT epoch::bigint, root, outcome FROM reward_root_outcomes
-             WHERE chain_id = $1 AND contract_address = $2",
-        )
-        .bind(self.chain_id as i64)
-        .bind(hex_addr(self.distributor))
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let seen = proposed
-                .iter()
-                .find(|(e, root, _)| *e == r.epoch && *root == r.root);
-            let outcome = outcomes
-                .iter()
-                .find(|(e, root, _)| *e == r.epoch && *root == r.root)
-                .map(|(_, _, o)| o.as_str());
-            match (r.state.as_str(), seen, outcome) {
-                ("confirmed", Some((_, _, block)), _) if *block as u64 <= final_block => {
-                    store::set_state(&self.pool, r.id, "final").await?;
-                    tracing::info!(epoch = r.epoch, root = %r.root, "epoch final");
+        for Tracked {
+            id,
+            epoch,
+            state,
+            root,
+            proposed_tx,
+            proposed_at,
+            outcome,
+        } in rows
+        {
+            match (state.as_str(), proposed_at, outcome.as_deref()) {
+                ("confirmed", Some(block), _) if block as u64 <= final_block => {
+                    store::set_state(&self.pool, id, "final").await?;
+                    tracing::info!(epoch, root = %root, "epoch final");
                 }
                 ("final", None, _) => {
                     tracing::warn!(
-                        epoch = r.epoch,
+                        epoch,
                         "the proposal left the index (reorg); following it again"
                     );
-                    match &r.proposed_tx {
-                        Some(tx) => store::reopen(&self.pool, r.id, tx).await?,
-                        None => store::set_state(&self.pool, r.id, "submitted").await?,
+                    match &proposed_tx {
+                        Some(tx) => store::reopen(&self.pool, id, tx).await?,
+                        None => store::set_state(&self.pool, id, "submitted").await?,
                     }
                 }
                 ("final", Some(_), Some("accepted")) => {
-                    store::set_state(&self.pool, r.id, "accepted").await?;
+                    store::set_state(&self.pool, id, "accepted").await?;
                 }
                 ("final", Some(_), Some("superseded")) => {
-                    store::set_state(&self.pool, r.id, "superseded").await?;
+                    store::set_state(&self.pool, id, "superseded").await?;
                 }
                 ("final", Some(_), Some("revoked")) => {
-                    store::revoked(&self.pool, r.id).await?;
-                    tracing::warn!(
-                        epoch = r.epoch,
-                        "root revoked: its payments go to the next epoch"
-                    );
+                    store::revoked(&self.pool, id).await?;
+                    tracing::warn!(epoch, "root revoked: its payments go to the next epoch");
                 }
                 _ => {}
             }

@@ -13,7 +13,7 @@ use openledger_chain::bindings::FeeRouter;
 use openledger_settlement::{RewardTree, Share};
 use serde_json::{Value, json};
 
-use super::submit::Settler;
+use super::submit::{Settler, proposal_log};
 use super::{SettleError, hex_addr, store, u256};
 
 #[derive(Debug)]
@@ -39,17 +39,6 @@ impl Verification {
     }
 }
 
-/// The chain's `RootProposed` of `epoch`: (root, total, uri).
-async fn proposed(
-    s: &Settler,
-    epoch: u64,
-    from: u64,
-) -> Result<Option<(B256, U256, String)>, SettleError> {
-    Ok(super::submit::proposal_log(s, epoch, from)
-        .await?
-        .map(|p| (p.root, p.total, p.uri)))
-}
-
 pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError> {
     let row = store::epoch(&s.pool, s.chain_id, s.distributor, epoch)
         .await?
@@ -70,7 +59,9 @@ pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError
 
     // 1. the root on chain
     // a proposal comes after the epoch's last block: the log query starts there
-    let onchain = proposed(s, epoch, to_block).await?;
+    let onchain = proposal_log(s, epoch, to_block)
+        .await?
+        .map(|p| (p.root, p.total, p.uri));
     match &onchain {
         None => diff.push(format!("the chain has no proposal of epoch {epoch}")),
         Some((_, _, uri)) if *uri != row.uri => diff.push(format!(
@@ -263,10 +254,11 @@ pub async fn verify(s: &Settler, epoch: u64) -> Result<Verification, SettleError
                 })
                 .collect();
             let root = RewardTree::build(entries)?.root();
-            match proposed(s, prev.epoch as u64, prev.to_block as u64).await? {
-                Some((r, _, _)) if r == root => {}
-                Some((r, _, _)) => diff.push(format!(
-                    "the previous epoch's stored leaves give root {root}, the chain has {r}"
+            match proposal_log(s, prev.epoch as u64, prev.to_block as u64).await? {
+                Some(p) if p.root == root => {}
+                Some(p) => diff.push(format!(
+                    "the previous epoch's stored leaves give root {root}, the chain has {}",
+                    p.root
                 )),
                 None => diff.push(format!(
                     "the previous epoch {} has no proposal on chain",

@@ -358,3 +358,26 @@ pub async fn job_succeeded(app: &Router, session: &str, kind: &str, params: Valu
 pub async fn trained(app: &Router, session: &str, params: Value) -> Value {
     job_succeeded(app, session, "train", params).await
 }
+
+/// Job workers over `pool` running `jobs` until the sender is told to stop.
+pub fn start_workers(
+    pool: &PgPool,
+    jobs: &Registry,
+    name: &str,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (events, _) = tokio::sync::broadcast::channel(256);
+    openledger_daemon::jobs::worker::spawn_listener(pool.clone(), events.clone());
+    let h = tokio::spawn(openledger_daemon::jobs::worker::run(
+        openledger_daemon::jobs::queue::Queue::new(pool.clone()),
+        jobs.clone(),
+        openledger_daemon::jobs::worker::WorkerConfig::default(),
+        name.into(),
+        events,
+        stop_rx,
+    ));
+    (stop, h)
+}
