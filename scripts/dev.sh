@@ -90,6 +90,7 @@ ln -sf "$BASE_MODEL" "$DATA_DIR/models/$(basename "$BASE_MODEL")"
 OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
   "$OPENLEDGER_BIN" --data-dir "$DATA_DIR" serve --rpc-url "ws://127.0.0.1:$PORT" --manifest "$MANIFEST" \
   --listen "127.0.0.1:$API_PORT" --domain "127.0.0.1:$API_PORT" --sponsor-inference \
+  --dev-wallet --public-rpc-url "$URL" \
   --settle-every-secs 5 --finality-depth 0 \
   2> >(sed -u 's/^/[openledger] /' >&2) &
 DAEMON_PID=$!
@@ -122,6 +123,7 @@ done
 cat >&2 <<MSG
 
 OpenLedger local stack is up.
+  web app      $API/   (sign in with a dev account; Datanets, training, chat, rewards, operator view)
   JSON-RPC     $URL   (chain id $CHAIN_ID, OP-stack transaction types)
   contracts    $MANIFEST
   API          $API   (docs $API/docs, OpenAPI $API/openapi.json, metrics $API/metrics)

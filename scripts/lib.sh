@@ -35,6 +35,11 @@ wait_rpc() {
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/openledger-target}"
 OPENLEDGER_BIN="$CARGO_TARGET_DIR/debug/openledger"
 
+# The browser of the UI tests: Debian's Chromium (OPENLEDGER_CHROMIUM overrides, e.g. on macOS).
+ui_chromium() {
+  echo "${OPENLEDGER_CHROMIUM:-/usr/bin/chromium}"
+}
+
 # The newest Postgres server binaries (initdb, pg_ctl) of the machine, or nothing.
 pg_bin_dir() {
   if [ -n "${OPENLEDGER_PG_BIN:-}" ]; then echo "$OPENLEDGER_PG_BIN"; return; fi

@@ -25,6 +25,9 @@ command -v psql >/dev/null || apt_install postgresql-client
 command -v runuser >/dev/null || apt_install util-linux
 # OpenBLAS: the GEMMs of CPU LoRA training (crates/model, feature `openblas`, on by default) link against it.
 { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libopenblas\.so ' || apt_install libopenblas-dev
+# The web UI's browser tests (scripts/test-ui.sh) drive Debian's Chromium with playwright-core: no test tool
+# may download a browser of its own.
+[ -x "$(ui_chromium)" ] || apt_install chromium
 command -v cargo >/dev/null || die "no Rust toolchain (cargo): install Rust 1.95+ (rustup) first"
 
 # forge/anvil/cast 1.7.1, solc 0.8.30 (wasm), OpenZeppelin: pinned in package-lock.json.

@@ -8,7 +8,8 @@
 # (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster); then the
 # README's API walkthrough (scripts/api-demo.sh), the economy demo (scripts/economy-demo.sh: contribute, train,
 # pay, settle on serve's schedule, claim, verify) and the official openai client (scripts/openai-client-check.py)
-# against a fresh `openledger serve`.
+# against a fresh `openledger serve`; and the web UI (scripts/test-ui.sh: its unit tests, then the no-code path
+# end to end in headless Chromium on a fresh dev stack).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -145,6 +146,21 @@ api_walkthrough() {
   return $status
 }
 
+# The web UI: node's test runner for the front-end logic, then ui/e2e/flow.mjs in Chromium.
+ui_tests() {
+  local out rc
+  out="$(mktemp)"
+  scripts/test-ui.sh 2>&1 | tee "$out" | grep -E '^# (pass|fail)|\[ui-e2e\] (ok|FAILED)|^RESULT' >&2
+  rc=${PIPESTATUS[0]}
+  local unit_ok unit_bad e2e_ok
+  unit_ok="$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$out" | head -1)"
+  unit_bad="$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$out" | head -1)"
+  e2e_ok="$(grep -c '^\[ui-e2e\] ok:' "$out" || true)"
+  tests_passed=$((tests_passed + ${unit_ok:-0} + ${e2e_ok:-0}))
+  tests_failed=$((tests_failed + ${unit_bad:-0}))
+  [ "$rc" = 0 ] || { tail -40 "$out" >&2; tests_failed=$((tests_failed + 1)); return 1; }
+}
+
 ensure_test_postgres
 trap stop_test_postgres EXIT
 step "rust: cargo fmt --check" cargo fmt --all -- --check
@@ -152,4 +168,5 @@ step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets 
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
 step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough
+step "web UI: front-end unit tests, then sign-in to claim end to end in headless Chromium" ui_tests
 summary

@@ -22,3 +22,4 @@ pub mod serve;
 pub mod settlement;
 pub mod state;
 pub mod uploads;
+pub mod web;

@@ -36,6 +36,15 @@ pub struct ApiConfig {
     pub signature_ttl: Duration,
     /// `/readyz` fails while the in-process indexer is more than this many blocks behind the head.
     pub ready_max_lag: u64,
+    /// The chain's JSON-RPC URL as browsers should reach it (the web UI's dev wallet, links to the node);
+    /// `None`: not advertised.
+    pub public_rpc_url: Option<String>,
+    /// Offer the node's own unlocked accounts (anvil's dev keys) as a wallet in the web UI: devnets only.
+    pub dev_wallet: bool,
+    /// Job slots this process runs (the operator view).
+    pub worker_slots: usize,
+    /// Seconds between settlement rounds, when this process settles.
+    pub settle_every_secs: Option<u64>,
 }
 
 impl ApiConfig {
@@ -54,6 +63,10 @@ impl ApiConfig {
             },
             signature_ttl: Duration::from_secs(3600),
             ready_max_lag: 32,
+            public_rpc_url: None,
+            dev_wallet: false,
+            worker_slots: 0,
+            settle_every_secs: None,
         }
     }
 }

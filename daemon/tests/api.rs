@@ -749,6 +749,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/readyz",
         "/metrics",
         "/api/status",
+        "/api/config",
         "/openapi.json",
         "/docs",
         "/v1/models",
@@ -942,4 +943,117 @@ async fn developers_set_their_models_price(pool: PgPool) {
             .unwrap(),
         0
     );
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn the_web_ui_is_served_from_the_binary(pool: PgPool) {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use http_body_util::BodyExt;
+    use std::io::Read;
+    use tower::ServiceExt;
+
+    let (app, _) = app(&pool);
+    let index = get(&app, "/", None).await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert_eq!(
+        index.headers[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let html = String::from_utf8(index.body.clone()).unwrap();
+    assert!(html.contains(r#"src="/app/src/main.js""#), "{html}");
+    // no third-party origin anywhere: scripts and styles come from this binary
+    assert!(!html.contains("https://"), "{html}");
+    assert!(
+        index.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+
+    // every module the shell and its pages import is served, as JavaScript
+    for path in [
+        "/app/src/main.js",
+        "/app/src/pages/chat.js",
+        "/app/src/keccak.js",
+        "/app/app.css",
+    ] {
+        let r = get(&app, path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        let ct = r.headers[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        assert!(
+            ct.starts_with(if path.ends_with(".css") {
+                "text/css"
+            } else {
+                "text/javascript"
+            }),
+            "{path}: {ct}"
+        );
+    }
+    // the ABIs (for naming reverts), but not the tests
+    let abi = get(&app, "/app/abi/RewardDistributor.json", None).await;
+    assert_eq!(abi.status, StatusCode::OK);
+    assert!(
+        abi.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "claim")
+    );
+    for missing in [
+        "/app/test/abi.test.mjs",
+        "/app/src/nope.js",
+        "/app/../Cargo.toml",
+        "/app/abi/Nope.json",
+    ] {
+        let r = get(&app, missing, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
+        assert_eq!(
+            r.headers[header::CONTENT_TYPE],
+            "application/problem+json",
+            "{missing}"
+        );
+    }
+
+    // gzip on request, and a 304 for an unchanged file
+    let req = Request::builder()
+        .uri("/app/src/main.js")
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.headers()[header::CONTENT_ENCODING], "gzip");
+    let etag = res.headers()[header::ETAG].clone();
+    let zipped = res.into_body().collect().await.unwrap().to_bytes();
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert!(
+        plain.contains("hashchange"),
+        "the decompressed module is main.js"
+    );
+    assert!(zipped.len() < plain.len());
+    let req = Request::builder()
+        .uri("/app/src/main.js")
+        .header(header::IF_NONE_MATCH, etag)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+
+    // what the UI needs to reach the chain
+    let cfg = get(&app, "/api/config", None).await;
+    assert_eq!(cfg.status, StatusCode::OK);
+    let cfg = cfg.json();
+    assert_eq!(cfg["chain_id"], 31337);
+    assert!(
+        cfg["contracts"]["RewardDistributor"]
+            .as_str()
+            .unwrap()
+            .starts_with("0x")
+    );
+    // a dev wallet is offered only when asked for and with an RPC URL to reach
+    assert_eq!(cfg["dev_wallet"], false);
+    assert_eq!(cfg["siwe_domain"], DOMAIN);
 }

@@ -16,8 +16,10 @@ use crate::error::{ModelError, Result};
 use crate::llama::Proj;
 use crate::weights::{permute_rows_gguf_to_hf, permute_rows_hf_to_gguf};
 
-/// LoRA hyper-parameters (PEFT's names and defaults where PEFT has them).
+/// LoRA hyper-parameters (PEFT's names and defaults where PEFT has them). Every field is optional when
+/// parsed: `{"rank": 16}` keeps the other defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoraConfig {
     /// Rank `r` of the update `B·A`.
     pub rank: usize,

@@ -101,7 +101,8 @@ pub fn app(state: AppState) -> Router {
     docs::set_document(&openapi);
     let json_limit = state.cfg.max_json_bytes;
     let request_id = HeaderName::from_static("x-request-id");
-    api.fallback(|| async { ApiError::NotFound("no such route".into()) })
+    api.merge(crate::web::routes())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())
         })

@@ -18,6 +18,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics_page))
         .routes(routes!(status))
+        .routes(routes!(client_config))
 }
 
 /// The process is up.
@@ -41,6 +42,10 @@ pub struct Status {
     pub relayer: Option<String>,
     /// Job kinds this process runs.
     pub job_kinds: Vec<String>,
+    /// Job slots this process runs at once (0: API only).
+    pub worker_slots: usize,
+    /// Seconds between settlement rounds, when this process settles.
+    pub settle_every_secs: Option<u64>,
 }
 
 async fn collect_status(s: &AppState) -> ApiResult<Status> {
@@ -59,6 +64,49 @@ async fn collect_status(s: &AppState) -> ApiResult<Status> {
             .and_then(|c| c.signer())
             .map(|a| format!("{a:#x}")),
         job_kinds: s.jobs.kinds(),
+        worker_slots: s.cfg.worker_slots,
+        settle_every_secs: s.cfg.settle_every_secs,
+    })
+}
+
+/// What a client (the web UI, a dApp) needs to talk to this deployment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientConfig {
+    pub chain_id: u64,
+    /// The suite's contract addresses by name (OpenToken, Registry, FeeRouter, RewardDistributor, ...).
+    pub contracts: std::collections::BTreeMap<String, String>,
+    /// The chain's JSON-RPC URL for browsers, when the operator advertises one.
+    pub rpc_url: Option<String>,
+    /// The node's unlocked accounts may be used as a wallet (devnets: `serve --dev-wallet`).
+    pub dev_wallet: bool,
+    /// Sign-in messages must name this domain.
+    pub siwe_domain: String,
+    /// This process serves models (OpenLoRA).
+    pub inference: bool,
+    /// Requests without a payment are paid by the daemon's key (the dev stack's `--sponsor-inference`).
+    pub sponsor_inference: bool,
+    /// Price in OPEN wei per 1,000 tokens for adapters without a developer price.
+    pub default_price_per_1k: Option<String>,
+}
+
+/// Chain id, contract addresses, the RPC URL and the payment modes, for clients.
+#[utoipa::path(get, path = "/api/config", tag = "ops", responses((status = 200, body = ClientConfig)))]
+async fn client_config(State(s): State<AppState>) -> Json<ClientConfig> {
+    let inf = s.inference.as_ref();
+    Json(ClientConfig {
+        chain_id: s.deployment.chain_id,
+        contracts: s
+            .deployment
+            .contracts
+            .iter()
+            .map(|(k, v)| (k.clone(), format!("{:#x}", v.address)))
+            .collect(),
+        rpc_url: s.cfg.public_rpc_url.clone(),
+        dev_wallet: s.cfg.dev_wallet && s.cfg.public_rpc_url.is_some(),
+        siwe_domain: s.cfg.siwe.domain.clone(),
+        inference: inf.is_some(),
+        sponsor_inference: inf.is_some_and(|i| i.cfg.sponsor),
+        default_price_per_1k: inf.map(|i| i.cfg.default_price_per_1k.to_string()),
     })
 }
 

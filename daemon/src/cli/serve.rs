@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// The domain sign-in messages must name (EIP-4361 `domain`) [default: the --listen address].
     #[arg(long, env = "OPENLEDGER_SIWE_DOMAIN")]
     pub domain: Option<String>,
+    /// The chain's JSON-RPC URL as browsers reach it, for the web UI [default: --rpc-url when it is http(s)].
+    #[arg(long, env = "OPENLEDGER_PUBLIC_RPC_URL")]
+    pub public_rpc_url: Option<String>,
+    /// Offer the node's unlocked accounts (anvil's well-known dev keys) as a wallet in the web UI. Devnets
+    /// only: anyone who can open the page can sign with those accounts.
+    #[arg(long, env = "OPENLEDGER_DEV_WALLET")]
+    pub dev_wallet: bool,
     /// Do not index in this process (another `openledger index` or `serve` fills the same database).
     #[arg(long)]
     pub no_index: bool,
@@ -252,6 +259,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.siwe.session_ttl = Duration::from_secs(args.session_ttl_secs.max(60));
     api.signature_ttl = Duration::from_secs(args.signature_ttl_secs.clamp(60, 604_800));
     api.ready_max_lag = args.ready_max_lag;
+    api.public_rpc_url = args.public_rpc_url.clone().or_else(|| {
+        let u = &args.chain.rpc_url;
+        (u.starts_with("http://") || u.starts_with("https://")).then(|| u.clone())
+    });
+    api.dev_wallet = args.dev_wallet;
+    api.worker_slots = args.workers;
+    api.settle_every_secs = (args.settle_every_secs > 0).then_some(args.settle_every_secs);
     let indexer = (!args.no_index).then(|| {
         let mut c = IndexerConfig::new(args.chain.rpc_url.clone());
         c.confirmations = args.confirmations;

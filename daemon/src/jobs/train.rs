@@ -1103,3 +1103,32 @@ impl TrainJob {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn partial_configs_keep_the_other_defaults() {
+        // what the web UI's wizard sends: a few settings, a LoRA rank and alpha only
+        let (p, _) = parse_params(&serde_json::json!({
+            "base_model": "SmolLM2", "datanets": [{"id": "3", "version": "1"}],
+            "config": {"steps": 12, "lora": {"rank": 16, "alpha": 32}},
+        }))
+        .unwrap();
+        let d = openledger_model::LoraConfig::default();
+        assert_eq!((p.config.lora.rank, p.config.lora.alpha), (16, 32.0));
+        assert_eq!(
+            (p.config.lora.dropout, &p.config.lora.targets),
+            (d.dropout, &d.targets)
+        );
+        assert_eq!(p.config.steps, Some(12));
+        assert_eq!(p.config.batch_size, TrainConfig::default().batch_size);
+        let e = parse_params(&serde_json::json!({
+            "base_model": "SmolLM2", "datanets": [{"id": "3"}], "config": {"lora": {"rank": "big"}},
+        }))
+        .unwrap_err();
+        assert!(e.starts_with("config.lora.rank:"), "{e}");
+    }
+}

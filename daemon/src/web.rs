@@ -1,0 +1,105 @@
+//! The web UI (ModelFactory, OpenChat, rewards, operator view): the static files under `ui/` and the
+//! contract ABIs, compiled into the binary and served at `/` and `/app/`. No CDN, nothing fetched at run
+//! time; the UI talks only to this API and, through the wallet, to the chain.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rust_embed::Embed;
+use tower_http::compression::CompressionLayer;
+
+use crate::api::ApiError;
+use crate::state::AppState;
+
+#[derive(Embed)]
+#[folder = "../ui/"]
+#[include = "index.html"]
+#[include = "app.css"]
+#[include = "src/*.js"]
+#[include = "src/pages/*.js"]
+struct Ui;
+
+#[derive(Embed)]
+#[folder = "../contracts/abi/"]
+#[include = "*.json"]
+struct Abi;
+
+/// `/` (the app shell) and `/app/{path}` (its modules, styles and `abi/<Contract>.json`), gzip when asked.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/app/{*path}", get(asset))
+        .layer(CompressionLayer::new().gzip(true))
+}
+
+async fn index(headers: HeaderMap) -> Response {
+    serve(Ui::get("index.html"), "index.html", &headers)
+}
+
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let file = match path.strip_prefix("abi/") {
+        Some(name) => Abi::get(name),
+        None => Ui::get(&path),
+    };
+    serve(file, &path, &headers)
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+fn serve(file: Option<rust_embed::EmbeddedFile>, path: &str, headers: &HeaderMap) -> Response {
+    let Some(file) = file else {
+        return ApiError::NotFound(format!("no UI file {path}")).into_response();
+    };
+    let hash = file.metadata.sha256_hash();
+    let etag = format!(
+        "\"{}\"",
+        hash[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    // no-cache + ETag: a new binary's UI shows at once, an unchanged file costs a 304
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Response::new(Body::from(file.data.into_owned()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(path)),
+        );
+        r
+    };
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        // the dev wallet talks to the chain's JSON-RPC URL, which may be any host
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src *; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}

@@ -1,0 +1,71 @@
+// Formatting and parsing shared by the pages: OPEN amounts (18 decimals, as BigInt), addresses, times,
+// and the Datanet metadata URI the UI writes.
+const WEI = 10n ** 18n;
+
+/**
+ * `1234500000000000000` -> `1.2345`: at most `digits` decimals, rounded down, trailing zeros dropped; an
+ * amount too small for that keeps two significant digits (`31000000000000` -> `0.000031`).
+ */
+export function formatOpen(wei, digits = 4) {
+  const n = BigInt(wei ?? 0);
+  const neg = n < 0n;
+  const a = neg ? -n : n;
+  const whole = a / WEI;
+  const all = (a % WEI).toString().padStart(18, "0");
+  let frac = all.slice(0, digits).replace(/0+$/, "");
+  if (frac === "" && whole === 0n && a !== 0n) {
+    const first = all.search(/[1-9]/);
+    frac = all.slice(0, first + 2).replace(/0+$/, "");
+  }
+  const w = whole.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return `${neg ? "-" : ""}${w}${frac ? "." + frac : ""}`;
+}
+
+/** `"1.5"` -> 1500000000000000000n; throws on anything but a non-negative decimal with <= 18 decimals. */
+export function parseOpen(text) {
+  const s = String(text).trim();
+  const m = /^(\d+)(?:\.(\d{0,18}))?$/.exec(s);
+  if (!m) throw new Error(`"${text}" is not an amount of OPEN (e.g. 2.5)`);
+  return BigInt(m[1]) * WEI + BigInt((m[2] ?? "").padEnd(18, "0") || "0");
+}
+
+export const shortHex = (h, n = 6) => (h && h.length > 2 * n + 2 ? `${h.slice(0, n + 2)}…${h.slice(-n + 2)}` : h ?? "");
+
+/** 0-100 from parts per million, e.g. 125000 -> "12.5%". */
+export const ppmPercent = (ppm) => `${(Number(ppm) / 1e4).toFixed(Number(ppm) % 1e4 === 0 ? 0 : 1)}%`;
+
+/** Seconds as "1 h 5 min", "3 min 20 s", "12 s". */
+export function formatDuration(s) {
+  if (!Number.isFinite(s) || s < 0) return "—";
+  s = Math.round(s);
+  if (s >= 3600) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  if (s >= 60) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${s} s`;
+}
+
+/** The metadata URI of a Datanet the UI creates: its name and description, self-contained. */
+export function datanetUri({ name, description }) {
+  return "data:application/json," + encodeURIComponent(JSON.stringify({ name, description }));
+}
+
+/** What a Datanet's metadata URI says about it: `{name, description}` (the URI itself where it is not ours). */
+export function datanetMeta(uri, id) {
+  const prefix = "data:application/json,";
+  if (typeof uri === "string" && uri.startsWith(prefix)) {
+    try {
+      const v = JSON.parse(decodeURIComponent(uri.slice(prefix.length)));
+      if (typeof v.name === "string" && v.name) return { name: v.name, description: String(v.description ?? "") };
+    } catch {
+      // not ours: show the URI
+    }
+  }
+  return { name: `Datanet ${id}`, description: uri ?? "" };
+}
+
+/** Case-insensitive match of a Datanet against a search box: name, description, tags, owner, id. */
+export function matchesDatanet(d, query) {
+  const q = query.trim().toLowerCase();
+  if (!q) return true;
+  const meta = datanetMeta(d.metadata_uri, d.id);
+  return [meta.name, meta.description, d.owner, d.id, ...(d.tags ?? [])].some((f) => String(f).toLowerCase().includes(q));
+}

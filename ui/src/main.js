@@ -1,0 +1,173 @@
+// The app shell: configuration from the daemon, the signed-in session and wallet, the hash router that
+// loads one page module per view (so the first load carries only what the first page needs), and toasts.
+import { api, session, onSignedOut } from "./api.js";
+import { h, mount } from "./dom.js";
+import { siweMessage } from "./siwe.js";
+import { Wallet } from "./wallet.js";
+import { shortHex } from "./format.js";
+
+const ROUTES = [
+  [/^\/?$/, "home"],
+  [/^\/connect$/, "connect"],
+  [/^\/datanets$/, "datanets"],
+  [/^\/datanets\/(\d+)$/, "datanet"],
+  [/^\/train$/, "train"],
+  [/^\/jobs\/(\d+)$/, "job"],
+  [/^\/models$/, "models"],
+  [/^\/models\/(\d+)$/, "model"],
+  [/^\/chat$/, "chat"],
+  [/^\/rewards$/, "rewards"],
+  [/^\/operator$/, "operator"],
+];
+const WALLET_KEY = "openledger.wallet";
+
+const ctx = {
+  config: null,
+  wallet: null,
+  api,
+  leave: [],
+  /** Registers cleanup (timers, streams) for when the user leaves the page. */
+  onLeave(fn) {
+    this.leave.push(fn);
+  },
+  get address() {
+    return session.get()?.address ?? null;
+  },
+  toast(message, bad = false) {
+    const t = h("div", { class: `toast${bad ? " bad" : ""}`, role: bad ? "alert" : "status" }, message);
+    document.getElementById("toasts").append(t);
+    setTimeout(() => t.remove(), bad ? 12000 : 5000);
+  },
+  /** Uses a wallet: remembers it, asks for its account and checks the chain. */
+  async useWallet(w) {
+    await w.connect();
+    this.wallet = w;
+    localStorage.setItem(WALLET_KEY, JSON.stringify({ kind: w.kind, address: w.address }));
+    renderAccount();
+    return w;
+  },
+  /** The wallet of the signed-in address, reconnected if the page was reloaded. */
+  async needWallet() {
+    if (this.wallet?.address) {
+      if (this.address && this.wallet.address !== this.address) {
+        throw new Error(`the wallet is on ${shortHex(this.wallet.address)} but you signed in as ${shortHex(this.address)}: sign in again`);
+      }
+      return this.wallet;
+    }
+    const saved = JSON.parse(localStorage.getItem(WALLET_KEY) ?? "null");
+    let w = null;
+    if (saved?.kind === "dev" && this.config.dev_wallet) w = Wallet.dev(this.config, saved.address);
+    else if (saved?.kind === "injected") w = Wallet.injected(this.config);
+    if (!w) throw new Error("connect a wallet first (Connect, top right)");
+    return this.useWallet(w);
+  },
+  /** Sign-In with Ethereum through the wallet: a fresh nonce, the wallet's signature, a session. */
+  async signIn(w) {
+    await this.useWallet(w);
+    const n = await api("/api/auth/nonce");
+    const message = siweMessage({ domain: n.domain, address: w.address, chainId: n.chain_id, nonce: n.nonce });
+    const signature = await w.personalSign(message);
+    const s = await api("/api/auth/siwe", { json: { message, signature } });
+    session.set({ token: s.token, address: s.address.toLowerCase(), expires_at: s.expires_at });
+    renderAccount();
+    return s;
+  },
+  async signOut() {
+    try {
+      await api("/api/auth/logout", { method: "POST" });
+    } catch {
+      // the session may already be gone
+    }
+    session.clear();
+    localStorage.removeItem(WALLET_KEY);
+    this.wallet = null;
+    renderAccount();
+    route(true);
+  },
+  /** A "sign in first" panel for pages that need a session; null when signed in. */
+  needSignIn(what) {
+    if (this.address) return null;
+    return h("div", { class: "card" }, h("p", {}, `Sign in to ${what}.`), h("a", { class: "button", href: "#/connect" }, "Connect and sign in"));
+  },
+  go(hash) {
+    location.hash = hash;
+  },
+};
+
+function renderAccount() {
+  const el = document.getElementById("account");
+  const a = ctx.address;
+  if (a) {
+    mount(el, h("span", { class: "mono", title: a }, `Signed in as ${shortHex(a)}`),
+      h("button", { type: "button", class: "secondary", onclick: () => ctx.signOut() }, "Sign out"));
+  } else {
+    mount(el, h("a", { class: "button", href: "#/connect" }, "Connect"));
+  }
+}
+
+async function route(ev) {
+  for (const f of ctx.leave.splice(0)) {
+    try {
+      f();
+    } catch {
+      // best effort
+    }
+  }
+  const [path, qs] = (location.hash.replace(/^#/, "") || "/").split("?");
+  const query = new URLSearchParams(qs ?? "");
+  const main = document.getElementById("main");
+  const hit = ROUTES.map(([re, page]) => [re.exec(path), page]).find(([m]) => m);
+  for (const a of document.querySelectorAll("nav a")) {
+    if (hit && path.startsWith(a.getAttribute("href").slice(1))) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  document.getElementById("nav").classList.remove("open");
+  if (!hit) {
+    mount(main, h("h1", {}, "Not found"), h("p", {}, "No such page. ", h("a", { href: "#/" }, "Start here.")));
+    return;
+  }
+  const [m, page] = hit;
+  const token = Symbol();
+  route.current = token;
+  try {
+    const mod = await import(`./pages/${page}.js`);
+    const node = await mod.render(ctx, m.slice(1), query);
+    if (route.current !== token) return;
+    mount(main, node);
+    main.dataset.page = location.hash;
+  } catch (e) {
+    if (route.current !== token) return;
+    mount(main, h("h1", {}, "Something went wrong"), h("p", { class: "error" }, e.message));
+    main.dataset.page = location.hash;
+  }
+  const h1 = main.querySelector("h1");
+  document.title = h1 ? `${h1.textContent} · OpenLedger` : "OpenLedger";
+  // a new page takes the focus (screen readers announce it); the first load leaves it to the skip link
+  if (ev) main.focus({ preventScroll: true });
+}
+
+async function start() {
+  const menu = document.querySelector(".menu");
+  menu.addEventListener("click", () => {
+    const nav = document.getElementById("nav");
+    nav.classList.toggle("open");
+    menu.setAttribute("aria-expanded", String(nav.classList.contains("open")));
+  });
+  try {
+    ctx.config = await api("/api/config");
+  } catch (e) {
+    mount(document.getElementById("main"), h("h1", {}, "The daemon does not answer"), h("p", { class: "error" }, e.message));
+    return;
+  }
+  onSignedOut(() => {
+    renderAccount();
+    ctx.toast("Your session ended: sign in again.", true);
+  });
+  renderAccount();
+  window.addEventListener("hashchange", route);
+  await route(null);
+}
+
+// pages re-render themselves through this after a state change
+ctx.refresh = () => route(true);
+start();

@@ -1,0 +1,166 @@
+// OpenChat: pick a model, chat with streamed answers; under each answer its attribution — the spans that
+// came from training data, linked to their contributions, and each contributor's share of this answer's fee.
+import { h, field, busy, table, sleep } from "../dom.js";
+import { readSse } from "../sse.js";
+import { segments, shares, poolOf } from "../attribution.js";
+import { formatOpen, ppmPercent, shortHex } from "../format.js";
+import { calldata, wordAt } from "../abi.js";
+import { jsonRpc } from "../wallet.js";
+import { toHex } from "../keccak.js";
+
+export async function render(ctx, _params, query) {
+  const models = (await ctx.api("/v1/models")).data ?? [];
+  const adapters = await ctx.api("/api/models?limit=1000").catch(() => []);
+  const modelId = (name) => adapters.find((m) => `ft-${m.job_id}` === name)?.model_id ?? null;
+  const sel = h("select", {}, models.map((m) => h("option", { value: m.id }, m.id === "ft-" ? m.id : m.id)));
+  const wanted = query.get("model");
+  sel.value = models.some((m) => m.id === wanted) ? wanted : (models.find((m) => m.id.startsWith("ft-"))?.id ?? models[0]?.id ?? "");
+  const pay = h("select", {});
+  const payHelp = h("p", { class: "help" });
+  const drawPay = () => {
+    const free = !sel.value.startsWith("ft-");
+    const opts = [];
+    if (free) opts.push(["free", "Free (the base model has no training data to pay)"]);
+    else {
+      if (ctx.config.sponsor_inference) opts.push(["sponsored", "Paid by this daemon (dev stack)"]);
+      opts.push(["wallet", "Pay each answer from my wallet (FeeRouter)"]);
+      if (ctx.address && !ctx.config.sponsor_inference) opts.push(["credit", "My inference credit on this daemon"]);
+    }
+    pay.replaceChildren(...opts.map(([v, t]) => h("option", { value: v }, t)));
+    payHelp.textContent = free ? "" : "Part of every fee goes to the contributors whose data the answer used; see under each answer.";
+  };
+  sel.addEventListener("change", drawPay);
+  drawPay();
+  const log = h("div", { class: "chat-log", "aria-live": "polite" });
+  const input = h("textarea", { rows: 2, placeholder: "Ask something…", required: true });
+  const send = h("button", { type: "submit" }, "Send");
+  const msg = h("p", { role: "status" });
+  const history = [];
+  let abort = null;
+  ctx.onLeave(() => abort?.abort());
+
+  const ask = async () => {
+    const text = input.value.trim();
+    if (!text) throw new Error("type a question first");
+    if (!sel.value) throw new Error("this daemon serves no model");
+    const model = sel.value;
+    const body = { model, messages: [...history, { role: "user", content: text }], stream: true, max_tokens: 64, temperature: 0 };
+    log.append(h("div", { class: "msg user" }, text));
+    const answerEl = h("div", { class: "msg assistant" }, "…");
+    log.append(answerEl);
+    input.value = "";
+    if (pay.value === "wallet") {
+      const id = modelId(model);
+      if (!id) throw new Error(`${model} is not registered on chain yet, so it cannot be paid for`);
+      const w = await ctx.needWallet();
+      const price = await ctx.api(`/api/models/${model.slice(3)}/price`);
+      // the daemon charges for prompt + max_tokens tokens; a prompt token is rarely under 2 characters
+      const tokens = BigInt(Math.ceil(JSON.stringify(body.messages).length / 2) + 64 + body.max_tokens);
+      const amount = (BigInt(price.effective_price_per_1k) * tokens + 999n) / 1000n;
+      const allowance = wordAt(await w.call(w.contract("OpenToken"), calldata("allowance(address,address)", [w.address, w.contract("FeeRouter")])));
+      if (allowance < amount) {
+        msg.textContent = "Approve OPEN for FeeRouter in the wallet…";
+        await w.send("OpenToken", "approve(address,uint256)", [w.contract("FeeRouter"), amount * 20n], "approving OPEN");
+      }
+      const rid = toHex(crypto.getRandomValues(new Uint8Array(32)));
+      msg.textContent = `Pay ${formatOpen(amount, 6)} OPEN for this answer in the wallet…`;
+      await w.send("FeeRouter", "payInference(uint256,bytes32,uint256)", [id, rid, amount], "paying for the answer");
+      body.request_id = rid;
+      body.payer = w.address;
+    }
+    msg.textContent = "Generating…";
+    abort = new AbortController();
+    const res = await ctx.api("/v1/chat/completions", { json: body, raw: true, signal: abort.signal });
+    let answer = "";
+    let meta = null;
+    let attribution = null;
+    await readSse(res, (ev) => {
+      if (ev.data === "[DONE]") return;
+      const c = JSON.parse(ev.data);
+      if (c.openledger?.inference_id) meta = c.openledger;
+      if (c.openledger?.attribution) attribution = c.openledger.attribution;
+      const d = c.choices?.[0]?.delta?.content;
+      if (d) {
+        answer += d;
+        answerEl.textContent = answer;
+      }
+    });
+    history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+    msg.textContent = "";
+    if (meta?.inference_id && model.startsWith("ft-")) {
+      const box = h("div", { class: "attribution" }, h("p", { class: "muted" }, "Tracing the answer to its training data…"));
+      answerEl.after(box);
+      showAttribution(ctx, answerEl, box, answer, meta, attribution);
+    }
+  };
+
+  const form = h("form", {}, field("Model", sel), field("Payment", pay), payHelp, field("Message", input), send, msg);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    msg.className = "";
+    busy(send, "Answering…", ask, (e) => {
+      msg.className = "error";
+      msg.textContent = e.name === "AbortError" ? "stopped" : e.message;
+    });
+  });
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) {
+      ev.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  return h("section", {}, h("h1", {}, "Chat"),
+    models.length === 0 ? h("p", { class: "error" }, "This daemon serves no model.") : null,
+    h("div", { class: "card" }, log), h("div", { class: "card" }, form));
+}
+
+async function showAttribution(ctx, answerEl, box, answer, meta, att) {
+  for (let i = 0; i < 120 && !att?.weights; i++) {
+    await sleep(i === 0 ? 0 : 1000);
+    att = await ctx.api(`/api/inferences/${meta.inference_id}/attribution`).catch(() => att);
+  }
+  if (!att) {
+    box.replaceChildren(h("p", { class: "muted" }, "No attribution for this answer."));
+    return;
+  }
+  // highlight the spans found in the training data, each linked to its first contribution
+  answerEl.replaceChildren(...segments(answer, att.spans).map((s) => {
+    if (!s.span) return s.text;
+    const c = s.span.contributions?.[0];
+    const who = (s.span.contributions ?? []).map((x) => `contribution #${x.contribution_id} by ${shortHex(x.contributor)}`).join(", ");
+    const label = `from ${who || "the training data"}`;
+    return h("mark", { title: label }, c ? h("a", { href: `#/datanets/${c.datanet_id}?contribution=${c.contribution_id}`, "aria-label": `${s.text}, ${label}` }, s.text) : s.text);
+  }));
+  let pool = null;
+  const payment = meta.payment;
+  if (payment?.amount) {
+    try {
+      const rpc = ctx.wallet ?? (ctx.config.rpc_url ? { call: (to, data) => jsonRpc(ctx.config.rpc_url).request({ method: "eth_call", params: [{ to, data }, "latest"] }) } : null);
+      if (rpc) {
+        const r = await rpc.call(ctx.config.contracts.FeeRouter, calldata("split()"));
+        pool = poolOf(payment.amount, { burnBps: wordAt(r, 0), developerBps: wordAt(r, 1), treasuryBps: wordAt(r, 2) });
+      }
+    } catch {
+      pool = null;
+    }
+  }
+  const w = att.weights;
+  const sh = shares(w, pool);
+  box.replaceChildren(
+    h("p", {}, payment?.amount ? `Fee ${formatOpen(payment.amount, 6)} OPEN (${payment.mode.replace("_", " ")})` : "", pool != null ? `; contributors' pool ${formatOpen(pool, 6)} OPEN, shared as below` : "",
+      w ? `; ${ppmPercent(w.no_attribution)} not attributed (to the protocol).` : "."),
+    sh.length
+      ? table(["contributor", "share of this answer", "", "OPEN"], sh.map((s) => [
+          h("a", { href: `#/rewards?address=${s.contributor}` }, h("code", { title: s.contributor }, shortHex(s.contributor))),
+          ppmPercent(s.ppm), h("div", { class: "bar", role: "img", "aria-label": ppmPercent(s.ppm) }, barFill(s.ppm)),
+          s.wei == null ? "—" : formatOpen(s.wei, 6),
+        ]), "", "Contributors of this answer")
+      : h("p", { class: "muted" }, "No contribution shaped this answer enough to be paid."),
+    h("p", { class: "help" }, `Method ${att.method}; inference ${meta.inference_id}. Shares settle on chain in the next epoch.`));
+}
+
+function barFill(ppm) {
+  const s = h("span");
+  s.style.width = `${Math.min(100, Number(ppm) / 1e4)}%`;
+  return s;
+}

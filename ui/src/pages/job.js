@@ -1,0 +1,79 @@
+// A training job, live: state, progress, the train and eval loss chart, tokens/s, ETA, logs; cancel.
+import { h, trusted, badge, busy } from "../dom.js";
+import { lineChart } from "../chart.js";
+import { formatDuration } from "../format.js";
+import { eta } from "../estimate.js";
+
+export async function render(ctx, [id]) {
+  const need = ctx.needSignIn("follow a job");
+  if (need) return h("section", {}, h("h1", {}, `Job ${id}`), need);
+  const title = h("h1", {}, `Training job #${id}`);
+  const stats = h("div", { class: "grid", "aria-live": "polite" });
+  const chart = h("div", { class: "card" });
+  const logs = h("pre", { class: "card mono", tabindex: "0", "aria-label": "Job log" });
+  const actions = h("div", { class: "row" });
+  const err = h("p", { class: "error", role: "alert" });
+  let logAfter = 0;
+  let stopped = false;
+  ctx.onLeave(() => (stopped = true));
+
+  const tick = async () => {
+    const [job, metrics] = await Promise.all([ctx.api(`/api/jobs/${id}`), ctx.api(`/api/jobs/${id}/metrics`)]);
+    const lines = await ctx.api(`/api/jobs/${id}/logs?after=${logAfter}`).catch(() => []);
+    for (const l of lines) {
+      logs.append(`${new Date(l.at).toLocaleTimeString()} ${l.level} ${l.message}\n`);
+      logAfter = Math.max(logAfter, l.seq);
+    }
+    if (lines.length) logs.scrollTop = logs.scrollHeight;
+    const series = (name) => metrics.filter((p) => p.name === name).map((p) => [p.step, p.value]);
+    const loss = series("loss");
+    const evalLoss = series("eval_loss");
+    const last = (name) => series(name).at(-1)?.[1];
+    const total = job.params?.config?.steps ?? null;
+    const step = loss.at(-1)?.[0] ?? 0;
+    const elapsed = job.started_at ? (Date.now() - Date.parse(job.started_at)) / 1000 : null;
+    const left = job.state === "running" ? last("eta_s") ?? eta(step, total, elapsed) : null;
+    const s = (label, v) => h("div", { class: "stat" }, h("b", {}, v), label);
+    stats.replaceChildren(
+      h("div", { class: "stat" }, h("b", {}, badge(job.state)), "state"),
+      s("progress", `${Math.round((job.progress ?? 0) * 100)}%${total ? ` (step ${step} of ${total})` : ""}`),
+      s("train loss", loss.length ? loss.at(-1)[1].toFixed(3) : "—"),
+      s("eval loss", evalLoss.length ? evalLoss.at(-1)[1].toFixed(3) : "—"),
+      s("tokens/s", last("tokens_per_s") != null ? Math.round(last("tokens_per_s")).toLocaleString() : "—"),
+      s("time left", left != null ? formatDuration(left) : job.state === "running" ? "estimating…" : "—"));
+    chart.replaceChildren(loss.length
+      ? trusted(lineChart([{ name: "train loss", points: loss }, { name: "eval loss", points: evalLoss }], { title: "Training and evaluation loss by step", xLabel: "step", yLabel: "loss" }))
+      : h("p", { class: "muted" }, job.state === "queued" ? "Waiting for a worker…" : "The loss appears after the first step."));
+    const done = ["succeeded", "failed", "cancelled"].includes(job.state);
+    actions.replaceChildren();
+    if (!done) {
+      const b = h("button", { type: "button", class: "danger", disabled: job.cancel_requested }, job.cancel_requested ? "Cancelling…" : "Cancel training");
+      b.addEventListener("click", () => busy(b, "Cancelling…", () => ctx.api(`/api/jobs/${id}/cancel`, { method: "POST" }), (e) => (err.textContent = e.message)));
+      actions.append(b);
+    }
+    if (job.state === "succeeded") {
+      actions.append(h("a", { class: "button", href: `#/models/${id}` }, "Model page"), h("a", { class: "button", href: `#/chat?model=ft-${id}` }, "Chat with it"));
+      const pub = job.result?.published;
+      if (pub) actions.append(h("span", { class: "muted" }, ` registered on chain as model ${pub.model_id}`));
+    }
+    err.textContent = job.state === "failed" ? `Failed: ${job.error ?? "see the log"}` : "";
+    return done;
+  };
+
+  const loop = async () => {
+    while (!stopped) {
+      let done = false;
+      try {
+        done = await tick();
+      } catch (e) {
+        err.textContent = e.message;
+      }
+      if (done) return;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  };
+  await tick().catch((e) => (err.textContent = e.message));
+  loop();
+  return h("section", {}, title, stats, chart, actions, err, h("h2", {}, "Log"), logs,
+    h("p", { class: "help" }, "Refreshes every second while the job runs."));
+}

@@ -1,0 +1,58 @@
+// A model's provenance (base model, Datanet versions, the contributions trained on, hashes, on-chain ids and
+// transactions) and its price per 1,000 tokens, which its developer sets.
+import { h, field, table, busy } from "../dom.js";
+import { formatOpen, parseOpen, shortHex } from "../format.js";
+
+export async function render(ctx, [id]) {
+  const [detail, price] = await Promise.all([ctx.api(`/api/models/${id}`), ctx.api(`/api/models/${id}/price`)]);
+  const m = detail; // the model's fields, flattened, with sources and files
+  const job = ctx.address ? await ctx.api(`/api/jobs/${id}`).catch(() => null) : null;
+  const published = job?.result?.published ?? null;
+  const byContributor = new Map();
+  for (const s of detail.sources) byContributor.set(s.contributor, (byContributor.get(s.contributor) ?? 0) + 1);
+  const kv = (k, v) => [h("dt", {}, k), h("dd", {}, v)];
+  const out = h("section", {},
+    h("h1", {}, `Model ft-${m.job_id}`),
+    h("div", { class: "row" }, h("a", { class: "button", href: `#/chat?model=ft-${m.job_id}` }, "Chat with it")),
+    h("h2", {}, "Provenance"),
+    h("dl", { class: "card" },
+      kv("Base model", `${m.base_model} (sha256 ${shortHex(m.base_model_hash, 8)})`),
+      kv("Developer", h("code", {}, m.owner)),
+      kv("Trained on", (m.datanets ?? []).map((d) => h("div", {}, h("a", { href: `#/datanets/${d.datanet_id}` }, `Datanet ${d.datanet_id}`), ` version ${d.version}, root `, h("code", {}, shortHex(d.root, 8))))),
+      kv("Contributions", `${detail.sources.length} from ${byContributor.size} contributor(s)`),
+      kv("Adapter sha256", h("code", {}, m.adapter_hash)),
+      kv("Manifest sha256 (on-chain training-config hash)", h("code", {}, m.manifest_hash)),
+      kv("On chain", m.model_id ? `model ${m.model_id}, adapter ${m.adapter_id ?? "—"}${m.chain_id ? ` on chain ${m.chain_id}` : ""}` : "not registered yet"),
+      published ? kv("Transactions", Object.entries(published).filter(([k]) => /tx|hash/i.test(k)).map(([k, v]) => h("div", {}, `${k}: `, h("code", {}, String(v))))) : null,
+      kv("Files", detail.files.map((f) => h("div", {}, h("a", { href: `/api/models/${m.job_id}/files/${f}` }, f))))),
+    h("h2", {}, "Contributions trained on"),
+    table(["source", "Datanet", "contribution", "contributor", "examples", "tokens"], detail.sources.map((s) => [
+      String(s.source), h("a", { href: `#/datanets/${s.datanet_id}` }, s.datanet_id),
+      h("a", { href: `#/datanets/${s.datanet_id}?contribution=${s.contribution_id}` }, `#${s.contribution_id}`),
+      h("code", { title: s.contributor }, shortHex(s.contributor)), String(s.examples), String(s.tokens),
+    ]), "None (an imported adapter).", "Training sources"),
+    priceCard(ctx, m, price));
+  return out;
+}
+
+function priceCard(ctx, m, price) {
+  const eff = price.effective_price_per_1k;
+  const card = h("div", { class: "card" }, h("h2", {}, "Price"),
+    h("p", {}, eff == null ? "This daemon does not serve models." : `${formatOpen(eff, 6)} OPEN per 1,000 tokens (prompt plus answer) ${price.price_per_1k == null ? "— the daemon's default" : "— set by the developer"}.`));
+  if (ctx.address !== m.owner.toLowerCase()) return card;
+  const input = h("input", { type: "text", inputmode: "decimal", value: price.price_per_1k == null ? "" : formatOpen(price.price_per_1k, 18).replace(/,/g, "") });
+  const msg = h("p", { role: "status" });
+  const save = h("button", { type: "submit" }, "Set price");
+  const form = h("form", {}, field("Your price (OPEN per 1,000 tokens)", input, "Empty: use the daemon's default. Part of each fee goes to the contributors whose data answered."), save, msg);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    busy(save, "Saving…", async () => {
+      const v = input.value.trim();
+      await ctx.api(`/api/models/${m.job_id}/price`, { method: "PUT", json: { price_per_1k: v === "" ? null : parseOpen(v).toString() } });
+      ctx.toast("Price saved");
+      ctx.refresh();
+    }, (e) => { msg.className = "error"; msg.textContent = e.message; });
+  });
+  card.append(form);
+  return card;
+}

@@ -1,0 +1,50 @@
+// Reference values from foundry's cast (cast keccak / calldata / to-check-sum-address / sig).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { keccakHex, checksumAddress } from "../src/keccak.js";
+import { calldata, selector, describeRevert, errorTable, wordAt } from "../src/abi.js";
+
+test("keccak256 matches cast for empty, short, one-block and multi-block inputs", () => {
+  assert.equal(keccakHex(""), "0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470");
+  assert.equal(keccakHex("abc"), "0x4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45");
+  assert.equal(keccakHex("a".repeat(200)), "0x96ea54061def936c4be90b518992fdc6f12f535068a256229aca54267b4d084d");
+  // exactly one rate (136 bytes): the padding takes a block of its own
+  assert.equal(keccakHex("b".repeat(136)), "0x121b76d0b19f3c2c7632310b92c54cddd59d16a6b5aafe84696426f10e5733bf");
+});
+
+test("EIP-55 checksums", () => {
+  assert.equal(checksumAddress("0x70997970c51812dc3a010c7d01b50e0d17dc79c8"), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+  assert.throws(() => checksumAddress("0x1234"), /not an address/);
+});
+
+test("calldata with strings, string[], address[], bytes32[] and uint64 matches cast", () => {
+  assert.equal(
+    "0x" + calldata("createDatanet(string,string[],bool,address[])", ["data:application/json,x", ["demo", "two"], false, ["0x70997970c51812dc3a010c7d01b50e0d17dc79c8"]]).slice(2),
+    "0x429d6fdd000000000000000000000000000000000000000000000000000000000000008000000000000000000000000000000000000000000000000000000000000000c0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001a00000000000000000000000000000000000000000000000000000000000000017646174613a6170706c69636174696f6e2f6a736f6e2c78000000000000000000000000000000000000000000000000000000000000000000000000000000000200000000000000000000000000000000000000000000000000000000000000400000000000000000000000000000000000000000000000000000000000000080000000000000000000000000000000000000000000000000000000000000000464656d6f00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000374776f0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000100000000000000000000000070997970c51812dc3a010c7d01b50e0d17dc79c8",
+  );
+  assert.equal(
+    calldata("claim(address,uint256,bytes32[])", ["0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "12345", ["0x" + "11".repeat(32), "0x" + "22".repeat(32)]]),
+    "0x3d13f87400000000000000000000000070997970c51812dc3a010c7d01b50e0d17dc79c800000000000000000000000000000000000000000000000000000000000030390000000000000000000000000000000000000000000000000000000000000060000000000000000000000000000000000000000000000000000000000000000211111111111111111111111111111111111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
+  );
+  assert.equal(calldata("publishVersion(uint256,bytes32,uint64,string)", [3, "0x" + "11".repeat(32), 7n, "héllo"]), "0xc561ba040000000000000000000000000000000000000000000000000000000000000003111111111111111111111111111111111111111111111111111111111111111100000000000000000000000000000000000000000000000000000000000000070000000000000000000000000000000000000000000000000000000000000080000000000000000000000000000000000000000000000000000000000000000668c3a96c6c6f0000000000000000000000000000000000000000000000000000");
+  assert.equal(selector("reviewContributions(uint256,uint256[],bool)"), "0x670a00c6");
+});
+
+test("bad values are refused by name", () => {
+  assert.throws(() => calldata("approve(address,uint256)", ["0x12", 1]), /address/);
+  assert.throws(() => calldata("approve(address,uint256)", ["0x70997970c51812dc3a010c7d01b50e0d17dc79c8", -1]), /out of range/);
+  assert.throws(() => calldata("publishVersion(uint256,bytes32,uint64,string)", [1, "0x" + "11".repeat(32), 2n ** 64n, ""]), /uint64: out of range/);
+  assert.throws(() => calldata("approve(address,uint256)", ["0x70997970c51812dc3a010c7d01b50e0d17dc79c8"]), /expected 2 values/);
+});
+
+test("revert data is named from the ABIs' custom errors", () => {
+  const abi = [{ type: "error", name: "InvalidProof", inputs: [{ name: "account", type: "address" }, { name: "amount", type: "uint256" }] }];
+  const t = errorTable([abi]);
+  const data = selector("InvalidProof(address,uint256)") + "0".repeat(24) + "70997970c51812dc3a010c7d01b50e0d17dc79c8" + (5n).toString(16).padStart(64, "0");
+  assert.equal(describeRevert(data, t), "InvalidProof(account=0x70997970c51812dc3a010c7d01b50e0d17dc79c8, amount=5)");
+  assert.equal(describeRevert("0xdeadbeef", t), null);
+  // Error(string) "nope"
+  const reason = "0x08c379a0" + (32).toString(16).padStart(64, "0") + (4).toString(16).padStart(64, "0") + "6e6f7065".padEnd(64, "0");
+  assert.equal(describeRevert(reason, t), "nope");
+  assert.equal(wordAt("0x" + "0".repeat(63) + "a" + "0".repeat(62) + "ff", 1), 255n);
+});
