@@ -143,6 +143,24 @@ try {
   check(true, `job ${jobId}: the loss chart is drawn while it trains`);
   await page.getByRole("link", { name: "Chat with it" }).waitFor({ timeout: 900_000 });
   await shot("06-job");
+  const jobUrl = page.url();
+
+  // -- a long run, cancelled from its page
+  await go("#/train");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.getByLabel(`train on ${name}`).check();
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.getByLabel("Training steps").fill("5000");
+  await page.getByLabel("Sequence length (tokens)").fill("64");
+  await page.getByLabel("Held-out share").fill("0");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.getByRole("button", { name: "Start training" }).click();
+  await page.waitForURL(/#\/jobs\/\d+$/);
+  await page.getByRole("button", { name: "Cancel training" }).click();
+  await page.locator(".badge.cancelled").waitFor({ timeout: 120_000 });
+  check(true, "a running training job was cancelled from its page");
+  await page.goto(jobUrl);
+  await page.getByRole("link", { name: "Model page" }).waitFor();
 
   // -- the model page
   await page.getByRole("link", { name: "Model page" }).click();
@@ -163,6 +181,14 @@ try {
   check(attributed > 0, `the answer's contributors are listed (${attributed} rows, ${marks} highlighted spans)`);
   check((await page.locator(".attribution").textContent()).includes(me.slice(0, 8)), "the contributor listed is the signed-in account");
   await shot("08-chat");
+
+  // -- a second answer paid from the wallet itself (approve, then FeeRouter.payInference with a fresh
+  // request id the daemon finds on chain): the path a deployment without a sponsor takes
+  await page.getByLabel("Payment").selectOption("wallet");
+  await page.getByLabel("Message").fill("What does the Ordo guild trade?");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.getByText(/^Method /).nth(1).waitFor({ timeout: 180_000 });
+  check((await page.locator(".attribution").nth(1).textContent()).includes("(pay first)"), "the second answer was paid from the wallet (pay first)");
 
   // -- rewards: wait for the settlement, skip the devnet challenge delay, claim
   let claimed = false;

@@ -45,7 +45,7 @@ export function layout(series, { width = 640, height = 240, pad = 36, bars = fal
 
 /** The whole chart as SVG markup, with a title and axis labels for screen readers. */
 export function lineChart(series, { title, xLabel, yLabel, width = 640, height = 240, bars = false } = {}) {
-  const pad = 56;
+  const pad = 64;
   const L = layout(series, { width, height, pad, bars });
   const colors = ["var(--c1)", "var(--c2)", "var(--c3)"];
   const yt = ticks(L.y.lo, L.y.hi)

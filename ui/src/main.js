@@ -41,6 +41,21 @@ const ctx = {
   /** Uses a wallet: remembers it, asks for its account and checks the chain. */
   async useWallet(w) {
     await w.connect();
+    if (w.kind === "injected" && typeof w.provider.on === "function" && !w.watched) {
+      // the session belongs to one address and one chain: a switch in the wallet ends it
+      w.watched = true;
+      w.provider.on("accountsChanged", (accounts) => {
+        const a = (accounts?.[0] ?? "").toLowerCase();
+        if (this.address && a !== this.address) {
+          session.clear();
+          this.wallet = null;
+          renderAccount();
+          this.toast("The wallet switched accounts: sign in again as the new one.", true);
+          route(true);
+        }
+      });
+      w.provider.on("chainChanged", () => location.reload());
+    }
     this.wallet = w;
     localStorage.setItem(WALLET_KEY, JSON.stringify({ kind: w.kind, address: w.address }));
     renderAccount();
@@ -65,7 +80,7 @@ const ctx = {
   async signIn(w) {
     await this.useWallet(w);
     const n = await api("/api/auth/nonce");
-    const message = siweMessage({ domain: n.domain, address: w.address, chainId: n.chain_id, nonce: n.nonce });
+    const message = siweMessage({ domain: n.domain, address: w.address, chainId: n.chain_id, nonce: n.nonce, uri: `${location.protocol}//${n.domain}` });
     const signature = await w.personalSign(message);
     const s = await api("/api/auth/siwe", { json: { message, signature } });
     session.set({ token: s.token, address: s.address.toLowerCase(), expires_at: s.expires_at });

@@ -12,7 +12,7 @@ export async function render(ctx, _params, query) {
   const models = (await ctx.api("/v1/models")).data ?? [];
   const adapters = await ctx.api("/api/models?limit=1000").catch(() => []);
   const modelId = (name) => adapters.find((m) => `ft-${m.job_id}` === name)?.model_id ?? null;
-  const sel = h("select", {}, models.map((m) => h("option", { value: m.id }, m.id === "ft-" ? m.id : m.id)));
+  const sel = h("select", {}, models.map((m) => h("option", { value: m.id }, m.id.startsWith("ft-") ? `${m.id} (fine-tuned)` : `${m.id} (base model)`)));
   const wanted = query.get("model");
   sel.value = models.some((m) => m.id === wanted) ? wanted : (models.find((m) => m.id.startsWith("ft-"))?.id ?? models[0]?.id ?? "");
   const pay = h("select", {});
