@@ -22,7 +22,8 @@ node --test ui/test/ >&2
 CHROMIUM="$(ui_chromium)"
 [ -x "$CHROMIUM" ] || die "no Chromium at $CHROMIUM: run scripts/setup.sh (Debian package chromium) or set OPENLEDGER_CHROMIUM"
 [ -d node_modules/playwright-core ] || die "playwright-core missing: run scripts/setup.sh"
-[ -x "$OPENLEDGER_BIN" ] || cargo build --locked -q -p openledger-daemon
+# the UI is compiled into the binary: build every time (a no-op when nothing changed)
+cargo build --locked -q -p openledger-daemon
 SHOTS="${OPENLEDGER_UI_SCREENSHOTS:-$ROOT/.dev/ui-screenshots}"
 rm -rf "$SHOTS"
 

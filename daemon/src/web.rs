@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,16 +35,34 @@ pub fn routes() -> Router<AppState> {
         .layer(CompressionLayer::new().gzip(true))
 }
 
-async fn index(headers: HeaderMap) -> Response {
-    serve(Ui::get("index.html"), "index.html", &headers)
+async fn index(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    serve(Ui::get("index.html"), "index.html", &headers, &s)
 }
 
-async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+async fn asset(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let file = match path.strip_prefix("abi/") {
         Some(name) => Abi::get(name),
         None => Ui::get(&path),
     };
-    serve(file, &path, &headers)
+    serve(file, &path, &headers, &s)
+}
+
+/// The page may talk to this daemon and to the chain's advertised RPC node, nothing else.
+fn csp(rpc: Option<&str>) -> String {
+    let origin = rpc.and_then(|u| {
+        let (scheme, rest) = u.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some(format!(" {scheme}://{host}"))
+    });
+    format!(
+        "default-src 'self'; connect-src 'self'{}; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        origin.unwrap_or_default()
+    )
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -58,7 +76,12 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-fn serve(file: Option<rust_embed::EmbeddedFile>, path: &str, headers: &HeaderMap) -> Response {
+fn serve(
+    file: Option<rust_embed::EmbeddedFile>,
+    path: &str,
+    headers: &HeaderMap,
+    s: &AppState,
+) -> Response {
     let Some(file) = file else {
         return ApiError::NotFound(format!("no UI file {path}")).into_response();
     };
@@ -90,16 +113,28 @@ fn serve(file: Option<rust_embed::EmbeddedFile>, path: &str, headers: &HeaderMap
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        // the dev wallet talks to the chain's JSON-RPC URL, which may be any host
-        HeaderValue::from_static(
-            "default-src 'self'; connect-src *; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-        ),
-    );
+    if let Ok(v) = HeaderValue::from_str(&csp(s.cfg.public_rpc_url.as_deref())) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csp;
+
+    #[test]
+    fn the_policy_names_the_rpc_origin_only() {
+        let c = csp(Some("http://127.0.0.1:8545/path?key=1"));
+        assert!(
+            c.contains("connect-src 'self' http://127.0.0.1:8545;"),
+            "{c}"
+        );
+        assert!(!c.contains("key=1"), "{c}");
+        assert!(csp(None).contains("connect-src 'self';"));
+    }
 }

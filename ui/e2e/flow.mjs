@@ -25,6 +25,8 @@ const check = (ok, what) => {
   if (!ok) throw new Error(`check failed: ${what}`);
   log("ok:", what);
 };
+/** Counts a step whose proof is the wait just before it (a waitFor throws when the page never gets there). */
+const reached = (what) => check(true, what);
 
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
@@ -77,6 +79,9 @@ try {
   // -- keyboard: the skip link is the first stop and lands on the content
   await page.keyboard.press("Tab");
   check(await page.evaluate(() => document.activeElement?.classList.contains("skip")), "Tab reaches the skip link first");
+  await page.keyboard.press("Enter");
+  check(await page.evaluate(() => document.activeElement?.id === "main" && document.querySelector("main h1")?.textContent === "OpenLedger"),
+    "the skip link moves the focus to the page's content and keeps the page");
 
   // -- connect: sign in with dev account #0 (it holds the dev OPEN allocation)
   await page.getByRole("link", { name: "Connect" }).first().click();
@@ -99,7 +104,7 @@ try {
   await page.waitForURL(/#\/datanets\/\d+$/, { timeout: 120_000 });
   await page.getByRole("heading", { name }).waitFor();
   const datanetId = page.url().split("/").pop();
-  check(true, `Datanet ${datanetId} created from the wallet and indexed`);
+  reached(`Datanet ${datanetId} created from the wallet and indexed`);
 
   // -- contribute three facts (EIP-712 signed by the wallet, relayed by the daemon)
   await page.getByLabel("Paste rows").fill([
@@ -113,52 +118,46 @@ try {
   await shot("03-datanet-contributed");
   await page.getByRole("button", { name: "Accept selected" }).click();
   await page.getByText("Nothing waits for review.").waitFor({ timeout: 120_000 });
-  check(true, "the contribution was accepted on chain and indexed");
+  reached("the contribution was accepted on chain and indexed");
 
   // -- publish version 1
   await page.getByRole("button", { name: "Publish version 1" }).click();
   await page.getByRole("button", { name: "Publish version 2" }).waitFor({ timeout: 120_000 });
-  check(true, "version 1 published");
+  reached("version 1 published");
   await shot("04-datanet");
 
   // -- train in the wizard
-  await go("#/train");
-  await page.getByRole("button", { name: "Next" }).click();
-  await page.getByLabel(`train on ${name}`).check();
-  await page.getByRole("button", { name: "Next" }).click();
-  await page.getByLabel("Training steps").fill("12");
-  await page.getByLabel("Learning rate").fill("0.002");
-  await page.getByLabel("Sequence length (tokens)").fill("64");
-  await page.getByLabel("Batch size").fill("3");
-  await page.getByLabel("Held-out share").fill("0");
-  await labelled("the training wizard");
-  await page.getByRole("button", { name: "Next" }).click();
-  await page.locator("#estimate").waitFor();
+  /** Walks the wizard to its review step for the Datanet `name` with these settings. */
+  const wizard = async (settings) => {
+    await go("#/train");
+    await page.getByRole("button", { name: "Next" }).click();
+    await page.getByLabel(`train on ${name}`).check();
+    await page.getByRole("button", { name: "Next" }).click();
+    for (const [label, value] of Object.entries(settings)) await page.getByLabel(label).fill(value);
+    await labelled("the training wizard");
+    await page.getByRole("button", { name: "Next" }).click();
+    await page.locator("#estimate").waitFor();
+  };
+  await wizard({ "Training steps": "12", "Learning rate": "0.002", "Sequence length (tokens)": "64", "Batch size": "3", "Held-out share": "0" });
   check((await page.locator("#estimate").textContent()).includes("2,304 tokens"), "the estimate counts 12 x 3 x 64 tokens");
   await shot("05-train-review");
   await page.getByRole("button", { name: "Start training" }).click();
   await page.waitForURL(/#\/jobs\/\d+$/);
   const jobId = page.url().split("/").pop();
   await page.locator("svg.chart").waitFor({ timeout: 300_000 });
-  check(true, `job ${jobId}: the loss chart is drawn while it trains`);
+  reached(`job ${jobId}: the loss chart is drawn while it trains`);
   await page.getByRole("link", { name: "Chat with it" }).waitFor({ timeout: 900_000 });
   await shot("06-job");
   const jobUrl = page.url();
 
   // -- a long run, cancelled from its page
-  await go("#/train");
-  await page.getByRole("button", { name: "Next" }).click();
-  await page.getByLabel(`train on ${name}`).check();
-  await page.getByRole("button", { name: "Next" }).click();
-  await page.getByLabel("Training steps").fill("5000");
-  await page.getByLabel("Sequence length (tokens)").fill("64");
-  await page.getByLabel("Held-out share").fill("0");
-  await page.getByRole("button", { name: "Next" }).click();
+  await wizard({ "Training steps": "5000", "Sequence length (tokens)": "64", "Held-out share": "0" });
   await page.getByRole("button", { name: "Start training" }).click();
   await page.waitForURL(/#\/jobs\/\d+$/);
+  await page.locator(".badge.running").waitFor({ timeout: 120_000 });
   await page.getByRole("button", { name: "Cancel training" }).click();
   await page.locator(".badge.cancelled").waitFor({ timeout: 120_000 });
-  check(true, "a running training job was cancelled from its page");
+  reached("a running training job was cancelled from its page");
   await page.goto(jobUrl);
   await page.getByRole("link", { name: "Model page" }).waitFor();
 
@@ -223,7 +222,10 @@ try {
   // -- narrow screens: the menu folds
   await page.setViewportSize({ width: 390, height: 800 });
   await go("#/datanets");
-  check(await page.getByRole("button", { name: "Menu" }).isVisible(), "a menu button on a phone-sized screen");
+  const menu = page.getByRole("button", { name: "Menu" });
+  check(await menu.isVisible() && !(await page.getByRole("link", { name: "Rewards" }).first().isVisible()), "a phone-sized screen folds the navigation behind a menu button");
+  await menu.click();
+  check(await page.getByRole("link", { name: "Rewards" }).first().isVisible() && (await menu.getAttribute("aria-expanded")) === "true", "the menu opens the navigation");
   await shot("12-mobile-datanets");
 
   // -- an injected EIP-1193 wallet (what MetaMask provides), here one that forwards to the devnet node for

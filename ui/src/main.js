@@ -3,7 +3,7 @@
 import { api, session, onSignedOut } from "./api.js";
 import { h, mount } from "./dom.js";
 import { siweMessage } from "./siwe.js";
-import { Wallet } from "./wallet.js";
+import { Wallet, jsonRpc } from "./wallet.js";
 import { shortHex } from "./format.js";
 
 const ROUTES = [
@@ -20,6 +20,9 @@ const ROUTES = [
   [/^\/operator$/, "operator"],
 ];
 const WALLET_KEY = "openledger.wallet";
+// providers whose account and chain events are already watched (one listener each, however often the
+// wallet is reconnected)
+const watched = new WeakSet();
 
 const ctx = {
   config: null,
@@ -34,16 +37,16 @@ const ctx = {
     return session.get()?.address ?? null;
   },
   toast(message, bad = false) {
-    const t = h("div", { class: `toast${bad ? " bad" : ""}`, role: bad ? "alert" : "status" }, message);
+    const t = h("div", { class: `toast${bad ? " bad" : ""}` }, message);
     document.getElementById("toasts").append(t);
     setTimeout(() => t.remove(), bad ? 12000 : 5000);
   },
   /** Uses a wallet: remembers it, asks for its account and checks the chain. */
   async useWallet(w) {
     await w.connect();
-    if (w.kind === "injected" && typeof w.provider.on === "function" && !w.watched) {
+    if (w.kind === "injected" && typeof w.provider.on === "function" && !watched.has(w.provider)) {
       // the session belongs to one address and one chain: a switch in the wallet ends it
-      w.watched = true;
+      watched.add(w.provider);
       w.provider.on("accountsChanged", (accounts) => {
         const a = (accounts?.[0] ?? "").toLowerCase();
         if (this.address && a !== this.address) {
@@ -74,7 +77,17 @@ const ctx = {
     if (saved?.kind === "dev" && this.config.dev_wallet) w = Wallet.dev(this.config, saved.address);
     else if (saved?.kind === "injected") w = Wallet.injected(this.config);
     if (!w) throw new Error("connect a wallet first (Connect, top right)");
-    return this.useWallet(w);
+    await this.useWallet(w);
+    if (this.address && w.address !== this.address) {
+      throw new Error(`the wallet is on ${shortHex(w.address)} but you signed in as ${shortHex(this.address)}: switch it back, or sign in again`);
+    }
+    return w;
+  },
+  /** eth_call without asking the wallet for anything: the chain's public RPC, else a connected wallet. */
+  async read(to, data) {
+    if (this.config.rpc_url) return jsonRpc(this.config.rpc_url).request({ method: "eth_call", params: [{ to, data }, "latest"] });
+    if (this.wallet) return this.wallet.call(to, data);
+    throw new Error("no way to read the chain: connect a wallet");
   },
   /** Sign-In with Ethereum through the wallet: a fresh nonce, the wallet's signature, a session. */
   async signIn(w) {
@@ -121,6 +134,8 @@ function renderAccount() {
 }
 
 async function route(ev) {
+  // in-page anchors (the skip link) are not routes
+  if (location.hash && !location.hash.startsWith("#/")) return;
   for (const f of ctx.leave.splice(0)) {
     try {
       f();
@@ -128,6 +143,8 @@ async function route(ev) {
       // best effort
     }
   }
+  const token = Symbol();
+  route.current = token;
   const [path, qs] = (location.hash.replace(/^#/, "") || "/").split("?");
   const query = new URLSearchParams(qs ?? "");
   const main = document.getElementById("main");
@@ -137,16 +154,23 @@ async function route(ev) {
     else a.removeAttribute("aria-current");
   }
   document.getElementById("nav").classList.remove("open");
+  document.querySelector(".menu").setAttribute("aria-expanded", "false");
   if (!hit) {
     mount(main, h("h1", {}, "Not found"), h("p", {}, "No such page. ", h("a", { href: "#/" }, "Start here.")));
     return;
   }
   const [m, page] = hit;
-  const token = Symbol();
-  route.current = token;
+  // what the page gets: the shared context, with refresh/go/onLeave that do nothing (or clean up at
+  // once) when the user has already moved on, so a late answer never redraws another page
+  const current = () => route.current === token;
+  const pctx = Object.create(ctx);
+  pctx.refresh = () => current() && route(true);
+  pctx.go = (hash) => current() && ctx.go(hash);
+  pctx.onLeave = (fn) => (current() ? ctx.leave.push(fn) : fn());
+  pctx.current = current;
   try {
     const mod = await import(`./pages/${page}.js`);
-    const node = await mod.render(ctx, m.slice(1), query);
+    const node = await mod.render(pctx, m.slice(1), query);
     if (route.current !== token) return;
     mount(main, node);
     main.dataset.page = location.hash;
@@ -158,7 +182,10 @@ async function route(ev) {
   const h1 = main.querySelector("h1");
   document.title = h1 ? `${h1.textContent} · OpenLedger` : "OpenLedger";
   // a new page takes the focus (screen readers announce it); the first load leaves it to the skip link
-  if (ev) main.focus({ preventScroll: true });
+  if (ev) {
+    window.scrollTo(0, 0);
+    main.focus({ preventScroll: true });
+  }
 }
 
 async function start() {
@@ -179,6 +206,10 @@ async function start() {
     ctx.toast("Your session ended: sign in again.", true);
   });
   renderAccount();
+  document.querySelector(".skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    document.getElementById("main").focus();
+  });
   window.addEventListener("hashchange", route);
   await route(null);
 }

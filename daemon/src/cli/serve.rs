@@ -24,7 +24,9 @@ pub struct ServeArgs {
     /// The domain sign-in messages must name (EIP-4361 `domain`) [default: the --listen address].
     #[arg(long, env = "OPENLEDGER_SIWE_DOMAIN")]
     pub domain: Option<String>,
-    /// The chain's JSON-RPC URL as browsers reach it, for the web UI [default: --rpc-url when it is http(s)].
+    /// The chain's JSON-RPC URL as browsers reach it, for the web UI [default: --rpc-url when it is an
+    /// http(s) URL on a loopback host; a remote node's URL may carry an API key, so it is never published
+    /// unless given here].
     #[arg(long, env = "OPENLEDGER_PUBLIC_RPC_URL")]
     pub public_rpc_url: Option<String>,
     /// Offer the node's unlocked accounts (anvil's well-known dev keys) as a wallet in the web UI. Devnets
@@ -259,11 +261,16 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.siwe.session_ttl = Duration::from_secs(args.session_ttl_secs.max(60));
     api.signature_ttl = Duration::from_secs(args.signature_ttl_secs.clamp(60, 604_800));
     api.ready_max_lag = args.ready_max_lag;
-    api.public_rpc_url = args.public_rpc_url.clone().or_else(|| {
-        let u = &args.chain.rpc_url;
-        (u.starts_with("http://") || u.starts_with("https://")).then(|| u.clone())
-    });
+    api.public_rpc_url = args
+        .public_rpc_url
+        .clone()
+        .or_else(|| loopback_http(&args.chain.rpc_url));
     api.dev_wallet = args.dev_wallet;
+    if args.dev_wallet && api.public_rpc_url.is_none() {
+        tracing::warn!(
+            "--dev-wallet needs a browser-reachable --public-rpc-url (the --rpc-url is not local http): the web UI offers no dev accounts"
+        );
+    }
     api.worker_slots = args.workers;
     api.settle_every_secs = (args.settle_every_secs > 0).then_some(args.settle_every_secs);
     let indexer = (!args.no_index).then(|| {
@@ -311,4 +318,47 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("serve")?;
     Ok(())
+}
+
+/// `url` when it is http(s) on a loopback host (a local devnet), which is safe to show browsers.
+fn loopback_http(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    local.then(|| url.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_http;
+
+    #[test]
+    fn only_local_rpc_urls_are_published_by_default() {
+        for local in [
+            "http://127.0.0.1:8545",
+            "http://localhost:8545/",
+            "https://[::1]:8545",
+            "http://127.0.0.2",
+        ] {
+            assert_eq!(loopback_http(local).as_deref(), Some(local), "{local}");
+        }
+        for remote in [
+            "https://eth.example.com/v2/SECRET",
+            "http://10.0.0.5:8545",
+            "ws://127.0.0.1:8545",
+            "http://localhost.evil.com:8545",
+            "http://user:pw@example.com:8545",
+        ] {
+            assert_eq!(loopback_http(remote), None, "{remote}");
+        }
+    }
 }

@@ -5,7 +5,6 @@ import { readSse } from "../sse.js";
 import { segments, shares, poolOf } from "../attribution.js";
 import { formatOpen, ppmPercent, shortHex } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
-import { jsonRpc } from "../wallet.js";
 import { toHex } from "../keccak.js";
 
 export async function render(ctx, _params, query) {
@@ -14,7 +13,8 @@ export async function render(ctx, _params, query) {
   const modelId = (name) => adapters.find((m) => `ft-${m.job_id}` === name)?.model_id ?? null;
   const sel = h("select", {}, models.map((m) => h("option", { value: m.id }, m.id.startsWith("ft-") ? `${m.id} (fine-tuned)` : `${m.id} (base model)`)));
   const wanted = query.get("model");
-  sel.value = models.some((m) => m.id === wanted) ? wanted : (models.find((m) => m.id.startsWith("ft-"))?.id ?? models[0]?.id ?? "");
+  // the newest fine-tuned model unless one is asked for (the list is oldest first)
+  sel.value = models.some((m) => m.id === wanted) ? wanted : ([...models].reverse().find((m) => m.id.startsWith("ft-"))?.id ?? models[0]?.id ?? "");
   const pay = h("select", {});
   const payHelp = h("p", { class: "help" });
   const drawPay = () => {
@@ -37,6 +37,8 @@ export async function render(ctx, _params, query) {
   const msg = h("p", { role: "status" });
   const history = [];
   let abort = null;
+  // a payment made for an answer that then failed, kept for the next try: { model, rid, amount }
+  let unusedPayment = null;
   ctx.onLeave(() => abort?.abort());
 
   const ask = async () => {
@@ -45,68 +47,97 @@ export async function render(ctx, _params, query) {
     if (!sel.value) throw new Error("this daemon serves no model");
     const model = sel.value;
     const body = { model, messages: [...history, { role: "user", content: text }], stream: true, max_tokens: 64, temperature: 0 };
-    log.append(h("div", { class: "msg user" }, text));
+    const question = h("div", { class: "msg user" }, text);
     const answerEl = h("div", { class: "msg assistant" }, "…");
-    log.append(answerEl);
-    input.value = "";
-    if (pay.value === "wallet") {
-      const id = modelId(model);
-      if (!id) throw new Error(`${model} is not registered on chain yet, so it cannot be paid for`);
-      const w = await ctx.needWallet();
-      const price = await ctx.api(`/api/models/${model.slice(3)}/price`);
-      // the daemon charges for prompt + max_tokens tokens; a prompt token is rarely under 2 characters
-      const tokens = BigInt(Math.ceil(JSON.stringify(body.messages).length / 2) + 64 + body.max_tokens);
-      const amount = (BigInt(price.effective_price_per_1k) * tokens + 999n) / 1000n;
-      const allowance = wordAt(await w.call(w.contract("OpenToken"), calldata("allowance(address,address)", [w.address, w.contract("FeeRouter")])));
-      if (allowance < amount) {
-        msg.textContent = "Approve OPEN for FeeRouter in the wallet…";
-        await w.send("OpenToken", "approve(address,uint256)", [w.contract("FeeRouter"), amount * 20n], "approving OPEN");
-      }
-      const rid = toHex(crypto.getRandomValues(new Uint8Array(32)));
-      msg.textContent = `Pay ${formatOpen(amount, 6)} OPEN for this answer in the wallet…`;
-      await w.send("FeeRouter", "payInference(uint256,bytes32,uint256)", [id, rid, amount], "paying for the answer");
-      body.request_id = rid;
-      body.payer = w.address;
-    }
-    msg.textContent = "Generating…";
-    abort = new AbortController();
-    const res = await ctx.api("/v1/chat/completions", { json: body, raw: true, signal: abort.signal });
+    log.append(question, answerEl);
     let answer = "";
-    let meta = null;
-    let attribution = null;
-    await readSse(res, (ev) => {
-      if (ev.data === "[DONE]") return;
-      const c = JSON.parse(ev.data);
-      if (c.openledger?.inference_id) meta = c.openledger;
-      if (c.openledger?.attribution) attribution = c.openledger.attribution;
-      const d = c.choices?.[0]?.delta?.content;
-      if (d) {
-        answer += d;
-        answerEl.textContent = answer;
+    try {
+      if (pay.value === "wallet") await payFromWallet(model, body);
+      msg.textContent = "Generating…";
+      abort = new AbortController();
+      log.setAttribute("aria-busy", "true");
+      const res = await ctx.api("/v1/chat/completions", { json: body, raw: true, signal: abort.signal });
+      unusedPayment = null;
+      let meta = null;
+      let attribution = null;
+      await readSse(res, (ev) => {
+        if (ev.data === "[DONE]") return;
+        const c = JSON.parse(ev.data);
+        if (c.error) throw new Error(`the model failed: ${c.error.message ?? "unknown error"}`);
+        if (c.openledger?.inference_id) meta = c.openledger;
+        if (c.openledger?.attribution) attribution = c.openledger.attribution;
+        const d = c.choices?.[0]?.delta?.content;
+        if (d) {
+          answer += d;
+          answerEl.textContent = answer;
+        }
+      });
+      log.removeAttribute("aria-busy");
+      input.value = "";
+      history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+      msg.textContent = "";
+      if (meta?.inference_id && model.startsWith("ft-")) {
+        const box = h("div", { class: "attribution" }, h("p", { class: "muted" }, "Tracing the answer to its training data…"));
+        answerEl.after(box);
+        showAttribution(ctx, answerEl, box, answer, meta, attribution);
       }
-    });
-    history.push({ role: "user", content: text }, { role: "assistant", content: answer });
-    msg.textContent = "";
-    if (meta?.inference_id && model.startsWith("ft-")) {
-      const box = h("div", { class: "attribution" }, h("p", { class: "muted" }, "Tracing the answer to its training data…"));
-      answerEl.after(box);
-      showAttribution(ctx, answerEl, box, answer, meta, attribution);
+    } catch (e) {
+      // the question stays in the box for another try; the half answer is marked, not kept in the history
+      log.removeAttribute("aria-busy");
+      if (answer) answerEl.append(h("p", { class: "error" }, "(interrupted)"));
+      else {
+        question.remove();
+        answerEl.remove();
+      }
+      throw e;
     }
+  };
+
+  /** Pays FeeRouter for this request from the wallet (or reuses a payment whose answer failed). */
+  const payFromWallet = async (model, body) => {
+    const id = modelId(model);
+    if (!id) throw new Error(`${model} is not registered on chain yet, so it cannot be paid for`);
+    const w = await ctx.needWallet();
+    const price = await ctx.api(`/api/models/${model.slice(3)}/price`);
+    // the daemon charges prompt + max_tokens tokens; a token covers at least one UTF-8 byte, so the bytes
+    // of the messages plus the chat template's few dozen are an upper bound
+    const bytes = new TextEncoder().encode(body.messages.map((m) => m.content).join("")).length;
+    const tokens = BigInt(bytes + 32 * (body.messages.length + 1) + body.max_tokens);
+    const amount = (BigInt(price.effective_price_per_1k) * tokens + 999n) / 1000n;
+    if (unusedPayment && unusedPayment.model === model && unusedPayment.amount >= amount) {
+      body.request_id = unusedPayment.rid;
+      body.payer = w.address;
+      return;
+    }
+    const allowance = wordAt(await w.call(w.contract("OpenToken"), calldata("allowance(address,address)", [w.address, w.contract("FeeRouter")])));
+    if (allowance < amount) {
+      msg.textContent = "Approve OPEN for FeeRouter in the wallet…";
+      await w.send("OpenToken", "approve(address,uint256)", [w.contract("FeeRouter"), amount * 20n], "approving OPEN");
+    }
+    const rid = toHex(crypto.getRandomValues(new Uint8Array(32)));
+    msg.textContent = `Pay ${formatOpen(amount, 6)} OPEN for this answer in the wallet…`;
+    await w.send("FeeRouter", "payInference(uint256,bytes32,uint256)", [id, rid, amount], "paying for the answer");
+    unusedPayment = { model, rid, amount };
+    body.request_id = rid;
+    body.payer = w.address;
   };
 
   const form = h("form", {}, field("Model", sel), field("Payment", pay), payHelp, field("Message", input), send, msg);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
+    if (send.disabled) return;
     msg.className = "";
     busy(send, "Answering…", ask, (e) => {
       msg.className = "error";
-      msg.textContent = e.name === "AbortError" ? "stopped" : e.message;
+      const kept = unusedPayment ? " Your payment is kept: Send again to use it." : "";
+      msg.textContent = (e.name === "AbortError" ? "stopped" : e.message) + kept;
     });
   });
   input.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey) {
       ev.preventDefault();
-      form.requestSubmit();
+      // one question at a time: Enter while an answer streams does nothing
+      if (!send.disabled) form.requestSubmit(send);
     }
   });
   return h("section", {}, h("h1", {}, "Chat"),
@@ -135,11 +166,8 @@ async function showAttribution(ctx, answerEl, box, answer, meta, att) {
   const payment = meta.payment;
   if (payment?.amount) {
     try {
-      const rpc = ctx.wallet ?? (ctx.config.rpc_url ? { call: (to, data) => jsonRpc(ctx.config.rpc_url).request({ method: "eth_call", params: [{ to, data }, "latest"] }) } : null);
-      if (rpc) {
-        const r = await rpc.call(ctx.config.contracts.FeeRouter, calldata("split()"));
-        pool = poolOf(payment.amount, { burnBps: wordAt(r, 0), developerBps: wordAt(r, 1), treasuryBps: wordAt(r, 2) });
-      }
+      const r = await ctx.read(ctx.config.contracts.FeeRouter, calldata("split()"));
+      pool = poolOf(payment.amount, { burnBps: wordAt(r, 0), developerBps: wordAt(r, 1), treasuryBps: wordAt(r, 2) });
     } catch {
       pool = null;
     }

@@ -21,8 +21,7 @@ export async function render(ctx, [id], query) {
   let isCurator = isOwner;
   if (me && !isOwner) {
     try {
-      const w = await ctx.needWallet();
-      isCurator = wordAt(await w.call(w.contract("Registry"), calldata("isCurator(uint256,address)", [d.id, me]))) !== 0n;
+      isCurator = wordAt(await ctx.read(ctx.config.contracts.Registry, calldata("isCurator(uint256,address)", [d.id, me]))) !== 0n;
     } catch {
       isCurator = false;
     }
@@ -66,13 +65,14 @@ export async function render(ctx, [id], query) {
 
 const stat = (label, v) => h("div", { class: "stat" }, h("b", {}, String(v)), label);
 
-async function waitJob(ctx, id, onState) {
-  for (;;) {
+/** Polls a job until it ends; gives up after `minutes` (a daemon without workers never runs it). */
+async function waitJob(ctx, id, minutes = 10) {
+  for (let i = 0; i < minutes * 120; i++) {
     const j = await ctx.api(`/api/jobs/${id}`);
-    onState?.(j);
     if (["succeeded", "failed", "cancelled"].includes(j.state)) return j;
     await sleep(500);
   }
+  throw new Error(`job ${id} did not finish in ${minutes} minutes (does this daemon run workers? see Operator)`);
 }
 
 function contributeCard(ctx, d) {
@@ -118,10 +118,14 @@ function contributeCard(ctx, d) {
       const w = await ctx.needWallet();
       msg.textContent = "Uploading…";
       const up = await ctx.api(`/api/uploads?datanet_id=${encodeURIComponent(d.id)}&filename=${encodeURIComponent(filename)}`, { method: "POST", body, headers: { "content-type": type } });
-      msg.textContent = `Uploaded ${up.records} record(s). Sign the contribution in your wallet…`;
-      const payload = await ctx.api(`/api/uploads/${up.id}/typed-data`);
-      const signature = await w.signTypedData(payload.typed_data);
-      await ctx.api(`/api/uploads/${up.id}/relay`, { json: { signature, nonce: payload.nonce, deadline: payload.deadline } });
+      // the same content again is the same upload: sign only what is not on its way already
+      if (up.state === "confirmed") throw new Error(`this content is already contribution #${up.contribution?.id} of this Datanet`);
+      if (up.state === "uploaded" || up.state === "failed") {
+        msg.textContent = `Uploaded ${up.records} record(s). Sign the contribution in your wallet…`;
+        const payload = await ctx.api(`/api/uploads/${up.id}/typed-data`);
+        const signature = await w.signTypedData(payload.typed_data);
+        await ctx.api(`/api/uploads/${up.id}/relay`, { json: { signature, nonce: payload.nonce, deadline: payload.deadline } });
+      }
       for (let i = 0; i < 240; i++) {
         const u = await ctx.api(`/api/uploads/${up.id}`);
         msg.textContent = `Contribution ${u.state}…`;
@@ -191,8 +195,9 @@ function publishCard(ctx, d, st, versions) {
     if (done.state !== "succeeded") throw new Error(`the snapshot ${done.state}: ${done.error ?? ""}`);
     msg.textContent = "Confirm the version in the wallet…";
     const n = versions.length + 1;
+    // the snapshot's own URI names its root, where the leaves can be fetched
     await w.send("Registry", "publishVersion(uint256,bytes32,uint64,string)",
-      [d.id, done.result.root, done.result.contribution_count, `openledger://datanets/${d.id}/versions/${n}`], "publishing the version");
+      [d.id, done.result.root, done.result.contribution_count, done.result.uri], "publishing the version");
     msg.textContent = "Waiting for the indexer…";
     for (let i = 0; i < 120; i++) {
       if ((await ctx.api(`/api/datanets/${d.id}/versions`)).length >= n) break;

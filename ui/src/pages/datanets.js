@@ -57,10 +57,12 @@ function createForm(ctx) {
     h("label", { class: "inline" }, permissioned, "Permissioned: only contributors the owner or a curator allows may contribute"),
     field("Curators", curators, "Accounts that may accept or reject contributions besides you."),
     feeNote, submit, msg);
-  ctx.needWallet().then(async (w) => {
-    const fee = wordAt(await w.call(w.contract("Registry"), calldata("datanetFee()")));
-    feeNote.textContent = fee > 0n ? `Registration fee: ${formatOpen(fee)} OPEN (you hold ${formatOpen(await w.openBalance())}); the wallet asks to approve it, then to create.` : "No registration fee.";
-  }).catch((e) => (feeNote.textContent = e.message));
+  // read-only: no wallet prompt just for looking at the page
+  (async () => {
+    const fee = wordAt(await ctx.read(ctx.config.contracts.Registry, calldata("datanetFee()")));
+    const held = wordAt(await ctx.read(ctx.config.contracts.OpenToken, calldata("balanceOf(address)", [ctx.address])));
+    feeNote.textContent = fee > 0n ? `Registration fee: ${formatOpen(fee)} OPEN (you hold ${formatOpen(held)}); the wallet asks to approve it, then to create.` : "No registration fee.";
+  })().catch((e) => (feeNote.textContent = `The registration fee could not be read: ${e.message}`));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     msg.className = "";

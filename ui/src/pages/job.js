@@ -8,7 +8,12 @@ export async function render(ctx, [id]) {
   const need = ctx.needSignIn("follow a job");
   if (need) return h("section", {}, h("h1", {}, `Job ${id}`), need);
   const title = h("h1", {}, `Training job #${id}`);
-  const stats = h("div", { class: "grid", "aria-live": "polite" });
+  const stats = h("div", { class: "grid" });
+  // screen readers hear state changes only, not every second's numbers
+  const announce = h("p", { class: "sr-only", "aria-live": "polite" });
+  let lastState = null;
+  const cancel = h("button", { type: "button", class: "danger" }, "Cancel training");
+  cancel.addEventListener("click", () => busy(cancel, "Cancelling…", () => ctx.api(`/api/jobs/${id}/cancel`, { method: "POST" }), (e) => (err.textContent = e.message)));
   const chart = h("div", { class: "card" });
   const logs = h("pre", { class: "card mono", tabindex: "0", "aria-label": "Job log" });
   const actions = h("div", { class: "row" });
@@ -45,13 +50,18 @@ export async function render(ctx, [id]) {
       ? trusted(lineChart([{ name: "train loss", points: loss }, { name: "eval loss", points: evalLoss }], { title: "Training and evaluation loss by step", xLabel: "step", yLabel: "loss" }))
       : h("p", { class: "muted" }, job.state === "queued" ? "Waiting for a worker…" : "The loss appears after the first step."));
     const done = ["succeeded", "failed", "cancelled"].includes(job.state);
-    actions.replaceChildren();
-    if (!done) {
-      const b = h("button", { type: "button", class: "danger", disabled: job.cancel_requested }, job.cancel_requested ? "Cancelling…" : "Cancel training");
-      b.addEventListener("click", () => busy(b, "Cancelling…", () => ctx.api(`/api/jobs/${id}/cancel`, { method: "POST" }), (e) => (err.textContent = e.message)));
-      actions.append(b);
+    if (job.state !== lastState) {
+      lastState = job.state;
+      announce.textContent = `Job ${id} is ${job.state}.`;
+      actions.replaceChildren();
     }
-    if (job.state === "succeeded") {
+    // the same button stays in place (keyboard focus with it) while the job runs
+    if (!done && !cancel.isConnected) actions.append(cancel);
+    if (!done && job.cancel_requested && !cancel.disabled) {
+      cancel.disabled = true;
+      cancel.textContent = "Cancelling…";
+    }
+    if (job.state === "succeeded" && !actions.querySelector("a")) {
       actions.append(h("a", { class: "button", href: `#/models/${id}` }, "Model page"), h("a", { class: "button", href: `#/chat?model=ft-${id}` }, "Chat with it"));
       const pub = job.result?.published;
       if (pub) actions.append(h("span", { class: "muted" }, ` registered on chain as model ${pub.model_id}`));
@@ -74,6 +84,6 @@ export async function render(ctx, [id]) {
   };
   await tick().catch((e) => (err.textContent = e.message));
   loop();
-  return h("section", {}, title, stats, chart, actions, err, h("h2", {}, "Log"), logs,
+  return h("section", {}, title, announce, stats, chart, actions, err, h("h2", {}, "Log"), logs,
     h("p", { class: "help" }, "Refreshes every second while the job runs."));
 }

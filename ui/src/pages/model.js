@@ -22,7 +22,7 @@ export async function render(ctx, [id]) {
       kv("Contributions", `${detail.sources.length} from ${byContributor.size} contributor(s)`),
       kv("Adapter sha256", h("code", {}, m.adapter_hash)),
       kv("Manifest sha256 (on-chain training-config hash)", h("code", {}, m.manifest_hash)),
-      kv("On chain", m.model_id ? `model ${m.model_id}, adapter ${m.adapter_id ?? "—"}${m.chain_id ? ` on chain ${m.chain_id}` : ""}` : "not registered yet"),
+      kv("On chain", m.model_id ? `model ${m.model_id}, adapter ${m.adapter_id ?? "—"} on chain ${ctx.config.chain_id}` : "not registered yet"),
       published ? kv("Transactions", Object.entries(published).filter(([k]) => /tx|hash/i.test(k)).map(([k, v]) => h("div", {}, `${k}: `, h("code", {}, String(v))))) : null,
       kv("Files", detail.files.map((f) => h("div", {}, h("a", { href: `/api/models/${m.job_id}/files/${f}` }, f))))),
     h("h2", {}, "Contributions trained on"),

@@ -3,7 +3,7 @@ import { h, table, badge } from "../dom.js";
 import { formatOpen, shortHex } from "../format.js";
 
 export async function render(ctx) {
-  const body = h("div", { "aria-live": "polite" });
+  const body = h("div", {});
   let stopped = false;
   ctx.onLeave(() => (stopped = true));
   const draw = async () => {

@@ -18,11 +18,16 @@ export async function render(ctx, _p, query) {
     out.append(h("p", {}, "Sign in, or enter an address, to see what its contributions earned."));
     return out;
   }
+  if (!/^0x[0-9a-f]{40}$/.test(address)) {
+    out.append(h("p", { class: "error" }, `"${address}" is not an address (0x and 40 hex digits).`));
+    return out;
+  }
   const r = await ctx.api(`/api/rewards/${address}`);
   const stat = (label, v, id) => h("div", { class: "stat", id }, h("b", {}, `${formatOpen(v)} OPEN`), label);
   out.append(h("p", { class: "muted" }, "For ", h("code", {}, r.account), r.epoch != null ? ` · latest accepted epoch ${r.epoch}` : ""),
     h("div", { class: "grid" }, stat("earned", r.cumulative, "earned"), stat("claimed", r.claimed, "claimed"), stat("claimable now", r.claimable, "claimable")));
   const msg = h("p", { role: "status" });
+  const skipMsg = h("p", { role: "status" });
   if (r.claim) {
     const b = h("button", { type: "button" }, `Claim ${formatOpen(r.claimable)} OPEN`);
     b.addEventListener("click", () => busy(b, "Claiming…", async () => {
@@ -43,7 +48,7 @@ export async function render(ctx, _p, query) {
   if (r.pending) {
     const card = h("div", { class: "card" }, h("h2", {}, "On its way"),
       h("p", {}, `Epoch ${r.pending.epoch} raises this address's total to ${formatOpen(r.pending.cumulative)} OPEN. Its root is in the challenge period until ${new Date(r.pending.valid_at).toLocaleString()} (chain time); the daemon accepts it then, and the difference becomes claimable.`));
-    if (ctx.config.dev_wallet && ctx.config.rpc_url) card.append(skipButton(ctx, r.pending.valid_at, address, msg), msg);
+    if (ctx.config.dev_wallet && ctx.config.rpc_url) card.append(skipButton(ctx, r.pending.valid_at, address, skipMsg), skipMsg);
     out.append(card);
   }
   // while a root is on its way, redraw when the numbers change (the daemon accepts it on its schedule)

@@ -104,7 +104,7 @@ export async function render(ctx) {
         h("dt", {}, "Settings"), h("dd", {}, `${s.steps} steps, learning rate ${s.learning_rate}, LoRA rank ${s.rank}, ${s.max_seq_len} tokens, batch ${s.batch_size}, ${Math.round(s.eval_fraction * 100)}% held out`),
         h("dt", {}, "Estimate"), h("dd", { id: "estimate" },
           `at most ${e.tokens.toLocaleString()} tokens processed; `,
-          e.seconds == null ? "time: no training has run on this daemon yet to measure its speed" : `about ${formatDuration(e.seconds)} on this daemon (measured ${Math.round(tps)} tokens/s on its last training run)`,
+          e.seconds == null ? "time: none of your training runs has finished here yet to measure this daemon's speed (a small run takes a minute or two on a laptop CPU)" : `about ${formatDuration(e.seconds)} on this daemon (it trained ${Math.round(tps)} tokens/s on your last run)`,
           ". Training costs no OPEN here; the daemon registers the finished adapter on chain and pays that gas.")));
   };
 
@@ -134,7 +134,8 @@ export async function render(ctx) {
     ]), "None yet.", "Your training jobs"));
 }
 
-/** Tokens/s of this daemon's latest finished training run (null when none). */
+/** Tokens/s of the caller's latest finished training run on this daemon (null when none: the jobs list
+ * shows non-admins their own jobs only). */
 async function measuredThroughput(ctx) {
   try {
     const [last] = await ctx.api("/api/jobs?kind=train&state=succeeded&limit=1");
