@@ -4,12 +4,13 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::Embed;
 use tower_http::compression::CompressionLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::api::ApiError;
 use crate::state::AppState;
@@ -27,28 +28,40 @@ struct Ui;
 #[include = "*.json"]
 struct Abi;
 
-/// `/` (the app shell) and `/app/{path}` (its modules, styles and `abi/<Contract>.json`), gzip when asked.
-pub fn routes() -> Router<AppState> {
+/// `/` (the app shell) and `/app/{path}` (its modules, styles and `abi/<Contract>.json`), gzip when asked;
+/// `rpc` is the chain's RPC URL advertised to browsers, the one origin besides this one the page may reach.
+pub fn routes(rpc: Option<&str>) -> Router<AppState> {
+    let policy =
+        HeaderValue::from_str(&csp(rpc)).unwrap_or(HeaderValue::from_static("default-src 'self'"));
     Router::new()
         .route("/", get(index))
         .route("/app/{*path}", get(asset))
+        // no-cache + ETag: a new binary's UI shows at once, an unchanged file costs a 304
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            policy,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(CompressionLayer::new().gzip(true))
 }
 
-async fn index(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    serve(Ui::get("index.html"), "index.html", &headers, &s)
+async fn index(headers: HeaderMap) -> Response {
+    serve(Ui::get("index.html"), "index.html", &headers)
 }
 
-async fn asset(
-    State(s): State<AppState>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     let file = match path.strip_prefix("abi/") {
         Some(name) => Abi::get(name),
         None => Ui::get(&path),
     };
-    serve(file, &path, &headers, &s)
+    serve(file, &path, &headers)
 }
 
 /// The page may talk to this daemon and to the chain's advertised RPC node, nothing else.
@@ -76,24 +89,12 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-fn serve(
-    file: Option<rust_embed::EmbeddedFile>,
-    path: &str,
-    headers: &HeaderMap,
-    s: &AppState,
-) -> Response {
+/// The file, or a 304 when the client holds this version (its ETag).
+fn serve(file: Option<rust_embed::EmbeddedFile>, path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = file else {
         return ApiError::NotFound(format!("no UI file {path}")).into_response();
     };
-    let hash = file.metadata.sha256_hash();
-    let etag = format!(
-        "\"{}\"",
-        hash[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    // no-cache + ETag: a new binary's UI shows at once, an unchanged file costs a 304
+    let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..12]));
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -101,25 +102,17 @@ fn serve(
     let mut res = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = Response::new(Body::from(file.data.into_owned()));
+        // the embedded bytes are 'static: no copy
+        let mut r = Response::new(Body::from(file.data));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(content_type(path)),
         );
         r
     };
-    let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
+        res.headers_mut().insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&csp(s.cfg.public_rpc_url.as_deref())) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
     res
 }
 

@@ -79,3 +79,21 @@ export async function busy(button, label, fn, onError) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** An error handler for `busy` that shows the error's message in `el`. */
+export const errorTo = (el) => (e) => {
+  el.className = "error";
+  el.textContent = e?.message ?? String(e);
+};
+
+/** Polls `ready()` every `ms` until it is true, at most `tries` times; resolves whether it got there. */
+export async function until(ready, tries = 120, ms = 500) {
+  for (let i = 0; i < tries; i++) {
+    if (await ready()) return true;
+    await sleep(ms);
+  }
+  return false;
+}
+
+/** A figure with its label (the grids of numbers on the Datanet, rewards, job and operator pages). */
+export const stat = (label, value, id) => h("div", { class: "stat", id }, h("b", {}, value == null ? "—" : value), label);

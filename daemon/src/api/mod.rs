@@ -101,7 +101,7 @@ pub fn app(state: AppState) -> Router {
     docs::set_document(&openapi);
     let json_limit = state.cfg.max_json_bytes;
     let request_id = HeaderName::from_static("x-request-id");
-    api.merge(crate::web::routes())
+    api.merge(crate::web::routes(state.cfg.public_rpc_url.as_deref()))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())

@@ -1,15 +1,12 @@
 // Connect a wallet and sign in (EIP-4361): the browser's wallet, or a dev account of the devnet's node.
-import { h, busy, table } from "../dom.js";
+import { h, busy, table, errorTo } from "../dom.js";
 import { Wallet } from "../wallet.js";
 import { formatOpen, shortHex } from "../format.js";
 
 export async function render(ctx) {
   const out = h("section", {}, h("h1", {}, "Connect"));
   const status = h("p", { role: "status" });
-  const fail = (e) => {
-    status.className = "error";
-    status.textContent = e.message;
-  };
+  const fail = errorTo(status);
   const after = () => ctx.go("#/");
   if (ctx.address) {
     out.append(h("div", { class: "card" }, h("p", {}, "Signed in as ", h("code", {}, ctx.address), "."),

@@ -2,7 +2,7 @@
 // payload in the wallet, the daemon relays it: no gas); curate (accept/reject, for the owner and
 // curators); publish a version (owner: the daemon snapshots the accepted contributions, the wallet sends
 // the root).
-import { h, busy, field, table, badge, sleep } from "../dom.js";
+import { h, busy, field, table, badge, sleep, errorTo, until, stat } from "../dom.js";
 import { datanetMeta, shortHex } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
 import { rowsToUpload, fileContentType } from "../rows.js";
@@ -63,7 +63,6 @@ export async function render(ctx, [id], query) {
   return out;
 }
 
-const stat = (label, v) => h("div", { class: "stat" }, h("b", {}, String(v)), label);
 
 /** Polls a job until it ends; gives up after `minutes` (a daemon without workers never runs it). */
 async function waitJob(ctx, id, minutes = 10) {
@@ -137,10 +136,7 @@ function contributeCard(ctx, d) {
         await sleep(500);
       }
       throw new Error("the contribution was not confirmed in two minutes; it stays in Your uploads");
-    }, (e) => {
-      msg.className = "error";
-      msg.textContent = e.message;
-    });
+    }, errorTo(msg));
   });
   card.append(form, mine);
   return card;
@@ -161,17 +157,10 @@ function curateCard(ctx, d, pending) {
     msg.textContent = "Confirm in the wallet…";
     await w.send("Registry", "reviewContributions(uint256,uint256[],bool)", [d.id, ids, accept], accept ? "accepting" : "rejecting");
     msg.textContent = "Waiting for the indexer…";
-    for (let i = 0; i < 120; i++) {
-      const now = await ctx.api(`/api/datanets/${d.id}/contributions?status=pending&limit=1000`);
-      if (!now.some((c) => ids.includes(c.id))) break;
-      await sleep(500);
-    }
+    await until(async () => !(await ctx.api(`/api/datanets/${d.id}/contributions?status=pending&limit=1000`)).some((c) => ids.includes(c.id)));
     ctx.toast(`${ids.length} contribution(s) ${accept ? "accepted" : "rejected"}`);
     ctx.refresh();
-  }, (e) => {
-    msg.className = "error";
-    msg.textContent = e.message;
-  });
+  }, errorTo(msg));
   card.append(
     table(["", "id", "contributor", "content hash"], pending.map((c, i) => [boxes[i], c.id, h("code", {}, shortHex(c.contributor)), h("code", {}, shortHex(c.content_hash, 8))]), "", "Pending contributions"),
     h("div", { class: "row" },
@@ -199,16 +188,10 @@ function publishCard(ctx, d, st, versions) {
     await w.send("Registry", "publishVersion(uint256,bytes32,uint64,string)",
       [d.id, done.result.root, done.result.contribution_count, done.result.uri], "publishing the version");
     msg.textContent = "Waiting for the indexer…";
-    for (let i = 0; i < 120; i++) {
-      if ((await ctx.api(`/api/datanets/${d.id}/versions`)).length >= n) break;
-      await sleep(500);
-    }
+    await until(async () => (await ctx.api(`/api/datanets/${d.id}/versions`)).length >= n);
     ctx.toast(`Version ${n} published`);
     ctx.refresh();
-  }, (e) => {
-    msg.className = "error";
-    msg.textContent = e.message;
-  }));
+  }, errorTo(msg)));
   card.append(b, msg);
   return card;
 }

@@ -1,5 +1,5 @@
 // Datanets: browse and search, and create one (the registration fee approved and paid from the wallet).
-import { h, busy, field, table, sleep } from "../dom.js";
+import { h, busy, field, table, errorTo, until } from "../dom.js";
 import { datanetMeta, datanetUri, formatOpen, matchesDatanet, shortHex } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
 import { keccakHex } from "../keccak.js";
@@ -88,16 +88,10 @@ function createForm(ctx) {
       if (!log) throw new Error("the transaction emitted no DatanetCreated event");
       const id = BigInt(log.topics[1]).toString();
       msg.textContent = `Datanet ${id} created; waiting for the indexer…`;
-      for (let i = 0; i < 120; i++) {
-        if (await ctx.api(`/api/datanets/${id}`).then(() => true, () => false)) break;
-        await sleep(500);
-      }
+      await until(() => ctx.api(`/api/datanets/${id}`).then(() => true, () => false));
       ctx.toast(`Datanet ${id} created`);
       ctx.go(`#/datanets/${id}`);
-    }, (e) => {
-      msg.className = "error";
-      msg.textContent = e.message;
-    });
+    }, errorTo(msg));
   });
   card.append(form);
   return card;

@@ -1,5 +1,5 @@
 // A training job, live: state, progress, the train and eval loss chart, tokens/s, ETA, logs; cancel.
-import { h, trusted, badge, busy } from "../dom.js";
+import { h, trusted, badge, busy, stat } from "../dom.js";
 import { lineChart } from "../chart.js";
 import { formatDuration } from "../format.js";
 import { eta } from "../estimate.js";
@@ -38,14 +38,13 @@ export async function render(ctx, [id]) {
     const step = loss.at(-1)?.[0] ?? 0;
     const elapsed = job.started_at ? (Date.now() - Date.parse(job.started_at)) / 1000 : null;
     const left = job.state === "running" ? last("eta_s") ?? eta(step, total, elapsed) : null;
-    const s = (label, v) => h("div", { class: "stat" }, h("b", {}, v), label);
     stats.replaceChildren(
       h("div", { class: "stat" }, h("b", {}, badge(job.state)), "state"),
-      s("progress", `${Math.round((job.progress ?? 0) * 100)}%${total ? ` (step ${step} of ${total})` : ""}`),
-      s("train loss", loss.length ? loss.at(-1)[1].toFixed(3) : "—"),
-      s("eval loss", evalLoss.length ? evalLoss.at(-1)[1].toFixed(3) : "—"),
-      s("tokens/s", last("tokens_per_s") != null ? Math.round(last("tokens_per_s")).toLocaleString() : "—"),
-      s("time left", left != null ? formatDuration(left) : job.state === "running" ? "estimating…" : "—"));
+      stat("progress", `${Math.round((job.progress ?? 0) * 100)}%${total ? ` (step ${step} of ${total})` : ""}`),
+      stat("train loss", loss.length ? loss.at(-1)[1].toFixed(3) : "—"),
+      stat("eval loss", evalLoss.length ? evalLoss.at(-1)[1].toFixed(3) : "—"),
+      stat("tokens/s", last("tokens_per_s") != null ? Math.round(last("tokens_per_s")).toLocaleString() : "—"),
+      stat("time left", left != null ? formatDuration(left) : job.state === "running" ? "estimating…" : "—"));
     chart.replaceChildren(loss.length
       ? trusted(lineChart([{ name: "train loss", points: loss }, { name: "eval loss", points: evalLoss }], { title: "Training and evaluation loss by step", xLabel: "step", yLabel: "loss" }))
       : h("p", { class: "muted" }, job.state === "queued" ? "Waiting for a worker…" : "The loss appears after the first step."));

@@ -1,6 +1,6 @@
 // A model's provenance (base model, Datanet versions, the contributions trained on, hashes, on-chain ids and
 // transactions) and its price per 1,000 tokens, which its developer sets.
-import { h, field, table, busy } from "../dom.js";
+import { h, field, table, busy, errorTo } from "../dom.js";
 import { formatOpen, parseOpen, shortHex } from "../format.js";
 
 export async function render(ctx, [id]) {
@@ -51,7 +51,7 @@ function priceCard(ctx, m, price) {
       await ctx.api(`/api/models/${m.job_id}/price`, { method: "PUT", json: { price_per_1k: v === "" ? null : parseOpen(v).toString() } });
       ctx.toast("Price saved");
       ctx.refresh();
-    }, (e) => { msg.className = "error"; msg.textContent = e.message; });
+    }, errorTo(msg));
   });
   card.append(form);
   return card;

@@ -1,5 +1,5 @@
 // The operator's view: chain and indexer, the job queue and workers, settlements. Refreshes itself.
-import { h, table, badge } from "../dom.js";
+import { h, table, badge, stat } from "../dom.js";
 import { formatOpen, shortHex } from "../format.js";
 
 export async function render(ctx) {
@@ -12,7 +12,6 @@ export async function render(ctx) {
       ctx.api("/api/settlements").catch(() => []),
       ctx.address ? ctx.api("/api/jobs?limit=20").catch(() => null) : null,
     ]);
-    const stat = (label, v, id) => h("div", { class: "stat", id }, h("b", {}, v == null ? "—" : String(v)), label);
     const q = st.jobs ?? {};
     body.replaceChildren(
       h("h2", {}, "Chain and indexer"),

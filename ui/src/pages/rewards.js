@@ -1,6 +1,6 @@
 // Rewards of an address: earned (cumulative as of the latest accepted root), claimed, claimable, the
 // claim (a wallet transaction to RewardDistributor with the daemon's Merkle proof), and one line per epoch.
-import { h, field, table, trusted, busy, badge, sleep } from "../dom.js";
+import { h, field, table, trusted, busy, badge, sleep, errorTo, until, stat } from "../dom.js";
 import { formatOpen, shortHex } from "../format.js";
 import { lineChart } from "../chart.js";
 import { jsonRpc } from "../wallet.js";
@@ -23,9 +23,9 @@ export async function render(ctx, _p, query) {
     return out;
   }
   const r = await ctx.api(`/api/rewards/${address}`);
-  const stat = (label, v, id) => h("div", { class: "stat", id }, h("b", {}, `${formatOpen(v)} OPEN`), label);
+  const open = (label, v, id) => stat(label, `${formatOpen(v)} OPEN`, id);
   out.append(h("p", { class: "muted" }, "For ", h("code", {}, r.account), r.epoch != null ? ` · latest accepted epoch ${r.epoch}` : ""),
-    h("div", { class: "grid" }, stat("earned", r.cumulative, "earned"), stat("claimed", r.claimed, "claimed"), stat("claimable now", r.claimable, "claimable")));
+    h("div", { class: "grid" }, open("earned", r.cumulative, "earned"), open("claimed", r.claimed, "claimed"), open("claimable now", r.claimable, "claimable")));
   const msg = h("p", { role: "status" });
   const skipMsg = h("p", { role: "status" });
   if (r.claim) {
@@ -35,14 +35,10 @@ export async function render(ctx, _p, query) {
       msg.textContent = "Confirm the claim in the wallet…";
       await w.send("RewardDistributor", r.claim.function, r.claim.args, "claiming");
       msg.textContent = "Claimed; waiting for the indexer…";
-      for (let i = 0; i < 60; i++) {
-        const now = await ctx.api(`/api/rewards/${address}`);
-        if (now.claimable === "0") break;
-        await sleep(500);
-      }
+      await until(async () => (await ctx.api(`/api/rewards/${address}`)).claimable === "0", 60);
       ctx.toast(`Claimed ${formatOpen(r.claimable)} OPEN`);
       ctx.refresh();
-    }, (e) => { msg.className = "error"; msg.textContent = e.message; }));
+    }, errorTo(msg)));
     out.append(h("div", { class: "card" }, h("p", {}, "The claim sends the OPEN to this address; anyone may send it (you pay the gas)."), b, msg));
   }
   if (r.pending) {
@@ -83,12 +79,8 @@ function skipButton(ctx, validAt, address, msg) {
     const gap = Math.ceil(Date.parse(validAt) / 1000) - parseInt(block.timestamp, 16) + 1;
     if (gap > 0) await rpc.request({ method: "evm_increaseTime", params: [gap] });
     await rpc.request({ method: "evm_mine", params: [] });
-    for (let i = 0; i < 120; i++) {
-      const now = await ctx.api(`/api/rewards/${address}`);
-      if (!now.pending) break;
-      await sleep(1000);
-    }
+    await until(async () => !(await ctx.api(`/api/rewards/${address}`)).pending, 120, 1000);
     ctx.refresh();
-  }, (e) => { msg.className = "error"; msg.textContent = e.message; }));
+  }, errorTo(msg)));
   return b;
 }

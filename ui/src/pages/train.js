@@ -1,6 +1,6 @@
 // ModelFactory: a four-step wizard (base model, Datanet versions, the few settings that matter, estimate
 // and start) and the list of your training jobs.
-import { h, field, table, badge, busy } from "../dom.js";
+import { h, field, table, badge, busy, errorTo } from "../dom.js";
 import { datanetMeta, formatDuration } from "../format.js";
 import { estimateTraining } from "../estimate.js";
 
@@ -118,7 +118,7 @@ export async function render(ctx) {
           batch_size: s.batch_size, eval_fraction: s.eval_fraction, eval_every: Math.max(1, Math.floor(s.steps / 6)) },
       } } });
       ctx.go(`#/jobs/${job.id}`);
-    }, (e) => { msg.className = "error"; msg.textContent = e.message; }));
+    }, errorTo(msg)));
     return b;
   };
 
