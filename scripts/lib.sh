@@ -31,9 +31,67 @@ wait_rpc() {
   return 1
 }
 
+# Runs a command every 0.2 s until it succeeds; gives up (status 1) after SECS seconds. Scripts wait for a
+# state (a block indexed, a server answering), never for a fixed time; SECS is only a stall bound.
+wait_until() {
+  local secs="$1" deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+not_running() { ! kill -0 "$1" 2>/dev/null; }
+
+# Waits until `openledger serve` at API answers /readyz (it may first load a model: up to SECS, default
+# 300); fails at once, saying so, if its process PID has exited.
+wait_ready() {
+  local api="$1" pid="$2" secs="${3:-300}"
+  serve_ready() { curl -sf "$1/readyz" >/dev/null 2>&1 || not_running "$2"; }
+  wait_until "$secs" serve_ready "$api" "$pid" || { log "openledger serve was not ready after $secs s"; return 1; }
+  kill -0 "$pid" 2>/dev/null || { log "openledger serve exited before it was ready"; return 1; }
+}
+
+# SIGTERM to a child of this shell, then its exit status once it exits; after SECS (default 60) without
+# exiting it is killed and the status is 1.
+stop_child() {
+  local pid="$1" secs="${2:-60}"
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_until "$secs" not_running "$pid"; then
+    log "process $pid still running $secs s after SIGTERM: killed"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 1
+  fi
+  wait "$pid"
+}
+
 # Rust builds share one target directory outside the clone, so fresh clones (and CI) reuse earlier builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/openledger-target}"
 OPENLEDGER_BIN="$CARGO_TARGET_DIR/debug/openledger"
+
+# Cargo names the workspace's own crates by their path inside the workspace and judges a build of them fresh
+# by the mtimes of the source files it last compiled: two clones sharing the target directory would each
+# take the other's build of these crates as up to date (and build or test the other clone's code). So the
+# clone that builds takes the directory over first: another clone's build of the workspace crates is cleaned
+# (the dependencies, most of the build, stay shared). Every `cargo` call of the scripts goes through here.
+cargo() {
+  local mark="$CARGO_TARGET_DIR/.openledger-clone" crates
+  if [ "$(cat "$mark" 2>/dev/null)" != "$ROOT" ]; then
+    if [ -f "$mark" ]; then
+      log "the shared target directory last built $(cat "$mark"): rebuilding the workspace's crates for $ROOT"
+      crates="$(command cargo metadata --manifest-path "$ROOT/Cargo.toml" --no-deps --format-version 1 \
+        | jq -r '.packages[].name | "-p", .')"
+      # shellcheck disable=SC2086
+      command cargo clean -q --manifest-path "$ROOT/Cargo.toml" $crates
+      # shellcheck disable=SC2086
+      command cargo clean -q --manifest-path "$ROOT/Cargo.toml" --release $crates
+    fi
+    mkdir -p "$CARGO_TARGET_DIR" && echo "$ROOT" >"$mark"
+  fi
+  command cargo "$@"
+}
 
 # The browser of the UI tests: Debian's Chromium (OPENLEDGER_CHROMIUM overrides, e.g. on macOS).
 ui_chromium() {

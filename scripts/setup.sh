@@ -28,7 +28,7 @@ command -v runuser >/dev/null || apt_install util-linux
 # The web UI's browser tests (scripts/test-ui.sh) drive Debian's Chromium with playwright-core: no test tool
 # may download a browser of its own.
 [ -x "$(ui_chromium)" ] || apt_install chromium
-command -v cargo >/dev/null || die "no Rust toolchain (cargo): install Rust 1.95+ (rustup) first"
+type -P cargo >/dev/null || die "no Rust toolchain (cargo): install Rust 1.95+ (rustup) first"
 
 # forge/anvil/cast 1.7.1, solc 0.8.30 (wasm), OpenZeppelin: pinned in package-lock.json.
 stamp="node_modules/.openledger-lock"

@@ -16,7 +16,7 @@ need_toolchain
 UNIT_ONLY=0
 [ "${1:-}" = "--unit-only" ] && UNIT_ONLY=1
 log "front-end unit tests"
-node --test ui/test/ >&2
+node --test --test-reporter=tap ui/test/ >&2
 [ "$UNIT_ONLY" = 1 ] && exit 0
 
 CHROMIUM="$(ui_chromium)"
@@ -32,7 +32,7 @@ if [ -z "${DATABASE_URL:-}" ]; then ensure_test_postgres; own_pg=1; fi
 port="$(free_port)"; api_port="$(free_port)"; chain=7341; dir="$(mktemp -d)"; db="ol_ui_$$"
 anvil_pid=""; serve_pid=""
 cleanup() {
-  [ -n "$serve_pid" ] && { kill -TERM "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; }
+  [ -n "$serve_pid" ] && { stop_child "$serve_pid" || true; }
   mkdir -p "$SHOTS" && cp "$dir/serve.log" "$SHOTS/openledger.log" 2>/dev/null || true
   [ -n "$anvil_pid" ] && { kill "$anvil_pid" 2>/dev/null || true; wait "$anvil_pid" 2>/dev/null || true; }
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
@@ -55,11 +55,11 @@ psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
 OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
   "$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log info serve --rpc-url "$url" \
   --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 \
-  --dev-wallet --sponsor-inference --settle-every-secs 2 --finality-depth 0 2>"$dir/serve.log" &
+  --dev-wallet --sponsor-inference --settle-every-secs 2 --finality-depth 0 --payment-wait-secs 300 \
+  2>"$dir/serve.log" &
 serve_pid=$!
 api="http://127.0.0.1:$api_port"
-for _ in $(seq 600); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -sf "$api/readyz" >/dev/null || die "openledger serve did not become ready"
+wait_ready "$api" "$serve_pid" || die "openledger serve did not become ready (its log: $SHOTS/openledger.log)"
 
 log "end to end in $CHROMIUM (screenshots: $SHOTS)"
 if ! node ui/e2e/flow.mjs --url "$api" --out "$SHOTS" --chromium "$CHROMIUM"; then

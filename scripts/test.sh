@@ -20,13 +20,14 @@ failed=0
 tests_passed=0
 tests_failed=0
 step() {
-  local name="$1"; shift
+  local name="$1" t0=$SECONDS; shift
   printf '\n== %s\n' "$name" >&2
   if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); log "FAILED: $name"; fi
+  log "$((SECONDS - t0)) s: $name"
 }
 summary() {
   printf '\n' >&2
-  echo "test.sh steps: $passed passed, $failed failed" >&2
+  echo "test.sh steps: $passed passed, $failed failed ($SECONDS s)" >&2
   echo "tests: $tests_passed passed, $tests_failed failed"
   [ "$failed" = 0 ]
 }
@@ -88,14 +89,61 @@ step "contracts: gas matches .gas-snapshot (after an intended change: forge snap
 step "contracts: line coverage >= 95%" scripts/coverage.sh 95
 step "contracts: slither, no medium or high finding" scripts/slither.sh
 
+# Every test binary runs (--no-fail-fast), so a failure in one crate never hides the others' results; the
+# summary names each binary that failed or crashed (a binary that ends without a "test result" line).
 cargo_tests() {
   local out rc
   out="$(mktemp)"
-  RUST_BACKTRACE=0 cargo test --workspace --locked 2>&1 | tee "$out" | grep -E '^test |^test result|^error' >&2
+  RUST_BACKTRACE=0 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out" \
+    | grep -E '^test |^test result|^error|^ +(Running|Doc-tests) ' >&2
   rc=${PIPESTATUS[0]}
-  tests_passed=$((tests_passed + $(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: FAILED\. \([0-9]*\) passed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
-  tests_failed=$((tests_failed + $(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')))
-  [ "$rc" = 0 ] || { grep -A6 'panicked at' "$out" | head -80 >&2; return 1; }
+  local counts
+  counts="$(count_cargo_tests <"$out")"
+  log "$(sed -n '/^binaries /s/^binaries //p' <<<"$counts")"
+  sed -n 's/^failed-binary /  failed: /p' <<<"$counts" >&2
+  tests_passed=$((tests_passed + $(sed -n 's/^passed //p' <<<"$counts")))
+  tests_failed=$((tests_failed + $(sed -n 's/^failed //p' <<<"$counts")))
+  if [ "$rc" != 0 ]; then
+    grep -A6 'panicked at' "$out" | head -80 >&2
+    # cargo's own list, with the flags that rerun each failed target
+    sed -n '/^error: [0-9]* targets\? failed:/,/^[^ ]/p' "$out" >&2
+    # a build error or a crash that left no failing test behind still fails the step and the count
+    [ "$(sed -n 's/^failed //p' <<<"$counts")" != 0 ] || tests_failed=$((tests_failed + 1))
+    return 1
+  fi
+}
+
+# Reads `cargo test` output; prints "passed N", "failed N" (failed tests, plus one per binary that crashed
+# before its summary), "binaries ..." and one "failed-binary NAME" per binary with a failure.
+count_cargo_tests() {
+  awk '
+    function close_binary() {
+      if (name == "") return
+      if (!seen) { bad[++nbad] = name " (ended without a test result: crashed or killed)"; failed++ }
+      else if (this_failed > 0) bad[++nbad] = name " (" this_failed " failed)"
+      name = ""
+    }
+    /^ +(Running|Doc-tests) / {
+      close_binary()
+      # "Running tests/serve.rs (.../deps/openledger_model-0123abcd)" -> "openledger_model tests/serve.rs"
+      nbin++; name = $0; sub(/^ +(Running|Doc-tests) /, "", name); seen = 0; this_failed = 0
+      if (match(name, / \(.*\)$/)) {
+        bin = substr(name, RSTART + 2, RLENGTH - 3); name = substr(name, 1, RSTART - 1)
+        sub(/.*\//, "", bin); sub(/-[0-9a-f]+$/, "", bin); name = bin " " name
+      } else name = name " doc-tests"
+      next
+    }
+    /^test result: / {
+      seen = 1
+      if (match($0, /[0-9]+ passed/)) passed += substr($0, RSTART, RLENGTH) + 0
+      if (match($0, /[0-9]+ failed/)) { f = substr($0, RSTART, RLENGTH) + 0; failed += f; this_failed += f }
+    }
+    END {
+      close_binary()
+      printf "passed %d\nfailed %d\n", passed, failed
+      printf "binaries cargo test: %d test binaries ran, %d with failures\n", nbin, nbad
+      for (i = 1; i <= nbad; i++) print "failed-binary " bad[i]
+    }'
 }
 
 # The README's API walkthrough (scripts/api-demo.sh: SIWE sign-in, upload, EIP-712 relay, confirmation) against
@@ -112,10 +160,15 @@ api_walkthrough() {
   OPENLEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \
     "$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn serve --rpc-url "$url" \
     --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 \
-    --settle-every-secs 2 --finality-depth 0 &
+    --settle-every-secs 2 --finality-depth 0 --payment-wait-secs 300 &
   serve_pid=$!
   local api="http://127.0.0.1:$api_port"
-  for _ in $(seq 300); do curl -sf "$api/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! wait_ready "$api" "$serve_pid"; then
+    tests_failed=$((tests_failed + 1))
+    kill "$anvil_pid"; wait "$anvil_pid" 2>/dev/null || true
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    return 1
+  fi
   if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" \
     --database-url "${DATABASE_URL%/*}/$db" >/dev/null; then
     tests_passed=$((tests_passed + 1))
@@ -139,7 +192,7 @@ api_walkthrough() {
   else
     tests_failed=$((tests_failed + 1)); status=1
   fi
-  kill -TERM "$serve_pid"; wait "$serve_pid" || { log "serve did not exit cleanly on SIGTERM"; status=1; }
+  stop_child "$serve_pid" || { log "serve did not exit cleanly on SIGTERM"; status=1; }
   kill "$anvil_pid"; wait "$anvil_pid" 2>/dev/null || true
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$dir"

@@ -175,6 +175,7 @@ pub async fn run(
     )?;
     let worker_id = worker::worker_id();
     let mut worker_task = None;
+    let mut registration = None;
     if cfg.worker_slots > 0 {
         let mut wcfg = cfg.workers.clone();
         wcfg.concurrency = cfg.worker_slots;
@@ -186,7 +187,8 @@ pub async fn run(
             events.clone(),
             stop_rx.clone(),
         )));
-        register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone());
+        registration =
+            Some(register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone()).await);
     }
 
     let mut settle_task = None;
@@ -280,6 +282,10 @@ pub async fn run(
         // a round in flight stops where it is: every step is stored, the next process resumes it
         t.abort();
     }
+    // the registration's last refresh is done before the row goes: it is never written back
+    if let Some(t) = registration {
+        let _ = t.await;
+    }
     let _ = sqlx::query("DELETE FROM workers WHERE id = $1")
         .bind(&worker_id)
         .execute(&pool)
@@ -292,14 +298,21 @@ pub async fn run(
     result
 }
 
-/// Registers this process in `workers` and keeps its `seen_at` fresh until stopped.
-fn register_worker(pool: &PgPool, id: &str, kinds: &[String], mut stop: watch::Receiver<bool>) {
+/// Registers this process in `workers` (before it returns: the row is there once the API serves) and keeps
+/// its `seen_at` fresh until stopped; the task ends at the stop.
+async fn register_worker(
+    pool: &PgPool,
+    id: &str,
+    kinds: &[String],
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let pool = pool.clone();
     let id = id.to_owned();
     let kinds = kinds.to_vec();
     let host = id.split(':').next().unwrap_or("host").to_owned();
-    tokio::spawn(async move {
-        loop {
+    let register = move || {
+        let (pool, id, host, kinds) = (pool.clone(), id.clone(), host.clone(), kinds.clone());
+        async move {
             let r = sqlx::query(
                 "INSERT INTO workers (id, hostname, pid, kinds) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO UPDATE SET seen_at = now()",
@@ -313,10 +326,16 @@ fn register_worker(pool: &PgPool, id: &str, kinds: &[String], mut stop: watch::R
             if let Err(e) = r {
                 tracing::warn!(error = %e, "worker registration");
             }
+        }
+    };
+    register().await;
+    tokio::spawn(async move {
+        loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = worker::stopped(&mut stop) => return,
             }
+            register().await;
         }
-    });
+    })
 }

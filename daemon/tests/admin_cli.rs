@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use alloy::primitives::Address;
-use common::url_of;
+use common::{STALL, url_of};
 use openledger_daemon::jobs::queue::{NewJob, Queue};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -152,7 +152,8 @@ impl Drop for KillOnDrop {
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // a stall detector, not a measure of speed
+    s.set_read_timeout(Some(STALL)).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
@@ -207,18 +208,31 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
         stderr.read_to_string(&mut err).map(|_| err)
     });
     let mut child = KillOnDrop(child);
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Some((200, _)) = http_get(port, "/readyz") {
-            ready = true;
-            break;
+    let deadline = tokio::time::Instant::now() + STALL;
+    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("serve exited before it was ready: {exit}");
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "serve never became ready");
-    let (code, body) = http_get(port, "/api/status").unwrap();
-    assert_eq!(code, 200);
-    let st: Value = serde_json::from_str(&body).unwrap();
+    // ready allows a small lag: wait until the indexer's first pass reaches the deployment
+    let st = loop {
+        let (code, body) = http_get(port, "/api/status").unwrap();
+        assert_eq!(code, 200);
+        let st: Value = serde_json::from_str(&body).unwrap();
+        if st["indexed_through"].as_u64().unwrap_or(0) >= chain.deployment.start_block {
+            break st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never indexed the deployment: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(st["chain_id"], chain.deployment.chain_id);
     assert_eq!(
         st["relayer"],

@@ -28,16 +28,13 @@ use support::*;
 use tokio::sync::{broadcast, watch};
 
 async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Value {
-    for _ in 0..300 {
+    until(&format!("upload {id} {want}"), || async {
         let v = get(app, &format!("/api/uploads/{id}"), Some(token))
             .await
             .json();
-        if v["state"] == want {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("upload {id} never got to {want}");
+        (v["state"] == want).then_some(v)
+    })
+    .await
 }
 
 fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
@@ -72,10 +69,8 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     .await
     .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let training = openledger_daemon::jobs::train::TrainSettings {
-        data_dir: data.path().to_path_buf(),
-        device: "cpu".into(),
-    };
+    let training =
+        openledger_daemon::jobs::train::TrainSettings::new(data.path().to_path_buf(), "cpu");
     let jobs = openledger_daemon::serve::registry(
         &pool,
         &d,
@@ -108,12 +103,10 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
         ApiConfig::new(d.chain_id, DOMAIN),
     );
     let app = openledger_daemon::api::app(state);
-    for _ in 0..100 {
-        if get(&app, "/api/datanets/2", None).await.status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("Datanet 2 indexed", || async {
+        (get(&app, "/api/datanets/2", None).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
 
     // a contributor with no gas money of its own: #4 (anvil funds it with ETH, but it never sends)
     let contributor: PrivateKeySigner = KEYS[4].parse().unwrap();
@@ -282,12 +275,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     send!(registry(1).reviewContributions(U256::from(1), vec![U256::from(1), U256::from(2)], true));
     let owner_session = sign_in(&app, &relayer).await;
     // wait for the reviews to be indexed
-    for _ in 0..100 {
-        if get(&app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_accepted(&app, 1, 2).await;
     // the contributor may compute a snapshot but not publish one
     post_json(
         &app,
@@ -308,6 +296,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     let j = wait_job(&app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
     assert_eq!(j["state"], "succeeded", "{j}");
     let result = &j["result"];
+    assert_eq!(result["leaves"].as_array().unwrap().len(), 2, "{result}");
     let leaves: Vec<B256> = result["leaves"]
         .as_array()
         .unwrap()
@@ -347,19 +336,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
         json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
     )
     .await;
-    for _ in 0..100 {
-        if get(&app, "/api/datanets/1/versions", None)
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_versions(&app, 1, 1).await;
     let again = wait_job(&app, &owner_session, again.json()["id"].as_i64().unwrap()).await;
     assert_eq!(again["result"]["published"]["already"], true, "{again}");
     // Datanet 2 is owned by #0: the daemon cannot publish it, and says why (no retries)
@@ -369,7 +346,8 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     let c = send!(registry(4).contribute(U256::from(2), B256::repeat_byte(9), "x".into()));
     assert!(c.status());
     send!(registry(0).reviewContributions(U256::from(2), vec![U256::from(3)], true));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the snapshot refuses a Datanet with nothing accepted before it checks the owner: wait for the review
+    wait_accepted(&app, 2, 1).await;
     let j = post_json(
         &app,
         "/api/jobs",

@@ -18,12 +18,31 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
 
 /// What each job should do, by its `mode` parameter, and a record of what happened.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct TestJob {
     /// (job id, attempt, worker) per start
     starts: Arc<Mutex<Vec<(i64, i32, String)>>>,
     /// job ids whose run future was dropped before finishing
     dropped: Arc<Mutex<Vec<i64>>>,
+    /// `held` jobs wait until this turns true
+    gate: Arc<watch::Sender<bool>>,
+}
+
+impl Default for TestJob {
+    fn default() -> Self {
+        TestJob {
+            starts: Arc::default(),
+            dropped: Arc::default(),
+            gate: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl TestJob {
+    /// Lets every `held` job (running or still to come) finish.
+    fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
 }
 
 struct DropGuard(Option<(i64, Arc<Mutex<Vec<i64>>>)>);
@@ -61,6 +80,15 @@ impl JobHandler for TestJob {
                     ctx.progress(0.5).await;
                     Ok(json!({ "done": ctx.id() }))
                 }
+                // runs until the test opens the gate
+                "held" => {
+                    let mut open = self.gate.subscribe();
+                    let _ = open.wait_for(|o| *o).await;
+                    ctx.log("working").await;
+                    ctx.metric(1, "loss", 0.5).await;
+                    ctx.progress(0.5).await;
+                    Ok(json!({ "done": ctx.id() }))
+                }
                 // hangs on its first attempt, succeeds on later ones
                 "hang_first" if ctx.attempt() == 1 => futures::future::pending().await,
                 "hang_first" => Ok(json!({ "attempt": ctx.attempt() })),
@@ -76,11 +104,17 @@ impl JobHandler for TestJob {
     }
 }
 
+/// How long a test waits for a state before calling the system stalled: far beyond what a loaded machine
+/// needs, never a measure of speed.
+const STALL: Duration = Duration::from_secs(300);
+
+/// Heartbeats every 100 ms and a lease that goes stale after 5 s: fifty missed heartbeats, so a live worker
+/// on a loaded machine keeps its job, while a killed one's job is retried within seconds.
 fn cfg() -> WorkerConfig {
     WorkerConfig {
         concurrency: 1,
         heartbeat: Duration::from_millis(100),
-        stale_after: Duration::from_millis(800),
+        stale_after: Duration::from_secs(5),
         poll: Duration::from_millis(50),
         retry_backoff: Duration::from_millis(10),
     }
@@ -120,7 +154,8 @@ async fn submit(q: &Queue, mode: &str, max_attempts: i32) -> i64 {
 }
 
 async fn wait_state(q: &Queue, id: i64, want: JobState) -> openledger_daemon::jobs::Job {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + STALL;
+    while tokio::time::Instant::now() < deadline {
         let j = q.get(id).await.unwrap().unwrap();
         if j.state() == want {
             return j;
@@ -139,10 +174,19 @@ async fn two_workers_share_the_queue_and_each_job_runs_once(pool: PgPool) {
     let h = TestJob::default();
     let mut ids = Vec::new();
     for _ in 0..8 {
-        ids.push(submit(&q, "ok", 3).await);
+        ids.push(submit(&q, "held", 3).await);
     }
     let a = start(&pool, &h, "worker-a", cfg());
     let b = start(&pool, &h, "worker-b", cfg());
+    // each worker runs one job at a time and the jobs hold until the gate opens: two jobs running means
+    // both workers took one, whatever the machine's speed
+    wait_starts(&h, |s| s.len() == 2).await;
+    let first_two: std::collections::HashSet<String> = h.starts.lock().unwrap()[..2]
+        .iter()
+        .map(|(_, _, w)| w.split('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(first_two.len(), 2, "both workers took work: {first_two:?}");
+    h.open_gate();
     for id in &ids {
         let j = wait_state(&q, *id, JobState::Succeeded).await;
         assert_eq!(j.result, Some(json!({ "done": id })));
@@ -161,11 +205,6 @@ async fn two_workers_share_the_queue_and_each_job_runs_once(pool: PgPool) {
         "a job ran twice: {starts:?}"
     );
     assert_eq!(per_job.len(), 8);
-    let workers: std::collections::HashSet<&str> = starts
-        .iter()
-        .map(|(_, _, w)| w.split('/').next().unwrap())
-        .collect();
-    assert_eq!(workers.len(), 2, "both workers took work: {starts:?}");
     for r in [a, b] {
         r.stop.send(true).unwrap();
         r.task.await.unwrap();
@@ -216,13 +255,22 @@ async fn a_killed_worker_job_is_retried_once_and_completed_once(pool: PgPool) {
 
 /// Waits until the handler is running `id` (the claim is committed before the handler is first polled).
 async fn wait_started(h: &TestJob, id: i64) {
-    for _ in 0..500 {
-        if h.starts.lock().unwrap().iter().any(|(j, _, _)| *j == id) {
+    wait_starts(h, |s| s.iter().any(|(j, _, _)| *j == id)).await;
+}
+
+/// Waits until the handler's record of starts satisfies `done`.
+async fn wait_starts(h: &TestJob, done: impl Fn(&[(i64, i32, String)]) -> bool) {
+    let deadline = tokio::time::Instant::now() + STALL;
+    while tokio::time::Instant::now() < deadline {
+        if done(&h.starts.lock().unwrap()) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("job {id} never started in its handler");
+    panic!(
+        "the handler never got there: {:?}",
+        h.starts.lock().unwrap()
+    );
 }
 
 /// The lease the current holder has (as the worker would see it).
@@ -241,6 +289,8 @@ async fn a_job_that_keeps_dying_fails_after_its_attempts(pool: PgPool) {
     let id = submit(&q, "hang", 1).await;
     let lease = q.claim("w", &["test".to_owned()]).await.unwrap().unwrap();
     assert_eq!(lease.job.id, id);
+    // no heartbeat follows this claim: after 300 ms the lease is older than 100 ms on any machine (a wait
+    // for time itself to pass, not for another thread)
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reaped = q.reap(Duration::from_millis(100)).await.unwrap();
     assert_eq!(reaped, vec![(id, JobState::Failed)]);
@@ -278,7 +328,11 @@ async fn cancellation_stops_a_running_job_and_a_queued_one(pool: PgPool) {
         Some(CancelOutcome::Cancelled)
     );
     let w = start(&pool, &h, "w2", cfg());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the worker claims in id order: once a later job has run, the cancelled one had its chance
+    let later = submit(&q, "ok", 3).await;
+    let done = wait_state(&q, later, JobState::Succeeded).await;
+    assert_eq!(q.metrics(later).await.unwrap()[0].value, 0.5);
+    assert_eq!(done.result, Some(json!({ "done": later })));
     assert_eq!(
         q.get(queued).await.unwrap().unwrap().state(),
         JobState::Cancelled

@@ -22,7 +22,7 @@ use openledger_daemon::chain::Chain;
 use openledger_daemon::content::{Format, canonicalise};
 use openledger_daemon::inference::{Inference, InferenceConfig};
 use openledger_daemon::jobs::queue::Queue;
-use openledger_daemon::jobs::train::TrainSettings;
+use openledger_daemon::jobs::train::{StepHook, TrainSettings};
 use openledger_daemon::jobs::worker::Registry as Jobs;
 use openledger_daemon::state::ApiConfig;
 use openledger_indexer::{Indexer, Mode};
@@ -73,6 +73,11 @@ async fn contribute(chain: &TestChain, pool: &PgPool, records: &[&str], tag: &st
 /// Anvil with the suite, Datanet 1 (owned by the daemon's key #1) with `records` contributed by #4 and
 /// accepted, its version 1 published; Datanet 2 with nothing published; a tiny base model installed.
 async fn stack(pool: PgPool, records: &[&str]) -> Stack {
+    stack_with(pool, records, None).await
+}
+
+/// `stack`, its training runs calling `step_hook` after each step.
+async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>) -> Stack {
     let chain = TestChain::start().await;
     let d = chain.deployment.clone();
     let registry_addr = d.address(ContractKind::Registry).unwrap();
@@ -112,8 +117,8 @@ async fn stack(pool: PgPool, records: &[&str]) -> Stack {
     .await
     .unwrap();
     let settings = TrainSettings {
-        data_dir: data.path().to_path_buf(),
-        device: "cpu".into(),
+        step_hook,
+        ..TrainSettings::new(data.path().to_path_buf(), "cpu")
     };
     let jobs = openledger_daemon::serve::registry(
         &pool,
@@ -424,12 +429,7 @@ async fn a_later_version_reuses_the_earlier_segments(
     send!(registry(1).reviewContributions(U256::from(1), ids, true));
     let owner = sign_in(app, &KEYS[1].parse().unwrap()).await;
     let accepted = first["sources"].as_array().unwrap().len() + added.len();
-    for _ in 0..200 {
-        if get(app, "/api/datanets/1", None).await.json()["stats"]["accepted"] == accepted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_accepted(app, 1, accepted).await;
     let j = post_json(
         app,
         "/api/jobs",
@@ -439,17 +439,7 @@ async fn a_later_version_reuses_the_earlier_segments(
     .await;
     let j = wait_job(app, &owner, j.json()["id"].as_i64().unwrap()).await;
     assert_eq!(j["state"], "succeeded", "{j}");
-    for _ in 0..200 {
-        if get(app, "/api/datanets/1/versions", None)
-            .await
-            .json()
-            .as_array()
-            .is_some_and(|v| v.len() == 2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_versions(app, 1, 2).await;
     let mut params = tiny_params(json!({}));
     params["publish"] = json!(false);
     let done = trained(app, &s.session, params).await;
@@ -750,6 +740,7 @@ async fn serve_the_fresh_adapter_paid_first(
     send!(token(5).approve(router, ether(10)));
     let rid = B256::repeat_byte(0x42);
     send!(fee.payInference(model_id, rid, ether(1)));
+    wait_payment_indexed(&s.pool, d, rid).await;
     let paid = chat(json!({"request_id": rid.to_string()})).await;
     assert_eq!(
         paid.status,
@@ -792,6 +783,7 @@ async fn serve_the_fresh_adapter_paid_first(
     // under-paid, and never paid
     let cheap = B256::repeat_byte(0x43);
     send!(fee.payInference(model_id, cheap, U256::from(1)));
+    wait_payment_indexed(&s.pool, d, cheap).await;
     let p = chat(json!({"request_id": cheap.to_string()}))
         .await
         .problem(402, "payment-required");
@@ -802,6 +794,7 @@ async fn serve_the_fresh_adapter_paid_first(
     // streamed: OpenAI's chunks, then [DONE]
     let rid2 = B256::repeat_byte(0x45);
     send!(fee.payInference(model_id, rid2, ether(1)));
+    wait_payment_indexed(&s.pool, d, rid2).await;
     let st = chat(json!({"request_id": rid2.to_string(), "stream": true, "stream_options": {"include_usage": true}})).await;
     assert_eq!(st.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&st.body).to_string();
@@ -1087,16 +1080,13 @@ async fn attribution_of_an_inference(
     assert_eq!(p["status"], "pending");
     let task = tokio::spawn(inf.attribution.clone().run_queue(s.pool.clone()));
     att.wake();
-    let mut done = Value::Null;
-    for _ in 0..200 {
-        done = get(app, &format!("/api/inferences/{id}/attribution"), None)
+    let done = until("the queued attribution completes", || async {
+        let done = get(app, &format!("/api/inferences/{id}/attribution"), None)
             .await
             .json();
-        if done["status"] == "complete" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (done["status"] != "pending").then_some(done)
+    })
+    .await;
     task.abort();
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(done["weights"], a["weights"]);
@@ -1342,6 +1332,7 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     let fee = FeeRouter::new(router, s.chain.actor(5));
     let rid = B256::repeat_byte(0x51);
     send!(fee.payInference(model_id, rid, ether(1)));
+    wait_payment_indexed(&s.pool, d, rid).await;
     let line = |id: &str, body: Value| {
         json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
             .to_string()
@@ -1430,14 +1421,13 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     let id = b["id"].as_str().unwrap().to_string();
     assert_eq!(b["object"], "batch");
     assert_eq!(b["request_counts"]["total"], 4);
-    let mut done = Value::Null;
-    for _ in 0..600 {
-        done = get(&app, &format!("/v1/batches/{id}"), tok).await.json();
-        if ["completed", "failed", "cancelled"].contains(&done["status"].as_str().unwrap()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = until_within(JOB_STALL, "the batch ends", || async {
+        let done = get(&app, &format!("/v1/batches/{id}"), tok).await.json();
+        ["completed", "failed", "cancelled"]
+            .contains(&done["status"].as_str().unwrap())
+            .then_some(done)
+    })
+    .await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         done["request_counts"],
@@ -1537,32 +1527,32 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     // a crash while line 0 ran: its inference left running, its result and the output files not written,
     // the job taken back to the queue. The rerun skips the finished lines and serves line 0 again on the
     // payment the interrupted run had taken.
+    // One transaction, so the live worker cannot take the job back before the rest of the crash is in place.
     let (out_id, err_id) = openledger_daemon::inference::batch::output_file_ids(job);
+    let mut tx = s.pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM files WHERE id = $1 OR id = $2")
+        .bind(&out_id)
+        .bind(&err_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     for q in [
         "UPDATE inferences SET status = 'running', finished_at = NULL WHERE batch_job_id = $1 AND batch_line = 0",
         "DELETE FROM batch_results WHERE job_id = $1 AND line = 0",
         "UPDATE jobs SET state = 'queued', worker = NULL, heartbeat_at = NULL, result = NULL, finished_at = NULL WHERE id = $1",
     ] {
-        sqlx::query(q).bind(job).execute(&s.pool).await.unwrap();
+        sqlx::query(q).bind(job).execute(&mut *tx).await.unwrap();
     }
-    sqlx::query("DELETE FROM files WHERE id = $1 OR id = $2")
-        .bind(&out_id)
-        .bind(&err_id)
-        .execute(&s.pool)
-        .await
-        .unwrap();
-    let mut state = String::new();
-    for _ in 0..600 {
-        state = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+    tx.commit().await.unwrap();
+    let state: String = until_within(JOB_STALL, "the rerun of the batch ends", || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
             .bind(job)
             .fetch_one(&s.pool)
             .await
             .unwrap();
-        if state != "queued" && state != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (state != "queued" && state != "running").then_some(state)
+    })
+    .await;
     assert_eq!(state, "succeeded");
     let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
         "SELECT batch_line, status, payment_mode, request_id FROM inferences WHERE batch_job_id = $1
@@ -1600,7 +1590,19 @@ async fn batches_of_requests_through_the_files_and_batches_api(
 async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
     let recs = pairs(8);
     let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
-    let mut s = stack(pool, &recs).await;
+    // the first run is held after step 20 until its worker has been shut down: it then checkpoints exactly
+    // there, however fast or slow the machine (the resumed run starts past step 20 and is not held)
+    const HOLD_AT: usize = 20;
+    let (held_tx, held) = std::sync::mpsc::channel::<()>();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let hook = StepHook(std::sync::Arc::new(move |step| {
+        if step == HOLD_AT {
+            let _ = held_tx.send(());
+            let _ = hold.lock().unwrap().recv();
+        }
+    }));
+    let mut s = stack_with(pool, &recs, Some(hook)).await;
     let r = post_json(
         &s.app,
         "/api/jobs",
@@ -1617,33 +1619,26 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
     );
     let id = r.json()["id"].as_i64().unwrap();
     let q = Queue::new(s.pool.clone());
-    // let it get going, then shut the worker down: the job goes back to the queue, training checkpoints
-    for _ in 0..600 {
-        if q.metrics(id)
-            .await
-            .unwrap()
-            .iter()
-            .any(|m| m.name == "loss" && m.step >= 20)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // wait (off this runtime's only thread) until training is held at its step, then shut the worker down:
+    // the job goes back to the queue, and training checkpoints once it is let go
+    tokio::task::spawn_blocking(move || held.recv_timeout(STALL))
+        .await
+        .unwrap()
+        .expect("training never reached the held step");
     let _ = s.stop.send(true);
     s.workers.take().unwrap().await.unwrap();
     let job = q.get(id).await.unwrap().unwrap();
     assert_eq!(job.state, "queued", "released on shutdown");
+    release.send(()).unwrap();
     let created = job.created_at.unix_timestamp_nanos() / 1000;
     let ckpt = s
         .data
         .path()
         .join(format!("training/job-{id}-{created}/checkpoint/state.json"));
-    for _ in 0..200 {
-        if ckpt.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the stopped run's checkpoint", || async {
+        ckpt.exists().then_some(())
+    })
+    .await;
     assert!(
         ckpt.exists(),
         "{} missing; training/ holds {:?}",
@@ -1655,7 +1650,7 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
     );
     let state: Value = serde_json::from_slice(&std::fs::read(&ckpt).unwrap()).unwrap();
     let at = state["step"].as_u64().unwrap();
-    assert!((1..3000).contains(&at), "checkpoint at step {at}");
+    assert_eq!(at, HOLD_AT as u64, "checkpoint at the held step");
     // a new worker takes the job and finishes it from the checkpoint
     let (_stop, _h) = start_workers(&s.pool, &s.jobs, "second");
     let job = wait_job(&s.app, &s.session, id).await;
@@ -1752,22 +1747,20 @@ async fn the_cli_trains_and_publishes(pool: PgPool) {
     assert_eq!(detail["model_id"], model_id);
 }
 
-fn smollm_path() -> Option<PathBuf> {
+/// The base model `scripts/setup.sh` installs; the test that needs it fails when it is missing.
+fn smollm_path() -> PathBuf {
     let p = std::env::var_os("OPENLEDGER_BASE_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".local/share/openledger/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; run scripts/setup.sh to fetch it",
-            p.display()
-        );
-        None
-    }
+    assert!(
+        p.exists(),
+        "{} is absent: run scripts/setup.sh to fetch it",
+        p.display()
+    );
+    p
 }
 
 fn python() -> PathBuf {
@@ -1782,7 +1775,7 @@ fn python() -> PathBuf {
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn fine_tuning_smollm2_lowers_held_out_loss(pool: PgPool) {
-    let Some(model) = smollm_path() else { return };
+    let model = smollm_path();
     let recs = pairs(24);
     let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
     let s = stack(pool, &recs).await;

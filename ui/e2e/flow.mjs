@@ -36,7 +36,7 @@ const browser = await chromium.launch({
 });
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
 const page = await context.newPage();
-page.setDefaultTimeout(60_000);
+page.setDefaultTimeout(120_000);
 page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
 // a 4xx the page asked for and handled (a poll before a record exists) is fine; a 5xx or a script error is not
 const refused = [];
@@ -189,21 +189,30 @@ try {
   await page.getByText(/^Method /).nth(1).waitFor({ timeout: 180_000 });
   check((await page.locator(".attribution").nth(1).textContent()).includes("(pay first)"), "the second answer was paid from the wallet (pay first)");
 
-  // -- rewards: wait for the settlement, skip the devnet challenge delay, claim
+  // -- rewards: wait for the settlement, skip the devnet challenge delay, claim. Waits are for states, with
+  // stall bounds far beyond what a loaded machine needs.
   let claimed = false;
-  for (let i = 0; i < 90 && !claimed; i++) {
+  const settledBy = Date.now() + 15 * 60_000;
+  while (!claimed && Date.now() < settledBy) {
     await go("#/rewards");
     const claim = page.getByRole("button", { name: /^Claim / });
     const skip = page.getByRole("button", { name: "Skip the challenge delay (devnet)" });
     if (await claim.count()) {
       await shot("09-rewards-claimable");
       await claim.click();
-      await page.getByText("Claimed").first().waitFor({ timeout: 60_000 }).catch(() => {});
-      await page.waitForFunction(() => document.querySelector("#claimable b")?.textContent === "0 OPEN", null, { timeout: 60_000 });
+      await page.getByText("Claimed").first().waitFor({ timeout: 300_000 });
+      // the page waits a while for the indexer to see the claim; past that, look again until it shows
+      const shownBy = Date.now() + 300_000;
+      while ((await page.locator("#claimable b").textContent()) !== "0 OPEN") {
+        if (Date.now() > shownBy) throw new Error("the claim was never shown as claimed");
+        await page.waitForTimeout(1000);
+        await go("#/rewards");
+      }
       claimed = true;
     } else if (await skip.count()) {
       await skip.click();
-      await page.waitForTimeout(1000);
+      // the button stays busy until the daemon has accepted the root (or the page gives up): then look again
+      await page.waitForFunction(() => !document.querySelector('button[aria-busy="true"]'), null, { timeout: 300_000 });
     } else {
       await page.waitForTimeout(2000);
     }
@@ -246,6 +255,7 @@ try {
     };
   }, { rpc: rpcUrl, account: "0x90f79bf6eb2c4f870365e785982e1f101e93b906" });
   const p2 = await injected.newPage();
+  p2.setDefaultTimeout(120_000);
   p2.on("pageerror", (e) => problems.push(`page error (injected wallet): ${e.message}`));
   await p2.goto(`${URL_}/#/connect`);
   await p2.getByRole("button", { name: "Connect wallet and sign in" }).click();

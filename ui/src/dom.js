@@ -86,8 +86,11 @@ export const errorTo = (el) => (e) => {
   el.textContent = e?.message ?? String(e);
 };
 
-/** Polls `ready()` every `ms` until it is true, at most `tries` times; resolves whether it got there. */
-export async function until(ready, tries = 120, ms = 500) {
+/**
+ * Polls `ready()` every `ms` until it is true, at most `tries` times; resolves whether it got there. The
+ * default bound (5 minutes) is for the indexer on a busy node: it usually answers within a second.
+ */
+export async function until(ready, tries = 600, ms = 500) {
   for (let i = 0; i < tries; i++) {
     if (await ready()) return true;
     await sleep(ms);

@@ -72,6 +72,10 @@ fn sample_alone(
 
 type Collected = mpsc::Receiver<Event>;
 
+/// How long a test waits for the engine before calling it stalled: a stall detector, far beyond what a
+/// loaded machine needs, never a measure of speed.
+const STALL: Duration = Duration::from_secs(300);
+
 fn request(
     prompt: Vec<u32>,
     adapter: Option<AdapterRef>,
@@ -95,10 +99,7 @@ fn request(
 
 fn finished(rx: &Collected) -> Result<Finished, String> {
     loop {
-        match rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("engine stalled")
-        {
+        match rx.recv_timeout(STALL).expect("engine stalled") {
             Event::Done(f) => return Ok(f),
             Event::Failed(e) => return Err(e),
             _ => {}
@@ -412,7 +413,12 @@ fn bad_requests_are_refused_and_a_corrupt_adapter_fails_only_its_own_request() {
     };
     assert!(invalid(p.clone(), 4, hot).contains("temperature"));
 
-    // a missing adapter folder fails its own request; a base request beside it completes
+    // The queue holds two. To fill it deterministically, a base request is held inside its sink on the
+    // engine thread (at `Started`) until the test lets go: while it is held, the engine reads no command,
+    // so the request for a missing adapter stays queued and its load cannot fail before the check.
+    let (held, held_rx, started, release) = held_at_start(p.clone(), 6);
+    engine.submit(held).unwrap();
+    started.recv().expect("the held request never started");
     let (bad, bad_rx) = request(
         p.clone(),
         Some(AdapterRef {
@@ -422,16 +428,21 @@ fn bad_requests_are_refused_and_a_corrupt_adapter_fails_only_its_own_request() {
         }),
         4,
     );
-    let (good, good_rx) = request(p.clone(), None, 6);
     engine.submit(bad).unwrap();
-    engine.submit(good).unwrap();
-    // the queue holds two: a third is turned away
+    assert_eq!(engine.in_flight(), 2);
+    // the queue holds two: a third is turned away, and says how many are ahead of it
     let (third, _rx) = request(p.clone(), None, 4);
-    assert!(matches!(engine.submit(third), Err(SubmitError::Busy(_))));
+    assert!(matches!(engine.submit(third), Err(SubmitError::Busy(2))));
+    release.send(()).unwrap();
+    // the missing adapter fails its own request; the base request beside it completes
     let err = finished(&bad_rx).unwrap_err();
     assert!(err.contains("missing"), "{err}");
-    let ok = finished(&good_rx).unwrap();
-    assert!(!ok.tokens.is_empty());
+    let ok = finished(&held_rx).unwrap();
+    assert_eq!(ok.tokens.len(), 6);
+    // the engine drops a request's sink only after freeing its place
+    drain(&held_rx);
+    drain(&bad_rx);
+    assert_eq!(engine.in_flight(), 0);
 
     // a client that goes away mid-stream frees its place
     let (tx, rx) = mpsc::channel();
@@ -444,15 +455,14 @@ fn bad_requests_are_refused_and_a_corrupt_adapter_fails_only_its_own_request() {
         let _ = tx.send(seen);
         seen < 3
     });
-    std::thread::sleep(Duration::from_millis(50));
     engine.submit(gone).unwrap();
-    while rx.recv_timeout(Duration::from_secs(60)).unwrap() < 3 {}
-    for _ in 0..200 {
-        if engine.in_flight() == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // the sink (and the channel's sender in it) is dropped once the engine has ended the sequence
+    let calls = drain(&rx);
+    assert_eq!(
+        calls.last(),
+        Some(&3),
+        "the sink was called after it asked to stop"
+    );
     assert_eq!(engine.in_flight(), 0);
     assert_eq!(
         engine
@@ -461,6 +471,45 @@ fn bad_requests_are_refused_and_a_corrupt_adapter_fails_only_its_own_request() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+}
+
+/// A request whose sink blocks the engine thread at `Started` until `release` gets a message (or is
+/// dropped); `started` hears when it got there.
+fn held_at_start(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> (
+    GenerateRequest,
+    Collected,
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+) {
+    let (mut req, rx) = request(prompt, None, max_tokens);
+    req.ignore_eos = true;
+    let (started_tx, started) = mpsc::channel();
+    let (release, hold) = mpsc::channel::<()>();
+    let mut inner = req.sink;
+    req.sink = Box::new(move |e| {
+        if matches!(e, Event::Started) {
+            let _ = started_tx.send(());
+            let _ = hold.recv();
+        }
+        inner(e)
+    });
+    (req, rx, started, release)
+}
+
+/// Everything still to come from a request's sink, once the engine has dropped it (which it does only
+/// after ending the request and freeing its place).
+fn drain<T>(rx: &mpsc::Receiver<T>) -> Vec<T> {
+    let mut rest = Vec::new();
+    loop {
+        match rx.recv_timeout(STALL) {
+            Ok(x) => rest.push(x),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return rest,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("engine stalled"),
+        }
+    }
 }
 
 #[test]
@@ -497,7 +546,7 @@ fn interactive_requests_are_admitted_before_waiting_batch_requests() {
                 // holds the engine thread at its first token until the test has queued the others
                 Event::Token { .. } => {
                     if let Some(h) = hold.take() {
-                        let _ = h.recv_timeout(Duration::from_secs(30));
+                        let _ = h.recv();
                     }
                 }
                 _ => {}
@@ -509,10 +558,7 @@ fn interactive_requests_are_admitted_before_waiting_batch_requests() {
     };
     // a batch request occupies the only slot; two more batch requests wait, then an interactive one
     let first = submit("batch-0", Priority::Batch, go.take());
-    assert_eq!(
-        started.recv_timeout(Duration::from_secs(60)).unwrap(),
-        "batch-0"
-    );
+    assert_eq!(started.recv_timeout(STALL).unwrap(), "batch-0");
     let b1 = submit("batch-1", Priority::Batch, None);
     let b2 = submit("batch-2", Priority::Batch, None);
     let i = submit("interactive", Priority::Interactive, None);

@@ -43,11 +43,18 @@ fn all_targets() -> LoraConfig {
     }
 }
 
-/// Gives B non-zero values so adapters change the output.
+/// Gives B non-zero values so adapters change the output: the same values for the same seed on every run
+/// (candle's CPU `randn` cannot be seeded).
 fn perturb(lora: &Lora, seed: u64) {
-    for (i, v) in lora.vars().iter().enumerate() {
-        let r = Tensor::randn(0f32, 0.05, v.shape(), &Device::Cpu).unwrap();
-        let _ = (seed, i);
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, 0.05).unwrap();
+    for v in lora.vars() {
+        let values: Vec<f32> = (0..v.elem_count())
+            .map(|_| normal.sample(&mut rng))
+            .collect();
+        let r = Tensor::from_vec(values, v.shape(), &Device::Cpu).unwrap();
         v.set(&(v.as_tensor() + r).unwrap()).unwrap();
     }
 }

@@ -294,10 +294,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         worker_slots: args.workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         confirm_timeout: Duration::from_secs(args.confirm_timeout_secs.max(1)),
-        training: TrainSettings {
-            data_dir: global.data_dir.clone(),
-            device: args.device.clone(),
-        },
+        training: TrainSettings::new(global.data_dir.clone(), &args.device),
         inference: args.inference.config(),
         settlement: (args.settle_every_secs > 0).then(|| {
             (

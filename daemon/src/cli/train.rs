@@ -181,10 +181,7 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     .await?;
     let db = super::db::open(global).await?;
     let pool = db.pool.clone();
-    let settings = TrainSettings {
-        data_dir: global.data_dir.clone(),
-        device: args.device.clone(),
-    };
+    let settings = TrainSettings::new(global.data_dir.clone(), &args.device);
     crate::models::scan_models_dir(&pool, &settings.models_dir()).await?;
     let timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), &deployment)?;

@@ -44,9 +44,30 @@ pub struct TrainSettings {
     pub data_dir: PathBuf,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// Called on the training thread after each optimizer step; `None` in the daemon. Tests use it to hold
+    /// a run at a known step (to stop a job there, whatever the machine's speed).
+    pub step_hook: Option<StepHook>,
+}
+
+/// See [`TrainSettings::step_hook`]: receives the step just taken.
+#[derive(Clone)]
+pub struct StepHook(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for StepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepHook")
+    }
 }
 
 impl TrainSettings {
+    pub fn new(data_dir: PathBuf, device: impl Into<String>) -> Self {
+        TrainSettings {
+            data_dir,
+            device: device.into(),
+            step_hook: None,
+        }
+    }
+
     pub fn models_dir(&self) -> PathBuf {
         self.data_dir.join("models")
     }
@@ -329,6 +350,7 @@ struct Run {
     work_dir: PathBuf,
     /// Earlier models on this base whose attribution segments may be reused, newest first.
     priors: Vec<Prior>,
+    step_hook: Option<StepHook>,
 }
 
 fn train_blocking(
@@ -350,6 +372,7 @@ fn train_blocking(
         out_dir,
         work_dir,
         priors,
+        step_hook,
     } = run;
     let dev = openledger_model::device(&device)?;
     let base = BaseModel::load(&base_path, &dev, Some(base_hash.clone()))?;
@@ -366,6 +389,9 @@ fn train_blocking(
         checkpoint_dir: Some(work_dir.join("checkpoint")),
     };
     let metrics: Metrics = trainer.run(&lora, &stop, &mut |e| {
+        if let (Some(hook), Event::Step { step, .. }) = (&step_hook, &e) {
+            (hook.0)(*step);
+        }
         let _ = events.send(e);
         Ok(())
     })?;
@@ -858,6 +884,7 @@ impl TrainJob {
                     manifest_sha256,
                 })
                 .collect(),
+            step_hook: self.settings.step_hook.clone(),
         };
         let handle = tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -100,11 +100,12 @@ impl Build {
     }
 }
 
-/// The last block an epoch may reach: indexed, and `finality_depth` below the head. Waits (up to 30 s)
-/// while the index's last block is not the chain's block of that number: the indexer has yet to see a
-/// reorg, and its rows above the fork are stale.
+/// The last block an epoch may reach: indexed, and `finality_depth` below the head. Waits (up to the
+/// configured `confirm_timeout`) while the index's last block is not the chain's block of that number: the
+/// indexer has yet to see a reorg, and its rows above the fork are stale.
 pub async fn final_block(s: &Settler) -> Result<(u64, u64, Option<u64>), SettleError> {
-    for _ in 0..150 {
+    let deadline = tokio::time::Instant::now() + s.cfg.confirm_timeout;
+    loop {
         let head = s
             .provider()
             .get_block_number()
@@ -115,11 +116,13 @@ pub async fn final_block(s: &Settler) -> Result<(u64, u64, Option<u64>), SettleE
             let by_depth = head.saturating_sub(s.cfg.finality_depth);
             return Ok((by_depth.min(indexed.unwrap_or(0)), head, indexed));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SettleError::Moving(
+                "the indexer has not caught up with a reorg of the chain; is it running?".into(),
+            ));
+        }
+        tokio::time::sleep(s.cfg.poll_interval).await;
     }
-    Err(SettleError::Moving(
-        "the indexer has not caught up with a reorg of the chain; is it running?".into(),
-    ))
 }
 
 /// Whether the block the index ends at is the chain's block of that number.

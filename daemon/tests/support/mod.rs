@@ -21,6 +21,58 @@ use tower::ServiceExt;
 
 pub const DOMAIN: &str = "localhost:8080";
 
+/// How long a test waits for another task (the indexer, a worker, the chain, a child process) before it
+/// calls it stalled and fails. A stall detector, far beyond what a loaded machine needs: never a measure of
+/// speed. Tests wait for the state they need, never for a fixed time.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The stall detector of a whole job (training a model included) on a loaded two-core machine.
+pub const JOB_STALL: std::time::Duration = std::time::Duration::from_secs(1200);
+
+/// Calls `probe` (every 200 ms) until it returns `Some`, and returns that; panics naming `what` when `STALL`
+/// has passed.
+pub async fn until<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    until_within(STALL, what, probe).await
+}
+
+/// `until`, with its own stall bound.
+pub async fn until_within<T, F, Fut>(bound: std::time::Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("stalled: {what} (waited {bound:?})");
+        }
+        // 5 polls a second: well inside the API's per-client rate limit
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the index holds an `InferencePaid` for `request_id` (before a test asks the API to find it,
+/// so the API's own payment wait is not what the test depends on).
+pub async fn wait_payment_indexed(pool: &PgPool, deployment: &Deployment, request_id: B256) {
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment).unwrap();
+    until(&format!("payment {request_id} indexed"), || async {
+        (!index
+            .payments_by_request(request_id)
+            .await
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await
+}
+
 /// A manifest for a chain that need not exist (handler tests read only the index tables).
 pub fn fake_deployment() -> Deployment {
     let mut contracts = serde_json::Map::new();
@@ -281,33 +333,48 @@ pub fn u(n: u64) -> U256 {
     U256::from(n)
 }
 
-/// Polls `/api/jobs/{id}` until the job ends (at most five minutes: training jobs take a while).
+/// Polls `/api/jobs/{id}` until the job ends (training jobs take a while: `JOB_STALL`).
 pub async fn wait_job(app: &Router, token: &str, id: i64) -> Value {
-    for _ in 0..3000 {
+    until_within(JOB_STALL, &format!("job {id} finished"), || async {
         let v = get(app, &format!("/api/jobs/{id}"), Some(token))
             .await
             .json();
-        if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("job {id} never finished");
+        let Some(state) = v["state"].as_str() else {
+            panic!("GET /api/jobs/{id} answered {v}");
+        };
+        ["succeeded", "failed", "cancelled"]
+            .contains(&state)
+            .then_some(v)
+    })
+    .await
 }
 
 /// Waits until the index shows `n` accepted contributions in `datanet`.
 pub async fn wait_accepted(app: &Router, datanet: u64, n: usize) {
-    for _ in 0..200 {
-        if get(app, &format!("/api/datanets/{datanet}"), None)
+    until(
+        &format!("Datanet {datanet} shows {n} accepted contributions"),
+        || async {
+            (get(app, &format!("/api/datanets/{datanet}"), None)
+                .await
+                .json()["stats"]["accepted"]
+                == n)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the index lists `n` versions of `datanet`.
+pub async fn wait_versions(app: &Router, datanet: u64, n: usize) {
+    until(&format!("Datanet {datanet} lists {n} versions"), || async {
+        get(app, &format!("/api/datanets/{datanet}/versions"), None)
             .await
-            .json()["stats"]["accepted"]
-            == n
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("Datanet {datanet} never showed {n} accepted contributions");
+            .json()
+            .as_array()
+            .is_some_and(|v| v.len() == n)
+            .then_some(())
+    })
+    .await
 }
 
 /// Freezes `datanet`'s accepted contributions with a `datanet_snapshot` job that publishes the version
@@ -320,18 +387,18 @@ pub async fn publish_version(app: &Router, session: &str, datanet: u64) {
         serde_json::json!({"datanet_id": datanet.to_string(), "publish": true}),
     )
     .await;
-    for _ in 0..200 {
-        if get(app, &format!("/api/datanets/{datanet}/versions"), None)
-            .await
-            .json()
-            .as_array()
-            .is_some_and(|v| !v.is_empty())
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the version of Datanet {datanet} was never indexed");
+    until(
+        &format!("the version of Datanet {datanet} indexed"),
+        || async {
+            get(app, &format!("/api/datanets/{datanet}/versions"), None)
+                .await
+                .json()
+                .as_array()
+                .is_some_and(|v| !v.is_empty())
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// Submits a job of `kind` with `params` and waits for it to succeed: the finished job.

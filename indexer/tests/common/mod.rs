@@ -16,6 +16,10 @@ use openledger_indexer::{Indexer, IndexerConfig, Mode};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
 
+/// How long a test waits for another process or task before calling it stalled: far beyond what a loaded
+/// machine needs, never a measure of speed.
+pub const STALL: Duration = Duration::from_secs(300);
+
 /// Send a contract call and wait for a successful receipt.
 #[macro_export]
 macro_rules! send {
@@ -93,29 +97,37 @@ impl TestChain {
             "{} missing: run scripts/setup.sh",
             anvil.display()
         );
-        let port = free_port();
-        // a chain id of its own: parallel tests' forge broadcasts (kept per chain id) must not collide
-        let chain_id = (100_000 + u64::from(port)).to_string();
-        let child = Command::new(&anvil)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--chain-id",
-                &chain_id,
-                "--network",
-                "optimism",
-                "--silent",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        // a port taken between `free_port` and anvil's bind (another test's node) is retried on a new one
+        let (port, chain_id, node) = 'start: {
+            for _ in 0..5 {
+                let port = free_port();
+                // a chain id of its own: parallel tests' forge broadcasts (kept per chain id) must not collide
+                let chain_id = (100_000 + u64::from(port)).to_string();
+                let child = Command::new(&anvil)
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--chain-id",
+                        &chain_id,
+                        "--network",
+                        "optimism",
+                        "--silent",
+                    ])
+                    .args(extra)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut node = KillOnDrop(child);
+                if wait_for_node(&mut node.0, port, chain_id.parse().unwrap()).await {
+                    break 'start (port, chain_id, node);
+                }
+            }
+            panic!("anvil could not start on a free port five times");
+        };
         let url = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("manifest.json");
-        let node = KillOnDrop(child);
-        wait_for_node(&url).await;
         let out = Command::new("bash")
             .arg(root.join("scripts/deploy.sh"))
             .args(["--rpc-url", &url, "--out", manifest.to_str().unwrap()])
@@ -164,7 +176,7 @@ impl TestChain {
 
     pub fn config(&self) -> IndexerConfig {
         let mut cfg = IndexerConfig::new(self.url.clone());
-        cfg.startup_timeout = Duration::from_secs(10);
+        cfg.startup_timeout = STALL;
         cfg.poll_interval = Duration::from_millis(50);
         cfg
     }
@@ -205,15 +217,25 @@ impl TestChain {
     }
 }
 
-async fn wait_for_node(url: &str) {
+/// Waits until the anvil just started answers with its own chain id: `false` when it exited (its port was
+/// taken); panics when it neither answers nor exits within `STALL`.
+async fn wait_for_node(child: &mut Child, port: u16, chain_id: u64) -> bool {
+    let url = format!("http://127.0.0.1:{port}");
     let p = ProviderBuilder::new().connect_http(url.parse().unwrap());
-    for _ in 0..200 {
-        if p.get_chain_id().await.is_ok() {
-            return;
+    let deadline = tokio::time::Instant::now() + STALL;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
         }
+        if p.get_chain_id().await.is_ok_and(|id| id == chain_id) {
+            return true;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "anvil did not start at {url}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("anvil did not start at {url}");
 }
 
 /// A second, empty, migrated database on the same server as `pool`; `drop_fresh` removes it.

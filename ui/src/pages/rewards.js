@@ -35,7 +35,7 @@ export async function render(ctx, _p, query) {
       msg.textContent = "Confirm the claim in the wallet…";
       await w.send("RewardDistributor", r.claim.function, r.claim.args, "claiming");
       msg.textContent = "Claimed; waiting for the indexer…";
-      await until(async () => (await ctx.api(`/api/rewards/${address}`)).claimable === "0", 60);
+      await until(async () => (await ctx.api(`/api/rewards/${address}`)).claimable === "0");
       ctx.toast(`Claimed ${formatOpen(r.claimable)} OPEN`);
       ctx.refresh();
     }, errorTo(msg)));
