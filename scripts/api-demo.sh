@@ -48,7 +48,7 @@ step "a Datanet to contribute to (created by #0 with cast; the fee is 10 OPEN)"
 DATANET="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "datanetCount()(uint256)")"
 echo "datanet $DATANET" >&2
 # the daemon's indexer picks it up within a block or two
-wait_until 300 curl -sf -o /dev/null "$API/api/datanets/$DATANET" || die "the indexer never showed Datanet $DATANET"
+wait_until 300 curl -sf --max-time 10 -o /dev/null "$API/api/datanets/$DATANET" || die "the indexer never showed Datanet $DATANET"
 curl -sf "$API/api/datanets/$DATANET" | jq -c '{id, owner, stats}' >&2
 
 step "sign in with the wallet (EIP-4361)"
@@ -97,7 +97,7 @@ curl -sfN --max-time 600 "$API/api/jobs/$JOB/events" -H "$AUTH" | sed -n 's/^dat
 
 step "the upload is confirmed: the indexer saw the ContributionSubmitted event"
 upload_confirmed() {
-  RESULT="$(curl -sf "$API/api/uploads/$UPLOAD_ID" -H "$AUTH")" && STATE="$(jq -r .state <<<"$RESULT")" \
+  RESULT="$(curl -sf --max-time 10 "$API/api/uploads/$UPLOAD_ID" -H "$AUTH")" && STATE="$(jq -r .state <<<"$RESULT")" \
     && [ "$STATE" = confirmed ]
 }
 STATE=""
@@ -122,7 +122,7 @@ wait_job() { # id -> the finished job
 step "the owner (#0) accepts it and publishes version 1 with the root a datanet_snapshot job computed"
 "$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$REGISTRY" \
   "reviewContributions(uint256,uint256[],bool)" "$DATANET" "[$ONCHAIN]" true
-accepted() { [ "$(curl -sf "$API/api/datanets/$DATANET" | jq .stats.accepted)" = 1 ]; }
+accepted() { [ "$(curl -sf --max-time 10 "$API/api/datanets/$DATANET" | jq .stats.accepted)" = 1 ]; }
 wait_until 300 accepted || die "the acceptance was never indexed"
 SNAP="$(curl -sf -X POST "$API/api/jobs" -H "$AUTH" -H 'content-type: application/json' \
   -d "$(jq -n --arg d "$DATANET" '{kind: "datanet_snapshot", params: {datanet_id: $d}}')" | jq -r .id)"
@@ -131,7 +131,7 @@ ROOT="$(jq -r .result.root <<<"$SNAP")"
 "$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$REGISTRY" \
   "publishVersion(uint256,bytes32,uint64,string)" "$DATANET" "$ROOT" "$(jq -r .result.contribution_count <<<"$SNAP")" \
   "openledger://datanets/$DATANET/versions/$ROOT"
-published() { [ "$(curl -sf "$API/api/datanets/$DATANET/versions" | jq length)" = 1 ]; }
+published() { [ "$(curl -sf --max-time 10 "$API/api/datanets/$DATANET/versions" | jq length)" = 1 ]; }
 wait_until 300 published || die "version 1 was never indexed"
 echo "version 1 root $ROOT" >&2
 

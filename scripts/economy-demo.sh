@@ -53,8 +53,8 @@ open_of() { "$CAST" from-wei "$1"; }
 # wei amounts outgrow shell arithmetic
 sub() { python3 -c "print($1 - $2)"; }
 add() { python3 -c "print($1 + $2)"; }
-until_ok() { # tries command... for up to $TRIES x 0.5 s
-  for _ in $(seq "${TRIES:-240}"); do "$@" && return 0; sleep 0.5; done
+until_ok() { # tries command... for up to $TRIES x 0.5 s (default 5 minutes: a stall bound)
+  for _ in $(seq "${TRIES:-600}"); do "$@" && return 0; sleep 0.5; done
   return 1
 }
 

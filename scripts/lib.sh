@@ -21,9 +21,9 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Wait until a JSON-RPC endpoint answers eth_chainId (default 30 s).
+# Wait until a JSON-RPC endpoint answers eth_chainId (default up to 300 s).
 wait_rpc() {
-  local url="$1" tries="${2:-150}"
+  local url="$1" tries="${2:-1500}"
   for _ in $(seq "$tries"); do
     "$CAST" chain-id --rpc-url "$url" >/dev/null 2>&1 && return 0
     sleep 0.2
@@ -34,7 +34,7 @@ wait_rpc() {
 # Runs a command every 0.2 s until it succeeds; gives up (status 1) after SECS seconds. Scripts wait for a
 # state (a block indexed, a server answering), never for a fixed time; SECS is only a stall bound.
 wait_until() {
-  local secs="$1" deadline=$((SECONDS + $1))
+  local deadline=$((SECONDS + $1))
   shift
   until "$@"; do
     [ "$SECONDS" -lt "$deadline" ] || return 1
@@ -48,7 +48,7 @@ not_running() { ! kill -0 "$1" 2>/dev/null; }
 # 300); fails at once, saying so, if its process PID has exited.
 wait_ready() {
   local api="$1" pid="$2" secs="${3:-300}"
-  serve_ready() { curl -sf "$1/readyz" >/dev/null 2>&1 || not_running "$2"; }
+  serve_ready() { curl -sf --max-time 10 "$1/readyz" >/dev/null 2>&1 || not_running "$2"; }
   wait_until "$secs" serve_ready "$api" "$pid" || { log "openledger serve was not ready after $secs s"; return 1; }
   kill -0 "$pid" 2>/dev/null || { log "openledger serve exited before it was ready"; return 1; }
 }
@@ -74,23 +74,30 @@ OPENLEDGER_BIN="$CARGO_TARGET_DIR/debug/openledger"
 # Cargo names the workspace's own crates by their path inside the workspace and judges a build of them fresh
 # by the mtimes of the source files it last compiled: two clones sharing the target directory would each
 # take the other's build of these crates as up to date (and build or test the other clone's code). So the
-# clone that builds takes the directory over first: another clone's build of the workspace crates is cleaned
-# (the dependencies, most of the build, stay shared). Every `cargo` call of the scripts goes through here.
+# clone that builds takes the directory over first: another clone's build of the workspace crates (or one
+# of unknown origin) is cleaned; the dependencies, most of the build, stay shared. Every `cargo` call of the
+# scripts goes through here, one at a time over the directory (flock); two clones' scripts running at the
+# same time still share `$OPENLEDGER_BIN`, so run one clone's tests at a time.
 cargo() {
-  local mark="$CARGO_TARGET_DIR/.openledger-clone" crates
-  if [ "$(cat "$mark" 2>/dev/null)" != "$ROOT" ]; then
-    if [ -f "$mark" ]; then
-      log "the shared target directory last built $(cat "$mark"): rebuilding the workspace's crates for $ROOT"
-      crates="$(command cargo metadata --manifest-path "$ROOT/Cargo.toml" --no-deps --format-version 1 \
-        | jq -r '.packages[].name | "-p", .')"
-      # shellcheck disable=SC2086
-      command cargo clean -q --manifest-path "$ROOT/Cargo.toml" $crates
-      # shellcheck disable=SC2086
-      command cargo clean -q --manifest-path "$ROOT/Cargo.toml" --release $crates
+  mkdir -p "$CARGO_TARGET_DIR"
+  (
+    if command -v flock >/dev/null; then flock 9; fi
+    mark="$CARGO_TARGET_DIR/.openledger-clone"
+    if [ "$(cat "$mark" 2>/dev/null)" != "$ROOT" ]; then
+      if [ -f "$mark" ] || compgen -G "$CARGO_TARGET_DIR/*/.fingerprint/openledger*" >/dev/null; then
+        log "the shared target directory holds a build of $(cat "$mark" 2>/dev/null || echo 'another clone'): rebuilding the workspace's crates for $ROOT"
+        crates="$(command cargo metadata --manifest-path "$ROOT/Cargo.toml" --no-deps --format-version 1 \
+          | jq -r '.packages[].name | "-p", .')"
+        [ -n "$crates" ] || { log "cargo metadata failed: not cleaning"; exit 1; }
+        # shellcheck disable=SC2086
+        command cargo clean -q --manifest-path "$ROOT/Cargo.toml" $crates || exit 1
+        # shellcheck disable=SC2086
+        command cargo clean -q --manifest-path "$ROOT/Cargo.toml" --release $crates || exit 1
+      fi
+      echo "$ROOT" >"$mark"
     fi
-    mkdir -p "$CARGO_TARGET_DIR" && echo "$ROOT" >"$mark"
-  fi
-  command cargo "$@"
+    command cargo "$@"
+  ) 9>"$CARGO_TARGET_DIR/.openledger-clone.lock"
 }
 
 # The browser of the UI tests: Debian's Chromium (OPENLEDGER_CHROMIUM overrides, e.g. on macOS).

@@ -141,7 +141,7 @@ count_cargo_tests() {
     END {
       close_binary()
       printf "passed %d\nfailed %d\n", passed, failed
-      printf "binaries cargo test: %d test binaries ran, %d with failures\n", nbin, nbad
+      printf "binaries cargo test: %d test targets ran (doc-tests included), %d with failures\n", nbin, nbad
       for (i = 1; i <= nbad; i++) print "failed-binary " bad[i]
     }'
 }
@@ -165,8 +165,10 @@ api_walkthrough() {
   local api="http://127.0.0.1:$api_port"
   if ! wait_ready "$api" "$serve_pid"; then
     tests_failed=$((tests_failed + 1))
+    stop_child "$serve_pid" || true
     kill "$anvil_pid"; wait "$anvil_pid" 2>/dev/null || true
     psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$dir"
     return 1
   fi
   if scripts/api-demo.sh --api "$api" --rpc-url "$url" --manifest "$dir/$chain.json" \

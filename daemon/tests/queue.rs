@@ -180,7 +180,7 @@ async fn two_workers_share_the_queue_and_each_job_runs_once(pool: PgPool) {
     let b = start(&pool, &h, "worker-b", cfg());
     // each worker runs one job at a time and the jobs hold until the gate opens: two jobs running means
     // both workers took one, whatever the machine's speed
-    wait_starts(&h, |s| s.len() == 2).await;
+    wait_starts(&h, |s| s.len() >= 2).await;
     let first_two: std::collections::HashSet<String> = h.starts.lock().unwrap()[..2]
         .iter()
         .map(|(_, _, w)| w.split('/').next().unwrap().to_owned())

@@ -200,8 +200,11 @@ try {
     if (await claim.count()) {
       await shot("09-rewards-claimable");
       await claim.click();
-      await page.getByText("Claimed").first().waitFor({ timeout: 300_000 });
-      // the page waits a while for the indexer to see the claim; past that, look again until it shows
+      // the button is busy until the claim is mined and indexed (or the page stops waiting for the indexer)
+      await page.waitForFunction(() => !document.querySelector('button[aria-busy="true"]'), null, { timeout: 600_000 });
+      const failed = page.locator("main p.error");
+      if (await failed.count()) throw new Error(`the claim failed: ${await failed.first().textContent()}`);
+      // past the page's own wait for the indexer, look again until it shows the claim
       const shownBy = Date.now() + 300_000;
       while ((await page.locator("#claimable b").textContent()) !== "0 OPEN") {
         if (Date.now() > shownBy) throw new Error("the claim was never shown as claimed");

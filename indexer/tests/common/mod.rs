@@ -20,6 +20,9 @@ use sqlx::{ConnectOptions, PgPool};
 /// machine needs, never a measure of speed.
 pub const STALL: Duration = Duration::from_secs(300);
 
+/// Numbers the nodes this process starts (their chain ids).
+static NEXT_CHAIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Send a contract call and wait for a successful receipt.
 #[macro_export]
 macro_rules! send {
@@ -101,8 +104,12 @@ impl TestChain {
         let (port, chain_id, node) = 'start: {
             for _ in 0..5 {
                 let port = free_port();
-                // a chain id of its own: parallel tests' forge broadcasts (kept per chain id) must not collide
-                let chain_id = (100_000 + u64::from(port)).to_string();
+                // a chain id of its own (this process, this node): parallel tests' forge broadcasts (kept per
+                // chain id) must not collide, and a node answering with it is this one
+                let chain_id = (1_000_000
+                    + u64::from(std::process::id()) * 1000
+                    + NEXT_CHAIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000)
+                    .to_string();
                 let child = Command::new(&anvil)
                     .args([
                         "--port",
@@ -217,8 +224,8 @@ impl TestChain {
     }
 }
 
-/// Waits until the anvil just started answers with its own chain id: `false` when it exited (its port was
-/// taken); panics when it neither answers nor exits within `STALL`.
+/// Waits until the anvil just started answers with its own chain id (no other node has it): `false` when it
+/// exited (its port was taken); panics when it neither answers nor exits within `STALL`.
 async fn wait_for_node(child: &mut Child, port: u16, chain_id: u64) -> bool {
     let url = format!("http://127.0.0.1:{port}");
     let p = ProviderBuilder::new().connect_http(url.parse().unwrap());

@@ -106,7 +106,8 @@ pub enum Event {
 }
 
 /// Receives a request's events on the engine thread; returning `false` (the client went away) drops the
-/// sequence and frees its cache.
+/// sequence and frees its cache. The engine drops a request's sink only after it has ended the request
+/// (freed its place in the queue and its cache), whichever way it ended.
 pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 
 /// One generation request.
@@ -135,7 +136,7 @@ impl std::fmt::Debug for GenerateRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// The queue is full: retry after about this long.
+    /// The queue is full: this many requests are waiting or running.
     #[error("the engine is at capacity ({0} requests waiting or running)")]
     Busy(usize),
     #[error(transparent)]
