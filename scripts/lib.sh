@@ -111,12 +111,23 @@ pg_bin_dir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
 }
 
-# Export DATABASE_URL for tests: the given one, else the machine's server on 127.0.0.1:5432, else a private
-# throwaway cluster under .dev/test-postgres (stopped by stop_test_postgres).
+# Export DATABASE_URL for tests: the given one, else a database of this clone's own on the machine's server
+# on 127.0.0.1:5432, else a private throwaway cluster under .dev/test-postgres (stopped by
+# stop_test_postgres). Its own database because sqlx's test harness keeps its registry of test databases in
+# the database it is given and, when a test binary starts, drops the ones registered before it: two clones
+# testing at once on one server would drop each other's databases in use.
 ensure_test_postgres() {
   if [ -n "${DATABASE_URL:-}" ]; then return 0; fi
-  if psql "postgres://postgres@127.0.0.1:5432/postgres" -tAc 'select 1' >/dev/null 2>&1; then
-    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  local server="postgres://postgres@127.0.0.1:5432"
+  if psql "$server/postgres" -tAc 'select 1' >/dev/null 2>&1; then
+    local db
+    db="openledger_test_$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    if [ "$(psql "$server/postgres" -tAc "select 1 from pg_database where datname = '$db'")" != 1 ]; then
+      psql "$server/postgres" -qc "create database $db" >/dev/null 2>&1 \
+        || [ "$(psql "$server/postgres" -tAc "select 1 from pg_database where datname = '$db'")" = 1 ] \
+        || die "could not create the test database $db on $server"
+    fi
+    export DATABASE_URL="$server/$db"
     return 0
   fi
   local bin dir port run=()
