@@ -1,12 +1,14 @@
 //! The daemon's side of the chain: reads it needs at request time (contributor nonces), the EIP-712 payload
-//! contributors sign, and the daemon's own funded key that relays and publishes.
+//! contributors sign, the daemon's own funded key that relays and publishes, and the one way it sends a
+//! transaction (`send_confirmed`: simulate, send, wait for a successful receipt; a revert is final).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alloy::network::EthereumWallet;
+use alloy::network::{Ethereum, EthereumWallet};
 use alloy::primitives::{Address, B256, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, PendingTransactionBuilder, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolStruct, eip712_domain};
 use openledger_chain::bindings::Registry;
@@ -44,6 +46,8 @@ pub enum ChainError {
     Manifest(#[from] openledger_chain::ManifestError),
     #[error("RPC: {0}")]
     Rpc(String),
+    #[error("this daemon has no connection to the chain")]
+    NotConnected,
     #[error("the daemon has no key (set OPENLEDGER_PRIVATE_KEY or --keystore)")]
     NoKey,
     #[error("bad key: {0}")]
@@ -215,6 +219,102 @@ impl Chain {
             .await
             .map_err(|e| ChainError::Rpc(e.to_string()))
     }
+}
+
+/// A contract call the daemon sends from its own key.
+pub type Call<'a, D> = alloy::contract::CallBuilder<&'a DynProvider, D>;
+
+/// Why a transaction the daemon sent did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The call reverts, in simulation or once mined: final, sending it again reverts again.
+    #[error("{what} {reason}")]
+    Reverted { what: String, reason: String },
+    /// The node or the network failed (or the receipt did not come in time): worth retrying.
+    #[error("{what}: {detail}")]
+    Node { what: String, detail: String },
+}
+
+impl SendError {
+    fn of(what: &str, e: alloy::contract::Error) -> Self {
+        if e.as_revert_data().is_some() {
+            SendError::Reverted {
+                what: what.to_owned(),
+                reason: revert_reason(&e),
+            }
+        } else {
+            SendError::Node {
+                what: what.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Why a call reverted, in the contracts' own words where their ABIs know the error.
+pub fn revert_reason(e: &alloy::contract::Error) -> String {
+    use openledger_chain::bindings::{FeeRouter, OpenToken, RewardDistributor};
+    if let Some(err) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
+        return format!("reverted: {err:?}");
+    }
+    if let Some(err) = e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>()
+    {
+        return format!("reverted: {err:?}");
+    }
+    if let Some(err) = e.as_decoded_interface_error::<FeeRouter::FeeRouterErrors>() {
+        return format!("reverted: {err:?}");
+    }
+    if let Some(err) = e.as_decoded_interface_error::<OpenToken::OpenTokenErrors>() {
+        return format!("reverted: {err:?}");
+    }
+    match e.as_revert_data() {
+        Some(data) => format!("reverted with data {data}"),
+        None => e.to_string(),
+    }
+}
+
+/// Simulates `call` (a revert is final and costs no gas), then sends it; the transaction's hash is
+/// `pending.tx_hash()`, to record or log before waiting with [`confirm`].
+pub async fn send_checked<D: alloy::contract::CallDecoder>(
+    what: &str,
+    call: &Call<'_, D>,
+) -> Result<PendingTransactionBuilder<Ethereum>, SendError> {
+    call.call().await.map_err(|e| SendError::of(what, e))?;
+    call.send().await.map_err(|e| SendError::of(what, e))
+}
+
+/// Waits up to `timeout` for the receipt of a sent transaction; a mined revert is final.
+pub async fn confirm(
+    what: &str,
+    pending: PendingTransactionBuilder<Ethereum>,
+    timeout: Duration,
+) -> Result<TransactionReceipt, SendError> {
+    let tx = *pending.tx_hash();
+    let receipt = pending
+        .with_timeout(Some(timeout))
+        .get_receipt()
+        .await
+        .map_err(|e| SendError::Node {
+            what: what.to_owned(),
+            detail: format!("waiting for {tx}: {e}"),
+        })?;
+    if !receipt.status() {
+        return Err(SendError::Reverted {
+            what: what.to_owned(),
+            reason: format!("{tx} reverted"),
+        });
+    }
+    Ok(receipt)
+}
+
+/// [`send_checked`] then [`confirm`]: the successful receipt.
+pub async fn send_confirmed<D: alloy::contract::CallDecoder>(
+    what: &str,
+    call: Call<'_, D>,
+    timeout: Duration,
+) -> Result<TransactionReceipt, SendError> {
+    let pending = send_checked(what, &call).await?;
+    confirm(what, pending, timeout).await
 }
 
 /// What the contributor signs, both as the digest and as `eth_signTypedData_v4` JSON (which `cast wallet

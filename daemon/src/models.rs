@@ -10,6 +10,11 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
+/// The `model` name of a trained adapter: what `/v1/models` lists and requests name.
+pub fn adapter_name(job_id: i64) -> String {
+    format!("ft-{job_id}")
+}
+
 /// An installed base model.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BaseModelRow {

@@ -10,15 +10,25 @@ use openledger_chain::Deployment;
 use openledger_indexer::{Indexer, IndexerConfig, IndexerStatus, Mode};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
-use crate::api::openai::Serving;
 use crate::chain::Chain;
+use crate::inference::Inference;
+use crate::inference::service::Serving;
 use crate::jobs::batch::BatchJob;
 use crate::jobs::relay::RelayJob;
 use crate::jobs::snapshot::SnapshotJob;
-use crate::jobs::train::{TrainJob, TrainSettings};
+use crate::jobs::train::TrainJob;
 use crate::jobs::worker::{self, Registry, WorkerConfig};
 use crate::state::{ApiConfig, AppState, StateParts};
+use crate::training::TrainSettings;
+
+/// Where `serve` listens, by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Seconds in-flight requests get to finish after a shutdown signal, by default.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Seconds the relayer waits for a receipt, and then for the indexer, per attempt, by default.
+pub const DEFAULT_CONFIRM_TIMEOUT_SECS: u64 = 120;
 
 /// Everything `serve` needs, already resolved from flags and environment.
 #[derive(Debug)]
@@ -82,6 +92,7 @@ pub fn registry(
     if let Some(inf) = inference {
         r = r.with(BatchJob {
             concurrency: inf.cfg.batch_concurrency,
+            problem: crate::api::openai::batch_problem,
             serving: Serving {
                 pool: pool.clone(),
                 index: index.clone(),
@@ -102,6 +113,17 @@ pub fn registry(
     Ok(r)
 }
 
+/// The background tasks of one `serve` process, stopped in order at shutdown.
+struct Tasks {
+    stop: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    indexer: Option<JoinHandle<()>>,
+    workers: Option<JoinHandle<()>>,
+    registration: Option<JoinHandle<()>>,
+    settle: Option<JoinHandle<()>>,
+    attribution: Option<JoinHandle<()>>,
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(
     cfg: ServeConfig,
@@ -113,54 +135,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(1024);
     let listener_task = worker::spawn_listener(pool.clone(), events.clone());
-
-    // the indexer, restarted after transient failures
-    let mut indexer_task = None;
-    let mut indexer_status: Option<watch::Receiver<IndexerStatus>> = None;
-    if let Some(icfg) = cfg.indexer.clone() {
-        let mut indexer = Indexer::new(icfg, deployment.clone(), pool.clone()).await?;
-        indexer_status = Some(indexer.status());
-        let mut stop = stop_rx.clone();
-        indexer_task = Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = indexer.run(Mode::Follow) => match r {
-                        Ok(()) => return,
-                        Err(e) if e.is_transient() => {
-                            tracing::warn!(error = %e, "indexer: transient failure; resuming in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "indexer stopped; /readyz reports it");
-                            return;
-                        }
-                    },
-                    _ = worker::stopped(&mut stop) => return,
-                }
-            }
-        }));
-    }
-
-    match crate::models::scan_models_dir(&pool, &cfg.training.models_dir()).await {
-        Ok(found) => tracing::info!(
-            dir = %cfg.training.models_dir().display(),
-            models = ?found.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            "base models"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not scan the base models directory"),
-    }
-    let inference = match cfg.inference.clone() {
-        Some(icfg) => {
-            match crate::inference::Inference::load(&pool, &cfg.training.models_dir(), icfg).await {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    tracing::warn!(error = %e, "not serving inference");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+    let (indexer_task, indexer_status) =
+        spawn_indexer(cfg.indexer.clone(), &deployment, &pool, stop_rx.clone()).await?;
+    let inference = load_inference(&pool, &cfg).await;
     // completes attributions whose gradient part was queued (or left pending by an earlier process)
     let attribution_task = inference
         .as_ref()
@@ -174,46 +151,32 @@ pub async fn run(
         inference.as_ref(),
     )?;
     let worker_id = worker::worker_id();
-    let mut worker_task = None;
-    let mut registration = None;
-    if cfg.worker_slots > 0 {
+    let (worker_task, registration) = if cfg.worker_slots > 0 {
         let mut wcfg = cfg.workers.clone();
         wcfg.concurrency = cfg.worker_slots;
-        worker_task = Some(tokio::spawn(worker::run(
+        let task = tokio::spawn(worker::run(
             crate::jobs::Queue::new(pool.clone()),
             jobs.clone(),
             wcfg,
             worker_id.clone(),
             events.clone(),
             stop_rx.clone(),
-        )));
-        registration =
-            Some(register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone()).await);
-    }
-
-    let mut settle_task = None;
-    if let Some((scfg, every)) = cfg.settlement.clone() {
-        if chain.signer().is_some() {
-            match crate::settlement::Settler::new(
-                pool.clone(),
-                deployment.clone(),
-                chain.clone(),
-                scfg,
-            ) {
-                Ok(s) => {
-                    tracing::info!(every_secs = every.as_secs(), "settling on a schedule");
-                    settle_task = Some(tokio::spawn(crate::settlement::submit::run_schedule(
-                        s,
-                        every,
-                        stop_rx.clone(),
-                    )));
-                }
-                Err(e) => tracing::warn!(error = %e, "not settling"),
-            }
-        } else {
-            tracing::warn!("--settle-every-secs needs the settler key; not settling");
-        }
-    }
+        ));
+        let registration = register_worker(&pool, &worker_id, &jobs.kinds(), stop_rx.clone()).await;
+        (Some(task), Some(registration))
+    } else {
+        (None, None)
+    };
+    let settle_task = spawn_settler(&cfg, &pool, &deployment, &chain, stop_rx.clone());
+    let tasks = Tasks {
+        stop: stop_tx,
+        listener: listener_task,
+        indexer: indexer_task,
+        workers: worker_task,
+        registration,
+        settle: settle_task,
+        attribution: attribution_task,
+    };
 
     let state = AppState::new(StateParts {
         pool: pool.clone(),
@@ -226,17 +189,7 @@ pub async fn run(
         metrics: crate::metrics::handle(),
         inference,
     })?;
-    // the per-address rate limiter keeps a cell per address seen: forget the idle ones now and then
-    let limiter_state = state.clone();
-    let mut limiter_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => limiter_state.limiter.retain_recent(),
-                _ = worker::stopped(&mut limiter_stop) => return,
-            }
-        }
-    });
+    spawn_limiter_sweep(state.clone(), stop_rx);
     let app = crate::api::app(state);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -246,7 +199,118 @@ pub async fn run(
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(%local, worker = %worker_id, "serving the API on http://{local} (docs at /docs)");
+    let result = serve_http(listener, app, shutdown, cfg.shutdown_grace).await;
+    tracing::info!("shutting down: releasing running jobs");
+    tasks.stop(&pool, &worker_id).await;
+    result
+}
 
+/// The in-process indexer, restarted after transient failures, and its status for `/readyz`.
+async fn spawn_indexer(
+    cfg: Option<IndexerConfig>,
+    deployment: &Deployment,
+    pool: &PgPool,
+    mut stop: watch::Receiver<bool>,
+) -> Result<
+    (
+        Option<JoinHandle<()>>,
+        Option<watch::Receiver<IndexerStatus>>,
+    ),
+    ServeError,
+> {
+    let Some(icfg) = cfg else {
+        return Ok((None, None));
+    };
+    let mut indexer = Indexer::new(icfg, deployment.clone(), pool.clone()).await?;
+    let status = indexer.status();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = indexer.run(Mode::Follow) => match r {
+                    Ok(()) => return,
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, "indexer: transient failure; resuming in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "indexer stopped; /readyz reports it");
+                        return;
+                    }
+                },
+                _ = worker::stopped(&mut stop) => return,
+            }
+        }
+    });
+    Ok((Some(task), Some(status)))
+}
+
+/// Registers the installed base models, then loads the one to serve (`None`: serving is off or the model
+/// cannot load; the inference routes answer 503 and say so).
+async fn load_inference(pool: &PgPool, cfg: &ServeConfig) -> Option<Arc<Inference>> {
+    let dir = cfg.training.models_dir();
+    match crate::models::scan_models_dir(pool, &dir).await {
+        Ok(found) => tracing::info!(
+            dir = %dir.display(),
+            models = ?found.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            "base models"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not scan the base models directory"),
+    }
+    match Inference::load(pool, &dir, cfg.inference.clone()?).await {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!(error = %e, "not serving inference");
+            None
+        }
+    }
+}
+
+/// Settlement on a schedule, when configured and the daemon has the settler key.
+fn spawn_settler(
+    cfg: &ServeConfig,
+    pool: &PgPool,
+    deployment: &Deployment,
+    chain: &Chain,
+    stop: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let (scfg, every) = cfg.settlement.clone()?;
+    if chain.signer().is_none() {
+        tracing::warn!("--settle-every-secs needs the settler key; not settling");
+        return None;
+    }
+    match crate::settlement::Settler::new(pool.clone(), deployment.clone(), chain.clone(), scfg) {
+        Ok(s) => {
+            tracing::info!(every_secs = every.as_secs(), "settling on a schedule");
+            Some(tokio::spawn(crate::settlement::submit::run_schedule(
+                s, every, stop,
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not settling");
+            None
+        }
+    }
+}
+
+/// The per-address rate limiter keeps a cell per address seen: forget the idle ones now and then.
+fn spawn_limiter_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => state.limiter.retain_recent(),
+                _ = worker::stopped(&mut stop) => return,
+            }
+        }
+    });
+}
+
+/// Serves `app` until `shutdown` resolves, then gives open requests `grace` to finish.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
     let (signalled_tx, signalled_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -261,41 +325,44 @@ pub async fn run(
         let _ = s1.wait_for(|s| *s).await;
     });
     let mut s2 = signalled_rx.clone();
-    let grace = cfg.shutdown_grace;
-    let result = tokio::select! {
+    tokio::select! {
         r = server => r.map_err(ServeError::Http),
         // long-lived streams (SSE) would hold a graceful shutdown open forever
         _ = async move { let _ = s2.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
             tracing::warn!("requests still open after the grace period; closing them");
             Ok(())
         }
-    };
-    tracing::info!("shutting down: releasing running jobs");
-    let _ = stop_tx.send(true);
-    if let Some(t) = worker_task {
-        let _ = t.await;
     }
-    if let Some(t) = indexer_task {
-        let _ = t.await;
+}
+
+impl Tasks {
+    /// Stops every task: running jobs go back to the queue, the worker row goes last.
+    async fn stop(self, pool: &PgPool, worker_id: &str) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.workers {
+            let _ = t.await;
+        }
+        if let Some(t) = self.indexer {
+            let _ = t.await;
+        }
+        if let Some(t) = self.settle {
+            // a round in flight stops where it is: every step is stored, the next process resumes it
+            t.abort();
+        }
+        // the registration's last refresh is done before the row goes: it is never written back
+        if let Some(t) = self.registration {
+            let _ = t.await;
+        }
+        let _ = sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .execute(pool)
+            .await;
+        self.listener.abort();
+        // a pending record it was working on stays pending: the next process completes it
+        if let Some(t) = self.attribution {
+            t.abort();
+        }
     }
-    if let Some(t) = settle_task {
-        // a round in flight stops where it is: every step is stored, the next process resumes it
-        t.abort();
-    }
-    // the registration's last refresh is done before the row goes: it is never written back
-    if let Some(t) = registration {
-        let _ = t.await;
-    }
-    let _ = sqlx::query("DELETE FROM workers WHERE id = $1")
-        .bind(&worker_id)
-        .execute(&pool)
-        .await;
-    listener_task.abort();
-    // a pending record it was working on stays pending: the next process completes it
-    if let Some(t) = attribution_task {
-        t.abort();
-    }
-    result
 }
 
 /// Registers this process in `workers` (before it returns: the row is there once the API serves) and keeps

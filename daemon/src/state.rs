@@ -14,10 +14,30 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::SiweConfig;
-use crate::chain::Chain;
+use crate::chain::{Chain, ChainError};
 use crate::inference::Inference;
 use crate::jobs::queue::Queue;
 use crate::jobs::worker::Registry;
+
+/// Largest contribution upload, bytes, by default.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
+/// Authenticated requests per minute and address, by default.
+pub const DEFAULT_RATE_PER_MINUTE: NonZeroU32 = nonzero(600);
+/// Burst allowance above the steady rate, per address, by default.
+pub const DEFAULT_RATE_BURST: NonZeroU32 = nonzero(120);
+
+const fn nonzero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+/// Lifetime of a wallet session, seconds, by default.
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
+/// Lifetime of a contribution signature (its EIP-712 `deadline`), seconds, by default.
+pub const DEFAULT_SIGNATURE_TTL_SECS: u64 = 3_600;
+/// `/readyz` fails while the indexer is more than this many blocks behind, by default.
+pub const DEFAULT_READY_MAX_LAG: u64 = 32;
 
 /// API settings (defaults in `ApiConfig::new`; `openledger serve --help` documents the flags).
 #[derive(Debug, Clone)]
@@ -50,19 +70,19 @@ pub struct ApiConfig {
 impl ApiConfig {
     pub fn new(chain_id: u64, domain: impl Into<String>) -> Self {
         Self {
-            max_upload_bytes: 5 * 1024 * 1024,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_json_bytes: 64 * 1024,
-            rate_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
-            rate_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
+            rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            rate_burst: DEFAULT_RATE_BURST,
             siwe: SiweConfig {
                 domain: domain.into(),
                 chain_id,
                 nonce_ttl: Duration::from_secs(600),
-                session_ttl: Duration::from_secs(24 * 3600),
+                session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
                 clock_skew: Duration::from_secs(60),
             },
-            signature_ttl: Duration::from_secs(3600),
-            ready_max_lag: 32,
+            signature_ttl: Duration::from_secs(DEFAULT_SIGNATURE_TTL_SECS),
+            ready_max_lag: DEFAULT_READY_MAX_LAG,
             public_rpc_url: None,
             dev_wallet: false,
             worker_slots: 0,
@@ -150,9 +170,8 @@ impl AppState {
         })))
     }
 
-    pub fn chain(&self) -> Result<&Chain, crate::api::ApiError> {
-        self.chain.as_ref().ok_or_else(|| {
-            crate::api::ApiError::Unavailable("this daemon has no connection to the chain".into())
-        })
+    /// The chain connection, or `ChainError::NotConnected` when this daemon runs without one.
+    pub fn chain(&self) -> Result<&Chain, ChainError> {
+        self.chain.as_ref().ok_or(ChainError::NotConnected)
     }
 }

@@ -3,11 +3,10 @@
 
 use alloy::primitives::{Address, B256, U256};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use crate::content::Canonical;
-use crate::jobs::queue::{NewJob, Queue};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UploadRow {
@@ -160,11 +159,13 @@ pub struct NewRelay {
     pub signature: String,
 }
 
-/// Records the relay and queues the job that sends it, in one transaction. `None` if this exact
-/// signature request (contributor, nonce, upload) is already queued.
-pub async fn queue_relay(pool: &PgPool, r: &NewRelay) -> Result<Option<RelayRow>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let id: Option<i64> = sqlx::query_scalar(
+/// Records a relay request in `tx` (the relay job's `queue` adds its job in the same transaction).
+/// `None` if this exact signature request (contributor, nonce, upload) is already recorded.
+pub async fn insert_relay(
+    tx: &mut Transaction<'_, Postgres>,
+    r: &NewRelay,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO relays (upload_id, contributor, nonce, deadline, signature)
          VALUES ($1, $2, $3::numeric, $4::numeric, $5)
          ON CONFLICT (contributor, nonce, upload_id) DO NOTHING RETURNING id",
@@ -174,32 +175,25 @@ pub async fn queue_relay(pool: &PgPool, r: &NewRelay) -> Result<Option<RelayRow>
     .bind(r.nonce.to_string())
     .bind(r.deadline.to_string())
     .bind(&r.signature)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(id) = id else { return Ok(None) };
-    let job = Queue::submit_in(
-        &mut tx,
-        &NewJob {
-            kind: crate::jobs::relay::KIND.into(),
-            owner: r.contributor,
-            params: serde_json::json!({ "relay_id": id }),
-            priority: 10,
-            max_attempts: 5,
-        },
-    )
-    .await?;
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Ties relay `id` to the job that sends it, and reads the relay back.
+pub async fn attach_job(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    job_id: i64,
+) -> Result<RelayRow, sqlx::Error> {
     sqlx::query("UPDATE relays SET job_id = $2 WHERE id = $1")
         .bind(id)
-        .bind(job.id)
-        .execute(&mut *tx)
+        .bind(job_id)
+        .execute(&mut **tx)
         .await?;
-    let row: RelayRow =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("{RELAY_SELECT} WHERE id = $1")))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(Some(row))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{RELAY_SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 /// Moves a relay along its state machine.

@@ -2,8 +2,7 @@
 //! graceful shutdown against anvil and Postgres.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../indexer/tests/common/mod.rs"]
-mod common;
+use openledger_testkit as common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};

@@ -2,7 +2,7 @@
 //! Postgres per test (`#[sqlx::test]`). Chain-facing paths are in `flow.rs` (real anvil).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use openledger_testkit::daemon as support;
 
 use alloy::primitives::{B256, keccak256};
 use alloy::signers::local::PrivateKeySigner;

@@ -3,9 +3,9 @@
 //! publish a Datanet version.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../indexer/tests/common/mod.rs"]
-mod common;
-mod support;
+use openledger_testkit as common;
+use openledger_testkit::daemon as support;
+use openledger_testkit::send;
 
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let training =
-        openledger_daemon::jobs::train::TrainSettings::new(data.path().to_path_buf(), "cpu");
+        openledger_daemon::training::TrainSettings::new(data.path().to_path_buf(), "cpu");
     let jobs = openledger_daemon::serve::registry(
         &pool,
         &d,

@@ -6,9 +6,9 @@
 //! attribution weights say, and `openledger settle verify` agrees with the chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../indexer/tests/common/mod.rs"]
-mod common;
-mod support;
+use openledger_testkit as common;
+use openledger_testkit::daemon as support;
+use openledger_testkit::send;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,7 +29,7 @@ use openledger_chain::bindings::{FeeRouter, OpenToken, Registry, RewardDistribut
 use openledger_daemon::chain::Chain;
 use openledger_daemon::content::{Format, canonicalise};
 use openledger_daemon::inference::{Inference, InferenceConfig};
-use openledger_daemon::jobs::train::TrainSettings;
+use openledger_daemon::training::TrainSettings;
 
 use openledger_daemon::state::ApiConfig;
 use openledger_indexer::{Indexer, Mode};

@@ -5,9 +5,9 @@
 //! Python's `safetensors` reads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../indexer/tests/common/mod.rs"]
-mod common;
-mod support;
+use openledger_testkit as common;
+use openledger_testkit::daemon as support;
+use openledger_testkit::send;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,9 +22,9 @@ use openledger_daemon::chain::Chain;
 use openledger_daemon::content::{Format, canonicalise};
 use openledger_daemon::inference::{Inference, InferenceConfig};
 use openledger_daemon::jobs::queue::Queue;
-use openledger_daemon::jobs::train::{StepHook, TrainSettings};
 use openledger_daemon::jobs::worker::Registry as Jobs;
 use openledger_daemon::state::ApiConfig;
+use openledger_daemon::training::{StepHook, TrainSettings};
 use openledger_indexer::{Indexer, Mode};
 use openledger_model::{BaseModel, LlamaConfig};
 use serde_json::{Value, json};
@@ -1299,7 +1299,7 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     inf: std::sync::Arc<Inference>,
 ) {
     use axum::http::Method;
-    use openledger_daemon::api::openai::Serving;
+    use openledger_daemon::inference::service::Serving;
     use openledger_daemon::jobs::batch::BatchJob;
     let d = &s.chain.deployment;
     let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
@@ -1316,6 +1316,7 @@ async fn batches_of_requests_through_the_files_and_batches_api(
             inf: inf.clone(),
         },
         concurrency: 3,
+        problem: openledger_daemon::api::openai::batch_problem,
     });
     let (stop, _workers) = start_workers(&s.pool, &jobs, "batch-test");
     let app = openledger_daemon::api::app(state_serving(

@@ -31,11 +31,16 @@ pub struct IndexerConfig {
 }
 
 impl IndexerConfig {
+    /// Blocks the indexer stays behind the head, by default.
+    pub const DEFAULT_CONFIRMATIONS: u64 = 0;
+    /// Milliseconds between head polls (http URLs), by default.
+    pub const DEFAULT_POLL_INTERVAL_MS: u64 = 250;
+
     pub fn new(rpc_url: impl Into<String>) -> Self {
         Self {
             rpc_url: rpc_url.into(),
-            confirmations: 0,
-            poll_interval: Duration::from_millis(250),
+            confirmations: Self::DEFAULT_CONFIRMATIONS,
+            poll_interval: Duration::from_millis(Self::DEFAULT_POLL_INTERVAL_MS),
             reorg_window: 128,
             initial_range: 100,
             max_range: 100_000,

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error (or a logged skip), never a crash loop or a silent gap.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use openledger_testkit as common;
 
 use std::time::{Duration, Instant};
 

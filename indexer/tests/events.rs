@@ -1,7 +1,8 @@
 //! Every event of every contract, driven on a real anvil with alloy, lands in its table with the right values.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use openledger_testkit as common;
+use openledger_testkit::send;
 
 use alloy::primitives::{Address, U256, keccak256};
 use alloy::providers::Provider;

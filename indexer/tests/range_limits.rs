@@ -3,7 +3,7 @@
 //! that refuses ranges wider than a limit with the error message such providers use.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use openledger_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,8 @@
 //! canonical chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use openledger_testkit as common;
+use openledger_testkit::send;
 
 use std::time::Duration;
 

@@ -86,13 +86,16 @@ pub struct GradParams {
     pub top_k: usize,
 }
 
+/// Training examples (highest scores) that share the gradient evidence, by default.
+pub const DEFAULT_GRADIENT_TOP_K: usize = 8;
+
 impl Default for GradParams {
     fn default() -> Self {
         GradParams {
             k: 4,
             seed: 0x01ed_6e12,
             damping: 0.1,
-            top_k: 8,
+            top_k: DEFAULT_GRADIENT_TOP_K,
         }
     }
 }

@@ -70,12 +70,19 @@ pub struct SpanParams {
     pub density: f64,
 }
 
+/// Shortest attributable span, tokens, by default.
+pub const DEFAULT_SPAN_MIN_LEN: usize = 4;
+/// Spans found more often than this in the training data are too common, by default (OLMoTrace's 10).
+pub const DEFAULT_SPAN_MAX_COUNT: usize = 10;
+/// Spans kept per output token, by default (OLMoTrace keeps the rarest ~5%).
+pub const DEFAULT_SPAN_DENSITY: f64 = 0.05;
+
 impl Default for SpanParams {
     fn default() -> Self {
         SpanParams {
-            min_len: 4,
-            max_count: 10,
-            density: 0.05,
+            min_len: DEFAULT_SPAN_MIN_LEN,
+            max_count: DEFAULT_SPAN_MAX_COUNT,
+            density: DEFAULT_SPAN_DENSITY,
         }
     }
 }

@@ -38,12 +38,15 @@ pub struct CombineParams {
     pub floor_ppm: u64,
 }
 
+/// Sources below this share of an inference's contributor pool (ppm) get nothing, by default.
+pub const DEFAULT_FLOOR_PPM: u64 = 20_000;
+
 impl Default for CombineParams {
     fn default() -> Self {
         CombineParams {
             cos_lo: 0.35,
             cos_hi: 0.7,
-            floor_ppm: 20_000,
+            floor_ppm: DEFAULT_FLOOR_PPM,
         }
     }
 }

@@ -23,8 +23,9 @@ use rayon::prelude::*;
 
 use crate::blas::{T, par_gemm_rows, sgemm};
 use crate::config::LlamaConfig;
+use crate::config::Proj;
 use crate::error::{ModelError, Result};
-use crate::llama::{DenseParts, Llama, Proj};
+use crate::llama::{DenseParts, Llama};
 use crate::lora::{Lora, proj_dims};
 use crate::ops;
 

@@ -16,9 +16,9 @@ pub mod train;
 pub mod weights;
 
 pub use candle_core::Device;
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, Proj};
 pub use error::{ModelError, Result};
-pub use llama::{Forward, Llama, Precision, Proj};
+pub use llama::{Forward, Llama, Precision};
 pub use lora::{Lora, LoraConfig};
 pub use ops::dot;
 pub use tokenizer::{TextTokenizer, WordBreaks};

@@ -12,98 +12,14 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, Module, Tensor};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, Proj};
 use crate::error::{ModelError, Result};
 use crate::lora::Lora;
 use crate::q8::Q8Matrix;
 use crate::weights::{BaseModel, Weight};
-
-/// The projections LoRA can attach to, named as in PEFT's `target_modules`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Proj {
-    #[serde(rename = "q_proj")]
-    Q,
-    #[serde(rename = "k_proj")]
-    K,
-    #[serde(rename = "v_proj")]
-    V,
-    #[serde(rename = "o_proj")]
-    O,
-    #[serde(rename = "gate_proj")]
-    Gate,
-    #[serde(rename = "up_proj")]
-    Up,
-    #[serde(rename = "down_proj")]
-    Down,
-}
-
-impl Proj {
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
-
-    pub fn peft_name(self) -> &'static str {
-        match self {
-            Proj::Q => "q_proj",
-            Proj::K => "k_proj",
-            Proj::V => "v_proj",
-            Proj::O => "o_proj",
-            Proj::Gate => "gate_proj",
-            Proj::Up => "up_proj",
-            Proj::Down => "down_proj",
-        }
-    }
-
-    /// Accepts PEFT names and the short forms `q k v o gate up down`.
-    pub fn parse(s: &str) -> Option<Proj> {
-        let s = s.trim().to_ascii_lowercase();
-        let s = s.strip_suffix("_proj").unwrap_or(&s);
-        Some(match s {
-            "q" => Proj::Q,
-            "k" => Proj::K,
-            "v" => Proj::V,
-            "o" => Proj::O,
-            "gate" => Proj::Gate,
-            "up" => Proj::Up,
-            "down" => Proj::Down,
-            _ => return None,
-        })
-    }
-
-    /// `self_attn` or `mlp`, for PEFT tensor names.
-    pub fn module(self) -> &'static str {
-        match self {
-            Proj::Q | Proj::K | Proj::V | Proj::O => "self_attn",
-            _ => "mlp",
-        }
-    }
-
-    fn gguf(self) -> &'static str {
-        match self {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
-            Proj::Down => "ffn_down",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// How the base weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlamaConfig;
+use crate::config::Proj;
 use crate::error::{ModelError, Result};
-use crate::llama::Proj;
 use crate::weights::{permute_rows_gguf_to_hf, permute_rows_hf_to_gguf};
 
 /// LoRA hyper-parameters (PEFT's names and defaults where PEFT has them). Every field is optional when

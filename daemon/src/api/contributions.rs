@@ -453,7 +453,7 @@ async fn relay(
             "the signature is for nonce {nonce} but the next nonce is {current}; fetch a fresh payload"
         )));
     }
-    let row = uploads::queue_relay(
+    let row = crate::jobs::relay::queue(
         &s.pool,
         &NewRelay {
             upload_id: u.id,

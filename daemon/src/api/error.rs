@@ -175,6 +175,20 @@ impl From<openledger_indexer::IndexerError> for ApiError {
     }
 }
 
+impl From<crate::chain::ChainError> for ApiError {
+    fn from(e: crate::chain::ChainError) -> Self {
+        use crate::chain::ChainError;
+        match e {
+            ChainError::Manifest(_) | ChainError::Key(_) => ApiError::Internal(e.to_string()),
+            ChainError::NotConnected
+            | ChainError::NoKey
+            | ChainError::Connect { .. }
+            | ChainError::WrongChain { .. }
+            | ChainError::Rpc(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

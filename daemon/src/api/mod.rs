@@ -1,6 +1,10 @@
 //! The REST API: `app(state)` builds the router (and its OpenAPI document) from one file per area.
 //! Reads are public; writes need a bearer token (wallet session or API key) and are rate-limited per
 //! address.
+//!
+//! HTTP only: handlers translate requests into calls on the domains below (`inference`, `jobs`,
+//! `settlement`, `attribution`, `models`, ...) and their errors into `ApiError` (`From` impls at this
+//! edge). May import every domain module and `state`; nothing below imports `api`.
 
 mod attribution;
 mod auth;
@@ -17,6 +21,7 @@ pub mod openai;
 mod ops;
 mod rewards;
 pub mod types;
+mod web;
 
 use std::time::Instant;
 
@@ -101,7 +106,7 @@ pub fn app(state: AppState) -> Router {
     docs::set_document(&openapi);
     let json_limit = state.cfg.max_json_bytes;
     let request_id = HeaderName::from_static("x-request-id");
-    api.merge(crate::web::routes(state.cfg.public_rpc_url.as_deref()))
+    api.merge(web::routes(state.cfg.public_rpc_url.as_deref()))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not take that method".into())

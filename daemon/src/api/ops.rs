@@ -99,7 +99,7 @@ async fn client_config(State(s): State<AppState>) -> Json<ClientConfig> {
             .deployment
             .contracts
             .iter()
-            .map(|(k, v)| (k.clone(), super::types::hex_addr(v.address)))
+            .map(|(k, v)| (k.clone(), crate::common::hex_addr(v.address)))
             .collect(),
         rpc_url: s.cfg.public_rpc_url.clone(),
         dev_wallet: s.cfg.dev_wallet && s.cfg.public_rpc_url.is_some(),

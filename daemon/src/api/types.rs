@@ -1,23 +1,16 @@
 //! Response bodies shared by several routes, and the parsing of ids, addresses and hashes. On-chain
 //! integers (uint256) travel as decimal strings, addresses and hashes as lowercase 0x-hex.
 
-use std::str::FromStr;
-
 use alloy::primitives::{Address, B256, U256};
 use openledger_indexer::query::{self, ContributionStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
+use crate::common::{self, hex_addr};
 
 pub fn parse_u256(what: &str, s: &str) -> Result<U256, ApiError> {
-    if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must be a decimal integer, got {s:?}"
-        )));
-    }
-    U256::from_str_radix(s, 10)
-        .map_err(|_| ApiError::BadRequest(format!("{what} is out of the uint256 range")))
+    common::parse_u256(what, s).map_err(ApiError::BadRequest)
 }
 
 /// A database id (job, upload, relay) from a path.
@@ -28,25 +21,11 @@ pub fn parse_id(what: &str, s: &str) -> Result<i64, ApiError> {
 }
 
 pub fn parse_address(what: &str, s: &str) -> Result<Address, ApiError> {
-    if !(s.len() == 42 && s.starts_with("0x")) {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must be a 0x-prefixed 20-byte hex address, got {s:?}"
-        )));
-    }
-    Address::from_str(s).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
+    common::parse_address(what, s).map_err(ApiError::BadRequest)
 }
 
 pub fn parse_hash(what: &str, s: &str) -> Result<B256, ApiError> {
-    if !(s.len() == 66 && s.starts_with("0x")) {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must be a 0x-prefixed 32-byte hex hash, got {s:?}"
-        )));
-    }
-    B256::from_str(s).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
-}
-
-pub fn hex_addr(a: Address) -> String {
-    format!("{a:#x}")
+    common::parse_hash(what, s).map_err(ApiError::BadRequest)
 }
 
 /// Paging for lists.

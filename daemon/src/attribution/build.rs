@@ -262,7 +262,7 @@ fn prior_segments(
 ) -> Result<Vec<(Segment, Vec<usize>)>, String> {
     let path = p.dir.join("manifest.json");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !super::sha256_hex(&bytes).eq_ignore_ascii_case(&p.manifest_sha256) {
+    if !crate::common::sha256_hex(&bytes).eq_ignore_ascii_case(&p.manifest_sha256) {
         return Err("its manifest does not match its hash".into());
     }
     let m: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
@@ -346,7 +346,7 @@ fn new_segment(
     };
     let keys_path = dir.join(keys_file(i));
     let bytes: Vec<u8> = keys.iter().flatten().copied().collect();
-    super::super::jobs::train::write_synced(&keys_path, &bytes)?;
+    crate::common::write_synced(&keys_path, &bytes)?;
     Ok(Segment {
         examples: examples.len(),
         tokens: idx.tokens(),

@@ -5,6 +5,9 @@
 //! The methods live in `openledger_attribution`; here are the model's artifacts (opened once, checked
 //! against its manifest), the gradient worker (the f32 model on its own thread), the record and its
 //! storage (`store`).
+//!
+//! May import `models` and `common` (and the model and attribution crates); never `inference`, `jobs`,
+//! `training` or `api`.
 
 pub mod build;
 pub mod segments;
@@ -21,10 +24,12 @@ use openledger_attribution::{
 };
 use openledger_model::{TextTokenizer, WordBreaks};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+
 use sqlx::PgPool;
 
 use segments::{FileRef, file_sha256};
+
+use crate::common::{canonical_json, sha256_hex};
 
 pub use worker::GradientWorker;
 
@@ -125,10 +130,6 @@ pub struct Artifacts {
     /// `None` for models trained before gradient attribution (their records say so).
     pub grads: Option<GradArtifacts>,
     pub sources: HashMap<usize, SourceRow>,
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    openledger_model::weights::hex0x(&Sha256::digest(bytes))
 }
 
 /// SHA-256 of token ids as little-endian u32s.
@@ -521,7 +522,7 @@ impl Attributor {
         let body = json!({
             "method": METHOD,
             "inference_id": s.inference_id,
-            "model": crate::inference::adapter_name(s.job_id),
+            "model": crate::models::adapter_name(s.job_id),
             "params": params,
             "commitment": commitment,
             "output_tokens": s.output.len(),
@@ -543,42 +544,6 @@ pub struct Record {
     /// `canonical_json(body)`, what is stored as `record_canonical`, and its SHA-256.
     pub canonical: String,
     pub hash: String,
-}
-
-/// JSON with object keys sorted at every level and no whitespace: what record hashes are taken over.
-pub fn canonical_json(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&m[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut s = String::new();
-    write(v, &mut s);
-    s
 }
 
 impl Record {

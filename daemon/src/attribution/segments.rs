@@ -217,7 +217,7 @@ pub fn read_keys(path: &Path) -> std::io::Result<(Vec<Key>, String)> {
         .chunks_exact(32)
         .map(|c| c.try_into().unwrap_or_default())
         .collect();
-    Ok((keys, super::sha256_hex(&bytes)))
+    Ok((keys, crate::common::sha256_hex(&bytes)))
 }
 
 /// A file's SHA-256 as lowercase `0x` hex, streamed.

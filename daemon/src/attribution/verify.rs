@@ -271,8 +271,8 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
         ));
     } else {
         let text = st.record_canonical.as_deref().unwrap_or_default();
-        if st.record_hash.as_deref() != Some(super::sha256_hex(text.as_bytes()).as_str())
-            || super::canonical_json(&stored) != text
+        if st.record_hash.as_deref() != Some(crate::common::sha256_hex(text.as_bytes()).as_str())
+            || crate::common::canonical_json(&stored) != text
         {
             differences.push("the stored record_hash is not the hash of the stored record".into());
         }

@@ -1,4 +1,6 @@
 //! Command-line interface: global options, logging, and dispatch to one file per subcommand.
+//!
+//! The top floor with `serve.rs`: may import anything below; nothing imports `cli`.
 
 mod attribution;
 mod claim;

@@ -7,17 +7,21 @@ use std::time::Duration;
 use anyhow::Context;
 use openledger_indexer::IndexerConfig;
 
+use openledger_attribution::{grad, span, weights};
+use openledger_model::serve::engine;
+
 use super::GlobalArgs;
 use crate::chain::{Chain, KeyArgs};
-use crate::jobs::WorkerConfig;
-use crate::jobs::train::TrainSettings;
+use crate::jobs::{WorkerConfig, worker};
 use crate::serve::ServeConfig;
 use crate::state::ApiConfig;
+use crate::training::TrainSettings;
+use crate::{inference, state};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "OPENLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "OPENLEDGER_LISTEN", default_value = crate::serve::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub chain: super::ChainArgs,
@@ -37,43 +41,43 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_index: bool,
     /// Jobs this process runs at once (0: serve the API only).
-    #[arg(long, env = "OPENLEDGER_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "OPENLEDGER_WORKERS", default_value_t = worker::DEFAULT_CONCURRENCY)]
     pub workers: usize,
     /// Largest contribution upload in bytes.
-    #[arg(long, env = "OPENLEDGER_MAX_UPLOAD_BYTES", default_value_t = 5 * 1024 * 1024)]
+    #[arg(long, env = "OPENLEDGER_MAX_UPLOAD_BYTES", default_value_t = state::DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: usize,
     /// Authenticated requests per minute and address.
-    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_PER_MINUTE", default_value_t = NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN))]
+    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_PER_MINUTE", default_value_t = state::DEFAULT_RATE_PER_MINUTE)]
     pub rate_limit_per_minute: NonZeroU32,
     /// Burst allowance above the steady rate, per address.
-    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
+    #[arg(long, env = "OPENLEDGER_RATE_LIMIT_BURST", default_value_t = state::DEFAULT_RATE_BURST)]
     pub rate_limit_burst: NonZeroU32,
     /// Lifetime of a wallet session, in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, default_value_t = state::DEFAULT_SESSION_TTL_SECS)]
     pub session_ttl_secs: u64,
     /// Default lifetime of a contribution signature (its EIP-712 `deadline`), in seconds.
-    #[arg(long, default_value_t = 3_600)]
+    #[arg(long, default_value_t = state::DEFAULT_SIGNATURE_TTL_SECS)]
     pub signature_ttl_secs: u64,
     /// Seconds between a running job's heartbeats (cancellation is noticed at the latest then).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = worker::DEFAULT_HEARTBEAT_SECS)]
     pub job_heartbeat_secs: u64,
     /// Seconds without a heartbeat after which a running job is taken back from its (dead) worker.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = worker::DEFAULT_STALE_SECS)]
     pub job_stale_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = crate::serve::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
     /// Seconds the relayer waits for a receipt, and then for the indexer, per attempt.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = crate::serve::DEFAULT_CONFIRM_TIMEOUT_SECS)]
     pub confirm_timeout_secs: u64,
     /// Blocks the in-process indexer stays behind the head.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = IndexerConfig::DEFAULT_CONFIRMATIONS)]
     pub confirmations: u64,
     /// Milliseconds between head polls of the in-process indexer (http URLs).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = IndexerConfig::DEFAULT_POLL_INTERVAL_MS)]
     pub poll_interval_ms: u64,
     /// /readyz fails while the indexer is more than this many blocks behind.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = state::DEFAULT_READY_MAX_LAG)]
     pub ready_max_lag: u64,
     /// Device for training: `cpu` (all cores) or `cuda:N` (builds with `--features cuda`).
     #[arg(long, env = "OPENLEDGER_DEVICE", default_value = "cpu")]
@@ -104,45 +108,41 @@ pub struct InferenceArgs {
     #[arg(long, env = "OPENLEDGER_SERVE_WEIGHTS", value_enum, default_value_t = ServeWeights::Int8)]
     pub serve_weights: ServeWeights,
     /// Sequences decoded together in one batch.
-    #[arg(long, env = "OPENLEDGER_MAX_SEQS", default_value_t = 32)]
+    #[arg(long, env = "OPENLEDGER_MAX_SEQS", default_value_t = engine::DEFAULT_MAX_SEQS)]
     pub max_seqs: usize,
     /// Prompt tokens processed per batched step (decode tokens always fit).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = engine::DEFAULT_MAX_BATCH_TOKENS)]
     pub max_batch_tokens: usize,
     /// Distinct adapters in one batch.
-    #[arg(long, env = "OPENLEDGER_MAX_ACTIVE_ADAPTERS", default_value_t = 128)]
+    #[arg(long, env = "OPENLEDGER_MAX_ACTIVE_ADAPTERS", default_value_t = engine::DEFAULT_MAX_ACTIVE_ADAPTERS)]
     pub max_active_adapters: usize,
     /// Memory for resident adapters, in MB (least recently used ones are evicted).
-    #[arg(long, env = "OPENLEDGER_ADAPTER_CACHE_MB", default_value_t = 1024)]
+    #[arg(long, env = "OPENLEDGER_ADAPTER_CACHE_MB", default_value_t = engine::DEFAULT_ADAPTER_CACHE_MB)]
     pub adapter_cache_mb: usize,
     /// Memory for KV caches, in MB (a request reserves prompt + max_tokens positions).
-    #[arg(long, env = "OPENLEDGER_KV_CACHE_MB", default_value_t = 2048)]
+    #[arg(long, env = "OPENLEDGER_KV_CACHE_MB", default_value_t = engine::DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
     /// Requests waiting or running; more get 429 with Retry-After.
-    #[arg(long, env = "OPENLEDGER_MAX_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "OPENLEDGER_MAX_QUEUE", default_value_t = engine::DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
     /// Largest max_tokens a request may ask for.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = engine::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// max_tokens of requests that give none.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = inference::DEFAULT_MAX_TOKENS)]
     pub default_max_tokens: usize,
     /// Lines of one batch inference job in flight at once (keep it below --max-seqs so interactive calls
     /// find room).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = inference::DEFAULT_BATCH_CONCURRENCY)]
     pub batch_concurrency: usize,
     /// Price per 1,000 tokens (prompt + max_tokens), in OPEN wei, of adapters whose developer set none.
-    #[arg(
-        long,
-        env = "OPENLEDGER_PRICE_PER_1K",
-        default_value = "1000000000000000"
-    )]
+    #[arg(long, env = "OPENLEDGER_PRICE_PER_1K", default_value_t = inference::DEFAULT_PRICE_PER_1K)]
     pub price_per_1k: alloy::primitives::U256,
     /// Pay FeeRouter from the daemon's key for requests without a request_id (the dev stack).
     #[arg(long, env = "OPENLEDGER_SPONSOR_INFERENCE")]
     pub sponsor_inference: bool,
     /// Seconds a pay-first request waits for the indexer to see its payment.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = inference::DEFAULT_PAYMENT_WAIT_SECS)]
     pub payment_wait_secs: u64,
     #[command(flatten)]
     pub attribution: AttributionArgs,
@@ -158,19 +158,19 @@ pub struct AttributionArgs {
     #[arg(long, env = "OPENLEDGER_ATTRIBUTION_GRADIENT", value_enum, default_value_t = crate::attribution::GradientMode::Sync)]
     pub attribution_gradient: crate::attribution::GradientMode,
     /// Shortest attributable span, in tokens.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = span::DEFAULT_SPAN_MIN_LEN)]
     pub span_min_len: usize,
     /// Spans found more often than this in the training data are too common to attribute.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = span::DEFAULT_SPAN_MAX_COUNT)]
     pub span_max_count: usize,
     /// Spans kept per output token (the rarest first).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = span::DEFAULT_SPAN_DENSITY)]
     pub span_density: f64,
     /// Training examples (highest gradient scores) whose contributions share the gradient evidence.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = grad::DEFAULT_GRADIENT_TOP_K)]
     pub gradient_top_k: usize,
     /// Sources below this share of an inference's contributor pool (parts per million) get nothing.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = weights::DEFAULT_FLOOR_PPM)]
     pub attribution_floor_ppm: u64,
 }
 

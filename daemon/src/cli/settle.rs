@@ -136,7 +136,7 @@ pub async fn run(global: &GlobalArgs, args: SettleArgs) -> anyhow::Result<()> {
         }
         Some(SettleCommand::Verify { epoch, chain }) => {
             let (_db, s) = settler(global, &chain, None, SettleConfig::default()).await?;
-            let v = verify::verify(&s, epoch).await?;
+            let v = verify::verify(s.context(), epoch).await?;
             if global.json {
                 println!("{}", serde_json::to_string_pretty(&v.json())?);
             } else if v.matches {
@@ -170,7 +170,7 @@ pub async fn run(global: &GlobalArgs, args: SettleArgs) -> anyhow::Result<()> {
         Some(SettleCommand::List { chain }) => {
             let (db, s) = settler(global, &chain, None, SettleConfig::default()).await?;
             let mut rows =
-                store::epochs(&db.pool, s.chain.chain_id(), s.distributor_address()).await?;
+                store::epochs(&db.pool, s.context().chain_id, s.distributor_address()).await?;
             rows.reverse();
             if global.json {
                 let v: Vec<_> = rows.iter().map(|r| r.json()).collect();

@@ -13,8 +13,10 @@ use tokio::sync::{broadcast, watch};
 use super::GlobalArgs;
 use crate::chain::{Chain, KeyArgs};
 use crate::jobs::queue::{JobState, NewJob, Queue};
-use crate::jobs::train::{DatanetRef, TrainJob, TrainParams, TrainSettings};
+use crate::jobs::train::TrainJob;
 use crate::jobs::worker::{self, JobHandler, Refusal, Registry, WorkerConfig};
+use crate::training::TrainSettings;
+use crate::training::params::{DatanetRef, TrainParams};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -183,29 +185,17 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     let pool = db.pool.clone();
     let settings = TrainSettings::new(global.data_dir.clone(), &args.device);
     crate::models::scan_models_dir(&pool, &settings.models_dir()).await?;
+    let files = settings.clone();
     let timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), &deployment)?;
     let handler = TrainJob::new(pool.clone(), index, Some(chain.clone()), settings, timeout);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut indexer_task = None;
-    if !args.no_index {
-        let mut indexer = Indexer::new(
-            IndexerConfig::new(args.chain.rpc_url.clone()),
-            deployment.clone(),
-            pool.clone(),
-        )
-        .await?;
-        // catch up first: the checks below read the index
-        indexer.run(Mode::UntilHead).await?;
-        let mut stop = stop_rx.clone();
-        indexer_task = Some(tokio::spawn(async move {
-            tokio::select! {
-                r = indexer.run(Mode::Follow) => if let Err(e) = r { tracing::error!(error = %e, "indexer stopped") },
-                _ = worker::stopped(&mut stop) => {}
-            }
-        }));
-    }
+    let indexer_task = if args.no_index {
+        None
+    } else {
+        Some(follow_chain(&args.chain.rpc_url, &deployment, &pool, stop_rx.clone()).await?)
+    };
 
     let value = handler
         .validate(&serde_json::to_value(&params)?)
@@ -258,7 +248,47 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     }
     listener.abort();
     let done = outcome?;
-    if global.json {
+    print_outcome(global.json, &done, &files)?;
+    if done.state != JobState::Succeeded.as_str() {
+        bail!(
+            "job {} {}: {}",
+            done.id,
+            done.state,
+            done.error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Indexes up to the head (the checks before queueing read the index), then follows the chain until `stop`.
+async fn follow_chain(
+    rpc_url: &str,
+    deployment: &openledger_chain::Deployment,
+    pool: &sqlx::PgPool,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut indexer = Indexer::new(
+        IndexerConfig::new(rpc_url.to_owned()),
+        deployment.clone(),
+        pool.clone(),
+    )
+    .await?;
+    indexer.run(Mode::UntilHead).await?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            r = indexer.run(Mode::Follow) => if let Err(e) = r { tracing::error!(error = %e, "indexer stopped") },
+            _ = worker::stopped(&mut stop) => {}
+        }
+    }))
+}
+
+/// What a finished job produced: its JSON, or a summary with the adapter's folder.
+fn print_outcome(
+    json: bool,
+    done: &crate::jobs::Job,
+    settings: &TrainSettings,
+) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
         let r = done.result.clone().unwrap_or_default();
@@ -292,22 +322,11 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
                 p["chain_id"]
             );
         }
-        println!(
-            "  files: {}",
-            global
-                .data_dir
-                .join("adapters")
-                .join(format!("job-{}", done.id))
-                .display()
-        );
-    }
-    if done.state != JobState::Succeeded.as_str() {
-        bail!(
-            "job {} {}: {}",
-            done.id,
-            done.state,
-            done.error.unwrap_or_default()
-        );
+        let folder = crate::training::Job {
+            id: done.id,
+            created_at: done.created_at,
+        };
+        println!("  files: {}", settings.adapter_dir(&folder).display());
     }
     Ok(())
 }

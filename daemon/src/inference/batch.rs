@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::api::openai::Kind;
+use super::request::Kind;
 
 /// Lines an input file may hold (OpenAI's limit).
 pub const MAX_LINES: usize = 50_000;

@@ -1,11 +1,18 @@
-//! OpenLoRA serving inside the daemon: the engine on the base model, which model a request names, what it
-//! costs, how it is paid (pay-first or operator-sponsored), and the `inferences` row that records it.
-//! The HTTP side (OpenAI-compatible) is `api/openai.rs`.
+//! OpenLoRA serving inside the daemon: the engine on the base model (here), which model a request names
+//! (`resolve`), what a request asks for (`request`), what it costs and how it is paid (`payment`,
+//! `credits`), the `inferences` row that records it (`records`), batch input files (`batch`), and the
+//! service that takes one request from its checks to its record (`service`, failing with `error`).
+//! The HTTP side (OpenAI-compatible) is `api/openai.rs`; this module knows nothing of HTTP.
+//!
+//! May import `attribution`, `models`, `chain` and `common`; never `api`, `jobs` or `state`.
 
 pub mod batch;
 pub mod credits;
+pub mod error;
 pub mod payment;
 pub mod records;
+pub mod request;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +25,15 @@ use sqlx::PgPool;
 
 use crate::attribution::{AttributionConfig, Attributor};
 use crate::models;
+
+/// Price per 1,000 tokens (OPEN wei, 0.001 OPEN) of models whose developer set none, by default.
+pub const DEFAULT_PRICE_PER_1K: U256 = U256::from_limbs([1_000_000_000_000_000, 0, 0, 0]);
+/// Seconds a pay-first request waits for the indexer to see its payment, by default.
+pub const DEFAULT_PAYMENT_WAIT_SECS: u64 = 10;
+/// `max_tokens` of requests that give none, by default.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Lines of one batch job in flight at once, by default.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 8;
 
 /// Serving settings (`openledger serve --help` documents the flags).
 #[derive(Debug, Clone)]
@@ -47,11 +63,11 @@ impl Default for InferenceConfig {
             model: None,
             precision: Precision::Int8,
             engine: EngineConfig::default(),
-            default_price_per_1k: U256::from(1_000_000_000_000_000u64),
+            default_price_per_1k: DEFAULT_PRICE_PER_1K,
             sponsor: false,
-            payment_wait: Duration::from_secs(10),
-            default_max_tokens: 256,
-            batch_concurrency: 8,
+            payment_wait: Duration::from_secs(DEFAULT_PAYMENT_WAIT_SECS),
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             attribution: AttributionConfig::default(),
         }
     }
@@ -177,11 +193,6 @@ pub enum Target {
     },
 }
 
-/// The `model` name of a trained adapter.
-pub fn adapter_name(job_id: i64) -> String {
-    format!("ft-{job_id}")
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(
@@ -227,7 +238,7 @@ impl Inference {
         Ok(Target::Adapter {
             job_id,
             adapter: AdapterRef {
-                id: adapter_name(job_id),
+                id: crate::models::adapter_name(job_id),
                 dir: PathBuf::from(&m.dir),
                 sha256: Some(m.adapter_hash.clone()),
             },

@@ -172,28 +172,15 @@ impl Sponsor {
     }
 }
 
-/// Simulates `call` (a revert costs nothing), sends it and waits for a successful receipt.
+/// `chain::send_confirmed` from the daemon's key; a failure leaves the request unpaid and unserved.
 async fn confirmed<D: alloy::contract::CallDecoder>(
     what: &str,
-    call: alloy::contract::CallBuilder<&alloy::providers::DynProvider, D>,
+    call: crate::chain::Call<'_, D>,
     timeout: Duration,
 ) -> Result<alloy::rpc::types::TransactionReceipt, PaymentError> {
-    let fail = |e: &dyn std::fmt::Display| {
-        PaymentError::Unavailable(format!("sponsoring the payment: {what}: {e}"))
-    };
-    call.call().await.map_err(|e| fail(&e))?;
-    let r = call
-        .send()
+    crate::chain::send_confirmed(what, call, timeout)
         .await
-        .map_err(|e| fail(&e))?
-        .with_timeout(Some(timeout))
-        .get_receipt()
-        .await
-        .map_err(|e| fail(&e))?;
-    if !r.status() {
-        return Err(fail(&"reverted"));
-    }
-    Ok(r)
+        .map_err(|e| PaymentError::Unavailable(format!("sponsoring the payment: {e}")))
 }
 
 #[cfg(test)]

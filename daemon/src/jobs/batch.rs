@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
-use crate::api::ApiError;
-use crate::api::openai::{self, Kind, Origin, Serving};
 use crate::inference::batch::{self, Line};
+use crate::inference::error::InferenceError;
 use crate::inference::records;
+use crate::inference::request::Kind;
+use crate::inference::service::{self, Origin, Serving};
 
 pub const KIND: &str = "batch_inference";
 
@@ -66,11 +67,16 @@ pub fn parse_params(v: &Value) -> Result<BatchParams, String> {
     Ok(p)
 }
 
+/// How a failed line reads in the error file: the status code and body the HTTP endpoint would have
+/// answered. The HTTP layer knows that (`api::openai::batch_problem`); whoever assembles the daemon gives it.
+pub type Problem = fn(InferenceError) -> (u16, Value);
+
 #[derive(Debug, Clone)]
 pub struct BatchJob {
     pub serving: Serving,
     /// Lines in flight at once.
     pub concurrency: usize,
+    pub problem: Problem,
 }
 
 impl BatchJob {
@@ -89,18 +95,17 @@ impl BatchJob {
             batch: Some((job, index)),
         };
         let (status, inference, body) = loop {
-            match openai::execute(&self.serving, origin, kind, line.body.clone()).await {
+            match service::execute(&self.serving, origin, kind, line.body.clone()).await {
                 Ok((id, body)) => break (200, Some(id), body),
                 // the engine's queue is full: wait for room rather than fail the line
-                Err(ApiError::Overloaded(_)) => {
+                Err(InferenceError::Overloaded) => {
                     tokio::time::sleep(Duration::from_millis(250)).await
                 }
-                // a database or node failure: the job is retried and resumes at this line
-                Err(ApiError::Internal(m)) => return Err(JobError::retryable(m)),
+                // a database or process failure: the job is retried and resumes at this line
+                Err(e) if e.is_transient() => return Err(JobError::retryable(e)),
                 Err(e) => {
-                    let p = e.problem();
-                    let body = serde_json::to_value(&p).map_err(JobError::fatal)?;
-                    break (i32::from(p.status), None, body);
+                    let (status, body) = (self.problem)(e);
+                    break (i32::from(status), None, body);
                 }
             }
         };

@@ -1,7 +1,11 @@
 //! The job queue: `queue` (Postgres state machine), `worker` (claiming, heartbeats, cancellation) and one
 //! file per job kind. Training, inference and settlement kinds plug in as further `JobHandler`s.
+//!
+//! May import the domains it runs (`training`, `inference`, `attribution`, `uploads`, `models`) and the
+//! ground floor (`chain`, `common`); never `api`, `state` or `settlement`.
 
 pub mod batch;
+pub mod publish;
 pub mod queue;
 pub mod relay;
 pub mod snapshot;

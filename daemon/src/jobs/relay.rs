@@ -8,16 +8,39 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::Provider;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use openledger_chain::bindings::Registry;
 use openledger_indexer::query::{ChainIndex, Contribution};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use super::queue::{NewJob, Queue};
 use super::worker::{JobContext, JobError, JobHandler};
-use crate::chain::Chain;
-use crate::uploads::{self, RelayRow};
+use crate::chain::{self, Chain};
+use crate::uploads::{self, NewRelay, RelayRow};
 
 pub const KIND: &str = "relay_contribution";
+
+/// Records a signed relay request and queues the job that sends it, in one transaction. `None` if this
+/// exact signature request (contributor, nonce, upload) is already queued.
+pub async fn queue(pool: &PgPool, r: &NewRelay) -> Result<Option<RelayRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(id) = uploads::insert_relay(&mut tx, r).await? else {
+        return Ok(None);
+    };
+    let job = Queue::submit_in(
+        &mut tx,
+        &NewJob {
+            kind: KIND.into(),
+            owner: r.contributor,
+            params: json!({ "relay_id": id }),
+            priority: 10,
+            max_attempts: 5,
+        },
+    )
+    .await?;
+    let row = uploads::attach_job(&mut tx, id, job.id).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
 
 #[derive(Debug, Clone)]
 pub struct RelayJob {
@@ -81,59 +104,6 @@ impl JobHandler for RelayJob {
 fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, JobError> {
     s.parse()
         .map_err(|_| JobError::fatal(format!("stored {what} {s:?} does not parse")))
-}
-
-/// Why a call reverted, in the contract's own words where its ABI knows the error.
-pub fn revert_reason(e: &alloy::contract::Error) -> String {
-    if let Some(err) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
-        return format!("reverted: {err:?}");
-    }
-    match e.as_revert_data() {
-        Some(data) => format!("reverted with data {data}"),
-        None => e.to_string(),
-    }
-}
-
-/// A failed contract call or send: a revert is final, anything else (node, network) worth retrying.
-pub fn classify(e: alloy::contract::Error) -> JobError {
-    if e.as_revert_data().is_some() {
-        JobError::fatal(revert_reason(&e))
-    } else {
-        JobError::retryable(e)
-    }
-}
-
-/// The daemon's chain connection and key, or why it cannot send transactions.
-pub fn signing_chain(chain: Option<&Chain>) -> Result<(&Chain, Address), JobError> {
-    let chain = chain
-        .ok_or_else(|| JobError::fatal("this daemon has no chain connection to publish with"))?;
-    let me = chain
-        .signer()
-        .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
-    Ok((chain, me))
-}
-
-/// Simulates `call` (a revert is final and costs no gas), sends it from the daemon's key, logs the hash and
-/// waits up to `timeout` for a successful receipt.
-pub async fn send_confirmed<D: alloy::contract::CallDecoder>(
-    ctx: &JobContext,
-    what: &str,
-    call: alloy::contract::CallBuilder<&alloy::providers::DynProvider, D>,
-    timeout: Duration,
-) -> Result<alloy::rpc::types::TransactionReceipt, JobError> {
-    call.call().await.map_err(classify)?;
-    let pending = call.send().await.map_err(classify)?;
-    let tx = *pending.tx_hash();
-    ctx.log(format!("{what} sent: {tx}")).await;
-    let receipt = pending
-        .with_timeout(Some(timeout))
-        .get_receipt()
-        .await
-        .map_err(JobError::retryable)?;
-    if !receipt.status() {
-        return Err(JobError::fatal(format!("{what} {tx} reverted")));
-    }
-    Ok(receipt)
 }
 
 impl RelayJob {
@@ -270,22 +240,14 @@ impl RelayJob {
             deadline,
             signature,
         );
-        // simulate first: a revert is final and costs no gas
-        call.call().await.map_err(classify)?;
-        let pending = call.send().await.map_err(classify)?;
+        // simulated first: a revert is final and costs no gas
+        let pending = chain::send_checked("contributeWithSig", &call).await?;
         let tx_hash = *pending.tx_hash();
         uploads::set_relay_state(&self.pool, relay.id, "submitted", Some(tx_hash), None, None)
             .await?;
         ctx.log(format!("submitted transaction {tx_hash}")).await;
         ctx.progress(0.5).await;
-        let receipt = pending
-            .with_timeout(Some(self.confirm_timeout))
-            .get_receipt()
-            .await
-            .map_err(JobError::retryable)?;
-        if !receipt.status() {
-            return Err(JobError::fatal(format!("transaction {tx_hash} reverted")));
-        }
+        let receipt = chain::confirm("contributeWithSig", pending, self.confirm_timeout).await?;
         ctx.log(format!(
             "mined in block {}; waiting for the indexer",
             receipt.block_number.unwrap_or_default()

@@ -13,7 +13,7 @@ use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, ContributionStatus};
 use serde_json::{Value, json};
 
-use super::relay::{classify, send_confirmed, signing_chain};
+use super::publish::{classify, send_logged, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::chain::Chain;
 
@@ -192,7 +192,7 @@ impl SnapshotJob {
                 on_chain.owner
             )));
         }
-        let receipt = send_confirmed(
+        let receipt = send_logged(
             ctx,
             "publishVersion",
             registry.publishVersion(id, root, count, uri.to_owned()),

@@ -7,10 +7,10 @@
 //! `trainingConfigHash`. Steps are idempotent: training resumes from its checkpoint, finished artifacts are
 //! reused, and a registration or publication an earlier attempt made is found in the index, not repeated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -20,76 +20,28 @@ use futures::future::BoxFuture;
 use openledger_chain::bindings::Registry;
 use openledger_chain::merkle::{StandardMerkleTree, leaf};
 use openledger_indexer::query::{ChainIndex, Contribution};
-use openledger_model::train::{Dataset, Event, Metrics, Record, TrainConfig, Trainer};
-use openledger_model::{BaseModel, Llama, Lora, ModelError, Precision};
-use serde::{Deserialize, Serialize};
+use openledger_model::ModelError;
+use openledger_model::train::{Event, Record};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::relay::{send_confirmed, signing_chain};
+use super::publish::{send_logged, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
-use crate::attribution::build::{self as attribution, Prior, SourceId};
+use crate::attribution::build::Prior;
 use crate::chain::Chain;
-use crate::models::{self, NewTrainedModel, Source};
+use crate::common::{sha256, write_synced};
+use crate::models::{self, NewTrainedModel};
+use crate::training::dataset::{SourceInfo, records_of};
+use crate::training::manifest::{
+    ADAPTER_CONFIG_FILE, ADAPTER_FILE, AdapterFile, ArtifactError, BaseModelRef, FORMAT, Imported,
+    MANIFEST_FILE, Manifest, MissingContent, Trained, load_finished,
+};
+use crate::training::params::{TrainParams, parse_params};
+use crate::training::run::{self, Run, StopOnDrop, train_blocking};
+use crate::training::{self, TrainSettings};
 
 pub const KIND: &str = "train";
-
-/// Where training keeps its files, and on what device it runs.
-#[derive(Debug, Clone)]
-pub struct TrainSettings {
-    /// `<data dir>`: base models under `models/`, adapters under `adapters/job-<id>-<created>/`, checkpoints
-    /// under `training/job-<id>-<created>/`.
-    pub data_dir: PathBuf,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
-    /// Called on the training thread after each optimizer step; `None` in the daemon. Tests use it to hold
-    /// a run at a known step (to stop a job there, whatever the machine's speed).
-    pub step_hook: Option<StepHook>,
-}
-
-/// See [`TrainSettings::step_hook`]: receives the step just taken.
-#[derive(Clone)]
-pub struct StepHook(pub Arc<dyn Fn(usize) + Send + Sync>);
-
-impl std::fmt::Debug for StepHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StepHook")
-    }
-}
-
-impl TrainSettings {
-    pub fn new(data_dir: PathBuf, device: impl Into<String>) -> Self {
-        TrainSettings {
-            data_dir,
-            device: device.into(),
-            step_hook: None,
-        }
-    }
-
-    pub fn models_dir(&self) -> PathBuf {
-        self.data_dir.join("models")
-    }
-
-    /// Job ids restart with every database; the creation time keeps two databases sharing a data
-    /// directory from reusing each other's files.
-    fn job_dir(job: &crate::jobs::Job) -> String {
-        format!(
-            "job-{}-{}",
-            job.id,
-            job.created_at.unix_timestamp_nanos() / 1000
-        )
-    }
-
-    pub fn adapter_dir(&self, job: &crate::jobs::Job) -> PathBuf {
-        self.data_dir.join("adapters").join(Self::job_dir(job))
-    }
-
-    fn work_dir(&self, job: &crate::jobs::Job) -> PathBuf {
-        self.data_dir.join("training").join(Self::job_dir(job))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct TrainJob {
@@ -120,89 +72,6 @@ impl TrainJob {
             gate: Arc::new(Semaphore::new(1)),
         }
     }
-}
-
-/// A Datanet to train on; without `version`, its latest published version.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DatanetRef {
-    /// Decimal Datanet id.
-    pub id: String,
-    /// Decimal version number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// `params` of a `train` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainParams {
-    /// Installed base model id (see `GET /v1/base-models`) or its hash.
-    pub base_model: String,
-    #[serde(default)]
-    pub datanets: Vec<DatanetRef>,
-    /// Instead of training: a PEFT LoRA folder (`adapter_config.json` + `adapter_model.safetensors`) on
-    /// the daemon's disk, trained elsewhere on this base model; it is checked, copied and published like a
-    /// trained adapter (with no Datanets: nothing to attribute to). Admins only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub import: Option<PathBuf>,
-    /// Hyper-parameters; every field optional (defaults in `openledger train --help`).
-    #[serde(default)]
-    pub config: TrainConfig,
-    /// Register the model and publish the adapter on chain when training succeeds.
-    #[serde(default = "yes")]
-    pub publish: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Datanet ids with their pinned versions (`None`: the latest).
-type Versions = Vec<(U256, Option<u64>)>;
-
-fn parse_params(v: &Value) -> Result<(TrainParams, Versions), String> {
-    // the error names the field at fault (`config.learning_rate: invalid type...`)
-    let p: TrainParams = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.into_inner().to_string()
-        } else {
-            format!("{path}: {}", e.into_inner())
-        }
-    })?;
-    if p.base_model.trim().is_empty() {
-        return Err("base_model is empty".into());
-    }
-    if p.import.is_some() {
-        if !p.datanets.is_empty() {
-            return Err("an import trains nothing: give datanets or import, not both".into());
-        }
-    } else if p.datanets.is_empty() || p.datanets.len() > 16 {
-        return Err("datanets must name 1 to 16 Datanets".into());
-    }
-    let mut ids = Vec::new();
-    for d in &p.datanets {
-        let id = U256::from_str_radix(&d.id, 10)
-            .map_err(|_| format!("datanet id must be a decimal integer, got {:?}", d.id))?;
-        let version = d
-            .version
-            .as_deref()
-            .map(|v| {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| format!("version must be a positive integer, got {v:?}"))
-            })
-            .transpose()?;
-        if ids.iter().any(|(i, _)| *i == id) {
-            return Err(format!("Datanet {id} is listed twice"));
-        }
-        ids.push((id, version));
-    }
-    // the context limit is checked against the model in `authorize`
-    p.config.validate(usize::MAX).map_err(|e| e.to_string())?;
-    Ok((p, ids))
 }
 
 /// A Datanet version resolved against the index, with the contributions it froze.
@@ -274,256 +143,6 @@ impl TrainJob {
     }
 }
 
-/// One contribution as a training source.
-#[derive(Debug, Clone)]
-struct SourceInfo {
-    datanet_id: U256,
-    contribution_id: U256,
-    contributor: Address,
-    content_hash: B256,
-}
-
-/// The records of canonical JSONL content (see `content.rs`).
-fn records_of(body: &[u8]) -> Result<Vec<Record>, String> {
-    let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).map_err(|e| e.to_string())?;
-            match (v.get("text"), v.get("prompt"), v.get("completion")) {
-                (Some(Value::String(t)), None, None) => Ok(Record::Text(t.clone())),
-                (None, Some(Value::String(p)), Some(Value::String(c))) => Ok(Record::Pair {
-                    prompt: p.clone(),
-                    completion: c.clone(),
-                }),
-                _ => Err(format!("unexpected record {l:?}")),
-            }
-        })
-        .collect()
-}
-
-/// Sets the flag when dropped: a cancelled or shut-down job's future is dropped, and the training thread
-/// then checkpoints and stops.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// What the training thread hands back.
-#[derive(Debug)]
-struct Trained {
-    manifest: Value,
-    adapter_hash: B256,
-    manifest_hash: B256,
-    sources: Vec<Source>,
-    metrics: Value,
-}
-
-fn sha256_0x(bytes: &[u8]) -> B256 {
-    B256::from_slice(&Sha256::digest(bytes))
-}
-
-/// Writes `bytes` to `path` and flushes them to disk.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| ModelError::io(path, e))?;
-    f.sync_all().map_err(|e| ModelError::io(path, e))
-}
-
-/// What the training thread works from.
-struct Run {
-    base_path: PathBuf,
-    base_id: String,
-    base_hash: String,
-    device: String,
-    params: TrainParams,
-    resolved: Vec<(U256, u64, B256)>,
-    sources: Vec<SourceInfo>,
-    records: Vec<(usize, Record)>,
-    missing: Vec<Value>,
-    job_id: i64,
-    out_dir: PathBuf,
-    work_dir: PathBuf,
-    /// Earlier models on this base whose attribution segments may be reused, newest first.
-    priors: Vec<Prior>,
-    step_hook: Option<StepHook>,
-}
-
-fn train_blocking(
-    run: Run,
-    stop: Arc<AtomicBool>,
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
-) -> Result<Trained, ModelError> {
-    let Run {
-        base_path,
-        base_id,
-        base_hash,
-        device,
-        params,
-        resolved,
-        sources,
-        records,
-        missing,
-        job_id,
-        out_dir,
-        work_dir,
-        priors,
-        step_hook,
-    } = run;
-    let dev = openledger_model::device(&device)?;
-    let base = BaseModel::load(&base_path, &dev, Some(base_hash.clone()))?;
-    let cfg = params.config.clone();
-    cfg.validate(base.config.max_position_embeddings)?;
-    let ds = Dataset::build(&base.tokenizer, &records, &cfg)?;
-    let model = Llama::new(&base, Precision::F32, &dev)?;
-    let lora = Lora::init(&base.config, cfg.lora.clone(), cfg.seed, &dev)?;
-    let trainer = Trainer {
-        model: &model,
-        config: cfg.clone(),
-        dataset: &ds,
-        pad: base.tokenizer.eos,
-        checkpoint_dir: Some(work_dir.join("checkpoint")),
-    };
-    let metrics: Metrics = trainer.run(&lora, &stop, &mut |e| {
-        if let (Some(hook), Event::Step { step, .. }) = (&step_hook, &e) {
-            (hook.0)(*step);
-        }
-        let _ = events.send(e);
-        Ok(())
-    })?;
-
-    // the tokenized dataset as training saw it, with each example's source and split
-    let mut tokens: Vec<u8> = Vec::new();
-    let mut examples = Vec::new();
-    let mut per_source: BTreeMap<usize, (i32, i64)> = BTreeMap::new();
-    let mut offset = 0usize;
-    for (split, set) in [("train", &ds.train), ("eval", &ds.eval)] {
-        for e in set.iter() {
-            for id in &e.tokens.ids {
-                tokens.extend_from_slice(&id.to_le_bytes());
-            }
-            let first_target = e
-                .tokens
-                .targets
-                .iter()
-                .position(|t| *t)
-                .unwrap_or(e.tokens.ids.len());
-            examples.push(json!({
-                "offset": offset, "len": e.tokens.ids.len(), "source": e.source,
-                "split": split, "first_target": first_target,
-            }));
-            offset += e.tokens.ids.len();
-            let s = per_source.entry(e.source).or_default();
-            s.0 += 1;
-            s.1 += e.tokens.ids.len() as i64;
-        }
-    }
-    let dataset_index = serde_json::to_vec(&json!({
-        "tokens_file": "dataset.tokens", "dtype": "u32le", "examples": examples,
-    }))
-    .map_err(|e| ModelError::invalid("dataset index", e))?;
-    // written aside and renamed into place: a crash or a full disk never leaves a partial adapter visible
-    let tmp = out_dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let initial = Lora::init(&base.config, cfg.lora.clone(), cfg.seed, &dev)?;
-    let source_ids: Vec<SourceId> = sources
-        .iter()
-        .map(|s| SourceId {
-            datanet_id: s.datanet_id.to_string(),
-            contribution_id: s.contribution_id.to_string(),
-        })
-        .collect();
-    let attribution = attribution::build(&attribution::Input {
-        model: &model,
-        initial: &initial,
-        adapter_seed: cfg.seed,
-        base_hash: &base_hash,
-        train: &ds.train,
-        sources: &source_ids,
-        priors: &priors,
-        dir: &tmp,
-        stop: &stop,
-    })?;
-    let adapter = lora.safetensors_bytes()?;
-    let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&base_id))
-        .map_err(|e| ModelError::invalid("adapter config", e))?;
-    let adapter_hash = sha256_0x(&adapter);
-    let src_json: Vec<Value> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let (ex, tok) = per_source.get(&i).copied().unwrap_or((0, 0));
-            json!({
-                "source": i, "datanet_id": s.datanet_id.to_string(),
-                "contribution_id": s.contribution_id.to_string(),
-                "contributor": format!("{:#x}", s.contributor),
-                "content_hash": s.content_hash.to_string(), "examples": ex, "tokens": tok,
-            })
-        })
-        .collect();
-    let metrics_json =
-        serde_json::to_value(&metrics).map_err(|e| ModelError::invalid("metrics", e))?;
-    let manifest = json!({
-        "openledger_training_manifest": 1,
-        "job_id": job_id,
-        "base_model": { "id": base_id, "hash": base_hash, "config": base.config },
-        "datanets": resolved.iter().map(|(id, v, root)| json!({
-            "datanet_id": id.to_string(), "version": v.to_string(), "root": root.to_string(),
-        })).collect::<Vec<_>>(),
-        "sources": src_json,
-        "missing_content": missing,
-        "config": cfg,
-        "dataset": {
-            "train_examples": ds.train.len(), "eval_examples": ds.eval.len(),
-            "truncated_pairs": ds.truncated, "tokens": offset,
-            "tokens_sha256": sha256_0x(&tokens).to_string(),
-        },
-        "metrics": metrics_json,
-        "adapter": { "file": "adapter_model.safetensors", "sha256": adapter_hash.to_string() },
-        "attribution": attribution,
-    });
-    let manifest_bytes =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::invalid("manifest", e))?;
-    let manifest_hash = sha256_0x(&manifest_bytes);
-
-    write_synced(&tmp.join("adapter_model.safetensors"), &adapter)?;
-    write_synced(&tmp.join("adapter_config.json"), &adapter_config)?;
-    write_synced(&tmp.join("dataset.tokens"), &tokens)?;
-    write_synced(&tmp.join("dataset.json"), &dataset_index)?;
-    write_synced(&tmp.join("manifest.json"), &manifest_bytes)?;
-    std::fs::rename(&tmp, &out_dir).map_err(|e| ModelError::io(&out_dir, e))?;
-    let _ = std::fs::remove_dir_all(&work_dir);
-
-    let sources = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let (examples, tokens) = per_source.get(&i).copied().unwrap_or((0, 0));
-            Source {
-                source: i as i32,
-                datanet_id: s.datanet_id,
-                contribution_id: s.contribution_id,
-                contributor: s.contributor,
-                content_hash: s.content_hash.to_string(),
-                examples,
-                tokens,
-            }
-        })
-        .collect();
-    Ok(Trained {
-        manifest,
-        adapter_hash,
-        manifest_hash,
-        sources,
-        metrics: metrics_json,
-    })
-}
-
 /// Loads a PEFT folder against the base model's shapes: what an import needs to be servable.
 fn check_import(
     base: &models::BaseModelRow,
@@ -558,29 +177,40 @@ async fn import(
             let p = src.join(name);
             std::fs::read(&p).map_err(|e| JobError::retryable(format!("{}: {e}", p.display())))
         };
-        let (adapter, adapter_config) = (read("adapter_model.safetensors")?, read("adapter_config.json")?);
-        let adapter_hash = sha256_0x(&adapter);
-        let manifest = json!({
-            "openledger_training_manifest": 1,
-            "job_id": job_id,
-            "imported": { "from": src.display().to_string(),
-                          "adapter_config_sha256": sha256_0x(&adapter_config).to_string() },
-            "base_model": { "id": base.id, "hash": base.hash, "config": base.config },
-            "datanets": [],
-            "sources": [],
-            "config": { "lora": { "rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets } },
-            "metrics": {},
-            "adapter": { "file": "adapter_model.safetensors", "sha256": adapter_hash.to_string() },
-        });
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(JobError::fatal)?;
+        let (adapter, adapter_config) = (read(ADAPTER_FILE)?, read(ADAPTER_CONFIG_FILE)?);
+        let manifest = Manifest {
+            adapter: AdapterFile {
+                file: ADAPTER_FILE.into(),
+                sha256: sha256(&adapter).to_string(),
+            },
+            attribution: None,
+            base_model: BaseModelRef {
+                config: base.config.clone(),
+                hash: base.hash.clone(),
+                id: base.id.clone(),
+            },
+            config: json!({ "lora": { "rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets } }),
+            datanets: vec![],
+            dataset: None,
+            imported: Some(Imported {
+                adapter_config_sha256: sha256(&adapter_config).to_string(),
+                from: src.display().to_string(),
+            }),
+            job_id,
+            metrics: json!({}),
+            missing_content: None,
+            openledger_training_manifest: FORMAT,
+            sources: vec![],
+        };
+        let bytes = manifest.to_bytes().map_err(JobError::fatal)?;
         let tmp = out.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         let io = |p: &Path, e: std::io::Error| JobError::retryable(format!("{}: {e}", p.display()));
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        write_synced(&tmp.join("adapter_model.safetensors"), &adapter).map_err(model_error)?;
-        write_synced(&tmp.join("adapter_config.json"), &adapter_config).map_err(model_error)?;
-        write_synced(&tmp.join("manifest.json"), &bytes).map_err(model_error)?;
-        std::fs::rename(&tmp, &out).map_err(|e| io(&out, e))?;
+        write_synced(&tmp.join(ADAPTER_FILE), &adapter).map_err(model_error)?;
+        write_synced(&tmp.join(ADAPTER_CONFIG_FILE), &adapter_config).map_err(model_error)?;
+        write_synced(&tmp.join(MANIFEST_FILE), &bytes).map_err(model_error)?;
+        run::place(&tmp, &out).map_err(model_error)?;
         load_finished(&out)?.ok_or_else(|| JobError::fatal("the imported manifest vanished"))
     })
     .await
@@ -593,50 +223,45 @@ async fn import(
     Ok(trained)
 }
 
-/// Reads back finished artifacts (an earlier attempt got past training).
-fn load_finished(out_dir: &Path) -> Result<Option<Trained>, JobError> {
-    let mpath = out_dir.join("manifest.json");
-    let bytes = match std::fs::read(&mpath) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(JobError::retryable(format!("{}: {e}", mpath.display()))),
-    };
-    let manifest: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| JobError::fatal(format!("{}: {e}", mpath.display())))?;
-    let adapter = std::fs::read(out_dir.join("adapter_model.safetensors"))
-        .map_err(|e| JobError::fatal(format!("adapter of {}: {e}", out_dir.display())))?;
-    let adapter_hash = sha256_0x(&adapter);
-    if manifest["adapter"]["sha256"].as_str() != Some(adapter_hash.to_string().as_str()) {
-        return Err(JobError::fatal(format!(
-            "{}: the adapter file does not match its manifest",
-            out_dir.display()
-        )));
-    }
-    let sources = manifest["sources"]
+/// Says which earlier models' attribution segments the run reused.
+async fn log_reuse(ctx: &JobContext, trained: &Trained) {
+    let none = Value::Null;
+    let att = trained.manifest.attribution.as_ref().unwrap_or(&none);
+    let reused: Vec<String> = att["segments"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    Some(Source {
-                        source: s["source"].as_i64()? as i32,
-                        datanet_id: s["datanet_id"].as_str()?.parse().ok()?,
-                        contribution_id: s["contribution_id"].as_str()?.parse().ok()?,
-                        contributor: s["contributor"].as_str()?.parse().ok()?,
-                        content_hash: s["content_hash"].as_str()?.to_string(),
-                        examples: s["examples"].as_i64()? as i32,
-                        tokens: s["tokens"].as_i64()?,
-                    })
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let from = s["reused_from"]["job_id"].as_i64()?;
+            Some(format!("{} examples from ft-{from}", s["examples"]))
         })
-        .unwrap_or_default();
-    Ok(Some(Trained {
-        metrics: manifest["metrics"].clone(),
-        manifest_hash: sha256_0x(&bytes),
-        adapter_hash,
-        sources,
-        manifest,
-    }))
+        .collect();
+    if !reused.is_empty() {
+        ctx.log(format!(
+                "attribution: reused the indexed segments of earlier models ({}); indexed {} new examples",
+                reused.join(", "),
+                att["span_index"]["examples"].as_u64().unwrap_or_default()
+                    - att["reused_examples"].as_u64().unwrap_or_default()
+            ))
+            .await;
+    }
+}
+
+impl From<ArtifactError> for JobError {
+    fn from(e: ArtifactError) -> Self {
+        match e {
+            ArtifactError::Io { .. } => JobError::retryable(e),
+            ArtifactError::Invalid(_) => JobError::fatal(e),
+        }
+    }
+}
+
+/// The folder name parts of a queued job.
+fn folder_of(job: &crate::jobs::Job) -> training::Job {
+    training::Job {
+        id: job.id,
+        created_at: job.created_at,
+    }
 }
 
 fn model_error(e: ModelError) -> JobError {
@@ -725,7 +350,7 @@ impl JobHandler for TrainJob {
                 .await?
                 .ok_or_else(|| JobError::fatal(format!("unknown base model {:?}", p.base_model)))?;
             let resolved = self.resolve(&refs).await?;
-            let out_dir = self.settings.adapter_dir(&ctx.lease.job);
+            let out_dir = self.settings.adapter_dir(&folder_of(&ctx.lease.job));
             let trained = match load_finished(&out_dir)? {
                 Some(t) => {
                     ctx.log("training finished in an earlier attempt; reusing its artifacts")
@@ -745,11 +370,11 @@ impl JobHandler for TrainJob {
                     owner: ctx.lease.job.owner.parse().map_err(JobError::fatal)?,
                     base_model: &base.id,
                     base_model_hash: &base.hash,
-                    datanets: trained.manifest["datanets"].clone(),
+                    datanets: trained.manifest.datanets_json(),
                     adapter_hash: &trained.adapter_hash.to_string(),
                     manifest_hash: &trained.manifest_hash.to_string(),
                     dir: &out_dir,
-                    metrics: trained.metrics.clone(),
+                    metrics: trained.manifest.metrics.clone(),
                     sources: &trained.sources,
                 },
             )
@@ -757,10 +382,10 @@ impl JobHandler for TrainJob {
             let mut result = json!({
                 "base_model": base.id,
                 "base_model_hash": base.hash,
-                "datanets": trained.manifest["datanets"],
+                "datanets": trained.manifest.datanets_json(),
                 "adapter_hash": trained.adapter_hash.to_string(),
                 "manifest_hash": trained.manifest_hash.to_string(),
-                "metrics": trained.metrics,
+                "metrics": trained.manifest.metrics,
                 "files": format!("/v1/models/{job_id}/files"),
             });
             if p.publish {
@@ -782,7 +407,69 @@ impl TrainJob {
         resolved: &[Resolved],
         out_dir: &Path,
     ) -> Result<Trained, JobError> {
-        // the training set: every contribution of every version, in (Datanet, id) order
+        let (sources, records, missing) = self.gather(ctx, base, resolved).await?;
+        let permit = self
+            .gate
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| JobError::retryable("the training gate is closed"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_guard = StopOnDrop(stop.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let priors = self.priors(&base.hash).await?;
+        let run = Run {
+            base_path: PathBuf::from(&base.path),
+            base_id: base.id.clone(),
+            base_hash: base.hash.clone(),
+            device: self.settings.device.clone(),
+            params: p.clone(),
+            resolved: resolved.iter().map(|r| (r.id, r.version, r.root)).collect(),
+            sources,
+            records,
+            missing,
+            job_id: ctx.id(),
+            out_dir: out_dir.to_path_buf(),
+            work_dir: self.settings.work_dir(&folder_of(&ctx.lease.job)),
+            priors,
+            step_hook: self.settings.step_hook.clone(),
+        };
+        let handle = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            train_blocking(run, stop, tx)
+        });
+        // metrics are stored at most every 200 ms (plus the last step): a tiny model takes thousands of
+        // steps a second, and a row per step would make the database the bottleneck
+        let mut last_stored: Option<std::time::Instant> = None;
+        while let Some(e) = rx.recv().await {
+            if let Event::Step {
+                step, total_steps, ..
+            } = &e
+            {
+                let due = last_stored.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+                if !due && step != total_steps {
+                    continue;
+                }
+                last_stored = Some(std::time::Instant::now());
+            }
+            self.report(ctx, e).await;
+        }
+        let trained = handle
+            .await
+            .map_err(|e| JobError::fatal(format!("the training thread panicked: {e}")))?
+            .map_err(model_error)?;
+        log_reuse(ctx, &trained).await;
+        Ok(trained)
+    }
+
+    /// The training set: every contribution of every version, in (Datanet, id) order, with the records
+    /// of the content this daemon holds and the list of those it does not.
+    async fn gather(
+        &self,
+        ctx: &JobContext,
+        base: &models::BaseModelRow,
+        resolved: &[Resolved],
+    ) -> Result<(Vec<SourceInfo>, Vec<(usize, Record)>, Vec<MissingContent>), JobError> {
         let mut sources = Vec::new();
         for r in resolved {
             for c in &r.contributions {
@@ -814,10 +501,10 @@ impl TrainJob {
                         .map_err(|e| JobError::fatal(format!("content {}: {e}", s.content_hash)))?;
                     records.extend(recs.into_iter().map(|r| (i, r)));
                 }
-                None => missing.push(json!({
-                    "contribution_id": s.contribution_id.to_string(),
-                    "content_hash": s.content_hash.to_string(),
-                })),
+                None => missing.push(MissingContent {
+                    content_hash: s.content_hash.to_string(),
+                    contribution_id: s.contribution_id.to_string(),
+                }),
             }
         }
         if !missing.is_empty() {
@@ -847,89 +534,26 @@ impl TrainJob {
         ))
         .await;
 
-        let permit = self
-            .gate
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| JobError::retryable("the training gate is closed"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let _stop_guard = StopOnDrop(stop.clone());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok((sources, records, missing))
+    }
+
+    /// Earlier models on this base whose attribution segments may be reused, newest first.
+    async fn priors(&self, base_hash: &str) -> Result<Vec<Prior>, JobError> {
         let priors: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT job_id, dir, manifest_hash FROM trained_models
              WHERE base_model_hash = $1 ORDER BY job_id DESC LIMIT 16",
         )
-        .bind(&base.hash)
+        .bind(base_hash)
         .fetch_all(&self.pool)
         .await?;
-        let run = Run {
-            base_path: PathBuf::from(&base.path),
-            base_id: base.id.clone(),
-            base_hash: base.hash.clone(),
-            device: self.settings.device.clone(),
-            params: p.clone(),
-            resolved: resolved.iter().map(|r| (r.id, r.version, r.root)).collect(),
-            sources,
-            records,
-            missing,
-            job_id: ctx.id(),
-            out_dir: out_dir.to_path_buf(),
-            work_dir: self.settings.work_dir(&ctx.lease.job),
-            priors: priors
-                .into_iter()
-                .map(|(job_id, dir, manifest_sha256)| Prior {
-                    job_id,
-                    dir: PathBuf::from(dir),
-                    manifest_sha256,
-                })
-                .collect(),
-            step_hook: self.settings.step_hook.clone(),
-        };
-        let handle = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            train_blocking(run, stop, tx)
-        });
-        // metrics are stored at most every 200 ms (plus the last step): a tiny model takes thousands of
-        // steps a second, and a row per step would make the database the bottleneck
-        let mut last_stored: Option<std::time::Instant> = None;
-        while let Some(e) = rx.recv().await {
-            if let Event::Step {
-                step, total_steps, ..
-            } = &e
-            {
-                let due = last_stored.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
-                if !due && step != total_steps {
-                    continue;
-                }
-                last_stored = Some(std::time::Instant::now());
-            }
-            self.report(ctx, e).await;
-        }
-        let trained = handle
-            .await
-            .map_err(|e| JobError::fatal(format!("the training thread panicked: {e}")))?
-            .map_err(model_error)?;
-        let att = &trained.manifest["attribution"];
-        let reused: Vec<String> = att["segments"]
-            .as_array()
+        Ok(priors
             .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                let from = s["reused_from"]["job_id"].as_i64()?;
-                Some(format!("{} examples from ft-{from}", s["examples"]))
+            .map(|(job_id, dir, manifest_sha256)| Prior {
+                job_id,
+                dir: PathBuf::from(dir),
+                manifest_sha256,
             })
-            .collect();
-        if !reused.is_empty() {
-            ctx.log(format!(
-                "attribution: reused the indexed segments of earlier models ({}); indexed {} new examples",
-                reused.join(", "),
-                att["span_index"]["examples"].as_u64().unwrap_or_default()
-                    - att["reused_examples"].as_u64().unwrap_or_default()
-            ))
-            .await;
-        }
-        Ok(trained)
+            .collect())
     }
 
     async fn report(&self, ctx: &JobContext, e: Event) {
@@ -1018,51 +642,11 @@ impl TrainJob {
         trained: &Trained,
     ) -> Result<Value, JobError> {
         let (chain, me) = signing_chain(self.chain.as_ref())?;
-        let registry = chain.registry();
         let manifest_uri = format!("openledger://manifests/{}", trained.manifest_hash);
         self.index_caught_up(chain).await?;
-        let existing = self
-            .index
-            .models_by_config_hash(me, trained.manifest_hash)
-            .await
-            .map_err(JobError::retryable)?;
-        let (model_id, register_tx) = match existing.first() {
-            Some(m) => {
-                ctx.log(format!(
-                    "model {} was registered by an earlier attempt",
-                    m.id
-                ))
-                .await;
-                (m.id, None)
-            }
-            None => {
-                let base_hash: B256 = base
-                    .hash
-                    .parse()
-                    .map_err(|_| JobError::fatal(format!("base model hash {:?}", base.hash)))?;
-                let spec = Registry::ModelSpec {
-                    baseModel: base.id.clone(),
-                    baseModelHash: base_hash,
-                    datanetIds: resolved.iter().map(|r| r.id).collect(),
-                    datanetVersions: resolved.iter().map(|r| r.version).collect(),
-                    trainingConfigHash: trained.manifest_hash,
-                    metadataURI: manifest_uri.clone(),
-                };
-                let receipt = send_confirmed(
-                    ctx,
-                    "registerModel",
-                    registry.registerModel(spec),
-                    self.tx_timeout,
-                )
-                .await?;
-                let tx = receipt.transaction_hash;
-                let id = receipt
-                    .decoded_log::<Registry::ModelRegistered>()
-                    .map(|l| l.data.modelId)
-                    .ok_or_else(|| JobError::fatal("no ModelRegistered event in the receipt"))?;
-                (id, Some(tx))
-            }
-        };
+        let (model_id, register_tx) = self
+            .register_model(ctx, me, base, resolved, trained, &manifest_uri)
+            .await?;
         self.wait_index("the ModelRegistered event", || async {
             self.index
                 .model(model_id)
@@ -1075,35 +659,7 @@ impl TrainJob {
             .await;
         ctx.progress(0.95).await;
 
-        let find_adapter = || async {
-            let all = self
-                .index
-                .adapters_by_model(model_id)
-                .await
-                .map_err(JobError::retryable)?;
-            Ok(all
-                .into_iter()
-                .find(|a| a.content_hash == trained.adapter_hash))
-        };
-        let (adapter, publish_tx) = match find_adapter().await? {
-            Some(a) => (a, None),
-            None => {
-                let uri = format!("openledger://adapters/{}", trained.adapter_hash);
-                let receipt = send_confirmed(
-                    ctx,
-                    "publishAdapter",
-                    registry.publishAdapter(model_id, trained.adapter_hash, uri),
-                    self.tx_timeout,
-                )
-                .await?;
-                let tx = receipt.transaction_hash;
-                (
-                    self.wait_index("the AdapterPublished event", find_adapter)
-                        .await?,
-                    Some(tx),
-                )
-            }
-        };
+        let (adapter, publish_tx) = self.publish_adapter(ctx, model_id, trained).await?;
         models::set_onchain_ids(
             &self.pool,
             ctx.id(),
@@ -1129,33 +685,102 @@ impl TrainJob {
             "adapter_uri": adapter.uri,
         }))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
+    /// The model's id on chain: registered by an earlier attempt (found in the index by its manifest hash),
+    /// or registered now; with the registering transaction when it is this attempt's.
+    async fn register_model(
+        &self,
+        ctx: &JobContext,
+        me: Address,
+        base: &models::BaseModelRow,
+        resolved: &[Resolved],
+        trained: &Trained,
+        manifest_uri: &str,
+    ) -> Result<(U256, Option<B256>), JobError> {
+        let (chain, _) = signing_chain(self.chain.as_ref())?;
+        let registry = chain.registry();
+        let existing = self
+            .index
+            .models_by_config_hash(me, trained.manifest_hash)
+            .await
+            .map_err(JobError::retryable)?;
+        Ok(match existing.first() {
+            Some(m) => {
+                ctx.log(format!(
+                    "model {} was registered by an earlier attempt",
+                    m.id
+                ))
+                .await;
+                (m.id, None)
+            }
+            None => {
+                let base_hash: B256 = base
+                    .hash
+                    .parse()
+                    .map_err(|_| JobError::fatal(format!("base model hash {:?}", base.hash)))?;
+                let spec = Registry::ModelSpec {
+                    baseModel: base.id.clone(),
+                    baseModelHash: base_hash,
+                    datanetIds: resolved.iter().map(|r| r.id).collect(),
+                    datanetVersions: resolved.iter().map(|r| r.version).collect(),
+                    trainingConfigHash: trained.manifest_hash,
+                    metadataURI: manifest_uri.to_owned(),
+                };
+                let receipt = send_logged(
+                    ctx,
+                    "registerModel",
+                    registry.registerModel(spec),
+                    self.tx_timeout,
+                )
+                .await?;
+                let tx = receipt.transaction_hash;
+                let id = receipt
+                    .decoded_log::<Registry::ModelRegistered>()
+                    .map(|l| l.data.modelId)
+                    .ok_or_else(|| JobError::fatal("no ModelRegistered event in the receipt"))?;
+                (id, Some(tx))
+            }
+        })
+    }
 
-    #[test]
-    fn partial_configs_keep_the_other_defaults() {
-        // what the web UI's wizard sends: a few settings, a LoRA rank and alpha only
-        let (p, _) = parse_params(&serde_json::json!({
-            "base_model": "SmolLM2", "datanets": [{"id": "3", "version": "1"}],
-            "config": {"steps": 12, "lora": {"rank": 16, "alpha": 32}},
-        }))
-        .unwrap();
-        let d = openledger_model::LoraConfig::default();
-        assert_eq!((p.config.lora.rank, p.config.lora.alpha), (16, 32.0));
-        assert_eq!(
-            (p.config.lora.dropout, &p.config.lora.targets),
-            (d.dropout, &d.targets)
-        );
-        assert_eq!(p.config.steps, Some(12));
-        assert_eq!(p.config.batch_size, TrainConfig::default().batch_size);
-        let e = parse_params(&serde_json::json!({
-            "base_model": "SmolLM2", "datanets": [{"id": "3"}], "config": {"lora": {"rank": "big"}},
-        }))
-        .unwrap_err();
-        assert!(e.starts_with("config.lora.rank:"), "{e}");
+    /// The trained adapter as a version of model `model_id` in the index: published by an earlier attempt,
+    /// or published now; with the publishing transaction when it is this attempt's.
+    async fn publish_adapter(
+        &self,
+        ctx: &JobContext,
+        model_id: U256,
+        trained: &Trained,
+    ) -> Result<(openledger_indexer::query::Adapter, Option<B256>), JobError> {
+        let (chain, _) = signing_chain(self.chain.as_ref())?;
+        let registry = chain.registry();
+        let find_adapter = || async {
+            let all = self
+                .index
+                .adapters_by_model(model_id)
+                .await
+                .map_err(JobError::retryable)?;
+            Ok(all
+                .into_iter()
+                .find(|a| a.content_hash == trained.adapter_hash))
+        };
+        Ok(match find_adapter().await? {
+            Some(a) => (a, None),
+            None => {
+                let uri = format!("openledger://adapters/{}", trained.adapter_hash);
+                let receipt = send_logged(
+                    ctx,
+                    "publishAdapter",
+                    registry.publishAdapter(model_id, trained.adapter_hash, uri),
+                    self.tx_timeout,
+                )
+                .await?;
+                let tx = receipt.transaction_hash;
+                (
+                    self.wait_index("the AdapterPublished event", find_adapter)
+                        .await?,
+                    Some(tx),
+                )
+            }
+        })
     }
 }

@@ -166,12 +166,19 @@ pub struct WorkerConfig {
     pub retry_backoff: Duration,
 }
 
+/// Jobs one process runs at once, by default.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Seconds between a running job's heartbeats, by default.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 2;
+/// Seconds without a heartbeat after which a running job is taken back, by default.
+pub const DEFAULT_STALE_SECS: u64 = 30;
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 2,
-            heartbeat: Duration::from_secs(2),
-            stale_after: Duration::from_secs(30),
+            concurrency: DEFAULT_CONCURRENCY,
+            heartbeat: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            stale_after: Duration::from_secs(DEFAULT_STALE_SECS),
             poll: Duration::from_secs(1),
             retry_backoff: Duration::from_secs(2),
         }

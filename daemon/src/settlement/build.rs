@@ -3,107 +3,22 @@
 use std::collections::HashMap;
 
 use alloy::eips::BlockId;
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
 use openledger_chain::bindings::FeeRouter;
-use openledger_settlement::{RULE, RewardTree, Share, Split};
+use openledger_settlement::{RULE, Share};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::submit::Settler;
-use super::{SettleError, hex_addr, store, u256};
-
-/// A payment the epoch splits.
-#[derive(Debug, Clone)]
-pub struct IncludedPayment {
-    pub tx_hash: String,
-    pub log_index: i64,
-    pub block_number: i64,
-    pub pool_amount: U256,
-    pub inference_id: String,
-    /// The attribution record the split follows (SHA-256 of its canonical text).
-    pub record_hash: String,
-    pub shares: Vec<Share>,
-}
-
-/// A payment the epoch cannot split yet, and why; the next epoch looks at it again.
-#[derive(Debug, Clone)]
-pub struct HeldPayment {
-    pub tx_hash: String,
-    pub log_index: i64,
-    pub block_number: i64,
-    pub pool_amount: U256,
-    pub inference_id: Option<String>,
-    pub reason: String,
-}
-
-/// The build this one extends.
-#[derive(Debug, Clone)]
-pub struct Previous {
-    pub id: i64,
-    pub epoch: u64,
-    pub root: String,
-    pub to_block: u64,
-}
-
-/// One epoch, computed and not yet stored.
-#[derive(Debug)]
-pub struct Build {
-    pub epoch: u64,
-    pub from_block: u64,
-    pub to_block: u64,
-    pub to_block_hash: B256,
-    pub previous: Option<Previous>,
-    pub treasury: Address,
-    pub included: Vec<IncludedPayment>,
-    pub held: Vec<HeldPayment>,
-    pub split: Split,
-    pub tree: RewardTree,
-    /// Canonical JSON (sorted keys, no whitespace) and its SHA-256.
-    pub report: String,
-    pub report_hash: String,
-    pub uri: String,
-}
-
-impl Build {
-    pub fn root(&self) -> B256 {
-        self.tree.root()
-    }
-
-    pub fn total(&self) -> U256 {
-        self.tree.total()
-    }
-
-    /// What `settle --json` and the API print about it (the report without its per-payment lists).
-    pub fn summary(&self) -> Value {
-        let mut reasons: HashMap<&str, usize> = HashMap::new();
-        for h in &self.held {
-            *reasons.entry(h.reason.as_str()).or_default() += 1;
-        }
-        json!({
-            "epoch": self.epoch,
-            "from_block": self.from_block,
-            "to_block": self.to_block,
-            "root": self.root().to_string(),
-            "total": self.total().to_string(),
-            "pool_amount": self.split.pool.to_string(),
-            "protocol_amount": self.split.protocol.to_string(),
-            "treasury": hex_addr(self.treasury),
-            "accounts": self.tree.entries.len(),
-            "paid_accounts": self.tree.entries.iter().filter(|e| !e.amount.is_zero()).count(),
-            "included": self.included.len(),
-            "held": self.held.len(),
-            "held_reasons": reasons,
-            "report_hash": self.report_hash,
-            "uri": self.uri,
-        })
-    }
-}
+use super::context::Context;
+use super::epoch::{Build, HeldPayment, IncludedPayment, Previous};
+use super::{SettleError, store, u256};
+use crate::common::hex_addr;
 
 /// The last block an epoch may reach: indexed, and `finality_depth` below the head. Waits (up to the
 /// configured `confirm_timeout`) while the index's last block is not the chain's block of that number: the
 /// indexer has yet to see a reorg, and its rows above the fork are stale.
-pub async fn final_block(s: &Settler) -> Result<(u64, u64, Option<u64>), SettleError> {
+pub async fn final_block(s: &Context) -> Result<(u64, u64, Option<u64>), SettleError> {
     let deadline = tokio::time::Instant::now() + s.cfg.confirm_timeout;
     loop {
         let head = s
@@ -126,7 +41,7 @@ pub async fn final_block(s: &Settler) -> Result<(u64, u64, Option<u64>), SettleE
 }
 
 /// Whether the block the index ends at is the chain's block of that number.
-async fn index_matches_chain(s: &Settler) -> Result<bool, SettleError> {
+async fn index_matches_chain(s: &Context) -> Result<bool, SettleError> {
     let key = hex_addr(
         s.deployment
             .address(openledger_chain::ContractKind::OpenToken)?,
@@ -149,7 +64,7 @@ async fn index_matches_chain(s: &Settler) -> Result<bool, SettleError> {
 
 /// Computes epoch `epoch` on top of `previous`.
 pub async fn build(
-    s: &Settler,
+    s: &Context,
     epoch: u64,
     previous: Option<Previous>,
     progress: &indicatif::ProgressBar,
@@ -233,8 +148,8 @@ pub async fn build(
         report_hash: String::new(),
         uri: String::new(),
     };
-    b.report = crate::attribution::canonical_json(&report(s, &b));
-    b.report_hash = crate::attribution::sha256_hex(b.report.as_bytes());
+    b.report = crate::common::canonical_json(&report(s, &b));
+    b.report_hash = crate::common::sha256_hex(b.report.as_bytes());
     b.uri = format!(
         "openledger://settlement/{}/{}/{}",
         s.chain_id, epoch, b.report_hash
@@ -243,7 +158,7 @@ pub async fn build(
 }
 
 /// The protocol's address (FeeRouter's `treasury()`) as of block `number`: it takes the protocol's part.
-pub async fn treasury_at(s: &Settler, number: u64) -> Result<Address, SettleError> {
+pub async fn treasury_at(s: &Context, number: u64) -> Result<Address, SettleError> {
     FeeRouter::new(s.fee_router, s.provider())
         .treasury()
         .block(BlockId::number(number))
@@ -252,7 +167,7 @@ pub async fn treasury_at(s: &Settler, number: u64) -> Result<Address, SettleErro
         .map_err(SettleError::rpc)
 }
 
-pub async fn block_hash(s: &Settler, number: u64) -> Result<B256, SettleError> {
+pub async fn block_hash(s: &Context, number: u64) -> Result<B256, SettleError> {
     let block = s
         .provider()
         .get_block_by_number(number.into())
@@ -264,7 +179,7 @@ pub async fn block_hash(s: &Settler, number: u64) -> Result<B256, SettleError> {
 
 /// Every payment up to `to_block` that no live epoch included, sorted into included and held.
 async fn payments(
-    s: &Settler,
+    s: &Context,
     to_block: u64,
 ) -> Result<(Vec<IncludedPayment>, Vec<HeldPayment>), SettleError> {
     let rows = sqlx::query(
@@ -388,7 +303,7 @@ async fn payments(
 }
 
 /// The epoch's report: everything needed to recompute the root, and the root.
-fn report(s: &Settler, b: &Build) -> Value {
+fn report(s: &Context, b: &Build) -> Value {
     json!({
         "rule": RULE,
         "chain_id": s.chain_id,

@@ -13,8 +13,14 @@
 //! second proposal of the same epoch impossible. State (`settlement_epochs.state`):
 //! built -> submitted -> confirmed (receipt) -> final (the indexer has `RootProposed`) -> accepted
 //! (`acceptRoot` after the challenge delay), or superseded / revoked / failed.
+//!
+//! Inside: `context` (what every step works with) and `epoch` (the types) at the bottom, `store` (SQL) on
+//! them, `build` on `store`, `submit` on `build` and `store`, `verify` on `context` and `store`. May import
+//! the ground floor (`chain`, `common`) and the indexer's queries; never `api`, `jobs` or `inference`.
 
 pub mod build;
+pub mod context;
+pub mod epoch;
 pub mod store;
 pub mod submit;
 pub mod verify;
@@ -23,7 +29,8 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 
-pub use build::{Build, HeldPayment, IncludedPayment};
+pub use context::Context;
+pub use epoch::{Build, HeldPayment, IncludedPayment};
 pub use submit::{Outcome, Settler};
 
 /// How epochs are cut and proposals followed.
@@ -157,8 +164,4 @@ pub(crate) fn failpoint(name: &str) {
 pub(crate) fn u256(s: &str) -> Result<U256, SettleError> {
     s.parse()
         .map_err(|_| SettleError::Stored(format!("{s:?} is not an amount")))
-}
-
-pub(crate) fn hex_addr(a: Address) -> String {
-    format!("{a:#x}")
 }

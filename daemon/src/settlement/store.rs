@@ -3,8 +3,9 @@
 use alloy::primitives::{Address, U256};
 use sqlx::{PgPool, Row};
 
-use super::build::{Build, Previous};
-use super::{SettleError, hex_addr, u256};
+use super::epoch::{Build, Previous};
+use super::{SettleError, u256};
+use crate::common::hex_addr;
 
 /// One stored build of an epoch.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -7,56 +7,18 @@ use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider};
-use alloy::rpc::types::Filter;
-use alloy::sol_types::SolEvent;
+use openledger_chain::Deployment;
 use openledger_chain::bindings::{OpenToken, RewardDistributor};
-use openledger_chain::{ContractKind, Deployment};
-use openledger_indexer::query::ChainIndex;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::build::{self, Build};
+use super::build;
+use super::context::{Context, proposal_log};
+use super::epoch::Build;
 use super::store::{self, EpochRow};
-use super::{SettleConfig, SettleError, failpoint, hex_addr, u256};
+use super::{SettleConfig, SettleError, failpoint, u256};
 use crate::chain::Chain;
-
-/// A `RootProposed` event as the chain has it.
-#[derive(Debug, Clone)]
-pub(crate) struct ProposalLog {
-    pub root: B256,
-    pub total: U256,
-    pub uri: String,
-    pub tx_hash: B256,
-    pub block: u64,
-}
-
-/// The chain's `RootProposed` of `epoch` (read from its logs from block `from` on, not from the index).
-pub(crate) async fn proposal_log(
-    s: &Settler,
-    epoch: u64,
-    from: u64,
-) -> Result<Option<ProposalLog>, SettleError> {
-    let filter = Filter::new()
-        .address(s.distributor)
-        .event_signature(RewardDistributor::RootProposed::SIGNATURE_HASH)
-        .topic1(B256::from(U256::from(epoch)))
-        .from_block(from);
-    let logs = s
-        .provider()
-        .get_logs(&filter)
-        .await
-        .map_err(SettleError::rpc)?;
-    Ok(logs.iter().find_map(|log| {
-        let ev = log.log_decode::<RewardDistributor::RootProposed>().ok()?;
-        Some(ProposalLog {
-            root: ev.inner.data.root,
-            total: ev.inner.data.total,
-            uri: ev.inner.data.uri.clone(),
-            tx_hash: log.transaction_hash?,
-            block: log.block_number?,
-        })
-    }))
-}
+use crate::common::hex_addr;
 
 /// A build `sync` may move, with what the index has of its root.
 #[derive(Debug, sqlx::FromRow)]
@@ -91,16 +53,10 @@ impl Outcome {
     }
 }
 
+/// Proposes and follows this deployment's reward roots from the daemon's key (see the module's caption).
 #[derive(Debug, Clone)]
 pub struct Settler {
-    pub(crate) pool: PgPool,
-    pub(crate) index: ChainIndex,
-    pub(crate) chain: Chain,
-    pub(crate) deployment: Deployment,
-    pub(crate) cfg: SettleConfig,
-    pub(crate) chain_id: u64,
-    pub(crate) distributor: Address,
-    pub(crate) fee_router: Address,
+    ctx: Context,
 }
 
 /// How many times in a row a build may be discarded (its range reorganised, its base revoked) and derived
@@ -121,31 +77,29 @@ impl Settler {
         cfg: SettleConfig,
     ) -> Result<Self, SettleError> {
         Ok(Self {
-            index: ChainIndex::new(pool.clone(), &deployment)?,
-            chain_id: deployment.chain_id,
-            distributor: deployment.address(ContractKind::RewardDistributor)?,
-            fee_router: deployment.address(ContractKind::FeeRouter)?,
-            pool,
-            chain,
-            deployment,
-            cfg,
+            ctx: Context::new(pool, deployment, chain, cfg)?,
         })
     }
 
+    /// What building and verifying epochs take.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
     pub fn provider(&self) -> &DynProvider {
-        self.chain.provider()
+        self.ctx.provider()
     }
 
     pub fn distributor_address(&self) -> Address {
-        self.distributor
+        self.ctx.distributor
     }
 
     fn distributor(&self) -> RewardDistributor::RewardDistributorInstance<&DynProvider> {
-        RewardDistributor::new(self.distributor, self.chain.provider())
+        RewardDistributor::new(self.ctx.distributor, self.ctx.chain.provider())
     }
 
     fn key(&self) -> Result<(Address, &EthereumWallet), SettleError> {
-        match (self.chain.signer(), self.chain.wallet()) {
+        match (self.ctx.chain.signer(), self.ctx.chain.wallet()) {
             (Some(a), Some(w)) => Ok((a, w)),
             _ => Err(SettleError::NoKey),
         }
@@ -157,9 +111,9 @@ impl Settler {
         &self,
         f: impl std::future::Future<Output = Result<T, SettleError>>,
     ) -> Result<T, SettleError> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let key = i64::from_be_bytes(self.distributor.0[..8].try_into().unwrap_or_default())
-            ^ self.chain_id as i64;
+        let mut conn = self.ctx.pool.acquire().await?.detach();
+        let key = i64::from_be_bytes(self.ctx.distributor.0[..8].try_into().unwrap_or_default())
+            ^ self.ctx.chain_id as i64;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut conn)
@@ -191,7 +145,7 @@ impl Settler {
                     Ok(None) => continue,
                     Err(SettleError::Moving(why)) => {
                         tracing::warn!("{why}; deriving the epoch again");
-                        tokio::time::sleep(self.cfg.poll_interval).await;
+                        tokio::time::sleep(self.ctx.cfg.poll_interval).await;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -212,7 +166,7 @@ impl Settler {
         progress: &indicatif::ProgressBar,
     ) -> Result<Option<Outcome>, SettleError> {
         self.sync().await?;
-        let epochs = store::epochs(&self.pool, self.chain_id, self.distributor).await?;
+        let epochs = store::epochs(&self.ctx.pool, self.ctx.chain_id, self.ctx.distributor).await?;
         if let Some(f) = epochs
             .iter()
             .find(|e| matches!(e.state.as_str(), "built" | "submitted" | "confirmed"))
@@ -259,7 +213,7 @@ impl Settler {
         }
         let base = epochs.iter().rev().find(|e| e.state != "revoked");
         progress.set_message(format!("building epoch {next}"));
-        let b = build::build(self, next, base.map(EpochRow::as_previous), progress).await?;
+        let b = build::build(&self.ctx, next, base.map(EpochRow::as_previous), progress).await?;
         self.preflight(&b).await?;
         if dry_run {
             return Ok(Some(Outcome::DryRun(b.summary())));
@@ -267,9 +221,9 @@ impl Settler {
         progress.set_message(format!("computing {} proofs", b.tree.entries.len()));
         let proofs = b.tree.proofs();
         let id = store::save(
-            &self.pool,
-            self.chain_id,
-            self.distributor,
+            &self.ctx.pool,
+            self.ctx.chain_id,
+            self.ctx.distributor,
             &b,
             &proofs,
             progress,
@@ -284,7 +238,7 @@ impl Settler {
             "epoch built"
         );
         failpoint("after-build");
-        let row = store::by_id(&self.pool, id).await?;
+        let row = store::by_id(&self.ctx.pool, id).await?;
         self.drive(row, progress)
             .await
             .map(|o| o.map(Outcome::Epoch))
@@ -299,13 +253,13 @@ impl Settler {
         if !d.hasRole(role, me).call().await.map_err(SettleError::rpc)? {
             return Err(SettleError::NotSettler {
                 account: me,
-                distributor: self.distributor,
+                distributor: self.ctx.distributor,
             });
         }
         let claimed = d.totalClaimed().call().await.map_err(SettleError::rpc)?;
         let open = d.open().call().await.map_err(SettleError::rpc)?;
         let balance = OpenToken::new(open, self.provider())
-            .balanceOf(self.distributor)
+            .balanceOf(self.ctx.distributor)
             .call()
             .await
             .map_err(SettleError::rpc)?;
@@ -347,7 +301,7 @@ impl Settler {
                     }),
                     None if e.as_revert_data().is_some() => Err(SettleError::Rejected {
                         epoch,
-                        reason: crate::jobs::relay::revert_reason(&e),
+                        reason: crate::chain::revert_reason(&e),
                     }),
                     None => Err(SettleError::rpc(e)),
                 }
@@ -373,7 +327,7 @@ impl Settler {
                 "confirmed" => self.wait_final(&row, progress).await?,
                 _ => break,
             }
-            row = store::by_id(&self.pool, row.id).await?;
+            row = store::by_id(&self.ctx.pool, row.id).await?;
         }
         Ok(Some(row.json()))
     }
@@ -393,7 +347,7 @@ impl Settler {
         if latest < epoch {
             return Ok(None);
         }
-        Ok(proposal_log(self, epoch, from)
+        Ok(proposal_log(&self.ctx, epoch, from)
             .await?
             .map(|p| (p.root, p.tx_hash, p.block)))
     }
@@ -411,138 +365,193 @@ impl Settler {
             .root
             .parse()
             .map_err(|_| SettleError::Stored(format!("root {:?}", row.root)))?;
-        let deadline = tokio::time::Instant::now() + self.cfg.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.confirm_timeout;
         loop {
             // the chain's word first: a proposal of this epoch is there, ours or not
-            if let Some((onchain, tx, block)) =
-                self.onchain_proposal(epoch, row.to_block as u64).await?
-            {
-                if onchain != root {
-                    return Err(SettleError::Conflict {
-                        epoch,
-                        ours: row.root.clone(),
-                        onchain: onchain.to_string(),
-                    });
-                }
-                failpoint("after-receipt");
-                if build::block_hash(self, row.to_block as u64)
-                    .await?
-                    .to_string()
-                    != row.to_block_hash
-                {
-                    tracing::error!(epoch, %tx, "the proposal was mined but the epoch's range was reorganised since it was built; `settle verify` shows what it covers, and a revoker can revoke it");
-                }
-                store::confirmed(&self.pool, row.id, &tx.to_string(), block).await?;
-                tracing::info!(epoch, %tx, block, "proposal mined");
-                return Ok(Proposed::Mined);
+            if let Some(done) = self.found_on_chain(row, root).await? {
+                return Ok(done);
             }
-            let live: Vec<store::TxRow> = store::txs(&self.pool, row.id, "propose")
+            let live: Vec<store::TxRow> = store::txs(&self.ctx.pool, row.id, "propose")
                 .await?
                 .into_iter()
                 .filter(|t| t.state == "sent")
                 .collect();
-            for t in &live {
-                let hash: B256 = t
-                    .tx_hash
-                    .parse()
-                    .map_err(|_| SettleError::Stored(format!("tx hash {:?}", t.tx_hash)))?;
-                if let Some(r) = self
-                    .provider()
-                    .get_transaction_receipt(hash)
-                    .await
-                    .map_err(SettleError::rpc)?
-                {
-                    if r.status() {
-                        failpoint("after-receipt");
-                        let block = r.block_number.unwrap_or_default();
-                        store::confirmed(&self.pool, row.id, &t.tx_hash, block).await?;
-                        tracing::info!(epoch, tx = %t.tx_hash, block, "proposal mined");
-                        return Ok(Proposed::Mined);
-                    }
-                    store::set_tx_state(&self.pool, &t.tx_hash, "reverted").await?;
-                    // e.g. a re-sent twin of a proposal that was mined first: the epoch is on chain
-                    if self
-                        .onchain_proposal(epoch, row.to_block as u64)
-                        .await?
-                        .is_some()
-                    {
-                        continue;
-                    }
-                    let total = u256(&row.total)?;
-                    let reason = match self.simulate(epoch, root, total, &row.uri).await {
-                        Err(SettleError::Rejected { reason, .. }) => reason,
-                        _ => format!("transaction {} reverted", t.tx_hash),
-                    };
-                    store::fail(&self.pool, row.id, &reason).await?;
-                    return Err(SettleError::Rejected { epoch, reason });
-                }
+            if let Some(done) = self.receipt_of_ours(row, root, &live).await? {
+                return Ok(done);
             }
-            // nothing of ours is mined: the range must still be the chain's (a reorg deeper than the
-            // finality depth, or a depth of 0, can move it), and the build it extends still live (a
-            // revoked or failed base would put its amounts back on chain)
-            let now = build::block_hash(self, row.to_block as u64).await?;
-            if now.to_string() != row.to_block_hash {
-                let why = format!(
-                    "block {} was reorganised ({} -> {now}) before the proposal was mined; the epoch is derived again",
-                    row.to_block, row.to_block_hash
-                );
-                tracing::warn!(epoch, "{why}");
-                return self.discard(row, &live, &why).await;
+            if let Some(done) = self.still_valid(row, &live).await? {
+                return Ok(done);
             }
-            if let Some(p) = row.previous_id
-                && let Some((base, state)) = store::dead_base(&self.pool, p).await?
-            {
-                let why = format!(
-                    "its base epoch {base} was {state} before its proposal was mined; the epoch is derived again"
-                );
-                tracing::warn!(epoch, "{why}");
-                return self.discard(row, &live, &why).await;
-            }
-            let mined_nonce = self
-                .provider()
-                .get_transaction_count(me)
-                .latest()
-                .await
-                .map_err(SettleError::rpc)?;
-            match live.last() {
-                None => {
-                    progress.set_message(format!("epoch {epoch}: sending the proposal"));
-                    self.send(row, None).await?;
-                }
-                Some(last) if mined_nonce > last.nonce as u64 => {
-                    // its nonce went to a transaction that is not one of ours (checked above, and the
-                    // chain has no proposal of this epoch): those attempts can never be mined
-                    for t in live.iter().filter(|t| t.nonce == last.nonce) {
-                        store::set_tx_state(&self.pool, &t.tx_hash, "dropped").await?;
-                    }
-                    tracing::warn!(
-                        epoch,
-                        nonce = last.nonce,
-                        "nonce taken by another transaction; re-sending"
-                    );
-                    continue;
-                }
-                Some(last) if last.sent_age_secs >= self.cfg.bump_after.as_secs_f64() => {
-                    progress
-                        .set_message(format!("epoch {epoch}: bumping fees of {}", last.tx_hash));
-                    self.send(row, Some(last)).await?;
-                }
-                Some(last) => {
-                    // after a restart the node may never have had it: the same bytes again
-                    if let Err(e) = self.provider().send_raw_transaction(&last.raw).await {
-                        tracing::debug!(error = %e, "re-broadcast (usually: already known)");
-                    }
-                    progress.set_message(format!("epoch {epoch}: waiting for {}", last.tx_hash));
-                }
+            if !self.send_or_wait(row, me, &live, progress).await? {
+                continue;
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(SettleError::Timeout(format!(
                     "epoch {epoch}: the proposal is not mined after {:?}; run `openledger settle` again to resume (it re-sends or bumps the same transaction)",
-                    self.cfg.confirm_timeout
+                    self.ctx.cfg.confirm_timeout
                 )));
             }
-            tokio::time::sleep(self.cfg.poll_interval).await;
+            tokio::time::sleep(self.ctx.cfg.poll_interval).await;
         }
+    }
+
+    /// A proposal of the epoch on chain: ours (confirmed now), or another root (a conflict).
+    async fn found_on_chain(
+        &self,
+        row: &EpochRow,
+        root: B256,
+    ) -> Result<Option<Proposed>, SettleError> {
+        let epoch = row.epoch as u64;
+        let Some((onchain, tx, block)) = self.onchain_proposal(epoch, row.to_block as u64).await?
+        else {
+            return Ok(None);
+        };
+        if onchain != root {
+            return Err(SettleError::Conflict {
+                epoch,
+                ours: row.root.clone(),
+                onchain: onchain.to_string(),
+            });
+        }
+        failpoint("after-receipt");
+        if build::block_hash(&self.ctx, row.to_block as u64)
+            .await?
+            .to_string()
+            != row.to_block_hash
+        {
+            tracing::error!(epoch, %tx, "the proposal was mined but the epoch's range was reorganised since it was built; `settle verify` shows what it covers, and a revoker can revoke it");
+        }
+        store::confirmed(&self.ctx.pool, row.id, &tx.to_string(), block).await?;
+        tracing::info!(epoch, %tx, block, "proposal mined");
+        Ok(Some(Proposed::Mined))
+    }
+
+    /// A receipt of one of our sent attempts: mined (confirmed now), or reverted (the build fails with the
+    /// reason, unless the epoch is on chain after all).
+    async fn receipt_of_ours(
+        &self,
+        row: &EpochRow,
+        root: B256,
+        live: &[store::TxRow],
+    ) -> Result<Option<Proposed>, SettleError> {
+        let epoch = row.epoch as u64;
+        for t in live {
+            let hash: B256 = t
+                .tx_hash
+                .parse()
+                .map_err(|_| SettleError::Stored(format!("tx hash {:?}", t.tx_hash)))?;
+            let Some(r) = self
+                .provider()
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(SettleError::rpc)?
+            else {
+                continue;
+            };
+            if r.status() {
+                failpoint("after-receipt");
+                let block = r.block_number.unwrap_or_default();
+                store::confirmed(&self.ctx.pool, row.id, &t.tx_hash, block).await?;
+                tracing::info!(epoch, tx = %t.tx_hash, block, "proposal mined");
+                return Ok(Some(Proposed::Mined));
+            }
+            store::set_tx_state(&self.ctx.pool, &t.tx_hash, "reverted").await?;
+            // e.g. a re-sent twin of a proposal that was mined first: the epoch is on chain
+            if self
+                .onchain_proposal(epoch, row.to_block as u64)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let total = u256(&row.total)?;
+            let reason = match self.simulate(epoch, root, total, &row.uri).await {
+                Err(SettleError::Rejected { reason, .. }) => reason,
+                _ => format!("transaction {} reverted", t.tx_hash),
+            };
+            store::fail(&self.ctx.pool, row.id, &reason).await?;
+            return Err(SettleError::Rejected { epoch, reason });
+        }
+        Ok(None)
+    }
+
+    /// Nothing of ours is mined: the range must still be the chain's (a reorg deeper than the finality
+    /// depth, or a depth of 0, can move it), and the build it extends still live (a revoked or failed base
+    /// would put its amounts back on chain); otherwise the build is discarded.
+    async fn still_valid(
+        &self,
+        row: &EpochRow,
+        live: &[store::TxRow],
+    ) -> Result<Option<Proposed>, SettleError> {
+        let epoch = row.epoch as u64;
+        let now = build::block_hash(&self.ctx, row.to_block as u64).await?;
+        if now.to_string() != row.to_block_hash {
+            let why = format!(
+                "block {} was reorganised ({} -> {now}) before the proposal was mined; the epoch is derived again",
+                row.to_block, row.to_block_hash
+            );
+            tracing::warn!(epoch, "{why}");
+            return self.discard(row, live, &why).await.map(Some);
+        }
+        if let Some(p) = row.previous_id
+            && let Some((base, state)) = store::dead_base(&self.ctx.pool, p).await?
+        {
+            let why = format!(
+                "its base epoch {base} was {state} before its proposal was mined; the epoch is derived again"
+            );
+            tracing::warn!(epoch, "{why}");
+            return self.discard(row, live, &why).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Sends the first attempt, bumps a stale one, re-broadcasts a waiting one, or drops attempts whose
+    /// nonce another transaction took; `false` when it should look again at once (nothing was sent).
+    async fn send_or_wait(
+        &self,
+        row: &EpochRow,
+        me: Address,
+        live: &[store::TxRow],
+        progress: &indicatif::ProgressBar,
+    ) -> Result<bool, SettleError> {
+        let epoch = row.epoch as u64;
+        let mined_nonce = self
+            .provider()
+            .get_transaction_count(me)
+            .latest()
+            .await
+            .map_err(SettleError::rpc)?;
+        match live.last() {
+            None => {
+                progress.set_message(format!("epoch {epoch}: sending the proposal"));
+                self.send(row, None).await?;
+            }
+            Some(last) if mined_nonce > last.nonce as u64 => {
+                // its nonce went to a transaction that is not one of ours (checked above, and the
+                // chain has no proposal of this epoch): those attempts can never be mined
+                for t in live.iter().filter(|t| t.nonce == last.nonce) {
+                    store::set_tx_state(&self.ctx.pool, &t.tx_hash, "dropped").await?;
+                }
+                tracing::warn!(
+                    epoch,
+                    nonce = last.nonce,
+                    "nonce taken by another transaction; re-sending"
+                );
+                return Ok(false);
+            }
+            Some(last) if last.sent_age_secs >= self.ctx.cfg.bump_after.as_secs_f64() => {
+                progress.set_message(format!("epoch {epoch}: bumping fees of {}", last.tx_hash));
+                self.send(row, Some(last)).await?;
+            }
+            Some(last) => {
+                // after a restart the node may never have had it: the same bytes again
+                if let Err(e) = self.provider().send_raw_transaction(&last.raw).await {
+                    tracing::debug!(error = %e, "re-broadcast (usually: already known)");
+                }
+                progress.set_message(format!("epoch {epoch}: waiting for {}", last.tx_hash));
+            }
+        }
+        Ok(true)
     }
 
     /// Gives the build up before its proposal is mined: takes the nonce of a sent attempt with a cancel,
@@ -572,11 +581,11 @@ impl Settler {
                     .onchain_proposal(row.epoch as u64, row.to_block as u64)
                     .await?
             {
-                store::confirmed(&self.pool, row.id, &tx.to_string(), block).await?;
+                store::confirmed(&self.ctx.pool, row.id, &tx.to_string(), block).await?;
                 return Ok(Proposed::Mined);
             }
         }
-        store::fail(&self.pool, row.id, why).await?;
+        store::fail(&self.ctx.pool, row.id, why).await?;
         Ok(Proposed::Discarded)
     }
 
@@ -593,7 +602,7 @@ impl Settler {
         let hash = self
             .sign_store_send(row, "cancel", request, last.nonce as u64, max_fee, priority)
             .await?;
-        let deadline = tokio::time::Instant::now() + self.cfg.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.confirm_timeout;
         loop {
             let used = self
                 .provider()
@@ -610,7 +619,7 @@ impl Settler {
                     row.epoch
                 )));
             }
-            tokio::time::sleep(self.cfg.poll_interval).await;
+            tokio::time::sleep(self.ctx.cfg.poll_interval).await;
         }
         match self
             .onchain_proposal(row.epoch as u64, row.to_block as u64)
@@ -618,7 +627,7 @@ impl Settler {
         {
             Some((_, tx, block)) => {
                 tracing::error!(epoch = row.epoch, %tx, "a proposal over a reorganised range was mined before its cancel; `settle verify` will show what it covers, and a revoker can revoke it");
-                store::confirmed(&self.pool, row.id, &tx.to_string(), block).await?;
+                store::confirmed(&self.ctx.pool, row.id, &tx.to_string(), block).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -653,7 +662,7 @@ impl Settler {
                 {
                     return Ok(());
                 }
-                store::fail(&self.pool, row.id, reason).await?;
+                store::fail(&self.ctx.pool, row.id, reason).await?;
             }
             return Err(e);
         }
@@ -702,7 +711,7 @@ impl Settler {
             let v: u128 = s
                 .parse()
                 .map_err(|_| SettleError::Stored(format!("fee {s:?}")))?;
-            Ok(v.saturating_mul(100 + u128::from(self.cfg.bump_percent)) / 100 + 1)
+            Ok(v.saturating_mul(100 + u128::from(self.ctx.cfg.bump_percent)) / 100 + 1)
         };
         let priority = up(&prev.priority_fee)?.max(fees.max_priority_fee_per_gas);
         let max_fee = up(&prev.max_fee)?.max(fees.max_fee_per_gas).max(priority);
@@ -723,7 +732,7 @@ impl Settler {
         let (_, wallet) = self.key()?;
         let envelope = request
             .with_nonce(nonce)
-            .with_chain_id(self.chain_id)
+            .with_chain_id(self.ctx.chain_id)
             .with_max_fee_per_gas(max_fee)
             .with_max_priority_fee_per_gas(priority)
             .build(wallet)
@@ -732,7 +741,7 @@ impl Settler {
         let raw = envelope.encoded_2718();
         let hash = envelope.tx_hash().to_string();
         store::insert_tx(
-            &self.pool,
+            &self.ctx.pool,
             row.id,
             &store::NewTx {
                 kind,
@@ -760,10 +769,10 @@ impl Settler {
         progress: &indicatif::ProgressBar,
     ) -> Result<(), SettleError> {
         progress.set_message(format!("epoch {}: waiting for the indexer", row.epoch));
-        let deadline = tokio::time::Instant::now() + self.cfg.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.confirm_timeout;
         loop {
             self.sync().await?;
-            let now = store::by_id(&self.pool, row.id).await?;
+            let now = store::by_id(&self.ctx.pool, row.id).await?;
             if now.state != "confirmed" {
                 return Ok(());
             }
@@ -779,7 +788,7 @@ impl Settler {
                     .is_none()
             {
                 tracing::warn!(epoch = row.epoch, %tx, "the mined proposal left the chain (reorg); following it again");
-                store::reopen(&self.pool, row.id, &tx.to_string()).await?;
+                store::reopen(&self.ctx.pool, row.id, &tx.to_string()).await?;
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -787,10 +796,10 @@ impl Settler {
                     "epoch {}: proposal {} is mined but the indexer has not seen it final after {:?}; is `serve` (or `index`) running?",
                     row.epoch,
                     row.proposed_tx.as_deref().unwrap_or("?"),
-                    self.cfg.confirm_timeout
+                    self.ctx.cfg.confirm_timeout
                 )));
             }
-            tokio::time::sleep(self.cfg.poll_interval).await;
+            tokio::time::sleep(self.ctx.cfg.poll_interval).await;
         }
     }
 
@@ -810,14 +819,14 @@ impl Settler {
                  WHERE e.chain_id = $1 AND e.distributor = $2 AND e.state IN ('confirmed', 'final')
                  ORDER BY e.epoch",
             )
-            .bind(self.chain_id as i64)
-            .bind(hex_addr(self.distributor))
-            .fetch_all(&self.pool)
+            .bind(self.ctx.chain_id as i64)
+            .bind(hex_addr(self.ctx.distributor))
+            .fetch_all(&self.ctx.pool)
             .await?;
         if rows.is_empty() {
             return Ok(());
         }
-        let (final_block, _, _) = build::final_block(self).await?;
+        let (final_block, _, _) = build::final_block(&self.ctx).await?;
         for Tracked {
             id,
             epoch,
@@ -830,7 +839,7 @@ impl Settler {
         {
             match (state.as_str(), proposed_at, outcome.as_deref()) {
                 ("confirmed", Some(block), _) if block as u64 <= final_block => {
-                    store::set_state(&self.pool, id, "final").await?;
+                    store::set_state(&self.ctx.pool, id, "final").await?;
                     tracing::info!(epoch, root = %root, "epoch final");
                 }
                 ("final", None, _) => {
@@ -839,18 +848,18 @@ impl Settler {
                         "the proposal left the index (reorg); following it again"
                     );
                     match &proposed_tx {
-                        Some(tx) => store::reopen(&self.pool, id, tx).await?,
-                        None => store::set_state(&self.pool, id, "submitted").await?,
+                        Some(tx) => store::reopen(&self.ctx.pool, id, tx).await?,
+                        None => store::set_state(&self.ctx.pool, id, "submitted").await?,
                     }
                 }
                 ("final", Some(_), Some("accepted")) => {
-                    store::set_state(&self.pool, id, "accepted").await?;
+                    store::set_state(&self.ctx.pool, id, "accepted").await?;
                 }
                 ("final", Some(_), Some("superseded")) => {
-                    store::set_state(&self.pool, id, "superseded").await?;
+                    store::set_state(&self.ctx.pool, id, "superseded").await?;
                 }
                 ("final", Some(_), Some("revoked")) => {
-                    store::revoked(&self.pool, id).await?;
+                    store::revoked(&self.ctx.pool, id).await?;
                     tracing::warn!(epoch, "root revoked: its payments go to the next epoch");
                 }
                 _ => {}
@@ -868,8 +877,13 @@ impl Settler {
         if pending.root == B256::ZERO {
             return Ok(None);
         }
-        let Some(row) =
-            store::epoch(&self.pool, self.chain_id, self.distributor, pending.epoch).await?
+        let Some(row) = store::epoch(
+            &self.ctx.pool,
+            self.ctx.chain_id,
+            self.ctx.distributor,
+            pending.epoch,
+        )
+        .await?
         else {
             tracing::warn!(
                 epoch = pending.epoch,
@@ -903,29 +917,29 @@ impl Settler {
         if let Err(e) = call.call().await {
             return Err(SettleError::Rejected {
                 epoch: pending.epoch,
-                reason: crate::jobs::relay::revert_reason(&e),
+                reason: crate::chain::revert_reason(&e),
             });
         }
         let receipt = call
             .send()
             .await
             .map_err(SettleError::rpc)?
-            .with_timeout(Some(self.cfg.confirm_timeout))
+            .with_timeout(Some(self.ctx.cfg.confirm_timeout))
             .get_receipt()
             .await
             .map_err(SettleError::rpc)?;
         tracing::info!(epoch = pending.epoch, tx = %receipt.transaction_hash, "root accepted");
         // the indexer's RootAccepted moves the build to accepted
-        let deadline = tokio::time::Instant::now() + self.cfg.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.confirm_timeout;
         loop {
             self.sync().await?;
-            let now = store::by_id(&self.pool, row.id).await?;
+            let now = store::by_id(&self.ctx.pool, row.id).await?;
             if matches!(now.state.as_str(), "accepted" | "revoked" | "superseded")
                 || tokio::time::Instant::now() > deadline
             {
                 return Ok(Some(now.json()));
             }
-            tokio::time::sleep(self.cfg.poll_interval).await;
+            tokio::time::sleep(self.ctx.cfg.poll_interval).await;
         }
     }
 
@@ -937,7 +951,7 @@ impl Settler {
     pub async fn tick(&self) -> Result<(), SettleError> {
         let quiet = indicatif::ProgressBar::hidden();
         self.sync().await?;
-        let epochs = store::epochs(&self.pool, self.chain_id, self.distributor).await?;
+        let epochs = store::epochs(&self.ctx.pool, self.ctx.chain_id, self.ctx.distributor).await?;
         if epochs
             .iter()
             .any(|e| matches!(e.state.as_str(), "built" | "submitted" | "confirmed"))

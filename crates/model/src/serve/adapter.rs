@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::config::LlamaConfig;
+use crate::config::Proj;
 use crate::error::{ModelError, Result};
-use crate::llama::Proj;
 use crate::lora::{Lora, LoraConfig, proj_dims};
 use crate::weights::{file_sha256, hex0x};
 

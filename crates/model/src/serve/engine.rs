@@ -38,16 +38,31 @@ pub struct EngineConfig {
     pub max_new_tokens: usize,
 }
 
+/// Sequences decoded together in one batch, by default.
+pub const DEFAULT_MAX_SEQS: usize = 32;
+/// Prompt tokens processed per batched step, by default.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+/// Distinct adapters in one batch, by default (LoRAX's `--max-active-adapters`).
+pub const DEFAULT_MAX_ACTIVE_ADAPTERS: usize = 128;
+/// Memory for resident adapters, MiB, by default.
+pub const DEFAULT_ADAPTER_CACHE_MB: usize = 1024;
+/// Requests waiting or running, by default.
+pub const DEFAULT_MAX_QUEUE: usize = 256;
+/// Memory for KV caches, MiB, by default.
+pub const DEFAULT_KV_CACHE_MB: usize = 2048;
+/// The largest `max_tokens` a request may ask for, by default.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 4096;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_seqs: 32,
-            max_batch_tokens: 256,
-            max_active_adapters: 128,
-            adapter_cache_bytes: 1 << 30,
-            max_queue: 256,
-            kv_cache_bytes: 2 << 30,
-            max_new_tokens: 4096,
+            max_seqs: DEFAULT_MAX_SEQS,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_active_adapters: DEFAULT_MAX_ACTIVE_ADAPTERS,
+            adapter_cache_bytes: DEFAULT_ADAPTER_CACHE_MB << 20,
+            max_queue: DEFAULT_MAX_QUEUE,
+            kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
+            max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
         }
     }
 }

@@ -9,8 +9,9 @@
 use rayon::prelude::*;
 
 use super::adapter::ServedAdapter;
+use crate::config::Proj;
 use crate::error::Result;
-use crate::llama::{HostTables, Llama, Proj};
+use crate::llama::{HostTables, Llama};
 use crate::ops::{dot, rms_row, rope_head};
 
 /// Keys and values of one sequence, per layer `[pos][kv_head][head_dim]`.

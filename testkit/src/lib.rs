@@ -1,7 +1,17 @@
 //! Test harness: a real anvil (OP-stack mode) with the suite deployed by scripts/deploy.sh, funded actors
 //! driving the contracts with alloy, and helpers to index into, and dump, a real Postgres.
 //! Needs `scripts/setup.sh` (anvil, forge, node) and a Postgres in DATABASE_URL (`scripts/test.sh` does both).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//!
+//! A dev-dependency of the indexer's and the daemon's tests (`use openledger_testkit as common;`); the
+//! daemon's part (`daemon`, feature `daemon`) is their `support`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+#[cfg(feature = "daemon")]
+pub mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

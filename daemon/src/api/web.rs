@@ -12,7 +12,7 @@ use rust_embed::Embed;
 use tower_http::compression::CompressionLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::api::ApiError;
+use super::ApiError;
 use crate::state::AppState;
 
 #[derive(Embed)]

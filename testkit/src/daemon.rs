@@ -1,5 +1,4 @@
 //! Shared by the daemon's tests: an app over a real Postgres, wallet sign-in, index fixtures, requests.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::SignerSync;
@@ -21,10 +20,7 @@ use tower::ServiceExt;
 
 pub const DOMAIN: &str = "localhost:8080";
 
-/// How long a test waits for another task (the indexer, a worker, the chain, a child process) before it
-/// calls it stalled and fails. A stall detector, far beyond what a loaded machine needs: never a measure of
-/// speed. Tests wait for the state they need, never for a fixed time.
-pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
+pub use crate::STALL;
 
 /// The stall detector of a whole job (training a model included) on a loaded two-core machine.
 pub const JOB_STALL: std::time::Duration = std::time::Duration::from_secs(1200);

@@ -1,0 +1,544 @@
+//! The inference service: one request from its checks to its record. `start` checks it, takes its payment
+//! (pay-first, credit or sponsored), records it and hands it to the engine, then follows the engine's
+//! events on a task of its own (`pump`) that records the outcome whether or not the caller stays, and
+//! attributes a finished inference of a trained adapter in the transaction that marks it succeeded.
+//! `collect` assembles OpenAI's whole-response body; the HTTP layer streams the events instead when asked.
+
+use std::sync::Arc;
+
+use alloy::primitives::{Address, B256, U256};
+use openledger_chain::Deployment;
+use openledger_indexer::query::ChainIndex;
+use openledger_model::serve::{
+    Event, Finished, GenerateRequest, Priority, SamplingParams, SubmitError,
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::credits::{self, CreditError};
+use super::error::InferenceError;
+use super::payment::{self, Paid};
+use super::records::{self, NewInference};
+use super::request::{Common, Kind, Prepared};
+use super::{Inference, Target};
+use crate::attribution::{self, AttributionError, Gradient, GradientMode, Subject};
+use crate::chain::{Chain, ChainError};
+use crate::common;
+
+/// What serving a request needs, whether it came over HTTP or from a batch job's input file.
+#[derive(Clone)]
+pub struct Serving {
+    pub pool: PgPool,
+    pub index: ChainIndex,
+    pub chain: Option<Chain>,
+    pub deployment: Deployment,
+    pub inf: Arc<Inference>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("inf", &self.inf)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    fn chain(&self) -> Result<&Chain, ChainError> {
+        self.chain.as_ref().ok_or(ChainError::NotConnected)
+    }
+}
+
+/// Who asks, how urgently, and (for a batch job) which line of which batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub caller: Option<Address>,
+    pub priority: Priority,
+    /// `(job id, line index)`.
+    pub batch: Option<(i64, i32)>,
+}
+
+impl Origin {
+    /// A call over the API, signed in or not.
+    pub fn interactive(caller: Option<Address>) -> Self {
+        Origin {
+            caller,
+            priority: Priority::Interactive,
+            batch: None,
+        }
+    }
+}
+
+/// An engine event and, with `Done`, the inference's attribution (`openledger.attribution`).
+pub type Out = (Event, Option<Value>);
+
+/// A request the engine has started on.
+#[derive(Debug)]
+pub struct Running {
+    pub id: String,
+    pub model: String,
+    pub kind: Kind,
+    /// The response's `openledger` object: the inference id and its payment.
+    pub meta: Value,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Unix seconds, OpenAI's `created`.
+    pub created: i64,
+    /// The engine's events, each recorded before it arrives here.
+    pub events: mpsc::UnboundedReceiver<Out>,
+}
+
+/// Serves one request of a batch and returns its inference id and the body an HTTP call would have got.
+/// The same checks, payment and record as an interactive call.
+pub async fn execute(
+    sv: &Serving,
+    origin: Origin,
+    kind: Kind,
+    body: Value,
+) -> Result<(String, Value), InferenceError> {
+    let req = Prepared::from_body(&sv.inf, kind, body)?;
+    if req.common.stream {
+        return Err(InferenceError::Invalid(
+            "stream is not available in a batch".into(),
+        ));
+    }
+    let r = start(sv, origin, req).await?;
+    let id = r.id.clone();
+    Ok((id, collect(r).await?))
+}
+
+/// Checks the request, takes its payment, records it and hands it to the engine; returns once the engine
+/// has started it (an adapter that cannot load fails here, before any response is sent).
+pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Running, InferenceError> {
+    let Prepared {
+        kind,
+        common: mut c,
+        prompt,
+    } = req;
+    let admitted = admit(sv, &mut c, prompt.len()).await?;
+    // pay (or find the payment) before anything is generated
+    let id = records::new_id();
+    let pay = Pay {
+        origin,
+        request_id: c.request_id.as_deref(),
+        payer: c.payer.as_deref(),
+        tokens: prompt.len() + admitted.max_tokens,
+        id: &id,
+    };
+    let charge = charge(sv, &admitted.target, pay).await?;
+    let (job_id, model_id, adapter) = match &admitted.target {
+        Target::Base => (None, None, None),
+        Target::Adapter {
+            job_id,
+            adapter,
+            model_id,
+        } => (Some(*job_id), *model_id, Some(adapter.clone())),
+    };
+    let (mode, paid, price) = match &charge {
+        Some(c) => (c.mode, Some(&c.paid), Some(c.price)),
+        None => ("free", None, None),
+    };
+    records::insert(
+        &sv.pool,
+        &NewInference {
+            id: &id,
+            model: &c.model,
+            kind: kind.record_name(),
+            base_model_hash: &sv.inf.base_hash,
+            job_id,
+            adapter_hash: adapter.as_ref().and_then(|a| a.sha256.as_deref()),
+            caller: origin.caller,
+            payment_mode: mode,
+            chain_id: paid.map(|_| sv.deployment.chain_id as i64),
+            model_id,
+            paid,
+            price_per_1k: price,
+            batch: origin.batch,
+            prompt_tokens: prompt.len(),
+            max_tokens: admitted.max_tokens,
+        },
+    )
+    .await?;
+    let attribution = job_id.map(|j| (j, prompt.clone()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let req = GenerateRequest {
+        prompt,
+        adapter,
+        sampling: admitted.params,
+        max_tokens: admitted.max_tokens,
+        stop: admitted.stop,
+        ignore_eos: false,
+        priority: origin.priority,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    let rx = submit(sv, &id, req, rx).await?;
+    let meta = json!({
+        "inference_id": id,
+        "payment": paid.map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
+    });
+    let (out_tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(pump(sv.clone(), id.clone(), attribution, rx, out_tx));
+    Ok(Running {
+        id,
+        model: c.model,
+        kind,
+        meta,
+        stream: c.stream,
+        include_usage: c.stream_options.is_some_and(|o| o.include_usage),
+        created: time::OffsetDateTime::now_utc().unix_timestamp(),
+        events,
+    })
+}
+
+/// A request that passed every check made before payment.
+struct Admitted {
+    params: SamplingParams,
+    target: Target,
+    max_tokens: usize,
+    stop: Vec<String>,
+}
+
+/// The checks made before any payment is taken: sampling settings, the model, the length against the
+/// context, the stop sequences, and room in the engine's queue.
+async fn admit(
+    sv: &Serving,
+    c: &mut Common,
+    prompt_len: usize,
+) -> Result<Admitted, InferenceError> {
+    let inf = &sv.inf;
+    let params = c.sampling()?;
+    let target = inf
+        .resolve(&sv.pool, &c.model, sv.deployment.chain_id)
+        .await?;
+    let room = inf.engine.context().saturating_sub(prompt_len);
+    let max_tokens = c
+        .max_completion_tokens
+        .or(c.max_tokens)
+        .unwrap_or(inf.cfg.default_max_tokens.min(room).max(1));
+    inf.engine
+        .check(prompt_len, max_tokens, &params)
+        .map_err(|e| InferenceError::Invalid(e.to_string()))?;
+    let stop = c.take_stop()?;
+    // a full queue refuses before the payment is taken (submit checks again: a race still frees a
+    // pay-first payment and refunds credit, as any failure does)
+    if inf.engine.in_flight() >= inf.engine.config().max_queue {
+        return Err(InferenceError::Overloaded);
+    }
+    Ok(Admitted {
+        params,
+        target,
+        max_tokens,
+        stop,
+    })
+}
+
+/// Hands a recorded request to the engine (its sink feeds `rx`) and waits for its first event, which says
+/// whether it runs at all; a refusal or failure is recorded on the inference.
+async fn submit(
+    sv: &Serving,
+    id: &str,
+    req: GenerateRequest,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<mpsc::UnboundedReceiver<Event>, InferenceError> {
+    if let Err(e) = sv.inf.engine.submit(req) {
+        let _ = records::ended(&sv.pool, id, "failed", Some(&e.to_string())).await;
+        return Err(match e {
+            SubmitError::Busy(_) => InferenceError::Overloaded,
+            SubmitError::Invalid(m) => InferenceError::Invalid(m.to_string()),
+            SubmitError::Stopped => {
+                InferenceError::Unavailable("the inference engine has stopped".into())
+            }
+        });
+    }
+    // an adapter that cannot load fails here
+    match rx.recv().await {
+        Some(Event::Started) => Ok(rx),
+        Some(Event::Failed(m)) => {
+            let _ = records::ended(&sv.pool, id, "failed", Some(&m)).await;
+            Err(InferenceError::Unavailable(m))
+        }
+        _ => {
+            let m = "the engine dropped the request";
+            let _ = records::ended(&sv.pool, id, "failed", Some(m)).await;
+            Err(InferenceError::Internal(m.into()))
+        }
+    }
+}
+
+/// How an inference is paid.
+struct Charge {
+    mode: &'static str,
+    paid: Paid,
+    price: U256,
+}
+
+/// What paying for one request goes by.
+struct Pay<'a> {
+    origin: Origin,
+    /// Pay-first: the request's `request_id` and `payer`.
+    request_id: Option<&'a str>,
+    payer: Option<&'a str>,
+    /// Prompt + max_tokens: what the price covers.
+    tokens: usize,
+    /// The inference's id (credit charges name it).
+    id: &'a str,
+}
+
+/// Finds (pay-first) or makes (sponsored) the payment for `pay.tokens` of `target`; `None` for the base
+/// model, which is free.
+async fn charge(
+    sv: &Serving,
+    target: &Target,
+    pay: Pay<'_>,
+) -> Result<Option<Charge>, InferenceError> {
+    let inf = &sv.inf;
+    let Target::Adapter {
+        job_id,
+        adapter,
+        model_id,
+    } = target
+    else {
+        if pay.request_id.is_some() {
+            return Err(InferenceError::Invalid(
+                "the base model is free; request_id is only for adapters".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let name = &adapter.id;
+    let model_id = model_id.ok_or_else(|| {
+        InferenceError::NotPayable(format!(
+            "{name} is not registered on this chain yet, so it cannot be paid for"
+        ))
+    })?;
+    let price = payment::price_per_1k(&sv.pool, *job_id, inf.cfg.default_price_per_1k).await?;
+    let need = payment::required(price, pay.tokens);
+    let (mode, paid) = match pay.request_id {
+        Some(rid) => {
+            let rid: B256 =
+                common::parse_hash("request_id", rid).map_err(InferenceError::Invalid)?;
+            let payer = pay
+                .payer
+                .map(|p| common::parse_address("payer", p).map_err(InferenceError::Invalid))
+                .transpose()?;
+            let wait = inf.cfg.payment_wait;
+            let p = payment::find_payment(&sv.index, rid, model_id, payer, need, wait).await?;
+            ("pay_first", p)
+        }
+        None => {
+            let p = sponsor(sv, &pay, name, model_id, need).await?;
+            tracing::info!(inference = %pay.id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
+            ("sponsored", p)
+        }
+    };
+    Ok(Some(Charge { mode, paid, price }))
+}
+
+/// A request without its own payment: the daemon pays from its key, against the caller's inference credit
+/// unless it sponsors everything (`cfg.sponsor`); a batch line an interrupted run already paid for reuses
+/// that payment.
+async fn sponsor(
+    sv: &Serving,
+    pay: &Pay<'_>,
+    name: &str,
+    model_id: U256,
+    need: U256,
+) -> Result<Paid, InferenceError> {
+    let inf = &sv.inf;
+    let id = pay.id;
+    let earlier = match pay.origin.batch {
+        Some((job, line)) => {
+            records::unused_sponsored_payment(&sv.pool, job, line, model_id, need).await?
+        }
+        None => None,
+    };
+    match (earlier, pay.origin.caller) {
+        // the earlier attempt's credit charge was refunded when it failed: charge this one
+        (Some(p), Some(caller)) if !inf.cfg.sponsor => {
+            credits::charge(&sv.pool, caller, need, id).await?;
+            Ok(p)
+        }
+        (Some(p), _) => Ok(p),
+        (None, _) if inf.cfg.sponsor => Ok(inf
+            .sponsor
+            .pay(sv.chain()?, &sv.deployment, model_id, need)
+            .await?),
+        (None, Some(caller)) => {
+            match credits::charge(&sv.pool, caller, need, id).await {
+                Ok(left) => {
+                    tracing::info!(inference = %id, %caller, charged = %need, %left, "inference credit");
+                }
+                Err(CreditError::Insufficient { balance, .. }) => {
+                    return Err(InferenceError::PaymentRequired(format!(
+                        "{name} costs {need} wei of OPEN for this request and your inference credit \
+                         is {balance} wei: {}, or ask the operator for credit",
+                        pay_hint(model_id, need)
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let paid = match sv.chain() {
+                Ok(chain) => inf
+                    .sponsor
+                    .pay(chain, &sv.deployment, model_id, need)
+                    .await
+                    .map_err(InferenceError::from),
+                Err(e) => Err(e.into()),
+            };
+            if paid.is_err() {
+                credits::refund(&sv.pool, caller, need, id).await?;
+            }
+            paid
+        }
+        (None, None) => Err(InferenceError::PaymentRequired(format!(
+            "{name} costs {need} wei of OPEN for this request: {} (or sign in with inference credit)",
+            pay_hint(model_id, need)
+        ))),
+    }
+}
+
+/// How to pay for a request yourself, for 402 messages.
+fn pay_hint(model_id: U256, need: U256) -> String {
+    format!(
+        "pay FeeRouter.payInference({model_id}, <fresh bytes32 request id>, {need}) and send that request_id"
+    )
+}
+
+fn payment_json(mode: &str, p: &Paid) -> Value {
+    json!({
+        "mode": mode, "payer": format!("{:#x}", p.payer), "request_id": format!("{:#x}", p.request_id),
+        "amount": p.amount.to_string(), "tx_hash": format!("{:#x}", p.tx_hash),
+    })
+}
+
+/// Forwards the engine's events to the caller and records the outcome, whether or not the caller stays:
+/// a finished inference of a trained adapter is attributed first, and its record is written in the
+/// transaction that marks it succeeded.
+async fn pump(
+    sv: Serving,
+    id: String,
+    attribution: Option<(i64, Vec<u32>)>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    out: mpsc::UnboundedSender<Out>,
+) {
+    let pool = &sv.pool;
+    while let Some(e) = rx.recv().await {
+        let mut att = None;
+        let r = match (&e, &attribution) {
+            (Event::Done(f), Some((job, prompt))) => {
+                attribute_and_record(&sv, &id, *job, prompt, f)
+                    .await
+                    .map(|v| att = Some(v))
+            }
+            (Event::Done(f), None) => records::succeeded(pool, &id, f).await,
+            (Event::Failed(m), _) => records::ended(pool, &id, "failed", Some(m)).await,
+            _ => Ok(()),
+        };
+        if let Err(err) = r {
+            tracing::error!(inference = %id, error = %err, "recording the inference");
+        }
+        let last = matches!(e, Event::Done(_) | Event::Failed(_));
+        if out.send((e, att)).is_err() {
+            // dropping `rx` makes the engine drop the sequence at its next token
+            if let Err(err) =
+                records::ended(pool, &id, "cancelled", Some("the client went away")).await
+            {
+                tracing::error!(inference = %id, error = %err, "recording the inference");
+            }
+            tracing::info!(inference = %id, "client went away; sequence dropped");
+            return;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Attributes a finished inference (its gradient part now, later or never, as configured; a gradient
+/// failure defers it to the queued task) and records both in one transaction; returns what the response
+/// carries.
+async fn attribute_and_record(
+    sv: &Serving,
+    id: &str,
+    job: i64,
+    prompt: &[u32],
+    f: &Finished,
+) -> Result<Value, sqlx::Error> {
+    let a = &sv.inf.attribution;
+    let subject = Subject {
+        inference_id: id,
+        job_id: job,
+        prompt,
+        output: &f.tokens,
+    };
+    let mode = match a.cfg.gradient {
+        GradientMode::Sync => Gradient::Run,
+        GradientMode::Queued => Gradient::Defer,
+        GradientMode::Off => Gradient::Skip,
+    };
+    let mut outcome = a.attribute(&sv.pool, &subject, mode).await;
+    if let Err(AttributionError::Gradient(m)) = &outcome {
+        tracing::warn!(inference = %id, error = %m, "gradient attribution failed; queued for a retry");
+        outcome = a.attribute(&sv.pool, &subject, Gradient::Defer).await;
+    }
+    if let Err(e) = &outcome {
+        tracing::warn!(inference = %id, error = %e, "inference flagged: it could not be attributed");
+    }
+    let mut tx = sv.pool.begin().await?;
+    records::succeeded(&mut *tx, id, f).await?;
+    attribution::store::save(&mut tx, id, job, prompt, &outcome).await?;
+    tx.commit().await?;
+    if outcome.as_ref().is_ok_and(|r| r.pending) {
+        a.wake();
+    }
+    Ok(match outcome {
+        Ok(r) => r.response(),
+        Err(e) => json!({ "status": "flagged", "error": e.to_string() }),
+    })
+}
+
+/// OpenAI's `usage` object of a finished inference.
+pub fn usage(f: &Finished) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.tokens.len(),
+        "total_tokens": f.prompt_tokens + f.tokens.len(),
+    })
+}
+
+/// Waits for the end of a started request and assembles OpenAI's whole response (`chat.completion` or
+/// `text_completion`), its `openledger` object carrying the payment and the attribution.
+pub async fn collect(mut r: Running) -> Result<Value, InferenceError> {
+    loop {
+        match r.events.recv().await {
+            Some((Event::Done(f), att)) => {
+                if let Some(a) = att {
+                    r.meta["attribution"] = a;
+                }
+                let choice = match r.kind {
+                    Kind::Chat => json!({
+                        "index": 0, "message": {"role": "assistant", "content": f.text},
+                        "finish_reason": f.reason.as_str(), "logprobs": null,
+                    }),
+                    Kind::Completion => json!({
+                        "index": 0, "text": f.text, "finish_reason": f.reason.as_str(), "logprobs": null,
+                    }),
+                };
+                return Ok(json!({
+                    "id": r.id,
+                    "object": if r.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+                    "created": r.created, "model": r.model, "choices": [choice], "usage": usage(&f),
+                    "openledger": r.meta,
+                }));
+            }
+            Some((Event::Failed(m), _)) => return Err(InferenceError::Unavailable(m)),
+            Some(_) => {}
+            None => {
+                return Err(InferenceError::Internal(
+                    "the engine dropped the request".into(),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! What the jobs that write to the chain share: the daemon's signing key, the job-side reading of a failed
+//! call (a revert is final, a node error worth another attempt), and sending a transaction with its hash
+//! in the job's log. The sending itself is `chain::send_confirmed`'s.
+
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use alloy::rpc::types::TransactionReceipt;
+
+use super::worker::{JobContext, JobError};
+use crate::chain::{self, Call, Chain, SendError};
+
+impl From<SendError> for JobError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Reverted { .. } => JobError::fatal(e),
+            SendError::Node { .. } => JobError::retryable(e),
+        }
+    }
+}
+
+/// A failed contract call: a revert is final, anything else (node, network) worth retrying.
+pub fn classify(e: alloy::contract::Error) -> JobError {
+    if e.as_revert_data().is_some() {
+        JobError::fatal(chain::revert_reason(&e))
+    } else {
+        JobError::retryable(e)
+    }
+}
+
+/// The daemon's chain connection and key, or why it cannot send transactions.
+pub fn signing_chain(chain: Option<&Chain>) -> Result<(&Chain, Address), JobError> {
+    let chain = chain
+        .ok_or_else(|| JobError::fatal("this daemon has no chain connection to publish with"))?;
+    let me = chain
+        .signer()
+        .ok_or_else(|| JobError::fatal("this daemon has no key to publish with"))?;
+    Ok((chain, me))
+}
+
+/// `chain::send_confirmed`, with the transaction's hash in the job's log as soon as it is sent.
+pub async fn send_logged<D: alloy::contract::CallDecoder>(
+    ctx: &JobContext,
+    what: &str,
+    call: Call<'_, D>,
+    timeout: Duration,
+) -> Result<TransactionReceipt, JobError> {
+    let pending = chain::send_checked(what, &call).await?;
+    ctx.log(format!("{what} sent: {}", pending.tx_hash())).await;
+    Ok(chain::confirm(what, pending, timeout).await?)
+}
