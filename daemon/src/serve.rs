@@ -93,13 +93,13 @@ pub fn registry(
         r = r.with(BatchJob {
             concurrency: inf.cfg.batch_concurrency,
             problem: crate::api::openai::batch_problem,
-            serving: Serving {
-                pool: pool.clone(),
-                index: index.clone(),
-                chain: Some(chain.clone()),
-                deployment: deployment.clone(),
-                inf: inf.clone(),
-            },
+            serving: Serving::new(
+                pool.clone(),
+                index.clone(),
+                Some(chain.clone()),
+                deployment.clone(),
+                inf.clone(),
+            ),
         });
     }
     if chain.signer().is_some() {
@@ -278,7 +278,9 @@ fn spawn_settler(
         tracing::warn!("--settle-every-secs needs the settler key; not settling");
         return None;
     }
-    match crate::settlement::Settler::new(pool.clone(), deployment.clone(), chain.clone(), scfg) {
+    match crate::settlement::Context::new(pool.clone(), deployment.clone(), chain.clone(), scfg)
+        .map(crate::settlement::Settler::new)
+    {
         Ok(s) => {
             tracing::info!(every_secs = every.as_secs(), "settling on a schedule");
             Some(tokio::spawn(crate::settlement::submit::run_schedule(

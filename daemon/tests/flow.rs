@@ -1,6 +1,6 @@
 //! The whole contribution path against a real anvil and Postgres: sign in with a wallet, upload, sign the
 //! EIP-712 payload, the daemon relays, the in-process indexer confirms; follow the job over SSE; snapshot and
-//! publish a Datanet version.
+//! publish a Datanet version. One test per feature, over one stack built for the binary (`FLOW`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use openledger_testkit as common;
@@ -43,8 +43,23 @@ fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
     key.sign_dynamic_typed_data_sync(&td).unwrap().to_string()
 }
 
-#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
-async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
+/// What this binary's tests share, built once: anvil with the suite, Datanet 1 owned by the daemon's key
+/// (#1, the relayer, so it may publish its versions) and Datanet 2 by #0, and the daemon's pieces (chain with
+/// the relayer key, in-process indexer, workers, API).
+struct Flow {
+    chain: TestChain,
+    app: axum::Router,
+    pool: PgPool,
+    relayer: PrivateKeySigner,
+    /// Keeps the workers running.
+    _stop: watch::Sender<bool>,
+    _data: tempfile::TempDir,
+}
+
+static FLOW: common::Shared<Flow> = common::Shared::new(|| Box::pin(flow()));
+
+async fn flow() -> Flow {
+    let pool = common::fixture_database("flow").await;
     let chain = TestChain::start().await;
     let d = chain.deployment.clone();
     let registry_addr = d.address(ContractKind::Registry).unwrap();
@@ -69,6 +84,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     .await
     .unwrap();
     let data = tempfile::tempdir().unwrap();
+    common::remove_at_exit(data.path());
     let training =
         openledger_daemon::training::TrainSettings::new(data.path().to_path_buf(), "cpu");
     let jobs = openledger_daemon::serve::registry(
@@ -83,11 +99,11 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())
         .await
         .unwrap();
-    let index_task = tokio::spawn(async move { indexer.run(Mode::Follow).await });
+    tokio::spawn(async move { indexer.run(Mode::Follow).await });
     let (stop, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(256);
     worker::spawn_listener(pool.clone(), events.clone());
-    let workers = tokio::spawn(worker::run(
+    tokio::spawn(worker::run(
         openledger_daemon::jobs::Queue::new(pool.clone()),
         jobs.clone(),
         WorkerConfig::default(),
@@ -108,11 +124,77 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     })
     .await;
 
+    Flow {
+        chain,
+        app,
+        pool,
+        relayer,
+        _stop: stop,
+        _data: data,
+    }
+}
+
+impl Flow {
+    fn registry(&self, i: usize) -> Registry::RegistryInstance<alloy::providers::DynProvider> {
+        Registry::new(
+            self.chain
+                .deployment
+                .address(ContractKind::Registry)
+                .unwrap(),
+            self.chain.actor(i),
+        )
+    }
+
+    /// Uploads `content` to `datanet` as `session`; the upload.
+    async fn upload(&self, session: &str, datanet: u64, content: &[u8]) -> Value {
+        let up = send(
+            &self.app,
+            Method::POST,
+            &format!("/api/uploads?datanet_id={datanet}"),
+            Some(session),
+            Some(("text/plain", content.to_vec())),
+        )
+        .await;
+        assert_eq!(
+            up.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&up.body)
+        );
+        up.json()
+    }
+
+    /// The contributor (#4) sends `contribute` for `upload` themselves and the daemon matches it: the
+    /// confirmed upload.
+    async fn contribute_yourself(&self, session: &str, upload: &Value) -> Value {
+        let h: B256 = upload["content_hash"].as_str().unwrap().parse().unwrap();
+        let datanet: u64 = upload["datanet_id"].as_str().unwrap().parse().unwrap();
+        send!(
+            self.registry(4)
+                .contribute(U256::from(datanet), h, "ipfs://self".into())
+        );
+        wait_upload(
+            &self.app,
+            session,
+            upload["id"].as_i64().unwrap(),
+            "confirmed",
+        )
+        .await
+    }
+}
+
+/// An upload signed (EIP-712) by its owner is relayed by the daemon, which pays the gas, and confirmed by the
+/// indexer; every other signature, nonce, deadline or caller is refused before anything is sent, and a
+/// payload is relayed once.
+#[test]
+fn a_signed_upload_is_relayed_and_confirmed() {
+    FLOW.run(|f| async move {
+        let (app, registry) = (&f.app, |i| f.registry(i));
     // a contributor with no gas money of its own: #4 (anvil funds it with ETH, but it never sends)
     let contributor: PrivateKeySigner = KEYS[4].parse().unwrap();
-    let session = sign_in(&app, &contributor).await;
+    let session = sign_in(app, &contributor).await;
     let up = send(
-        &app,
+        app,
         Method::POST,
         "/api/uploads?datanet_id=1&filename=qa.jsonl",
         Some(&session),
@@ -126,7 +208,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     let upload = up.json();
     let id = upload["id"].as_i64().unwrap();
     let td = get(
-        &app,
+        app,
         &format!("/api/uploads/{id}/typed-data"),
         Some(&session),
     )
@@ -150,7 +232,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     let relay_url = format!("/api/uploads/{id}/relay");
     let body = |sig: &str, nonce: &str| json!({ "signature": sig, "nonce": nonce, "deadline": td["deadline"] });
     let p = post_json(
-        &app,
+        app,
         &relay_url,
         Some(&session),
         body(&sign_typed(&other, &td["typed_data"]), "0"),
@@ -164,24 +246,24 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
             .contains("not by the upload's owner")
     );
     // the signature covers nonce 0: claiming another nonce breaks the recovery
-    post_json(&app, &relay_url, Some(&session), body(&signature, "1"))
+    post_json(app, &relay_url, Some(&session), body(&signature, "1"))
         .await
         .problem(400, "bad-request");
     post_json(
-        &app,
+        app,
         &relay_url,
         Some(&session),
         json!({ "signature": signature, "nonce": "0", "deadline": "1" }),
     )
     .await
     .problem(400, "bad-request");
-    let stranger = sign_in(&app, &other).await;
-    post_json(&app, &relay_url, Some(&stranger), body(&signature, "0"))
+    let stranger = sign_in(app, &other).await;
+    post_json(app, &relay_url, Some(&stranger), body(&signature, "0"))
         .await
         .problem(403, "forbidden");
 
     // relay
-    let r = post_json(&app, &relay_url, Some(&session), body(&signature, "0")).await;
+    let r = post_json(app, &relay_url, Some(&session), body(&signature, "0")).await;
     assert_eq!(
         r.status,
         StatusCode::ACCEPTED,
@@ -192,13 +274,13 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     assert_eq!(relay["state"], "pending");
     let job_id = relay["job_id"].as_i64().unwrap();
     // the same signed payload twice is refused
-    post_json(&app, &relay_url, Some(&session), body(&signature, "0"))
+    post_json(app, &relay_url, Some(&session), body(&signature, "0"))
         .await
         .problem(409, "conflict");
 
     // follow the job to its end over SSE
     let sse = get(
-        &app,
+        app,
         &format!("/api/jobs/{job_id}/events?access_token={session}"),
         None,
     )
@@ -209,7 +291,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     assert!(text.contains("submitted transaction"), "{text}");
     assert!(text.contains("event: end\ndata: succeeded"), "{text}");
 
-    let done = wait_upload(&app, &session, id, "confirmed").await;
+    let done = wait_upload(app, &session, id, "confirmed").await;
     assert_eq!(
         done["contribution"]["contributor"],
         format!("{:#x}", contributor.address())
@@ -230,30 +312,16 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
         .call()
         .await
         .unwrap();
-    assert_eq!(on_chain, U256::from(1));
-    assert_eq!(done["contribution"]["id"], "1");
+    assert_ne!(on_chain, U256::ZERO);
+    assert_eq!(done["contribution"]["id"], on_chain.to_string());
     // once on chain, relaying again is a conflict, and so is asking for a payload to sign
-    post_json(&app, &relay_url, Some(&session), body(&signature, "0"))
+    post_json(app, &relay_url, Some(&session), body(&signature, "0"))
         .await
         .problem(409, "conflict");
 
-    // the contributor may also send `contribute` themselves: the upload is matched by its hash
-    let up2 = send(
-        &app,
-        Method::POST,
-        "/api/uploads?datanet_id=1",
-        Some(&session),
-        Some(("text/plain", b"Paris is the capital of France.".to_vec())),
-    )
-    .await
-    .json();
-    let h2: B256 = up2["content_hash"].as_str().unwrap().parse().unwrap();
-    send!(registry(4).contribute(U256::from(1), h2, "ipfs://self".into()));
-    wait_upload(&app, &session, up2["id"].as_i64().unwrap(), "confirmed").await;
-
     // a stale signature (nonce already used) is refused
     let up3 = send(
-        &app,
+        app,
         Method::POST,
         "/api/uploads?datanet_id=2",
         Some(&session),
@@ -262,7 +330,7 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     .await
     .json();
     let stale = post_json(
-        &app,
+        app,
         &format!("/api/uploads/{}/relay", up3["id"]),
         Some(&session),
         body(&signature, "0"),
@@ -271,96 +339,151 @@ async fn wallet_upload_relay_confirm_and_snapshot(pool: PgPool) {
     // the old signature covers other values, so recovery yields another address: 400, not a relay
     stale.problem(400, "bad-request");
 
-    // the owner (#1 = the daemon) accepts both contributions; snapshot and publish version 1
-    send!(registry(1).reviewContributions(U256::from(1), vec![U256::from(1), U256::from(2)], true));
-    let owner_session = sign_in(&app, &relayer).await;
-    // wait for the reviews to be indexed
-    wait_accepted(&app, 1, 2).await;
-    // the contributor may compute a snapshot but not publish one
-    post_json(
-        &app,
-        "/api/jobs",
-        Some(&session),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
-    )
-    .await
-    .problem(403, "forbidden");
-    let j = post_json(
-        &app,
-        "/api/jobs",
-        Some(&owner_session),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
-    )
-    .await;
-    assert_eq!(j.status, StatusCode::CREATED);
-    let j = wait_job(&app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(j["state"], "succeeded", "{j}");
-    let result = &j["result"];
-    assert_eq!(result["leaves"].as_array().unwrap().len(), 2, "{result}");
-    let leaves: Vec<B256> = result["leaves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            leaf(&(
-                l["contribution_id"]
+    });
+}
+
+/// The contributor may also send `contribute` themselves: the upload is matched by its hash.
+#[test]
+fn a_contribution_sent_by_the_contributor_is_matched_to_its_upload() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let contributor: PrivateKeySigner = KEYS[4].parse().unwrap();
+        let session = sign_in(app, &contributor).await;
+        // the contributor may also send `contribute` themselves: the upload is matched by its hash
+        let up2 = f
+            .upload(&session, 1, b"Paris is the capital of France.")
+            .await;
+        let done = f.contribute_yourself(&session, &up2).await;
+        assert_eq!(
+            done["contribution"]["contributor"],
+            format!("{:#x}", contributor.address())
+        );
+    });
+}
+
+/// The owner (#1 = the daemon) accepts contributions, snapshots Datanet 1 and publishes version 1: its root
+/// is the OpenZeppelin Merkle root of the accepted leaves; a contributor may not publish, and publishing the
+/// same snapshot again is a no-op.
+#[test]
+fn the_owner_snapshots_and_publishes_a_version() {
+    FLOW.run(|f| async move {
+        let (app, relayer, registry) = (&f.app, &f.relayer, |i| f.registry(i));
+        let contributor: PrivateKeySigner = KEYS[4].parse().unwrap();
+        let session = sign_in(app, &contributor).await;
+        let mut ids = Vec::new();
+        for text in [&b"Snapshot me."[..], b"And me."] {
+            let up = f.upload(&session, 1, text).await;
+            let done = f.contribute_yourself(&session, &up).await;
+            ids.push(
+                done["contribution"]["id"]
                     .as_str()
                     .unwrap()
                     .parse::<U256>()
                     .unwrap(),
-                l["contributor"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<alloy::primitives::Address>()
-                    .unwrap(),
-                l["content_hash"].as_str().unwrap().parse::<B256>().unwrap(),
-            ))
-        })
-        .collect();
-    let root = StandardMerkleTree::new(leaves).unwrap().root();
-    assert_eq!(result["root"], root.to_string());
-    assert_eq!(result["published"]["version"], "1");
-    assert_eq!(
-        registry(0)
-            .versionRoot(U256::from(1), 1)
+            );
+        }
+        // the owner (#1 = the daemon) accepts both contributions (no other test accepts any in Datanet 1);
+        // snapshot and publish version 1
+        send!(registry(1).reviewContributions(U256::from(1), ids, true));
+        let owner_session = sign_in(app, relayer).await;
+        // wait for the reviews to be indexed
+        wait_accepted(app, 1, 2).await;
+        // the contributor may compute a snapshot but not publish one
+        post_json(
+            app,
+            "/api/jobs",
+            Some(&session),
+            json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+        )
+        .await
+        .problem(403, "forbidden");
+        let j = post_json(
+            app,
+            "/api/jobs",
+            Some(&owner_session),
+            json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+        )
+        .await;
+        assert_eq!(j.status, StatusCode::CREATED);
+        let j = wait_job(app, &owner_session, j.json()["id"].as_i64().unwrap()).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let result = &j["result"];
+        assert_eq!(result["leaves"].as_array().unwrap().len(), 2, "{result}");
+        let leaves: Vec<B256> = result["leaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                leaf(&(
+                    l["contribution_id"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<U256>()
+                        .unwrap(),
+                    l["contributor"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<alloy::primitives::Address>()
+                        .unwrap(),
+                    l["content_hash"].as_str().unwrap().parse::<B256>().unwrap(),
+                ))
+            })
+            .collect();
+        let root = StandardMerkleTree::new(leaves).unwrap().root();
+        assert_eq!(result["root"], root.to_string());
+        assert_eq!(result["published"]["version"], "1");
+        assert_eq!(
+            registry(0)
+                .versionRoot(U256::from(1), 1)
+                .call()
+                .await
+                .unwrap(),
+            root
+        );
+        // publishing the same snapshot again is a no-op
+        let again = post_json(
+            app,
+            "/api/jobs",
+            Some(&owner_session),
+            json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+        )
+        .await;
+        wait_versions(app, 1, 1).await;
+        let again = wait_job(app, &owner_session, again.json()["id"].as_i64().unwrap()).await;
+        assert_eq!(again["result"]["published"]["already"], true, "{again}");
+    });
+}
+
+/// Datanet 2 is owned by #0: the daemon cannot publish it, and says why (no retries).
+#[test]
+fn a_datanet_the_daemon_does_not_own_is_not_published() {
+    FLOW.run(|f| async move {
+        let (app, pool, relayer, registry) = (&f.app, &f.pool, &f.relayer, |i| f.registry(i));
+        // Datanet 2 is owned by #0: the daemon cannot publish it, and says why (no retries)
+        let ops =
+            openledger_daemon::auth::create_api_key(pool, relayer.address(), "ops", true, None)
+                .await
+                .unwrap();
+        let c = send!(registry(4).contribute(U256::from(2), B256::repeat_byte(9), "x".into()));
+        assert!(c.status());
+        let id = registry(0)
+            .contributionByHash(U256::from(2), B256::repeat_byte(9))
             .call()
             .await
-            .unwrap(),
-        root
-    );
-    // publishing the same snapshot again is a no-op
-    let again = post_json(
-        &app,
-        "/api/jobs",
-        Some(&owner_session),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
-    )
-    .await;
-    wait_versions(&app, 1, 1).await;
-    let again = wait_job(&app, &owner_session, again.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(again["result"]["published"]["already"], true, "{again}");
-    // Datanet 2 is owned by #0: the daemon cannot publish it, and says why (no retries)
-    let ops = openledger_daemon::auth::create_api_key(&pool, relayer.address(), "ops", true, None)
-        .await
-        .unwrap();
-    let c = send!(registry(4).contribute(U256::from(2), B256::repeat_byte(9), "x".into()));
-    assert!(c.status());
-    send!(registry(0).reviewContributions(U256::from(2), vec![U256::from(3)], true));
-    // the snapshot refuses a Datanet with nothing accepted before it checks the owner: wait for the review
-    wait_accepted(&app, 2, 1).await;
-    let j = post_json(
-        &app,
-        "/api/jobs",
-        Some(&ops.token),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "2", "publish": true}}),
-    )
-    .await;
-    let j = wait_job(&app, &ops.token, j.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(j["state"], "failed");
-    assert_eq!(j["attempts"], 1);
-    assert!(j["error"].as_str().unwrap().contains("does not own"), "{j}");
-
-    stop.send(true).unwrap();
-    workers.await.unwrap();
-    index_task.abort();
+            .unwrap();
+        send!(registry(0).reviewContributions(U256::from(2), vec![id], true));
+        // the snapshot refuses a Datanet with nothing accepted before it checks the owner: wait for the review
+        wait_accepted(app, 2, 1).await;
+        let j = post_json(
+            app,
+            "/api/jobs",
+            Some(&ops.token),
+            json!({"kind": "datanet_snapshot", "params": {"datanet_id": "2", "publish": true}}),
+        )
+        .await;
+        let j = wait_job(app, &ops.token, j.json()["id"].as_i64().unwrap()).await;
+        assert_eq!(j["state"], "failed");
+        assert_eq!(j["attempts"], 1);
+        assert!(j["error"].as_str().unwrap().contains("does not own"), "{j}");
+    });
 }

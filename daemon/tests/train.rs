@@ -10,6 +10,7 @@ use openledger_testkit::daemon as support;
 use openledger_testkit::send;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
@@ -207,26 +208,132 @@ async fn dataset(app: &axum::Router, job: i64) -> (Value, Vec<u32>) {
     (index, ids)
 }
 
-// a second set of workers (for batches) and its listener need more than sqlx::test's 5 connections
-#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
-async fn train_through_the_api_and_publish_on_chain(
-    opts: sqlx::postgres::PgPoolOptions,
-    conn: sqlx::postgres::PgConnectOptions,
-) {
-    let pool = opts.max_connections(12).connect_with(conn).await.unwrap();
+/// What this binary's feature tests share, built once: the stack, a model trained through the API on Datanet
+/// 1's version 1 and published on chain, and an app over the same stack serving it (OpenLoRA).
+struct Trained {
+    s: Stack,
+    /// The finished train job, as `GET /api/jobs/{id}` answers.
+    job: Value,
+    job_id: i64,
+    /// The model the job registered on chain.
+    model_id: U256,
+    /// The job's training manifest, as `/api/manifests/{hash}` serves it.
+    manifest: Value,
+    inf: Arc<Inference>,
+    /// The stack's API, serving `inf`.
+    serving: axum::Router,
+}
+
+static TRAINED: common::Shared<Trained> = common::Shared::new(|| Box::pin(trained_fixture()));
+
+async fn trained_fixture() -> Trained {
+    let pool = common::fixture_database("train").await;
     let recs = pairs(8);
     let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
     let s = stack(pool, &recs).await;
-    let app = &s.app;
-    let submit = |params: Value| {
-        post_json(
-            app,
-            "/api/jobs",
-            Some(&s.session),
-            json!({"kind": "train", "params": params}),
-        )
-    };
+    common::remove_at_exit(s.data.path());
+    let job = trained(&s.app, &s.session, tiny_params(json!({}))).await;
+    let job_id = job["id"].as_i64().unwrap();
+    let result = &job["result"];
+    let model_id: U256 = result["published"]["model_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let manifest = get(
+        &s.app,
+        &format!(
+            "/api/manifests/{}",
+            result["manifest_hash"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await
+    .json();
+    let d = &s.chain.deployment;
+    let inf = Inference::load(
+        &s.pool,
+        &s.data.path().join("models"),
+        InferenceConfig {
+            model: Some("tiny-llama".into()),
+            payment_wait: Duration::from_secs(5),
+            default_max_tokens: 6,
+            ..InferenceConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let serving = openledger_daemon::api::app(state_serving(
+        s.pool.clone(),
+        d.clone(),
+        Some(chain),
+        s.jobs.clone(),
+        ApiConfig::new(d.chain_id, DOMAIN),
+        Some(inf.clone()),
+    ));
+    Trained {
+        s,
+        job,
+        job_id,
+        model_id,
+        manifest,
+        inf,
+        serving,
+    }
+}
 
+impl Trained {
+    /// Account #5 pays FeeRouter `amount` for request `rid` on the trained model, and the index has it.
+    async fn pay(&self, rid: B256, amount: U256) {
+        let d = &self.s.chain.deployment;
+        let router = d.address(ContractKind::FeeRouter).unwrap();
+        let token = |i| {
+            OpenToken::new(
+                d.address(ContractKind::OpenToken).unwrap(),
+                self.s.chain.actor(i),
+            )
+        };
+        send!(token(0).transfer(TestChain::address_of(5), amount));
+        send!(token(5).approve(router, amount));
+        send!(FeeRouter::new(router, self.s.chain.actor(5)).payInference(
+            self.model_id,
+            rid,
+            amount
+        ));
+        wait_payment_indexed(&self.s.pool, d, rid).await;
+    }
+
+    /// A chat request to the trained model (`extra` overrides the body's fields).
+    async fn chat(&self, extra: Value) -> Reply {
+        let mut body = json!({"model": format!("ft-{}", self.job_id),
+                              "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}],
+                              "max_tokens": 5, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post_json(&self.serving, "/v1/chat/completions", None, body).await
+    }
+}
+
+/// Bad training parameters are refused with a problem document before anything is queued; the base model
+/// registry lists the installed model.
+#[test]
+fn train_jobs_refuse_bad_input_before_queueing() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let app = &s.app;
+        let submit = |params: Value| {
+            post_json(
+                app,
+                "/api/jobs",
+                Some(&s.session),
+                json!({"kind": "train", "params": params}),
+            )
+        };
     // bad input: refused with a problem document, nothing queued
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(&s.pool)
@@ -276,441 +383,455 @@ async fn train_through_the_api_and_publish_on_chain(
         .unwrap();
     assert_eq!(before, after);
 
-    // the base model registry
-    let bases = get(app, "/api/base-models", None).await.json();
-    assert_eq!(bases[0]["id"], "tiny-llama");
-    assert_eq!(bases[0]["format"], "safetensors");
+        // the base model registry
+        let bases = get(app, "/api/base-models", None).await.json();
+        assert_eq!(bases[0]["id"], "tiny-llama");
+        assert_eq!(bases[0]["format"], "safetensors");
+    });
+}
 
-    let job = trained(app, &s.session, tiny_params(json!({}))).await;
-    let job_id = job["id"].as_i64().unwrap();
-    let result = &job["result"];
-
-    // live metrics: a loss per step and held-out losses
-    let metrics = get(
-        app,
-        &format!("/api/jobs/{job_id}/metrics"),
-        Some(&s.session),
-    )
-    .await
-    .json();
-    let count = |name: &str| {
-        metrics
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["name"] == name)
-            .count()
-    };
-    assert!(count("loss") >= 1, "{metrics}");
-    assert!(
-        metrics
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["name"] == "loss" && m["step"] == 12),
-        "the last step's loss is stored: {metrics}"
-    );
-    assert_eq!(count("eval_loss"), 4, "steps 0, 4, 8, 12: {metrics}");
-    assert_eq!(count("loss"), count("tokens_per_s"));
-
-    // files: hashes match what the job reported and what the chain holds
-    let adapter = get(
-        app,
-        &format!("/api/models/{job_id}/files/adapter_model.safetensors"),
-        None,
-    )
-    .await;
-    assert_eq!(adapter.status, StatusCode::OK);
-    assert_eq!(sha256(&adapter.body), result["adapter_hash"]);
-    let manifest = get(
-        app,
-        &format!(
-            "/api/manifests/{}",
-            result["manifest_hash"].as_str().unwrap()
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(sha256(&manifest.body), result["manifest_hash"]);
-    let m = manifest.json();
-    assert_eq!(m["base_model"]["id"], "tiny-llama");
-    assert_eq!(m["datanets"][0]["version"], "1");
-    assert_eq!(m["sources"].as_array().unwrap().len(), 9);
-    assert_eq!(m["missing_content"].as_array().unwrap().len(), 1, "{m}");
-    assert!(
-        m["sources"].as_array().unwrap()[..8]
-            .iter()
-            .all(|s| s["examples"].as_i64().unwrap() >= 1)
-    );
-    span_index_traces_training_examples(app, job_id, &m).await;
-    let by_hash = get(
-        app,
-        &format!("/api/adapters/{}", result["adapter_hash"].as_str().unwrap()),
-        None,
-    )
-    .await;
-    assert_eq!(by_hash.body, adapter.body);
-    get(app, &format!("/api/models/{job_id}/files/secret.txt"), None)
-        .await
-        .problem(404, "not-found");
-    get(app, "/api/adapters/0x1234", None)
-        .await
-        .problem(400, "bad-request");
-
-    // on chain, and indexed
-    let published = &result["published"];
-    let model_id: U256 = published["model_id"].as_str().unwrap().parse().unwrap();
-    let registry = Registry::new(
-        s.chain.deployment.address(ContractKind::Registry).unwrap(),
-        s.chain.actor(0),
-    );
-    let a = registry
-        .adapter(published["adapter_id"].as_str().unwrap().parse().unwrap())
-        .call()
-        .await
-        .unwrap();
-    assert_eq!(
-        a.contentHash.to_string(),
-        result["adapter_hash"].as_str().unwrap()
-    );
-    assert_eq!(U256::from(a.modelId), model_id);
-    let index =
-        openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment).unwrap();
-    let model = index.model(model_id).await.unwrap().unwrap();
-    assert_eq!(
-        model.training_config_hash.to_string(),
-        result["manifest_hash"].as_str().unwrap()
-    );
-    assert_eq!(model.base_model, "tiny-llama");
-    assert_eq!(model.datanet_versions, vec![U256::from(1)]);
-
-    // the model list and detail
-    let list = get(app, "/api/models", None).await.json();
-    assert_eq!(list[0]["job_id"], job_id);
-    assert_eq!(list[0]["model_id"], model_id.to_string());
-    let detail = get(app, &format!("/api/models/{job_id}"), None)
+/// A training job's live metrics: a loss per step and held-out losses at every `eval_every`.
+#[test]
+fn training_reports_live_metrics() {
+    TRAINED.run(|t| async move {
+        let (s, job_id) = (&t.s, t.job_id);
+        let app = &s.app;
+        // live metrics: a loss per step and held-out losses
+        let metrics = get(
+            app,
+            &format!("/api/jobs/{job_id}/metrics"),
+            Some(&s.session),
+        )
         .await
         .json();
-    assert_eq!(detail["sources"].as_array().unwrap().len(), 9);
-    assert_eq!(
-        detail["sources"][0]["contributor"],
-        format!("{:#x}", TestChain::address_of(4))
-    );
+        let count = |name: &str| {
+            metrics
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["name"] == name)
+                .count()
+        };
+        assert!(count("loss") >= 1, "{metrics}");
+        assert!(
+            metrics
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "loss" && m["step"] == 12),
+            "the last step's loss is stored: {metrics}"
+        );
+        assert_eq!(count("eval_loss"), 4, "steps 0, 4, 8, 12: {metrics}");
+        assert_eq!(count("loss"), count("tokens_per_s"));
+    });
+}
 
-    let inf = serve_the_fresh_adapter_paid_first(&s, job_id, model_id).await;
-    batches_of_requests_through_the_files_and_batches_api(&s, job_id, model_id, inf.clone()).await;
-    imports_a_peft_adapter(&s, job_id, model_id).await;
-    a_later_version_reuses_the_earlier_segments(&s, job_id, &m, &inf).await;
-    let _ = s.stop.send(true);
+/// The adapter, the manifest and the dataset index are served, and hash to what the job reported.
+#[test]
+fn the_adapter_files_hash_to_what_the_job_reported() {
+    TRAINED.run(|t| async move {
+        let (app, job_id, result) = (&t.s.app, t.job_id, &t.job["result"]);
+        // files: hashes match what the job reported and what the chain holds
+        let adapter = get(
+            app,
+            &format!("/api/models/{job_id}/files/adapter_model.safetensors"),
+            None,
+        )
+        .await;
+        assert_eq!(adapter.status, StatusCode::OK);
+        assert_eq!(sha256(&adapter.body), result["adapter_hash"]);
+        let manifest = get(
+            app,
+            &format!(
+                "/api/manifests/{}",
+                result["manifest_hash"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(sha256(&manifest.body), result["manifest_hash"]);
+        let m = manifest.json();
+        assert_eq!(m["base_model"]["id"], "tiny-llama");
+        assert_eq!(m["datanets"][0]["version"], "1");
+        assert_eq!(m["sources"].as_array().unwrap().len(), 9);
+        assert_eq!(m["missing_content"].as_array().unwrap().len(), 1, "{m}");
+        assert!(
+            m["sources"].as_array().unwrap()[..8]
+                .iter()
+                .all(|s| s["examples"].as_i64().unwrap() >= 1)
+        );
+        let by_hash = get(
+            app,
+            &format!("/api/adapters/{}", result["adapter_hash"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(by_hash.body, adapter.body);
+        get(app, &format!("/api/models/{job_id}/files/secret.txt"), None)
+            .await
+            .problem(404, "not-found");
+        get(app, "/api/adapters/0x1234", None)
+            .await
+            .problem(400, "bad-request");
+    });
+}
+
+/// The span-attribution index the job wrote traces each trained example back to its source.
+#[test]
+fn the_span_index_traces_the_trained_examples() {
+    TRAINED.run(|t| async move {
+        span_index_traces_training_examples(&t.s.app, t.job_id, &t.manifest).await;
+    });
+}
+
+/// The model and its adapter are registered on chain with the files' hashes, indexed, and listed.
+#[test]
+fn the_model_is_registered_on_chain_and_listed() {
+    TRAINED.run(|t| async move {
+        let (s, job_id, result) = (&t.s, t.job_id, &t.job["result"]);
+        let app = &s.app;
+        // on chain, and indexed
+        let published = &result["published"];
+        let model_id: U256 = published["model_id"].as_str().unwrap().parse().unwrap();
+        let registry = Registry::new(
+            s.chain.deployment.address(ContractKind::Registry).unwrap(),
+            s.chain.actor(0),
+        );
+        let a = registry
+            .adapter(published["adapter_id"].as_str().unwrap().parse().unwrap())
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(
+            a.contentHash.to_string(),
+            result["adapter_hash"].as_str().unwrap()
+        );
+        assert_eq!(U256::from(a.modelId), model_id);
+        let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment)
+            .unwrap();
+        let model = index.model(model_id).await.unwrap().unwrap();
+        assert_eq!(
+            model.training_config_hash.to_string(),
+            result["manifest_hash"].as_str().unwrap()
+        );
+        assert_eq!(model.base_model, "tiny-llama");
+        assert_eq!(model.datanet_versions, vec![U256::from(1)]);
+
+        // the model list and detail
+        // (other tests of this binary may have added models: this one is found by its job)
+        let list = get(app, "/api/models", None).await.json();
+        let listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["job_id"] == job_id)
+            .unwrap_or_else(|| panic!("job {job_id} not listed: {list}"));
+        assert_eq!(listed["model_id"], model_id.to_string());
+        let detail = get(app, &format!("/api/models/{job_id}"), None)
+            .await
+            .json();
+        assert_eq!(detail["sources"].as_array().unwrap().len(), 9);
+        assert_eq!(
+            detail["sources"][0]["contributor"],
+            format!("{:#x}", TestChain::address_of(4))
+        );
+    });
 }
 
 /// Datanet 1's version 2 adds contributions: a model trained on it links the first model's attribution
 /// segment into its folder (same file, same hash), indexes and takes gradients of the added examples
 /// only, and attributes over both segments as one index.
-async fn a_later_version_reuses_the_earlier_segments(
-    s: &Stack,
-    first_job: i64,
-    first: &Value,
-    inf: &Inference,
-) {
-    use openledger_daemon::attribution::{Gradient, Subject};
-    let app = &s.app;
-    let d = &s.chain.deployment;
-    let registry = |i| Registry::new(d.address(ContractKind::Registry).unwrap(), s.chain.actor(i));
-    let added: Vec<String> = (100..104)
-        .map(|i| {
-            json!({"prompt": format!("Which shelf holds crate {i}?"),
+#[test]
+fn a_later_version_reuses_the_earlier_segments() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (first_job, first, inf) = (t.job_id, &t.manifest, &t.inf);
+        use openledger_daemon::attribution::{Gradient, Subject};
+        let app = &s.app;
+        let d = &s.chain.deployment;
+        let registry =
+            |i| Registry::new(d.address(ContractKind::Registry).unwrap(), s.chain.actor(i));
+        let added: Vec<String> = (100..104)
+            .map(|i| {
+                json!({"prompt": format!("Which shelf holds crate {i}?"),
                    "completion": format!("Crate {i} sits on shelf Q-{}-ZETA.", i * 3)})
-            .to_string()
-        })
-        .collect();
-    let added: Vec<&str> = added.iter().map(String::as_str).collect();
-    let ids = contribute(&s.chain, &s.pool, &added, "v2-").await;
-    send!(registry(1).reviewContributions(U256::from(1), ids, true));
-    let owner = sign_in(app, &KEYS[1].parse().unwrap()).await;
-    let accepted = first["sources"].as_array().unwrap().len() + added.len();
-    wait_accepted(app, 1, accepted).await;
-    let j = post_json(
-        app,
-        "/api/jobs",
-        Some(&owner),
-        json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
-    )
-    .await;
-    let j = wait_job(app, &owner, j.json()["id"].as_i64().unwrap()).await;
-    assert_eq!(j["state"], "succeeded", "{j}");
-    wait_versions(app, 1, 2).await;
-    let mut params = tiny_params(json!({}));
-    params["publish"] = json!(false);
-    let done = trained(app, &s.session, params).await;
-    let job = done["id"].as_i64().unwrap();
-    let m = get(
-        app,
-        &format!(
-            "/api/manifests/{}",
-            done["result"]["manifest_hash"].as_str().unwrap()
-        ),
-        None,
-    )
-    .await
-    .json();
-    assert_eq!(m["datanets"][0]["version"], "2");
-    let (a1, a2) = (&first["attribution"], &m["attribution"]);
-    let segs = a2["segments"].as_array().unwrap();
-    assert_eq!(segs.len(), 2, "{a2}");
-    assert_eq!(segs[0]["reused_from"]["job_id"], first_job, "{a2}");
-    assert_eq!(
-        segs[0]["span"]["sha256"],
-        a1["segments"][0]["span"]["sha256"]
-    );
-    assert_eq!(
-        segs[0]["gradients"]["sha256"],
-        a1["segments"][0]["gradients"]["sha256"]
-    );
-    // the same file, linked
-    let dir = |job: i64| async move {
-        let d: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
-            .bind(job)
-            .fetch_one(&s.pool)
-            .await
-            .unwrap();
-        PathBuf::from(d)
-    };
-    use std::os::unix::fs::MetadataExt;
-    let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
-    assert_eq!(
-        ino(dir(first_job).await.join("attribution-0.span")),
-        ino(dir(job).await.join("attribution-0.span"))
-    );
-    // only the added examples were indexed anew: every earlier one stayed in training (the split is stable)
-    let n = |a: &Value| a["span_index"]["examples"].as_u64().unwrap();
-    assert_eq!(segs[0]["examples"].as_u64().unwrap(), n(a1));
-    assert_eq!(segs[1]["examples"].as_u64().unwrap(), n(a2) - n(a1));
-    assert!(segs[1]["examples"].as_u64().unwrap() >= 1, "{a2}");
-    assert_eq!(a2["reused_examples"], n(a1));
-    let logs = get(app, &format!("/api/jobs/{job}/logs"), Some(&s.session))
+                .to_string()
+            })
+            .collect();
+        let added: Vec<&str> = added.iter().map(String::as_str).collect();
+        let ids = contribute(&s.chain, &s.pool, &added, "v2-").await;
+        send!(registry(1).reviewContributions(U256::from(1), ids, true));
+        let owner = sign_in(app, &KEYS[1].parse().unwrap()).await;
+        let accepted = first["sources"].as_array().unwrap().len() + added.len();
+        wait_accepted(app, 1, accepted).await;
+        let j = post_json(
+            app,
+            "/api/jobs",
+            Some(&owner),
+            json!({"kind": "datanet_snapshot", "params": {"datanet_id": "1", "publish": true}}),
+        )
+        .await;
+        let j = wait_job(app, &owner, j.json()["id"].as_i64().unwrap()).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        wait_versions(app, 1, 2).await;
+        let mut params = tiny_params(json!({}));
+        params["publish"] = json!(false);
+        let done = trained(app, &s.session, params).await;
+        let job = done["id"].as_i64().unwrap();
+        let m = get(
+            app,
+            &format!(
+                "/api/manifests/{}",
+                done["result"]["manifest_hash"].as_str().unwrap()
+            ),
+            None,
+        )
         .await
         .json();
-    assert!(
-        logs.to_string().contains(&format!("from ft-{first_job}")),
-        "{logs}"
-    );
-    span_index_traces_training_examples(app, job, &m).await;
-
-    // attributed over both segments: an old example and an added one each traced to its contribution,
-    // with the gradient part over both segments' rows
-    let (index, toks) = dataset(app, job).await;
-    let old_ids: std::collections::HashSet<&str> = first["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["contribution_id"].as_str().unwrap())
-        .collect();
-    let trained: Vec<&Value> = index["examples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["split"] == "train")
-        .collect();
-    for want_old in [true, false] {
-        let e = trained
-            .iter()
-            .find(|e| {
-                let c = m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"]
-                    .as_str()
-                    .unwrap();
-                old_ids.contains(c) == want_old
-            })
-            .unwrap();
-        let (at, len) = (
-            e["offset"].as_u64().unwrap() as usize,
-            e["len"].as_u64().unwrap() as usize,
-        );
-        let first_target = e["first_target"].as_u64().unwrap() as usize;
-        let output = &toks[at + first_target..at + len];
-        let rec = inf
-            .attribution
-            .attribute(
-                &s.pool,
-                &Subject {
-                    inference_id: "inf-v2",
-                    job_id: job,
-                    prompt: &toks[at..at + first_target],
-                    output,
-                },
-                Gradient::Run,
-            )
-            .await
-            .unwrap();
-        let want = m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"].clone();
-        let spans = rec.body["spans"].as_array().unwrap();
-        assert!(
-            spans.iter().any(|sp| sp["contributions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["contribution_id"] == want)),
-            "old: {want_old}, {}",
-            rec.body
+        assert_eq!(m["datanets"][0]["version"], "2");
+        let (a1, a2) = (&first["attribution"], &m["attribution"]);
+        let segs = a2["segments"].as_array().unwrap();
+        assert_eq!(segs.len(), 2, "{a2}");
+        assert_eq!(segs[0]["reused_from"]["job_id"], first_job, "{a2}");
+        assert_eq!(
+            segs[0]["span"]["sha256"],
+            a1["segments"][0]["span"]["sha256"]
         );
         assert_eq!(
-            rec.body["commitment"]["span_index_sha256"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
+            segs[0]["gradients"]["sha256"],
+            a1["segments"][0]["gradients"]["sha256"]
         );
-        let rows = rec.body["gradient"]["top"].as_array().unwrap();
-        assert!(!rows.is_empty(), "{}", rec.body);
-    }
+        // the same file, linked
+        let dir = |job: i64| async move {
+            let d: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
+                .bind(job)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+            PathBuf::from(d)
+        };
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(dir(first_job).await.join("attribution-0.span")),
+            ino(dir(job).await.join("attribution-0.span"))
+        );
+        // only the added examples were indexed anew: every earlier one stayed in training (the split is stable)
+        let n = |a: &Value| a["span_index"]["examples"].as_u64().unwrap();
+        assert_eq!(segs[0]["examples"].as_u64().unwrap(), n(a1));
+        assert_eq!(segs[1]["examples"].as_u64().unwrap(), n(a2) - n(a1));
+        assert!(segs[1]["examples"].as_u64().unwrap() >= 1, "{a2}");
+        assert_eq!(a2["reused_examples"], n(a1));
+        let logs = get(app, &format!("/api/jobs/{job}/logs"), Some(&s.session))
+            .await
+            .json();
+        assert!(
+            logs.to_string().contains(&format!("from ft-{first_job}")),
+            "{logs}"
+        );
+        span_index_traces_training_examples(app, job, &m).await;
+
+        // attributed over both segments: an old example and an added one each traced to its contribution,
+        // with the gradient part over both segments' rows
+        let (index, toks) = dataset(app, job).await;
+        let old_ids: std::collections::HashSet<&str> = first["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["contribution_id"].as_str().unwrap())
+            .collect();
+        let trained: Vec<&Value> = index["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["split"] == "train")
+            .collect();
+        for want_old in [true, false] {
+            let e = trained
+                .iter()
+                .find(|e| {
+                    let c = m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"]
+                        .as_str()
+                        .unwrap();
+                    old_ids.contains(c) == want_old
+                })
+                .unwrap();
+            let (at, len) = (
+                e["offset"].as_u64().unwrap() as usize,
+                e["len"].as_u64().unwrap() as usize,
+            );
+            let first_target = e["first_target"].as_u64().unwrap() as usize;
+            let output = &toks[at + first_target..at + len];
+            let rec = inf
+                .attribution
+                .attribute(
+                    &s.pool,
+                    &Subject {
+                        inference_id: "inf-v2",
+                        job_id: job,
+                        prompt: &toks[at..at + first_target],
+                        output,
+                    },
+                    Gradient::Run,
+                )
+                .await
+                .unwrap();
+            let want =
+                m["sources"][e["source"].as_u64().unwrap() as usize]["contribution_id"].clone();
+            let spans = rec.body["spans"].as_array().unwrap();
+            assert!(
+                spans.iter().any(|sp| sp["contributions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["contribution_id"] == want)),
+                "old: {want_old}, {}",
+                rec.body
+            );
+            assert_eq!(
+                rec.body["commitment"]["span_index_sha256"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+            let rows = rec.body["gradient"]["top"].as_array().unwrap();
+            assert!(!rows.is_empty(), "{}", rec.body);
+        }
+    });
 }
 
 /// A PEFT folder trained elsewhere (here: a copy of the adapter just trained) is imported by an admin:
 /// checked against the base model, registered and published with no Datanets, listed like a trained one.
-async fn imports_a_peft_adapter(s: &Stack, trained_job: i64, trained_model: U256) {
-    let app = &s.app;
-    let src = s.data.path().join("peft-from-elsewhere");
-    std::fs::create_dir_all(&src).unwrap();
-    let dir: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
-        .bind(trained_job)
-        .fetch_one(&s.pool)
-        .await
+#[test]
+fn imports_a_peft_adapter() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (trained_job, trained_model) = (t.job_id, t.model_id);
+        let app = &s.app;
+        let src = s.data.path().join("peft-from-elsewhere");
+        std::fs::create_dir_all(&src).unwrap();
+        let dir: String = sqlx::query_scalar("SELECT dir FROM trained_models WHERE job_id = $1")
+            .bind(trained_job)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            std::fs::copy(Path::new(&dir).join(f), src.join(f)).unwrap();
+        }
+        let bad = s.data.path().join("not-an-adapter");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::copy(
+            src.join("adapter_config.json"),
+            bad.join("adapter_config.json"),
+        )
         .unwrap();
-    for f in ["adapter_model.safetensors", "adapter_config.json"] {
-        std::fs::copy(Path::new(&dir).join(f), src.join(f)).unwrap();
-    }
-    let bad = s.data.path().join("not-an-adapter");
-    std::fs::create_dir_all(&bad).unwrap();
-    std::fs::copy(
-        src.join("adapter_config.json"),
-        bad.join("adapter_config.json"),
-    )
-    .unwrap();
-    std::fs::write(bad.join("adapter_model.safetensors"), b"not safetensors").unwrap();
-    let submit = |token: String, params: Value| async move {
-        post_json(
-            app,
-            "/api/jobs",
-            Some(&token),
-            json!({"kind": "train", "params": params}),
+        std::fs::write(bad.join("adapter_model.safetensors"), b"not safetensors").unwrap();
+        let submit = |token: String, params: Value| async move {
+            post_json(
+                app,
+                "/api/jobs",
+                Some(&token),
+                json!({"kind": "train", "params": params}),
+            )
+            .await
+        };
+        // a model builder may not make the daemon read its disk
+        submit(
+            s.session.clone(),
+            json!({"base_model": "tiny-llama", "import": src}),
         )
         .await
-    };
-    // a model builder may not make the daemon read its disk
-    submit(
-        s.session.clone(),
-        json!({"base_model": "tiny-llama", "import": src}),
-    )
-    .await
-    .problem(403, "forbidden");
-    let admin = openledger_daemon::auth::create_api_key(
-        &s.pool,
-        TestChain::address_of(3),
-        "ops",
-        true,
-        None,
-    )
-    .await
-    .unwrap()
-    .token;
-    let p = submit(
-        admin.clone(),
-        json!({"base_model": "tiny-llama", "import": bad}),
-    )
-    .await
-    .problem(422, "invalid-content");
-    assert!(
-        p["detail"].as_str().unwrap().contains("not a LoRA adapter"),
-        "{p}"
-    );
-    submit(
-        admin.clone(),
-        json!({"base_model": "tiny-llama", "import": src, "datanets": [{"id": "1"}]}),
-    )
-    .await
-    .problem(422, "invalid-content");
-
-    let r = submit(
-        admin.clone(),
-        json!({"base_model": "tiny-llama", "import": src}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    let id = r.json()["id"].as_i64().unwrap();
-    let j = wait_job(app, &admin, id).await;
-    assert_eq!(j["state"], "succeeded", "{j}");
-    let trained = get(app, &format!("/api/models/{trained_job}"), None)
+        .problem(403, "forbidden");
+        let admin = openledger_daemon::auth::create_api_key(
+            &s.pool,
+            TestChain::address_of(3),
+            "ops",
+            true,
+            None,
+        )
         .await
-        .json();
-    let imported = get(app, &format!("/api/models/{id}"), None).await.json();
-    assert_eq!(imported["adapter_hash"], trained["adapter_hash"]);
-    assert_eq!(imported["sources"].as_array().unwrap().len(), 0);
-    assert_eq!(imported["datanets"], json!([]));
-    let model_id: U256 = imported["model_id"].as_str().unwrap().parse().unwrap();
-    assert_ne!(model_id, trained_model);
-    let index =
-        openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment).unwrap();
-    let m = index.model(model_id).await.unwrap().unwrap();
-    assert!(m.datanet_versions.is_empty());
-    // the copy is the daemon's own: the source folder may go away
-    std::fs::remove_dir_all(&src).unwrap();
-    let files = get(
-        app,
-        &format!("/api/models/{id}/files/adapter_config.json"),
-        None,
-    )
-    .await;
-    assert_eq!(files.status, StatusCode::OK);
+        .unwrap()
+        .token;
+        let p = submit(
+            admin.clone(),
+            json!({"base_model": "tiny-llama", "import": bad}),
+        )
+        .await
+        .problem(422, "invalid-content");
+        assert!(
+            p["detail"].as_str().unwrap().contains("not a LoRA adapter"),
+            "{p}"
+        );
+        submit(
+            admin.clone(),
+            json!({"base_model": "tiny-llama", "import": src, "datanets": [{"id": "1"}]}),
+        )
+        .await
+        .problem(422, "invalid-content");
+
+        let r = submit(
+            admin.clone(),
+            json!({"base_model": "tiny-llama", "import": src}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        let id = r.json()["id"].as_i64().unwrap();
+        let j = wait_job(app, &admin, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let trained = get(app, &format!("/api/models/{trained_job}"), None)
+            .await
+            .json();
+        let imported = get(app, &format!("/api/models/{id}"), None).await.json();
+        assert_eq!(imported["adapter_hash"], trained["adapter_hash"]);
+        assert_eq!(imported["sources"].as_array().unwrap().len(), 0);
+        assert_eq!(imported["datanets"], json!([]));
+        let model_id: U256 = imported["model_id"].as_str().unwrap().parse().unwrap();
+        assert_ne!(model_id, trained_model);
+        let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment)
+            .unwrap();
+        let m = index.model(model_id).await.unwrap().unwrap();
+        assert!(m.datanet_versions.is_empty());
+        // the copy is the daemon's own: the source folder may go away
+        std::fs::remove_dir_all(&src).unwrap();
+        let files = get(
+            app,
+            &format!("/api/models/{id}/files/adapter_config.json"),
+            None,
+        )
+        .await;
+        assert_eq!(files.status, StatusCode::OK);
+    });
 }
 
 /// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
-async fn serve_the_fresh_adapter_paid_first(
-    s: &Stack,
-    job_id: i64,
-    model_id: U256,
-) -> std::sync::Arc<Inference> {
-    let d = &s.chain.deployment;
-    let inf = Inference::load(
-        &s.pool,
-        &s.data.path().join("models"),
-        InferenceConfig {
-            model: Some("tiny-llama".into()),
-            payment_wait: Duration::from_secs(5),
-            default_max_tokens: 6,
-            ..InferenceConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
-    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
-        .await
-        .unwrap();
-    let app = openledger_daemon::api::app(state_serving(
-        s.pool.clone(),
-        d.clone(),
-        Some(chain),
-        s.jobs.clone(),
-        ApiConfig::new(d.chain_id, DOMAIN),
-        Some(inf.clone()),
-    ));
+#[test]
+fn serve_the_fresh_adapter_paid_first() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (job_id, app) = (t.job_id, &t.serving);
     let name = format!("ft-{job_id}");
-    let models = get(&app, "/v1/models", None).await.json();
+    let models = get(app, "/v1/models", None).await.json();
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["tiny-llama", name.as_str()], "{models}");
-    let chat = |extra: Value| {
-        let mut body = json!({"model": name, "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}],
-                              "max_tokens": 5, "temperature": 0});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        post_json(&app, "/v1/chat/completions", None, body)
-    };
+    // the base model, then every adapter trained on it in job order (other tests of this binary train
+    // and import more)
+    let jobs: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE kind = 'train' AND state = 'succeeded' ORDER BY id",
+    )
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    let want: Vec<String> = std::iter::once("tiny-llama".to_string())
+        .chain(jobs.iter().map(|j| format!("ft-{j}")))
+        .collect();
+    assert_eq!(ids, want, "{models}");
+    assert!(ids.contains(&name.as_str()), "{models}");
+    let chat = |extra: Value| t.chat(extra);
     // unpaid: 402 naming the price; unknown model: 404; bad sampling: 400
     let unpaid = chat(json!({})).await.problem(402, "payment-required");
     assert!(
@@ -728,19 +849,8 @@ async fn serve_the_fresh_adapter_paid_first(
         .problem(400, "bad-request");
 
     // the payer pays FeeRouter first, then calls with the request id
-    let router = d.address(ContractKind::FeeRouter).unwrap();
-    let token = |i| {
-        OpenToken::new(
-            d.address(ContractKind::OpenToken).unwrap(),
-            s.chain.actor(i),
-        )
-    };
-    let fee = FeeRouter::new(router, s.chain.actor(5));
-    send!(token(0).transfer(TestChain::address_of(5), ether(10)));
-    send!(token(5).approve(router, ether(10)));
     let rid = B256::repeat_byte(0x42);
-    send!(fee.payInference(model_id, rid, ether(1)));
-    wait_payment_indexed(&s.pool, d, rid).await;
+    t.pay(rid, ether(1)).await;
     let paid = chat(json!({"request_id": rid.to_string()})).await;
     assert_eq!(
         paid.status,
@@ -775,15 +885,13 @@ async fn serve_the_fresh_adapter_paid_first(
             Some(job_id)
         )
     );
-    attribution_of_an_inference(s, &app, &inf, job_id, &v).await;
     // the same payment twice: refused
     chat(json!({"request_id": rid.to_string()}))
         .await
         .problem(409, "conflict");
     // under-paid, and never paid
     let cheap = B256::repeat_byte(0x43);
-    send!(fee.payInference(model_id, cheap, U256::from(1)));
-    wait_payment_indexed(&s.pool, d, cheap).await;
+    t.pay(cheap, U256::from(1)).await;
     let p = chat(json!({"request_id": cheap.to_string()}))
         .await
         .problem(402, "payment-required");
@@ -793,8 +901,7 @@ async fn serve_the_fresh_adapter_paid_first(
         .problem(402, "payment-required");
     // streamed: OpenAI's chunks, then [DONE]
     let rid2 = B256::repeat_byte(0x45);
-    send!(fee.payInference(model_id, rid2, ether(1)));
-    wait_payment_indexed(&s.pool, d, rid2).await;
+    t.pay(rid2, ether(1)).await;
     let st = chat(json!({"request_id": rid2.to_string(), "stream": true, "stream_options": {"include_usage": true}})).await;
     assert_eq!(st.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&st.body).to_string();
@@ -810,7 +917,7 @@ async fn serve_the_fresh_adapter_paid_first(
     );
     // the base model is free and needs no payment
     let base = post_json(
-        &app,
+        app,
         "/v1/completions",
         None,
         json!({"model": "tiny-llama", "prompt": "abc", "max_tokens": 3}),
@@ -821,7 +928,7 @@ async fn serve_the_fresh_adapter_paid_first(
     assert_eq!(base["openledger"]["payment"]["mode"], "free");
     assert!(base["openledger"]["attribution"].is_null(), "{base}");
     let p = get(
-        &app,
+        app,
         &format!(
             "/api/inferences/{}/attribution",
             base["id"].as_str().unwrap()
@@ -831,24 +938,32 @@ async fn serve_the_fresh_adapter_paid_first(
     .await
     .problem(404, "not-found");
     assert!(p["detail"].as_str().unwrap().contains("base model"), "{p}");
-    inference_credit_pays_for_signed_in_callers(s, &app, &name).await;
-    inf
+    });
 }
 
 /// The paid inference's attribution: returned with the completion, stored with its weights in the same
 /// transaction, served at /api/inferences/{id}/attribution, recomputed equal by `verify`; a tampered record
 /// does not verify; missing or damaged artifacts, an empty output and oversized token ids are clear errors;
 /// a queued gradient part is completed by the background task.
-async fn attribution_of_an_inference(
-    s: &Stack,
-    app: &axum::Router,
-    inf: &Inference,
-    job_id: i64,
-    v: &Value,
-) {
+#[test]
+fn attribution_of_an_inference() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (job_id, inf, app) = (t.job_id, &t.inf, &t.serving);
     use openledger_daemon::attribution::{
         self, AttributionError, Gradient, Subject, store, verify,
     };
+    // an inference of its own, paid first (this test tampers with its record)
+    let rid = B256::repeat_byte(0x46);
+    t.pay(rid, ether(1)).await;
+    let paid = t.chat(json!({"request_id": rid.to_string()})).await;
+    assert_eq!(
+        paid.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&paid.body)
+    );
+    let v = &paid.json();
     let id = v["id"].as_str().unwrap();
     let a = &v["openledger"]["attribution"];
     assert_eq!(a["status"], "complete", "{a}");
@@ -1010,6 +1125,7 @@ async fn attribution_of_an_inference(
         .unwrap();
     let span = Path::new(&dir).join("attribution-0.span");
     let saved = std::fs::read(&span).unwrap();
+    let restore = Restore(span.clone(), saved.clone());
     let mut damaged = saved.clone();
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
@@ -1024,7 +1140,7 @@ async fn attribution_of_an_inference(
     std::fs::remove_file(&span).unwrap();
     let e = verify::verify(&s.pool, id).await.unwrap_err();
     assert!(e.to_string().contains("attribution-0.span"), "{e}");
-    std::fs::write(&span, &saved).unwrap();
+    drop(restore);
 
     // a flagged record is a clear error at the endpoint, and is never paid: no weights
     let flagged: Result<attribution::Record, AttributionError> = Err(AttributionError::Missing {
@@ -1095,12 +1211,17 @@ async fn attribution_of_an_inference(
     get(app, "/api/inferences/inf-nope/attribution", None)
         .await
         .problem(404, "not-found");
+    });
 }
 
 /// A signed-in caller without a request id is served on its inference credit: the daemon pays from its
 /// own key and the credit goes down by exactly the price; no credit, or too little, is a 402 that takes
 /// nothing.
-async fn inference_credit_pays_for_signed_in_callers(s: &Stack, app: &axum::Router, name: &str) {
+#[test]
+fn inference_credit_pays_for_signed_in_callers() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (app, name) = (&t.serving, &format!("ft-{}", t.job_id));
     let d = &s.chain.deployment;
     // the daemon's key (the relayer) pays the sponsored payments
     let open = OpenToken::new(
@@ -1222,6 +1343,18 @@ async fn inference_credit_pays_for_signed_in_callers(s: &Stack, app: &axum::Rout
     get(app, "/api/credits", None)
         .await
         .problem(401, "unauthorized");
+    });
+}
+
+/// Writes a file back as it was when dropped, so that a test that damages a shared file leaves it whole for
+/// the next one even when it fails.
+struct Restore(PathBuf, Vec<u8>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // (no unwrap: this runs while a failed test unwinds too)
+        let _ = std::fs::write(&self.0, &self.1);
+    }
 }
 
 fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec<u8>) {
@@ -1292,12 +1425,11 @@ async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m:
 
 /// OpenAI's Batch API on the same adapter: an uploaded JSON Lines file run by a batch job, each line
 /// paid and recorded like an interactive call, failures in the error file, outputs in input order.
-async fn batches_of_requests_through_the_files_and_batches_api(
-    s: &Stack,
-    job_id: i64,
-    model_id: U256,
-    inf: std::sync::Arc<Inference>,
-) {
+#[test]
+fn batches_of_requests_through_the_files_and_batches_api() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let (job_id, inf) = (t.job_id, t.inf.clone());
     use axum::http::Method;
     use openledger_daemon::inference::service::Serving;
     use openledger_daemon::jobs::batch::BatchJob;
@@ -1308,13 +1440,13 @@ async fn batches_of_requests_through_the_files_and_batches_api(
         .unwrap();
     let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), d).unwrap();
     let jobs = Jobs::default().with(BatchJob {
-        serving: Serving {
-            pool: s.pool.clone(),
+        serving: Serving::new(
+            s.pool.clone(),
             index,
-            chain: Some(chain.clone()),
-            deployment: d.clone(),
-            inf: inf.clone(),
-        },
+            Some(chain.clone()),
+            d.clone(),
+            inf.clone(),
+        ),
         concurrency: 3,
         problem: openledger_daemon::api::openai::batch_problem,
     });
@@ -1329,11 +1461,8 @@ async fn batches_of_requests_through_the_files_and_batches_api(
     ));
     let tok = Some(s.session.as_str());
     let name = format!("ft-{job_id}");
-    let router = d.address(ContractKind::FeeRouter).unwrap();
-    let fee = FeeRouter::new(router, s.chain.actor(5));
     let rid = B256::repeat_byte(0x51);
-    send!(fee.payInference(model_id, rid, ether(1)));
-    wait_payment_indexed(&s.pool, d, rid).await;
+    t.pay(rid, ether(1)).await;
     let line = |id: &str, body: Value| {
         json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
             .to_string()
@@ -1585,6 +1714,7 @@ async fn batches_of_requests_through_the_files_and_batches_api(
         .collect();
     assert_eq!(ids, ["paid", "base"]);
     let _ = stop.send(true);
+    });
 }
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]

@@ -12,6 +12,9 @@
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod shared;
+
+pub use shared::{Shared, fixture_database, remove_at_exit};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,7 +72,15 @@ pub struct TestChain {
     _dir: tempfile::TempDir,
 }
 
+/// A node under a watchdog shell (`WATCHED`): the node dies when this process's end of the shell's stdin
+/// closes, which dropping this does, and so does the end of the test process however it ends (a fixture
+/// shared by a test binary is never dropped).
 struct KillOnDrop(Child);
+
+/// `sh -c WATCHED sh <program> <args>...`: runs the program with stdin from /dev/null, kills it when the
+/// shell's stdin reaches its end, and exits with the program's status (so a node that fails to start is seen
+/// to exit).
+const WATCHED: &str = r#"exec 3<&0; "$@" </dev/null & node=$!; (cat <&3 >/dev/null; kill -9 $node 2>/dev/null) & wait $node"#;
 
 /// forge keeps a broadcast record per chain id; each test chain has its own id, so clean up after it.
 struct RemoveOnDrop(Vec<PathBuf>);
@@ -84,7 +95,8 @@ impl Drop for RemoveOnDrop {
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // closing the pipe kills the node; the shell then exits with it
+        drop(self.0.stdin.take());
         let _ = self.0.wait();
     }
 }
@@ -120,7 +132,9 @@ impl TestChain {
                     + u64::from(std::process::id()) * 1000
                     + NEXT_CHAIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000)
                     .to_string();
-                let child = Command::new(&anvil)
+                let child = Command::new("sh")
+                    .args(["-c", WATCHED, "sh"])
+                    .arg(&anvil)
                     .args([
                         "--port",
                         &port.to_string(),
@@ -131,6 +145,7 @@ impl TestChain {
                         "--silent",
                     ])
                     .args(extra)
+                    .stdin(Stdio::piped())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -162,6 +177,10 @@ impl TestChain {
                 .join(&chain_id),
             root.join("contracts/cache/Deploy.s.sol").join(&chain_id),
         ]);
+        // also at exit: a chain held by a shared fixture is never dropped
+        for p in broadcast.0.iter().chain([&dir.path().to_path_buf()]) {
+            remove_at_exit(p);
+        }
         TestChain {
             _broadcast: broadcast,
             _node: node,

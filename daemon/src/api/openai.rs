@@ -74,13 +74,13 @@ async fn list_models(State(s): State<AppState>) -> ApiResult<axum::Json<Value>> 
 
 /// The service behind the handlers, or 503 when this daemon serves no model.
 fn serving(s: &AppState) -> ApiResult<Serving> {
-    Ok(Serving {
-        pool: s.pool.clone(),
-        index: s.index.clone(),
-        chain: s.chain.clone(),
-        deployment: s.deployment.clone(),
-        inf: engine(s)?,
-    })
+    Ok(Serving::new(
+        s.pool.clone(),
+        s.index.clone(),
+        s.chain.clone(),
+        s.deployment.clone(),
+        engine(s)?,
+    ))
 }
 
 // OpenAI's request schemas are large and documented by OpenAI: the OpenAPI document names them as objects.

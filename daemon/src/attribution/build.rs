@@ -10,12 +10,34 @@ use openledger_attribution::lora as attribution_lora;
 use openledger_attribution::{Doc, GradParams, GradStore, Projector, SpanIndex};
 use openledger_model::train::Example;
 use openledger_model::{Llama, Lora, ModelError};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::segments::{
-    FileRef, GradientSpec, Key, LAYOUT, MAX_SEGMENTS, ReusedFrom, Segment, example_key,
-    file_sha256, grads_file, keys_file, layout, read_keys, span_file,
+    Absent, FileRef, GradientSpec, Gradients, Key, LAYOUT, MAX_SEGMENTS, ReusedFrom, Section,
+    Segment, SpanIndexSummary, StoredGradients, example_key, file_sha256, grads_file, keys_file,
+    layout, read_keys, span_file,
 };
+
+/// Why a model's attribution data could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The job was asked to stop (it resumes later).
+    #[error("stopped while storing training gradients")]
+    Stopped,
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("span index: {0}")]
+    SpanIndex(String),
+    #[error("gradient store: {0}")]
+    Gradients(String),
+    /// The model's forward and backward passes, and hashing its files.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
 
 /// An earlier trained model whose segments may be reused.
 #[derive(Debug, Clone)]
@@ -51,19 +73,23 @@ pub struct Input<'a> {
 }
 
 /// Builds (or links) the segments into `dir` and returns the manifest's `attribution` section.
-pub fn build(inp: &Input<'_>) -> Result<Value, ModelError> {
+pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
     if let Some(t) = inp
         .train
         .iter()
         .flat_map(|e| &e.tokens.ids)
         .find(|&&t| t >= u32::from(u16::MAX))
     {
-        let reason = format!("token id {t} does not fit the span index's 16-bit tokens");
-        return Ok(json!({
-            "layout": LAYOUT, "segments": [],
-            "span_index": { "file": null, "reason": reason },
-            "gradients": { "file": null, "reason": "no span index" },
-        }));
+        return Ok(Section {
+            layout: LAYOUT.into(),
+            span_index: SpanIndexSummary::Absent(Absent::because(format!(
+                "token id {t} does not fit the span index's 16-bit tokens"
+            ))),
+            gradients: Gradients::Absent(Absent::because("no span index")),
+            segments: Vec::new(),
+            reused_examples: None,
+            example_order: None,
+        });
     }
     let lay = attribution_lora::layout(inp.initial);
     let k = GradParams::k_for(&lay, openledger_attribution::grad::TARGET_DIMS);
@@ -88,7 +114,7 @@ pub fn build(inp: &Input<'_>) -> Result<Value, ModelError> {
     let mut segments = Vec::new();
     for r in reused {
         let i = segments.len();
-        let link = |from: &FileRef, to: String| -> Result<FileRef, ModelError> {
+        let link = |from: &FileRef, to: String| -> Result<FileRef, BuildError> {
             link_or_copy(&r.dir.join(&from.file), &inp.dir.join(&to))?;
             Ok(FileRef {
                 file: to,
@@ -126,33 +152,31 @@ pub fn build(inp: &Input<'_>) -> Result<Value, ModelError> {
         "attribution segments written"
     );
     let tokens: u64 = segments.iter().map(|s| s.tokens).sum();
-    let gradients = match &spec {
-        Some(spec) => {
-            let mut g =
-                serde_json::to_value(spec).map_err(|e| ModelError::invalid("gradient spec", e))?;
-            g["format"] = json!(1);
-            g["examples"] = json!(inp.train.len());
-            g["projection"] = json!(
-                "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)"
-            );
-            g["gradient"] = json!(
-                "mean next-token cross-entropy over the example's targets, no dropout, under Lora::init(lora, adapter_seed)"
-            );
-            g
-        }
-        None => json!({
-            "file": null,
-            "reason": "per-example gradients need the hand-written CPU passes (dense f32 weights on the CPU)",
+    let gradients = match spec {
+        Some(spec) => Gradients::Stored(StoredGradients {
+            spec,
+            format: 1,
+            examples: inp.train.len(),
+            projection: "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)".into(),
+            gradient: "mean next-token cross-entropy over the example's targets, no dropout, under Lora::init(lora, adapter_seed)".into(),
         }),
+        None => Gradients::Absent(Absent::because(
+            "per-example gradients need the hand-written CPU passes (dense f32 weights on the CPU)",
+        )),
     };
-    Ok(json!({
-        "layout": LAYOUT,
-        "span_index": { "format": 2, "examples": inp.train.len(), "tokens": tokens, "split": "train" },
-        "gradients": gradients,
-        "segments": segments,
-        "reused_examples": reused_examples,
-        "example_order": "the segments in order, each segment's rows in order",
-    }))
+    Ok(Section {
+        layout: LAYOUT.into(),
+        span_index: SpanIndexSummary::Built {
+            format: 2,
+            examples: inp.train.len(),
+            tokens,
+            split: "train".into(),
+        },
+        gradients,
+        segments,
+        reused_examples: Some(reused_examples),
+        example_order: Some("the segments in order, each segment's rows in order".into()),
+    })
 }
 
 /// An earlier model's segment chosen for reuse.
@@ -311,7 +335,7 @@ fn new_segment(
     examples: &[&Example],
     keys: &[Key],
     grads: Option<(&Projector, &Input<'_>)>,
-) -> Result<Segment, ModelError> {
+) -> Result<Segment, BuildError> {
     let ours: Vec<usize> = examples
         .iter()
         .map(|e| e.source)
@@ -329,10 +353,10 @@ fn new_segment(
         });
         ids.extend_from_slice(&e.tokens.ids);
     }
-    let idx = SpanIndex::build(&ids, &docs).map_err(|e| ModelError::invalid("span index", e))?;
+    let idx = SpanIndex::build(&ids, &docs).map_err(|e| BuildError::SpanIndex(e.to_string()))?;
     let span_path = dir.join(span_file(i));
     idx.save(&span_path)
-        .map_err(|e| ModelError::invalid("span index", e))?;
+        .map_err(|e| BuildError::SpanIndex(e.to_string()))?;
     let gradients = match grads {
         Some((projector, inp)) => {
             let path = dir.join(grads_file(i));
@@ -374,25 +398,23 @@ fn gradient_rows(
     examples: &[&Example],
     local: &BTreeMap<usize, usize>,
     path: &Path,
-) -> Result<(), ModelError> {
+) -> Result<(), BuildError> {
     let mut store = GradStore::new(projector.dims(), projector.blocks());
     let started = std::time::Instant::now();
     for e in examples {
         if inp.stop.load(Ordering::Relaxed) {
-            return Err(ModelError::Stopped(
-                "while storing training gradients".into(),
-            ));
+            return Err(BuildError::Stopped);
         }
         let (_, v) =
             attribution_lora::projected_gradient(inp.model, inp.initial, projector, &e.tokens)
-                .map_err(|err| ModelError::invalid("gradient store", err))?;
+                .map_err(|err| BuildError::Gradients(err.to_string()))?;
         store
             .push(local[&e.source], &v)
-            .map_err(|err| ModelError::invalid("gradient store", err))?;
+            .map_err(|err| BuildError::Gradients(err.to_string()))?;
     }
     store
         .save(path)
-        .map_err(|e| ModelError::invalid("gradient store", e))?;
+        .map_err(|e| BuildError::Gradients(e.to_string()))?;
     tracing::info!(
         examples = examples.len(),
         dims = projector.dims(),
@@ -403,11 +425,14 @@ fn gradient_rows(
 }
 
 /// A hard link (the files are never modified in place), or a copy across file systems.
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), ModelError> {
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), BuildError> {
     if std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
     std::fs::copy(from, to)
         .map(|_| ())
-        .map_err(|e| ModelError::io(from, e))
+        .map_err(|source| BuildError::Io {
+            path: from.to_path_buf(),
+            source,
+        })
 }

@@ -112,6 +112,82 @@ mod u64_string {
     }
 }
 
+/// The training manifest's `attribution` section, as `build` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    /// `LAYOUT`.
+    pub layout: String,
+    pub span_index: SpanIndexSummary,
+    pub gradients: Gradients,
+    pub segments: Vec<Segment>,
+    /// Examples in segments linked from earlier models (absent when no index was built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_examples: Option<usize>,
+    /// How attribution records number examples (absent when no index was built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example_order: Option<String>,
+}
+
+/// The span index over all of a model's segments, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SpanIndexSummary {
+    Built {
+        /// `SpanIndex`'s file format.
+        format: u32,
+        examples: usize,
+        tokens: u64,
+        /// Which examples: `"train"` (never the held-out ones).
+        split: String,
+    },
+    Absent(Absent),
+}
+
+/// The gradient store's spec and description, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Gradients {
+    Stored(StoredGradients),
+    Absent(Absent),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredGradients {
+    #[serde(flatten)]
+    pub spec: GradientSpec,
+    /// `GradStore`'s file format.
+    pub format: u32,
+    pub examples: usize,
+    /// In words, for a reader of the manifest: how gradients are projected and what they are of.
+    pub projection: String,
+    pub gradient: String,
+}
+
+/// An artifact a model has not: `{"file": null, "reason": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Absent {
+    pub file: (),
+    pub reason: String,
+}
+
+impl Absent {
+    pub fn because(reason: impl Into<String>) -> Self {
+        Absent {
+            file: (),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A manifest's `attribution` section: this daemon's (`Section`), or one written before segments (read
+/// by `layout` only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Attribution {
+    Segments(Box<Section>),
+    BeforeSegments(Value),
+}
+
 /// What a manifest says of a model's attribution data.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -125,6 +201,11 @@ pub struct Layout {
 /// segment without keys.
 pub fn layout(manifest: &Value) -> Result<Layout, String> {
     let att = &manifest["attribution"];
+    if att["layout"] == LAYOUT {
+        let section: Section = serde_json::from_value(att.clone())
+            .map_err(|e| format!("its manifest's attribution section: {e}"))?;
+        return section.layout();
+    }
     let si = &att["span_index"];
     let g = &att["gradients"];
     let spec = |g: &Value| -> Result<Option<GradientSpec>, String> {
@@ -135,24 +216,6 @@ pub fn layout(manifest: &Value) -> Result<Layout, String> {
             format!("its manifest's gradient store lacks its projection or adapter: {e}")
         })
     };
-    if att["layout"] == LAYOUT {
-        let segments: Vec<Segment> = serde_json::from_value(att["segments"].clone())
-            .map_err(|e| format!("its manifest's attribution segments: {e}"))?;
-        if segments.is_empty() {
-            return Err(match si["reason"].as_str() {
-                Some(r) => format!("it has no span index: {r}"),
-                None => "its manifest lists no attribution segments".into(),
-            });
-        }
-        let gradients = spec(g)?;
-        if gradients.is_some() && segments.iter().any(|s| s.gradients.is_none()) {
-            return Err("a segment lacks the gradients its manifest promises".into());
-        }
-        return Ok(Layout {
-            segments,
-            gradients,
-        });
-    }
     let Some(file) = si["file"].as_str() else {
         return Err(match si["reason"].as_str() {
             Some(r) => format!("it has no span index: {r}"),
@@ -183,6 +246,40 @@ pub fn layout(manifest: &Value) -> Result<Layout, String> {
         }],
         gradients,
     })
+}
+
+impl Section {
+    /// The segments and gradient spec; `Err` with the reason the model has no attribution data.
+    pub fn layout(self) -> Result<Layout, String> {
+        if self.segments.is_empty() {
+            return Err(match self.span_index {
+                SpanIndexSummary::Absent(a) => format!("it has no span index: {}", a.reason),
+                SpanIndexSummary::Built { .. } => {
+                    "its manifest lists no attribution segments".into()
+                }
+            });
+        }
+        let gradients = match self.gradients {
+            Gradients::Stored(g) => Some(g.spec),
+            Gradients::Absent(_) => None,
+        };
+        if gradients.is_some() && self.segments.iter().any(|s| s.gradients.is_none()) {
+            return Err("a segment lacks the gradients its manifest promises".into());
+        }
+        Ok(Layout {
+            segments: self.segments,
+            gradients,
+        })
+    }
+
+    /// Examples in segments of their own (indexed by this model's job).
+    pub fn new_examples(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.reused_from.is_none())
+            .map(|s| s.examples)
+            .sum()
+    }
 }
 
 /// A trained example's identity across models: SHA-256 over its contribution (Datanet id, contribution
@@ -276,8 +373,15 @@ mod tests {
         assert!(layout(&none).unwrap_err().contains("token id 70000"));
         let imported = json!({"imported": {}});
         assert!(layout(&imported).unwrap_err().contains("imported"));
-        let seg = json!({"attribution": {"layout": LAYOUT, "segments": [], "span_index": {"file": null, "reason": "r"}}});
-        assert!(layout(&seg).unwrap_err().contains("r"));
+        let seg = json!({"attribution": {"layout": LAYOUT, "segments": [],
+                                         "span_index": {"file": null, "reason": "tokens too wide"},
+                                         "gradients": {"file": null, "reason": "no span index"}}});
+        assert_eq!(
+            layout(&seg).unwrap_err(),
+            "it has no span index: tokens too wide"
+        );
+        let broken = json!({"attribution": {"layout": LAYOUT, "segments": []}});
+        assert!(layout(&broken).unwrap_err().contains("attribution section"));
     }
 
     #[test]

@@ -106,7 +106,12 @@ async fn settler(
     };
     let c = Chain::connect(&chain.rpc_url, &deployment, key, Duration::from_secs(30)).await?;
     let db = super::db::open(global).await?;
-    let s = Settler::new(db.pool.clone(), deployment, c, opts)?;
+    let s = Settler::new(crate::settlement::Context::new(
+        db.pool.clone(),
+        deployment,
+        c,
+        opts,
+    )?);
     Ok((db, s))
 }
 

@@ -36,6 +36,24 @@ pub struct Serving {
     pub inf: Arc<Inference>,
 }
 
+impl Serving {
+    pub fn new(
+        pool: PgPool,
+        index: ChainIndex,
+        chain: Option<Chain>,
+        deployment: Deployment,
+        inf: Arc<Inference>,
+    ) -> Self {
+        Serving {
+            pool,
+            index,
+            chain,
+            deployment,
+            inf,
+        }
+    }
+}
+
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serving")

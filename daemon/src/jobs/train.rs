@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use super::publish::{send_logged, signing_chain};
 use super::worker::{JobContext, JobError, JobHandler, Refusal};
 use crate::attribution::build::Prior;
+use crate::attribution::segments::Attribution;
 use crate::chain::Chain;
 use crate::common::{sha256, write_synced};
 use crate::models::{self, NewTrainedModel};
@@ -225,25 +226,24 @@ async fn import(
 
 /// Says which earlier models' attribution segments the run reused.
 async fn log_reuse(ctx: &JobContext, trained: &Trained) {
-    let none = Value::Null;
-    let att = trained.manifest.attribution.as_ref().unwrap_or(&none);
-    let reused: Vec<String> = att["segments"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let Some(Attribution::Segments(att)) = &trained.manifest.attribution else {
+        return;
+    };
+    let reused: Vec<String> = att
+        .segments
+        .iter()
         .filter_map(|s| {
-            let from = s["reused_from"]["job_id"].as_i64()?;
-            Some(format!("{} examples from ft-{from}", s["examples"]))
+            let from = s.reused_from.as_ref()?.job_id;
+            Some(format!("{} examples from ft-{from}", s.examples))
         })
         .collect();
     if !reused.is_empty() {
         ctx.log(format!(
-                "attribution: reused the indexed segments of earlier models ({}); indexed {} new examples",
-                reused.join(", "),
-                att["span_index"]["examples"].as_u64().unwrap_or_default()
-                    - att["reused_examples"].as_u64().unwrap_or_default()
-            ))
-            .await;
+            "attribution: reused the indexed segments of earlier models ({}); indexed {} new examples",
+            reused.join(", "),
+            att.new_examples()
+        ))
+        .await;
     }
 }
 

@@ -7,17 +7,14 @@ use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider};
-use openledger_chain::Deployment;
 use openledger_chain::bindings::{OpenToken, RewardDistributor};
 use serde_json::Value;
-use sqlx::PgPool;
 
 use super::build;
 use super::context::{Context, proposal_log};
 use super::epoch::Build;
 use super::store::{self, EpochRow};
-use super::{SettleConfig, SettleError, failpoint, u256};
-use crate::chain::Chain;
+use super::{SettleError, failpoint, u256};
 use crate::common::hex_addr;
 
 /// A build `sync` may move, with what the index has of its root.
@@ -70,15 +67,8 @@ enum Proposed {
 }
 
 impl Settler {
-    pub fn new(
-        pool: PgPool,
-        deployment: Deployment,
-        chain: Chain,
-        cfg: SettleConfig,
-    ) -> Result<Self, SettleError> {
-        Ok(Self {
-            ctx: Context::new(pool, deployment, chain, cfg)?,
-        })
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
     }
 
     /// What building and verifying epochs take.

@@ -9,7 +9,6 @@ use openledger_model::train::{Dataset, Record};
 use serde_json::{Value, json};
 
 use super::manifest::ManifestSource;
-use crate::models::Source;
 
 /// A contribution of a trained-on Datanet version.
 #[derive(Debug, Clone)]
@@ -109,26 +108,6 @@ impl DatasetFile {
                     datanet_id: s.datanet_id.to_string(),
                     examples,
                     source: i,
-                    tokens,
-                }
-            })
-            .collect()
-    }
-
-    /// The sources as the database records them.
-    pub fn db_sources(&self, sources: &[SourceInfo]) -> Vec<Source> {
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let (examples, tokens) = self.share(i);
-                Source {
-                    source: i as i32,
-                    datanet_id: s.datanet_id,
-                    contribution_id: s.contribution_id,
-                    contributor: s.contributor,
-                    content_hash: s.content_hash.to_string(),
-                    examples,
                     tokens,
                 }
             })

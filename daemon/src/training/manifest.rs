@@ -1,7 +1,7 @@
 //! The training manifest (`manifest.json` next to the adapter): what a model was trained from and how.
 //! Its SHA-256 is the model's on-chain `trainingConfigHash`, so this is the one place it is written and
-//! read. The fields stand in alphabetical order at every level, as serde_json writes a map: the bytes are
-//! those of the manifests written before it had a type.
+//! read. It is written as a JSON value, so its keys stand in alphabetical order at every level whatever the
+//! order of the fields: the bytes are those of the manifests written before it had a type.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::attribution::segments::Attribution;
 use crate::common::sha256;
 use crate::models::Source;
 
@@ -24,7 +25,7 @@ pub struct Manifest {
     pub adapter: AdapterFile,
     /// The attribution artifacts (`attribution::build`); absent for imports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<Value>,
+    pub attribution: Option<Attribution>,
     pub base_model: BaseModelRef,
     /// The hyper-parameters (`TrainConfig`; an import's LoRA shape only).
     pub config: Value,
@@ -126,7 +127,8 @@ pub enum ArtifactError {
 impl Manifest {
     /// The bytes written as `manifest.json` (and hashed into `trainingConfigHash`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec_pretty(self)
+        // through a `Value`, whose maps keep their keys sorted
+        serde_json::to_vec_pretty(&serde_json::to_value(self)?)
     }
 
     /// The sources as the database records them.
@@ -196,6 +198,9 @@ pub fn load_finished(out_dir: &Path) -> Result<Option<Trained>, ArtifactError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::attribution::segments::{
+        Absent, FileRef, Gradients, LAYOUT, Section, Segment, SpanIndexSummary,
+    };
     use serde_json::json;
 
     fn sample() -> Manifest {
@@ -204,7 +209,7 @@ mod tests {
                 file: ADAPTER_FILE.into(),
                 sha256: format!("0x{}", "ab".repeat(32)),
             },
-            attribution: Some(json!({ "layout": 2 })),
+            attribution: Some(Attribution::Segments(Box::new(section()))),
             base_model: BaseModelRef {
                 config: json!({ "vocab_size": 256, "hidden_size": 64 }),
                 hash: format!("0x{}", "cd".repeat(32)),
@@ -240,13 +245,64 @@ mod tests {
         }
     }
 
+    fn section() -> Section {
+        Section {
+            layout: LAYOUT.into(),
+            span_index: SpanIndexSummary::Built {
+                format: 2,
+                examples: 4,
+                tokens: 40,
+                split: "train".into(),
+            },
+            gradients: Gradients::Absent(Absent::because("no gradients on this device")),
+            segments: vec![Segment {
+                examples: 4,
+                tokens: 40,
+                span: FileRef {
+                    file: "attribution-0.span".into(),
+                    sha256: format!("0x{}", "aa".repeat(32)),
+                },
+                gradients: None,
+                keys: Some(FileRef {
+                    file: "attribution-0.keys".into(),
+                    sha256: format!("0x{}", "bb".repeat(32)),
+                }),
+                sources: vec![0],
+                reused_from: None,
+            }],
+            reused_examples: Some(0),
+            example_order: Some("the segments in order, each segment's rows in order".into()),
+        }
+    }
+
     #[test]
     fn the_bytes_are_those_of_the_untyped_manifest() {
-        // what `json!` + `to_vec_pretty` wrote before the manifest had a type: keys sorted at every level
+        // the attribution section as `build` wrote it with `json!` before it had a type
         let m = sample();
-        let untyped = serde_json::to_vec_pretty(&serde_json::to_value(&m).unwrap()).unwrap();
-        assert_eq!(m.to_bytes().unwrap(), untyped);
-        let back: Manifest = serde_json::from_slice(&m.to_bytes().unwrap()).unwrap();
+        let untyped = json!({
+            "layout": LAYOUT,
+            "span_index": { "format": 2, "examples": 4, "tokens": 40, "split": "train" },
+            "gradients": { "file": null, "reason": "no gradients on this device" },
+            "segments": [{
+                "examples": 4, "tokens": 40,
+                "span": { "file": "attribution-0.span", "sha256": format!("0x{}", "aa".repeat(32)) },
+                "gradients": null,
+                "keys": { "file": "attribution-0.keys", "sha256": format!("0x{}", "bb".repeat(32)) },
+                "sources": [0],
+            }],
+            "reused_examples": 0,
+            "example_order": "the segments in order, each segment's rows in order",
+        });
+        let bytes = m.to_bytes().unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["attribution"], untyped);
+        // keys sorted at every level, as a `json!` map writes them: a segment's `tokens` field comes before
+        // its `span` field in the type, after it in the file
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+        assert!(at("span") < at("tokens"), "{text}");
+        assert_eq!(bytes, serde_json::to_vec_pretty(&v).unwrap());
+        let back: Manifest = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, m);
     }
 

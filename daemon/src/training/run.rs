@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use alloy::primitives::{B256, U256};
 use openledger_model::train::{Dataset, Event, Metrics, Record, Trainer};
 use openledger_model::{BaseModel, Device, Llama, Lora, ModelError, Precision};
-use serde_json::Value;
 
 use super::StepHook;
 use super::dataset::{DatasetFile, SourceInfo};
@@ -18,7 +17,8 @@ use super::manifest::{
     FORMAT, MANIFEST_FILE, Manifest, MissingContent, Trained,
 };
 use super::params::TrainParams;
-use crate::attribution::build::{self as attribution, Prior, SourceId};
+use crate::attribution::build::{self as attribution, BuildError, Prior, SourceId};
+use crate::attribution::segments::Attribution;
 use crate::common::{sha256, write_synced};
 
 /// What the training thread works from.
@@ -92,10 +92,11 @@ pub fn train_blocking(
     let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&run.base_id))
         .map_err(|e| ModelError::invalid("adapter config", e))?;
     let metrics = serde_json::to_value(&metrics).map_err(|e| ModelError::invalid("metrics", e))?;
+    let adapter_hash = sha256(&adapter);
     let manifest = Manifest {
         adapter: AdapterFile {
             file: ADAPTER_FILE.into(),
-            sha256: sha256(&adapter).to_string(),
+            sha256: adapter_hash.to_string(),
         },
         attribution: Some(attribution),
         base_model: BaseModelRef {
@@ -142,9 +143,12 @@ pub fn train_blocking(
     place(&tmp, &run.out_dir)?;
     let _ = std::fs::remove_dir_all(&run.work_dir);
     Ok(Trained {
-        adapter_hash: sha256(&adapter),
+        adapter_hash,
         manifest_hash: sha256(&manifest_bytes),
-        sources: file.db_sources(&run.sources),
+        // what the manifest says, read back the way a restarted job reads it (`load_finished`)
+        sources: manifest
+            .db_sources()
+            .map_err(|e| ModelError::invalid("manifest sources", e))?,
         manifest,
     })
 }
@@ -158,7 +162,7 @@ fn attribute(
     dir: &Path,
     stop: &AtomicBool,
     dev: &Device,
-) -> Result<Value, ModelError> {
+) -> Result<Attribution, ModelError> {
     let cfg = &run.params.config;
     let initial = Lora::init(&base.config, cfg.lora.clone(), cfg.seed, dev)?;
     let source_ids: Vec<SourceId> = run
@@ -179,6 +183,13 @@ fn attribute(
         priors: &run.priors,
         dir,
         stop,
+    })
+    .map(|s| Attribution::Segments(Box::new(s)))
+    .map_err(|e| match e {
+        BuildError::Stopped => ModelError::Stopped("while storing training gradients".into()),
+        BuildError::Model(e) => e,
+        BuildError::Io { path, source } => ModelError::io(&path, source),
+        e => ModelError::invalid("attribution data", e),
     })
 }
 
