@@ -178,7 +178,7 @@ async fn api_keys_work_until_revoked_and_admins_see_all(pool: PgPool) {
     .await
     .unwrap();
     let token = sign_in(&app, &user).await;
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     insert_datanet(&pool, &d, 1, user.address()).await;
     let job = post_json(
         &app,
@@ -249,7 +249,7 @@ async fn api_keys_work_until_revoked_and_admins_see_all(pool: PgPool) {
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn datanet_reads(pool: PgPool) {
     let (app, _) = app(&pool);
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     let owner = PrivateKeySigner::random().address();
     let alice = PrivateKeySigner::random().address();
     insert_datanet(&pool, &d, 1, owner).await;
@@ -369,7 +369,7 @@ async fn datanet_reads(pool: PgPool) {
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn uploads_store_canonical_content_once(pool: PgPool) {
     let (app, _) = app(&pool);
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     let key = PrivateKeySigner::random();
     insert_datanet(&pool, &d, 1, key.address()).await;
     let token = sign_in(&app, &key).await;
@@ -393,12 +393,7 @@ async fn uploads_store_canonical_content_once(pool: PgPool) {
         "datanet_id=1",
     )
     .await;
-    assert_eq!(
-        first.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&first.body)
-    );
+    first.expect(StatusCode::CREATED);
     let v = first.json();
     let canonical = b"{\"prompt\":\"2+2?\",\"completion\":\"4\"}\n{\"text\":\"hello\"}\n";
     assert_eq!(v["content_hash"], keccak256(canonical).to_string());
@@ -525,7 +520,7 @@ async fn uploads_store_canonical_content_once(pool: PgPool) {
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn jobs_submit_list_cancel_retry(pool: PgPool) {
     let (app, _) = app(&pool);
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     let key = PrivateKeySigner::random();
     insert_datanet(&pool, &d, 1, key.address()).await;
     insert_datanet(&pool, &d, 2, PrivateKeySigner::random().address()).await;
@@ -666,7 +661,7 @@ async fn jobs_submit_list_cancel_retry(pool: PgPool) {
 
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn per_address_rate_limit(pool: PgPool) {
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     let mut cfg = openledger_daemon::state::ApiConfig::new(d.chain_id, DOMAIN);
     cfg.rate_per_minute = std::num::NonZeroU32::new(1).unwrap();
     cfg.rate_burst = std::num::NonZeroU32::new(3).unwrap();

@@ -155,12 +155,7 @@ impl Flow {
             Some(("text/plain", content.to_vec())),
         )
         .await;
-        assert_eq!(
-            up.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&up.body)
-        );
+        up.expect(StatusCode::CREATED);
         up.json()
     }
 
@@ -213,12 +208,7 @@ fn a_signed_upload_is_relayed_and_confirmed() {
         Some(&session),
     )
     .await;
-    assert_eq!(
-        td.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&td.body)
-    );
+    td.expect(StatusCode::OK);
     let td = td.json();
     assert_eq!(td["nonce"], "0");
     assert_eq!(
@@ -264,12 +254,7 @@ fn a_signed_upload_is_relayed_and_confirmed() {
 
     // relay
     let r = post_json(app, &relay_url, Some(&session), body(&signature, "0")).await;
-    assert_eq!(
-        r.status,
-        StatusCode::ACCEPTED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.expect(StatusCode::ACCEPTED);
     let relay = r.json();
     assert_eq!(relay["state"], "pending");
     let job_id = relay["job_id"].as_i64().unwrap();

@@ -217,12 +217,7 @@ impl World {
                           "messages": [{"role": "user", "content": format!("What is the ledger code of item {item}?")}],
                           "request_id": rid.to_string()});
         let r = post_json(&self.app, "/v1/chat/completions", None, body).await;
-        assert_eq!(
-            r.status,
-            StatusCode::OK,
-            "{}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.expect(StatusCode::OK);
         let v = r.json();
         assert_eq!(v["openledger"]["attribution"]["status"], "complete", "{v}");
     }

@@ -307,6 +307,14 @@ impl Trained {
         wait_payment_indexed(&self.s.pool, d, rid).await;
     }
 
+    /// Pays 1 OPEN for `rid`, then calls with it: the completion.
+    async fn paid_chat(&self, rid: B256) -> Value {
+        self.pay(rid, ether(1)).await;
+        let paid = self.chat(json!({"request_id": rid.to_string()})).await;
+        paid.expect(StatusCode::OK);
+        paid.json()
+    }
+
     /// A chat request to the trained model (`extra` overrides the body's fields).
     async fn chat(&self, extra: Value) -> Reply {
         let mut body = json!({"model": format!("ft-{}", self.job_id),
@@ -850,15 +858,7 @@ fn serve_the_fresh_adapter_paid_first() {
 
     // the payer pays FeeRouter first, then calls with the request id
     let rid = B256::repeat_byte(0x42);
-    t.pay(rid, ether(1)).await;
-    let paid = chat(json!({"request_id": rid.to_string()})).await;
-    assert_eq!(
-        paid.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&paid.body)
-    );
-    let v = paid.json();
+    let v = t.paid_chat(rid).await;
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["openledger"]["payment"]["mode"], "pay_first");
     assert_eq!(
@@ -955,15 +955,7 @@ fn attribution_of_an_inference() {
     };
     // an inference of its own, paid first (this test tampers with its record)
     let rid = B256::repeat_byte(0x46);
-    t.pay(rid, ether(1)).await;
-    let paid = t.chat(json!({"request_id": rid.to_string()})).await;
-    assert_eq!(
-        paid.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&paid.body)
-    );
-    let v = &paid.json();
+    let v = &t.paid_chat(rid).await;
     let id = v["id"].as_str().unwrap();
     let a = &v["openledger"]["attribution"];
     assert_eq!(a["status"], "complete", "{a}");
@@ -1297,12 +1289,7 @@ fn inference_credit_pays_for_signed_in_callers() {
     .problem(409, "conflict");
 
     let r = chat().await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.expect(StatusCode::OK);
     let v = r.json();
     let pay = &v["openledger"]["payment"];
     assert_eq!(pay["mode"], "sponsored", "{v}");
@@ -1515,12 +1502,7 @@ fn batches_of_requests_through_the_files_and_batches_api() {
         Some(multipart("batch", "b.jsonl", &input)),
     )
     .await;
-    assert_eq!(
-        f.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&f.body)
-    );
+    f.expect(StatusCode::OK);
     let file_id = f.json()["id"].as_str().unwrap().to_string();
     // another address sees no such file, and cannot batch it
     let other = sign_in(&app, &KEYS[2].parse().unwrap()).await;
@@ -1541,12 +1523,7 @@ fn batches_of_requests_through_the_files_and_batches_api() {
         .problem(422, "invalid-content");
 
     let b = post_json(&app, "/v1/batches", tok, batch_req("/v1/chat/completions")).await;
-    assert_eq!(
-        b.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&b.body)
-    );
+    b.expect(StatusCode::OK);
     let b = b.json();
     let id = b["id"].as_str().unwrap().to_string();
     assert_eq!(b["object"], "batch");
@@ -1742,12 +1719,7 @@ async fn a_stopped_training_job_resumes_from_its_checkpoint(pool: PgPool) {
             .as_object().unwrap().clone().into_iter().chain([("publish".to_string(), json!(false))]).collect::<serde_json::Map<_, _>>()}),
     )
     .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.expect(StatusCode::CREATED);
     let id = r.json()["id"].as_i64().unwrap();
     let q = Queue::new(s.pool.clone());
     // wait (off this runtime's only thread) until training is held at its step, then shut the worker down:

@@ -69,8 +69,9 @@ pub async fn wait_payment_indexed(pool: &PgPool, deployment: &Deployment, reques
     .await
 }
 
-/// A manifest for a chain that need not exist (handler tests read only the index tables).
-pub fn fake_deployment() -> Deployment {
+/// A deployment manifest with made-up addresses, for handler tests that read only the index tables and
+/// never reach a chain (test data, not a stand-in for a service).
+pub fn deployment_without_chain() -> Deployment {
     let mut contracts = serde_json::Map::new();
     for (i, k) in ContractKind::ALL.iter().enumerate() {
         contracts.insert(
@@ -126,9 +127,9 @@ pub fn state_serving(
     .unwrap()
 }
 
-/// The app over `pool` with the fake deployment and the snapshot job kind.
+/// The app over `pool` with a deployment that no chain is behind (`deployment_without_chain`) and the snapshot job kind.
 pub fn app(pool: &PgPool) -> (Router, AppState) {
-    let d = fake_deployment();
+    let d = deployment_without_chain();
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), &d).unwrap();
     let jobs = Registry::default().with(SnapshotJob {
         index,
@@ -152,6 +153,17 @@ impl Reply {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect(&self, status: StatusCode) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
     }
 
     /// Asserts a problem document with this status and `type` suffix.
@@ -248,12 +260,7 @@ pub async fn sign_in(app: &Router, key: &PrivateKeySigner) -> String {
         serde_json::json!({ "message": msg, "signature": personal_sign(key, &msg) }),
     )
     .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.expect(StatusCode::CREATED);
     r.json()["token"].as_str().unwrap().to_owned()
 }
 
@@ -406,12 +413,7 @@ pub async fn job_succeeded(app: &Router, session: &str, kind: &str, params: Valu
         serde_json::json!({"kind": kind, "params": params}),
     )
     .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.expect(StatusCode::CREATED);
     let job = wait_job(app, session, r.json()["id"].as_i64().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     job
