@@ -315,6 +315,71 @@ pub struct Source {
     pub tokens: i64,
 }
 
+/// One contribution's share of a training set, as stored (amounts as decimal text).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SourceRow {
+    pub source: i32,
+    pub datanet_id: String,
+    pub contribution_id: String,
+    pub contributor: String,
+    pub content_hash: String,
+    pub examples: i32,
+    pub tokens: i64,
+}
+
+/// The contributions model `job_id` was trained on, in source order.
+pub async fn training_sources(pool: &PgPool, job_id: i64) -> Result<Vec<SourceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT source, datanet_id::text AS datanet_id, contribution_id::text AS contribution_id,
+                contributor, content_hash, examples, tokens
+         FROM training_sources WHERE job_id = $1 ORDER BY source",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// The adapters trained on base model `base_hash`, oldest first: (job id, owner, created).
+pub async fn adapters_on(
+    pool: &PgPool,
+    base_hash: &str,
+) -> Result<Vec<(i64, String, OffsetDateTime)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT job_id, owner, created_at FROM trained_models WHERE lower(base_model_hash) = lower($1)
+         ORDER BY job_id",
+    )
+    .bind(base_hash)
+    .fetch_all(pool)
+    .await
+}
+
+/// A developer's price for its model, per 1,000 tokens in OPEN wei (decimal text), and when it was set.
+pub async fn price(
+    pool: &PgPool,
+    job_id: i64,
+) -> Result<Option<(String, OffsetDateTime)>, sqlx::Error> {
+    sqlx::query_as("SELECT price_per_1k::text, updated_at FROM model_prices WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Sets model `job_id`'s price (`None`: back to the daemon's default).
+pub async fn set_price(pool: &PgPool, job_id: i64, price: Option<U256>) -> Result<(), sqlx::Error> {
+    match price {
+        Some(p) => sqlx::query(
+            "INSERT INTO model_prices (job_id, price_per_1k) VALUES ($1, $2::numeric)
+             ON CONFLICT (job_id) DO UPDATE SET price_per_1k = EXCLUDED.price_per_1k, updated_at = now()",
+        )
+        .bind(job_id)
+        .bind(p.to_string()),
+        None => sqlx::query("DELETE FROM model_prices WHERE job_id = $1").bind(job_id),
+    }
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// What a finished training run records, written in one transaction.
 #[derive(Debug)]
 pub struct NewTrainedModel<'a> {

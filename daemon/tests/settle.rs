@@ -1,9 +1,11 @@
-//! Settlement end to end on anvil + Postgres, through the real `openledger` binary: three contributors
-//! contribute, a curator accepts, a tiny adapter is trained, a payer pays FeeRouter and infers, every
-//! answer is attributed; then `openledger settle` proposes reward roots (killed at each state of the
-//! submission and restarted), a reorg makes an epoch re-derive, bad input is refused with the state
-//! unchanged, the root is accepted, `openledger claim` pays each contributor exactly what the
-//! attribution weights say, and `openledger settle verify` agrees with the chain.
+//! Settlement end to end on anvil + Postgres, through the real `openledger` binary, one test per feature
+//! over one stack built once for this binary (`SETTLE`): three contributors contribute, a curator accepts,
+//! a tiny adapter is trained, a payer pays FeeRouter and infers, every answer is attributed. Each test then
+//! settles what it needs on top of whatever epochs the others left (they take turns, in any order):
+//! `openledger settle` refuses bad input with the state unchanged, proposes reward roots when killed at each
+//! state of the submission and restarted, derives an epoch again after a reorg, bumps a stuck proposal and
+//! carries a revoked root's payments; the root is accepted, `openledger claim` pays each contributor
+//! exactly what the attribution weights say, and `openledger settle verify` agrees with the chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use openledger_testkit as common;
@@ -14,6 +16,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -43,6 +47,8 @@ use tokio::sync::watch;
 const CONTRIBUTORS: [usize; 3] = [2, 3, 4];
 const PAYER: usize = 5;
 const DAEMON: usize = 1;
+/// The first request id's byte (`B256::repeat_byte`); each later request takes the next.
+const FIRST_RID: u8 = 1;
 
 struct World {
     chain: TestChain,
@@ -50,10 +56,18 @@ struct World {
     app: axum::Router,
     api_url: String,
     manifest: PathBuf,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     model_id: U256,
     model_name: String,
-    stop: watch::Sender<bool>,
+    /// Kept so that the job workers keep running.
+    _stop: watch::Sender<bool>,
+    /// The next request id's byte.
+    next_rid: AtomicU8,
+    /// Requests paid and used by an answer, and requests paid and never used, in order.
+    used: Mutex<Vec<B256>>,
+    held: Mutex<Vec<B256>>,
+    /// The accepted root, once a test has made one.
+    accepted: Mutex<Option<Accepted>>,
 }
 
 fn records(n: usize) -> Vec<String> {
@@ -192,10 +206,14 @@ async fn world(pool: PgPool) -> World {
         app,
         api_url,
         manifest,
-        _data: data,
+        data,
         model_id,
         model_name: format!("ft-{job_id}"),
-        stop,
+        _stop: stop,
+        next_rid: AtomicU8::new(FIRST_RID),
+        used: Mutex::new(Vec::new()),
+        held: Mutex::new(Vec::new()),
+        accepted: Mutex::new(None),
     }
 }
 
@@ -342,517 +360,716 @@ async fn expected(w: &World, payments: &[B256]) -> BTreeMap<String, U256> {
         .collect()
 }
 
-// the workers, the indexer, the HTTP server and the settle processes need more than 5 connections
-#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
-async fn contributors_are_paid_exactly_once(
-    opts: sqlx::postgres::PgPoolOptions,
-    conn: sqlx::postgres::PgConnectOptions,
-) {
-    let pool = opts.max_connections(12).connect_with(conn).await.unwrap();
-    let w = world(pool).await;
-    let rid = |n: u8| B256::repeat_byte(n);
-    w.pay_and_infer(rid(1), 0).await;
-    w.pay_and_infer(rid(2), 4).await;
-    // paid, never used: held
-    w.pay(rid(9)).await;
+/// The settlement stack, built once for this binary: three payments made before any test runs (two of them
+/// used by an attributed answer, one never used and therefore held).
+static SETTLE: common::Shared<World> = common::Shared::new(|| Box::pin(settle_fixture()));
 
-    // ---- bad input: refused, nothing stored
-    let none = "SELECT count(*) FROM settlement_epochs";
-    failed_with(
-        &w.settle(&["--epoch-blocks", "1000000"], &[]).await,
-        "is not final yet",
-    );
-    failed_with(
-        &w.settle(&["--epoch", "2"], &[]).await,
-        "the next epoch is 1",
-    );
-    let mut stranger = vec!["--json", "settle", "--finality-depth", "0"];
-    stranger.push("--dry-run");
-    failed_with(
-        &w.cli(2, &stranger, &[]).await,
-        "does not have SETTLER_ROLE",
-    );
-    // the pool drained (as if the index held payments the distributor never received)
-    let distributor = w.addr(ContractKind::RewardDistributor);
-    let open = w.addr(ContractKind::OpenToken);
-    let held_by_pool = w.balance(distributor).await;
-    assert_eq!(
-        held_by_pool,
-        ether(3) * U256::from(4) / U256::from(10),
-        "40% of three payments"
-    );
-    let out = OpenToken::transferCall {
-        to: TestChain::address_of(0),
-        value: held_by_pool,
+async fn settle_fixture() -> World {
+    let w = world(common::fixture_database("settle").await).await;
+    common::remove_at_exit(w.data.path());
+    w.used_item(0).await;
+    w.used_item(4).await;
+    w.held().await;
+    w
+}
+
+/// What `World::accepted` found or made: the accepted root and the payments it settles.
+#[derive(Clone)]
+struct Accepted {
+    epoch: u64,
+    total: U256,
+    treasury: String,
+    /// The used requests paid before the accepted root was built (every one is in it).
+    rids: Vec<B256>,
+}
+
+impl World {
+    /// A request id no test has used.
+    fn fresh(&self) -> B256 {
+        let n = self.next_rid.fetch_add(1, Ordering::SeqCst);
+        self.used.lock().unwrap().push(B256::repeat_byte(n));
+        B256::repeat_byte(n)
     }
-    .abi_encode();
-    w.chain.impersonated(distributor, open, out).await;
-    failed_with(
-        &w.settle(&[], &[]).await,
-        "but the RewardDistributor holds 0 wei",
-    );
-    let back = OpenToken::new(open, w.chain.actor(0));
-    send!(back.transfer(distributor, held_by_pool));
-    assert_eq!(w.count(none).await, 0, "bad input stored nothing");
 
-    // ---- a dry run: the epoch as it would be, nothing stored or sent
-    let dry = ok_json(&w.settle(&["--dry-run"], &[]).await);
-    assert_eq!(dry["epoch"], 1);
-    assert_eq!(dry["included"], 2);
-    assert_eq!(dry["held"], 1, "{dry}");
-    assert_eq!(
-        dry["held_reasons"]["no inference has used this payment yet"], 1,
-        "{dry}"
-    );
-    assert_eq!(w.count(none).await, 0);
-    // fixed windows of 2 blocks: the deployment's quiet first windows do not hold the epoch back, it
-    // takes every whole window that is final
-    let windows = ok_json(&w.settle(&["--dry-run", "--epoch-blocks", "2"], &[]).await);
-    assert_eq!(windows["included"], 2, "{windows}");
-    let from = windows["from_block"].as_u64().unwrap();
-    let to = windows["to_block"].as_u64().unwrap();
-    assert_eq!((to + 1 - from) % 2, 0, "whole windows: {windows}");
-    assert!(to + 2 > w.chain.head().await, "{windows}");
-    assert_eq!(w.count(none).await, 0);
-
-    // ---- epoch 1, killed after the transaction is stored and before it is sent
-    let crash = w
-        .settle(&[], &[("OPENLEDGER_FAILPOINT", "before-send")])
-        .await;
-    assert!(!crash.status.success());
-    assert_eq!(
-        w.count("SELECT count(*) FROM settlement_epochs WHERE state = 'submitted'")
-            .await,
-        1
-    );
-    assert_eq!(
-        w.distributor().latestEpoch().call().await.unwrap(),
-        0,
-        "nothing was sent"
-    );
-    let e1 = ok_json(&w.settle(&[], &[]).await);
-    assert_eq!(e1["state"], "final", "{e1}");
-    assert_eq!(e1["epoch"], 1);
-    assert_eq!(w.proposals(1).await, 1);
-    assert_eq!(
-        w.count("SELECT count(*) FROM settlement_txs WHERE kind = 'propose'")
-            .await,
-        1,
-        "the stored transaction itself was sent after the restart"
-    );
-    // settling epoch 1 again: reported as it stands, nothing sent
-    let again = ok_json(&w.settle(&["--epoch", "1"], &[]).await);
-    assert_eq!(again["root"], e1["root"]);
-    assert_eq!(w.proposals(1).await, 1);
-    // nothing new: a clear refusal
-    failed_with(&w.settle(&[], &[]).await, "nothing to settle");
-
-    // ---- epoch 2, killed after the send, before the receipt
-    w.pay_and_infer(rid(3), 5).await;
-    let crash = w
-        .settle(&[], &[("OPENLEDGER_FAILPOINT", "after-send")])
-        .await;
-    assert!(!crash.status.success());
-    let e2 = ok_json(&w.settle(&[], &[]).await);
-    assert_eq!(
-        (e2["epoch"].as_i64(), e2["state"].as_str()),
-        (Some(2), Some("final")),
-        "{e2}"
-    );
-    assert_eq!(w.proposals(2).await, 1);
-
-    // ---- epoch 3, killed after the receipt, before the database knew
-    w.pay_and_infer(rid(4), 7).await;
-    let crash = w
-        .settle(&[], &[("OPENLEDGER_FAILPOINT", "after-receipt")])
-        .await;
-    assert!(!crash.status.success());
-    let e3 = ok_json(&w.settle(&[], &[]).await);
-    assert_eq!(
-        (e3["epoch"].as_i64(), e3["state"].as_str()),
-        (Some(3), Some("final")),
-        "{e3}"
-    );
-    for e in 1..=3 {
-        assert_eq!(w.proposals(e).await, 1, "epoch {e} proposed exactly once");
+    /// A fresh request, paid and used by an attributed answer (a question about item `item`).
+    async fn used_item(&self, item: usize) -> B256 {
+        let rid = self.fresh();
+        self.pay_and_infer(rid, item).await;
+        rid
     }
-    assert_eq!(w.distributor().latestEpoch().call().await.unwrap(), 3);
 
-    // ---- a reorg between build and proposal: the build is discarded and the epoch derived again
-    w.pay_and_infer(rid(5), 1).await;
-    let paid_block: i64 =
-        sqlx::query_scalar("SELECT block_number FROM inference_payments WHERE request_id = $1")
-            .bind(rid(5).to_string())
-            .fetch_one(&w.pool)
+    /// A fresh request, paid and used (the item asked about follows the id).
+    async fn used(&self) -> B256 {
+        let item = self.next_rid.load(Ordering::SeqCst) as usize % 9;
+        self.used_item(item).await
+    }
+
+    /// A fresh request, paid and never used: every epoch holds it.
+    async fn held(&self) -> B256 {
+        let rid = self.fresh();
+        self.used.lock().unwrap().retain(|r| *r != rid);
+        self.held.lock().unwrap().push(rid);
+        self.pay(rid).await;
+        rid
+    }
+
+    fn held_rids(&self) -> Vec<B256> {
+        self.held.lock().unwrap().clone()
+    }
+
+    async fn latest_epoch(&self) -> u64 {
+        self.distributor().latestEpoch().call().await.unwrap()
+    }
+
+    /// Settles whatever is payable and not yet settled (nothing, if nothing is).
+    async fn settle_pending(&self) {
+        let out = self.settle(&[], &[]).await;
+        if !out.status.success() {
+            failed_with(&out, "nothing to settle");
+        }
+    }
+
+    /// The accepted root: found, or made once by proposing every payable payment and accepting the root
+    /// after the challenge delay (checking that it cannot be accepted before).
+    async fn accepted(&self) -> Accepted {
+        if let Some(a) = self.accepted.lock().unwrap().clone() {
+            return a;
+        }
+        self.settle_pending().await;
+        self.used().await;
+        let proposed = ok_json(&self.settle(&[], &[]).await);
+        assert_eq!(proposed["state"], "final", "{proposed}");
+        let rids = self.used.lock().unwrap().clone();
+        let latest = self.latest_epoch().await;
+        failed_with(
+            &self
+                .cli(DAEMON, &["settle", "accept", "--finality-depth", "0"], &[])
+                .await,
+            "no root to accept",
+        );
+        self.chain.plain().anvil_increase_time(3601).await.unwrap();
+        self.chain.plain().anvil_mine(Some(1), None).await.unwrap();
+        self.indexed().await;
+        let acc = ok_json(
+            &self
+                .cli(
+                    DAEMON,
+                    &["--json", "settle", "accept", "--finality-depth", "0"],
+                    &[],
+                )
+                .await,
+        );
+        assert_eq!(acc["state"], "accepted", "{acc}");
+        assert_eq!(acc["epoch"].as_u64(), Some(latest));
+        let list = ok_json(&self.cli(DAEMON, &["--json", "settle", "list"], &[]).await);
+        let states: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states[0], "accepted", "{list}");
+        assert_eq!(list[0]["epoch"].as_u64(), Some(latest), "{list}");
+        assert!(
+            states[1..]
+                .iter()
+                .all(|s| *s == "superseded" || *s == "revoked"),
+            "every earlier root was superseded (or revoked): {list}"
+        );
+        let a = Accepted {
+            epoch: latest,
+            total: u256_of(&list[0]["total"]),
+            treasury: list[0]["treasury"].as_str().unwrap().to_owned(),
+            rids,
+        };
+        *self.accepted.lock().unwrap() = Some(a.clone());
+        a
+    }
+
+    /// Pays and uses a fresh request, then settles it with the settler killed at `failpoint` and settles
+    /// again: the epoch ends final and proposed exactly once. Returns the epoch and the final report.
+    async fn crash_and_resume(&self, failpoint: &str) -> (u64, Value) {
+        self.settle_pending().await;
+        self.used().await;
+        let epoch = self.latest_epoch().await + 1;
+        let crash = self
+            .settle(&[], &[("OPENLEDGER_FAILPOINT", failpoint)])
+            .await;
+        assert!(!crash.status.success(), "killed at {failpoint}");
+        let resumed = ok_json(&self.settle(&[], &[]).await);
+        assert_eq!(
+            (resumed["epoch"].as_u64(), resumed["state"].as_str()),
+            (Some(epoch), Some("final")),
+            "{resumed}"
+        );
+        assert_eq!(self.proposals(epoch).await, 1, "proposed exactly once");
+        assert_eq!(self.latest_epoch().await, epoch);
+        (epoch, resumed)
+    }
+
+    /// Settlement rows of `epoch` in `state`.
+    async fn epochs_in(&self, epoch: u64, state: &str) -> i64 {
+        self.count(&format!(
+            "SELECT count(*) FROM settlement_epochs WHERE epoch = {epoch} AND state = '{state}'"
+        ))
+        .await
+    }
+}
+
+/// Bad input is refused with a clear reason and nothing is stored: a window that is not final, a skipped
+/// epoch, a key without SETTLER_ROLE, and a distributor holding less than the root would promise.
+#[test]
+fn settle_refuses_bad_input_and_stores_nothing() {
+    SETTLE.run(|w| async move {
+        w.used().await;
+        let epochs = "SELECT count(*) FROM settlement_epochs";
+        let before = w.count(epochs).await;
+        failed_with(
+            &w.settle(&["--epoch-blocks", "1000000"], &[]).await,
+            "is not final yet",
+        );
+        let next = w.latest_epoch().await + 1;
+        failed_with(
+            &w.settle(&["--epoch", &(next + 1).to_string()], &[]).await,
+            &format!("the next epoch is {next}"),
+        );
+        let stranger = ["--json", "settle", "--finality-depth", "0", "--dry-run"];
+        failed_with(
+            &w.cli(2, &stranger, &[]).await,
+            "does not have SETTLER_ROLE",
+        );
+        // the pool drained (as if the index held payments the distributor never received)
+        let distributor = w.addr(ContractKind::RewardDistributor);
+        let open = w.addr(ContractKind::OpenToken);
+        let held_by_pool = w.balance(distributor).await;
+        assert!(held_by_pool > U256::ZERO);
+        let pools: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT pool_amount::text FROM inference_payments")
+                .fetch_all(&w.pool)
+                .await
+                .unwrap();
+        let forty_percent = ether(1) * U256::from(4) / U256::from(10);
+        assert_eq!(
+            pools,
+            vec![forty_percent.to_string()],
+            "40% of each 1 OPEN payment"
+        );
+        let out = OpenToken::transferCall {
+            to: TestChain::address_of(0),
+            value: held_by_pool,
+        }
+        .abi_encode();
+        w.chain.impersonated(distributor, open, out).await;
+        let drained = w.settle(&[], &[]).await;
+        let back = OpenToken::new(open, w.chain.actor(0));
+        send!(back.transfer(distributor, held_by_pool));
+        failed_with(&drained, "but the RewardDistributor holds 0 wei");
+        assert_eq!(w.count(epochs).await, before, "bad input stored nothing");
+    });
+}
+
+/// A dry run reports the epoch as it would be (what it includes, what it holds and why) and stores and
+/// sends nothing; with fixed windows it takes every whole window that is final.
+#[test]
+fn a_dry_run_reports_the_epoch_and_stores_nothing() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        w.used().await;
+        w.used().await;
+        w.held().await;
+        let epochs = "SELECT count(*) FROM settlement_epochs";
+        let before = w.count(epochs).await;
+        let latest = w.latest_epoch().await;
+        let dry = ok_json(&w.settle(&["--dry-run"], &[]).await);
+        let held = w.held_rids().len();
+        assert_eq!(dry["epoch"].as_u64(), Some(latest + 1), "{dry}");
+        assert_eq!(dry["included"], 2, "{dry}");
+        assert_eq!(dry["held"], held, "{dry}");
+        assert_eq!(
+            dry["held_reasons"]["no inference has used this payment yet"], held,
+            "{dry}"
+        );
+        assert_eq!(w.count(epochs).await, before);
+        // fixed windows of 2 blocks: quiet windows do not hold the epoch back, it takes every whole
+        // window that is final
+        let windows = ok_json(&w.settle(&["--dry-run", "--epoch-blocks", "2"], &[]).await);
+        assert_eq!(windows["included"], 2, "{windows}");
+        let from = windows["from_block"].as_u64().unwrap();
+        let to = windows["to_block"].as_u64().unwrap();
+        assert_eq!((to + 1 - from) % 2, 0, "whole windows: {windows}");
+        assert!(to + 2 > w.chain.head().await, "{windows}");
+        assert_eq!(w.count(epochs).await, before);
+        assert_eq!(w.latest_epoch().await, latest, "nothing was sent");
+    });
+}
+
+/// Killed after the transaction is stored and before it is sent: the restart sends that stored
+/// transaction; settling the epoch again reports it as it stands, and with nothing new it refuses.
+#[test]
+fn a_settler_killed_before_sending_sends_the_stored_transaction() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        w.used().await;
+        let epoch = w.latest_epoch().await + 1;
+        let crash = w
+            .settle(&[], &[("OPENLEDGER_FAILPOINT", "before-send")])
+            .await;
+        assert!(!crash.status.success());
+        assert_eq!(w.epochs_in(epoch, "submitted").await, 1);
+        assert_eq!(w.latest_epoch().await, epoch - 1, "nothing was sent");
+        let e = ok_json(&w.settle(&[], &[]).await);
+        assert_eq!(e["state"], "final", "{e}");
+        assert_eq!(e["epoch"].as_u64(), Some(epoch));
+        assert_eq!(w.proposals(epoch).await, 1);
+        assert_eq!(
+            w.count(&format!(
+                "SELECT count(*) FROM settlement_txs t JOIN settlement_epochs e ON e.id = t.epoch_id
+                 WHERE e.epoch = {epoch} AND t.kind = 'propose'"
+            ))
+            .await,
+            1,
+            "the stored transaction itself was sent after the restart"
+        );
+        // settling the epoch again: reported as it stands, nothing sent
+        let again = ok_json(&w.settle(&["--epoch", &epoch.to_string()], &[]).await);
+        assert_eq!(again["root"], e["root"]);
+        assert_eq!(w.proposals(epoch).await, 1);
+        // nothing new: a clear refusal
+        failed_with(&w.settle(&[], &[]).await, "nothing to settle");
+    });
+}
+
+/// Killed after the send, before the receipt: the restart finds the transaction and sends nothing new.
+#[test]
+fn a_settler_killed_after_sending_finds_its_transaction() {
+    SETTLE.run(|w| async move {
+        w.crash_and_resume("after-send").await;
+    });
+}
+
+/// Killed after the receipt, before the database knew: the restart records the mined proposal.
+#[test]
+fn a_settler_killed_after_the_receipt_records_the_proposal() {
+    SETTLE.run(|w| async move {
+        let (epoch, _) = w.crash_and_resume("after-receipt").await;
+        assert_eq!(w.epochs_in(epoch, "final").await, 1);
+    });
+}
+
+/// A reorg between build and proposal: the build is discarded and the epoch derived again, and no payment
+/// is ever counted twice.
+#[test]
+fn a_reorg_between_build_and_proposal_derives_the_epoch_again() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        let rid = w.used().await;
+        let latest = w.latest_epoch().await;
+        let epoch = latest + 1;
+        let paid_block: i64 =
+            sqlx::query_scalar("SELECT block_number FROM inference_payments WHERE request_id = $1")
+                .bind(rid.to_string())
+                .fetch_one(&w.pool)
+                .await
+                .unwrap();
+        let crash = w
+            .settle(&[], &[("OPENLEDGER_FAILPOINT", "after-build")])
+            .await;
+        assert!(!crash.status.success());
+        assert_eq!(w.epochs_in(epoch, "built").await, 1);
+        let depth = w.chain.head().await - paid_block as u64 + 1;
+        w.chain
+            .plain()
+            .anvil_reorg(ReorgOptions {
+                depth,
+                tx_block_pairs: vec![],
+            })
             .await
             .unwrap();
-    let crash = w
-        .settle(&[], &[("OPENLEDGER_FAILPOINT", "after-build")])
-        .await;
-    assert!(!crash.status.success());
-    assert_eq!(
-        w.count("SELECT count(*) FROM settlement_epochs WHERE epoch = 4 AND state = 'built'")
-            .await,
-        1
-    );
-    let depth = w.chain.head().await - paid_block as u64 + 1;
-    w.chain
-        .plain()
-        .anvil_reorg(ReorgOptions {
-            depth,
-            tx_block_pairs: vec![],
-        })
+        let rederived = w.settle(&[], &[]).await;
+        let failed: String = sqlx::query_scalar(
+            "SELECT error FROM settlement_epochs WHERE epoch = $1 AND state = 'failed'",
+        )
+        .bind(epoch as i64)
+        .fetch_one(&w.pool)
         .await
         .unwrap();
-    let rederived = w.settle(&[], &[]).await;
-    let failed: String = sqlx::query_scalar(
-        "SELECT error FROM settlement_epochs WHERE epoch = 4 AND state = 'failed'",
-    )
-    .fetch_one(&w.pool)
-    .await
-    .unwrap();
-    assert!(failed.contains("reorganised"), "{failed}");
-    let still_paid = w
-        .count(&format!(
-            "SELECT count(*) FROM inference_payments WHERE request_id = '{}'",
-            rid(5)
-        ))
-        .await;
-    if still_paid == 0 {
-        // the payment left the chain: nothing payable is new
-        failed_with(&rederived, "nothing to settle");
-        assert_eq!(w.distributor().latestEpoch().call().await.unwrap(), 3);
-    } else {
-        // anvil mined it again in a later block: epoch 4 includes it once
-        let e4 = ok_json(&rederived);
-        assert_eq!(e4["state"], "final", "{e4}");
-    }
-    assert_eq!(
-        w.count(
-            "SELECT count(*) FROM (SELECT 1 FROM settlement_payments WHERE included
-             GROUP BY chain_id, tx_hash, log_index HAVING count(*) > 1) d"
-        )
-        .await,
-        0,
-        "no payment counted twice"
-    );
-
-    // ---- the latest root becomes claimable after the challenge delay
-    let latest = w.distributor().latestEpoch().call().await.unwrap();
-    failed_with(
-        &w.cli(DAEMON, &["settle", "accept", "--finality-depth", "0"], &[])
-            .await,
-        "no root to accept",
-    );
-    w.chain.plain().anvil_increase_time(3601).await.unwrap();
-    w.chain.plain().anvil_mine(Some(1), None).await.unwrap();
-    w.indexed().await;
-    let acc = ok_json(
-        &w.cli(
-            DAEMON,
-            &["--json", "settle", "accept", "--finality-depth", "0"],
-            &[],
-        )
-        .await,
-    );
-    assert_eq!(acc["state"], "accepted", "{acc}");
-    assert_eq!(acc["epoch"].as_u64(), Some(latest));
-    let list = ok_json(&w.cli(DAEMON, &["--json", "settle", "list"], &[]).await);
-    let states: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states[0], "accepted", "{list}");
-    assert!(states[1..].iter().all(|s| *s == "superseded"), "{list}");
-
-    // ---- claims: each contributor gets exactly floor(Σ pool · weight / 1e6)
-    let settled: Vec<B256> = if latest == 4 {
-        vec![rid(1), rid(2), rid(3), rid(4), rid(5)]
-    } else {
-        vec![rid(1), rid(2), rid(3), rid(4)]
-    };
-    let want = expected(&w, &settled).await;
-    assert!(
-        want.len() >= 2,
-        "the answers were attributed to several contributors: {want:?}"
-    );
-    let pool_before = w.balance(distributor).await;
-    let mut claimed = U256::ZERO;
-    for &c in &CONTRIBUTORS {
-        let a = TestChain::address_of(c);
-        let owed = want.get(&format!("{a:#x}")).copied().unwrap_or_default();
-        let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
-            .await
-            .json();
-        assert_eq!(r["cumulative"], owed.to_string(), "{r}");
-        assert_eq!(r["claimable"], owed.to_string(), "{r}");
-        let before = w.balance(a).await;
-        let out = w.cli(c, &["--json", "claim"], &[]).await;
-        if owed.is_zero() {
-            failed_with(&out, "nothing to claim");
-            continue;
+        assert!(failed.contains("reorganised"), "{failed}");
+        let still_paid = w
+            .count(&format!(
+                "SELECT count(*) FROM inference_payments WHERE request_id = '{rid}'"
+            ))
+            .await;
+        if still_paid == 0 {
+            // the payment left the chain: nothing payable is new
+            failed_with(&rederived, "nothing to settle");
+            assert_eq!(w.latest_epoch().await, latest);
+        } else {
+            // anvil mined it again in a later block: the epoch includes it once
+            let e = ok_json(&rederived);
+            assert_eq!(e["state"], "final", "{e}");
         }
-        let v = ok_json(&out);
-        assert_eq!(v["claimed"], owed.to_string());
-        assert_eq!(w.balance(a).await - before, owed, "contributor #{c}");
-        claimed += owed;
-        // claiming twice: nothing more
-        failed_with(&w.cli(c, &["claim"], &[]).await, "nothing to claim");
-        w.indexed().await;
-        let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
-            .await
-            .json();
         assert_eq!(
-            (r["claimed"].as_str(), r["claimable"].as_str()),
-            (Some(owed.to_string().as_str()), Some("0")),
-            "{r}"
+            w.count(
+                "SELECT count(*) FROM (SELECT 1 FROM settlement_payments WHERE included
+                 GROUP BY chain_id, tx_hash, log_index HAVING count(*) > 1) d"
+            )
+            .await,
+            0,
+            "no payment counted twice"
         );
-    }
-    // the pool: what was claimed left it; the protocol's part and the held payment stay
-    let total = u256_of(&list[0]["total"]);
-    let inflow: String =
-        sqlx::query_scalar("SELECT sum(pool_amount)::text FROM inference_payments")
-            .fetch_one(&w.pool)
-            .await
-            .unwrap();
-    let inflow: U256 = inflow.parse().unwrap();
-    assert_eq!(pool_before - w.balance(distributor).await, claimed);
-    assert_eq!(
-        w.balance(distributor).await,
-        inflow - claimed,
-        "claims + unclaimed = pool inflow"
-    );
-    let unsettled = ether(1) * U256::from(4) / U256::from(10); // the held payment
-    assert_eq!(
-        total + unsettled,
-        inflow,
-        "every included pool is in the root"
-    );
-    let treasury = w.distributor_treasury_leaf(&list).await;
-    assert_eq!(
-        claimed + treasury,
-        total,
-        "contributors + protocol = the root's total"
-    );
+    });
+}
 
-    // ---- a wrong or stale proof is refused by the contract
-    let a = TestChain::address_of(CONTRIBUTORS[0]);
-    let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
-        .await
-        .json();
-    let proof: Vec<B256> = r["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap().parse().unwrap())
-        .collect();
-    let cumulative = u256_of(&r["cumulative"]);
-    let d = RewardDistributor::new(distributor, w.chain.actor(CONTRIBUTORS[0]));
-    let refused_as_invalid_proof = |account: Address, amount: U256, proof: Vec<B256>| {
-        let call = d.claim(account, amount, proof);
-        async move {
-            let e = call.call().await.unwrap_err();
-            assert!(
-                format!(
-                    "{:?}",
-                    e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>()
-                )
-                .contains("InvalidProof"),
-                "{e}"
+/// Under the accepted root each contributor claims exactly floor(Σ pool · weight / 1e6) of the payments it
+/// settles, once; what was claimed left the pool, the rest (the protocol's part, payments not yet
+/// settled) stays.
+#[test]
+fn contributors_claim_exactly_their_attributed_share_once() {
+    SETTLE.run(|w| async move {
+        let acc = w.accepted().await;
+        let want = expected(w, &acc.rids).await;
+        assert!(
+            want.len() >= 2,
+            "the answers were attributed to several contributors: {want:?}"
+        );
+        let distributor = w.addr(ContractKind::RewardDistributor);
+        let pool_before = w.balance(distributor).await;
+        let mut claimed = U256::ZERO;
+        for &c in &CONTRIBUTORS {
+            let a = TestChain::address_of(c);
+            let owed = want.get(&format!("{a:#x}")).copied().unwrap_or_default();
+            let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
+                .await
+                .json();
+            assert_eq!(r["cumulative"], owed.to_string(), "{r}");
+            assert_eq!(r["claimable"], owed.to_string(), "{r}");
+            let before = w.balance(a).await;
+            let out = w.cli(c, &["--json", "claim"], &[]).await;
+            if owed.is_zero() {
+                failed_with(&out, "nothing to claim");
+                continue;
+            }
+            let v = ok_json(&out);
+            assert_eq!(v["claimed"], owed.to_string());
+            assert_eq!(w.balance(a).await - before, owed, "contributor #{c}");
+            claimed += owed;
+            // claiming twice: nothing more
+            failed_with(&w.cli(c, &["claim"], &[]).await, "nothing to claim");
+            w.indexed().await;
+            let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
+                .await
+                .json();
+            assert_eq!(
+                (r["claimed"].as_str(), r["claimable"].as_str()),
+                (Some(owed.to_string().as_str()), Some("0")),
+                "{r}"
             );
         }
-    };
-    refused_as_invalid_proof(a, cumulative + U256::from(1), proof).await;
-    // an epoch-1 proof (of an account that has a leaf there) under a claim it does not prove
-    let (holder, stale): (String, Vec<u8>) = sqlx::query_as(
-        "SELECT l.account, l.proof FROM settlement_leaves l JOIN settlement_epochs e ON e.id = l.epoch_id
-         WHERE e.epoch = 1 AND e.state <> 'failed' ORDER BY l.account LIMIT 1",
-    )
-    .fetch_one(&w.pool)
-    .await
-    .unwrap();
-    let stale: Vec<B256> = stale.chunks(32).map(B256::from_slice).collect();
-    refused_as_invalid_proof(holder.parse().unwrap(), U256::from(1), stale).await;
-    get(&w.app, "/api/rewards/0x1234", None)
-        .await
-        .problem(400, "bad-request");
-    let nobody = get(
-        &w.app,
-        &format!("/api/rewards/{:#x}", Address::repeat_byte(0x77)),
-        None,
-    )
-    .await
-    .json();
-    assert_eq!(
-        (nobody["cumulative"].as_str(), nobody["claimable"].as_str()),
-        (Some("0"), Some("0"))
-    );
+        // the pool: what was claimed left it; the protocol's part and the payments not settled stay
+        let pools: Vec<(String, String)> =
+            sqlx::query_as("SELECT request_id, pool_amount::text FROM inference_payments")
+                .fetch_all(&w.pool)
+                .await
+                .unwrap();
+        let inflow: U256 = pools.iter().map(|p| p.1.parse::<U256>().unwrap()).sum();
+        let settled: Vec<String> = acc.rids.iter().map(|r| r.to_string()).collect();
+        let unsettled: U256 = pools
+            .iter()
+            .filter(|p| !settled.contains(&p.0))
+            .map(|p| p.1.parse::<U256>().unwrap())
+            .sum();
+        assert!(
+            unsettled >= ether(1) * U256::from(4) / U256::from(10),
+            "the held payment is not settled"
+        );
+        assert_eq!(pool_before - w.balance(distributor).await, claimed);
+        assert_eq!(
+            w.balance(distributor).await,
+            inflow - claimed,
+            "claims + unclaimed = pool inflow"
+        );
+        assert_eq!(
+            acc.total + unsettled,
+            inflow,
+            "every pool paid before the root was built is in it, every other pool is outside it"
+        );
+        let treasury = w.treasury_leaf(&acc).await;
+        assert_eq!(
+            claimed + treasury,
+            acc.total,
+            "contributors + protocol = the root's total"
+        );
+    });
+}
 
-    // ---- the audit: recomputed from the chain and the records, equal to the roots on chain
-    for e in 1..=latest {
+/// A proof for more than the leaf says, or a proof of an older epoch, is refused by the contract; the
+/// rewards API refuses a malformed address and answers zero for an account without a leaf.
+#[test]
+fn wrong_or_stale_proofs_are_refused() {
+    SETTLE.run(|w| async move {
+        w.accepted().await;
+        let distributor = w.addr(ContractKind::RewardDistributor);
+        let a = TestChain::address_of(CONTRIBUTORS[0]);
+        let r = get(&w.app, &format!("/api/rewards/{a:#x}"), None)
+            .await
+            .json();
+        let proof: Vec<B256> = r["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().parse().unwrap())
+            .collect();
+        let cumulative = u256_of(&r["cumulative"]);
+        let d = RewardDistributor::new(distributor, w.chain.actor(CONTRIBUTORS[0]));
+        let refused_as_invalid_proof = |account: Address, amount: U256, proof: Vec<B256>| {
+            let call = d.claim(account, amount, proof);
+            async move {
+                let e = call.call().await.unwrap_err();
+                assert!(
+                    format!(
+                        "{:?}",
+                        e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>()
+                    )
+                    .contains("InvalidProof"),
+                    "{e}"
+                );
+            }
+        };
+        refused_as_invalid_proof(a, cumulative + U256::from(1), proof).await;
+        // an epoch-1 proof (of an account that has a leaf there) under a claim it does not prove
+        let (holder, stale): (String, Vec<u8>) = sqlx::query_as(
+            "SELECT l.account, l.proof FROM settlement_leaves l JOIN settlement_epochs e ON e.id = l.epoch_id
+             WHERE e.epoch = 1 AND e.state <> 'failed' ORDER BY l.account LIMIT 1",
+        )
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+        let stale: Vec<B256> = stale.chunks(32).map(B256::from_slice).collect();
+        refused_as_invalid_proof(holder.parse().unwrap(), U256::from(1), stale).await;
+        get(&w.app, "/api/rewards/0x1234", None)
+            .await
+            .problem(400, "bad-request");
+        let nobody = get(
+            &w.app,
+            &format!("/api/rewards/{:#x}", Address::repeat_byte(0x77)),
+            None,
+        )
+        .await
+        .json();
+        assert_eq!(
+            (nobody["cumulative"].as_str(), nobody["claimable"].as_str()),
+            (Some("0"), Some("0"))
+        );
+    });
+}
+
+/// The audit recomputes every live root from the chain and the records and finds it equal to the root on
+/// chain; a record changed after the fact is caught.
+#[test]
+fn the_audit_matches_every_root_and_catches_a_forged_record() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        let live: Vec<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM settlement_epochs WHERE state NOT IN ('failed', 'revoked') ORDER BY epoch",
+        )
+        .fetch_all(&w.pool)
+        .await
+        .unwrap();
+        assert!(!live.is_empty());
+        for e in &live {
+            let v = ok_json(
+                &w.cli(
+                    DAEMON,
+                    &["--json", "settle", "verify", "--epoch", &e.to_string()],
+                    &[],
+                )
+                .await,
+            );
+            assert_eq!(v["matches"], true, "epoch {e}: {v}");
+        }
+        // the fixture's first answer, in a live epoch, changed after the fact
+        let first = B256::repeat_byte(FIRST_RID);
+        let (id, canonical, epoch): (String, String, i64) = sqlx::query_as(
+            "SELECT a.inference_id, a.record_canonical, e.epoch FROM attributions a
+             JOIN inferences i ON i.id = a.inference_id
+             JOIN inference_payments p ON p.payer = i.payer AND p.request_id = i.request_id
+             JOIN settlement_payments sp ON sp.tx_hash = p.tx_hash AND sp.log_index = p.log_index AND sp.included
+             JOIN settlement_epochs e ON e.id = sp.epoch_id AND e.state NOT IN ('failed', 'revoked')
+             WHERE i.request_id = $1 ORDER BY e.epoch LIMIT 1",
+        )
+        .bind(first.to_string())
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+        let forged = canonical.replacen("\"weight\":", "\"weight\":1", 1);
+        sqlx::query("UPDATE attributions SET record_canonical = $2 WHERE inference_id = $1")
+            .bind(&id)
+            .bind(&forged)
+            .execute(&w.pool)
+            .await
+            .unwrap();
+        let bad = w
+            .cli(DAEMON, &["settle", "verify", "--epoch", &epoch.to_string()], &[])
+            .await;
+        sqlx::query("UPDATE attributions SET record_canonical = $2 WHERE inference_id = $1")
+            .bind(&id)
+            .bind(&canonical)
+            .execute(&w.pool)
+            .await
+            .unwrap();
+        failed_with(&bad, "does not match");
+        assert!(
+            String::from_utf8_lossy(&bad.stdout).contains("hashes to"),
+            "{}",
+            String::from_utf8_lossy(&bad.stdout)
+        );
+    });
+}
+
+/// A stuck proposal is bumped: the node mines nothing until told; the settler re-sends the same nonce with
+/// higher fees, and exactly one of them is mined.
+#[test]
+fn a_stuck_proposal_is_sent_again_with_higher_fees() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        w.used().await;
+        w.indexed().await;
+        let node = w.chain.plain();
+        node.anvil_set_auto_mine(false).await.unwrap();
+        let next = w.latest_epoch().await + 1;
+        let attempts = format!(
+            "SELECT count(*) FROM settlement_txs t JOIN settlement_epochs e ON e.id = t.epoch_id
+             WHERE e.epoch = {next} AND t.kind = 'propose'"
+        );
+        let miner = async {
+            // mine only once the proposal has been re-sent: the bump is what this checks
+            until("the proposal re-sent with higher fees", || async {
+                (w.count(&attempts).await >= 2).then_some(())
+            })
+            .await;
+            node.anvil_mine(Some(1), None).await.unwrap();
+            node.anvil_set_auto_mine(true).await.unwrap();
+        };
+        let (out, ()) = tokio::join!(w.settle(&["--bump-after-secs", "1"], &[]), miner);
+        let bumped = ok_json(&out);
+        assert_eq!(bumped["state"], "final", "{bumped}");
+        assert_eq!(w.proposals(next).await, 1);
+        let txs: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT t.nonce, t.max_fee::text, t.state, t.tx_hash FROM settlement_txs t
+             JOIN settlement_epochs e ON e.id = t.epoch_id
+             WHERE e.epoch = $1 AND t.kind = 'propose' ORDER BY t.sent_at",
+        )
+        .bind(next as i64)
+        .fetch_all(&w.pool)
+        .await
+        .unwrap();
+        assert!(txs.len() >= 2, "{txs:?}");
+        assert!(txs.iter().all(|t| t.0 == txs[0].0), "one nonce: {txs:?}");
+        let fees: Vec<u128> = txs.iter().map(|t| t.1.parse().unwrap()).collect();
+        assert!(
+            fees.windows(2).all(|f| f[1] > f[0]),
+            "each re-send pays more: {txs:?}"
+        );
+        assert_eq!(txs.iter().filter(|t| t.2 == "mined").count(), 1, "{txs:?}");
+        assert!(
+            txs.iter().all(|t| t.2 == "mined" || t.2 == "replaced"),
+            "{txs:?}"
+        );
+        assert_eq!(
+            bumped["proposed_tx"].as_str(),
+            txs.iter().find(|t| t.2 == "mined").map(|t| t.3.as_str())
+        );
         let v = ok_json(
             &w.cli(
                 DAEMON,
-                &["--json", "settle", "verify", "--epoch", &e.to_string()],
+                &["--json", "settle", "verify", "--epoch", &next.to_string()],
                 &[],
             )
             .await,
         );
-        assert_eq!(v["matches"], true, "epoch {e}: {v}");
-    }
-    // a record changed after the fact is caught
-    let (id, canonical): (String, String) = sqlx::query_as(
-        "SELECT a.inference_id, a.record_canonical FROM attributions a JOIN inferences i ON i.id = a.inference_id
-         WHERE i.request_id = $1",
-    )
-    .bind(rid(1).to_string())
-    .fetch_one(&w.pool)
-    .await
-    .unwrap();
-    let forged = canonical.replacen("\"weight\":", "\"weight\":1", 1);
-    sqlx::query("UPDATE attributions SET record_canonical = $2 WHERE inference_id = $1")
-        .bind(&id)
-        .bind(&forged)
-        .execute(&w.pool)
+        assert_eq!(v["matches"], true, "{v}");
+    });
+}
+
+/// A revoked root: its payments go to the next epoch, once, on top of the live build before it.
+#[test]
+fn a_revoked_roots_payments_move_to_the_next_epoch_once() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        let first = w.used().await;
+        let revoked = ok_json(&w.settle(&[], &[]).await);
+        assert_eq!(revoked["state"], "final", "{revoked}");
+        let next = w.latest_epoch().await;
+        let base: String = sqlx::query_scalar(
+            "SELECT total::text FROM settlement_epochs WHERE epoch < $1 AND state NOT IN ('failed', 'revoked')
+             ORDER BY epoch DESC LIMIT 1",
+        )
+        .bind(next as i64)
+        .fetch_one(&w.pool)
         .await
         .unwrap();
-    let bad = w
-        .cli(DAEMON, &["settle", "verify", "--epoch", "1"], &[])
-        .await;
-    failed_with(&bad, "does not match");
-    assert!(
-        String::from_utf8_lossy(&bad.stdout).contains("hashes to"),
-        "{}",
-        String::from_utf8_lossy(&bad.stdout)
-    );
-    sqlx::query("UPDATE attributions SET record_canonical = $2 WHERE inference_id = $1")
-        .bind(&id)
-        .bind(&canonical)
-        .execute(&w.pool)
+        let base: U256 = base.parse().unwrap();
+        let distributor = w.addr(ContractKind::RewardDistributor);
+        let revoker = w.chain.deployment.roles.revokers[0];
+        w.chain
+            .impersonated(
+                revoker,
+                distributor,
+                RewardDistributor::revokeRootCall {}.abi_encode(),
+            )
+            .await;
+        let second = w.used().await;
+        let after = ok_json(&w.settle(&[], &[]).await);
+        assert_eq!(after["epoch"].as_u64(), Some(next + 1), "{after}");
+        assert_eq!(after["state"], "final", "{after}");
+        let states: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT epoch, state FROM settlement_epochs WHERE epoch >= $1 AND state <> 'failed' ORDER BY epoch",
+        )
+        .bind(next as i64)
+        .fetch_all(&w.pool)
         .await
         .unwrap();
-
-    // ---- a stuck proposal is bumped: the node mines nothing until told; the settler re-sends the same
-    // nonce with higher fees, and exactly one of them is mined
-    w.pay_and_infer(rid(6), 2).await;
-    w.indexed().await;
-    let node = w.chain.plain();
-    node.anvil_set_auto_mine(false).await.unwrap();
-    let next = w.distributor().latestEpoch().call().await.unwrap() + 1;
-    let attempts = format!(
-        "SELECT count(*) FROM settlement_txs t JOIN settlement_epochs e ON e.id = t.epoch_id
-         WHERE e.epoch = {next} AND t.kind = 'propose'"
-    );
-    let miner = async {
-        // mine only once the proposal has been re-sent: the bump is what this checks
-        until("the proposal re-sent with higher fees", || async {
-            (w.count(&attempts).await >= 2).then_some(())
-        })
-        .await;
-        node.anvil_mine(Some(1), None).await.unwrap();
-        node.anvil_set_auto_mine(true).await.unwrap();
-    };
-    let (out, ()) = tokio::join!(w.settle(&["--bump-after-secs", "1"], &[]), miner);
-    let bumped = ok_json(&out);
-    assert_eq!(bumped["state"], "final", "{bumped}");
-    assert_eq!(w.proposals(next).await, 1);
-    let txs: Vec<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT t.nonce, t.max_fee::text, t.state, t.tx_hash FROM settlement_txs t
-         JOIN settlement_epochs e ON e.id = t.epoch_id
-         WHERE e.epoch = $1 AND t.kind = 'propose' ORDER BY t.sent_at",
-    )
-    .bind(next as i64)
-    .fetch_all(&w.pool)
-    .await
-    .unwrap();
-    assert!(txs.len() >= 2, "{txs:?}");
-    assert!(txs.iter().all(|t| t.0 == txs[0].0), "one nonce: {txs:?}");
-    let fees: Vec<u128> = txs.iter().map(|t| t.1.parse().unwrap()).collect();
-    assert!(
-        fees.windows(2).all(|f| f[1] > f[0]),
-        "each re-send pays more: {txs:?}"
-    );
-    assert_eq!(txs.iter().filter(|t| t.2 == "mined").count(), 1, "{txs:?}");
-    assert!(
-        txs.iter().all(|t| t.2 == "mined" || t.2 == "replaced"),
-        "{txs:?}"
-    );
-    assert_eq!(
-        bumped["proposed_tx"].as_str(),
-        txs.iter().find(|t| t.2 == "mined").map(|t| t.3.as_str())
-    );
-    let v = ok_json(
-        &w.cli(
-            DAEMON,
-            &["--json", "settle", "verify", "--epoch", &next.to_string()],
-            &[],
+        assert_eq!(
+            states,
+            vec![
+                (next as i64, "revoked".into()),
+                (next as i64 + 1, "final".into())
+            ]
+        );
+        let carried: Vec<String> = sqlx::query_scalar(
+            "SELECT p.request_id FROM settlement_payments sp
+             JOIN settlement_epochs e ON e.id = sp.epoch_id
+             JOIN inference_payments p ON p.tx_hash = sp.tx_hash AND p.log_index = sp.log_index
+             WHERE sp.included AND e.epoch = $1 ORDER BY p.request_id",
         )
-        .await,
-    );
-    assert_eq!(v["matches"], true, "{v}");
-
-    // ---- a revoked root: its payments go to the next epoch, once, on top of the build before it
-    let revoker = w.chain.deployment.roles.revokers[0];
-    w.chain
-        .impersonated(
-            revoker,
-            distributor,
-            RewardDistributor::revokeRootCall {}.abi_encode(),
-        )
-        .await;
-    w.pay_and_infer(rid(7), 3).await;
-    let after = ok_json(&w.settle(&[], &[]).await);
-    assert_eq!(after["epoch"].as_u64(), Some(next + 1), "{after}");
-    assert_eq!(after["state"], "final", "{after}");
-    let states: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT epoch, state FROM settlement_epochs WHERE epoch >= $1 AND state <> 'failed' ORDER BY epoch",
-    )
-    .bind(next as i64)
-    .fetch_all(&w.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        states,
-        vec![
-            (next as i64, "revoked".into()),
-            (next as i64 + 1, "final".into())
-        ]
-    );
-    let carried: Vec<String> = sqlx::query_scalar(
-        "SELECT p.request_id FROM settlement_payments sp
-         JOIN settlement_epochs e ON e.id = sp.epoch_id
-         JOIN inference_payments p ON p.tx_hash = sp.tx_hash AND p.log_index = sp.log_index
-         WHERE sp.included AND e.epoch = $1 ORDER BY p.request_id",
-    )
-    .bind(next as i64 + 1)
-    .fetch_all(&w.pool)
-    .await
-    .unwrap();
-    assert_eq!(carried, vec![rid(6).to_string(), rid(7).to_string()]);
-    // extending the accepted build, not the revoked one: its total grows by exactly the two pools
-    let accepted_total = u256_of(&list[0]["total"]);
-    assert_eq!(
-        u256_of(&after["total"]),
-        accepted_total + ether(2) * U256::from(4) / U256::from(10)
-    );
-    let v = ok_json(
-        &w.cli(
-            DAEMON,
-            &[
-                "--json",
-                "settle",
-                "verify",
-                "--epoch",
-                &(next + 1).to_string(),
-            ],
-            &[],
-        )
-        .await,
-    );
-    assert_eq!(v["matches"], true, "{v}");
-    let _ = w.stop.send(true);
+        .bind(next as i64 + 1)
+        .fetch_all(&w.pool)
+        .await
+        .unwrap();
+        let mut want = vec![first.to_string(), second.to_string()];
+        want.sort();
+        assert_eq!(carried, want);
+        // extending the live build before the revoked one: its total grows by exactly the two pools
+        assert_eq!(
+            u256_of(&after["total"]),
+            base + ether(2) * U256::from(4) / U256::from(10)
+        );
+        let v = ok_json(
+            &w.cli(
+                DAEMON,
+                &[
+                    "--json",
+                    "settle",
+                    "verify",
+                    "--epoch",
+                    &(next + 1).to_string(),
+                ],
+                &[],
+            )
+            .await,
+        );
+        assert_eq!(v["matches"], true, "{v}");
+    });
 }
 
 fn u256_of(v: &Value) -> U256 {
@@ -861,13 +1078,13 @@ fn u256_of(v: &Value) -> U256 {
 
 impl World {
     /// The protocol's (treasury's) cumulative amount in the accepted build.
-    async fn distributor_treasury_leaf(&self, list: &Value) -> U256 {
-        let treasury = list[0]["treasury"].as_str().unwrap();
+    async fn treasury_leaf(&self, acc: &Accepted) -> U256 {
         let c: String = sqlx::query_scalar(
             "SELECT l.cumulative::text FROM settlement_leaves l JOIN settlement_epochs e ON e.id = l.epoch_id
-             WHERE e.state = 'accepted' AND l.account = $1",
+             WHERE e.state = 'accepted' AND e.epoch = $1 AND l.account = $2",
         )
-        .bind(treasury)
+        .bind(acc.epoch as i64)
+        .bind(&acc.treasury)
         .fetch_one(&self.pool)
         .await
         .unwrap();

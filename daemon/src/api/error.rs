@@ -189,6 +189,17 @@ impl From<crate::chain::ChainError> for ApiError {
     }
 }
 
+impl From<crate::settlement::SettleError> for ApiError {
+    fn from(e: crate::settlement::SettleError) -> Self {
+        use crate::settlement::SettleError;
+        match e {
+            SettleError::Db(e) => e.into(),
+            SettleError::ForeignRoot { .. } => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

@@ -86,20 +86,15 @@ async fn get_model(
 ) -> ApiResult<Json<ModelDetail>> {
     let id = parse_id("job id", &job_id)?;
     let model = found_model(&s, id).await?;
-    let sources: Vec<(i32, String, String, String, String, i32, i64)> = sqlx::query_as(
-        "SELECT source, datanet_id::text, contribution_id::text, contributor, content_hash, examples, tokens
-         FROM training_sources WHERE job_id = $1 ORDER BY source",
-    )
-    .bind(id)
-    .fetch_all(&s.pool)
-    .await?;
+    let sources = crate::models::training_sources(&s.pool, id).await?;
     Ok(Json(ModelDetail {
         model,
         sources: sources
             .into_iter()
             .map(|r| {
-                serde_json::json!({ "source": r.0, "datanet_id": r.1, "contribution_id": r.2,
-                    "contributor": r.3, "content_hash": r.4, "examples": r.5, "tokens": r.6 })
+                serde_json::json!({ "source": r.source, "datanet_id": r.datanet_id,
+                    "contribution_id": r.contribution_id, "contributor": r.contributor,
+                    "content_hash": r.content_hash, "examples": r.examples, "tokens": r.tokens })
             })
             .collect(),
         files: FILES.iter().map(|f| f.to_string()).collect(),
@@ -153,11 +148,7 @@ async fn found_model(s: &AppState, job_id: i64) -> ApiResult<TrainedModel> {
 
 /// The price of a model known to exist.
 async fn price_of(s: &AppState, job_id: i64) -> ApiResult<Price> {
-    let row: Option<(String, OffsetDateTime)> =
-        sqlx::query_as("SELECT price_per_1k::text, updated_at FROM model_prices WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(&s.pool)
-            .await?;
+    let row = crate::models::price(&s.pool, job_id).await?;
     let default = s
         .inference
         .as_ref()
@@ -210,24 +201,7 @@ async fn set_price(
             model.owner
         )));
     }
-    match price {
-        Some(p) => {
-            sqlx::query(
-                "INSERT INTO model_prices (job_id, price_per_1k) VALUES ($1, $2::numeric)
-                 ON CONFLICT (job_id) DO UPDATE SET price_per_1k = EXCLUDED.price_per_1k, updated_at = now()",
-            )
-            .bind(id)
-            .bind(p.to_string())
-            .execute(&s.pool)
-            .await?;
-        }
-        None => {
-            sqlx::query("DELETE FROM model_prices WHERE job_id = $1")
-                .bind(id)
-                .execute(&s.pool)
-                .await?;
-        }
-    }
+    crate::models::set_price(&s.pool, id, price).await?;
     tracing::info!(job = id, price = ?price, by = %auth.0.address, "model price set");
     Ok(Json(price_of(&s, id).await?))
 }

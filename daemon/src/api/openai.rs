@@ -53,13 +53,7 @@ fn engine(s: &AppState) -> ApiResult<Arc<Inference>> {
     responses((status = 200, description = "OpenAI's model list", body = Object)))]
 async fn list_models(State(s): State<AppState>) -> ApiResult<axum::Json<Value>> {
     let inf = engine(&s)?;
-    let rows: Vec<(i64, String, time::OffsetDateTime)> = sqlx::query_as(
-        "SELECT job_id, owner, created_at FROM trained_models WHERE lower(base_model_hash) = lower($1)
-         ORDER BY job_id",
-    )
-    .bind(&inf.base_hash)
-    .fetch_all(&s.pool)
-    .await?;
+    let rows = crate::models::adapters_on(&s.pool, &inf.base_hash).await?;
     let mut data = vec![json!({
         "id": inf.base_id, "object": "model", "created": inf.started.unix_timestamp(), "owned_by": "openledger",
     })];
@@ -218,6 +212,26 @@ impl From<RecordError> for ApiError {
     }
 }
 
+/// One streamed choice: a chat delta (with the role in the first) or a completion's text, and the finish
+/// reason in the last.
+fn stream_choice(kind: Kind, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+    match kind {
+        Kind::Chat => {
+            let mut d = json!({});
+            if role {
+                d["role"] = json!("assistant");
+            }
+            if let Some(t) = text {
+                d["content"] = json!(t);
+            }
+            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
+        }
+        Kind::Completion => {
+            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+        }
+    }
+}
+
 /// The events of a started request as OpenAI's server-sent chunks: the role and the inference's metadata
 /// first, then text deltas, the finish (with the attribution), usage when asked, and `[DONE]`.
 fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
@@ -245,20 +259,8 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
         }
         SseEvent::default().data(v.to_string())
     };
-    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>| match kind {
-        Kind::Chat => {
-            let mut d = json!({});
-            if role {
-                d["role"] = json!("assistant");
-            }
-            if let Some(t) = text {
-                d["content"] = json!(t);
-            }
-            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
-        }
-        Kind::Completion => {
-            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
-        }
+    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>| {
+        stream_choice(kind, text, role, finish)
     };
     // first the role (and the inference's metadata), then text deltas, the finish, usage, [DONE]
     let first = chunk(delta(Some(""), true, None), Some(("openledger", meta)));

@@ -14,7 +14,8 @@ use utoipa_axum::routes;
 use super::error::{Json, Path};
 use super::types::parse_address;
 use super::{ApiError, ApiResult, Problem};
-use crate::settlement::store;
+use crate::common::hex_addr;
+use crate::settlement::{rewards, store};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -30,11 +31,6 @@ fn distributor(s: &AppState) -> ApiResult<Address> {
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn u256(s: &str) -> ApiResult<alloy::primitives::U256> {
-    s.parse()
-        .map_err(|_| ApiError::Internal(format!("stored amount {s:?}")))
-}
-
 /// An address's rewards: `cumulative` (all it was ever owed, as of the latest accepted root), `claimed`
 /// (from the chain's Claimed events), `claimable` (the difference) and the `proof` for the latest accepted
 /// root; `pending` is a proposed root still in its challenge period; `history` one line per epoch that
@@ -43,109 +39,34 @@ fn u256(s: &str) -> ApiResult<alloy::primitives::U256> {
 #[utoipa::path(get, path = "/api/rewards/{address}", tag = "rewards",
     params(("address" = String, Path, description = "The contributor's 0x address")),
     responses((status = 200, body = Object),
-              (status = 400, body = Problem, content_type = "application/problem+json")))]
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json",
+               description = "The accepted root is not one this daemon built")))]
 async fn rewards(State(s): State<AppState>, Path(address): Path<String>) -> ApiResult<Json<Value>> {
     let account = parse_address("address", &address)?;
-    let distributor = distributor(&s)?;
-    let chain_id = s.deployment.chain_id as i64;
-    let d = format!("{distributor:#x}");
-    let a = format!("{account:#x}");
-    // the latest accepted root, as indexed, and this daemon's build of it
-    let accepted: Option<(i64, String)> = sqlx::query_as(
-        "SELECT epoch::bigint, root FROM reward_root_outcomes
-         WHERE chain_id = $1 AND contract_address = $2 AND outcome = 'accepted'
-         ORDER BY epoch DESC LIMIT 1",
-    )
-    .bind(chain_id)
-    .bind(&d)
-    .fetch_optional(&s.pool)
-    .await?;
-    let claimed: String = sqlx::query_scalar(
-        "SELECT COALESCE(max(cumulative_amount), 0)::text FROM reward_claims
-         WHERE chain_id = $1 AND contract_address = $2 AND account = $3",
-    )
-    .bind(chain_id)
-    .bind(&d)
-    .bind(&a)
-    .fetch_one(&s.pool)
-    .await?;
-    let claimed = u256(&claimed)?;
-    let mut cumulative = alloy::primitives::U256::ZERO;
-    let mut proof: Vec<String> = Vec::new();
-    let mut epoch = None;
-    let mut root = None;
-    if let Some((e, r)) = &accepted {
-        let build = store::epoch(&s.pool, s.deployment.chain_id, distributor, *e as u64)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        match build {
-            Some(b) if b.root == *r => {
-                if let Some((c, _, p)) = store::leaf(&s.pool, b.id, account)
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                {
-                    cumulative = u256(&c)?;
-                    proof = p
-                        .chunks_exact(32)
-                        .map(|h| B256::from_slice(h).to_string())
-                        .collect();
-                }
-                epoch = Some(*e);
-                root = Some(r.clone());
-            }
-            _ => {
-                return Err(ApiError::Conflict(format!(
-                    "the accepted root of epoch {e} ({r}) is not one this daemon built; ask its settler for proofs"
-                )));
-            }
-        }
-    }
-    // a proposed root in its challenge period
-    let pending: Option<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT e.epoch, l.cumulative::text, e.root, to_char(rr.valid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-         FROM settlement_epochs e
-         JOIN reward_roots rr ON rr.chain_id = e.chain_id AND rr.contract_address = e.distributor
-                             AND rr.epoch = e.epoch AND rr.root = e.root
-         JOIN settlement_leaves l ON l.epoch_id = e.id AND l.account = $3
-         WHERE e.chain_id = $1 AND e.distributor = $2 AND e.state = 'final'
-         ORDER BY e.epoch DESC LIMIT 1",
-    )
-    .bind(chain_id)
-    .bind(&d)
-    .bind(&a)
-    .fetch_optional(&s.pool)
-    .await?;
-    let history: Vec<(i64, String, String, String, String)> = sqlx::query_as(
-        "SELECT e.epoch, e.state, l.amount::text, l.cumulative::text, e.root
-         FROM settlement_leaves l JOIN settlement_epochs e ON e.id = l.epoch_id
-         WHERE e.chain_id = $1 AND e.distributor = $2 AND l.account = $3 AND l.amount > 0
-           AND e.state <> 'failed'
-         ORDER BY e.epoch",
-    )
-    .bind(chain_id)
-    .bind(&d)
-    .bind(&a)
-    .fetch_all(&s.pool)
-    .await?;
-    let claimable = cumulative.saturating_sub(claimed);
+    let d = distributor(&s)?;
+    let r = rewards::of(&s.pool, s.deployment.chain_id, d, account).await?;
+    let (a, d) = (hex_addr(account), hex_addr(d));
+    let proof: Vec<String> = r.proof.iter().map(B256::to_string).collect();
+    let claimable = r.claimable();
     Ok(Json(json!({
         "account": a,
-        "chain_id": chain_id,
+        "chain_id": s.deployment.chain_id,
         "distributor": d,
-        "epoch": epoch,
-        "root": root,
-        "cumulative": cumulative.to_string(),
-        "claimed": claimed.to_string(),
+        "epoch": r.accepted.as_ref().map(|a| a.epoch),
+        "root": r.accepted.as_ref().map(|a| &a.root),
+        "cumulative": r.cumulative.to_string(),
+        "claimed": r.claimed.to_string(),
         "claimable": claimable.to_string(),
         "proof": proof,
-        "pending": pending.map(|(e, c, r, v)| json!({"epoch": e, "cumulative": c, "root": r, "valid_at": v})),
-        "history": history.iter().map(|(e, st, amount, c, r)| json!({
-            "epoch": e, "state": st, "amount": amount, "cumulative": c, "root": r,
+        "pending": r.pending.map(|p| json!({"epoch": p.epoch, "cumulative": p.cumulative, "root": p.root, "valid_at": p.valid_at})),
+        "history": r.history.iter().map(|h| json!({
+            "epoch": h.epoch, "state": h.state, "amount": h.amount, "cumulative": h.cumulative, "root": h.root,
         })).collect::<Vec<_>>(),
         "claim": (!claimable.is_zero()).then(|| json!({
             "to": d,
             "function": "claim(address,uint256,bytes32[])",
-            "args": [a, cumulative.to_string(), proof],
+            "args": [a, r.cumulative.to_string(), proof],
         })),
     })))
 }
@@ -155,9 +76,7 @@ async fn rewards(State(s): State<AppState>, Path(address): Path<String>) -> ApiR
 #[utoipa::path(get, path = "/api/settlements", tag = "rewards",
     responses((status = 200, body = Object)))]
 async fn settlements(State(s): State<AppState>) -> ApiResult<Json<Value>> {
-    let mut rows = store::epochs(&s.pool, s.deployment.chain_id, distributor(&s)?)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut rows = store::epochs(&s.pool, s.deployment.chain_id, distributor(&s)?).await?;
     rows.reverse();
     Ok(Json(Value::Array(rows.iter().map(|r| r.json()).collect())))
 }
@@ -174,11 +93,8 @@ async fn settlement_report(
     Path(epoch): Path<u64>,
 ) -> ApiResult<impl IntoResponse> {
     let row = store::epoch(&s.pool, s.deployment.chain_id, distributor(&s)?, epoch)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no settlement of epoch {epoch}")))?;
-    let report = store::report(&s.pool, row.id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let report = store::report(&s.pool, row.id).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], report))
 }

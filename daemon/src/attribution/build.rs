@@ -80,16 +80,9 @@ pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
         .flat_map(|e| &e.tokens.ids)
         .find(|&&t| t >= u32::from(u16::MAX))
     {
-        return Ok(Section {
-            layout: LAYOUT.into(),
-            span_index: SpanIndexSummary::Absent(Absent::because(format!(
-                "token id {t} does not fit the span index's 16-bit tokens"
-            ))),
-            gradients: Gradients::Absent(Absent::because("no span index")),
-            segments: Vec::new(),
-            reused_examples: None,
-            example_order: None,
-        });
+        return Ok(Section::without_index(format!(
+            "token id {t} does not fit the span index's 16-bit tokens"
+        )));
     }
     let lay = attribution_lora::layout(inp.initial);
     let k = GradParams::k_for(&lay, openledger_attribution::grad::TARGET_DIMS);
@@ -113,27 +106,7 @@ pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
     let (reused, rest) = plan(inp, &keys, spec.as_ref());
     let mut segments = Vec::new();
     for r in reused {
-        let i = segments.len();
-        let link = |from: &FileRef, to: String| -> Result<FileRef, BuildError> {
-            link_or_copy(&r.dir.join(&from.file), &inp.dir.join(&to))?;
-            Ok(FileRef {
-                file: to,
-                sha256: from.sha256.clone(),
-            })
-        };
-        let s = &r.segment;
-        segments.push(Segment {
-            examples: s.examples,
-            tokens: s.tokens,
-            span: link(&s.span, span_file(i))?,
-            gradients: match (&spec, &s.gradients) {
-                (Some(_), Some(g)) => Some(link(g, grads_file(i))?),
-                _ => None,
-            },
-            keys: s.keys.as_ref().map(|k| link(k, keys_file(i))).transpose()?,
-            sources: r.sources,
-            reused_from: Some(r.from),
-        });
+        segments.push(r.link(inp.dir, segments.len(), spec.is_some())?);
     }
     let reused_examples: usize = segments.iter().map(|s| s.examples).sum();
     let started = std::time::Instant::now();
@@ -153,13 +126,7 @@ pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
     );
     let tokens: u64 = segments.iter().map(|s| s.tokens).sum();
     let gradients = match spec {
-        Some(spec) => Gradients::Stored(StoredGradients {
-            spec,
-            format: 1,
-            examples: inp.train.len(),
-            projection: "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)".into(),
-            gradient: "mean next-token cross-entropy over the example's targets, no dropout, under Lora::init(lora, adapter_seed)".into(),
-        }),
+        Some(spec) => Gradients::Stored(StoredGradients::of(spec, inp.train.len())),
         None => Gradients::Absent(Absent::because(
             "per-example gradients need the hand-written CPU passes (dense f32 weights on the CPU)",
         )),
@@ -188,10 +155,72 @@ struct Reuse {
     sources: Vec<usize>,
 }
 
+impl Reuse {
+    /// Links (or copies) the segment's files into `dir` as segment `i` (its gradients only if this
+    /// model stores gradients): the segment as this model's manifest lists it.
+    fn link(self, dir: &Path, i: usize, with_gradients: bool) -> Result<Segment, BuildError> {
+        let link = |from: &FileRef, to: String| -> Result<FileRef, BuildError> {
+            link_or_copy(&self.dir.join(&from.file), &dir.join(&to))?;
+            Ok(FileRef {
+                file: to,
+                sha256: from.sha256.clone(),
+            })
+        };
+        let s = &self.segment;
+        Ok(Segment {
+            examples: s.examples,
+            tokens: s.tokens,
+            span: link(&s.span, span_file(i))?,
+            gradients: match &s.gradients {
+                Some(g) if with_gradients => Some(link(g, grads_file(i))?),
+                _ => None,
+            },
+            keys: s.keys.as_ref().map(|k| link(k, keys_file(i))).transpose()?,
+            sources: self.sources,
+            reused_from: Some(self.from),
+        })
+    }
+}
+
 /// The earlier segments to reuse (the largest first, at most `MAX_SEGMENTS - 1`, each only if every one
 /// of its examples is among this model's not yet covered, and its files still hash as listed) and the
 /// examples left for a new segment (ascending).
 fn plan(inp: &Input<'_>, keys: &[Key], spec: Option<&GradientSpec>) -> (Vec<Reuse>, Vec<usize>) {
+    let mut free: HashMap<Key, Vec<usize>> = HashMap::new();
+    for (i, k) in keys.iter().enumerate().rev() {
+        free.entry(*k).or_default().push(i);
+    }
+    let mut taken = Vec::new();
+    for (p, segment, sources) in candidates(inp, spec) {
+        if taken.len() + 1 >= MAX_SEGMENTS {
+            break;
+        }
+        let Some(seg_keys) = fits(p, &segment, spec.is_some(), &free) else {
+            continue;
+        };
+        for k in &seg_keys {
+            free.get_mut(k).and_then(Vec::pop);
+        }
+        taken.push(Reuse {
+            dir: p.dir.clone(),
+            from: ReusedFrom {
+                job_id: p.job_id,
+                manifest_sha256: p.manifest_sha256.clone(),
+            },
+            segment,
+            sources,
+        });
+    }
+    let mut rest: Vec<usize> = free.into_values().flatten().collect();
+    rest.sort_unstable();
+    (taken, rest)
+}
+
+/// Every earlier model's segments that fit this one, each once, the largest first.
+fn candidates<'a>(
+    inp: &'a Input<'_>,
+    spec: Option<&GradientSpec>,
+) -> Vec<(&'a Prior, Segment, Vec<usize>)> {
     let ours: HashMap<&SourceId, usize> = inp
         .sources
         .iter()
@@ -216,64 +245,47 @@ fn plan(inp: &Input<'_>, keys: &[Key], spec: Option<&GradientSpec>) -> (Vec<Reus
         }
     }
     candidates.sort_by_key(|c| std::cmp::Reverse(c.1.examples));
-    let mut free: HashMap<Key, Vec<usize>> = HashMap::new();
-    for (i, k) in keys.iter().enumerate().rev() {
-        free.entry(*k).or_default().push(i);
+    candidates
+}
+
+/// The keys of `segment` (of the earlier model `p`) if every one of its examples is still `free` among
+/// this model's and its files still hash as its manifest lists them.
+fn fits(
+    p: &Prior,
+    segment: &Segment,
+    with_gradients: bool,
+    free: &HashMap<Key, Vec<usize>>,
+) -> Option<Vec<Key>> {
+    let kref = segment.keys.as_ref()?;
+    let seg_keys = match read_keys(&p.dir.join(&kref.file)) {
+        Ok((k, sha)) if k.len() == segment.examples && sha.eq_ignore_ascii_case(&kref.sha256) => k,
+        _ => return None,
+    };
+    let mut need: HashMap<&Key, usize> = HashMap::new();
+    for k in &seg_keys {
+        *need.entry(k).or_default() += 1;
     }
-    let mut taken = Vec::new();
-    for (p, segment, sources) in candidates {
-        if taken.len() + 1 >= MAX_SEGMENTS {
-            break;
-        }
-        let Some(kref) = &segment.keys else { continue };
-        let seg_keys = match read_keys(&p.dir.join(&kref.file)) {
-            Ok((k, sha))
-                if k.len() == segment.examples && sha.eq_ignore_ascii_case(&kref.sha256) =>
-            {
-                k
-            }
-            _ => continue,
-        };
-        let mut need: HashMap<&Key, usize> = HashMap::new();
-        for k in &seg_keys {
-            *need.entry(k).or_default() += 1;
-        }
-        if !need
-            .iter()
-            .all(|(k, n)| free.get(*k).is_some_and(|v| v.len() >= *n))
-        {
-            continue;
-        }
-        let mut files = vec![&segment.span];
-        if spec.is_some() {
-            files.extend(segment.gradients.as_ref());
-        }
-        let intact = files.iter().all(|f| {
-            file_sha256(&p.dir.join(&f.file)).is_ok_and(|h| h.eq_ignore_ascii_case(&f.sha256))
-        });
-        if !intact {
-            tracing::warn!(
-                job = p.job_id,
-                "an earlier model's segment files do not match its manifest; not reused"
-            );
-            continue;
-        }
-        for k in &seg_keys {
-            free.get_mut(k).and_then(Vec::pop);
-        }
-        taken.push(Reuse {
-            dir: p.dir.clone(),
-            from: ReusedFrom {
-                job_id: p.job_id,
-                manifest_sha256: p.manifest_sha256.clone(),
-            },
-            segment,
-            sources,
-        });
+    if !need
+        .iter()
+        .all(|(k, n)| free.get(*k).is_some_and(|v| v.len() >= *n))
+    {
+        return None;
     }
-    let mut rest: Vec<usize> = free.into_values().flatten().collect();
-    rest.sort_unstable();
-    (taken, rest)
+    let mut files = vec![&segment.span];
+    if with_gradients {
+        files.extend(segment.gradients.as_ref());
+    }
+    let intact = files.iter().all(|f| {
+        file_sha256(&p.dir.join(&f.file)).is_ok_and(|h| h.eq_ignore_ascii_case(&f.sha256))
+    });
+    if !intact {
+        tracing::warn!(
+            job = p.job_id,
+            "an earlier model's segment files do not match its manifest; not reused"
+        );
+        return None;
+    }
+    Some(seg_keys)
 }
 
 /// An earlier model's segments that fit this one (same base model, same gradient spec, sources all

@@ -4,12 +4,13 @@
 //!
 //! The methods live in `openledger_attribution`; here are the model's artifacts (opened once, checked
 //! against its manifest), the gradient worker (the f32 model on its own thread), the record and its
-//! storage (`store`).
+//! storage (`store`), the parameters a record names (`params`).
 //!
 //! May import `models` and `common` (and the model and attribution crates); never `inference`, `jobs`,
 //! `training` or `api`.
 
 pub mod build;
+pub mod params;
 pub mod segments;
 pub mod store;
 pub mod verify;
@@ -138,6 +139,56 @@ pub fn tokens_sha256(tokens: &[u32]) -> String {
     sha256_hex(&bytes)
 }
 
+/// A model's folder, whose files are opened only once they hash as its manifest lists them.
+struct Folder<'a> {
+    job: i64,
+    dir: &'a Path,
+}
+
+impl Folder<'_> {
+    fn missing(&self, reason: String) -> AttributionError {
+        AttributionError::Missing {
+            job: self.job,
+            reason,
+        }
+    }
+
+    /// `f`'s path in the folder, once the file hashes to `f.sha256`.
+    fn checked(&self, f: &FileRef) -> Result<PathBuf, AttributionError> {
+        let path = self.dir.join(&f.file);
+        if f.file.contains('/') || f.file.contains('\\') {
+            return Err(self.missing(format!("unexpected file name {:?}", f.file)));
+        }
+        let got = file_sha256(&path).map_err(|e| self.missing(e.to_string()))?;
+        if !got.eq_ignore_ascii_case(&f.sha256) {
+            return Err(AttributionError::HashMismatch {
+                job: self.job,
+                file: f.file.clone(),
+                want: f.sha256.clone(),
+                got,
+            });
+        }
+        Ok(path)
+    }
+
+    /// The manifest, once its bytes hash to `sha256`.
+    fn manifest(&self, sha256: &str) -> Result<Value, AttributionError> {
+        let mpath = self.dir.join("manifest.json");
+        let mbytes =
+            std::fs::read(&mpath).map_err(|e| self.missing(format!("{}: {e}", mpath.display())))?;
+        let got = sha256_hex(&mbytes);
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(AttributionError::HashMismatch {
+                job: self.job,
+                file: "manifest.json".into(),
+                want: sha256.into(),
+                got,
+            });
+        }
+        serde_json::from_slice(&mbytes).map_err(|e| self.missing(format!("manifest.json: {e}")))
+    }
+}
+
 impl Artifacts {
     /// Opens `job`'s files (blocking: hashing and the index's validation read them whole), each checked
     /// against its hash in the manifest.
@@ -148,37 +199,10 @@ impl Artifacts {
         adapter_sha256: &str,
         sources: HashMap<usize, SourceRow>,
     ) -> Result<Artifacts, AttributionError> {
+        let folder = Folder { job, dir };
         let missing = |reason: String| AttributionError::Missing { job, reason };
-        let checked = |f: &FileRef| -> Result<PathBuf, AttributionError> {
-            let path = dir.join(&f.file);
-            if f.file.contains('/') || f.file.contains('\\') {
-                return Err(missing(format!("unexpected file name {:?}", f.file)));
-            }
-            let got = file_sha256(&path).map_err(|e| missing(e.to_string()))?;
-            if !got.eq_ignore_ascii_case(&f.sha256) {
-                return Err(AttributionError::HashMismatch {
-                    job,
-                    file: f.file.clone(),
-                    want: f.sha256.clone(),
-                    got,
-                });
-            }
-            Ok(path)
-        };
-        let mpath = dir.join("manifest.json");
-        let mbytes =
-            std::fs::read(&mpath).map_err(|e| missing(format!("{}: {e}", mpath.display())))?;
-        let got = sha256_hex(&mbytes);
-        if !got.eq_ignore_ascii_case(manifest_sha256) {
-            return Err(AttributionError::HashMismatch {
-                job,
-                file: "manifest.json".into(),
-                want: manifest_sha256.into(),
-                got,
-            });
-        }
-        let manifest: Value =
-            serde_json::from_slice(&mbytes).map_err(|e| missing(format!("manifest.json: {e}")))?;
+        let checked = |f: &FileRef| folder.checked(f);
+        let manifest = folder.manifest(manifest_sha256)?;
         checked(&FileRef {
             file: "adapter_model.safetensors".into(),
             sha256: adapter_sha256.into(),
@@ -441,6 +465,44 @@ impl Attributor {
         }
     }
 
+    /// The hashes of everything the record was computed from.
+    fn commitment(art: &Artifacts, s: &Subject<'_>) -> Value {
+        json!({
+            "output_tokens_sha256": tokens_sha256(s.output),
+            "prompt_tokens_sha256": tokens_sha256(s.prompt),
+            "adapter_sha256": art.adapter_sha256,
+            "manifest_sha256": art.manifest_sha256,
+            "span_index_sha256": art.span_sha256,
+            "gradients_sha256": art.grads.as_ref().map(|g| g.sha256.clone()),
+        })
+    }
+
+    /// The gradient part: the loss and the top examples, `"pending"`, or why it was skipped.
+    fn gradient_json(
+        art: &Artifacts,
+        grad: Option<&(f64, openledger_attribution::GradScores)>,
+        pending: bool,
+    ) -> Value {
+        match (grad, pending) {
+            (Some((loss, g)), _) => json!({
+                "loss": loss,
+                "top": g.top.iter().map(|e| {
+                    let mut v = Self::source_json(art, e.source);
+                    v["example"] = json!(e.example);
+                    v["score"] = json!(e.score);
+                    v["tracin"] = json!(e.tracin);
+                    v["cosine"] = json!(e.cosine);
+                    v
+                }).collect::<Vec<_>>(),
+            }),
+            (None, true) => json!("pending"),
+            (None, false) if art.grads.is_none() => {
+                json!({ "skipped": "the model was trained without a gradient store" })
+            }
+            (None, false) => json!({ "skipped": "gradient attribution is off" }),
+        }
+    }
+
     fn record(
         &self,
         art: &Artifacts,
@@ -450,23 +512,6 @@ impl Attributor {
         pending: bool,
     ) -> Record {
         let p = &self.cfg;
-        let grad_params = art.grads.as_ref().map(|g| {
-            json!({ "k": g.k, "seed": g.seed.to_string(), "damping": p.grad.damping, "top_k": p.grad.top_k,
-                    "adapter": "initial", "adapter_seed": g.adapter_seed.to_string() })
-        });
-        let params = json!({
-            "span": { "min_len": p.span.min_len, "max_count": p.span.max_count, "density": p.span.density },
-            "gradient": grad_params,
-            "combine": { "cos_lo": p.combine.cos_lo, "cos_hi": p.combine.cos_hi, "floor_ppm": p.combine.floor_ppm },
-        });
-        let commitment = json!({
-            "output_tokens_sha256": tokens_sha256(s.output),
-            "prompt_tokens_sha256": tokens_sha256(s.prompt),
-            "adapter_sha256": art.adapter_sha256,
-            "manifest_sha256": art.manifest_sha256,
-            "span_index_sha256": art.span_sha256,
-            "gradients_sha256": art.grads.as_ref().map(|g| g.sha256.clone()),
-        });
         let spans_json: Vec<Value> = spans
             .iter()
             .map(|sp| {
@@ -485,24 +530,6 @@ impl Attributor {
                 })
             })
             .collect();
-        let gradient = match (grad, pending) {
-            (Some((loss, g)), _) => json!({
-                "loss": loss,
-                "top": g.top.iter().map(|e| {
-                    let mut v = Self::source_json(art, e.source);
-                    v["example"] = json!(e.example);
-                    v["score"] = json!(e.score);
-                    v["tracin"] = json!(e.tracin);
-                    v["cosine"] = json!(e.cosine);
-                    v
-                }).collect::<Vec<_>>(),
-            }),
-            (None, true) => json!("pending"),
-            (None, false) if art.grads.is_none() => {
-                json!({ "skipped": "the model was trained without a gradient store" })
-            }
-            (None, false) => json!({ "skipped": "gradient attribution is off" }),
-        };
         let weights = if pending {
             Value::Null
         } else {
@@ -523,11 +550,11 @@ impl Attributor {
             "method": METHOD,
             "inference_id": s.inference_id,
             "model": crate::models::adapter_name(s.job_id),
-            "params": params,
-            "commitment": commitment,
+            "params": params::RecordParams::of(&self.cfg, art.grads.as_ref()),
+            "commitment": Self::commitment(art, s),
             "output_tokens": s.output.len(),
             "spans": spans_json,
-            "gradient": gradient,
+            "gradient": Self::gradient_json(art, grad, pending),
             "weights": weights,
         });
         Record::new(body, pending)

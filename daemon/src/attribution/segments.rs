@@ -163,6 +163,19 @@ pub struct StoredGradients {
     pub gradient: String,
 }
 
+impl StoredGradients {
+    /// The gradients of `examples` examples, taken as `spec` says (`GradStore` format 1).
+    pub fn of(spec: GradientSpec, examples: usize) -> Self {
+        StoredGradients {
+            spec,
+            format: 1,
+            examples,
+            projection: "per LoRA matrix: A's columns / B's rows times Rademacher(±1/sqrt k) from ChaCha8(seed ^ index·φ)".into(),
+            gradient: "mean next-token cross-entropy over the example's targets, no dropout, under Lora::init(lora, adapter_seed)".into(),
+        }
+    }
+}
+
 /// An artifact a model has not: `{"file": null, "reason": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Absent {
@@ -249,6 +262,18 @@ pub fn layout(manifest: &Value) -> Result<Layout, String> {
 }
 
 impl Section {
+    /// The section of a model without a span index (and so without gradients), for `reason`.
+    pub fn without_index(reason: String) -> Self {
+        Section {
+            layout: LAYOUT.into(),
+            span_index: SpanIndexSummary::Absent(Absent::because(reason)),
+            gradients: Gradients::Absent(Absent::because("no span index")),
+            segments: Vec::new(),
+            reused_examples: None,
+            example_order: None,
+        }
+    }
+
     /// The segments and gradient spec; `Err` with the reason the model has no attribution data.
     pub fn layout(self) -> Result<Layout, String> {
         if self.segments.is_empty() {

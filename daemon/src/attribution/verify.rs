@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 
-use openledger_attribution::{CombineParams, GradParams, METHOD, SpanParams};
+use openledger_attribution::METHOD;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::{
-    AttributionConfig, AttributionError, Attributor, Gradient, GradientMode, Subject, store,
-};
+use super::params::RecordParams;
+use super::{AttributionConfig, AttributionError, Attributor, Gradient, Subject, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -63,35 +62,9 @@ impl Verdict {
 
 /// The attribution settings a record was made with.
 pub fn config_of(record: &Value) -> Result<AttributionConfig, VerifyError> {
-    let p = &record["params"];
-    let f = |v: &Value, what: &str| {
-        v.as_f64()
-            .ok_or_else(|| VerifyError::Params(format!("{what} is missing")))
-    };
-    let u = |v: &Value, what: &str| {
-        v.as_u64()
-            .ok_or_else(|| VerifyError::Params(format!("{what} is missing")))
-    };
-    let d = GradParams::default();
-    let g = &p["gradient"];
-    Ok(AttributionConfig {
-        gradient: GradientMode::Sync,
-        span: SpanParams {
-            min_len: u(&p["span"]["min_len"], "span.min_len")? as usize,
-            max_count: u(&p["span"]["max_count"], "span.max_count")? as usize,
-            density: f(&p["span"]["density"], "span.density")?,
-        },
-        grad: GradParams {
-            damping: g["damping"].as_f64().unwrap_or(d.damping),
-            top_k: g["top_k"].as_u64().map(|v| v as usize).unwrap_or(d.top_k),
-            ..d
-        },
-        combine: CombineParams {
-            cos_lo: f(&p["combine"]["cos_lo"], "combine.cos_lo")?,
-            cos_hi: f(&p["combine"]["cos_hi"], "combine.cos_hi")?,
-            floor_ppm: u(&p["combine"]["floor_ppm"], "combine.floor_ppm")?,
-        },
-    })
+    let p: RecordParams = serde_json::from_value(record["params"].clone())
+        .map_err(|e| VerifyError::Params(e.to_string()))?;
+    Ok(p.config())
 }
 
 fn close(a: &Value, b: &Value, rel: f64) -> bool {
@@ -184,6 +157,76 @@ pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
 
 /// Recomputes the attribution of `inference_id` with the parameters its record names and compares.
 pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, VerifyError> {
+    let (st, output) = stored(pool, inference_id).await?;
+    let stored = st.record.clone().unwrap_or(Value::Null);
+    let cfg = if stored.is_null() {
+        // flagged: recompute with today's defaults to say whether it is attributable now
+        AttributionConfig::default()
+    } else {
+        if stored["method"] != json!(METHOD) {
+            return Err(VerifyError::Method(stored["method"].to_string()));
+        }
+        config_of(&stored)?
+    };
+    let attributor = attributor_for(pool, st.job_id, cfg).await?;
+    let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
+    let output: Vec<u32> = output.iter().map(|&t| t as u32).collect();
+    let subject = Subject {
+        inference_id,
+        job_id: st.job_id,
+        prompt: &prompt,
+        output: &output,
+    };
+    let mode = if stored["gradient"]["top"].is_array() || stored.is_null() {
+        Gradient::Run
+    } else {
+        Gradient::Skip
+    };
+    let verdict = |differences: Vec<String>, stored_hash, recomputed_hash| Verdict {
+        inference_id: inference_id.into(),
+        matches: differences.is_empty(),
+        differences,
+        stored_hash,
+        recomputed_hash,
+        status: st.status.clone(),
+    };
+    let fresh = match attributor.attribute(pool, &subject, mode).await {
+        Ok(r) => r,
+        Err(e) if st.status == "flagged" => {
+            // still not attributable, for the reason recorded (or another)
+            let now = e.to_string();
+            let mut differences = Vec::new();
+            if Some(&now) != st.error.as_ref() {
+                differences.push(format!(
+                    "flagged: stored {:?}, now {now:?}",
+                    st.error.clone().unwrap_or_default()
+                ));
+            }
+            return Ok(verdict(differences, None, String::new()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let differences = if st.status == "flagged" {
+        vec![format!(
+            "stored as flagged ({}) but attributable now",
+            st.error.clone().unwrap_or_default()
+        )]
+    } else {
+        let mut d = Vec::new();
+        if !hash_holds(&st, &stored) {
+            d.push("the stored record_hash is not the hash of the stored record".into());
+        }
+        d.extend(compare(&stored, &fresh.body));
+        d
+    };
+    Ok(verdict(differences, st.record_hash.clone(), fresh.hash))
+}
+
+/// The stored attribution of `inference_id` (complete or flagged) and the inference's output tokens.
+async fn stored(
+    pool: &PgPool,
+    inference_id: &str,
+) -> Result<(store::Stored, Vec<i32>), VerifyError> {
     let row: Option<(Option<i64>, Option<Vec<i32>>)> =
         sqlx::query_as("SELECT job_id, output_tokens FROM inferences WHERE id = $1")
             .bind(inference_id)
@@ -198,19 +241,18 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
     if st.status == "pending" {
         return Err(VerifyError::Pending(inference_id.into()));
     }
-    let stored = st.record.clone().unwrap_or(Value::Null);
-    let cfg = if stored.is_null() {
-        // flagged: recompute with today's defaults to say whether it is attributable now
-        AttributionConfig::default()
-    } else {
-        if stored["method"] != json!(METHOD) {
-            return Err(VerifyError::Method(stored["method"].to_string()));
-        }
-        config_of(&stored)?
-    };
-    let model = crate::models::trained_model(pool, st.job_id)
+    Ok((st, output.unwrap_or_default()))
+}
+
+/// An attributor for model `job_id` (its base model's tokenizer, from the installed base model).
+async fn attributor_for(
+    pool: &PgPool,
+    job_id: i64,
+    cfg: AttributionConfig,
+) -> Result<Attributor, VerifyError> {
+    let model = crate::models::trained_model(pool, job_id)
         .await?
-        .ok_or(AttributionError::UnknownModel(st.job_id))?;
+        .ok_or(AttributionError::UnknownModel(job_id))?;
     let base_row = crate::models::base_model(pool, &model.base_model_hash)
         .await?
         .ok_or_else(|| VerifyError::NoBase(model.base_model.clone()))?;
@@ -222,70 +264,14 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
     })
     .await
     .map_err(|e| VerifyError::Io(std::io::Error::other(e)))??;
-    let wants_gradient = stored["gradient"]["top"].is_array() || stored.is_null();
-    let attributor = Attributor::new(cfg, tokenizer, (path, hash))?;
-    let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
-    let output: Vec<u32> = output
-        .unwrap_or_default()
-        .iter()
-        .map(|&t| t as u32)
-        .collect();
-    let subject = Subject {
-        inference_id,
-        job_id: st.job_id,
-        prompt: &prompt,
-        output: &output,
-    };
-    let mode = if wants_gradient {
-        Gradient::Run
-    } else {
-        Gradient::Skip
-    };
-    let mut differences = Vec::new();
-    let fresh = match attributor.attribute(pool, &subject, mode).await {
-        Ok(r) => r,
-        Err(e) if st.status == "flagged" => {
-            // still not attributable, for the reason recorded (or another)
-            let now = e.to_string();
-            if Some(&now) != st.error.as_ref() {
-                differences.push(format!(
-                    "flagged: stored {:?}, now {now:?}",
-                    st.error.unwrap_or_default()
-                ));
-            }
-            return Ok(Verdict {
-                inference_id: inference_id.into(),
-                matches: differences.is_empty(),
-                differences,
-                stored_hash: None,
-                recomputed_hash: String::new(),
-                status: st.status,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if st.status == "flagged" {
-        differences.push(format!(
-            "stored as flagged ({}) but attributable now",
-            st.error.unwrap_or_default()
-        ));
-    } else {
-        let text = st.record_canonical.as_deref().unwrap_or_default();
-        if st.record_hash.as_deref() != Some(crate::common::sha256_hex(text.as_bytes()).as_str())
-            || crate::common::canonical_json(&stored) != text
-        {
-            differences.push("the stored record_hash is not the hash of the stored record".into());
-        }
-        differences.extend(compare(&stored, &fresh.body));
-    }
-    Ok(Verdict {
-        inference_id: inference_id.into(),
-        matches: differences.is_empty(),
-        differences,
-        stored_hash: st.record_hash,
-        recomputed_hash: fresh.hash,
-        status: st.status,
-    })
+    Ok(Attributor::new(cfg, tokenizer, (path, hash))?)
+}
+
+/// The stored hash is the hash of the stored text, and that text is the stored record's canonical JSON.
+fn hash_holds(st: &store::Stored, record: &Value) -> bool {
+    let text = st.record_canonical.as_deref().unwrap_or_default();
+    st.record_hash.as_deref() == Some(crate::common::sha256_hex(text.as_bytes()).as_str())
+        && crate::common::canonical_json(record) == text
 }
 
 #[cfg(test)]

@@ -44,6 +44,54 @@ pub struct InferArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
+    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().post(&url).json(&request_body(&args));
+    if let Some(k) = &args.api_key {
+        req = req.bearer_auth(k);
+    }
+    let res = req
+        .send()
+        .await
+        .with_context(|| format!("no daemon at {}", args.url))?;
+    let status = res.status();
+    if !status.is_success() {
+        let text = res.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{status}: {detail}");
+    }
+    let mut answer = Answer::default();
+    let mut out = std::io::stdout();
+    let mut stream = res.bytes_stream();
+    let mut buf = Vec::new();
+    'read: while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("reading the stream")?);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            for line in String::from_utf8_lossy(&event).lines() {
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    break 'read;
+                }
+                if let Some(t) = answer.take(data)?
+                    && !global.json
+                {
+                    write!(out, "{t}")?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    answer.print(global.json);
+    Ok(())
+}
+
+/// The chat completion request the arguments describe (streamed, with usage).
+fn request_body(args: &InferArgs) -> Value {
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(json!({"role": "system", "content": s}));
@@ -68,80 +116,61 @@ pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
     if !args.stop.is_empty() {
         body["stop"] = json!(args.stop);
     }
-    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().post(&url).json(&body);
-    if let Some(k) = &args.api_key {
-        req = req.bearer_auth(k);
+    body
+}
+
+/// The streamed answer, assembled chunk by chunk.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    finish: Value,
+    usage: Value,
+    /// The `openledger` part: inference id, payment, attribution.
+    meta: Value,
+}
+
+impl Answer {
+    /// Takes one chunk's `data`: the text it adds, if any; an error chunk fails.
+    fn take(&mut self, data: &str) -> anyhow::Result<Option<String>> {
+        let v: Value = serde_json::from_str(data).context("a malformed stream chunk")?;
+        if let Some(e) = v.get("error") {
+            bail!("the server failed mid-stream: {}", e["message"]);
+        }
+        if !v["openledger"].is_null() {
+            self.meta = v["openledger"].clone();
+        }
+        if !v["usage"].is_null() {
+            self.usage = v["usage"].clone();
+        }
+        let c = &v["choices"][0];
+        if !c["finish_reason"].is_null() {
+            self.finish = c["finish_reason"].clone();
+        }
+        let t = c["delta"]["content"].as_str().map(str::to_owned);
+        if let Some(t) = &t {
+            self.text.push_str(t);
+        }
+        Ok(t)
     }
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("no daemon at {}", args.url))?;
-    let status = res.status();
-    if !status.is_success() {
-        let text = res.text().await.unwrap_or_default();
-        let detail = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["detail"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{status}: {detail}");
-    }
-    let mut stream = res.bytes_stream();
-    let mut buf = Vec::new();
-    let mut text = String::new();
-    let (mut meta, mut usage, mut finish) = (Value::Null, Value::Null, Value::Null);
-    let mut out = std::io::stdout();
-    'read: while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.context("reading the stream")?);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let event = String::from_utf8_lossy(&event);
-            for line in event.lines() {
-                let Some(data) = line.strip_prefix("data: ") else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    break 'read;
-                }
-                let v: Value = serde_json::from_str(data).context("a malformed stream chunk")?;
-                if let Some(e) = v.get("error") {
-                    bail!("the server failed mid-stream: {}", e["message"]);
-                }
-                if !v["openledger"].is_null() {
-                    meta = v["openledger"].clone();
-                }
-                if !v["usage"].is_null() {
-                    usage = v["usage"].clone();
-                }
-                let c = &v["choices"][0];
-                if let Some(t) = c["delta"]["content"].as_str() {
-                    text.push_str(t);
-                    if !global.json {
-                        write!(out, "{t}")?;
-                        out.flush()?;
-                    }
-                }
-                if !c["finish_reason"].is_null() {
-                    finish = c["finish_reason"].clone();
-                }
-            }
+
+    /// The whole answer as JSON (`--json`), or a summary line on stderr after the streamed text.
+    fn print(&self, json: bool) {
+        if json {
+            println!(
+                "{}",
+                json!({"text": self.text, "finish_reason": self.finish, "usage": self.usage,
+                       "openledger": self.meta})
+            );
+        } else {
+            println!();
+            eprintln!(
+                "[{}] {} prompt + {} completion tokens, finish: {}, payment: {}",
+                self.meta["inference_id"].as_str().unwrap_or("?"),
+                self.usage["prompt_tokens"],
+                self.usage["completion_tokens"],
+                self.finish.as_str().unwrap_or("?"),
+                self.meta["payment"]["mode"].as_str().unwrap_or("?"),
+            );
         }
     }
-    if global.json {
-        println!(
-            "{}",
-            json!({"text": text, "finish_reason": finish, "usage": usage, "openledger": meta})
-        );
-    } else {
-        println!();
-        eprintln!(
-            "[{}] {} prompt + {} completion tokens, finish: {}, payment: {}",
-            meta["inference_id"].as_str().unwrap_or("?"),
-            usage["prompt_tokens"],
-            usage["completion_tokens"],
-            finish.as_str().unwrap_or("?"),
-            meta["payment"]["mode"].as_str().unwrap_or("?"),
-        );
-    }
-    Ok(())
 }

@@ -48,61 +48,16 @@ pub async fn run(global: &GlobalArgs, args: JobsArgs) -> anyhow::Result<()> {
             owner,
             limit,
         } => {
-            let jobs = q
-                .list(&JobFilter {
-                    owner,
-                    state,
-                    kind,
-                    limit: limit.clamp(1, 10_000),
-                    offset: 0,
-                })
-                .await?;
-            if global.json {
-                println!("{}", serde_json::to_string(&jobs)?);
-            } else {
-                println!(
-                    "{:>6}  {:<20}  {:<10}  {:>8}  {:>5}  owner",
-                    "id", "kind", "state", "progress", "tries"
-                );
-                for j in jobs {
-                    println!(
-                        "{:>6}  {:<20}  {:<10}  {:>7.0}%  {:>2}/{:<2}  {}",
-                        j.id,
-                        j.kind,
-                        j.state,
-                        j.progress * 100.0,
-                        j.attempts,
-                        j.max_attempts,
-                        j.owner
-                    );
-                }
-            }
+            let filter = JobFilter {
+                owner,
+                state,
+                kind,
+                limit: limit.clamp(1, 10_000),
+                offset: 0,
+            };
+            list(global.json, &q, &filter).await?
         }
-        JobsCommand::Show { id } => {
-            let job = q
-                .get(id)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
-            let logs = q.logs(id, 0, 10_000).await?;
-            if global.json {
-                println!("{}", serde_json::json!({ "job": job, "logs": logs }));
-            } else {
-                println!(
-                    "job {} ({}) owned by {}: {}",
-                    job.id, job.kind, job.owner, job.state
-                );
-                println!("params: {}", job.params);
-                if let Some(r) = &job.result {
-                    println!("result: {r}");
-                }
-                if let Some(e) = &job.error {
-                    println!("error: {e}");
-                }
-                for l in logs {
-                    println!("  {} {:<5} {}", super::auth_time(l.at), l.level, l.message);
-                }
-            }
-        }
+        JobsCommand::Show { id } => show(global.json, &q, id).await?,
         JobsCommand::Cancel { id } => match q.cancel(id).await? {
             None => anyhow::bail!("no job {id}"),
             Some(CancelOutcome::AlreadyFinished(s)) => {
@@ -121,6 +76,58 @@ pub async fn run(global: &GlobalArgs, args: JobsArgs) -> anyhow::Result<()> {
             ),
             Some(Ok(_)) => println!("job {id} queued again"),
         },
+    }
+    Ok(())
+}
+
+async fn list(json: bool, q: &Queue, filter: &JobFilter) -> anyhow::Result<()> {
+    let jobs = q.list(filter).await?;
+    if json {
+        println!("{}", serde_json::to_string(&jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<20}  {:<10}  {:>8}  {:>5}  owner",
+        "id", "kind", "state", "progress", "tries"
+    );
+    for j in jobs {
+        println!(
+            "{:>6}  {:<20}  {:<10}  {:>7.0}%  {:>2}/{:<2}  {}",
+            j.id,
+            j.kind,
+            j.state,
+            j.progress * 100.0,
+            j.attempts,
+            j.max_attempts,
+            j.owner
+        );
+    }
+    Ok(())
+}
+
+async fn show(json: bool, q: &Queue, id: i64) -> anyhow::Result<()> {
+    let job = q
+        .get(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+    let logs = q.logs(id, 0, 10_000).await?;
+    if json {
+        println!("{}", serde_json::json!({ "job": job, "logs": logs }));
+        return Ok(());
+    }
+    println!(
+        "job {} ({}) owned by {}: {}",
+        job.id, job.kind, job.owner, job.state
+    );
+    println!("params: {}", job.params);
+    if let Some(r) = &job.result {
+        println!("result: {r}");
+    }
+    if let Some(e) = &job.error {
+        println!("error: {e}");
+    }
+    for l in logs {
+        println!("  {} {:<5} {}", super::auth_time(l.at), l.level, l.message);
     }
     Ok(())
 }

@@ -197,24 +197,9 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
         Some(follow_chain(&args.chain.rpc_url, &deployment, &pool, stop_rx.clone()).await?)
     };
 
-    let value = handler
-        .validate(&serde_json::to_value(&params)?)
-        .map_err(anyhow::Error::msg)?;
     let owner = chain.signer().unwrap_or(Address::ZERO);
-    if let Err(r) = handler.authorize(owner, true, &value).await {
-        let (Refusal::Invalid(m) | Refusal::Forbidden(m)) = r;
-        bail!("{m}");
-    }
     let queue = Queue::new(pool.clone());
-    let job = queue
-        .submit(&NewJob {
-            kind: crate::jobs::train::KIND.into(),
-            owner,
-            params: value,
-            priority: 0,
-            max_attempts: 3,
-        })
-        .await?;
+    let job = submit(&handler, &queue, owner, &params).await?;
     eprintln!(
         "job {} queued; training in this process (Ctrl-C checkpoints and stops)",
         job.id
@@ -258,6 +243,31 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Checks the job as the API would (validate, authorize) and queues it for `owner`.
+async fn submit(
+    handler: &TrainJob,
+    queue: &Queue,
+    owner: Address,
+    params: &TrainParams,
+) -> anyhow::Result<crate::jobs::queue::Job> {
+    let value = handler
+        .validate(&serde_json::to_value(params)?)
+        .map_err(anyhow::Error::msg)?;
+    if let Err(r) = handler.authorize(owner, true, &value).await {
+        let (Refusal::Invalid(m) | Refusal::Forbidden(m)) = r;
+        bail!("{m}");
+    }
+    Ok(queue
+        .submit(&NewJob {
+            kind: crate::jobs::train::KIND.into(),
+            owner,
+            params: value,
+            priority: 0,
+            max_attempts: 3,
+        })
+        .await?)
 }
 
 /// Indexes up to the head (the checks before queueing read the index), then follows the chain until `stop`.

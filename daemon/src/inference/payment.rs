@@ -40,12 +40,8 @@ pub struct Paid {
 
 /// The model's price per 1,000 tokens: its developer's, else the default.
 pub async fn price_per_1k(pool: &PgPool, job_id: i64, default: U256) -> Result<U256, sqlx::Error> {
-    let p: Option<String> =
-        sqlx::query_scalar("SELECT price_per_1k::text FROM model_prices WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(p.and_then(|p| p.parse().ok()).unwrap_or(default))
+    let p = crate::models::price(pool, job_id).await?;
+    Ok(p.and_then(|(p, _)| p.parse().ok()).unwrap_or(default))
 }
 
 /// What a request of `tokens` (prompt + max_tokens) costs, rounded up.

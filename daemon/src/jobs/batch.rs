@@ -124,6 +124,65 @@ impl BatchJob {
         Ok(())
     }
 
+    /// Writes the job's output file, and its error file if a line failed, in input order: (the output
+    /// file's id, the error file's, how many lines failed).
+    async fn write_outputs(
+        &self,
+        job: i64,
+        owner: Address,
+    ) -> Result<(String, Option<String>, usize), JobError> {
+        let pool = &self.serving.pool;
+        let rows: Vec<(i32, String, i32, Option<String>, Value)> = sqlx::query_as(
+            "SELECT line, custom_id, status_code, inference_id, body FROM batch_results
+             WHERE job_id = $1 ORDER BY line",
+        )
+        .bind(job)
+        .fetch_all(pool)
+        .await?;
+        let (mut out, mut err, mut failed) = (Vec::new(), Vec::new(), 0);
+        for (line, custom_id, status, inference, body) in rows {
+            let entry = json!({
+                "id": format!("batch_req_{job}_{line}"),
+                "custom_id": custom_id,
+                "response": {"status_code": status, "request_id": inference, "body": body},
+                "error": null,
+            });
+            let to = if status < 300 {
+                &mut out
+            } else {
+                failed += 1;
+                &mut err
+            };
+            to.extend_from_slice(entry.to_string().as_bytes());
+            to.push(b'\n');
+        }
+        let (out_id, err_id) = batch::output_file_ids(job);
+        batch::store_file(
+            pool,
+            &out_id,
+            owner,
+            "batch_output",
+            &format!("batch_{job}_output.jsonl"),
+            &out,
+            None,
+        )
+        .await?;
+        if failed == 0 {
+            return Ok((out_id, None, 0));
+        }
+        batch::store_file(
+            pool,
+            &err_id,
+            owner,
+            "batch_output",
+            &format!("batch_{job}_errors.jsonl"),
+            &err,
+            None,
+        )
+        .await?;
+        Ok((out_id, Some(err_id), failed))
+    }
+
     async fn run_batch(&self, ctx: JobContext) -> Result<Value, JobError> {
         let pool = &self.serving.pool;
         let job = ctx.id();
@@ -175,54 +234,7 @@ impl BatchJob {
         }
         drop(runs);
 
-        // the output files, in input order
-        let rows: Vec<(i32, String, i32, Option<String>, Value)> = sqlx::query_as(
-            "SELECT line, custom_id, status_code, inference_id, body FROM batch_results
-             WHERE job_id = $1 ORDER BY line",
-        )
-        .bind(job)
-        .fetch_all(pool)
-        .await?;
-        let (mut out, mut err, mut failed) = (Vec::new(), Vec::new(), 0);
-        for (line, custom_id, status, inference, body) in rows {
-            let entry = json!({
-                "id": format!("batch_req_{job}_{line}"),
-                "custom_id": custom_id,
-                "response": {"status_code": status, "request_id": inference, "body": body},
-                "error": null,
-            });
-            let to = if status < 300 {
-                &mut out
-            } else {
-                failed += 1;
-                &mut err
-            };
-            to.extend_from_slice(entry.to_string().as_bytes());
-            to.push(b'\n');
-        }
-        let (out_id, err_id) = batch::output_file_ids(job);
-        batch::store_file(
-            pool,
-            &out_id,
-            owner,
-            "batch_output",
-            &format!("batch_{job}_output.jsonl"),
-            &out,
-            None,
-        )
-        .await?;
-        if failed > 0 {
-            batch::store_file(
-                pool,
-                &err_id,
-                owner,
-                "batch_output",
-                &format!("batch_{job}_errors.jsonl"),
-                &err,
-                None,
-            )
-            .await?;
-        }
+        let (out_id, err_id, failed) = self.write_outputs(job, owner).await?;
         ctx.log(format!(
             "done: {} succeeded, {failed} failed",
             total - failed
@@ -230,7 +242,7 @@ impl BatchJob {
         .await;
         Ok(json!({
             "output_file_id": out_id,
-            "error_file_id": (failed > 0).then_some(err_id),
+            "error_file_id": err_id,
             "request_counts": {"total": total, "completed": total - failed, "failed": failed},
         }))
     }

@@ -169,6 +169,27 @@ impl RelayJob {
         }
     }
 
+    /// Whether transaction `tx` is mined (an error if it reverted).
+    async fn mined(&self, ctx: &JobContext, tx: B256) -> Result<bool, JobError> {
+        let Some(r) = self
+            .chain
+            .provider()
+            .get_transaction_receipt(tx)
+            .await
+            .map_err(JobError::retryable)?
+        else {
+            return Ok(false);
+        };
+        if !r.status() {
+            return Err(JobError::fatal(format!("transaction {tx} reverted")));
+        }
+        ctx.log(format!(
+            "transaction {tx} is mined; waiting for the indexer"
+        ))
+        .await;
+        Ok(true)
+    }
+
     async fn relay(&self, ctx: &JobContext, relay: &RelayRow) -> Result<Value, JobError> {
         let upload = uploads::get(&self.pool, relay.upload_id)
             .await?
@@ -189,24 +210,11 @@ impl RelayJob {
                 c.id, c.contributor
             )));
         }
-        let provider = self.chain.provider();
-        // a previous attempt's transaction
-        if let Some(prev) = &relay.tx_hash {
-            let prev: B256 = parse("tx hash", prev)?;
-            if let Some(r) = provider
-                .get_transaction_receipt(prev)
-                .await
-                .map_err(JobError::retryable)?
-            {
-                if !r.status() {
-                    return Err(JobError::fatal(format!("transaction {prev} reverted")));
-                }
-                ctx.log(format!(
-                    "transaction {prev} is mined; waiting for the indexer"
-                ))
-                .await;
-                return self.wait_for_index(ctx, relay, datanet, hash).await;
-            }
+        // a previous attempt's transaction, mined
+        if let Some(prev) = &relay.tx_hash
+            && self.mined(ctx, parse("tx hash", prev)?).await?
+        {
+            return self.wait_for_index(ctx, relay, datanet, hash).await;
         }
         let current = self
             .chain

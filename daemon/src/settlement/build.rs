@@ -8,7 +8,6 @@ use alloy::providers::Provider;
 use openledger_chain::bindings::FeeRouter;
 use openledger_settlement::{RULE, Share};
 use serde_json::{Value, json};
-use sqlx::Row;
 
 use super::context::Context;
 use super::epoch::{Build, HeldPayment, IncludedPayment, Previous};
@@ -72,26 +71,7 @@ pub async fn build(
     let from_block = previous
         .as_ref()
         .map_or(s.deployment.start_block, |p| p.to_block + 1);
-    let (final_block, _head, indexed) = final_block(s).await?;
-    // fixed windows: every whole window that is final (at least one), so a window without a payable
-    // payment does not hold back the ones after it
-    let to_block = match (final_block + 1)
-        .saturating_sub(from_block)
-        .checked_div(s.cfg.epoch_blocks)
-    {
-        Some(windows) => from_block + s.cfg.epoch_blocks * windows.max(1) - 1,
-        None => final_block,
-    };
-    // nothing new is final yet (or the finality depth grew since the last epoch)
-    if to_block > final_block || to_block < from_block {
-        tracing::debug!(?indexed, to_block, final_block, "not final");
-        return Err(SettleError::NotFinal {
-            epoch,
-            to_block: to_block.max(from_block),
-            final_block,
-            depth: s.cfg.finality_depth,
-        });
-    }
+    let to_block = final_range_end(s, epoch, from_block).await?;
     let to_block_hash = block_hash(s, to_block).await?;
 
     progress.set_message("reading payments");
@@ -103,18 +83,7 @@ pub async fn build(
         )));
     }
     if included.is_empty() {
-        let mut reasons: Vec<String> = held.iter().map(|h| h.reason.clone()).collect();
-        reasons.sort();
-        reasons.dedup();
-        return Err(SettleError::NothingToSettle {
-            through: to_block,
-            held: held.len(),
-            reasons: if reasons.is_empty() {
-                "no payments".into()
-            } else {
-                reasons.join("; ")
-            },
-        });
+        return Err(nothing_to_settle(to_block, &held));
     }
     let treasury = treasury_at(s, to_block).await?;
     let prev_leaves = match &previous {
@@ -157,6 +126,47 @@ pub async fn build(
     Ok(b)
 }
 
+/// The last block of epoch `epoch`, which starts at `from_block`: the last final block, or with fixed
+/// windows the end of the last whole window that is final (at least one, so a window without a payable
+/// payment does not hold back the ones after it). `NotFinal` when nothing new is final yet (or the
+/// finality depth grew since the last epoch).
+async fn final_range_end(s: &Context, epoch: u64, from_block: u64) -> Result<u64, SettleError> {
+    let (final_block, _head, indexed) = final_block(s).await?;
+    let to_block = match (final_block + 1)
+        .saturating_sub(from_block)
+        .checked_div(s.cfg.epoch_blocks)
+    {
+        Some(windows) => from_block + s.cfg.epoch_blocks * windows.max(1) - 1,
+        None => final_block,
+    };
+    if to_block > final_block || to_block < from_block {
+        tracing::debug!(?indexed, to_block, final_block, "not final");
+        return Err(SettleError::NotFinal {
+            epoch,
+            to_block: to_block.max(from_block),
+            final_block,
+            depth: s.cfg.finality_depth,
+        });
+    }
+    Ok(to_block)
+}
+
+/// The refusal when no payment through `through` is payable: how many are held, and why.
+fn nothing_to_settle(through: u64, held: &[HeldPayment]) -> SettleError {
+    let mut reasons: Vec<String> = held.iter().map(|h| h.reason.clone()).collect();
+    reasons.sort();
+    reasons.dedup();
+    SettleError::NothingToSettle {
+        through,
+        held: held.len(),
+        reasons: if reasons.is_empty() {
+            "no payments".into()
+        } else {
+            reasons.join("; ")
+        },
+    }
+}
+
 /// The protocol's address (FeeRouter's `treasury()`) as of block `number`: it takes the protocol's part.
 pub async fn treasury_at(s: &Context, number: u64) -> Result<Address, SettleError> {
     FeeRouter::new(s.fee_router, s.provider())
@@ -177,16 +187,95 @@ pub async fn block_hash(s: &Context, number: u64) -> Result<B256, SettleError> {
     Ok(block.header.hash)
 }
 
+/// A payment no live epoch included, with the inference that used it and that inference's attribution.
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    tx_hash: String,
+    log_index: i64,
+    block_number: i64,
+    pool_amount: String,
+    paid_model: String,
+    inference: Option<String>,
+    inf_status: Option<String>,
+    served_model: Option<String>,
+    attr_status: Option<String>,
+    record_hash: Option<String>,
+    attr_error: Option<String>,
+    /// An inference with this request id failed (the payer may use the id again).
+    failed_before: bool,
+}
+
+impl PaymentRow {
+    /// Why the payment cannot be included yet, if it cannot.
+    fn held_because(&self) -> Option<String> {
+        let (inference, st, attr) = (
+            &self.inference,
+            self.inf_status.as_deref(),
+            self.attr_status.as_deref(),
+        );
+        match (inference, st, attr) {
+            (None, _, _) if self.failed_before => {
+                Some("its inference failed; the payer may use the request id again".to_owned())
+            }
+            (None, _, _) => Some("no inference has used this payment yet".to_owned()),
+            (Some(_), Some("running"), _) => Some("the inference is still running".to_owned()),
+            (Some(_), Some(st), _) if st != "succeeded" => Some(format!("the inference is {st}")),
+            _ if self.served_model.as_deref() != Some(self.paid_model.as_str()) => Some(format!(
+                "paid for model {}, served {}",
+                self.paid_model,
+                self.served_model.as_deref().unwrap_or("a base model")
+            )),
+            (Some(_), _, None) => Some("the inference has no attribution record".to_owned()),
+            (Some(_), _, Some("pending")) => {
+                Some("its attribution is pending (gradient part queued)".to_owned())
+            }
+            (Some(_), _, Some("flagged")) => Some(format!(
+                "its attribution is flagged: {}",
+                self.attr_error.as_deref().unwrap_or("no reason given")
+            )),
+            _ => None,
+        }
+    }
+
+    /// Included (without its shares yet), or held with the reason.
+    fn sort(self) -> Result<Result<IncludedPayment, HeldPayment>, SettleError> {
+        let pool_amount = u256(&self.pool_amount)?;
+        Ok(
+            match (self.held_because(), self.inference, self.record_hash) {
+                (None, Some(inference_id), Some(record_hash)) => Ok(IncludedPayment {
+                    tx_hash: self.tx_hash,
+                    log_index: self.log_index,
+                    block_number: self.block_number,
+                    pool_amount,
+                    inference_id,
+                    record_hash,
+                    shares: Vec::new(),
+                }),
+                (reason, inference_id, _) => Err(HeldPayment {
+                    tx_hash: self.tx_hash,
+                    log_index: self.log_index,
+                    block_number: self.block_number,
+                    pool_amount,
+                    inference_id,
+                    reason: reason.unwrap_or_else(|| "the attribution record has no hash".into()),
+                }),
+            },
+        )
+    }
+}
+
 /// Every payment up to `to_block` that no live epoch included, sorted into included and held.
 async fn payments(
     s: &Context,
     to_block: u64,
 ) -> Result<(Vec<IncludedPayment>, Vec<HeldPayment>), SettleError> {
-    let rows = sqlx::query(
-        "SELECT p.tx_hash, p.log_index, p.block_number, p.pool_amount::text, p.model_id::text,
-                i.id, i.status, i.model_id::text, a.status, a.record_hash, a.error,
+    let rows: Vec<PaymentRow> = sqlx::query_as(
+        "SELECT p.tx_hash, p.log_index, p.block_number, p.pool_amount::text AS pool_amount,
+                p.model_id::text AS paid_model, i.id AS inference, i.status AS inf_status,
+                i.model_id::text AS served_model, a.status AS attr_status, a.record_hash,
+                a.error AS attr_error,
                 EXISTS (SELECT 1 FROM inferences f WHERE f.chain_id = p.chain_id AND f.payer = p.payer
-                        AND f.request_id = p.request_id AND f.status = 'failed')
+                        AND f.request_id = p.request_id AND f.status = 'failed') AS failed_before
          FROM inference_payments p
          LEFT JOIN LATERAL (
              SELECT id, status, model_id FROM inferences i
@@ -208,60 +297,32 @@ async fn payments(
     let mut included = Vec::new();
     let mut held = Vec::new();
     for r in rows {
-        let tx_hash: String = r.try_get(0)?;
-        let log_index: i64 = r.try_get(1)?;
-        let block_number: i64 = r.try_get(2)?;
-        let pool_amount = u256(&r.try_get::<String, _>(3)?)?;
-        let paid_model: String = r.try_get(4)?;
-        let inference: Option<String> = r.try_get(5)?;
-        let inf_status: Option<String> = r.try_get(6)?;
-        let served_model: Option<String> = r.try_get(7)?;
-        let attr_status: Option<String> = r.try_get(8)?;
-        let record_hash: Option<String> = r.try_get(9)?;
-        let attr_error: Option<String> = r.try_get(10)?;
-        let failed_before: bool = r.try_get(11)?;
-        let reason = match (&inference, inf_status.as_deref(), attr_status.as_deref()) {
-            (None, _, _) if failed_before => {
-                Some("its inference failed; the payer may use the request id again".to_owned())
-            }
-            (None, _, _) => Some("no inference has used this payment yet".to_owned()),
-            (Some(_), Some("running"), _) => Some("the inference is still running".to_owned()),
-            (Some(_), Some(st), _) if st != "succeeded" => Some(format!("the inference is {st}")),
-            _ if served_model.as_deref() != Some(paid_model.as_str()) => Some(format!(
-                "paid for model {paid_model}, served {}",
-                served_model.as_deref().unwrap_or("a base model")
-            )),
-            (Some(_), _, None) => Some("the inference has no attribution record".to_owned()),
-            (Some(_), _, Some("pending")) => {
-                Some("its attribution is pending (gradient part queued)".to_owned())
-            }
-            (Some(_), _, Some("flagged")) => Some(format!(
-                "its attribution is flagged: {}",
-                attr_error.as_deref().unwrap_or("no reason given")
-            )),
-            _ => None,
-        };
-        match (reason, inference, record_hash) {
-            (None, Some(inference_id), Some(record_hash)) => included.push(IncludedPayment {
-                tx_hash,
-                log_index,
-                block_number,
-                pool_amount,
-                inference_id,
-                record_hash,
-                shares: Vec::new(),
-            }),
-            (reason, inference_id, _) => held.push(HeldPayment {
-                tx_hash,
-                log_index,
-                block_number,
-                pool_amount,
-                inference_id,
-                reason: reason.unwrap_or_else(|| "the attribution record has no hash".into()),
-            }),
+        match r.sort()? {
+            Ok(p) => included.push(p),
+            Err(h) => held.push(h),
         }
     }
-    // the weights of the included inferences
+    attach_shares(s, &mut included).await?;
+    // a record whose weights overflow the pool would stop every epoch: hold it alone, with the reason
+    let (ok, bad): (Vec<_>, Vec<_>) = included.into_iter().partition(|p| {
+        p.shares.iter().map(|s| u64::from(s.ppm)).sum::<u64>() <= openledger_settlement::PPM
+    });
+    for p in bad {
+        let sum: u64 = p.shares.iter().map(|s| u64::from(s.ppm)).sum();
+        held.push(HeldPayment {
+            tx_hash: p.tx_hash,
+            log_index: p.log_index,
+            block_number: p.block_number,
+            pool_amount: p.pool_amount,
+            inference_id: Some(p.inference_id),
+            reason: format!("its attribution weights sum to {sum} ppm, more than 1,000,000"),
+        });
+    }
+    Ok((ok, held))
+}
+
+/// Reads the attribution weights of the included inferences into their shares.
+async fn attach_shares(s: &Context, included: &mut [IncludedPayment]) -> Result<(), SettleError> {
     let ids: Vec<String> = included.iter().map(|p| p.inference_id.clone()).collect();
     let mut shares: HashMap<String, Vec<Share>> = HashMap::new();
     for chunk in ids.chunks(10_000) {
@@ -281,25 +342,10 @@ async fn payments(
             shares.entry(id).or_default().push(Share { account, ppm });
         }
     }
-    for p in &mut included {
+    for p in included {
         p.shares = shares.remove(&p.inference_id).unwrap_or_default();
     }
-    // a record whose weights overflow the pool would stop every epoch: hold it alone, with the reason
-    let (ok, bad): (Vec<_>, Vec<_>) = included.into_iter().partition(|p| {
-        p.shares.iter().map(|s| u64::from(s.ppm)).sum::<u64>() <= openledger_settlement::PPM
-    });
-    for p in bad {
-        let sum: u64 = p.shares.iter().map(|s| u64::from(s.ppm)).sum();
-        held.push(HeldPayment {
-            tx_hash: p.tx_hash,
-            log_index: p.log_index,
-            block_number: p.block_number,
-            pool_amount: p.pool_amount,
-            inference_id: Some(p.inference_id),
-            reason: format!("its attribution weights sum to {sum} ppm, more than 1,000,000"),
-        });
-    }
-    Ok((ok, held))
+    Ok(())
 }
 
 /// The epoch's report: everything needed to recompute the root, and the root.

@@ -15,12 +15,14 @@
 //! (`acceptRoot` after the challenge delay), or superseded / revoked / failed.
 //!
 //! Inside: `context` (what every step works with) and `epoch` (the types) at the bottom, `store` (SQL) on
-//! them, `build` on `store`, `submit` on `build` and `store`, `verify` on `context` and `store`. May import
+//! them, `build` on `store`, `submit` on `build` and `store`, `verify` on `context` and `store`, `rewards`
+//! (an account's leaves, claims and proofs) on `store`. May import
 //! the ground floor (`chain`, `common`) and the indexer's queries; never `api`, `jobs` or `inference`.
 
 pub mod build;
 pub mod context;
 pub mod epoch;
+pub mod rewards;
 pub mod store;
 pub mod submit;
 pub mod verify;
@@ -119,6 +121,10 @@ pub enum SettleError {
         "the chain is at epoch {chain}, ahead of this database (epoch {db}): another settler proposes for this distributor"
     )]
     ChainAhead { chain: u64, db: u64 },
+    #[error(
+        "the accepted root of epoch {epoch} ({root}) is not one this daemon built; ask its settler for proofs"
+    )]
+    ForeignRoot { epoch: u64, root: String },
     #[error("the proposal of epoch {epoch} was refused: {reason}")]
     Rejected { epoch: u64, reason: String },
     #[error("{0}")]

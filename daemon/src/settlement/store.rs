@@ -175,6 +175,9 @@ struct PaymentRow<'a> {
     reason: Option<&'a str>,
 }
 
+/// Rows written per statement when storing a build.
+const CHUNK: usize = 10_000;
+
 /// Stores a build, its leaves with their proofs and its payments in one transaction: all of it or none.
 pub async fn save(
     pool: &PgPool,
@@ -185,7 +188,41 @@ pub async fn save(
     progress: &indicatif::ProgressBar,
 ) -> Result<i64, SettleError> {
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
+    let id = insert_epoch(&mut tx, chain_id, distributor, b).await?;
+    progress.set_length(b.tree.entries.len() as u64);
+    progress.set_position(0);
+    progress.set_message("storing leaves and proofs");
+    for (entries, proofs) in b.tree.entries.chunks(CHUNK).zip(proofs.chunks(CHUNK)) {
+        let accounts: Vec<String> = entries.iter().map(|e| hex_addr(e.account)).collect();
+        let cumulative: Vec<String> = entries.iter().map(|e| e.cumulative.to_string()).collect();
+        let amounts: Vec<String> = entries.iter().map(|e| e.amount.to_string()).collect();
+        sqlx::query(
+            "INSERT INTO settlement_leaves (epoch_id, account, cumulative, amount, proof)
+             SELECT $1, a, c::numeric, m::numeric, p
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(a, c, m, p)",
+        )
+        .bind(id)
+        .bind(&accounts)
+        .bind(&cumulative)
+        .bind(&amounts)
+        .bind(proofs)
+        .execute(&mut *tx)
+        .await?;
+        progress.inc(entries.len() as u64);
+    }
+    insert_payments(&mut tx, id, chain_id, b).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// The build's `settlement_epochs` row, state `built`: its id.
+async fn insert_epoch(
+    tx: &mut sqlx::PgConnection,
+    chain_id: u64,
+    distributor: Address,
+    b: &Build,
+) -> Result<i64, SettleError> {
+    Ok(sqlx::query_scalar(
         "INSERT INTO settlement_epochs (chain_id, distributor, epoch, state, from_block, to_block,
              to_block_hash, previous_id, root, total, pool_amount, protocol_amount, treasury, accounts,
              included, held, report, report_hash, uri)
@@ -211,30 +248,17 @@ pub async fn save(
     .bind(&b.report)
     .bind(&b.report_hash)
     .bind(&b.uri)
-    .fetch_one(&mut *tx)
-    .await?;
-    progress.set_length(b.tree.entries.len() as u64);
-    progress.set_position(0);
-    progress.set_message("storing leaves and proofs");
-    const CHUNK: usize = 10_000;
-    for (entries, proofs) in b.tree.entries.chunks(CHUNK).zip(proofs.chunks(CHUNK)) {
-        let accounts: Vec<String> = entries.iter().map(|e| hex_addr(e.account)).collect();
-        let cumulative: Vec<String> = entries.iter().map(|e| e.cumulative.to_string()).collect();
-        let amounts: Vec<String> = entries.iter().map(|e| e.amount.to_string()).collect();
-        sqlx::query(
-            "INSERT INTO settlement_leaves (epoch_id, account, cumulative, amount, proof)
-             SELECT $1, a, c::numeric, m::numeric, p
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(a, c, m, p)",
-        )
-        .bind(id)
-        .bind(&accounts)
-        .bind(&cumulative)
-        .bind(&amounts)
-        .bind(proofs)
-        .execute(&mut *tx)
-        .await?;
-        progress.inc(entries.len() as u64);
-    }
+    .fetch_one(tx)
+    .await?)
+}
+
+/// The build's payments, included and held (with the reason).
+async fn insert_payments(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    chain_id: u64,
+    b: &Build,
+) -> Result<(), SettleError> {
     let rows: Vec<PaymentRow<'_>> = b
         .included
         .iter()
@@ -284,8 +308,7 @@ pub async fn save(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
-    Ok(id)
+    Ok(())
 }
 
 pub async fn set_state(pool: &PgPool, id: i64, state: &str) -> Result<(), SettleError> {

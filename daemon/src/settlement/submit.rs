@@ -176,31 +176,10 @@ impl Settler {
                 .await
                 .map(|o| o.map(Outcome::Epoch));
         }
-        let chain_latest = self
-            .distributor()
-            .latestEpoch()
-            .call()
-            .await
-            .map_err(SettleError::rpc)?;
-        let db_latest = epochs.last().map_or(0, |e| e.epoch as u64);
-        if chain_latest > db_latest {
-            return Err(SettleError::ChainAhead {
-                chain: chain_latest,
-                db: db_latest,
-            });
-        }
-        let next = db_latest + 1;
-        match epoch {
-            Some(n) if n < next => {
-                let row = epochs.iter().find(|e| e.epoch as u64 == n);
-                return match row {
-                    Some(r) => Ok(Some(Outcome::Already(r.json()))),
-                    None => Err(SettleError::OutOfOrder { asked: n, next }),
-                };
-            }
-            Some(n) if n > next => return Err(SettleError::OutOfOrder { asked: n, next }),
-            _ => {}
-        }
+        let next = match self.next_epoch(&epochs, epoch).await? {
+            Ok(next) => next,
+            Err(settled) => return Ok(Some(Outcome::Already(settled))),
+        };
         let base = epochs.iter().rev().find(|e| e.state != "revoked");
         progress.set_message(format!("building epoch {next}"));
         let b = build::build(&self.ctx, next, base.map(EpochRow::as_previous), progress).await?;
@@ -232,6 +211,37 @@ impl Settler {
         self.drive(row, progress)
             .await
             .map(|o| o.map(Outcome::Epoch))
+    }
+
+    /// The epoch to build next (after the last stored one; the chain must not be ahead), or, when `asked`
+    /// names an epoch already settled, its report as it stands (`Err`).
+    async fn next_epoch(
+        &self,
+        epochs: &[EpochRow],
+        asked: Option<u64>,
+    ) -> Result<Result<u64, serde_json::Value>, SettleError> {
+        let chain_latest = self
+            .distributor()
+            .latestEpoch()
+            .call()
+            .await
+            .map_err(SettleError::rpc)?;
+        let db_latest = epochs.last().map_or(0, |e| e.epoch as u64);
+        if chain_latest > db_latest {
+            return Err(SettleError::ChainAhead {
+                chain: chain_latest,
+                db: db_latest,
+            });
+        }
+        let next = db_latest + 1;
+        match asked {
+            Some(n) if n < next => match epochs.iter().find(|e| e.epoch as u64 == n) {
+                Some(r) => Ok(Err(r.json())),
+                None => Err(SettleError::OutOfOrder { asked: n, next }),
+            },
+            Some(n) if n > next => Err(SettleError::OutOfOrder { asked: n, next }),
+            _ => Ok(Ok(next)),
+        }
     }
 
     /// What the chain would refuse, refused here first with the reason in numbers: the role, the epoch

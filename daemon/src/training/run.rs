@@ -91,9 +91,44 @@ pub fn train_blocking(
     let adapter = lora.safetensors_bytes()?;
     let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&run.base_id))
         .map_err(|e| ModelError::invalid("adapter config", e))?;
-    let metrics = serde_json::to_value(&metrics).map_err(|e| ModelError::invalid("metrics", e))?;
     let adapter_hash = sha256(&adapter);
-    let manifest = Manifest {
+    let manifest = manifest_of(&run, &base, &ds, &file, attribution, adapter_hash, &metrics)?;
+    let manifest_bytes = manifest
+        .to_bytes()
+        .map_err(|e| ModelError::invalid("manifest", e))?;
+    let dataset_index = file
+        .index_bytes()
+        .map_err(|e| ModelError::invalid("dataset index", e))?;
+    write_synced(&tmp.join(ADAPTER_FILE), &adapter)?;
+    write_synced(&tmp.join(ADAPTER_CONFIG_FILE), &adapter_config)?;
+    write_synced(&tmp.join("dataset.tokens"), &file.tokens)?;
+    write_synced(&tmp.join("dataset.json"), &dataset_index)?;
+    write_synced(&tmp.join(MANIFEST_FILE), &manifest_bytes)?;
+    place(&tmp, &run.out_dir)?;
+    let _ = std::fs::remove_dir_all(&run.work_dir);
+    Ok(Trained {
+        adapter_hash,
+        manifest_hash: sha256(&manifest_bytes),
+        // what the manifest says, read back the way a restarted job reads it (`load_finished`)
+        sources: manifest
+            .db_sources()
+            .map_err(|e| ModelError::invalid("manifest sources", e))?,
+        manifest,
+    })
+}
+
+/// The trained model's manifest (its hash goes on chain as `trainingConfigHash`).
+fn manifest_of(
+    run: &Run,
+    base: &BaseModel,
+    ds: &Dataset,
+    file: &DatasetFile,
+    attribution: Attribution,
+    adapter_hash: B256,
+    metrics: &Metrics,
+) -> Result<Manifest, ModelError> {
+    let metrics = serde_json::to_value(metrics).map_err(|e| ModelError::invalid("metrics", e))?;
+    Ok(Manifest {
         adapter: AdapterFile {
             file: ADAPTER_FILE.into(),
             sha256: adapter_hash.to_string(),
@@ -105,7 +140,8 @@ pub fn train_blocking(
             hash: run.base_hash.clone(),
             id: run.base_id.clone(),
         },
-        config: serde_json::to_value(&cfg).map_err(|e| ModelError::invalid("config", e))?,
+        config: serde_json::to_value(&run.params.config)
+            .map_err(|e| ModelError::invalid("config", e))?,
         datanets: run
             .resolved
             .iter()
@@ -128,28 +164,6 @@ pub fn train_blocking(
         missing_content: Some(run.missing.clone()),
         openledger_training_manifest: FORMAT,
         sources: file.manifest_sources(&run.sources),
-    };
-    let manifest_bytes = manifest
-        .to_bytes()
-        .map_err(|e| ModelError::invalid("manifest", e))?;
-    let dataset_index = file
-        .index_bytes()
-        .map_err(|e| ModelError::invalid("dataset index", e))?;
-    write_synced(&tmp.join(ADAPTER_FILE), &adapter)?;
-    write_synced(&tmp.join(ADAPTER_CONFIG_FILE), &adapter_config)?;
-    write_synced(&tmp.join("dataset.tokens"), &file.tokens)?;
-    write_synced(&tmp.join("dataset.json"), &dataset_index)?;
-    write_synced(&tmp.join(MANIFEST_FILE), &manifest_bytes)?;
-    place(&tmp, &run.out_dir)?;
-    let _ = std::fs::remove_dir_all(&run.work_dir);
-    Ok(Trained {
-        adapter_hash,
-        manifest_hash: sha256(&manifest_bytes),
-        // what the manifest says, read back the way a restarted job reads it (`load_finished`)
-        sources: manifest
-            .db_sources()
-            .map_err(|e| ModelError::invalid("manifest sources", e))?,
-        manifest,
     })
 }
 
