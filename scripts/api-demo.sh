@@ -160,12 +160,14 @@ echo "adapter $(jq -r .adapter_id <<<"$MODEL") of model $(jq -r .model_id <<<"$M
 
 step "pay FeeRouter for an inference on it, ask, and read whose data answered"
 ROUTER="$(jq -r .contracts.FeeRouter.address "$MANIFEST")"
-REQUEST="$("$CAST" keccak "api-demo-$(date +%s%N)")"
+# paid under keccak256(secret): the request id is public once sent, the secret only goes to the daemon
+SECRET="$("$CAST" keccak "api-demo-$(date +%s%N)")"
+REQUEST="$("$CAST" keccak "$SECRET")"
 "$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$TOKEN_ADDR" "approve(address,uint256)" "$ROUTER" 1ether
 "$CAST" send -q --rpc-url "$RPC_URL" --private-key "$OWNER_KEY" "$ROUTER" "payInference(uint256,bytes32,uint256)" \
   "$(jq -r .model_id <<<"$MODEL")" "$REQUEST" 1ether
 ANSWER="$(curl -sf "$API/v1/chat/completions" -H 'content-type: application/json' -d "$(jq -n \
-  --arg m "ft-$TRAIN" --arg r "$REQUEST" '{model: $m, request_id: $r, max_tokens: 12, temperature: 0,
+  --arg m "ft-$TRAIN" --arg r "$SECRET" '{model: $m, request_secret: $r, max_tokens: 12, temperature: 0,
     messages: [{role: "user", content: "What is the capital of France?"}]}')")"
 ATT="$(jq .openledger.attribution <<<"$ANSWER")"
 jq -c '{answer: .choices[0].message.content, inference: .openledger.inference_id}' <<<"$ANSWER" >&2

@@ -151,11 +151,13 @@ PAYER="$("$CAST" wallet address "$PAYER_KEY")"
 POOL_BEFORE="$(balance "$POOL")"
 INFERENCES=()
 for q in "${QUESTIONS[@]}"; do
-  rid="$("$CAST" keccak "economy-demo-$q-$(date +%s%N)")"
+  # paid under keccak256(secret): the request id is public once sent, the secret only goes to the daemon
+  secret="$("$CAST" keccak "economy-demo-$q-$(date +%s%N)")"
+  rid="$("$CAST" keccak "$secret")"
   "$CAST" send -q --rpc-url "$RPC_URL" --private-key "$PAYER_KEY" "$ROUTER" "payInference(uint256,bytes32,uint256)" \
     "$MODEL_ID" "$rid" 1ether
   answer="$(curl -sf "$API/v1/chat/completions" -H 'content-type: application/json' -d "$(jq -n \
-    --arg m "ft-$TRAIN" --arg r "$rid" --arg q "$q" '{model: $m, request_id: $r, max_tokens: 16, temperature: 0,
+    --arg m "ft-$TRAIN" --arg r "$secret" --arg q "$q" '{model: $m, request_secret: $r, max_tokens: 16, temperature: 0,
       messages: [{role: "user", content: $q}]}')")"
   jq -c '{question: $q, answer: .choices[0].message.content,
           shares_ppm: [.openledger.attribution.weights.contributions[] | {contributor, weight}],

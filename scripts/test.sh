@@ -81,6 +81,55 @@ deploy_and_walkthrough() {
   return $status
 }
 
+# scripts/deploy.sh outside a devnet (anvil behind a proxy that names itself geth): devnet keys, local.json,
+# configs naming dev accounts or no guardian, and the unedited example are refused, and nothing is sent.
+deploy_refuses_outside_devnet() {
+  local port proxy_port pid ppid status=0 dir out before
+  port="$(free_port)"; proxy_port="$(free_port)"; dir="$(mktemp -d)"
+  "$ANVIL" --port "$port" --silent &
+  pid=$!
+  node scripts/rpc-as-client.js "$proxy_port" "http://127.0.0.1:$port" "Geth/v1.14.11-stable" &
+  ppid=$!
+  # shellcheck disable=SC2064
+  trap "kill $pid $ppid 2>/dev/null || true; rm -rf '$dir'" RETURN
+  local url="http://127.0.0.1:$proxy_port"
+  wait_rpc "$url" || { log "the proxy did not start"; return 1; }
+  before="$("$CAST" block-number --rpc-url "$url")"
+  local own_key="0x$(openssl rand -hex 32)"
+  jq '.guardian = "0x0000000000000000000000000000000000000000" | del(._example)' \
+    contracts/script/config/production.example.json >contracts/script/config/.no-guardian.test.json
+  jq '.settler = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" | del(._example)' \
+    contracts/script/config/production.example.json >contracts/script/config/.dev-settler.test.json
+  refused() { # expected words, then deploy.sh's arguments (DEPLOYER_PRIVATE_KEY from the caller)
+    local want="$1"; shift
+    if out="$(scripts/deploy.sh --rpc-url "$url" --out "$dir/m.json" "$@" 2>&1)"; then
+      log "deploy.sh outside a devnet was not refused ($*)"; status=1
+    elif ! grep -q "$want" <<<"$out"; then
+      log "deploy.sh was refused without saying \"$want\": $out"; status=1
+    fi
+  }
+  DEPLOYER_PRIVATE_KEY="" refused "give both --config"
+  DEPLOYER_PRIVATE_KEY="$own_key" refused "give both --config"
+  DEPLOYER_PRIVATE_KEY="$own_key" refused "local.json gives 90%" --config local.json
+  DEPLOYER_PRIVATE_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 \
+    refused "public dev key" --config production.example.json
+  DEPLOYER_PRIVATE_KEY="$own_key" refused "names no guardian" --config .no-guardian.test.json
+  DEPLOYER_PRIVATE_KEY="$own_key" refused "public dev account" --config .dev-settler.test.json
+  DEPLOYER_PRIVATE_KEY="$own_key" refused "is an example" --config production.example.json
+  rm -f contracts/script/config/.no-guardian.test.json contracts/script/config/.dev-settler.test.json
+  [ "$("$CAST" block-number --rpc-url "$url")" = "$before" ] || { log "a refused deploy sent transactions"; status=1; }
+  [ ! -e "$dir/m.json" ] || { log "a refused deploy wrote a manifest"; status=1; }
+  # a config of one's own and a key of one's own: deployed
+  jq 'del(._example)' contracts/script/config/production.example.json >contracts/script/config/.own.test.json
+  "$CAST" rpc --rpc-url "http://127.0.0.1:$port" anvil_setBalance \
+    "$("$CAST" wallet address --private-key "$own_key")" 0x56bc75e2d63100000 >/dev/null
+  DEPLOYER_PRIVATE_KEY="$own_key" scripts/deploy.sh --rpc-url "$url" --out "$dir/m.json" \
+    --config .own.test.json >/dev/null 2>&1 || { log "deploy.sh with an own config and key failed"; status=1; }
+  rm -f contracts/script/config/.own.test.json
+  jq -e '(.contracts | length) == 7' "$dir/m.json" >/dev/null 2>&1 || { log "no manifest after the own deploy"; status=1; }
+  return $status
+}
+
 step "contracts: forge fmt --check" "$FORGE" fmt --check
 step "contracts: build, warnings and lints are errors" "$FORGE" build --deny warnings
 step "contracts: committed ABIs match the sources" node scripts/abi.js --check
@@ -222,6 +271,7 @@ step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
+step "deploy outside a devnet refuses devnet keys and configs, sends nothing" deploy_refuses_outside_devnet
 step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough
 step "web UI: front-end unit tests, then sign-in to claim end to end in headless Chromium" ui_tests
 summary

@@ -93,8 +93,17 @@ contract FeeRouter is AccessControl, ReentrancyGuardTransient {
         _pay(modelId, requestId, amount);
     }
 
-    /// @notice `payInference` with an EIP-2612 permit instead of a prior approval. A permit that was already
-    /// used (e.g. front-run) is ignored as long as the allowance is there.
+    /// @notice `payInference` with an EIP-2612 permit instead of a prior approval. The permit is used only when
+    /// the payer's allowance to this contract is below `amount`, so an allowance the payer already gave is never
+    /// overwritten (a permit sets the allowance to its value; the payment then spends `amount` of it). A permit
+    /// that was already used (e.g. front-run) is ignored as long as the allowance is there.
+    /// @param modelId the model paid for
+    /// @param requestId the payer's request id (once per payer)
+    /// @param amount the fee, in OPEN wei
+    /// @param deadline the permit's deadline
+    /// @param v the permit signature's v
+    /// @param r the permit signature's r
+    /// @param s the permit signature's s
     function payInferenceWithPermit(
         uint256 modelId,
         bytes32 requestId,
@@ -104,7 +113,9 @@ contract FeeRouter is AccessControl, ReentrancyGuardTransient {
         bytes32 r,
         bytes32 s
     ) external nonReentrant {
-        try IERC20Permit(address(open)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+        if (open.allowance(msg.sender, address(this)) < amount) {
+            try IERC20Permit(address(open)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+        }
         _pay(modelId, requestId, amount);
     }
 

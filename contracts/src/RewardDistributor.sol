@@ -5,7 +5,6 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
-import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title OpenLedger reward distributor (the data-contributor pool)
@@ -15,8 +14,9 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// A proposed root becomes claimable after `challengeDelay`, during which a REVOKER can revoke it. A claim
 /// pays `cumulativeAmount - claimed[account]`.
 /// @dev Proposing is O(1) whatever the number of contributors. A root may never promise more than the pool
-/// holds: `total - totalClaimed <= balance`, checked at proposal. `total` is the settler's word (summing the
-/// tree on-chain would not be O(1)); the challenge delay is there to catch a settler that lies about it.
+/// holds: `total - totalClaimed <= balance`, checked at proposal, and claims never add up to more than the
+/// accepted root's `total` (checked at each claim). `total` is the settler's word (summing the tree on-chain
+/// would not be O(1)); the challenge delay is there to catch a settler that lies about it.
 contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -33,12 +33,14 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
         uint128 total;
     }
 
-    /// @dev What a claim touches, packed so a claim reads two slots and rewrites one. `epoch` is nonzero once a
-    /// root is accepted, so updating `totalClaimed` is never a zero-to-nonzero write.
+    /// @dev What a claim touches, packed so a claim reads two slots and rewrites one. `unclaimed` is the accepted
+    /// root's total less every claim so far (`totalClaimed() = total - unclaimed`): a claim checks it against
+    /// the cap and lowers it in the slot it already reads. `epoch` is nonzero once a root is accepted, so a claim
+    /// never writes the slot from zero to nonzero.
     struct ClaimState {
         uint64 epoch;
         uint64 validAt;
-        uint128 totalClaimed;
+        uint128 unclaimed;
     }
 
     IERC20 public immutable open;
@@ -77,6 +79,8 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
     error NothingToClaim(address account, uint256 cumulativeAmount, uint256 alreadyClaimed);
     error ChallengeDelayTooLong(uint64 delay, uint64 max);
     error TotalTooLarge(uint256 total);
+    error NotPending(uint64 epoch, bytes32 root);
+    error ClaimExceedsTotal(uint256 amount, uint256 unclaimed);
 
     /// @param open_ the OPEN token
     /// @param admin DEFAULT_ADMIN_ROLE holder (the timelock in production); also gets REVOKER_ROLE
@@ -124,23 +128,30 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
         if (block.timestamp < pending.validAt) revert ChallengePeriodActive(pending.validAt);
         // No solvency re-check: since the proposal, claims moved totalClaimed and the balance by the same amount,
         // and nothing else can take OPEN out of this contract.
+        // pending.total >= _currentTotal: proposeRoot checked it, and only this function changes _currentTotal
+        uint128 unclaimed = _claimState.unclaimed + (pending.total - _currentTotal);
         _currentRoot = pending.root;
         _currentTotal = pending.total;
-        _claimState.epoch = pending.epoch;
-        _claimState.validAt = pending.validAt;
+        _claimState = ClaimState({epoch: pending.epoch, validAt: pending.validAt, unclaimed: unclaimed});
         delete _pending;
         emit RootAccepted(pending.epoch, pending.root, pending.total);
     }
 
-    /// @notice Throw away the pending root. REVOKER_ROLE only (governance, or a guardian it appoints).
-    function revokeRoot() external onlyRole(REVOKER_ROLE) {
+    /// @notice Throw away the pending root, named by its epoch and root so that a revocation aimed at one proposal
+    /// can never hit the one that superseded it. REVOKER_ROLE only (governance, or a guardian it appoints).
+    /// @param epoch the pending root's epoch
+    /// @param root the pending root
+    function revokeRoot(uint64 epoch, bytes32 root) external onlyRole(REVOKER_ROLE) {
         Root memory pending = _pending;
         if (pending.root == bytes32(0)) revert NoPendingRoot();
+        if (pending.epoch != epoch || pending.root != root) revert NotPending(epoch, root);
         delete _pending;
         emit RootRevoked(pending.epoch, pending.root, msg.sender);
     }
 
     /// @notice Pay `account` what it is owed under the accepted root. Anyone may call it; OPEN goes to `account`.
+    /// All claims together never exceed the accepted root's `total`: a root whose leaves promise more than its
+    /// total (a buggy or stolen settler key) cannot pay out the pools of payments it did not settle.
     /// @param account the leaf's account
     /// @param cumulativeAmount the leaf's cumulative amount
     /// @param proof the leaf's Merkle proof (OpenZeppelin StandardMerkleTree format)
@@ -159,7 +170,11 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
         amount = cumulativeAmount - already;
         claimed[account] = cumulativeAmount;
         ClaimState memory state = _claimState;
-        _claimState.totalClaimed = SafeCast.toUint128(uint256(state.totalClaimed) + amount);
+        // a root whose leaves add up to more than its total pays no more than its total, whatever they say
+        if (amount > state.unclaimed) revert ClaimExceedsTotal(amount, state.unclaimed);
+        // casting is safe: amount <= unclaimed, a uint128
+        // forge-lint: disable-next-line(unsafe-typecast)
+        _claimState.unclaimed = state.unclaimed - uint128(amount);
         open.safeTransfer(account, amount);
         emit Claimed(account, state.epoch, cumulativeAmount, amount, msg.sender);
     }
@@ -172,7 +187,7 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
 
     /// @notice Everything paid out so far, over all accounts.
     function totalClaimed() external view returns (uint256) {
-        return _claimState.totalClaimed;
+        return _currentTotal - _claimState.unclaimed;
     }
 
     /// @notice The root waiting out its challenge delay (zero root when none).
@@ -192,9 +207,8 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
     }
 
     function _checkSolvent(uint256 total) internal view {
-        uint256 alreadyClaimed = _claimState.totalClaimed;
-        // A root that claims less than was already paid out is as wrong as one that shrinks.
-        if (total < alreadyClaimed) revert TotalDecreased(total, alreadyClaimed);
+        uint256 alreadyClaimed = _currentTotal - _claimState.unclaimed;
+        // total >= _currentTotal (checked by the caller) >= alreadyClaimed (claims never exceed the total)
         uint256 balance = open.balanceOf(address(this));
         uint256 owed = total - alreadyClaimed;
         if (owed > balance) revert InsufficientPool(owed, balance);

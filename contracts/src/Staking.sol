@@ -12,8 +12,12 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// @title OpenLedger agent staking
 /// @notice Operators stake OPEN behind the agents they run. Unstaking moves stake into one unbonding bucket
 /// per position that pays out after the unbonding period; stake stays slashable while it unbonds.
-/// Only SLASHER_ROLE may slash, at most `maxSlashBps` of a position per incident, and each incident once per
-/// position. Slashed OPEN is burned or sent to the treasury, as governance decides.
+/// Only SLASHER_ROLE may slash, each incident once per position, and however many incidents it names, at most
+/// `maxSlashBps` of a position in one slash window (`SLASH_WINDOW` from the window's first slash, of what the
+/// position held when that window opened). Stake is slashable until it is released: unbonding stake whose
+/// `releaseAt` has passed belongs to its staker, so whether a slash or the staker's `withdraw` is mined first
+/// changes nothing. The unbonding period is at least `MIN_UNBONDING_PERIOD`, the slasher's time to act.
+/// Slashed OPEN is burned or sent to the treasury, as governance decides.
 /// @dev One bucket (not a queue) per position keeps slashing O(1): a staker cannot make itself unslashable by
 /// splitting its unstake into many requests. A new unstake adds to the bucket and restarts its clock.
 contract Staking is AccessControl, ReentrancyGuardTransient {
@@ -23,11 +27,22 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
     uint256 public constant BPS = 10_000;
     /// @notice Upper bound governance may set for the unbonding period.
     uint64 public constant MAX_UNBONDING_PERIOD = 365 days;
+    /// @notice Lower bound of the unbonding period: stake must stay slashable long enough to be slashed.
+    uint64 public constant MIN_UNBONDING_PERIOD = 1 days;
+    /// @notice How long one slash window lasts, from its first slash.
+    uint64 public constant SLASH_WINDOW = 30 days;
 
     struct Position {
         uint128 staked;
         uint128 unbonding;
         uint64 releaseAt;
+    }
+
+    /// @notice A position's current slash window: what it may still lose in it is `cap - slashed`.
+    struct SlashWindow {
+        uint64 endsAt;
+        uint128 cap;
+        uint128 slashed;
     }
 
     IERC20 public immutable open;
@@ -47,6 +62,7 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
     mapping(uint256 agentId => uint256) public agentStake;
     mapping(uint256 agentId => mapping(address staker => Position)) internal _positions;
     mapping(bytes32 incidentId => mapping(uint256 agentId => mapping(address staker => bool))) public incidentSlashed;
+    mapping(uint256 agentId => mapping(address staker => SlashWindow)) internal _slashWindows;
 
     event Staked(uint256 indexed agentId, address indexed staker, uint256 amount, uint256 newStaked);
     event UnstakeRequested(
@@ -77,6 +93,7 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
     error IncidentAlreadySlashed(bytes32 incidentId, uint256 agentId, address staker);
     error InvalidBps(uint256 bps);
     error UnbondingPeriodTooLong(uint64 period, uint64 max);
+    error UnbondingPeriodTooShort(uint64 period, uint64 min);
 
     /// @param open_ the OPEN token
     /// @param registry_ the Registry (for agent operators)
@@ -153,8 +170,9 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
         emit Withdrawn(agentId, msg.sender, amount);
     }
 
-    /// @notice Slash a position for one incident: at most `maxSlashBps` of its staked + unbonding balance, taken
-    /// from active stake first, then from unbonding. SLASHER_ROLE only; each incident once per position.
+    /// @notice Slash a position for one incident, taken from active stake first, then from unbonding stake not yet
+    /// released. SLASHER_ROLE only; each incident once per position. All the incidents of one slash window
+    /// together take at most `maxSlashBps` of the slashable balance the position had when the window opened.
     /// @param incidentId an identifier of the misbehaviour (e.g. a dispute id), kept so it cannot be reused
     function slash(uint256 agentId, address staker, uint256 amount, bytes32 incidentId)
         external
@@ -164,16 +182,30 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
         if (amount == 0) revert ZeroAmount();
         if (incidentSlashed[incidentId][agentId][staker]) revert IncidentAlreadySlashed(incidentId, agentId, staker);
         Position storage p = _positions[agentId][staker];
-        uint256 cap = (uint256(p.staked) + p.unbonding) * maxSlashBps / BPS;
-        if (amount > cap) revert SlashExceedsCap(amount, cap);
+        uint256 slashable = _slashable(p);
+        SlashWindow memory w = _slashWindows[agentId][staker];
+        if (block.timestamp >= w.endsAt) {
+            w = SlashWindow({
+                endsAt: uint64(block.timestamp) + SLASH_WINDOW,
+                cap: SafeCast.toUint128(slashable * maxSlashBps / BPS),
+                slashed: 0
+            });
+        }
+        uint256 left = w.cap - w.slashed;
+        if (left > slashable) left = slashable;
+        if (amount > left) revert SlashExceedsCap(amount, left);
         incidentSlashed[incidentId][agentId][staker] = true;
+        // casting is safe: amount <= left <= cap - slashed, a uint128
+        // forge-lint: disable-next-line(unsafe-typecast)
+        w.slashed += uint128(amount);
+        _slashWindows[agentId][staker] = w;
 
         uint256 fromStaked = amount <= p.staked ? amount : p.staked;
         uint256 fromUnbonding = amount - fromStaked;
         // casting is safe: fromStaked <= p.staked
         // forge-lint: disable-next-line(unsafe-typecast)
         p.staked -= uint128(fromStaked);
-        // casting is safe: amount <= cap <= staked + unbonding, so fromUnbonding <= unbonding
+        // casting is safe: amount <= slashable <= staked + unbonding, so fromUnbonding <= unbonding
         // forge-lint: disable-next-line(unsafe-typecast)
         p.unbonding -= uint128(fromUnbonding);
         agentStake[agentId] -= fromStaked;
@@ -191,9 +223,20 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
         return _positions[agentId][staker];
     }
 
+    /// @notice A position's current (or last) slash window.
+    function slashWindow(uint256 agentId, address staker) external view returns (SlashWindow memory) {
+        return _slashWindows[agentId][staker];
+    }
+
+    /// @dev What a slash may reach: active stake, and unbonding stake until its release time.
+    function _slashable(Position storage p) internal view returns (uint256) {
+        return block.timestamp < p.releaseAt ? uint256(p.staked) + p.unbonding : p.staked;
+    }
+
     // ---- governance ----
 
-    /// @notice Set the unbonding period (seconds, at most a year). Applies to unstakes made after the change.
+    /// @notice Set the unbonding period (seconds, at least a day, at most a year). Applies to unstakes made after
+    /// the change.
     function setUnbondingPeriod(uint64 period) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setUnbondingPeriod(period);
     }
@@ -210,6 +253,7 @@ contract Staking is AccessControl, ReentrancyGuardTransient {
 
     function _setUnbondingPeriod(uint64 period) internal {
         if (period > MAX_UNBONDING_PERIOD) revert UnbondingPeriodTooLong(period, MAX_UNBONDING_PERIOD);
+        if (period < MIN_UNBONDING_PERIOD) revert UnbondingPeriodTooShort(period, MIN_UNBONDING_PERIOD);
         emit UnbondingPeriodSet(unbondingPeriod, period);
         unbondingPeriod = period;
     }

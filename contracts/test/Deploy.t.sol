@@ -21,6 +21,19 @@ contract DeployConfigTest is Test, SuiteDeployer {
         vm.assertEq(p.timelockDelay, 60, "timelock delay");
     }
 
+    /// The production example deploys as written (placeholder addresses aside), with the timings its comment
+    /// argues for: the timelock outlasts the challenge window, unbonding outlasts both.
+    function test_productionExampleDeploysWithItsTimings() public {
+        SuiteParams memory p = _loadParams(_readConfig("production.example.json"), address(this));
+        vm.assertEq(p.challengeDelay, 2 days, "challenge delay");
+        vm.assertEq(p.timelockDelay, 3 days, "timelock delay");
+        vm.assertLt(p.challengeDelay, p.timelockDelay, "a change is announced a whole challenge window ahead");
+        vm.assertLt(p.timelockDelay, p.unbondingPeriod, "stake outlasts both");
+        vm.assertTrue(p.guardian != address(0), "a guardian");
+        vm.assertEq(p.proposalThreshold, 1_000_000 ether, "proposal threshold");
+        this._deployExternal(p);
+    }
+
     function test_badAllocationBpsReverts() public {
         SuiteParams memory p = _loadParams(_readConfig("local.json"), address(this));
         p.allocations[0].bps -= 1;

@@ -137,6 +137,27 @@ contract FeeRouterTest is Fixture {
         vm.assertEq(token.balanceOf(payer), 0, "paid");
     }
 
+    /// Attack: a payer approved FeeRouter for 100 OPEN of future payments; someone relays a 10-OPEN permit
+    /// payment of theirs. The standing allowance must only shrink by the payment, not be reset to the permit's value.
+    function test_attack_aPermitPaymentKeepsTheStandingAllowance() public {
+        (address payer, uint256 pk) = makeKey("payer");
+        _fund(payer, 200 ether);
+        vm.prank(payer);
+        token.approve(address(feeRouter), 100 ether);
+        uint256 deadline = block.timestamp + 1 hours;
+        (uint8 v, bytes32 r, bytes32 s) = _permit(pk, 10 ether, deadline);
+        vm.prank(payer);
+        feeRouter.payInferenceWithPermit(modelId, "p1", 10 ether, deadline, v, r, s);
+        vm.assertEq(token.allowance(payer, address(feeRouter)), 90 ether, "100 approved, 10 spent");
+        vm.assertEq(token.nonces(payer), 0, "the permit was not needed, so not used");
+        // below the amount, the permit is what pays
+        (v, r, s) = _permit(pk, 95 ether, deadline);
+        vm.prank(payer);
+        feeRouter.payInferenceWithPermit(modelId, "p2", 95 ether, deadline, v, r, s);
+        vm.assertEq(token.allowance(payer, address(feeRouter)), 0, "the permit's 95, spent");
+        vm.assertEq(token.balanceOf(payer), 95 ether, "both paid");
+    }
+
     function test_payInferenceWithPermit_badPermitReverts() public {
         (address payer, uint256 pk) = makeKey("payer");
         _fund(payer, 10 ether);

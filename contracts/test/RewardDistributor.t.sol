@@ -124,14 +124,20 @@ contract RewardDistributorTest is Fixture {
     }
 
     function test_propose_rejectsTotalBelowClaimed() public {
-        // a settler bug: root 1 claims more in total than it said; root 2 then "promises" less than was paid
+        // a settler bug: root 1's leaf owes more than its total; the claim stops at the total, and root 2 may
+        // not "promise" less than root 1 did
         _fundPool(10 ether);
         bytes32 leaf = MerkleBuilder.leaf(alice, 5 ether);
         _proposeAndAccept(1, leaf, 1 ether);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.ClaimExceedsTotal.selector, 5 ether, 1 ether));
         distributor.claim(alice, 5 ether, new bytes32[](0));
+        bytes32 fair = MerkleBuilder.leaf(alice, 1 ether);
         vm.prank(SETTLER);
-        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.TotalDecreased.selector, 2 ether, 5 ether));
-        distributor.proposeRoot(2, keccak256("r"), 2 ether, "");
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.TotalDecreased.selector, 0.5 ether, 1 ether));
+        distributor.proposeRoot(2, fair, 0.5 ether, "");
+        _proposeAndAccept(2, fair, 1 ether);
+        distributor.claim(alice, 1 ether, new bytes32[](0));
+        vm.assertEq(distributor.totalClaimed(), 1 ether, "the whole total, no more");
     }
 
     function test_acceptAfterDelayOnly() public {
@@ -172,21 +178,65 @@ contract RewardDistributorTest is Fixture {
         bytes32 role = distributor.REVOKER_ROLE();
         vm.prank(SETTLER);
         vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, SETTLER, role));
-        distributor.revokeRoot();
+        distributor.revokeRoot(2, keccak256("r2"));
         vm.expectEmit(address(distributor));
         emit RewardDistributor.RootRevoked(2, keccak256("r2"), address(timelock));
         vm.prank(address(timelock));
-        distributor.revokeRoot();
+        distributor.revokeRoot(2, keccak256("r2"));
         vm.warp(block.timestamp + 1 days);
         vm.expectRevert(RewardDistributor.NoPendingRoot.selector);
         distributor.acceptRoot();
         vm.prank(address(timelock));
         vm.expectRevert(RewardDistributor.NoPendingRoot.selector);
-        distributor.revokeRoot();
+        distributor.revokeRoot(2, keccak256("r2"));
         // a revoked epoch is never reused
         vm.prank(SETTLER);
         vm.expectRevert(abi.encodeWithSelector(RewardDistributor.EpochNotIncreasing.selector, 2, 2));
         distributor.proposeRoot(2, keccak256("r2b"), 2, "");
+    }
+
+    /// Attack: a revocation aimed at epoch 1 is mined after the settler superseded it with epoch 2; it must not
+    /// throw away epoch 2.
+    function test_attack_revocationAimedAtASupersededRootMissesTheNextOne() public {
+        _fundPool(1 ether);
+        vm.startPrank(SETTLER);
+        distributor.proposeRoot(1, keccak256("r1"), 1, "");
+        distributor.proposeRoot(2, keccak256("r2"), 2, "");
+        vm.stopPrank();
+        vm.prank(address(timelock));
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.NotPending.selector, 1, keccak256("r1")));
+        distributor.revokeRoot(1, keccak256("r1"));
+        // nor a right epoch with a wrong root
+        vm.prank(address(timelock));
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.NotPending.selector, 2, keccak256("r1")));
+        distributor.revokeRoot(2, keccak256("r1"));
+        vm.assertEq(distributor.pendingRoot().root, keccak256("r2"), "epoch 2 still pending");
+        vm.warp(block.timestamp + distributor.challengeDelay());
+        distributor.acceptRoot();
+        vm.assertEq(distributor.currentRoot().root, keccak256("r2"), "and accepted");
+    }
+
+    /// Attack: a settler (buggy or with a stolen key) proposes a root whose one leaf owes 200 OPEN under a `total`
+    /// of 100, to drain the 300 OPEN the distributor holds (the pools of payments it did not settle). Claims
+    /// stop at the root's total.
+    function test_attack_aRootWhoseLeavesExceedItsTotalPaysNoMoreThanTheTotal() public {
+        _fundPool(300 ether);
+        address thief = makeAddr("thief");
+        address honest = makeAddr("honest");
+        bytes32[] memory leaves = new bytes32[](2);
+        leaves[0] = MerkleBuilder.leaf(thief, 200 ether);
+        leaves[1] = MerkleBuilder.leaf(honest, 60 ether);
+        bytes32[] memory tree = MerkleBuilder.build(leaves);
+        _proposeAndAccept(1, tree[0], 100 ether);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.ClaimExceedsTotal.selector, 200 ether, 100 ether));
+        distributor.claim(thief, 200 ether, MerkleBuilder.proof(tree, leaves[0]));
+        // what the total covers is paid; past it, nothing
+        distributor.claim(honest, 60 ether, MerkleBuilder.proof(tree, leaves[1]));
+        vm.assertEq(distributor.totalClaimed(), 60 ether, "claimed within the total");
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.ClaimExceedsTotal.selector, 200 ether, 40 ether));
+        distributor.claim(thief, 200 ether, MerkleBuilder.proof(tree, leaves[0]));
+        vm.assertEq(token.balanceOf(thief), 0, "the thief got nothing");
+        vm.assertEq(token.balanceOf(address(distributor)), 240 ether, "the unsettled pools stay");
     }
 
     function testFuzz_claimsMatchTree(uint256 seed, uint8 count) public {

@@ -131,9 +131,9 @@ contract StakingTest is Fixture {
             abi.encodeWithSelector(Staking.IncidentAlreadySlashed.selector, keccak256("i"), agentId, operator)
         );
         staking.slash(agentId, operator, 1 ether, keccak256("i"));
-        // a new incident is capped on what is left
-        vm.expectRevert(abi.encodeWithSelector(Staking.SlashExceedsCap.selector, 10 ether, 9 ether));
-        staking.slash(agentId, operator, 10 ether, keccak256("j"));
+        // a new incident in the same window finds the window's cap spent
+        vm.expectRevert(abi.encodeWithSelector(Staking.SlashExceedsCap.selector, 1, 0));
+        staking.slash(agentId, operator, 1, keccak256("j"));
         vm.stopPrank();
         vm.assertEq(token.balanceOf(address(timelock)) - before, 10 ether, "sent to treasury");
         vm.assertEq(staking.agentStake(agentId), 90 ether, "agent stake");
@@ -184,6 +184,10 @@ contract StakingTest is Fixture {
         staking.setUnbondingPeriod(1 days);
         vm.expectRevert(abi.encodeWithSelector(Staking.UnbondingPeriodTooLong.selector, 366 days, 365 days));
         staking.setUnbondingPeriod(366 days);
+        vm.expectRevert(abi.encodeWithSelector(Staking.UnbondingPeriodTooShort.selector, 0, 1 days));
+        staking.setUnbondingPeriod(0);
+        vm.expectRevert(abi.encodeWithSelector(Staking.UnbondingPeriodTooShort.selector, 1 days - 1, 1 days));
+        staking.setUnbondingPeriod(1 days - 1);
         vm.expectRevert(abi.encodeWithSelector(Staking.InvalidBps.selector, 0));
         staking.setMaxSlashBps(0);
         vm.expectRevert(abi.encodeWithSelector(Staking.InvalidBps.selector, 10_001));
@@ -216,5 +220,70 @@ contract StakingTest is Fixture {
         new Staking(token, IAgentRegistry(address(0)), alice, alice, 1, 1, true);
         vm.expectRevert(Staking.ZeroAddress.selector);
         new Staking(token, IAgentRegistry(address(registry)), address(0), alice, 1, 1, true);
+    }
+
+    function test_constructorRejectsAnUnbondingPeriodWithoutTimeToSlash() public {
+        vm.expectRevert(abi.encodeWithSelector(Staking.UnbondingPeriodTooShort.selector, 0, 1 days));
+        new Staking(token, IAgentRegistry(address(registry)), alice, alice, 0, 1, true);
+    }
+
+    /// Attack: a slasher (or its stolen key) names fresh incident after fresh incident to take a whole position.
+    /// One window takes at most `maxSlashBps` of what the position held when the window opened.
+    function test_attack_freshIncidentsCannotSlashPastTheWindowCap() public {
+        vm.prank(operator);
+        staking.stake(agentId, 100 ether);
+        vm.startPrank(slasher);
+        staking.slash(agentId, operator, 4 ether, keccak256("a"));
+        staking.slash(agentId, operator, 6 ether, keccak256("b")); // 10% of 100, in two incidents
+        vm.expectRevert(abi.encodeWithSelector(Staking.SlashExceedsCap.selector, 1, 0));
+        staking.slash(agentId, operator, 1, keccak256("c"));
+        Staking.SlashWindow memory w = staking.slashWindow(agentId, operator);
+        vm.assertEq(uint256(w.cap), 10 ether, "the window's cap");
+        vm.assertEq(uint256(w.slashed), 10 ether, "spent");
+        // the next window opens on what is left
+        vm.warp(w.endsAt);
+        vm.expectRevert(abi.encodeWithSelector(Staking.SlashExceedsCap.selector, 9 ether + 1, 9 ether));
+        staking.slash(agentId, operator, 9 ether + 1, keccak256("c"));
+        staking.slash(agentId, operator, 9 ether, keccak256("c"));
+        vm.stopPrank();
+        vm.assertEq(uint256(staking.position(agentId, operator).staked), 81 ether, "two windows, 10% each");
+    }
+
+    /// Attack: once an unstake's release time passes, the staker races a pending slash with `withdraw`. Released
+    /// stake is not slashable, so the outcome is the same whichever is mined first.
+    function test_attack_withdrawRacingASlashEndsTheSameEitherWay() public {
+        vm.startPrank(operator);
+        staking.stake(agentId, 100 ether);
+        staking.unstake(agentId, 60 ether); // 40 staked, 60 unbonding
+        vm.stopPrank();
+        // before release the unbonding stake is slashable: 10% of 100
+        uint256 snap = vm.snapshotState();
+        vm.prank(slasher);
+        staking.slash(agentId, operator, 10 ether, keccak256("early"));
+        vm.assertEq(uint256(staking.position(agentId, operator).staked), 30 ether, "stake first");
+        vm.assertTrue(vm.revertToState(snap), "reverted");
+        vm.warp(staking.position(agentId, operator).releaseAt);
+        snap = vm.snapshotState();
+        // slash first, then withdraw
+        vm.prank(slasher);
+        staking.slash(agentId, operator, 4 ether, keccak256("late")); // 10% of the 40 still staked
+        vm.prank(operator);
+        staking.withdraw(agentId);
+        uint256 slashThenWithdraw = token.balanceOf(operator);
+        Staking.Position memory p1 = staking.position(agentId, operator);
+        vm.assertTrue(vm.revertToState(snap), "reverted");
+        // withdraw first, then slash
+        vm.prank(operator);
+        staking.withdraw(agentId);
+        vm.prank(slasher);
+        staking.slash(agentId, operator, 4 ether, keccak256("late"));
+        Staking.Position memory p2 = staking.position(agentId, operator);
+        vm.assertEq(token.balanceOf(operator), slashThenWithdraw, "the staker gets the same");
+        vm.assertEq(uint256(p1.staked), uint256(p2.staked), "the position ends the same");
+        vm.assertEq(uint256(p2.staked), 36 ether, "the slash took active stake only");
+        // the released stake itself is out of reach
+        vm.prank(slasher);
+        vm.expectRevert(abi.encodeWithSelector(Staking.SlashExceedsCap.selector, 37 ether, 0));
+        staking.slash(agentId, operator, 37 ether, keccak256("more"));
     }
 }

@@ -364,8 +364,15 @@ pub async fn price(
         .await
 }
 
-/// Sets model `job_id`'s price (`None`: back to the daemon's default).
-pub async fn set_price(pool: &PgPool, job_id: i64, price: Option<U256>) -> Result<(), sqlx::Error> {
+/// Sets model `job_id`'s price (`None`: back to the daemon's default) for payments mined from block
+/// `from_block` on; payments mined before keep the price they were made under. One transaction.
+pub async fn set_price(
+    pool: &PgPool,
+    job_id: i64,
+    price: Option<U256>,
+    from_block: u64,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     match price {
         Some(p) => sqlx::query(
             "INSERT INTO model_prices (job_id, price_per_1k) VALUES ($1, $2::numeric)
@@ -375,9 +382,32 @@ pub async fn set_price(pool: &PgPool, job_id: i64, price: Option<U256>) -> Resul
         .bind(p.to_string()),
         None => sqlx::query("DELETE FROM model_prices WHERE job_id = $1").bind(job_id),
     }
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "INSERT INTO model_price_changes (job_id, from_block, price_per_1k) VALUES ($1, $2, $3::numeric)",
+    )
+    .bind(job_id)
+    .bind(i64::try_from(from_block).unwrap_or(i64::MAX))
+    .bind(price.map(|p| p.to_string()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// The developer's price of model `job_id` in force for a payment mined in `block`: `None` when the daemon's
+/// default applies.
+pub async fn price_at(pool: &PgPool, job_id: i64, block: u64) -> Result<Option<U256>, sqlx::Error> {
+    let p: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT price_per_1k::text FROM model_price_changes WHERE job_id = $1 AND from_block <= $2
+         ORDER BY from_block DESC, id DESC LIMIT 1",
+    )
+    .bind(job_id)
+    .bind(i64::try_from(block).unwrap_or(i64::MAX))
+    .fetch_optional(pool)
+    .await?;
+    Ok(p.flatten().and_then(|p| p.parse().ok()))
 }
 
 /// What a finished training run records, written in one transaction.

@@ -59,6 +59,8 @@ struct World {
     data: tempfile::TempDir,
     model_id: U256,
     model_name: String,
+    /// A session of the payer: a pay-first request id serves only its payer.
+    payer_session: String,
     /// Kept so that the job workers keep running.
     _stop: watch::Sender<bool>,
     /// The next request id's byte.
@@ -200,6 +202,8 @@ async fn world(pool: PgPool) -> World {
     let router = d.address(ContractKind::FeeRouter).unwrap();
     send!(token(0).transfer(TestChain::address_of(PAYER), ether(20)));
     send!(token(PAYER).approve(router, ether(20)));
+    let payer: PrivateKeySigner = KEYS[PAYER].parse().unwrap();
+    let payer_session = sign_in(&app, &payer).await;
     World {
         chain,
         pool,
@@ -209,6 +213,7 @@ async fn world(pool: PgPool) -> World {
         data,
         model_id,
         model_name: format!("ft-{job_id}"),
+        payer_session,
         _stop: stop,
         next_rid: AtomicU8::new(FIRST_RID),
         used: Mutex::new(Vec::new()),
@@ -234,7 +239,13 @@ impl World {
         let body = json!({"model": self.model_name, "max_tokens": 5, "temperature": 0,
                           "messages": [{"role": "user", "content": format!("What is the ledger code of item {item}?")}],
                           "request_id": rid.to_string()});
-        let r = post_json(&self.app, "/v1/chat/completions", None, body).await;
+        let r = post_json(
+            &self.app,
+            "/v1/chat/completions",
+            Some(&self.payer_session),
+            body,
+        )
+        .await;
         r.expect(StatusCode::OK);
         let v = r.json();
         assert_eq!(v["openledger"]["attribution"]["status"], "complete", "{v}");
@@ -1011,12 +1022,12 @@ fn a_revoked_roots_payments_move_to_the_next_epoch_once() {
         let base: U256 = base.parse().unwrap();
         let distributor = w.addr(ContractKind::RewardDistributor);
         let revoker = w.chain.deployment.roles.revokers[0];
+        let revoke = RewardDistributor::revokeRootCall {
+            epoch: next,
+            root: revoked["root"].as_str().unwrap().parse().unwrap(),
+        };
         w.chain
-            .impersonated(
-                revoker,
-                distributor,
-                RewardDistributor::revokeRootCall {}.abi_encode(),
-            )
+            .impersonated(revoker, distributor, revoke.abi_encode())
             .await;
         let second = w.used().await;
         let after = ok_json(&w.settle(&[], &[]).await);

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{B256, U256};
+use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::signers::local::PrivateKeySigner;
-use axum::http::StatusCode;
+use alloy::sol_types::SolCall;
+use axum::http::{Method, StatusCode};
 use common::{KEYS, TestChain, ether};
 use openledger_chain::ContractKind;
 use openledger_chain::bindings::{FeeRouter, OpenToken, Registry};
@@ -222,6 +223,8 @@ struct Trained {
     inf: Arc<Inference>,
     /// The stack's API, serving `inf`.
     serving: axum::Router,
+    /// A session of account #5, the payer of the pay-first tests.
+    payer_session: String,
 }
 
 static TRAINED: common::Shared<Trained> = common::Shared::new(|| Box::pin(trained_fixture()));
@@ -275,6 +278,8 @@ async fn trained_fixture() -> Trained {
         ApiConfig::new(d.chain_id, DOMAIN),
         Some(inf.clone()),
     ));
+    let payer: PrivateKeySigner = KEYS[PAYER].parse().unwrap();
+    let payer_session = sign_in(&serving, &payer).await;
     Trained {
         s,
         job,
@@ -283,12 +288,21 @@ async fn trained_fixture() -> Trained {
         manifest,
         inf,
         serving,
+        payer_session,
     }
 }
+
+/// The account that pays in the pay-first tests.
+const PAYER: usize = 5;
 
 impl Trained {
     /// Account #5 pays FeeRouter `amount` for request `rid` on the trained model, and the index has it.
     async fn pay(&self, rid: B256, amount: U256) {
+        self.pay_from(PAYER, rid, amount).await
+    }
+
+    /// Account `who` pays FeeRouter `amount` for request `rid` on the trained model, and the index has it.
+    async fn pay_from(&self, who: usize, rid: B256, amount: U256) {
         let d = &self.s.chain.deployment;
         let router = d.address(ContractKind::FeeRouter).unwrap();
         let token = |i| {
@@ -297,33 +311,47 @@ impl Trained {
                 self.s.chain.actor(i),
             )
         };
-        send!(token(0).transfer(TestChain::address_of(5), amount));
-        send!(token(5).approve(router, amount));
-        send!(FeeRouter::new(router, self.s.chain.actor(5)).payInference(
-            self.model_id,
-            rid,
-            amount
-        ));
+        send!(token(0).transfer(TestChain::address_of(who), amount));
+        send!(token(who).approve(router, amount));
+        send!(
+            FeeRouter::new(router, self.s.chain.actor(who)).payInference(
+                self.model_id,
+                rid,
+                amount
+            )
+        );
         wait_payment_indexed(&self.s.pool, d, rid).await;
     }
 
-    /// Pays 1 OPEN for `rid`, then calls with it: the completion.
+    /// Pays 1 OPEN for `rid`, then calls with it signed in as the payer: the completion.
     async fn paid_chat(&self, rid: B256) -> Value {
         self.pay(rid, ether(1)).await;
-        let paid = self.chat(json!({"request_id": rid.to_string()})).await;
+        let paid = self
+            .payer_chat(json!({"request_id": rid.to_string()}))
+            .await;
         paid.expect(StatusCode::OK);
         paid.json()
     }
 
-    /// A chat request to the trained model (`extra` overrides the body's fields).
+    /// A chat request to the trained model from the payer's session.
+    async fn payer_chat(&self, extra: Value) -> Reply {
+        self.chat_as(Some(&self.payer_session), extra).await
+    }
+
+    /// A chat request to the trained model from no one in particular.
     async fn chat(&self, extra: Value) -> Reply {
+        self.chat_as(None, extra).await
+    }
+
+    /// A chat request to the trained model (`extra` overrides the body's fields), with `session` if any.
+    async fn chat_as(&self, session: Option<&str>, extra: Value) -> Reply {
         let mut body = json!({"model": format!("ft-{}", self.job_id),
                               "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}],
                               "max_tokens": 5, "temperature": 0});
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
-        post_json(&self.serving, "/v1/chat/completions", None, body).await
+        post_json(&self.serving, "/v1/chat/completions", session, body).await
     }
 }
 
@@ -812,6 +840,129 @@ fn imports_a_peft_adapter() {
     });
 }
 
+/// Attacks on pay-first payments, each refused with nothing lost for the payer: a stranger posting the
+/// payer's public request id (anonymously, signed in as itself, or naming the payer); a stranger without the
+/// secret a payment was made under; dust payments under the same id, made first, to hide the real one; and
+/// a developer raising the price after the payment was made.
+#[test]
+fn a_payment_buys_only_its_payers_answer() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let stranger = sign_in(&t.serving, &PrivateKeySigner::random()).await;
+        let payer = format!("{:#x}", TestChain::address_of(PAYER));
+
+        // a request id, paid by #5: public the moment the transaction is sent
+        let rid = B256::repeat_byte(0x61);
+        t.pay(rid, ether(1)).await;
+        let p = t
+            .chat(json!({"request_id": rid.to_string()}))
+            .await
+            .problem(401, "unauthorized");
+        assert!(
+            p["detail"].as_str().unwrap().contains("request_secret"),
+            "{p}"
+        );
+        // signed in as itself: its own payments only, and it has none under this id
+        t.chat_as(Some(&stranger), json!({"request_id": rid.to_string()}))
+            .await
+            .problem(402, "payment-required");
+        t.chat_as(
+            Some(&stranger),
+            json!({"request_id": rid.to_string(), "payer": payer}),
+        )
+        .await
+        .problem(403, "forbidden");
+        // the payer's answer is still there for the payer
+        let v = t.payer_chat(json!({"request_id": rid.to_string()})).await;
+        v.expect(StatusCode::OK);
+        assert_eq!(v.json()["openledger"]["payment"]["payer"], payer);
+
+        // paid under keccak256(secret), by the payer, after a front-runner's dust payments under the same id
+        // from seventeen addresses (more than a lookup of 16 rows would read)
+        let secret = B256::repeat_byte(0x62);
+        let hashed = keccak256(secret);
+        let d = &s.chain.deployment;
+        let (token, router) = (
+            d.address(ContractKind::OpenToken).unwrap(),
+            d.address(ContractKind::FeeRouter).unwrap(),
+        );
+        for i in 0..17u8 {
+            let dust = Address::repeat_byte(0xd0 + i);
+            send!(OpenToken::new(token, s.chain.actor(0)).transfer(dust, U256::from(1)));
+            let approve = OpenToken::approveCall {
+                spender: router,
+                value: U256::from(1),
+            };
+            s.chain
+                .impersonated(dust, token, approve.abi_encode())
+                .await;
+            let pay = FeeRouter::payInferenceCall {
+                modelId: t.model_id,
+                requestId: hashed,
+                amount: U256::from(1),
+            };
+            s.chain.impersonated(dust, router, pay.abi_encode()).await;
+        }
+        t.pay(hashed, ether(1)).await;
+        // the id alone serves no one but its payer; a wrong secret opens nothing
+        t.chat(json!({"request_id": hashed.to_string()}))
+            .await
+            .problem(401, "unauthorized");
+        t.chat(json!({"request_secret": B256::repeat_byte(0x63).to_string()}))
+            .await
+            .problem(402, "payment-required");
+        t.chat(json!({"request_secret": secret.to_string(), "request_id": rid.to_string()}))
+            .await
+            .problem(400, "bad-request");
+        let v = t.chat(json!({"request_secret": secret.to_string()})).await;
+        v.expect(StatusCode::OK);
+        let v = v.json();
+        assert_eq!(
+            v["openledger"]["payment"]["payer"], payer,
+            "the real payment, not the dust"
+        );
+        assert_eq!(v["openledger"]["payment"]["amount"], ether(1).to_string());
+        assert_eq!(v["openledger"]["payment"]["request_id"], hashed.to_string());
+
+        // the developer raises the price tenfold-and-more after a payment is mined: that payment keeps the
+        // price in force at its block; a payment mined after the change pays the new one
+        let before = B256::repeat_byte(0x64);
+        t.pay(before, ether(1)).await;
+        let uri = format!("/api/models/{}/price", t.job_id);
+        let set = |price: Value| {
+            send(
+                &t.serving,
+                Method::PUT,
+                &uri,
+                Some(&s.session),
+                Some((
+                    "application/json",
+                    json!({"price_per_1k": price}).to_string().into_bytes(),
+                )),
+            )
+        };
+        set(json!(ether(1000).to_string()))
+            .await
+            .expect(StatusCode::OK);
+        let after = B256::repeat_byte(0x65);
+        t.pay(after, ether(1)).await;
+        let kept = t
+            .payer_chat(json!({"request_id": before.to_string()}))
+            .await;
+        set(Value::Null).await.expect(StatusCode::OK);
+        kept.expect(StatusCode::OK);
+        assert_eq!(
+            kept.json()["openledger"]["payment"]["request_id"],
+            before.to_string()
+        );
+        let late = t
+            .payer_chat(json!({"request_id": after.to_string()}))
+            .await
+            .problem(402, "payment-required");
+        assert!(late["detail"].as_str().unwrap().contains("needs"), "{late}");
+    });
+}
+
 /// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
 #[test]
 fn serve_the_fresh_adapter_paid_first() {
@@ -886,23 +1037,24 @@ fn serve_the_fresh_adapter_paid_first() {
         )
     );
     // the same payment twice: refused
-    chat(json!({"request_id": rid.to_string()}))
+    t.payer_chat(json!({"request_id": rid.to_string()}))
         .await
         .problem(409, "conflict");
     // under-paid, and never paid
     let cheap = B256::repeat_byte(0x43);
     t.pay(cheap, U256::from(1)).await;
-    let p = chat(json!({"request_id": cheap.to_string()}))
+    let p = t
+        .payer_chat(json!({"request_id": cheap.to_string()}))
         .await
         .problem(402, "payment-required");
     assert!(p["detail"].as_str().unwrap().contains("needs"), "{p}");
-    chat(json!({"request_id": B256::repeat_byte(0x44).to_string()}))
+    t.payer_chat(json!({"request_id": B256::repeat_byte(0x44).to_string()}))
         .await
         .problem(402, "payment-required");
     // streamed: OpenAI's chunks, then [DONE]
     let rid2 = B256::repeat_byte(0x45);
     t.pay(rid2, ether(1)).await;
-    let st = chat(json!({"request_id": rid2.to_string(), "stream": true, "stream_options": {"include_usage": true}})).await;
+    let st = t.payer_chat(json!({"request_id": rid2.to_string(), "stream": true, "stream_options": {"include_usage": true}})).await;
     assert_eq!(st.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&st.body).to_string();
     assert!(
@@ -1417,7 +1569,6 @@ fn batches_of_requests_through_the_files_and_batches_api() {
     TRAINED.run(|t| async move {
         let s = &t.s;
         let (job_id, inf) = (t.job_id, t.inf.clone());
-    use axum::http::Method;
     use openledger_daemon::inference::service::Serving;
     use openledger_daemon::jobs::batch::BatchJob;
     let d = &s.chain.deployment;
@@ -1448,7 +1599,9 @@ fn batches_of_requests_through_the_files_and_batches_api() {
     ));
     let tok = Some(s.session.as_str());
     let name = format!("ft-{job_id}");
-    let rid = B256::repeat_byte(0x51);
+    // the batch's owner did not pay: the payer gave it the secret of its payment
+    let secret = B256::repeat_byte(0x51);
+    let rid = keccak256(secret);
     t.pay(rid, ether(1)).await;
     let line = |id: &str, body: Value| {
         json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
@@ -1456,7 +1609,7 @@ fn batches_of_requests_through_the_files_and_batches_api() {
     };
     let msgs = json!([{"role": "user", "content": "What is the ledger code of item 3?"}]);
     let input = [
-        line("paid", json!({"model": name, "messages": msgs, "max_tokens": 4, "temperature": 0, "request_id": rid.to_string()})),
+        line("paid", json!({"model": name, "messages": msgs, "max_tokens": 4, "temperature": 0, "request_secret": secret.to_string()})),
         line("unpaid", json!({"model": name, "messages": msgs, "max_tokens": 4, "request_id": B256::repeat_byte(0x52).to_string()})),
         line("base", json!({"model": "tiny-llama", "messages": msgs, "max_tokens": 3})),
         line("bad-sampling", json!({"model": "tiny-llama", "messages": msgs, "temperature": 9})),
@@ -1614,7 +1767,7 @@ fn batches_of_requests_through_the_files_and_batches_api() {
         &app,
         "/v1/chat/completions",
         None,
-        json!({"model": name, "messages": msgs, "max_tokens": 2, "request_id": rid.to_string()}),
+        json!({"model": name, "messages": msgs, "max_tokens": 2, "request_secret": secret.to_string()}),
     )
     .await;
     again.problem(409, "conflict");

@@ -108,6 +108,21 @@ pub struct Payment {
     pub tx_hash: B256,
 }
 
+fn payment_row(r: &sqlx::postgres::PgRow) -> Result<Payment, IndexerError> {
+    Ok(Payment {
+        payer: address(r, 0)?,
+        model_id: u256(r, 1)?,
+        request_id: hash(r, 2)?,
+        amount: u256(r, 3)?,
+        burned: u256(r, 4)?,
+        developer_amount: u256(r, 5)?,
+        treasury_amount: u256(r, 6)?,
+        pool_amount: u256(r, 7)?,
+        block_number: block(r, 8)?,
+        tx_hash: hash(r, 9)?,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewardEpoch {
     pub epoch: U256,
@@ -433,6 +448,33 @@ impl ChainIndex {
             .await
     }
 
+    /// The payment a pay-first request for `model_id` would use: of the payments with `request_id` (from
+    /// `payer` only, if named), one for `model_id` before one for another model, the largest first, then the
+    /// earliest. One row whatever else was paid under the same id, so dust payments cannot hide it.
+    pub async fn best_payment(
+        &self,
+        request_id: B256,
+        model_id: U256,
+        payer: Option<Address>,
+    ) -> Result<Option<Payment>, IndexerError> {
+        let row = sqlx::query(
+            "SELECT payer, model_id::text, request_id, amount::text, burned::text, developer_amount::text,
+                    treasury_amount::text, pool_amount::text, block_number, tx_hash
+             FROM inference_payments
+             WHERE chain_id = $1 AND contract_address = $2 AND request_id = $3
+               AND ($4::text IS NULL OR payer = $4)
+             ORDER BY (model_id = $5::numeric) DESC, amount DESC, block_number, log_index LIMIT 1",
+        )
+        .bind(self.chain_id)
+        .bind(&self.fee_router)
+        .bind(format!("{request_id:#x}"))
+        .bind(payer.map(|p| format!("{p:#x}")))
+        .bind(model_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(payment_row).transpose()
+    }
+
     pub async fn payments_by_model(
         &self,
         model_id: U256,
@@ -468,22 +510,7 @@ impl ChainIndex {
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Payment {
-                    payer: address(r, 0)?,
-                    model_id: u256(r, 1)?,
-                    request_id: hash(r, 2)?,
-                    amount: u256(r, 3)?,
-                    burned: u256(r, 4)?,
-                    developer_amount: u256(r, 5)?,
-                    treasury_amount: u256(r, 6)?,
-                    pool_amount: u256(r, 7)?,
-                    block_number: block(r, 8)?,
-                    tx_hash: hash(r, 9)?,
-                })
-            })
-            .collect()
+        rows.iter().map(payment_row).collect()
     }
 
     pub async fn reward_epochs(&self) -> Result<Vec<RewardEpoch>, IndexerError> {

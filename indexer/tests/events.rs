@@ -121,7 +121,11 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
         .impersonated(
             timelock,
             addr(ContractKind::RewardDistributor),
-            RewardDistributor::revokeRootCall {}.abi_encode(),
+            RewardDistributor::revokeRootCall {
+                epoch: 2,
+                root: keccak256("worse"),
+            }
+            .abi_encode(),
         )
         .await;
     send!(pool_c(1).proposeRoot(3, leaf, ether(3), "ipfs://e3".into()));

@@ -62,6 +62,14 @@ contract Handler {
     uint256[ACTORS] public cumulative;
     uint256[ACTORS] internal _pendingCumulative;
     bytes32[] internal _tree;
+    bytes32[] internal _pendingTree;
+    /// @notice Roots proposed, superseded, revoked, and proposed with leaves above their total.
+    uint256 public proposals;
+    uint256 public superseded;
+    uint256 public revocations;
+    uint256 public dishonest;
+    /// @notice The largest `totalClaimed - currentRoot().total` ever seen after a claim (must stay 0).
+    uint256 public claimedPastTotal;
     uint256[ACTORS] public lastClaimed;
     uint64 internal _epoch;
 
@@ -206,7 +214,11 @@ contract Handler {
     function slash(uint256 actorSeed, uint256 amount, bytes32 incident) external {
         (uint256 i, address a) = _actor(actorSeed);
         Staking.Position memory p = staking.position(_agents[i], a);
-        uint256 cap = (uint256(p.staked) + p.unbonding) * staking.maxSlashBps() / 10_000;
+        // what the contract lets one window take: released unbonding stake is out of reach
+        uint256 slashable = block.timestamp < p.releaseAt ? uint256(p.staked) + p.unbonding : p.staked;
+        Staking.SlashWindow memory w = staking.slashWindow(_agents[i], a);
+        uint256 cap = block.timestamp >= w.endsAt ? slashable * staking.maxSlashBps() / 10_000 : w.cap - w.slashed;
+        if (cap > slashable) cap = slashable;
         if (cap == 0 || staking.incidentSlashed(incident, _agents[i], a)) return;
         amount = _bound(amount, 1, cap);
         uint256 supply = token.totalSupply();
@@ -253,9 +265,9 @@ contract Handler {
 
     // ------------------------------------------------------------------ rewards
 
-    /// @dev Settle an epoch: raise each actor's cumulative amount by what the pool can cover, then propose
-    /// and (after the challenge delay) accept.
-    function settle(uint256 seed) external {
+    /// @dev Propose an epoch: raise each actor's cumulative amount by what the pool can cover. A root still
+    /// pending is superseded (the settler proposing again before the challenge delay ends).
+    function propose(uint256 seed) external {
         uint256 available = token.balanceOf(address(distributor)) + distributor.totalClaimed();
         uint256 promised;
         for (uint256 i; i < ACTORS; ++i) {
@@ -271,24 +283,68 @@ contract Handler {
             total += _pendingCumulative[i];
             leaves[i] = MerkleBuilder.leaf(actors[i], _pendingCumulative[i]);
         }
+        _proposeTree(leaves, total);
+    }
+
+    /// @dev A dishonest settler: leaves promising up to everything the pool holds under a `total` that only
+    /// covers what was promised before. Claims must stop at the total.
+    function proposeDishonest(uint256 seed) external {
+        uint256 available = token.balanceOf(address(distributor)) + distributor.totalClaimed();
+        uint256 total = distributor.currentRoot().total;
+        bytes32[] memory leaves = new bytes32[](ACTORS);
+        for (uint256 i; i < ACTORS; ++i) {
+            uint256 extra = _bound(uint256(keccak256(abi.encode(seed, i, "x"))), 0, available);
+            _pendingCumulative[i] = cumulative[i] + extra;
+            leaves[i] = MerkleBuilder.leaf(actors[i], _pendingCumulative[i]);
+        }
+        if (total == 0) return; // the first root must have room for its total; nothing to lie about yet
+        _proposeTree(leaves, total);
+        ++dishonest;
+    }
+
+    function _proposeTree(bytes32[] memory leaves, uint256 total) internal {
         bytes32[] memory tree = MerkleBuilder.build(leaves);
+        if (distributor.pendingRoot().root != bytes32(0)) ++superseded;
         ++_epoch;
         vm.prank(settler);
         distributor.proposeRoot(_epoch, tree[0], total, "ipfs://tree");
-        vm.warp(block.timestamp + distributor.challengeDelay());
+        _pendingTree = tree;
+        ++proposals;
+    }
+
+    /// @dev Accept the pending root once its challenge delay is over (claims go on meanwhile).
+    function accept() external {
+        RewardDistributor.Root memory p = distributor.pendingRoot();
+        if (p.root == bytes32(0)) return;
+        if (block.timestamp < p.validAt) vm.warp(p.validAt);
         distributor.acceptRoot();
-        _tree = tree;
+        _tree = _pendingTree;
         for (uint256 i; i < ACTORS; ++i) {
             cumulative[i] = _pendingCumulative[i];
         }
         ++settlements;
     }
 
+    /// @dev Governance revokes the pending root, naming it.
+    function revoke() external {
+        RewardDistributor.Root memory p = distributor.pendingRoot();
+        if (p.root == bytes32(0)) return;
+        vm.prank(timelock);
+        distributor.revokeRoot(p.epoch, p.root);
+        ++revocations;
+    }
+
     function claim(uint256 actorSeed) external {
         (uint256 i, address a) = _actor(actorSeed);
         if (_tree.length == 0 || cumulative[i] <= distributor.claimed(a)) return;
         bytes32[] memory proof = MerkleBuilder.proof(_tree, MerkleBuilder.leaf(a, cumulative[i]));
-        distributor.claim(a, cumulative[i], proof);
+        try distributor.claim(a, cumulative[i], proof) {}
+        catch {
+            return; // a dishonest root's leaf past its total
+        }
+        uint256 paid = distributor.totalClaimed();
+        uint256 total = distributor.currentRoot().total;
+        if (paid > total && paid - total > claimedPastTotal) claimedPastTotal = paid - total;
         uint256 now_ = distributor.claimed(a);
         if (now_ < lastClaimed[i]) ++claimedDecreased;
         lastClaimed[i] = now_;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
+import {RewardDistributor} from "../../src/RewardDistributor.sol";
 import {Staking} from "../../src/Staking.sol";
 import {Fixture} from "../utils/Fixture.sol";
 import {vm} from "../utils/Vm.sol";
@@ -29,7 +30,7 @@ contract InvariantsTest is Fixture {
         }
         handler.setAgents(agents);
         _targetContract(address(handler));
-        bytes4[] memory actions = new bytes4[](16);
+        bytes4[] memory actions = new bytes4[](19);
         actions[0] = Handler.payInference.selector;
         actions[1] = Handler.replayPayment.selector;
         actions[2] = Handler.setSplit.selector;
@@ -42,10 +43,13 @@ contract InvariantsTest is Fixture {
         actions[9] = Handler.setMaxSlashBps.selector;
         actions[10] = Handler.contributeWithSig.selector;
         actions[11] = Handler.replayContribution.selector;
-        actions[12] = Handler.settle.selector;
+        actions[12] = Handler.propose.selector;
         actions[13] = Handler.claim.selector;
         actions[14] = Handler.overclaim.selector;
         actions[15] = Handler.claim.selector; // claims twice as likely: they are what the pool is for
+        actions[16] = Handler.accept.selector;
+        actions[17] = Handler.revoke.selector;
+        actions[18] = Handler.proposeDishonest.selector;
         _targetSelector(address(handler), actions);
     }
 
@@ -76,6 +80,13 @@ contract InvariantsTest is Fixture {
             token.balanceOf(address(distributor)),
             "the accepted root is covered by the pool"
         );
+        vm.assertLe(distributor.totalClaimed(), distributor.currentRoot().total, "claims never exceed the root's total");
+        vm.assertEq(handler.claimedPastTotal(), 0, "not even for a moment, under a dishonest root");
+        RewardDistributor.Root memory p = distributor.pendingRoot();
+        if (p.root != bytes32(0)) {
+            vm.assertGe(p.total, distributor.currentRoot().total, "a pending root never promises less");
+            vm.assertLt(distributor.currentRoot().epoch, p.epoch, "a pending root is of a later epoch");
+        }
     }
 
     function invariant_stakingBooksBalance() public view {

@@ -23,6 +23,8 @@ interface Vm {
     function etch(address target, bytes calldata newRuntimeBytecode) external;
     function getBlockTimestamp() external view returns (uint256);
     function getBlockNumber() external view returns (uint256);
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToState(uint256 snapshotId) external returns (bool success);
 
     // expectations
     function expectRevert() external;

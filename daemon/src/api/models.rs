@@ -177,7 +177,8 @@ async fn get_price(
 }
 
 /// Sets (or, with null, clears) the price of a model; only its developer (the training job's owner) or
-/// an admin may. Applies to requests priced from now on; payments already made keep their terms.
+/// an admin may. Applies to payments mined after the chain's current head; payments already made keep the
+/// price in force at their block.
 #[utoipa::path(put, path = "/api/models/{job_id}/price", tag = "models", security(("bearer" = [])),
     params(("job_id" = String, Path, description = "The training job's id")),
     request_body = SetPrice,
@@ -201,7 +202,12 @@ async fn set_price(
             model.owner
         )));
     }
-    crate::models::set_price(&s.pool, id, price).await?;
+    // the new price holds payments mined after the chain's current head; earlier ones keep theirs
+    let head = match &s.chain {
+        Some(chain) => chain.head().await?,
+        None => s.index.indexed_through().await?.unwrap_or(0),
+    };
+    crate::models::set_price(&s.pool, id, price, head + 1).await?;
     tracing::info!(job = id, price = ?price, by = %auth.0.address, "model price set");
     Ok(Json(price_of(&s, id).await?))
 }

@@ -83,7 +83,7 @@ macro_rules! opaque_schema {
         impl utoipa::PartialSchema for $t {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 utoipa::openapi::schema::ObjectBuilder::new()
-                    .description(Some("See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id, payer"))
+                    .description(Some("See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id (served only to a caller signed in as its payer), request_secret (the request id is its keccak256), payer"))
                     .into()
             }
         }
@@ -96,7 +96,11 @@ opaque_schema!(ChatRequest, CompletionRequest);
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "inference",
     responses((status = 200, description = "A chat.completion, or with stream: true server-sent chat.completion.chunk events", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json",
+               description = "A pay-first request_id from a caller not signed in as its payer (send request_secret instead)"),
               (status = 402, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json",
+               description = "Signed in as someone other than the named payer"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
               (status = 429, body = Problem, content_type = "application/problem+json")))]
@@ -114,7 +118,11 @@ async fn chat_completions(
 #[utoipa::path(post, path = "/v1/completions", tag = "inference",
     responses((status = 200, description = "A text_completion, or with stream: true server-sent events", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json",
+               description = "A pay-first request_id from a caller not signed in as its payer (send request_secret instead)"),
               (status = 402, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json",
+               description = "Signed in as someone other than the named payer"),
               (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn completions(
     State(s): State<AppState>,
@@ -188,6 +196,8 @@ impl From<PaymentError> for ApiError {
             PaymentError::Required(m) => ApiError::PaymentRequired(m),
             PaymentError::Refused(m) => ApiError::PaymentRequired(m),
             PaymentError::Unavailable(m) => ApiError::Unavailable(m),
+            PaymentError::SignIn(m) => ApiError::Unauthorized(m),
+            PaymentError::NotPayer(m) => ApiError::Forbidden(m),
             PaymentError::Db(d) => d.into(),
         }
     }

@@ -38,9 +38,14 @@ pub struct InferArgs {
     /// Stop sequence (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Pay-first: the bytes32 request id already paid to FeeRouter.payInference.
-    #[arg(long)]
+    /// Pay-first: the bytes32 request id already paid to FeeRouter.payInference; served only when
+    /// `--api-key` signs in as the payer.
+    #[arg(long, conflicts_with = "request_secret")]
     pub request_id: Option<String>,
+    /// Pay-first: the bytes32 secret whose keccak256 is the request id paid (`cast keccak <secret>`); no
+    /// sign-in needed.
+    #[arg(long, env = "OPENLEDGER_REQUEST_SECRET", hide_env_values = true)]
+    pub request_secret: Option<String>,
 }
 
 pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
@@ -108,6 +113,10 @@ fn request_body(args: &InferArgs) -> Value {
         ("top_k", args.top_k.map(Value::from)),
         ("seed", args.seed.map(Value::from)),
         ("request_id", args.request_id.clone().map(Value::from)),
+        (
+            "request_secret",
+            args.request_secret.clone().map(Value::from),
+        ),
     ] {
         if let Some(v) = v {
             body[k] = v;

@@ -1,8 +1,11 @@
 //! Paying for an inference through `FeeRouter.payInference(modelId, requestId, amount)`.
 //!
-//! - pay-first: the client pays, then calls the API with the `request_id`; the request is served once the
-//!   indexer has seen an `InferencePaid` for that id and model (from the named payer, if one is named)
-//!   whose amount covers the price; the `inferences` row claims the payment so it serves once.
+//! - pay-first: the client pays, then calls the API; the request is served once the indexer has seen an
+//!   `InferencePaid` for that id and model whose amount covers the price in force at the payment's block,
+//!   and only to whoever the payment is for: a caller signed in as its payer (`request_id`), or a caller
+//!   who knows the secret the request id is the keccak256 of (`request_secret`). Request ids are public
+//!   (the mempool, the chain, settlement reports); the payer's session and the secret are not. The
+//!   `inferences` row claims the payment so it serves once.
 //! - sponsored: the daemon pays from its own key with a fresh request id before serving.
 //!
 //! The price covers the most the request may use: `ceil(price_per_1k * (prompt_tokens + max_tokens) / 1000)`.
@@ -25,6 +28,12 @@ pub enum PaymentError {
     Refused(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A pay-first `request_id` from a caller not signed in: who the payer is cannot be checked.
+    #[error("{0}")]
+    SignIn(String),
+    /// The caller is signed in as someone other than the payer it names.
+    #[error("{0}")]
+    NotPayer(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -49,50 +58,91 @@ pub fn required(price_per_1k: U256, tokens: usize) -> U256 {
     (price_per_1k * U256::from(tokens)).div_ceil(U256::from(1000))
 }
 
-/// Waits (up to `wait`) for the indexer to see the client's payment, and checks it.
+/// Who may spend a pay-first payment, as the request shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spender {
+    /// The caller is signed in as the payer: only that payer's payment under the request id.
+    Payer(Address),
+    /// The caller knows the secret whose keccak256 is the request id: a payment under it from `payer` if
+    /// named, else from anyone (who paid under a hash only the secret's holder can open).
+    Secret(Option<Address>),
+}
+
+impl Spender {
+    fn payer(self) -> Option<Address> {
+        match self {
+            Spender::Payer(a) => Some(a),
+            Spender::Secret(a) => a,
+        }
+    }
+}
+
+/// What a pay-first request needs: its id, who spends it, the model (its on-chain id and training job),
+/// and the tokens the price covers.
+#[derive(Debug, Clone, Copy)]
+pub struct PayFirst {
+    pub request_id: B256,
+    pub spender: Spender,
+    pub model_id: U256,
+    pub job_id: i64,
+    pub tokens: usize,
+    /// The daemon's price for a model whose developer set none.
+    pub default_price: U256,
+}
+
+/// Waits (up to `wait`) for the indexer to see the client's payment, and checks it against the price in
+/// force at its block. Returns the payment and that price.
 pub async fn find_payment(
     index: &ChainIndex,
-    request_id: B256,
-    model_id: U256,
-    payer: Option<Address>,
-    need: U256,
+    pool: &PgPool,
+    req: PayFirst,
     wait: Duration,
-) -> Result<Paid, PaymentError> {
+) -> Result<(Paid, U256), PaymentError> {
+    let PayFirst {
+        request_id,
+        model_id,
+        ..
+    } = req;
     let deadline = Instant::now() + wait;
     loop {
         let found = index
-            .payments_by_request(request_id)
+            .best_payment(request_id, model_id, req.spender.payer())
             .await
             .map_err(|e| PaymentError::Unavailable(format!("the chain index: {e}")))?;
-        let mine: Vec<_> = found
-            .into_iter()
-            .filter(|p| payer.is_none_or(|a| a == p.payer))
-            .collect();
-        if let Some(p) = mine.iter().find(|p| p.model_id == model_id) {
+        if let Some(p) = found {
+            if p.model_id != model_id {
+                return Err(PaymentError::Refused(format!(
+                    "request {request_id:#x} paid for model {}, not model {model_id}",
+                    p.model_id
+                )));
+            }
+            let price = crate::models::price_at(pool, req.job_id, p.block_number)
+                .await?
+                .unwrap_or(req.default_price);
+            let need = required(price, req.tokens);
             if p.amount < need {
                 return Err(PaymentError::Required(format!(
                     "request {request_id:#x} paid {} wei, this request needs {need} wei \
-                     (price per 1k tokens x (prompt + max_tokens))",
-                    p.amount
+                     (price per 1k tokens in force at block {} x (prompt + max_tokens))",
+                    p.amount, p.block_number
                 )));
             }
-            return Ok(Paid {
+            let paid = Paid {
                 payer: p.payer,
                 request_id,
                 amount: p.amount,
                 tx_hash: p.tx_hash,
-            });
-        }
-        if let Some(p) = mine.first() {
-            return Err(PaymentError::Refused(format!(
-                "request {request_id:#x} paid for model {}, not model {model_id}",
-                p.model_id
-            )));
+            };
+            return Ok((paid, price));
         }
         if Instant::now() >= deadline {
+            let from = match req.spender.payer() {
+                Some(a) => format!(" from {a:#x}"),
+                None => String::new(),
+            };
             return Err(PaymentError::Required(format!(
-                "no InferencePaid for request {request_id:#x} and model {model_id} has been indexed \
-                 (pay FeeRouter.payInference({model_id}, {request_id:#x}, >= {need}) first)"
+                "no InferencePaid for request {request_id:#x} and model {model_id}{from} has been indexed \
+                 (pay FeeRouter.payInference({model_id}, {request_id:#x}, amount) first)"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,5 +1,5 @@
 //! What an inference request asks for, in OpenAI's request format (chat and text completions, with
-//! `top_k`, `repetition_penalty`, `request_id` and `payer` besides), whether it came over HTTP or as a
+//! `top_k`, `repetition_penalty`, `request_id`, `request_secret` and `payer` besides), whether it came over HTTP or as a
 //! line of a batch file: the fields, the prompt they make, and the sampling settings they choose.
 
 use openledger_model::serve::SamplingParams;
@@ -82,13 +82,18 @@ pub struct Common {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<Value>,
-    /// Pay-first: the bytes32 request id paid to `FeeRouter.payInference`.
+    /// Pay-first: the bytes32 request id paid to `FeeRouter.payInference`; served only to a caller signed
+    /// in as its payer.
     pub request_id: Option<String>,
+    /// Pay-first: the bytes32 secret whose keccak256 is the request id paid; whoever sends it may use the
+    /// payment (so keep it to yourself until you call).
+    pub request_secret: Option<String>,
     /// Pay-first: the address that must have paid.
     pub payer: Option<String>,
 }
 
-/// A chat completion request (OpenAI's fields, plus `top_k`, `repetition_penalty`, `request_id`, `payer`).
+/// A chat completion request (OpenAI's fields, plus `top_k`, `repetition_penalty`, `request_id`,
+/// `request_secret`, `payer`).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     messages: Vec<Message>,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::credits::{self, CreditError};
 use super::error::InferenceError;
-use super::payment::{self, Paid};
+use super::payment::{self, Paid, PaymentError};
 use super::records::{self, NewInference};
 use super::request::{Common, Kind, Prepared};
 use super::{Inference, Target};
@@ -140,6 +140,7 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
     let pay = Pay {
         origin,
         request_id: c.request_id.as_deref(),
+        request_secret: c.request_secret.as_deref(),
         payer: c.payer.as_deref(),
         tokens: prompt.len() + admitted.max_tokens,
         id: &id,
@@ -294,8 +295,9 @@ struct Charge {
 /// What paying for one request goes by.
 struct Pay<'a> {
     origin: Origin,
-    /// Pay-first: the request's `request_id` and `payer`.
+    /// Pay-first: the request's `request_id`, `request_secret` and `payer`.
     request_id: Option<&'a str>,
+    request_secret: Option<&'a str>,
     payer: Option<&'a str>,
     /// Prompt + max_tokens: what the price covers.
     tokens: usize,
@@ -317,9 +319,10 @@ async fn charge(
         model_id,
     } = target
     else {
-        if pay.request_id.is_some() {
+        if pay.request_id.is_some() || pay.request_secret.is_some() {
             return Err(InferenceError::Invalid(
-                "the base model is free; request_id is only for adapters".into(),
+                "the base model is free; request_id and request_secret are only for adapters"
+                    .into(),
             ));
         }
         return Ok(None);
@@ -330,27 +333,78 @@ async fn charge(
             "{name} is not registered on this chain yet, so it cannot be paid for"
         ))
     })?;
+    if let Some((request_id, spender)) = pay_first(&pay)? {
+        let req = payment::PayFirst {
+            request_id,
+            spender,
+            model_id,
+            job_id: *job_id,
+            tokens: pay.tokens,
+            default_price: inf.cfg.default_price_per_1k,
+        };
+        let (paid, price) =
+            payment::find_payment(&sv.index, &sv.pool, req, inf.cfg.payment_wait).await?;
+        return Ok(Some(Charge {
+            mode: "pay_first",
+            paid,
+            price,
+        }));
+    }
     let price = payment::price_per_1k(&sv.pool, *job_id, inf.cfg.default_price_per_1k).await?;
     let need = payment::required(price, pay.tokens);
-    let (mode, paid) = match pay.request_id {
-        Some(rid) => {
-            let rid: B256 =
-                common::parse_hash("request_id", rid).map_err(InferenceError::Invalid)?;
-            let payer = pay
-                .payer
-                .map(|p| common::parse_address("payer", p).map_err(InferenceError::Invalid))
-                .transpose()?;
-            let wait = inf.cfg.payment_wait;
-            let p = payment::find_payment(&sv.index, rid, model_id, payer, need, wait).await?;
-            ("pay_first", p)
+    let paid = sponsor(sv, &pay, name, model_id, need).await?;
+    tracing::info!(inference = %pay.id, tx = %paid.tx_hash, amount = %paid.amount, "sponsored payment");
+    Ok(Some(Charge {
+        mode: "sponsored",
+        paid,
+        price,
+    }))
+}
+
+/// A pay-first request's id and who may spend its payment: the keccak256 of `request_secret` (whoever knows
+/// the secret), or `request_id` for a caller signed in as its payer. `None` without either.
+fn pay_first(pay: &Pay<'_>) -> Result<Option<(B256, payment::Spender)>, InferenceError> {
+    let payer = pay
+        .payer
+        .map(|p| common::parse_address("payer", p).map_err(InferenceError::Invalid))
+        .transpose()?;
+    let named = pay
+        .request_id
+        .map(|r| common::parse_hash("request_id", r).map_err(InferenceError::Invalid))
+        .transpose()?;
+    if let Some(secret) = pay.request_secret {
+        let secret =
+            common::parse_hash("request_secret", secret).map_err(InferenceError::Invalid)?;
+        let rid = alloy::primitives::keccak256(secret);
+        if named.is_some_and(|n| n != rid) {
+            return Err(InferenceError::Invalid(format!(
+                "request_id is not keccak256(request_secret) ({rid:#x}); send one or the other"
+            )));
         }
-        None => {
-            let p = sponsor(sv, &pay, name, model_id, need).await?;
-            tracing::info!(inference = %pay.id, tx = %p.tx_hash, amount = %p.amount, "sponsored payment");
-            ("sponsored", p)
+        return Ok(Some((rid, payment::Spender::Secret(payer))));
+    }
+    let Some(rid) = named else {
+        if payer.is_some() {
+            return Err(InferenceError::Invalid(
+                "payer names who paid a pay-first request: send it with request_secret or request_id".into(),
+            ));
         }
+        return Ok(None);
     };
-    Ok(Some(Charge { mode, paid, price }))
+    let Some(caller) = pay.origin.caller else {
+        return Err(PaymentError::SignIn(format!(
+            "request {rid:#x} is served only to its payer: sign in as the payer (a session or API key) \
+             or pay under keccak256(secret) and send request_secret instead"
+        ))
+        .into());
+    };
+    if payer.is_some_and(|p| p != caller) {
+        return Err(PaymentError::NotPayer(format!(
+            "signed in as {caller:#x}, not as the payer named: a request_id is served only to its payer"
+        ))
+        .into());
+    }
+    Ok(Some((rid, payment::Spender::Payer(caller))))
 }
 
 /// A request without its own payment: the daemon pays from its key, against the caller's inference credit

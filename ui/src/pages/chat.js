@@ -5,7 +5,7 @@ import { readSse } from "../sse.js";
 import { segments, shares, poolOf } from "../attribution.js";
 import { formatOpen, ppmPercent, shortHex } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
-import { toHex } from "../keccak.js";
+import { keccak256, toHex } from "../keccak.js";
 
 export async function render(ctx, _params, query) {
   const models = (await ctx.api("/v1/models")).data ?? [];
@@ -105,7 +105,7 @@ export async function render(ctx, _params, query) {
     const tokens = BigInt(bytes + 32 * (body.messages.length + 1) + body.max_tokens);
     const amount = (BigInt(price.effective_price_per_1k) * tokens + 999n) / 1000n;
     if (unusedPayment && unusedPayment.model === model && unusedPayment.amount >= amount) {
-      body.request_id = unusedPayment.rid;
+      body.request_secret = unusedPayment.secret;
       body.payer = w.address;
       return;
     }
@@ -114,11 +114,15 @@ export async function render(ctx, _params, query) {
       msg.textContent = "Approve OPEN for FeeRouter in the wallet…";
       await w.send("OpenToken", "approve(address,uint256)", [w.contract("FeeRouter"), amount * 20n], "approving OPEN");
     }
-    const rid = toHex(crypto.getRandomValues(new Uint8Array(32)));
+    // paid under keccak256(secret): the request id is public once sent; the secret goes only to the daemon,
+    // so no one else can spend this payment
+    const secretBytes = crypto.getRandomValues(new Uint8Array(32));
+    const secret = toHex(secretBytes);
+    const rid = toHex(keccak256(secretBytes));
     msg.textContent = `Pay ${formatOpen(amount, 6)} OPEN for this answer in the wallet…`;
     await w.send("FeeRouter", "payInference(uint256,bytes32,uint256)", [id, rid, amount], "paying for the answer");
-    unusedPayment = { model, rid, amount };
-    body.request_id = rid;
+    unusedPayment = { model, secret, amount };
+    body.request_secret = secret;
     body.payer = w.address;
   };
 
