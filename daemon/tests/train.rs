@@ -963,6 +963,143 @@ fn a_payment_buys_only_its_payers_answer() {
     });
 }
 
+/// Attacks on sponsorship (the daemon paying FeeRouter from its key): a developer prices its model far above
+/// the default and calls it on the daemon's money; callers, signed in or anonymous, call until the daemon's
+/// OPEN is gone. Sponsorship never pays above the default price, and stops at a per-caller and a total cap
+/// per period; what a refused call costs the daemon is nothing.
+#[test]
+fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
+    TRAINED.run(|t| async move {
+        use openledger_daemon::inference::payment::SponsorLimits;
+        let s = &t.s;
+        let d = &s.chain.deployment;
+        let token = OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), s.chain.plain());
+        let daemon_key = TestChain::address_of(1);
+        send!(OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), s.chain.actor(0))
+            .transfer(daemon_key, ether(10)));
+        // the default price is 1e15 wei per 1k tokens: a request of n tokens (prompt + max_tokens) costs n * 1e12
+        let per_caller = U256::from(100_000_000_000_000u64);
+        let total = U256::from(150_000_000_000_000u64);
+        let inf = Inference::load(
+            &s.pool,
+            &s.data.path().join("models"),
+            InferenceConfig {
+                model: Some("tiny-llama".into()),
+                default_max_tokens: 6,
+                sponsor: true,
+                sponsor_limits: SponsorLimits {
+                    per_caller,
+                    total,
+                    period: Duration::from_secs(3600),
+                },
+                ..InferenceConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+        let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let sponsoring = openledger_daemon::api::app(state_serving(
+            s.pool.clone(),
+            d.clone(),
+            Some(chain),
+            s.jobs.clone(),
+            ApiConfig::new(d.chain_id, DOMAIN),
+            Some(inf),
+        ));
+        let call = |session: Option<String>| {
+            let body = json!({"model": format!("ft-{}", t.job_id), "max_tokens": 5, "temperature": 0,
+                              "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}]});
+            let app = sponsoring.clone();
+            async move { post_json(&app, "/v1/chat/completions", session.as_deref(), body).await }
+        };
+        let spent = || async { token.balanceOf(daemon_key).call().await.unwrap() };
+        // what the daemon's key paid FeeRouter from here on, read from the chain's InferencePaid events
+        let from = s.chain.head().await;
+        let router = d.address(ContractKind::FeeRouter).unwrap();
+        let paid_on_chain = || async {
+            use alloy::providers::Provider;
+            use alloy::sol_types::SolEvent;
+            let f = alloy::rpc::types::Filter::new()
+                .address(router)
+                .event_signature(FeeRouter::InferencePaid::SIGNATURE_HASH)
+                .topic1(daemon_key.into_word())
+                .from_block(from);
+            let logs = s.chain.plain().get_logs(&f).await.unwrap();
+            logs.iter()
+                .map(|l| l.log_decode::<FeeRouter::InferencePaid>().unwrap().inner.data.amount)
+                .fold(U256::ZERO, |a, b| a + b)
+        };
+
+        // the developer prices its model at 1e36 wei per 1k tokens: the daemon will not pay that
+        let uri = format!("/api/models/{}/price", t.job_id);
+        let set = |price: Value| {
+            send(
+                &t.serving,
+                Method::PUT,
+                &uri,
+                Some(&s.session),
+                Some(("application/json", json!({"price_per_1k": price}).to_string().into_bytes())),
+            )
+        };
+        set(json!("1000000000000000000000000000000000000")).await.expect(StatusCode::OK);
+        let before = spent().await;
+        let greedy = call(Some(s.session.clone())).await;
+        set(Value::Null).await.expect(StatusCode::OK);
+        let p = greedy.problem(402, "payment-required");
+        assert!(p["detail"].as_str().unwrap().contains("more than the"), "{p}");
+        assert_eq!(spent().await, before, "the daemon paid nothing");
+        assert_eq!(paid_on_chain().await, U256::ZERO, "no payment sent");
+
+        // one caller, again and again: served until the next call would pass its cap
+        let mut paid = U256::ZERO;
+        let refusal = loop {
+            let r = call(Some(t.payer_session.clone())).await;
+            if r.status != StatusCode::OK {
+                break r;
+            }
+            let v = r.json();
+            assert_eq!(v["openledger"]["payment"]["mode"], "sponsored", "{v}");
+            paid += v["openledger"]["payment"]["amount"].as_str().unwrap().parse::<U256>().unwrap();
+            assert!(paid <= per_caller, "paid {paid} past the cap");
+        };
+        let p = refusal.problem(402, "payment-required");
+        assert!(p["detail"].as_str().unwrap().contains("per caller"), "{p}");
+        assert!(paid > U256::ZERO, "the first calls were sponsored");
+        assert_eq!(paid_on_chain().await, paid, "the daemon paid exactly the sponsored calls");
+        // anonymous callers share one allowance; together with everyone they stop at the total
+        let mut all = paid;
+        let refusal = loop {
+            let r = call(None).await;
+            if r.status != StatusCode::OK {
+                break r;
+            }
+            all += r.json()["openledger"]["payment"]["amount"].as_str().unwrap().parse::<U256>().unwrap();
+            assert!(all <= total, "paid {all} past the total");
+        };
+        let p = refusal.problem(402, "payment-required");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains("is spent") || detail.contains("per caller"), "{p}");
+        let stranger = sign_in(&t.serving, &PrivateKeySigner::random()).await;
+        let mut last = call(Some(stranger.clone())).await;
+        while last.status == StatusCode::OK {
+            all += last.json()["openledger"]["payment"]["amount"].as_str().unwrap().parse::<U256>().unwrap();
+            assert!(all <= total, "paid {all} past the total");
+            last = call(Some(stranger.clone())).await;
+        }
+        let p = last.problem(402, "payment-required");
+        assert!(p["detail"].as_str().unwrap().contains("is spent"), "{p}");
+        assert_eq!(paid_on_chain().await, all, "the daemon paid exactly the sponsored calls");
+        let recorded: String = sqlx::query_scalar("SELECT COALESCE(sum(amount), 0)::text FROM sponsored_spend")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(recorded, all.to_string(), "every sponsored payment is on the books");
+    });
+}
+
 /// OpenLoRA on the adapter just trained: listed, refused unpaid, served once per on-chain payment.
 #[test]
 fn serve_the_fresh_adapter_paid_first() {

@@ -138,9 +138,20 @@ pub struct InferenceArgs {
     /// Price per 1,000 tokens (prompt + max_tokens), in OPEN wei, of adapters whose developer set none.
     #[arg(long, env = "OPENLEDGER_PRICE_PER_1K", default_value_t = inference::DEFAULT_PRICE_PER_1K)]
     pub price_per_1k: alloy::primitives::U256,
-    /// Pay FeeRouter from the daemon's key for requests without a request_id (the dev stack).
+    /// Pay FeeRouter from the daemon's key for requests that bring no payment of their own (the dev stack):
+    /// never above --price-per-1k, and within the caps below.
     #[arg(long, env = "OPENLEDGER_SPONSOR_INFERENCE")]
     pub sponsor_inference: bool,
+    /// What sponsorship pays for one caller (anonymous callers together count as one) per
+    /// --sponsor-period-secs, in OPEN wei.
+    #[arg(long, default_value_t = inference::payment::DEFAULT_SPONSOR_CAP_PER_CALLER)]
+    pub sponsor_cap_per_caller: alloy::primitives::U256,
+    /// What sponsorship pays for everyone together per --sponsor-period-secs, in OPEN wei.
+    #[arg(long, default_value_t = inference::payment::DEFAULT_SPONSOR_CAP_TOTAL)]
+    pub sponsor_cap_total: alloy::primitives::U256,
+    /// The period of the sponsorship caps, in seconds.
+    #[arg(long, default_value_t = inference::payment::DEFAULT_SPONSOR_PERIOD_SECS)]
+    pub sponsor_period_secs: u64,
     /// Seconds a pay-first request waits for the indexer to see its payment.
     #[arg(long, default_value_t = inference::DEFAULT_PAYMENT_WAIT_SECS)]
     pub payment_wait_secs: u64,
@@ -224,6 +235,11 @@ impl InferenceArgs {
             },
             default_price_per_1k: self.price_per_1k,
             sponsor: self.sponsor_inference,
+            sponsor_limits: inference::payment::SponsorLimits {
+                per_caller: self.sponsor_cap_per_caller,
+                total: self.sponsor_cap_total,
+                period: Duration::from_secs(self.sponsor_period_secs.max(1)),
+            },
             payment_wait: Duration::from_secs(self.payment_wait_secs),
             default_max_tokens: self.default_max_tokens.max(1),
             batch_concurrency: self.batch_concurrency.max(1),

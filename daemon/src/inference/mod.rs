@@ -45,8 +45,10 @@ pub struct InferenceConfig {
     pub engine: EngineConfig,
     /// Price per 1,000 tokens (OPEN wei) of models whose developer set none.
     pub default_price_per_1k: U256,
-    /// Pay from the daemon's key for requests that bring no `request_id` (the dev stack).
+    /// Pay from the daemon's key for requests that bring no payment of their own (the dev stack), up to
+    /// `sponsor_limits`, and never above the default price.
     pub sponsor: bool,
+    pub sponsor_limits: payment::SponsorLimits,
     /// How long a pay-first request waits for the indexer to see its payment.
     pub payment_wait: Duration,
     /// `max_tokens` when a request gives none (capped by what the context leaves).
@@ -65,6 +67,7 @@ impl Default for InferenceConfig {
             engine: EngineConfig::default(),
             default_price_per_1k: DEFAULT_PRICE_PER_1K,
             sponsor: false,
+            sponsor_limits: payment::SponsorLimits::default(),
             payment_wait: Duration::from_secs(DEFAULT_PAYMENT_WAIT_SECS),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,

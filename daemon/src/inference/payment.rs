@@ -149,6 +149,43 @@ pub async fn find_payment(
     }
 }
 
+/// How much the daemon's key may pay on callers' behalf, per period: each caller (anonymous callers share one
+/// allowance) and everyone together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SponsorLimits {
+    pub per_caller: U256,
+    pub total: U256,
+    pub period: Duration,
+}
+
+/// A caller's sponsored spend per period, by default: 1 OPEN (a thousand requests of a thousand tokens at the
+/// default price).
+pub const DEFAULT_SPONSOR_CAP_PER_CALLER: U256 =
+    U256::from_limbs([1_000_000_000_000_000_000, 0, 0, 0]);
+/// Everyone's sponsored spend per period, by default: 100 OPEN.
+pub const DEFAULT_SPONSOR_CAP_TOTAL: U256 = U256::from_limbs([7_766_279_631_452_241_920, 5, 0, 0]);
+/// The sponsorship period, by default: a day.
+pub const DEFAULT_SPONSOR_PERIOD_SECS: u64 = 86_400;
+
+impl Default for SponsorLimits {
+    fn default() -> Self {
+        SponsorLimits {
+            per_caller: DEFAULT_SPONSOR_CAP_PER_CALLER,
+            total: DEFAULT_SPONSOR_CAP_TOTAL,
+            period: Duration::from_secs(DEFAULT_SPONSOR_PERIOD_SECS),
+        }
+    }
+}
+
+/// Whose sponsored spend a payment counts against, where it is recorded, and the caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    pub pool: &'a PgPool,
+    /// The signed-in caller; `None` for anonymous callers (one allowance for all of them).
+    pub caller: Option<Address>,
+    pub limits: &'a SponsorLimits,
+}
+
 /// Pays from the daemon's key, one payment at a time (the key's nonces), approving FeeRouter once.
 #[derive(Debug)]
 pub struct Sponsor {
@@ -167,6 +204,63 @@ impl Sponsor {
         }
     }
 
+    /// Pays `amount` for `caller` within `limits`: the spend so far in the period is read and the payment
+    /// recorded under the same lock, so concurrent requests cannot overshoot a cap together.
+    pub async fn pay_capped(
+        &self,
+        chain: &Chain,
+        deployment: &openledger_chain::Deployment,
+        spend: Spend<'_>,
+        model_id: U256,
+        amount: U256,
+    ) -> Result<Paid, PaymentError> {
+        let Spend {
+            pool,
+            caller,
+            limits,
+        } = spend;
+        let _one_at_a_time = self.lock.lock().await;
+        let secs = i64::try_from(limits.period.as_secs()).unwrap_or(i64::MAX);
+        let (mine, all): (String, String) = sqlx::query_as(
+            "SELECT COALESCE(sum(amount) FILTER (WHERE caller IS NOT DISTINCT FROM $1), 0)::text,
+                    COALESCE(sum(amount), 0)::text
+             FROM sponsored_spend WHERE at > now() - make_interval(secs => $2::float8)",
+        )
+        .bind(caller.map(|c| format!("{c:#x}")))
+        .bind(secs as f64)
+        .fetch_one(pool)
+        .await?;
+        let parse = |v: &str| v.parse::<U256>().unwrap_or(U256::MAX);
+        let (mine, all) = (parse(&mine), parse(&all));
+        let who = caller.map_or("anonymous callers".to_string(), |c| format!("{c:#x}"));
+        let hours = limits.period.as_secs_f64() / 3600.0;
+        if mine.saturating_add(amount) > limits.per_caller {
+            return Err(PaymentError::Required(format!(
+                "this daemon sponsors at most {} wei per caller every {hours} h and has paid {mine} wei for \
+                 {who}: pay first (FeeRouter.payInference) for this request",
+                limits.per_caller
+            )));
+        }
+        if all.saturating_add(amount) > limits.total {
+            return Err(PaymentError::Required(format!(
+                "this daemon's sponsorship ({} wei every {hours} h) is spent: pay first \
+                 (FeeRouter.payInference) for this request",
+                limits.total
+            )));
+        }
+        let paid = self.pay_locked(chain, deployment, model_id, amount).await?;
+        sqlx::query(
+            "INSERT INTO sponsored_spend (caller, amount, tx_hash) VALUES ($1, $2::numeric, $3)",
+        )
+        .bind(caller.map(|c| format!("{c:#x}")))
+        .bind(amount.to_string())
+        .bind(format!("{:#x}", paid.tx_hash))
+        .execute(pool)
+        .await?;
+        Ok(paid)
+    }
+
+    /// Pays `amount` (a caller's inference credit pays the daemon back).
     pub async fn pay(
         &self,
         chain: &Chain,
@@ -174,8 +268,18 @@ impl Sponsor {
         model_id: U256,
         amount: U256,
     ) -> Result<Paid, PaymentError> {
-        use std::sync::atomic::Ordering;
         let _one_at_a_time = self.lock.lock().await;
+        self.pay_locked(chain, deployment, model_id, amount).await
+    }
+
+    async fn pay_locked(
+        &self,
+        chain: &Chain,
+        deployment: &openledger_chain::Deployment,
+        model_id: U256,
+        amount: U256,
+    ) -> Result<Paid, PaymentError> {
+        use std::sync::atomic::Ordering;
         let unavailable = |e: &dyn std::fmt::Display| {
             PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
         };
@@ -232,6 +336,13 @@ async fn confirmed<D: alloy::contract::CallDecoder>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sponsorship_defaults_are_what_their_docs_say() {
+        let open = U256::from(10u64).pow(U256::from(18u64));
+        assert_eq!(DEFAULT_SPONSOR_CAP_PER_CALLER, open);
+        assert_eq!(DEFAULT_SPONSOR_CAP_TOTAL, open * U256::from(100u64));
+    }
 
     #[test]
     fn the_price_covers_prompt_and_max_tokens_rounded_up() {

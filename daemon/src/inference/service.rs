@@ -352,7 +352,7 @@ async fn charge(
     }
     let price = payment::price_per_1k(&sv.pool, *job_id, inf.cfg.default_price_per_1k).await?;
     let need = payment::required(price, pay.tokens);
-    let paid = sponsor(sv, &pay, name, model_id, need).await?;
+    let paid = sponsor(sv, &pay, name, model_id, price, need).await?;
     tracing::info!(inference = %pay.id, tx = %paid.tx_hash, amount = %paid.amount, "sponsored payment");
     Ok(Some(Charge {
         mode: "sponsored",
@@ -415,6 +415,7 @@ async fn sponsor(
     pay: &Pay<'_>,
     name: &str,
     model_id: U256,
+    price: U256,
     need: U256,
 ) -> Result<Paid, InferenceError> {
     let inf = &sv.inf;
@@ -432,10 +433,30 @@ async fn sponsor(
             Ok(p)
         }
         (Some(p), _) => Ok(p),
-        (None, _) if inf.cfg.sponsor => Ok(inf
-            .sponsor
-            .pay(sv.chain()?, &sv.deployment, model_id, need)
-            .await?),
+        (None, caller) if inf.cfg.sponsor => {
+            // a developer who prices its model above the default cannot have the daemon pay that price
+            if price > inf.cfg.default_price_per_1k {
+                return Err(InferenceError::PaymentRequired(format!(
+                    "{name} costs {price} wei per 1k tokens, more than the {} this daemon sponsors: {}",
+                    inf.cfg.default_price_per_1k,
+                    pay_hint(model_id, need)
+                )));
+            }
+            Ok(inf
+                .sponsor
+                .pay_capped(
+                    sv.chain()?,
+                    &sv.deployment,
+                    payment::Spend {
+                        pool: &sv.pool,
+                        caller,
+                        limits: &inf.cfg.sponsor_limits,
+                    },
+                    model_id,
+                    need,
+                )
+                .await?)
+        }
         (None, Some(caller)) => {
             match credits::charge(&sv.pool, caller, need, id).await {
                 Ok(left) => {
