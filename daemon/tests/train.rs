@@ -253,31 +253,14 @@ async fn trained_fixture() -> Trained {
     )
     .await
     .json();
-    let d = &s.chain.deployment;
-    let inf = Inference::load(
-        &s.pool,
-        &s.data.path().join("models"),
+    let (inf, serving) = serve(
+        &s,
         InferenceConfig {
-            model: Some("tiny-llama".into()),
             payment_wait: Duration::from_secs(5),
-            default_max_tokens: 6,
             ..InferenceConfig::default()
         },
     )
-    .await
-    .unwrap();
-    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
-    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
-        .await
-        .unwrap();
-    let serving = openledger_daemon::api::app(state_serving(
-        s.pool.clone(),
-        d.clone(),
-        Some(chain),
-        s.jobs.clone(),
-        ApiConfig::new(d.chain_id, DOMAIN),
-        Some(inf.clone()),
-    ));
+    .await;
     let payer: PrivateKeySigner = KEYS[PAYER].parse().unwrap();
     let payer_session = sign_in(&serving, &payer).await;
     Trained {
@@ -290,6 +273,36 @@ async fn trained_fixture() -> Trained {
         serving,
         payer_session,
     }
+}
+
+/// An app over `s` serving its tiny base model (and the adapters trained on it) with `cfg` (its model and
+/// default max_tokens set here), the daemon's key #1 paying when it sponsors.
+async fn serve(s: &Stack, cfg: InferenceConfig) -> (Arc<Inference>, axum::Router) {
+    let d = &s.chain.deployment;
+    let inf = Inference::load(
+        &s.pool,
+        &s.data.path().join("models"),
+        InferenceConfig {
+            model: Some("tiny-llama".into()),
+            default_max_tokens: 6,
+            ..cfg
+        },
+    )
+    .await
+    .unwrap();
+    let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let app = openledger_daemon::api::app(state_serving(
+        s.pool.clone(),
+        d.clone(),
+        Some(chain),
+        s.jobs.clone(),
+        ApiConfig::new(d.chain_id, DOMAIN),
+        Some(inf.clone()),
+    ));
+    (inf, app)
 }
 
 /// The account that pays in the pay-first tests.
@@ -980,12 +993,9 @@ fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
         // the default price is 1e15 wei per 1k tokens: a request of n tokens (prompt + max_tokens) costs n * 1e12
         let per_caller = U256::from(100_000_000_000_000u64);
         let total = U256::from(150_000_000_000_000u64);
-        let inf = Inference::load(
-            &s.pool,
-            &s.data.path().join("models"),
+        let (_, sponsoring) = serve(
+            s,
             InferenceConfig {
-                model: Some("tiny-llama".into()),
-                default_max_tokens: 6,
                 sponsor: true,
                 sponsor_limits: SponsorLimits {
                     per_caller,
@@ -995,20 +1005,7 @@ fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
                 ..InferenceConfig::default()
             },
         )
-        .await
-        .unwrap();
-        let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
-        let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
-            .await
-            .unwrap();
-        let sponsoring = openledger_daemon::api::app(state_serving(
-            s.pool.clone(),
-            d.clone(),
-            Some(chain),
-            s.jobs.clone(),
-            ApiConfig::new(d.chain_id, DOMAIN),
-            Some(inf),
-        ));
+        .await;
         let call = |session: Option<String>| {
             let body = json!({"model": format!("ft-{}", t.job_id), "max_tokens": 5, "temperature": 0,
                               "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}]});
