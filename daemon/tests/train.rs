@@ -1823,10 +1823,22 @@ fn batches_of_requests_through_the_files_and_batches_api() {
     })
     .await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(
-        done["request_counts"],
-        json!({"total": 4, "completed": 2, "failed": 2})
-    );
+    if done["request_counts"] != json!({"total": 4, "completed": 2, "failed": 2}) {
+        let errors = match done["error_file_id"].as_str() {
+            Some(f) => String::from_utf8_lossy(
+                &get(&app, &format!("/v1/files/{f}/content"), tok).await.body,
+            )
+            .to_string(),
+            None => String::new(),
+        };
+        let logs: Vec<String> = sqlx::query_scalar(
+            "SELECT message FROM job_logs WHERE job_id = (SELECT id FROM jobs WHERE kind = 'batch_inference' ORDER BY id DESC LIMIT 1) ORDER BY seq",
+        )
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        panic!("request counts {}: errors {errors}; job logs {logs:?}", done["request_counts"]);
+    }
     assert_eq!(done["metadata"]["run"], "test");
     let out = get(
         &app,
