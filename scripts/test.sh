@@ -127,6 +127,13 @@ deploy_refuses_outside_devnet() {
     --config .own.test.json >/dev/null 2>&1 || { log "deploy.sh with an own config and key failed"; status=1; }
   rm -f contracts/script/config/.own.test.json
   jq -e '(.contracts | length) == 7' "$dir/m.json" >/dev/null 2>&1 || { log "no manifest after the own deploy"; status=1; }
+  # the daemon on that chain: sponsoring strangers' requests with real OPEN needs asking for
+  if out="$(timeout 60 "$OPENLEDGER_BIN" serve --rpc-url "$url" --manifest "$dir/m.json" --sponsor-inference \
+    --listen 127.0.0.1:0 2>&1)"; then
+    log "serve --sponsor-inference outside a devnet was not refused"; status=1
+  elif ! grep -q "add --sponsor-on-public-chain" <<<"$out"; then
+    log "serve --sponsor-inference outside a devnet failed without saying why: $out"; status=1
+  fi
   return $status
 }
 
@@ -271,7 +278,7 @@ step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
-step "deploy outside a devnet refuses devnet keys and configs, sends nothing" deploy_refuses_outside_devnet
+step "outside a devnet: deploy refuses devnet keys and configs (sends nothing), serve refuses unasked sponsorship" deploy_refuses_outside_devnet
 step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough
 step "web UI: front-end unit tests, then sign-in to claim end to end in headless Chromium" ui_tests
 summary

@@ -117,6 +117,14 @@ pub struct Chain {
     url: String,
 }
 
+/// Whether a node's `web3_clientVersion` names a local devnet (anvil, hardhat, ganache).
+pub fn is_devnet_client(version: &str) -> bool {
+    let v = version.to_ascii_lowercase();
+    ["anvil", "hardhat", "ganache"]
+        .iter()
+        .any(|d| v.starts_with(d))
+}
+
 impl Chain {
     pub async fn connect(
         url: &str,
@@ -202,6 +210,17 @@ impl Chain {
 
     pub fn registry(&self) -> Registry::RegistryInstance<DynProvider> {
         Registry::new(self.registry, self.provider.clone())
+    }
+
+    /// Whether the node is a local devnet (anvil, hardhat or ganache, by its `web3_clientVersion`): where
+    /// OPEN is play money, payments are served at once and the daemon may sponsor without asking.
+    pub async fn is_devnet(&self) -> Result<bool, ChainError> {
+        let v = self
+            .provider
+            .get_client_version()
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))?;
+        Ok(is_devnet_client(&v))
     }
 
     pub async fn head(&self) -> Result<u64, ChainError> {
@@ -383,6 +402,22 @@ mod tests {
     use super::*;
     use alloy::dyn_abi::TypedData;
     use alloy::primitives::address;
+
+    #[test]
+    fn devnets_are_known_by_their_client_version() {
+        assert!(is_devnet_client("anvil/v1.7.1"));
+        assert!(is_devnet_client(
+            "HardhatNetwork/2.22.0/@ethereumjs/vm/7.0.0"
+        ));
+        assert!(is_devnet_client(
+            "Ganache/v7.9.2/EthereumJS TestRPC/v7.9.2/ethereum-js"
+        ));
+        assert!(!is_devnet_client(
+            "Geth/v1.14.11-stable/linux-amd64/go1.22.5"
+        ));
+        assert!(!is_devnet_client("op-geth/v1.101408.0"));
+        assert!(!is_devnet_client(""));
+    }
 
     #[test]
     fn the_json_payload_hashes_to_the_struct_digest() {

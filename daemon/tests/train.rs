@@ -976,6 +976,45 @@ fn a_payment_buys_only_its_payers_answer() {
     });
 }
 
+/// Free inferences through reorgs: a payment served at once could be taken back by a reorg after its answer
+/// was given. With confirmations set (outside devnets, by default), a payment serves only once its block is
+/// that deep; before, a 402 says how deep it is.
+#[test]
+fn a_payment_serves_once_it_has_its_confirmations() {
+    TRAINED.run(|t| async move {
+        use alloy::providers::ext::AnvilApi;
+        let s = &t.s;
+        let (_, app) = serve(
+            s,
+            InferenceConfig {
+                payment_confirmations: 3,
+                payment_wait: Duration::from_millis(300),
+                ..InferenceConfig::default()
+            },
+        )
+        .await;
+        let rid = B256::repeat_byte(0x71);
+        t.pay(rid, ether(1)).await;
+        let body = json!({"model": format!("ft-{}", t.job_id), "max_tokens": 5, "temperature": 0,
+                          "request_id": rid.to_string(),
+                          "messages": [{"role": "user", "content": "What is the ledger code of item 3?"}]});
+        let call = || post_json(&app, "/v1/chat/completions", Some(&t.payer_session), body.clone());
+        let p = call().await.problem(402, "payment-required");
+        assert!(p["detail"].as_str().unwrap().contains("1 of the 3 confirmations"), "{p}");
+        // two more blocks on top of the payment's, and the index has them
+        s.chain.plain().anvil_mine(Some(2), None).await.unwrap();
+        let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), &s.chain.deployment).unwrap();
+        let head = s.chain.head().await;
+        until("the indexer reaches the head", || async {
+            (index.indexed_through().await.unwrap() >= Some(head)).then_some(())
+        })
+        .await;
+        let served = call().await;
+        served.expect(StatusCode::OK);
+        assert_eq!(served.json()["openledger"]["payment"]["request_id"], rid.to_string());
+    });
+}
+
 /// Attacks on sponsorship (the daemon paying FeeRouter from its key): a developer prices its model far above
 /// the default and calls it on the daemon's money; callers, signed in or anonymous, call until the daemon's
 /// OPEN is gone. Sponsorship never pays above the default price, and stops at a per-caller and a total cap

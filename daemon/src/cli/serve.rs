@@ -155,6 +155,14 @@ pub struct InferenceArgs {
     /// Seconds a pay-first request waits for the indexer to see its payment.
     #[arg(long, default_value_t = inference::DEFAULT_PAYMENT_WAIT_SECS)]
     pub payment_wait_secs: u64,
+    /// Blocks a pay-first payment must be under (counting its own) before it serves [default: 0 on a local
+    /// devnet, else 10].
+    #[arg(long)]
+    pub payment_confirmations: Option<u64>,
+    /// Allow --sponsor-inference on a chain that is not a local devnet (its OPEN is real: set the
+    /// --sponsor-cap-* flags deliberately).
+    #[arg(long, requires = "sponsor_inference")]
+    pub sponsor_on_public_chain: bool,
     #[command(flatten)]
     pub attribution: AttributionArgs,
 }
@@ -241,11 +249,44 @@ impl InferenceArgs {
                 period: Duration::from_secs(self.sponsor_period_secs.max(1)),
             },
             payment_wait: Duration::from_secs(self.payment_wait_secs),
+            payment_confirmations: self.payment_confirmations.unwrap_or(0),
             default_max_tokens: self.default_max_tokens.max(1),
             batch_concurrency: self.batch_concurrency.max(1),
             attribution: self.attribution.config(),
         })
     }
+}
+
+/// The serving settings on this chain: a local devnet serves payments at once and may sponsor freely;
+/// elsewhere payments wait for `DEFAULT_PAYMENT_CONFIRMATIONS` unless told otherwise, and sponsorship
+/// must be asked for with --sponsor-on-public-chain.
+async fn inference_for(
+    args: &InferenceArgs,
+    chain: &Chain,
+) -> anyhow::Result<Option<crate::inference::InferenceConfig>> {
+    let Some(mut cfg) = args.config() else {
+        return Ok(None);
+    };
+    let devnet = match chain.is_devnet().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "the node does not say what it is: treating it as a public chain");
+            false
+        }
+    };
+    cfg.payment_confirmations = args.payment_confirmations.unwrap_or(if devnet {
+        0
+    } else {
+        inference::DEFAULT_PAYMENT_CONFIRMATIONS
+    });
+    if cfg.sponsor && !devnet && !args.sponsor_on_public_chain {
+        anyhow::bail!(
+            "--sponsor-inference on a chain that is not a local devnet pays strangers' requests with this \
+             daemon's real OPEN: add --sponsor-on-public-chain, and set --sponsor-cap-per-caller and \
+             --sponsor-cap-total deliberately"
+        );
+    }
+    Ok(Some(cfg))
 }
 
 pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
@@ -264,6 +305,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "no key (OPENLEDGER_PRIVATE_KEY or --keystore): relaying and publishing are off"
         ),
     }
+    let inference = inference_for(&args.inference, &chain).await?;
     let db = super::db::open(global).await?;
     let mut api = ApiConfig::new(
         deployment.chain_id,
@@ -311,7 +353,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         confirm_timeout: Duration::from_secs(args.confirm_timeout_secs.max(1)),
         training: TrainSettings::new(global.data_dir.clone(), &args.device),
-        inference: args.inference.config(),
+        inference,
         settlement: (args.settle_every_secs > 0).then(|| {
             (
                 args.settle.config(),

@@ -30,6 +30,9 @@ use crate::models;
 pub const DEFAULT_PRICE_PER_1K: U256 = U256::from_limbs([1_000_000_000_000_000, 0, 0, 0]);
 /// Seconds a pay-first request waits for the indexer to see its payment, by default.
 pub const DEFAULT_PAYMENT_WAIT_SECS: u64 = 10;
+/// Blocks an `InferencePaid` must be under before it serves a pay-first request, by default outside local
+/// devnets (on a devnet: 0). About 20 s on an OP Stack chain.
+pub const DEFAULT_PAYMENT_CONFIRMATIONS: u64 = 10;
 /// `max_tokens` of requests that give none, by default.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// Lines of one batch job in flight at once, by default.
@@ -51,6 +54,8 @@ pub struct InferenceConfig {
     pub sponsor_limits: payment::SponsorLimits,
     /// How long a pay-first request waits for the indexer to see its payment.
     pub payment_wait: Duration,
+    /// Blocks the payment's block must be under (counting itself) before it serves: 1 = mined, 0 = no wait.
+    pub payment_confirmations: u64,
     /// `max_tokens` when a request gives none (capped by what the context leaves).
     pub default_max_tokens: usize,
     /// Lines of one batch job in flight at once (the rest of `engine.max_seqs` stays for interactive calls).
@@ -69,6 +74,7 @@ impl Default for InferenceConfig {
             sponsor: false,
             sponsor_limits: payment::SponsorLimits::default(),
             payment_wait: Duration::from_secs(DEFAULT_PAYMENT_WAIT_SECS),
+            payment_confirmations: 0,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             attribution: AttributionConfig::default(),

@@ -88,6 +88,8 @@ pub struct PayFirst {
     pub tokens: usize,
     /// The daemon's price for a model whose developer set none.
     pub default_price: U256,
+    /// Blocks the payment's block must be under, counting itself, before it serves.
+    pub confirmations: u64,
 }
 
 /// Waits (up to `wait`) for the indexer to see the client's payment, and checks it against the price in
@@ -115,6 +117,24 @@ pub async fn find_payment(
                     "request {request_id:#x} paid for model {}, not model {model_id}",
                     p.model_id
                 )));
+            }
+            // a payment a reorg could still take back serves once it is deep enough
+            let head = index
+                .indexed_through()
+                .await
+                .map_err(|e| PaymentError::Unavailable(format!("the chain index: {e}")))?
+                .unwrap_or(0);
+            let depth = (head + 1).saturating_sub(p.block_number);
+            if depth < req.confirmations {
+                if Instant::now() >= deadline {
+                    return Err(PaymentError::Required(format!(
+                        "the payment of request {request_id:#x} (block {}) has {depth} of the {} \
+                         confirmations this daemon waits for; send the request again shortly",
+                        p.block_number, req.confirmations
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
             let price = crate::models::price_at(pool, req.job_id, p.block_number)
                 .await?

@@ -341,6 +341,7 @@ async fn charge(
             job_id: *job_id,
             tokens: pay.tokens,
             default_price: inf.cfg.default_price_per_1k,
+            confirmations: inf.cfg.payment_confirmations,
         };
         let (paid, price) =
             payment::find_payment(&sv.index, &sv.pool, req, inf.cfg.payment_wait).await?;
