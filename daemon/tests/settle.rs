@@ -710,6 +710,15 @@ fn a_reorg_between_build_and_proposal_derives_the_epoch_again() {
                 "SELECT count(*) FROM inference_payments WHERE request_id = '{rid}'"
             ))
             .await;
+        // the inference served on it is marked while its payment is off the chain
+        let marked: bool = sqlx::query_scalar(
+            "SELECT payment_removed_at IS NOT NULL FROM inferences WHERE request_id = $1 AND status = 'succeeded'",
+        )
+        .bind(rid.to_string())
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+        assert_eq!(marked, still_paid == 0, "marked exactly when the payment is gone");
         if still_paid == 0 {
             // the payment left the chain: nothing payable is new
             failed_with(&rederived, "nothing to settle");
@@ -1101,4 +1110,62 @@ impl World {
         .unwrap();
         c.parse().unwrap()
     }
+}
+
+/// An inference served on a payment that a reorg took off the chain is marked, and a payment mined again
+/// clears the mark; other inferences are untouched (the index's rollback deletes rows in one statement, the
+/// indexer inserts them in one).
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn an_inference_whose_payment_a_reorg_removed_is_marked(pool: PgPool) {
+    let payer = format!("{:#x}", Address::repeat_byte(0x0a));
+    let rid = |n: u8| B256::repeat_byte(n).to_string();
+    for (id, r) in [("inf-1", rid(1)), ("inf-2", rid(2))] {
+        sqlx::query(
+            "INSERT INTO inferences (id, model, kind, base_model_hash, payment_mode, chain_id, payer, request_id,
+                                     status, prompt_tokens, max_tokens)
+             VALUES ($1, 'ft-1', 'chat', '0xbase', 'pay_first', 31337, $2, $3, 'succeeded', 3, 4)",
+        )
+        .bind(id)
+        .bind(&payer)
+        .bind(&r)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let pay = |r: String, log: i64, block: i64| {
+        let (pool, payer) = (pool.clone(), payer.clone());
+        async move {
+            sqlx::query(
+                "INSERT INTO inference_payments VALUES (31337, '0xtx', $1, $2, '0xblock', '0xrouter', $3, 1, $4,
+                                                        10, '0xdev', 1, 4, 1, 4)",
+            )
+            .bind(log)
+            .bind(block)
+            .bind(&payer)
+            .bind(&r)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    pay(rid(1), 0, 5).await;
+    pay(rid(2), 1, 7).await;
+    let marked = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM inferences WHERE payment_removed_at IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(marked().await.is_empty(), "paid and on chain");
+    // a reorg above block 6 takes the second payment away
+    sqlx::query("SELECT rollback_chain_index(31337, 6, ARRAY['0xrouter'])")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(marked().await, ["inf-2"]);
+    // mined again in a later block
+    pay(rid(2), 2, 9).await;
+    assert!(marked().await.is_empty(), "back on chain");
 }
