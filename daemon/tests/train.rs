@@ -346,6 +346,21 @@ impl Trained {
         paid.json()
     }
 
+    /// The model's developer sets its price (`null`: back to the default).
+    async fn set_price(&self, price: Value) -> Reply {
+        send(
+            &self.serving,
+            Method::PUT,
+            &format!("/api/models/{}/price", self.job_id),
+            Some(&self.s.session),
+            Some((
+                "application/json",
+                json!({"price_per_1k": price}).to_string().into_bytes(),
+            )),
+        )
+        .await
+    }
+
     /// A chat request to the trained model from the payer's session.
     async fn payer_chat(&self, extra: Value) -> Reply {
         self.chat_as(Some(&self.payer_session), extra).await
@@ -941,20 +956,7 @@ fn a_payment_buys_only_its_payers_answer() {
         // price in force at its block; a payment mined after the change pays the new one
         let before = B256::repeat_byte(0x64);
         t.pay(before, ether(1)).await;
-        let uri = format!("/api/models/{}/price", t.job_id);
-        let set = |price: Value| {
-            send(
-                &t.serving,
-                Method::PUT,
-                &uri,
-                Some(&s.session),
-                Some((
-                    "application/json",
-                    json!({"price_per_1k": price}).to_string().into_bytes(),
-                )),
-            )
-        };
-        set(json!(ether(1000).to_string()))
+        t.set_price(json!(ether(1000).to_string()))
             .await
             .expect(StatusCode::OK);
         let after = B256::repeat_byte(0x65);
@@ -962,7 +964,7 @@ fn a_payment_buys_only_its_payers_answer() {
         let kept = t
             .payer_chat(json!({"request_id": before.to_string()}))
             .await;
-        set(Value::Null).await.expect(StatusCode::OK);
+        t.set_price(Value::Null).await.expect(StatusCode::OK);
         kept.expect(StatusCode::OK);
         assert_eq!(
             kept.json()["openledger"]["payment"]["request_id"],
@@ -1070,20 +1072,10 @@ fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
         };
 
         // the developer prices its model at 1e36 wei per 1k tokens: the daemon will not pay that
-        let uri = format!("/api/models/{}/price", t.job_id);
-        let set = |price: Value| {
-            send(
-                &t.serving,
-                Method::PUT,
-                &uri,
-                Some(&s.session),
-                Some(("application/json", json!({"price_per_1k": price}).to_string().into_bytes())),
-            )
-        };
-        set(json!("1000000000000000000000000000000000000")).await.expect(StatusCode::OK);
+        t.set_price(json!("1000000000000000000000000000000000000")).await.expect(StatusCode::OK);
         let before = spent().await;
         let greedy = call(Some(s.session.clone())).await;
-        set(Value::Null).await.expect(StatusCode::OK);
+        t.set_price(Value::Null).await.expect(StatusCode::OK);
         let p = greedy.problem(402, "payment-required");
         assert!(p["detail"].as_str().unwrap().contains("more than the"), "{p}");
         assert_eq!(spent().await, before, "the daemon paid nothing");
