@@ -104,8 +104,8 @@ STATE=""
 wait_until 300 upload_confirmed || true
 jq -c '{state, contribution: .contribution | {id, contributor, tx_hash, status}}' <<<"$RESULT" >&2
 [ "$STATE" = confirmed ] || die "the upload did not get confirmed (state $STATE)"
-ONCHAIN="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "contributionByHash(uint256,bytes32)(uint256)" \
-  "$DATANET" "$(jq -r .content_hash <<<"$RESULT")")"
+ONCHAIN="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "contributionByHash(uint256,address,bytes32)(uint256)" \
+  "$DATANET" "$ADDR" "$(jq -r .content_hash <<<"$RESULT")")"
 [ "$ONCHAIN" = "$(jq -r .contribution.id <<<"$RESULT")" ] || die "chain says contribution $ONCHAIN"
 echo "contribution $ONCHAIN of Datanet $DATANET is on chain, credited to $ADDR" >&2
 

@@ -173,8 +173,12 @@ mine_settled() { # all of this demo's inferences are in some epoch's report, and
   local list reported
   list="$(curl -sf "$API/api/settlements")" || return 1
   [ "$(jq -r '.[0].state // empty' <<<"$list")" = accepted ] || return 1
-  reported="$(for e in $(jq -r '.[].epoch' <<<"$list"); do curl -sf "$API/api/settlements/$e/report" | jq -r '.payments[].inference_id'; done)"
-  for id in "${INFERENCES[@]}"; do grep -qx "$id" <<<"$reported" || return 1; done
+  # a public report names no inference, only its attribution record's hash (the record stays private)
+  reported="$(for e in $(jq -r '.[].epoch' <<<"$list"); do curl -sf "$API/api/settlements/$e/report" | jq -r '.payments[].record_hash'; done)"
+  for id in "${INFERENCES[@]}"; do
+    hash="$(curl -sf "$API/api/inferences/$id/attribution" | jq -r .record_hash)" || return 1
+    grep -qx "$hash" <<<"$reported" || return 1
+  done
 }
 DELAY="$("$CAST" call --rpc-url "$RPC_URL" "$POOL" "challengeDelay()(uint64)")"
 WARPED=""

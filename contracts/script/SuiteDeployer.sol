@@ -35,6 +35,8 @@ abstract contract SuiteDeployer {
         uint256 datanetFee;
         FeeRouter.Split split;
         uint64 challengeDelay;
+        /// OPEN a dispute of a pending reward root posts.
+        uint96 disputeBond;
         uint64 unbondingPeriod;
         uint16 maxSlashBps;
         bool burnSlashed;
@@ -84,7 +86,7 @@ abstract contract SuiteDeployer {
             new OpenGovernor(s.token, s.timelock, p.votingDelay, p.votingPeriod, p.proposalThreshold, p.quorumPercent);
         address treasury = address(s.timelock);
         s.registry = new Registry(s.token, p.deployer, treasury, p.datanetFee);
-        s.distributor = new RewardDistributor(s.token, p.deployer, p.challengeDelay);
+        s.distributor = new RewardDistributor(s.token, p.deployer, p.challengeDelay, p.disputeBond);
         s.feeRouter = new FeeRouter(
             s.token, IModelRegistry(address(s.registry)), p.deployer, treasury, address(s.distributor), p.split
         );
@@ -139,6 +141,7 @@ abstract contract SuiteDeployer {
             poolBps: SafeCast.toUint16(vm.parseJsonUint(json, ".split.poolBps"))
         });
         p.challengeDelay = SafeCast.toUint64(vm.parseJsonUint(json, ".challengeDelay"));
+        p.disputeBond = SafeCast.toUint96(vm.parseJsonUint(json, ".disputeBond"));
         p.unbondingPeriod = SafeCast.toUint64(vm.parseJsonUint(json, ".unbondingPeriod"));
         p.maxSlashBps = SafeCast.toUint16(vm.parseJsonUint(json, ".maxSlashBps"));
         p.burnSlashed = vm.parseJsonBool(json, ".burnSlashed");

@@ -87,7 +87,14 @@ contract Registry is AccessControl, EIP712, Nonces, IModelRegistry, IAgentRegist
     mapping(uint256 id => Datanet) internal _datanets;
     mapping(uint256 datanetId => mapping(address => bool)) public isCurator;
     mapping(uint256 datanetId => mapping(address => bool)) public isAllowedContributor;
-    mapping(uint256 datanetId => mapping(bytes32 contentHash => uint256 contributionId)) public contributionByHash;
+    /// @notice A contributor's contribution of a content hash to a Datanet (0 if none). Uniqueness is per
+    /// contributor: nobody can claim a hash for others (a front-run `contribute` of someone's relayed hash is the
+    /// front-runner's own contribution and does not block the victim's), and two contributors who hold the
+    /// same data may each contribute it. A rejected contribution keeps its slot: its contributor cannot
+    /// submit the same content to the same Datanet again; everyone else still can.
+    mapping(
+        uint256 datanetId => mapping(address contributor => mapping(bytes32 contentHash => uint256 contributionId))
+    ) public contributionByHash;
     mapping(uint256 datanetId => mapping(uint64 version => bytes32 root)) public versionRoot;
     mapping(uint256 id => Contribution) internal _contributions;
     mapping(uint256 id => Model) internal _models;
@@ -162,7 +169,9 @@ contract Registry is AccessControl, EIP712, Nonces, IModelRegistry, IAgentRegist
     error NotAllowedContributor(uint256 datanetId, address contributor);
     error NotModelDeveloper(uint256 modelId, address account);
     error NotAgentOwner(uint256 agentId, address account);
-    error DuplicateContribution(uint256 datanetId, bytes32 contentHash, uint256 existingContributionId);
+    error DuplicateContribution(
+        uint256 datanetId, address contributor, bytes32 contentHash, uint256 existingContributionId
+    );
     error ContributionNotInDatanet(uint256 contributionId, uint256 datanetId);
     error ContributionAlreadyReviewed(uint256 contributionId, ContributionStatus status);
     error EmptyBatch();
@@ -255,6 +264,8 @@ contract Registry is AccessControl, EIP712, Nonces, IModelRegistry, IAgentRegist
     // =====================================================================
 
     /// @notice Submit a data point to a Datanet as the caller. It starts Pending until a curator reviews it.
+    /// A contributor submits a given content hash to a Datanet once (even if it was rejected); other
+    /// contributors may submit the same hash (see `contributionByHash`).
     /// @param datanetId the Datanet
     /// @param contentHash hash of the content (the content itself stays off-chain)
     /// @param metadataURI where the content or its description can be fetched
@@ -311,11 +322,11 @@ contract Registry is AccessControl, EIP712, Nonces, IModelRegistry, IAgentRegist
         if (d.permissioned && !isAllowedContributor[datanetId][contributor]) {
             revert NotAllowedContributor(datanetId, contributor);
         }
-        uint256 existing = contributionByHash[datanetId][contentHash];
-        if (existing != 0) revert DuplicateContribution(datanetId, contentHash, existing);
+        uint256 existing = contributionByHash[datanetId][contributor][contentHash];
+        if (existing != 0) revert DuplicateContribution(datanetId, contributor, contentHash, existing);
 
         contributionId = ++contributionCount;
-        contributionByHash[datanetId][contentHash] = contributionId;
+        contributionByHash[datanetId][contributor][contentHash] = contributionId;
         // casting is safe: the Datanet exists, so its id <= datanetCount
         // forge-lint: disable-next-line(unsafe-typecast)
         uint64 dn = uint64(datanetId);

@@ -155,7 +155,8 @@ contract RegistryTest is Fixture {
         vm.assertEq(c.contributor, alice, "contributor");
         vm.assertEq(uint256(c.datanetId), datanetId, "datanet");
         vm.assertEq(uint256(c.status), uint256(Registry.ContributionStatus.Pending), "pending");
-        vm.assertEq(registry.contributionByHash(datanetId, h), id, "dedupe index");
+        vm.assertEq(registry.contributionByHash(datanetId, alice, h), id, "dedupe index");
+        vm.assertEq(registry.contributionByHash(datanetId, bob, h), 0, "per contributor");
         vm.assertEq(uint256(registry.datanet(datanetId).contributionCount), 1, "count");
     }
 
@@ -167,11 +168,56 @@ contract RegistryTest is Fixture {
         vm.expectRevert(Registry.ZeroHash.selector);
         registry.contribute(datanetId, bytes32(0), "u");
         uint256 id = registry.contribute(datanetId, h, "u");
-        vm.stopPrank();
-        vm.prank(bob);
-        vm.expectRevert(abi.encodeWithSelector(Registry.DuplicateContribution.selector, datanetId, h, id));
+        vm.expectRevert(abi.encodeWithSelector(Registry.DuplicateContribution.selector, datanetId, alice, h, id));
         registry.contribute(datanetId, h, "u");
+        vm.stopPrank();
         vm.assertEq(registry.contributionCount(), 1, "only one stored");
+    }
+
+    /// Two contributors who hold the same data each contribute it, each to their own credit.
+    function test_identicalDataFromTwoContributorsIsTwoContributions() public {
+        bytes32 h = keccak256("shared");
+        vm.prank(alice);
+        uint256 a = registry.contribute(datanetId, h, "u");
+        vm.prank(bob);
+        uint256 b = registry.contribute(datanetId, h, "u");
+        vm.assertTrue(a != b, "two contributions");
+        vm.assertEq(registry.contribution(a).contributor, alice, "alice's");
+        vm.assertEq(registry.contribution(b).contributor, bob, "bob's");
+    }
+
+    /// A rejected contribution keeps its slot for its contributor (a curator's no is not undone by resubmitting),
+    /// and does not block anyone else.
+    function test_aRejectedHashStaysWithItsContributor() public {
+        bytes32 h = keccak256("rejected");
+        vm.prank(alice);
+        uint256 id = registry.contribute(datanetId, h, "u");
+        uint256[] memory ids = new uint256[](1);
+        ids[0] = id;
+        vm.prank(carol);
+        registry.reviewContributions(datanetId, ids, false);
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(Registry.DuplicateContribution.selector, datanetId, alice, h, id));
+        registry.contribute(datanetId, h, "u");
+        vm.prank(bob);
+        uint256 other = registry.contribute(datanetId, h, "u");
+        vm.assertEq(registry.contribution(other).contributor, bob, "bob may still give it");
+    }
+
+    /// A front-runner who copies a relayed `contributeWithSig`'s hash from the mempool and submits it first gets
+    /// a contribution of its own; the victim's signed contribution still goes through, credited to the victim.
+    function test_attack_aFrontRunContributionDoesNotBlockOrTakeTheSignersCredit() public {
+        (address victim, uint256 pk) = makeKey("victim");
+        bytes32 h = keccak256("victim's data");
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _sign(pk, victim, datanetId, h, "ipfs://v", 0, deadline);
+        vm.prank(bob); // the front-runner
+        uint256 squat = registry.contribute(datanetId, h, "ipfs://squat");
+        vm.prank(makeAddr("relayer"));
+        uint256 id = registry.contributeWithSig(victim, datanetId, h, "ipfs://v", 0, deadline, sig);
+        vm.assertEq(registry.contribution(id).contributor, victim, "the victim's");
+        vm.assertEq(registry.contributionByHash(datanetId, victim, h), id, "indexed for the victim");
+        vm.assertEq(registry.contributionByHash(datanetId, bob, h), squat, "the squatter has only its own");
     }
 
     function test_permissionedDatanet() public {

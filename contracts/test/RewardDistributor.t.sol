@@ -239,6 +239,125 @@ contract RewardDistributorTest is Fixture {
         vm.assertEq(token.balanceOf(address(distributor)), 240 ether, "the unsettled pools stay");
     }
 
+    function _disputer(address who) internal returns (uint256 bond) {
+        bond = distributor.disputeBond();
+        _fund(who, bond);
+        vm.prank(who);
+        token.approve(address(distributor), bond);
+    }
+
+    /// Attack: a wrong root (a stolen settler key's) is proposed. A watcher disputes it with a bond: it can be
+    /// neither accepted nor superseded (the settler cannot escape the dispute); the revoker upholds the dispute,
+    /// the root is revoked and the watcher gets its bond back; the pool is untouched throughout.
+    function test_attack_aDisputedWrongRootIsNeverAcceptedAndTheWatcherIsRepaid() public {
+        _fundPool(300 ether);
+        address watcher = makeAddr("watcher");
+        uint256 bond = _disputer(watcher);
+        vm.prank(SETTLER);
+        distributor.proposeRoot(1, keccak256("wrong"), 300 ether, "");
+        vm.expectEmit(address(distributor));
+        emit RewardDistributor.RootDisputed(1, keccak256("wrong"), watcher, bond, "leaves differ");
+        vm.prank(watcher);
+        distributor.dispute(1, keccak256("wrong"), "leaves differ");
+        vm.assertEq(token.balanceOf(address(distributor)), 300 ether + bond, "the bond is held");
+        vm.assertEq(distributor.pendingDispute().disputer, watcher, "open");
+
+        vm.warp(block.timestamp + distributor.challengeDelay());
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.Disputed.selector, 1, keccak256("wrong"), watcher));
+        distributor.acceptRoot();
+        vm.prank(SETTLER);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.Disputed.selector, 1, keccak256("wrong"), watcher));
+        distributor.proposeRoot(2, keccak256("escape"), 300 ether, "");
+        // only the revoker decides
+        bytes32 role = distributor.REVOKER_ROLE();
+        vm.prank(watcher);
+        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, watcher, role));
+        distributor.resolveDispute(1, keccak256("wrong"), true);
+
+        vm.expectEmit(address(distributor));
+        emit RewardDistributor.DisputeResolved(1, keccak256("wrong"), watcher, true, bond, address(timelock));
+        vm.prank(address(timelock));
+        distributor.resolveDispute(1, keccak256("wrong"), true);
+        vm.assertEq(distributor.pendingRoot().root, bytes32(0), "revoked");
+        vm.assertEq(token.balanceOf(watcher), bond, "bond returned");
+        vm.assertEq(token.balanceOf(address(distributor)), 300 ether, "pool untouched");
+        vm.expectRevert(RewardDistributor.NoPendingRoot.selector);
+        distributor.acceptRoot();
+    }
+
+    /// A griefer disputes an honest root: the revoker rejects the dispute, the bond joins the contributor pool
+    /// (it backs the next roots' solvency), and the root is accepted once its delay is over.
+    function test_aRejectedDisputeCostsTheBondAndTheRootStands() public {
+        _fundPool(10 ether);
+        address griefer = makeAddr("griefer");
+        uint256 bond = _disputer(griefer);
+        vm.prank(SETTLER);
+        distributor.proposeRoot(1, keccak256("honest"), 10 ether, "");
+        vm.prank(griefer);
+        distributor.dispute(1, keccak256("honest"), "no reason");
+        vm.prank(address(timelock));
+        distributor.resolveDispute(1, keccak256("honest"), false);
+        vm.assertEq(token.balanceOf(griefer), 0, "bond lost");
+        vm.assertEq(distributor.pendingRoot().root, keccak256("honest"), "still pending");
+        vm.warp(block.timestamp + distributor.challengeDelay());
+        distributor.acceptRoot();
+        vm.assertEq(distributor.currentRoot().root, keccak256("honest"), "accepted");
+        // the lost bond is pool money now: the next root may promise it
+        vm.prank(SETTLER);
+        distributor.proposeRoot(2, keccak256("next"), 10 ether + bond, "");
+    }
+
+    /// A dispute is refused for a root not pending, after the challenge delay, or while another dispute is open;
+    /// revoking a disputed root upholds the dispute.
+    function test_disputeRules() public {
+        _fundPool(10 ether);
+        address watcher = makeAddr("watcher");
+        uint256 bond = _disputer(watcher);
+        vm.prank(watcher);
+        vm.expectRevert(RewardDistributor.NoPendingRoot.selector);
+        distributor.dispute(1, keccak256("r1"), "");
+        vm.prank(SETTLER);
+        distributor.proposeRoot(1, keccak256("r1"), 10 ether, "");
+        vm.prank(watcher);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.NotPending.selector, 1, keccak256("r0")));
+        distributor.dispute(1, keccak256("r0"), "");
+        vm.prank(address(timelock));
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.NotDisputed.selector, 1, keccak256("r1")));
+        distributor.resolveDispute(1, keccak256("r1"), true);
+        vm.prank(watcher);
+        distributor.dispute(1, keccak256("r1"), "first");
+        address second = makeAddr("second");
+        _disputer(second);
+        vm.prank(second);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.Disputed.selector, 1, keccak256("r1"), watcher));
+        distributor.dispute(1, keccak256("r1"), "second");
+        // revoking a disputed root upholds its dispute
+        vm.prank(address(timelock));
+        distributor.revokeRoot(1, keccak256("r1"));
+        vm.assertEq(token.balanceOf(watcher), bond, "bond returned by the revocation");
+        // the challenge delay over: too late to dispute
+        vm.prank(SETTLER);
+        distributor.proposeRoot(2, keccak256("r2"), 10 ether, "");
+        uint64 validAt = distributor.pendingRoot().validAt;
+        vm.warp(validAt);
+        vm.prank(second);
+        vm.expectRevert(abi.encodeWithSelector(RewardDistributor.ChallengePeriodOver.selector, validAt));
+        distributor.dispute(2, keccak256("r2"), "late");
+    }
+
+    function test_setDisputeBond() public {
+        vm.expectEmit(address(distributor));
+        emit RewardDistributor.DisputeBondSet(distributor.disputeBond(), 5 ether);
+        vm.prank(address(timelock));
+        distributor.setDisputeBond(5 ether);
+        vm.assertEq(uint256(distributor.disputeBond()), 5 ether, "set");
+        vm.prank(alice);
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, alice, bytes32(0))
+        );
+        distributor.setDisputeBond(0);
+    }
+
     function testFuzz_claimsMatchTree(uint256 seed, uint8 count) public {
         uint256 n = bound(count, 1, 12);
         address[] memory accounts = new address[](n);
@@ -291,6 +410,6 @@ contract RewardDistributorTest is Fixture {
 
     function test_constructorRejectsZeroAddresses() public {
         vm.expectRevert(RewardDistributor.ZeroAddress.selector);
-        new RewardDistributor(token, address(0), 1);
+        new RewardDistributor(token, address(0), 1, 1);
     }
 }

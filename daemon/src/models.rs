@@ -275,6 +275,34 @@ pub async fn trained_models(
     Ok(rows.into_iter().map(trained).collect())
 }
 
+/// Files of a trained model that give back its training data (the tokenized set and the attribution index
+/// spans): readable only by whoever may read every permissioned Datanet the model was trained on.
+pub fn gives_back_data(name: &str) -> bool {
+    matches!(name, "dataset.json" | "dataset.tokens") || name.starts_with("attribution")
+}
+
+/// The first permissioned Datanet of the model's training set that `reader` (`None`: anonymous) may not read,
+/// or `None` when it may read them all.
+pub async fn unreadable_datanet(
+    index: &openledger_indexer::query::ChainIndex,
+    model: &TrainedModel,
+    reader: Option<Address>,
+) -> Result<Option<U256>, openledger_indexer::IndexerError> {
+    let empty = vec![];
+    for d in model.datanets.as_array().unwrap_or(&empty) {
+        let Some(id) = d["datanet_id"]
+            .as_str()
+            .and_then(|s| s.parse::<U256>().ok())
+        else {
+            continue;
+        };
+        if index.may_read_datanet(id, reader).await? != Some(true) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
 pub async fn trained_model(
     pool: &PgPool,
     job_id: i64,

@@ -1,6 +1,8 @@
 //! Uploaded contribution content and relay requests in Postgres. Content is stored once per hash; an
 //! upload ties it to an owner and a Datanet; a relay is one signed `contributeWithSig` the daemon sends.
 
+use std::collections::HashMap;
+
 use alloy::primitives::{Address, B256, U256};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
@@ -124,6 +126,38 @@ pub async fn list(
     .bind(offset)
     .fetch_all(pool)
     .await
+}
+
+/// The content each `(contributor, content hash)` pair uploaded on this chain, keyed by the pair: content is
+/// trained for a contribution only when its on-chain contributor is the account that uploaded it (someone who
+/// contributes a copied hash gets no content of the uploader's).
+pub async fn bodies_uploaded_by(
+    pool: &PgPool,
+    chain_id: i64,
+    pairs: &[(Address, B256)],
+) -> Result<HashMap<(Address, B256), Vec<u8>>, sqlx::Error> {
+    let owners: Vec<String> = pairs.iter().map(|(a, _)| format!("{a:#x}")).collect();
+    let hashes: Vec<String> = pairs.iter().map(|(_, h)| format!("{h:#x}")).collect();
+    let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (u.owner, u.content_hash) u.owner, u.content_hash, c.body
+         FROM uploads u JOIN contents c USING (content_hash)
+         JOIN unnest($2::text[], $3::text[]) AS w(owner, content_hash)
+           ON w.owner = u.owner AND w.content_hash = u.content_hash
+         WHERE u.chain_id = $1",
+    )
+    .bind(chain_id)
+    .bind(&owners)
+    .bind(&hashes)
+    .fetch_all(pool)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (owner, hash, body) in rows {
+        // the columns hold the fixed lowercase forms written above; a row that does not parse is not a match
+        if let (Ok(o), Ok(h)) = (owner.parse(), hash.parse()) {
+            out.insert((o, h), body);
+        }
+    }
+    Ok(out)
 }
 
 pub async fn body(pool: &PgPool, hash: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {

@@ -159,6 +159,18 @@ impl Flow {
         up.json()
     }
 
+    /// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
+    async fn typed_data(&self, session: &str, id: i64) -> Value {
+        let td = get(
+            &self.app,
+            &format!("/api/uploads/{id}/typed-data"),
+            Some(session),
+        )
+        .await;
+        td.expect(StatusCode::OK);
+        td.json()
+    }
+
     /// The contributor (#4) sends `contribute` for `upload` themselves and the daemon matches it: the
     /// confirmed upload.
     async fn contribute_yourself(&self, session: &str, upload: &Value) -> Value {
@@ -202,14 +214,7 @@ fn a_signed_upload_is_relayed_and_confirmed() {
     assert_eq!(up.status, StatusCode::CREATED);
     let upload = up.json();
     let id = upload["id"].as_i64().unwrap();
-    let td = get(
-        app,
-        &format!("/api/uploads/{id}/typed-data"),
-        Some(&session),
-    )
-    .await;
-    td.expect(StatusCode::OK);
-    let td = td.json();
+    let td = f.typed_data(&session, id).await;
     assert_eq!(td["nonce"], "0");
     assert_eq!(
         td["typed_data"]["message"]["contentHash"],
@@ -292,6 +297,7 @@ fn a_signed_upload_is_relayed_and_confirmed() {
     let on_chain = registry(0)
         .contributionByHash(
             U256::from(1),
+            contributor.address(),
             upload["content_hash"].as_str().unwrap().parse().unwrap(),
         )
         .call()
@@ -324,6 +330,116 @@ fn a_signed_upload_is_relayed_and_confirmed() {
     // the old signature covers other values, so recovery yields another address: 400, not a relay
     stale.problem(400, "bad-request");
 
+    });
+}
+
+/// A front-runner copies an upload's content hash (from the mempool, a relay, a public listing) and contributes
+/// it first. On chain that is the front-runner's own contribution: the uploader's upload is not taken for
+/// confirmed by it, the uploader's signed relay still goes through to the uploader's credit, and the uploaded
+/// content is trained only for the uploader's contribution. A second honest holder of the same data gets its
+/// own contribution too.
+#[test]
+fn a_front_run_contribution_neither_blocks_nor_takes_the_uploaders_credit() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let victim: PrivateKeySigner = KEYS[6].parse().unwrap();
+        let attacker = TestChain::address_of(7);
+        let session = sign_in(app, &victim).await;
+        let up = f.upload(&session, 2, b"The victim's own words.").await;
+        let id = up["id"].as_i64().unwrap();
+        let hash: B256 = up["content_hash"].as_str().unwrap().parse().unwrap();
+        let td = f.typed_data(&session, id).await;
+        let signature = sign_typed(&victim, &td["typed_data"]);
+
+        // the attacker contributes the hash first
+        send!(
+            f.registry(7)
+                .contribute(U256::from(2), hash, "ipfs://squat".into())
+        );
+        let squat = f
+            .registry(0)
+            .contributionByHash(U256::from(2), attacker, hash)
+            .call()
+            .await
+            .unwrap();
+        assert_ne!(squat, U256::ZERO);
+        until("the front-run contribution indexed", || async {
+            let v = get(app, &format!("/api/contents/{hash}/contributions"), None)
+                .await
+                .json();
+            (v.as_array().unwrap().len() == 1).then_some(())
+        })
+        .await;
+        // the attacker's contribution does not confirm the victim's upload
+        let v = get(app, &format!("/api/uploads/{id}"), Some(&session))
+            .await
+            .json();
+        assert_eq!(v["state"], "uploaded", "{v}");
+        assert!(v["contribution"].is_null(), "{v}");
+
+        // the victim's signed relay goes through, to the victim
+        post_json(
+            app,
+            &format!("/api/uploads/{id}/relay"),
+            Some(&session),
+            json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
+        let done = wait_upload(app, &session, id, "confirmed").await;
+        assert_eq!(
+            done["contribution"]["contributor"],
+            format!("{:#x}", victim.address())
+        );
+        assert_ne!(done["contribution"]["id"], squat.to_string());
+        // once the victim's is on chain, a payload to sign again is refused (the chain would refuse it)
+        get(
+            app,
+            &format!("/api/uploads/{id}/typed-data"),
+            Some(&session),
+        )
+        .await
+        .problem(409, "conflict");
+
+        // training reads the uploaded content for the uploader's contribution only
+        let chain_id = f.chain.deployment.chain_id as i64;
+        let bodies = openledger_daemon::uploads::bodies_uploaded_by(
+            &f.pool,
+            chain_id,
+            &[(victim.address(), hash), (attacker, hash)],
+        )
+        .await
+        .unwrap();
+        let body = bodies
+            .get(&(victim.address(), hash))
+            .expect("the uploader's content");
+        // the canonical form of the text upload (a JSON line)
+        assert!(
+            String::from_utf8_lossy(body).contains("The victim's own words."),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(
+            !bodies.contains_key(&(attacker, hash)),
+            "the squatter gets no content"
+        );
+
+        // a second honest holder of the same data (#8) uploads it: not confirmed by anyone else's, and it
+        // contributes it itself
+        let second: PrivateKeySigner = KEYS[8].parse().unwrap();
+        let s2 = sign_in(app, &second).await;
+        let up2 = f.upload(&s2, 2, b"The victim's own words.").await;
+        assert_eq!(up2["content_hash"], up["content_hash"]);
+        assert_eq!(up2["state"], "uploaded", "{up2}");
+        send!(
+            f.registry(8)
+                .contribute(U256::from(2), hash, "ipfs://mine-too".into())
+        );
+        let mine = wait_upload(app, &s2, up2["id"].as_i64().unwrap(), "confirmed").await;
+        assert_eq!(
+            mine["contribution"]["contributor"],
+            format!("{:#x}", second.address())
+        );
     });
 }
 
@@ -452,7 +568,11 @@ fn a_datanet_the_daemon_does_not_own_is_not_published() {
         let c = send!(registry(4).contribute(U256::from(2), B256::repeat_byte(9), "x".into()));
         assert!(c.status());
         let id = registry(0)
-            .contributionByHash(U256::from(2), B256::repeat_byte(9))
+            .contributionByHash(
+                U256::from(2),
+                TestChain::address_of(4),
+                B256::repeat_byte(9),
+            )
             .call()
             .await
             .unwrap();

@@ -906,6 +906,20 @@ fn the_audit_matches_every_root_and_catches_a_forged_record() {
                 .await,
             );
             assert_eq!(v["matches"], true, "epoch {e}: {v}");
+            // the public report names no inference (the ids open attribution records), only record hashes
+            let report = get(&w.app, &format!("/api/settlements/{e}/report"), None)
+                .await
+                .json();
+            let inferences: Vec<String> = sqlx::query_scalar("SELECT id FROM inferences")
+                .fetch_all(&w.pool)
+                .await
+                .unwrap();
+            let text = report.to_string();
+            assert!(!text.contains("inference_id"), "epoch {e}: {report}");
+            assert!(
+                inferences.iter().all(|i| !text.contains(i.as_str())),
+                "epoch {e} names an inference: {report}"
+            );
         }
         // the fixture's first answer, in a live epoch, changed after the fact
         let first = B256::repeat_byte(FIRST_RID);
@@ -1168,4 +1182,117 @@ async fn an_inference_whose_payment_a_reorg_removed_is_marked(pool: PgPool) {
     // mined again in a later block
     pay(rid(2), 2, 9).await;
     assert!(marked().await.is_empty(), "back on chain");
+}
+
+/// `settle watch` leaves an honest pending root alone: it recomputes it, finds it equal, and disputes nothing.
+#[test]
+fn the_watcher_leaves_an_honest_root_alone() {
+    SETTLE.run(|w| async move {
+        w.settle_pending().await;
+        w.used().await;
+        let proposed = ok_json(&w.settle(&[], &[]).await);
+        assert_eq!(proposed["state"], "final", "{proposed}");
+        let out = w
+            .cli(DAEMON, &["--json", "settle", "watch", "--once"], &[])
+            .await;
+        let v = ok_json(&out);
+        assert_eq!(v["finding"], "matches", "{v}");
+        assert_eq!(v["epoch"], proposed["epoch"], "{v}");
+        let d = RewardDistributor::new(w.addr(ContractKind::RewardDistributor), w.chain.plain());
+        assert_eq!(
+            d.pendingDispute().call().await.unwrap().disputer,
+            Address::ZERO
+        );
+    });
+}
+
+/// Attack: the settler key (stolen, or a buggy settler) proposes a root no honest build made. A watcher
+/// (`settle watch`, from its own key) recomputes it, finds nothing behind it, and disputes it with the bond
+/// during the challenge delay: the root can then not be accepted, a second watcher round spends nothing more,
+/// and once the revoker upholds the dispute the root is gone and the watcher has its bond back.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_forged_root_is_disputed_by_the_watcher(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let d = chain.deployment.clone();
+    let data = tempfile::tempdir().unwrap();
+    let manifest = data.path().join("manifest.json");
+    std::fs::write(&manifest, serde_json::to_vec(&d).unwrap()).unwrap();
+    const WATCHER: usize = 6;
+    let token = OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), chain.actor(0));
+    send!(token.transfer(TestChain::address_of(WATCHER), ether(25)));
+    let distributor_addr = d.address(ContractKind::RewardDistributor).unwrap();
+    let distributor = RewardDistributor::new(distributor_addr, chain.plain());
+    let bond = U256::from(distributor.disputeBond().call().await.unwrap());
+    assert!(bond > U256::ZERO);
+    let watch = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_openledger"));
+        c.args(["--database-url", &url_of(&pool)])
+            .args(["--json", "settle", "watch", "--once"])
+            .env_remove("RUST_LOG")
+            .env("OPENLEDGER_PRIVATE_KEY", KEYS[WATCHER])
+            .env("OPENLEDGER_RPC_URL", &chain.url)
+            .env("OPENLEDGER_MANIFEST", &manifest);
+        async move { c.output().await.unwrap() }
+    };
+    assert_eq!(ok_json(&watch().await)["finding"], "nothing pending");
+
+    // the settler key proposes a root of its own making (its total within what the pool holds: zero)
+    let forged = B256::repeat_byte(0xee);
+    send!(
+        RewardDistributor::new(distributor_addr, chain.actor(DAEMON)).proposeRoot(
+            1,
+            forged,
+            U256::ZERO,
+            "forged".into()
+        )
+    );
+    let balance = || async {
+        token
+            .balanceOf(TestChain::address_of(WATCHER))
+            .call()
+            .await
+            .unwrap()
+    };
+    let before = balance().await;
+    let v = ok_json(&watch().await);
+    assert_eq!(v["finding"], "wrong, disputed", "{v}");
+    assert_eq!(v["epoch"], 1);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not built by this daemon"),
+        "{v}"
+    );
+    let open = distributor.pendingDispute().call().await.unwrap();
+    assert_eq!(open.disputer, TestChain::address_of(WATCHER));
+    assert_eq!(balance().await, before - bond, "the bond is posted");
+
+    // frozen: past its delay it still cannot be accepted; the next round finds it disputed and spends nothing
+    chain.plain().anvil_increase_time(3601).await.unwrap();
+    chain.plain().anvil_mine(Some(1), None).await.unwrap();
+    assert!(
+        distributor.acceptRoot().call().await.is_err(),
+        "a disputed root was acceptable"
+    );
+    let v = ok_json(&watch().await);
+    assert_eq!(v["finding"], "disputed already", "{v}");
+    assert_eq!(balance().await, before - bond);
+
+    // the revoker upholds the dispute: the root is gone and the bond comes back
+    let revoker = d.roles.revokers[0];
+    let resolve = RewardDistributor::resolveDisputeCall {
+        epoch: 1,
+        root: forged,
+        upheld: true,
+    };
+    chain
+        .impersonated(revoker, distributor_addr, resolve.abi_encode())
+        .await;
+    assert_eq!(
+        distributor.pendingRoot().call().await.unwrap().root,
+        B256::ZERO
+    );
+    assert_eq!(balance().await, before);
+    assert_eq!(ok_json(&watch().await)["finding"], "nothing pending");
 }

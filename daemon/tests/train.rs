@@ -602,6 +602,178 @@ fn the_model_is_registered_on_chain_and_listed() {
     });
 }
 
+/// The daemon's key registers the model and publishes its adapter, then hands the model to the account that
+/// trained it: the developer share of every fee goes to the builder (#3), not to the daemon (#1).
+#[test]
+fn the_developer_share_goes_to_the_builder_not_the_daemon() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let d = &s.chain.deployment;
+        let builder = TestChain::address_of(3);
+        assert_eq!(
+            t.job["result"]["published"]["developer"],
+            format!("{builder:#x}"),
+            "{}",
+            t.job
+        );
+        let registry = Registry::new(d.address(ContractKind::Registry).unwrap(), s.chain.plain());
+        assert_eq!(
+            registry.modelDeveloper(t.model_id).call().await.unwrap(),
+            builder
+        );
+        let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), d).unwrap();
+        assert_eq!(
+            index.model(t.model_id).await.unwrap().unwrap().developer,
+            builder
+        );
+
+        // a payment's developer share is paid to the builder
+        use alloy::sol_types::SolEvent;
+        let rid = B256::repeat_byte(0x81);
+        t.pay(rid, ether(1)).await;
+        let router = d.address(ContractKind::FeeRouter).unwrap();
+        let f = alloy::rpc::types::Filter::new()
+            .address(router)
+            .event_signature(FeeRouter::InferencePaid::SIGNATURE_HASH)
+            .topic3(rid)
+            .from_block(0u64);
+        let logs = alloy::providers::Provider::get_logs(&s.chain.plain(), &f)
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        let paid = logs[0]
+            .log_decode::<FeeRouter::InferencePaid>()
+            .unwrap()
+            .inner
+            .data;
+        assert_eq!(paid.developer, builder);
+        assert!(
+            paid.developerAmount > U256::ZERO,
+            "a developer share was paid"
+        );
+        // and the daemon's key can no longer act as the model's developer
+        let daemon = Registry::new(d.address(ContractKind::Registry).unwrap(), s.chain.actor(1));
+        let stolen = daemon
+            .transferModel(t.model_id, TestChain::address_of(1))
+            .call()
+            .await;
+        assert!(stolen.is_err(), "the daemon took the model back");
+    });
+}
+
+/// A permissioned Datanet's data is for its owner, curators and allowed contributors: a stranger may not train
+/// on it (403 before anything is queued) nor download the files of a model trained on it that give the data
+/// back (`dataset.*`, `attribution*`: 401 anonymous, 403 signed in); its readers may. The adapter and manifest
+/// stay public.
+#[test]
+fn permissioned_data_is_only_for_its_readers() {
+    TRAINED.run(|t| async move {
+        let s = &t.s;
+        let app = &s.app;
+        let d = &s.chain.deployment;
+        let registry_addr = d.address(ContractKind::Registry).unwrap();
+        let registry = |i| Registry::new(registry_addr, s.chain.actor(i));
+        let token = OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), s.chain.actor(0));
+        let fee = registry(0).datanetFee().call().await.unwrap();
+        send!(token.approve(registry_addr, fee));
+        // #0 owns it, #2 curates it, #4 may contribute; #3 (the builder) and #5 are strangers
+        send!(registry(0).createDatanet(
+            "ipfs://private".into(),
+            vec![],
+            true,
+            vec![TestChain::address_of(2)]
+        ));
+        let dn = registry(0).datanetCount().call().await.unwrap();
+        send!(registry(2).setContributorsAllowed(dn, vec![TestChain::address_of(4)], true));
+        let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), d).unwrap();
+        until("the allow-list indexed", || async {
+            (index
+                .may_read_datanet(dn, Some(TestChain::address_of(4)))
+                .await
+                .unwrap()
+                == Some(true))
+            .then_some(())
+        })
+        .await;
+        for (who, may) in [(0, true), (2, true), (4, true), (3, false), (5, false)] {
+            assert_eq!(
+                index.may_read_datanet(dn, Some(TestChain::address_of(who))).await.unwrap(),
+                Some(may),
+                "#{who}"
+            );
+        }
+        assert_eq!(index.may_read_datanet(dn, None).await.unwrap(), Some(false));
+        assert_eq!(index.may_read_datanet(U256::from(1), None).await.unwrap(), Some(true));
+
+        // training on it: a stranger is refused before anything is queued; a reader gets past that check
+        // (and is refused here only for the version it names, which does not exist)
+        let params = json!({"base_model": "tiny-llama", "datanets": [{"id": dn.to_string(), "version": "9"}]});
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        let p = post_json(app, "/api/jobs", Some(&s.session), json!({"kind": "train", "params": params}))
+            .await
+            .problem(403, "forbidden");
+        assert!(p["detail"].as_str().unwrap().contains("permissioned"), "{p}");
+        let reader: PrivateKeySigner = KEYS[4].parse().unwrap();
+        let reader_session = sign_in(app, &reader).await;
+        let p = post_json(app, "/api/jobs", Some(&reader_session), json!({"kind": "train", "params": params}))
+            .await
+            .problem(422, "invalid-content");
+        assert!(p["detail"].as_str().unwrap().contains("no version 9"), "{p}");
+        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(before, after, "nothing queued");
+
+        // the files of a model trained on it (the fixture's model's folder, recorded as trained on `dn`; another
+        // base hash keeps it out of the served models)
+        let job: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (kind, owner, params, state) VALUES ('train', $1, '{}', 'failed') RETURNING id",
+        )
+        .bind(format!("{:#x}", TestChain::address_of(4)))
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO trained_models (job_id, owner, base_model, base_model_hash, datanets, adapter_hash,
+                                         manifest_hash, dir, metrics)
+             SELECT $1, $2, base_model, 'not-served', $3, adapter_hash, manifest_hash, dir, metrics
+             FROM trained_models WHERE job_id = $4",
+        )
+        .bind(job)
+        .bind(format!("{:#x}", TestChain::address_of(4)))
+        .bind(json!([{"datanet_id": dn.to_string(), "version": "1", "root": "0x00"}]))
+        .bind(t.job_id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        let file = |name: &str, session: Option<String>| {
+            let uri = format!("/api/models/{job}/files/{name}");
+            async move { get(app, &uri, session.as_deref()).await }
+        };
+        for name in ["dataset.json", "dataset.tokens", "attribution-0.span", "attribution-0.grads", "attribution-0.keys"] {
+            let p = file(name, None).await.problem(401, "unauthorized");
+            assert!(p["detail"].as_str().unwrap().contains("permissioned"), "{name}: {p}");
+            file(name, Some(s.session.clone())).await.problem(403, "forbidden");
+            file(name, Some(t.payer_session.clone())).await.problem(403, "forbidden");
+            file(name, Some(reader_session.clone())).await.expect(StatusCode::OK);
+        }
+        let owner_session = sign_in(app, &KEYS[0].parse().unwrap()).await;
+        file("dataset.tokens", Some(owner_session)).await.expect(StatusCode::OK);
+        // what gives no data back stays public
+        for name in ["adapter_model.safetensors", "adapter_config.json", "manifest.json"] {
+            file(name, None).await.expect(StatusCode::OK);
+        }
+        // and the public Datanet's model is unchanged
+        get(app, &format!("/api/models/{}/files/dataset.tokens", t.job_id), None)
+            .await
+            .expect(StatusCode::OK);
+    });
+}
+
 /// Datanet 1's version 2 adds contributions: a model trained on it links the first model's attribution
 /// segment into its folder (same file, same hash), indexes and takes gradients of the added examples
 /// only, and attributes over both segments as one index.

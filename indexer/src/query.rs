@@ -175,6 +175,11 @@ impl ChainIndex {
         })
     }
 
+    /// The chain this index reads.
+    pub fn chain_id(&self) -> i64 {
+        self.chain_id
+    }
+
     /// Every block up to this one is indexed (None before the first range).
     pub async fn indexed_through(&self) -> Result<Option<u64>, IndexerError> {
         let v: Option<i64> = sqlx::query_scalar(
@@ -299,6 +304,64 @@ impl ChainIndex {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(contribution).collect()
+    }
+
+    /// `contributor`'s contribution of this content to `datanet_id`, if any: uniqueness on chain is per
+    /// contributor, so this is at most one row, and a contribution of the same content by someone else is
+    /// never taken for it.
+    pub async fn contribution_of(
+        &self,
+        datanet_id: U256,
+        contributor: Address,
+        content_hash: B256,
+    ) -> Result<Option<Contribution>, IndexerError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{CONTRIBUTION_SELECT} AND datanet_id = $3::numeric AND contributor = $4 AND content_hash = $5"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .bind(format!("{contributor:#x}"))
+        .bind(format!("{content_hash:#x}"))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(contribution).transpose()
+    }
+
+    /// May `account` read a Datanet's data (and what is derived from it)? Anyone for a public Datanet; for a
+    /// permissioned one only its current owner, its curators and its allowed contributors (`None`, an
+    /// anonymous reader, is none of them). `None` when the Datanet is not indexed.
+    pub async fn may_read_datanet(
+        &self,
+        datanet_id: U256,
+        account: Option<Address>,
+    ) -> Result<Option<bool>, IndexerError> {
+        let v: Option<bool> = sqlx::query_scalar(
+            "SELECT NOT d.permissioned OR COALESCE(
+                 d.owner = $4
+                 OR COALESCE((SELECT x.enabled FROM datanet_changes x
+                               WHERE x.chain_id = d.chain_id AND x.contract_address = d.contract_address
+                                 AND x.datanet_id = d.datanet_id AND x.kind = 'curator' AND x.account = $4
+                               ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1),
+                             $4 = ANY(COALESCE((SELECT c.curators FROM datanets c
+                                       WHERE c.chain_id = d.chain_id AND c.contract_address = d.contract_address
+                                         AND c.datanet_id = d.datanet_id), '{}'::text[])))
+                 OR COALESCE((SELECT x.enabled FROM datanet_changes x
+                               WHERE x.chain_id = d.chain_id AND x.contract_address = d.contract_address
+                                 AND x.datanet_id = d.datanet_id AND x.kind = 'contributor_allowed'
+                                 AND x.account = $4
+                               ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1), false),
+                 false)
+             FROM datanets_current d
+             WHERE d.chain_id = $1 AND d.contract_address = $2 AND d.datanet_id = $3::numeric",
+        )
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .bind(account.map(|a| format!("{a:#x}")))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(v)
     }
 
     pub async fn versions(&self, datanet_id: U256) -> Result<Vec<DatanetVersion>, IndexerError> {

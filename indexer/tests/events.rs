@@ -223,6 +223,7 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
         ("RewardDistributor", "RootAccepted"),
         ("RewardDistributor", "Claimed"),
         ("RewardDistributor", "ChallengeDelaySet"),
+        ("RewardDistributor", "DisputeBondSet"),
         ("OpenGovernor", "ProposalCreated"),
         ("OpenGovernor", "VoteCast"),
         ("OpenGovernor", "ProposalQueued"),
@@ -333,6 +334,18 @@ async fn every_event_lands_in_its_table(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(delay_changes, 1, "the executed proposal's parameter change");
+    // the dispute bond set at deployment is a parameter too
+    let bond: Option<String> = sqlx::query_scalar(
+        "SELECT params->>'newBond' FROM parameter_changes WHERE contract = 'RewardDistributor' AND parameter = 'DisputeBondSet'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        bond.as_deref(),
+        Some("10000000000000000000"),
+        "the bond of config/local.json"
+    );
     let settler_granted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM parameter_changes WHERE parameter = 'RoleGranted' AND params->>'account' = $1",
     )

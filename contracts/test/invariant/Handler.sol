@@ -68,6 +68,10 @@ contract Handler {
     uint256 public superseded;
     uint256 public revocations;
     uint256 public dishonest;
+    /// @notice Disputes opened, the bond they hold now, and acceptances of a disputed root (must stay 0).
+    uint256 public disputes;
+    uint256 public ghostBondHeld;
+    uint256 public acceptedWhileDisputed;
     /// @notice The largest `totalClaimed - currentRoot().total` ever seen after a claim (must stay 0).
     uint256 public claimedPastTotal;
     uint256[ACTORS] public lastClaimed;
@@ -268,6 +272,7 @@ contract Handler {
     /// @dev Propose an epoch: raise each actor's cumulative amount by what the pool can cover. A root still
     /// pending is superseded (the settler proposing again before the challenge delay ends).
     function propose(uint256 seed) external {
+        if (_disputed()) return; // a disputed root cannot be superseded (test_attack_aDisputedWrongRoot...)
         uint256 available = token.balanceOf(address(distributor)) + distributor.totalClaimed();
         uint256 promised;
         for (uint256 i; i < ACTORS; ++i) {
@@ -289,6 +294,7 @@ contract Handler {
     /// @dev A dishonest settler: leaves promising up to everything the pool holds under a `total` that only
     /// covers what was promised before. Claims must stop at the total.
     function proposeDishonest(uint256 seed) external {
+        if (_disputed()) return;
         uint256 available = token.balanceOf(address(distributor)) + distributor.totalClaimed();
         uint256 total = distributor.currentRoot().total;
         bytes32[] memory leaves = new bytes32[](ACTORS);
@@ -317,6 +323,12 @@ contract Handler {
         RewardDistributor.Root memory p = distributor.pendingRoot();
         if (p.root == bytes32(0)) return;
         if (block.timestamp < p.validAt) vm.warp(p.validAt);
+        if (_disputed()) {
+            try distributor.acceptRoot() {
+                ++acceptedWhileDisputed;
+            } catch {}
+            return;
+        }
         distributor.acceptRoot();
         _tree = _pendingTree;
         for (uint256 i; i < ACTORS; ++i) {
@@ -329,9 +341,46 @@ contract Handler {
     function revoke() external {
         RewardDistributor.Root memory p = distributor.pendingRoot();
         if (p.root == bytes32(0)) return;
+        uint256 bond = distributor.pendingDispute().bond;
         vm.prank(timelock);
         distributor.revokeRoot(p.epoch, p.root);
+        ghostBondHeld -= bond; // a revocation upholds an open dispute: the bond goes back
         ++revocations;
+    }
+
+    /// @dev Someone disputes the pending root during its challenge delay, posting the bond.
+    function dispute(uint256 actorSeed) external {
+        RewardDistributor.Root memory p = distributor.pendingRoot();
+        if (p.root == bytes32(0) || block.timestamp >= p.validAt || _disputed()) return;
+        (, address a) = _actor(actorSeed);
+        uint256 bond = distributor.disputeBond();
+        if (token.balanceOf(a) < bond) return;
+        vm.prank(a);
+        token.approve(address(distributor), bond);
+        vm.prank(a);
+        distributor.dispute(p.epoch, p.root, "handler");
+        ghostBondHeld += bond;
+        ++disputes;
+    }
+
+    /// @dev Governance decides the open dispute: upheld revokes the root and repays the bond; rejected gives the
+    /// bond to the pool.
+    function resolve(bool upheld) external {
+        RewardDistributor.Dispute memory d = distributor.pendingDispute();
+        if (d.disputer == address(0)) return;
+        RewardDistributor.Root memory p = distributor.pendingRoot();
+        vm.prank(timelock);
+        distributor.resolveDispute(p.epoch, p.root, upheld);
+        ghostBondHeld -= d.bond;
+        if (upheld) {
+            ++revocations;
+        } else {
+            ghostPoolFunded += d.bond;
+        }
+    }
+
+    function _disputed() internal view returns (bool) {
+        return distributor.pendingDispute().disputer != address(0);
     }
 
     function claim(uint256 actorSeed) external {

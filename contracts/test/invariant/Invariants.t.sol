@@ -30,7 +30,7 @@ contract InvariantsTest is Fixture {
         }
         handler.setAgents(agents);
         _targetContract(address(handler));
-        bytes4[] memory actions = new bytes4[](19);
+        bytes4[] memory actions = new bytes4[](21);
         actions[0] = Handler.payInference.selector;
         actions[1] = Handler.replayPayment.selector;
         actions[2] = Handler.setSplit.selector;
@@ -50,6 +50,8 @@ contract InvariantsTest is Fixture {
         actions[16] = Handler.accept.selector;
         actions[17] = Handler.revoke.selector;
         actions[18] = Handler.proposeDishonest.selector;
+        actions[19] = Handler.dispute.selector;
+        actions[20] = Handler.resolve.selector;
         _targetSelector(address(handler), actions);
     }
 
@@ -72,14 +74,16 @@ contract InvariantsTest is Fixture {
         vm.assertLe(distributor.totalClaimed(), handler.ghostPoolFunded(), "total claimed <= total funded");
         vm.assertEq(
             token.balanceOf(address(distributor)),
-            handler.ghostPoolFunded() - distributor.totalClaimed(),
-            "pool balance == funded - claimed"
+            handler.ghostPoolFunded() - distributor.totalClaimed() + handler.ghostBondHeld(),
+            "pool balance == funded - claimed + the open dispute's bond"
         );
+        vm.assertEq(handler.ghostBondHeld(), distributor.pendingDispute().bond, "one open dispute's bond at most");
         vm.assertLe(
             distributor.currentRoot().total - distributor.totalClaimed(),
-            token.balanceOf(address(distributor)),
-            "the accepted root is covered by the pool"
+            token.balanceOf(address(distributor)) - handler.ghostBondHeld(),
+            "the accepted root is covered by the pool, bonds apart"
         );
+        vm.assertEq(handler.acceptedWhileDisputed(), 0, "a disputed root is never accepted");
         vm.assertLe(distributor.totalClaimed(), distributor.currentRoot().total, "claims never exceed the root's total");
         vm.assertEq(handler.claimedPastTotal(), 0, "not even for a moment, under a dishonest root");
         RewardDistributor.Root memory p = distributor.pendingRoot();

@@ -97,12 +97,9 @@ pub struct UploadView {
 async fn view(s: &AppState, u: UploadRow) -> ApiResult<UploadView> {
     let datanet = parse_u256("datanet id", &u.datanet_id)?;
     let hash = parse_hash("content hash", &u.content_hash)?;
-    let contribution = s
-        .index
-        .contribution_by_content(hash)
-        .await?
-        .into_iter()
-        .find(|c| c.datanet_id == datanet);
+    let owner = parse_address("owner", &u.owner)?;
+    // confirmed only by the uploader's own contribution: someone else's of the same content is theirs
+    let contribution = s.index.contribution_of(datanet, owner, hash).await?;
     let relays: Vec<RelayView> = uploads::relays_of(&s.pool, u.id)
         .await?
         .into_iter()
@@ -255,6 +252,23 @@ async fn list_uploads(
     Ok(Json(out))
 }
 
+/// 409 when `owner` has contributed this content to this Datanet already (the chain takes it once per
+/// contributor).
+async fn already_contributed(
+    s: &AppState,
+    datanet: U256,
+    owner: Address,
+    hash: B256,
+) -> ApiResult<()> {
+    match s.index.contribution_of(datanet, owner, hash).await? {
+        Some(c) => Err(ApiError::Conflict(format!(
+            "{owner:#x} has already contributed this content to Datanet {datanet} (contribution {})",
+            c.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn owned_upload(s: &AppState, a: &Auth, id: &str) -> ApiResult<UploadRow> {
     let id = parse_id("upload id", id)?;
     let u = uploads::get(&s.pool, id)
@@ -339,6 +353,10 @@ async fn typed_data(
         ));
     }
     let owner = parse_address("owner", &u.owner)?;
+    let datanet = parse_u256("datanet id", &u.datanet_id)?;
+    let hash = parse_hash("content hash", &u.content_hash)?;
+    // a payload the chain would refuse is not served for signing
+    already_contributed(&s, datanet, owner, hash).await?;
     let chain = s.chain()?;
     let nonce = chain
         .contribute_nonce(owner)
@@ -350,8 +368,8 @@ async fn typed_data(
         chain.registry_address(),
         Contribute {
             contributor: owner,
-            datanetId: parse_u256("datanet id", &u.datanet_id)?,
-            contentHash: parse_hash("content hash", &u.content_hash)?,
+            datanetId: datanet,
+            contentHash: hash,
             metadataURI: u.metadata_uri.clone(),
             nonce,
             deadline,
@@ -432,18 +450,7 @@ async fn relay(
             "the signature is by {signer:#x}, not by the upload's owner {owner:#x} (or it covers other values)"
         )));
     }
-    if let Some(c) = s
-        .index
-        .contribution_by_content(hash)
-        .await?
-        .into_iter()
-        .find(|c| c.datanet_id == datanet)
-    {
-        return Err(ApiError::Conflict(format!(
-            "this content is already contribution {} of Datanet {datanet}",
-            c.id
-        )));
-    }
+    already_contributed(&s, datanet, owner, hash).await?;
     let current = chain
         .contribute_nonce(owner)
         .await

@@ -267,9 +267,14 @@ async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
     params(("job_id" = String, Path, description = "The training job's id"),
            ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json, dataset.tokens, or attribution-<i>.span / .grads / .keys")),
     responses((status = 200, description = "The file", content_type = "application/octet-stream"),
+              (status = 401, body = Problem, content_type = "application/problem+json",
+               description = "A file that gives back a permissioned Datanet's data, asked for anonymously"),
+              (status = 403, body = Problem, content_type = "application/problem+json",
+               description = "A file that gives back a permissioned Datanet's data, asked for by someone who may not read it"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn model_file(
     State(s): State<AppState>,
+    auth: Option<Auth>,
     Path((job_id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let id = parse_id("job id", &job_id)?;
@@ -282,6 +287,19 @@ async fn model_file(
     let model = models::trained_model(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no trained model from job {id}")))?;
+    if models::gives_back_data(&name) && !auth.as_ref().is_some_and(|a| a.0.admin) {
+        let reader = auth.as_ref().map(|a| a.0.address);
+        if let Some(d) = models::unreadable_datanet(&s.index, &model, reader).await? {
+            let why = format!(
+                "{name} gives back the training data of permissioned Datanet {d}: only its owner, curators \
+                 and allowed contributors may download it"
+            );
+            return Err(match reader {
+                None => ApiError::Unauthorized(format!("{why}; sign in")),
+                Some(_) => ApiError::Forbidden(why),
+            });
+        }
+    }
     send_file(&model.dir, &name).await
 }
 

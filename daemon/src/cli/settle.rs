@@ -1,6 +1,7 @@
 //! `openledger settle`: build the next settlement epoch and propose its root (resuming one in flight);
 //! `settle accept` accepts a root whose challenge delay has passed; `settle verify` recomputes an epoch
-//! from the chain and the attribution records; `settle list` shows the epochs.
+//! from the chain and the attribution records; `settle watch` recomputes every pending root and disputes a
+//! wrong one; `settle list` shows the epochs.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -52,12 +53,30 @@ pub enum SettleCommand {
         #[command(flatten)]
         opts: SettleOpts,
     },
+    /// Watch the pending root: recompute each one as `verify` does and dispute one that does not match (or
+    /// that this database never built) during its challenge delay, posting the RewardDistributor's
+    /// `disputeBond` from this key (approved as needed). Runs until stopped; prints one line per finding.
+    Watch {
+        #[command(flatten)]
+        chain: super::ChainArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Seconds between two looks at the pending root.
+        #[arg(long, default_value_t = DEFAULT_WATCH_INTERVAL_SECS)]
+        interval_secs: u64,
+        /// Look once, print the finding and exit (non-zero when the root is wrong and could not be disputed).
+        #[arg(long)]
+        once: bool,
+    },
     /// The settlement epochs of this deployment, newest first.
     List {
         #[command(flatten)]
         chain: super::ChainArgs,
     },
 }
+
+/// Seconds between two looks of `settle watch` at the pending root.
+pub const DEFAULT_WATCH_INTERVAL_SECS: u64 = 30;
 
 /// How epochs are cut and proposals followed (shared by `settle` and `serve`).
 #[derive(Debug, Clone, clap::Args)]
@@ -172,6 +191,12 @@ pub async fn run(global: &GlobalArgs, args: SettleArgs) -> anyhow::Result<()> {
                 ),
             }
         }
+        Some(SettleCommand::Watch {
+            chain,
+            key,
+            interval_secs,
+            once,
+        }) => watch(global, &chain, &key, interval_secs, once).await?,
         Some(SettleCommand::List { chain }) => {
             let (db, s) = settler(global, &chain, None, SettleConfig::default()).await?;
             let mut rows =
@@ -234,5 +259,73 @@ fn print(global: &GlobalArgs, out: &Outcome) {
         for (r, n) in reasons {
             println!("  held {n}: {r}");
         }
+    }
+}
+
+async fn watch(
+    global: &GlobalArgs,
+    chain: &super::ChainArgs,
+    key: &KeyArgs,
+    interval_secs: u64,
+    once: bool,
+) -> anyhow::Result<()> {
+    use crate::settlement::watch::{Finding, watch_once};
+    let (_db, s) = settler(global, chain, Some(key), SettleConfig::default()).await?;
+    if s.context().chain.signer().is_none() {
+        bail!("settle watch disputes from a key: set OPENLEDGER_PRIVATE_KEY or --keystore");
+    }
+    let mut last: Option<Finding> = None;
+    loop {
+        let found = watch_once(s.context()).await;
+        match &found {
+            Ok(f) if last.as_ref() != Some(f) => {
+                if global.json {
+                    println!("{}", f.json());
+                } else {
+                    println!("{}", describe(f));
+                }
+            }
+            Ok(_) => {}
+            Err(e) if once => bail!("settle watch: {e}"),
+            Err(e) => tracing::warn!(error = %e, "settle watch: this round failed; trying again"),
+        }
+        if once {
+            if let Ok(Finding::TooLate { epoch, .. }) = &found {
+                bail!(
+                    "epoch {epoch}'s pending root is wrong and its challenge delay is over: ask the revoker"
+                );
+            }
+            return Ok(());
+        }
+        if let Ok(f) = found {
+            last = Some(f);
+        }
+        tokio::time::sleep(Duration::from_secs(interval_secs.max(1))).await;
+    }
+}
+
+fn describe(f: &crate::settlement::watch::Finding) -> String {
+    use crate::settlement::watch::Finding;
+    match f {
+        Finding::Nothing => "no root pending".into(),
+        Finding::Matches { epoch, root } => format!("epoch {epoch}: pending root {root} matches"),
+        Finding::Disputed {
+            epoch,
+            root,
+            disputer,
+        } => format!("epoch {epoch}: pending root {root} is disputed by {disputer:#x}"),
+        Finding::TooLate {
+            epoch,
+            root,
+            reason,
+        } => format!(
+            "epoch {epoch}: pending root {root} is WRONG and its challenge delay is over (ask the revoker): {reason}"
+        ),
+        Finding::DisputedNow {
+            epoch,
+            root,
+            reason,
+            tx,
+        } => format!("epoch {epoch}: pending root {root} is WRONG; disputed in {tx}: {reason}"),
     }
 }

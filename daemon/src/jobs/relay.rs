@@ -107,17 +107,18 @@ fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, JobError> {
 }
 
 impl RelayJob {
+    /// The contributor's own contribution of this content: someone else's of the same hash (a front-runner's
+    /// copy, say) neither confirms nor blocks this relay.
     async fn find_onchain(
         &self,
         datanet: U256,
+        contributor: Address,
         hash: B256,
     ) -> Result<Option<Contribution>, JobError> {
-        let found = self
-            .index
-            .contribution_by_content(hash)
+        self.index
+            .contribution_of(datanet, contributor, hash)
             .await
-            .map_err(JobError::retryable)?;
-        Ok(found.into_iter().find(|c| c.datanet_id == datanet))
+            .map_err(JobError::retryable)
     }
 
     async fn confirmed(
@@ -155,9 +156,10 @@ impl RelayJob {
         datanet: U256,
         hash: B256,
     ) -> Result<Value, JobError> {
+        let contributor: Address = parse("contributor", &relay.contributor)?;
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         loop {
-            if let Some(c) = self.find_onchain(datanet, hash).await? {
+            if let Some(c) = self.find_onchain(datanet, contributor, hash).await? {
                 return self.confirmed(ctx, relay, &c).await;
             }
             if tokio::time::Instant::now() > deadline {
@@ -201,14 +203,8 @@ impl RelayJob {
         let deadline: U256 = parse("deadline", &relay.deadline)?;
         let signature: Bytes = parse("signature", &relay.signature)?;
 
-        if let Some(c) = self.find_onchain(datanet, hash).await? {
-            if c.contributor == contributor {
-                return self.confirmed(ctx, relay, &c).await;
-            }
-            return Err(JobError::fatal(format!(
-                "this content is already contribution {} of Datanet {datanet}, by {}",
-                c.id, c.contributor
-            )));
+        if let Some(c) = self.find_onchain(datanet, contributor, hash).await? {
+            return self.confirmed(ctx, relay, &c).await;
         }
         // a previous attempt's transaction, mined
         if let Some(prev) = &relay.tx_hash

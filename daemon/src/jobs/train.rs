@@ -1,5 +1,6 @@
 //! `train`: LoRA fine-tuning of an installed base model on published Datanet versions, then (optionally)
-//! `registerModel` + `publishAdapter` on chain.
+//! `registerModel` + `publishAdapter` on chain, then `transferModel` to the job's owner, who becomes the on-chain
+//! developer paid the developer share.
 //!
 //! Provenance is exact: the training set is the contributions a Datanet version froze (their Merkle root is
 //! recomputed and must equal the on-chain root), every example remembers the contribution it came from, and
@@ -7,7 +8,6 @@
 //! `trainingConfigHash`. Steps are idempotent: training resumes from its checkpoint, finished artifacts are
 //! reused, and a registration or publication an earlier attempt made is found in the index, not repeated.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -41,6 +41,7 @@ use crate::training::manifest::{
 use crate::training::params::{TrainParams, parse_params};
 use crate::training::run::{self, Run, StopOnDrop, train_blocking};
 use crate::training::{self, TrainSettings};
+use crate::uploads;
 
 pub const KIND: &str = "train";
 
@@ -284,7 +285,7 @@ impl JobHandler for TrainJob {
 
     fn authorize(
         &self,
-        _caller: Address,
+        caller: Address,
         admin: bool,
         params: &Value,
     ) -> BoxFuture<'_, Result<(), Refusal>> {
@@ -329,6 +330,19 @@ impl JobHandler for TrainJob {
                     .map_err(|e| Refusal::Invalid(format!("index: {e}")))?;
                 if !exists {
                     return Err(Refusal::Invalid(format!("no Datanet {id} (indexed)")));
+                }
+                // a permissioned Datanet's data is for its owner, curators and allowed contributors: training
+                // on it would hand its content to anyone through the model's files and answers
+                let may_read = self
+                    .index
+                    .may_read_datanet(id, Some(caller))
+                    .await
+                    .map_err(|e| Refusal::Invalid(format!("index: {e}")))?;
+                if !admin && may_read != Some(true) {
+                    return Err(Refusal::Forbidden(format!(
+                        "Datanet {id} is permissioned: only its owner, curators and allowed contributors may \
+                         train on it, and {caller:#x} is none of them"
+                    )));
                 }
                 self.resolve_version(id, pinned).await?;
             }
@@ -481,21 +495,15 @@ impl TrainJob {
                 });
             }
         }
-        let hashes: Vec<String> = sources
+        let pairs: Vec<(Address, B256)> = sources
             .iter()
-            .map(|s| format!("{:#x}", s.content_hash))
+            .map(|s| (s.contributor, s.content_hash))
             .collect();
-        let bodies: HashMap<String, Vec<u8>> =
-            sqlx::query_as("SELECT content_hash, body FROM contents WHERE content_hash = ANY($1)")
-                .bind(&hashes)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .collect();
+        let bodies = uploads::bodies_uploaded_by(&self.pool, self.index.chain_id(), &pairs).await?;
         let mut records = Vec::new();
         let mut missing = Vec::new();
         for (i, s) in sources.iter().enumerate() {
-            match bodies.get(&format!("{:#x}", s.content_hash)) {
+            match bodies.get(&(s.contributor, s.content_hash)) {
                 Some(body) => {
                     let recs = records_of(body)
                         .map_err(|e| JobError::fatal(format!("content {}: {e}", s.content_hash)))?;
@@ -509,8 +517,9 @@ impl TrainJob {
         }
         if !missing.is_empty() {
             ctx.log(format!(
-                "{} of {} contributions have no content in this daemon (contributed on chain without an \
-                 upload); they are listed in the manifest and not trained on",
+                "{} of {} contributions have no content in this daemon uploaded by their contributor \
+                 (contributed on chain without an upload, or a copy of someone else's hash); they are listed \
+                 in the manifest and not trained on",
                 missing.len(),
                 sources.len()
             ))
@@ -673,14 +682,17 @@ impl TrainJob {
             adapter.id, adapter.version
         ))
         .await;
+        let developer: Address = ctx.lease.job.owner.parse().map_err(JobError::fatal)?;
+        let transfer_tx = self.hand_over(ctx, model_id, me, developer).await?;
         Ok(json!({
             "chain_id": chain.chain_id(),
             "model_id": model_id.to_string(),
             "adapter_id": adapter.id.to_string(),
             "adapter_version": adapter.version.to_string(),
-            "developer": format!("{me:#x}"),
+            "developer": format!("{developer:#x}"),
             "register_tx": register_tx.map(|t| t.to_string()),
             "publish_tx": publish_tx.map(|t| t.to_string()),
+            "transfer_tx": transfer_tx.map(|t| t.to_string()),
             "metadata_uri": manifest_uri,
             "adapter_uri": adapter.uri,
         }))
@@ -745,6 +757,55 @@ impl TrainJob {
 
     /// The trained adapter as a version of model `model_id` in the index: published by an earlier attempt,
     /// or published now; with the publishing transaction when it is this attempt's.
+    /// Makes the job's owner the model's on-chain developer (who is paid the developer share of every fee),
+    /// once the daemon's key has registered the model and published its adapter. Idempotent: a model already
+    /// the owner's (a retried attempt, or an owner who is the daemon itself) is left as it is; one already
+    /// handed to a third account is an error, not something to undo.
+    async fn hand_over(
+        &self,
+        ctx: &JobContext,
+        model_id: U256,
+        me: Address,
+        developer: Address,
+    ) -> Result<Option<B256>, JobError> {
+        let (chain, _) = signing_chain(self.chain.as_ref())?;
+        let registry = chain.registry();
+        let current = registry
+            .modelDeveloper(model_id)
+            .call()
+            .await
+            .map_err(JobError::retryable)?;
+        if current == developer {
+            return Ok(None);
+        }
+        if current != me {
+            return Err(JobError::fatal(format!(
+                "model {model_id}'s developer is {current:#x}, neither this daemon nor the job's owner {developer:#x}"
+            )));
+        }
+        let receipt = send_logged(
+            ctx,
+            "transferModel",
+            registry.transferModel(model_id, developer),
+            self.tx_timeout,
+        )
+        .await?;
+        self.wait_index("the ModelDeveloperTransferred event", || async {
+            let m = self
+                .index
+                .model(model_id)
+                .await
+                .map_err(JobError::retryable)?;
+            Ok(m.filter(|m| m.developer == developer).map(|_| ()))
+        })
+        .await?;
+        ctx.log(format!(
+            "model {model_id} handed to its developer {developer:#x}: the developer share of its fees is theirs"
+        ))
+        .await;
+        Ok(Some(receipt.transaction_hash))
+    }
+
     async fn publish_adapter(
         &self,
         ctx: &JobContext,

@@ -363,13 +363,11 @@ fn report(s: &Context, b: &Build) -> Value {
         "treasury": hex_addr(b.treasury),
         "payments": b.included.iter().map(|p| json!({
             "tx_hash": p.tx_hash, "log_index": p.log_index, "block_number": p.block_number,
-            "pool_amount": p.pool_amount.to_string(), "inference_id": p.inference_id,
-            "record_hash": p.record_hash,
+            "pool_amount": p.pool_amount.to_string(), "record_hash": p.record_hash,
         })).collect::<Vec<_>>(),
         "held": b.held.iter().map(|p| json!({
             "tx_hash": p.tx_hash, "log_index": p.log_index, "block_number": p.block_number,
-            "pool_amount": p.pool_amount.to_string(), "inference_id": p.inference_id,
-            "reason": p.reason,
+            "pool_amount": p.pool_amount.to_string(), "reason": p.reason,
         })).collect::<Vec<_>>(),
         "leaves": b.tree.entries.iter().map(|e| json!({
             "account": hex_addr(e.account), "cumulative": e.cumulative.to_string(),

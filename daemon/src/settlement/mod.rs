@@ -16,7 +16,7 @@
 //!
 //! Inside: `context` (what every step works with) and `epoch` (the types) at the bottom, `store` (SQL) on
 //! them, `build` on `store`, `submit` on `build` and `store`, `verify` on `context` and `store`, `rewards`
-//! (an account's leaves, claims and proofs) on `store`. May import
+//! (an account's leaves, claims and proofs) on `store`, `watch` (dispute a wrong pending root) on `verify`. May import
 //! the ground floor (`chain`, `common`) and the indexer's queries; never `api`, `jobs` or `inference`.
 
 pub mod build;
@@ -26,6 +26,7 @@ pub mod rewards;
 pub mod store;
 pub mod submit;
 pub mod verify;
+pub mod watch;
 
 use std::time::Duration;
 

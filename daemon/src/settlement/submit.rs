@@ -898,12 +898,7 @@ impl Settler {
                 onchain: pending.root.to_string(),
             });
         }
-        let now = self
-            .provider()
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-            .await
-            .map_err(SettleError::rpc)?
-            .map_or(0, |b| b.header.timestamp);
+        let now = super::context::chain_now(&self.ctx).await?;
         if now < pending.validAt {
             tracing::info!(
                 epoch = pending.epoch,

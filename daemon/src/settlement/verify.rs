@@ -186,8 +186,13 @@ async fn included_payments(
             .and_then(|h| h.parse().ok())
             .ok_or_else(|| SettleError::Stored(format!("payment {p} in the report")))?;
         let log_index = p["log_index"].as_u64().unwrap_or(u64::MAX);
-        let inference_id = p["inference_id"].as_str().unwrap_or_default();
         let what = format!("payment {tx}:{log_index}");
+        // the public report names no inference (ids are what keeps attribution records private): the
+        // inference is found here by its record's hash (reports written before that also named it)
+        let Some(inference_id) = inference_of(s, p, &what, diff).await? else {
+            continue;
+        };
+        let inference_id = inference_id.as_str();
         if let std::collections::hash_map::Entry::Vacant(slot) = receipts.entry(tx) {
             match s
                 .provider()
@@ -252,6 +257,32 @@ fn paid_event(
             None
         }
     }
+}
+
+/// The inference whose attribution record the report's payment names by hash; `None` (with the reason in
+/// `diff`) when this daemon holds no such record.
+async fn inference_of(
+    s: &Context,
+    p: &Value,
+    what: &str,
+    diff: &mut Vec<String>,
+) -> Result<Option<String>, SettleError> {
+    if let Some(id) = p["inference_id"].as_str() {
+        return Ok(Some(id.to_owned()));
+    }
+    let Some(hash) = p["record_hash"].as_str() else {
+        diff.push(format!("{what}: the report names no attribution record"));
+        return Ok(None);
+    };
+    let id: Option<String> =
+        sqlx::query_scalar("SELECT inference_id FROM attributions WHERE record_hash = $1 LIMIT 1")
+            .bind(hash)
+            .fetch_optional(&s.pool)
+            .await?;
+    if id.is_none() {
+        diff.push(format!("{what}: no attribution record hashes to {hash}"));
+    }
+    Ok(id)
 }
 
 /// The inference the payment paid for succeeded, and used exactly this payment (payer and request id).
