@@ -134,6 +134,18 @@ deploy_refuses_outside_devnet() {
   elif ! grep -q "add --sponsor-on-public-chain" <<<"$out"; then
     log "serve --sponsor-inference outside a devnet failed without saying why: $out"; status=1
   fi
+  # ... and settling on a schedule needs a settler key that is not the daemon's own
+  settle_refused() { # expected words, then env assignments
+    local want="$1"; shift
+    if out="$(env "$@" timeout 60 "$OPENLEDGER_BIN" serve --rpc-url "$url" --manifest "$dir/m.json" \
+      --settle-every-secs 5 --listen 127.0.0.1:0 2>&1)"; then
+      log "serve --settle-every-secs outside a devnet was not refused ($*)"; status=1
+    elif ! grep -q "$want" <<<"$out"; then
+      log "serve --settle-every-secs was refused without saying \"$want\": $out"; status=1
+    fi
+  }
+  settle_refused "needs a settler key of its own" OPENLEDGER_PRIVATE_KEY="$own_key"
+  settle_refused "is the daemon's own key" OPENLEDGER_PRIVATE_KEY="$own_key" OPENLEDGER_SETTLER_PRIVATE_KEY="$own_key"
   return $status
 }
 
@@ -278,7 +290,7 @@ step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
-step "outside a devnet: deploy refuses devnet keys and configs (sends nothing), serve refuses unasked sponsorship" deploy_refuses_outside_devnet
+step "outside a devnet: deploy refuses devnet keys and configs (sends nothing), serve refuses unasked sponsorship and settling from its own key" deploy_refuses_outside_devnet
 step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough
 step "web UI: front-end unit tests, then sign-in to claim end to end in headless Chromium" ui_tests
 summary

@@ -70,38 +70,75 @@ pub struct KeyArgs {
 impl KeyArgs {
     /// Loads the key, if one is configured.
     pub fn load(&self) -> Result<Option<PrivateKeySigner>, ChainError> {
-        if let Some(path) = &self.keystore {
-            let password = match (
-                &self.keystore_password_file,
-                std::env::var("OPENLEDGER_KEYSTORE_PASSWORD"),
-            ) {
-                (Some(f), _) => std::fs::read_to_string(f)
-                    .map_err(|e| ChainError::Key(format!("reading {}: {e}", f.display())))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned(),
-                (None, Ok(p)) => p,
-                (None, Err(_)) => {
-                    return Err(ChainError::Key(
-                        "a keystore needs OPENLEDGER_KEYSTORE_PASSWORD or --keystore-password-file"
-                            .into(),
-                    ));
-                }
-            };
-            let signer = PrivateKeySigner::decrypt_keystore(path, password)
-                .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?;
-            return Ok(Some(signer));
-        }
-        match std::env::var("OPENLEDGER_PRIVATE_KEY") {
-            Ok(k) if !k.trim().is_empty() => k
-                .trim()
-                .parse::<PrivateKeySigner>()
-                // the parse error never echoes the key
-                .map(Some)
-                .map_err(|_| {
-                    ChainError::Key("OPENLEDGER_PRIVATE_KEY is not a 32-byte hex key".into())
-                }),
-            _ => Ok(None),
-        }
+        load_signer(
+            self.keystore.as_deref(),
+            self.keystore_password_file.as_deref(),
+            "OPENLEDGER_PRIVATE_KEY",
+            "OPENLEDGER_KEYSTORE_PASSWORD",
+        )
+    }
+}
+
+/// The settler's key for `serve --settle-every-secs`: it proposes and accepts reward roots and nothing else.
+/// Outside a local devnet it must be given and must not be the daemon's own key (which relays and sponsors
+/// from an internet-facing host); on a devnet the daemon's key settles when none is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettlerKeyArgs {
+    /// An encrypted JSON keystore holding the settler's key; its password comes from
+    /// OPENLEDGER_SETTLER_KEYSTORE_PASSWORD or --settler-keystore-password-file. Alternatively put the hex
+    /// key in OPENLEDGER_SETTLER_PRIVATE_KEY.
+    #[arg(long, env = "OPENLEDGER_SETTLER_KEYSTORE")]
+    pub settler_keystore: Option<PathBuf>,
+    /// File holding the settler keystore's password.
+    #[arg(long, env = "OPENLEDGER_SETTLER_KEYSTORE_PASSWORD_FILE")]
+    pub settler_keystore_password_file: Option<PathBuf>,
+}
+
+impl SettlerKeyArgs {
+    /// Loads the settler's key, if one is configured.
+    pub fn load(&self) -> Result<Option<PrivateKeySigner>, ChainError> {
+        load_signer(
+            self.settler_keystore.as_deref(),
+            self.settler_keystore_password_file.as_deref(),
+            "OPENLEDGER_SETTLER_PRIVATE_KEY",
+            "OPENLEDGER_SETTLER_KEYSTORE_PASSWORD",
+        )
+    }
+}
+
+/// A key from a keystore (its password from `password_file` or the `password_env` variable) or from the hex
+/// in the `key_env` variable; `None` when neither is configured.
+fn load_signer(
+    keystore: Option<&std::path::Path>,
+    password_file: Option<&std::path::Path>,
+    key_env: &str,
+    password_env: &str,
+) -> Result<Option<PrivateKeySigner>, ChainError> {
+    if let Some(path) = keystore {
+        let password = match (password_file, std::env::var(password_env)) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| ChainError::Key(format!("reading {}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (None, Ok(p)) => p,
+            (None, Err(_)) => {
+                return Err(ChainError::Key(format!(
+                    "a keystore needs {password_env} or a password file"
+                )));
+            }
+        };
+        let signer = PrivateKeySigner::decrypt_keystore(path, password)
+            .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?;
+        return Ok(Some(signer));
+    }
+    match std::env::var(key_env) {
+        Ok(k) if !k.trim().is_empty() => k
+            .trim()
+            .parse::<PrivateKeySigner>()
+            // the parse error never echoes the key
+            .map(Some)
+            .map_err(|_| ChainError::Key(format!("{key_env} is not a 32-byte hex key"))),
+        _ => Ok(None),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct ServeConfig {
     pub inference: Option<crate::inference::InferenceConfig>,
     /// Scheduled settlement and its period (`None`: settle by hand with `openledger settle`).
     pub settlement: Option<(crate::settlement::SettleConfig, Duration)>,
+    /// The connection with the settler's key, when it is not the daemon's own (`None`: the daemon's key
+    /// settles, as on a devnet).
+    pub settler: Option<Chain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +277,7 @@ fn spawn_settler(
     stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let (scfg, every) = cfg.settlement.clone()?;
+    let chain = cfg.settler.as_ref().unwrap_or(chain);
     if chain.signer().is_none() {
         tracing::warn!("--settle-every-secs needs the settler key; not settling");
         return None;

@@ -1190,8 +1190,8 @@ fn a_payment_serves_once_it_has_its_confirmations() {
 }
 
 /// Attacks on sponsorship (the daemon paying FeeRouter from its key): a developer prices its model far above
-/// the default and calls it on the daemon's money; callers, signed in or anonymous, call until the daemon's
-/// OPEN is gone. Sponsorship never pays above the default price, and stops at a per-caller and a total cap
+/// the default and calls it on the daemon's money; anonymous callers call on it; signed-in callers call until
+/// the daemon's OPEN is gone. Sponsorship never pays above the default price, and stops at a per-caller and a total cap
 /// per period; what a refused call costs the daemon is nothing.
 #[test]
 fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
@@ -1269,10 +1269,14 @@ fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
         assert!(p["detail"].as_str().unwrap().contains("per caller"), "{p}");
         assert!(paid > U256::ZERO, "the first calls were sponsored");
         assert_eq!(paid_on_chain().await, paid, "the daemon paid exactly the sponsored calls");
-        // anonymous callers share one allowance; together with everyone they stop at the total
+        // anonymous callers are never sponsored: the daemon cannot name or cap them (401, nothing paid)
+        let anonymous = call(None).await.problem(401, "unauthorized");
+        assert!(anonymous["detail"].as_str().unwrap().contains("signed-in callers"), "{anonymous}");
+        assert_eq!(paid_on_chain().await, paid, "an anonymous call cost the daemon nothing");
+        // another caller, and a stranger: together with everyone they stop at the total
         let mut all = paid;
         let refusal = loop {
-            let r = call(None).await;
+            let r = call(Some(s.session.clone())).await;
             if r.status != StatusCode::OK {
                 break r;
             }

@@ -11,7 +11,7 @@ use openledger_attribution::{grad, span, weights};
 use openledger_model::serve::engine;
 
 use super::GlobalArgs;
-use crate::chain::{Chain, KeyArgs};
+use crate::chain::{Chain, KeyArgs, SettlerKeyArgs};
 use crate::jobs::{WorkerConfig, worker};
 use crate::serve::ServeConfig;
 use crate::state::ApiConfig;
@@ -90,6 +90,8 @@ pub struct ServeArgs {
     /// accept roots whose challenge delay passed (0: off; needs the settler key).
     #[arg(long, env = "OPENLEDGER_SETTLE_EVERY_SECS", default_value_t = 0)]
     pub settle_every_secs: u64,
+    #[command(flatten)]
+    pub settler_key: SettlerKeyArgs,
     #[command(flatten)]
     pub settle: super::settle::SettleOpts,
 }
@@ -306,6 +308,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         ),
     }
     let inference = inference_for(&args.inference, &chain).await?;
+    let settler = settler_for(&args, &chain, &deployment).await?;
     let db = super::db::open(global).await?;
     let mut api = ApiConfig::new(
         deployment.chain_id,
@@ -360,6 +363,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
                 Duration::from_secs(args.settle_every_secs),
             )
         }),
+        settler,
     };
     // fail at start, not at the first job, on a device this build cannot use
     openledger_model::device(&args.device)?;
@@ -373,6 +377,47 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("serve")?;
     Ok(())
+}
+
+/// The settler's own connection for `--settle-every-secs`: its key when one is given (never the daemon's own
+/// key outside a devnet), the daemon's key on a devnet otherwise (`None`), and a refusal on any other chain.
+async fn settler_for(
+    args: &ServeArgs,
+    chain: &Chain,
+    deployment: &openledger_chain::Deployment,
+) -> anyhow::Result<Option<Chain>> {
+    if args.settle_every_secs == 0 {
+        return Ok(None);
+    }
+    let key = args.settler_key.load()?;
+    let devnet = chain.is_devnet().await.unwrap_or(false);
+    let Some(key) = key else {
+        if devnet {
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "--settle-every-secs outside a local devnet needs a settler key of its own \
+             (OPENLEDGER_SETTLER_PRIVATE_KEY or --settler-keystore): the daemon's key relays and sponsors from \
+             an internet-facing host and must not also propose reward roots"
+        );
+    };
+    if !devnet && chain.signer() == Some(key.address()) {
+        anyhow::bail!(
+            "the settler key is the daemon's own key ({:#x}): outside a local devnet give the settler a key \
+             of its own",
+            key.address()
+        );
+    }
+    tracing::info!(settler = %key.address(), "settling from the settler key");
+    Ok(Some(
+        Chain::connect(
+            &args.chain.rpc_url,
+            deployment,
+            Some(key),
+            Duration::from_secs(30),
+        )
+        .await?,
+    ))
 }
 
 /// `url` when it is http(s) on a loopback host (a local devnet), which is safe to show browsers.

@@ -169,8 +169,8 @@ pub async fn find_payment(
     }
 }
 
-/// How much the daemon's key may pay on callers' behalf, per period: each caller (anonymous callers share one
-/// allowance) and everyone together.
+/// How much the daemon's key may pay on callers' behalf, per period: each signed-in caller (anonymous callers
+/// are never sponsored) and everyone together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SponsorLimits {
     pub per_caller: U256,
@@ -201,8 +201,8 @@ impl Default for SponsorLimits {
 #[derive(Debug, Clone, Copy)]
 pub struct Spend<'a> {
     pub pool: &'a PgPool,
-    /// The signed-in caller; `None` for anonymous callers (one allowance for all of them).
-    pub caller: Option<Address>,
+    /// The signed-in caller (sponsorship is for signed-in callers only).
+    pub caller: Address,
     pub limits: &'a SponsorLimits,
 }
 
@@ -246,13 +246,13 @@ impl Sponsor {
                     COALESCE(sum(amount), 0)::text
              FROM sponsored_spend WHERE at > now() - make_interval(secs => $2::float8)",
         )
-        .bind(caller.map(|c| format!("{c:#x}")))
+        .bind(format!("{caller:#x}"))
         .bind(secs as f64)
         .fetch_one(pool)
         .await?;
         let parse = |v: &str| v.parse::<U256>().unwrap_or(U256::MAX);
         let (mine, all) = (parse(&mine), parse(&all));
-        let who = caller.map_or("anonymous callers".to_string(), |c| format!("{c:#x}"));
+        let who = format!("{caller:#x}");
         let hours = limits.period.as_secs_f64() / 3600.0;
         if mine.saturating_add(amount) > limits.per_caller {
             return Err(PaymentError::Required(format!(
@@ -272,7 +272,7 @@ impl Sponsor {
         sqlx::query(
             "INSERT INTO sponsored_spend (caller, amount, tx_hash) VALUES ($1, $2::numeric, $3)",
         )
-        .bind(caller.map(|c| format!("{c:#x}")))
+        .bind(format!("{caller:#x}"))
         .bind(amount.to_string())
         .bind(format!("{:#x}", paid.tx_hash))
         .execute(pool)

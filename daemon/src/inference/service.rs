@@ -434,7 +434,14 @@ async fn sponsor(
             Ok(p)
         }
         (Some(p), _) => Ok(p),
-        (None, caller) if inf.cfg.sponsor => {
+        // the daemon's money is spent for someone it can name and cap
+        (None, None) if inf.cfg.sponsor => Err(PaymentError::SignIn(format!(
+            "this daemon sponsors {name} only for signed-in callers (a wallet session or an API key: \
+             Authorization: Bearer ...); sign in, or {}",
+            pay_hint(model_id, need)
+        ))
+        .into()),
+        (None, Some(caller)) if inf.cfg.sponsor => {
             // a developer who prices its model above the default cannot have the daemon pay that price
             if price > inf.cfg.default_price_per_1k {
                 return Err(InferenceError::PaymentRequired(format!(

@@ -22,12 +22,16 @@ export async function render(ctx, _params, query) {
     const opts = [];
     if (free) opts.push(["free", "Free (the base model has no training data to pay)"]);
     else {
-      if (ctx.config.sponsor_inference) opts.push(["sponsored", "Paid by this daemon (dev stack)"]);
+      // the daemon sponsors signed-in callers only (it caps each one)
+      if (ctx.config.sponsor_inference && ctx.address) opts.push(["sponsored", "Paid by this daemon (dev stack)"]);
       opts.push(["wallet", "Pay each answer from my wallet (FeeRouter)"]);
       if (ctx.address && !ctx.config.sponsor_inference) opts.push(["credit", "My inference credit on this daemon"]);
     }
     pay.replaceChildren(...opts.map(([v, t]) => h("option", { value: v }, t)));
-    payHelp.textContent = free ? "" : "Part of every fee goes to the contributors whose data the answer used; see under each answer.";
+    payHelp.textContent = free
+      ? ""
+      : "Part of every fee goes to the contributors whose data the answer used; see under each answer." +
+        (ctx.config.sponsor_inference && !ctx.address ? " Sign in to have this daemon pay for your answers." : "");
   };
   sel.addEventListener("change", drawPay);
   drawPay();
