@@ -379,6 +379,18 @@ contract Handler {
         }
     }
 
+    /// @dev Governance changes the challenge delay (applies to later proposals) or the dispute bond (later
+    /// disputes) at any moment: a pending root keeps its `validAt`, an open dispute its bond.
+    function setChallengeDelay(uint64 delay) external {
+        vm.prank(timelock);
+        distributor.setChallengeDelay(uint64(_bound(delay, 0, 30 days)));
+    }
+
+    function setDisputeBond(uint96 bond) external {
+        vm.prank(timelock);
+        distributor.setDisputeBond(uint96(_bound(bond, 0, 1000 ether)));
+    }
+
     function _disputed() internal view returns (bool) {
         return distributor.pendingDispute().disputer != address(0);
     }

@@ -30,7 +30,7 @@ contract InvariantsTest is Fixture {
         }
         handler.setAgents(agents);
         _targetContract(address(handler));
-        bytes4[] memory actions = new bytes4[](21);
+        bytes4[] memory actions = new bytes4[](23);
         actions[0] = Handler.payInference.selector;
         actions[1] = Handler.replayPayment.selector;
         actions[2] = Handler.setSplit.selector;
@@ -52,6 +52,8 @@ contract InvariantsTest is Fixture {
         actions[18] = Handler.proposeDishonest.selector;
         actions[19] = Handler.dispute.selector;
         actions[20] = Handler.resolve.selector;
+        actions[21] = Handler.setChallengeDelay.selector;
+        actions[22] = Handler.setDisputeBond.selector;
         _targetSelector(address(handler), actions);
     }
 
