@@ -41,6 +41,8 @@ pub enum AuthError {
     Expired,
     #[error("the message was issued in the future")]
     IssuedInFuture,
+    #[error("the message was issued more than {max_age_secs} s ago: sign a fresh one")]
+    IssuedTooLongAgo { max_age_secs: u64 },
     #[error("the nonce is unknown, expired or already used")]
     BadNonce,
     #[error("the signature is not valid: {0}")]
@@ -146,6 +148,14 @@ pub fn verify_message(
     }
     if *msg.issued_at.as_ref() > now + cfg.clock_skew {
         return Err(AuthError::IssuedInFuture);
+    }
+    // a message is signed for a nonce this server handed out at most `nonce_ttl` ago: one issued before
+    // that (an old or replayed message without an expiration) is stale
+    let max_age = cfg.nonce_ttl + cfg.clock_skew;
+    if *msg.issued_at.as_ref() < now - max_age {
+        return Err(AuthError::IssuedTooLongAgo {
+            max_age_secs: max_age.as_secs(),
+        });
     }
     let sig = Signature::from_str(signature.trim())
         .map_err(|e| AuthError::BadSignature(e.to_string()))?;
@@ -340,8 +350,9 @@ mod tests {
     fn checks_domain_chain_time_and_signer() {
         let k = PrivateKeySigner::random();
         let other = PrivateKeySigner::random();
+        // 5.5 minutes after the messages' Issued At: within the nonce's 5 minutes and the 1 minute of skew
         let now = OffsetDateTime::parse(
-            "2026-01-01T00:10:00Z",
+            "2026-01-01T00:05:30Z",
             &time::format_description::well_known::Rfc3339,
         )
         .unwrap();
@@ -355,6 +366,18 @@ mod tests {
         assert_eq!(
             verify_message(&cfg(), &ok, &sign(&k, &ok), now).unwrap(),
             (k.address(), "abcdefgh1234".to_string())
+        );
+        // issued long ago, without an expiration: stale
+        let old = message(
+            k.address(),
+            "localhost:8080",
+            7331,
+            "2020-01-01T00:00:00Z",
+            None,
+        );
+        assert_eq!(
+            verify_message(&cfg(), &old, &sign(&k, &old), now),
+            Err(AuthError::IssuedTooLongAgo { max_age_secs: 360 })
         );
         let wrong_domain = message(
             k.address(),

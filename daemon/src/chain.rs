@@ -245,6 +245,18 @@ impl Chain {
         self.wallet.as_ref()
     }
 
+    /// The chain's clock: the latest block's timestamp. Deadlines the contracts check (`block.timestamp`)
+    /// are set and compared with this, never the wall clock: a devnet's clock can be moved forward.
+    pub async fn now(&self) -> Result<u64, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))?
+            .ok_or_else(|| ChainError::Rpc("the node has no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+
     pub fn registry(&self) -> Registry::RegistryInstance<DynProvider> {
         Registry::new(self.registry, self.provider.clone())
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use alloy::dyn_abi::TypedData;
 use alloy::primitives::{B256, U256};
+use alloy::providers::Provider;
+use alloy::providers::ext::AnvilApi;
 use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use axum::http::{Method, StatusCode};
@@ -157,6 +159,18 @@ impl Flow {
         .await;
         up.expect(StatusCode::CREATED);
         up.json()
+    }
+
+    /// Relays upload `id` with the owner's `signature` over payload `td`: accepted (202).
+    async fn relay(&self, session: &str, id: i64, signature: &str, td: &Value) {
+        post_json(
+            &self.app,
+            &format!("/api/uploads/{id}/relay"),
+            Some(session),
+            json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
     }
 
     /// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
@@ -378,14 +392,7 @@ fn a_front_run_contribution_neither_blocks_nor_takes_the_uploaders_credit() {
         assert!(v["contribution"].is_null(), "{v}");
 
         // the victim's signed relay goes through, to the victim
-        post_json(
-            app,
-            &format!("/api/uploads/{id}/relay"),
-            Some(&session),
-            json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
-        )
-        .await
-        .expect(StatusCode::ACCEPTED);
+        f.relay(&session, id, &signature, &td).await;
         let done = wait_upload(app, &session, id, "confirmed").await;
         assert_eq!(
             done["contribution"]["contributor"],
@@ -440,6 +447,47 @@ fn a_front_run_contribution_neither_blocks_nor_takes_the_uploaders_credit() {
             mine["contribution"]["contributor"],
             format!("{:#x}", second.address())
         );
+    });
+}
+
+/// Deadlines are the chain's: after a devnet's clock is moved two hours ahead (the demo's "skip the challenge
+/// delay"), a fresh payload's deadline still lies ahead of the chain's time and its relay is confirmed (a
+/// deadline counted from the wall clock would already be past for the contract).
+#[test]
+fn a_payload_signed_after_the_chain_clock_moved_ahead_is_relayed() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let node = f.chain.plain();
+        node.anvil_increase_time(7200).await.unwrap();
+        node.anvil_mine(Some(1), None).await.unwrap();
+        let chain_now = node
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .unwrap()
+            .unwrap()
+            .header
+            .timestamp;
+        let key: PrivateKeySigner = KEYS[9].parse().unwrap();
+        let session = sign_in(app, &key).await;
+        let up = f.upload(&session, 2, b"Signed on a clock two hours ahead.").await;
+        let id = up["id"].as_i64().unwrap();
+        let td = f.typed_data(&session, id).await;
+        let deadline: u64 = td["deadline"].as_str().unwrap().parse().unwrap();
+        assert!(deadline > chain_now + 60, "deadline {deadline}, chain time {chain_now}");
+        let signature = sign_typed(&key, &td["typed_data"]);
+        f.relay(&session, id, &signature, &td).await;
+        wait_upload(app, &session, id, "confirmed").await;
+        // a deadline the chain has passed is refused before anything is sent, by the chain's clock
+        let up2 = f.upload(&session, 2, b"Too late on the chain's clock.").await;
+        let p = post_json(
+            app,
+            &format!("/api/uploads/{}/relay", up2["id"]),
+            Some(&session),
+            json!({ "signature": signature, "nonce": "1", "deadline": (chain_now - 1).to_string() }),
+        )
+        .await
+        .problem(400, "bad-request");
+        assert!(p["detail"].as_str().unwrap().contains("has passed"), "{p}");
     });
 }
 

@@ -595,6 +595,31 @@ fn the_model_is_registered_on_chain_and_listed() {
             .await
             .json();
         assert_eq!(detail["sources"].as_array().unwrap().len(), 9);
+        // the files it lists are the ones it holds, and each downloads
+        let files: Vec<&str> = detail["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        for want in [
+            "adapter_model.safetensors",
+            "manifest.json",
+            "dataset.tokens",
+            "attribution-0.span",
+            "attribution-0.grads",
+        ] {
+            assert!(files.contains(&want), "{want} missing from {files:?}");
+        }
+        assert!(
+            !files.contains(&"attribution.span"),
+            "a file it does not hold: {files:?}"
+        );
+        for f in &files {
+            get(app, &format!("/api/models/{job_id}/files/{f}"), None)
+                .await
+                .expect(StatusCode::OK);
+        }
         assert_eq!(
             detail["sources"][0]["contributor"],
             format!("{:#x}", TestChain::address_of(4))

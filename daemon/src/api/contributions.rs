@@ -362,7 +362,12 @@ async fn typed_data(
         .contribute_nonce(owner)
         .await
         .map_err(|e| ApiError::Unavailable(format!("reading the nonce: {e}")))?;
-    let deadline = U256::from(time::OffsetDateTime::now_utc().unix_timestamp() as u64 + ttl);
+    // the contract compares the deadline with block.timestamp: count from the chain's clock
+    let now = chain
+        .now()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the chain's time: {e}")))?;
+    let deadline = U256::from(now + ttl);
     let p = contribute_payload(
         chain.chain_id(),
         chain.registry_address(),
@@ -418,13 +423,16 @@ async fn relay(
     let owner = parse_address("owner", &u.owner)?;
     let datanet = parse_u256("datanet id", &u.datanet_id)?;
     let hash: B256 = parse_hash("content hash", &u.content_hash)?;
-    let now = U256::from(time::OffsetDateTime::now_utc().unix_timestamp() as u64);
-    if deadline <= now {
+    let chain = s.chain()?;
+    let now = chain
+        .now()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the chain's time: {e}")))?;
+    if deadline <= U256::from(now) {
         return Err(ApiError::BadRequest(format!(
-            "the deadline {deadline} has passed"
+            "the deadline {deadline} has passed (the chain's time is {now}): fetch a fresh payload"
         )));
     }
-    let chain = s.chain()?;
     if chain.signer().is_none() {
         return Err(ApiError::Unavailable(
             "this daemon has no key to relay with".into(),

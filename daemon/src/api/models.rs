@@ -37,22 +37,32 @@ async fn list_base_models(State(s): State<AppState>) -> ApiResult<Json<Vec<BaseM
     Ok(Json(models::base_models(&s.pool).await?))
 }
 
+/// The filter and the page in one query string (two extractors that each refuse the other's fields would
+/// refuse every filtered request).
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 struct ModelFilter {
     /// Only models trained by this address.
     owner: Option<String>,
+    /// At most this many items (1-1000, default 100).
+    limit: Option<i64>,
+    /// Skip this many items.
+    offset: Option<i64>,
 }
 
 /// Trained adapters, newest first.
-#[utoipa::path(get, path = "/api/models", tag = "models", params(ModelFilter, Page),
+#[utoipa::path(get, path = "/api/models", tag = "models", params(ModelFilter),
     responses((status = 200, body = Vec<TrainedModel>),
               (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list_models(
     State(s): State<AppState>,
     Query(f): Query<ModelFilter>,
-    Query(page): Query<Page>,
 ) -> ApiResult<Json<Vec<TrainedModel>>> {
-    let (limit, offset) = page.resolve()?;
+    let (limit, offset) = Page {
+        limit: f.limit,
+        offset: f.offset,
+    }
+    .resolve()?;
     let owner = f
         .owner
         .as_deref()
@@ -87,6 +97,7 @@ async fn get_model(
     let id = parse_id("job id", &job_id)?;
     let model = found_model(&s, id).await?;
     let sources = crate::models::training_sources(&s.pool, id).await?;
+    let files = files_of(&model.dir).await;
     Ok(Json(ModelDetail {
         model,
         sources: sources
@@ -97,8 +108,41 @@ async fn get_model(
                     "content_hash": r.content_hash, "examples": r.examples, "tokens": r.tokens })
             })
             .collect(),
-        files: FILES.iter().map(|f| f.to_string()).collect(),
+        files,
     }))
+}
+
+/// The downloadable files the model's folder really holds: the fixed names first, in their order, then its
+/// attribution segments' files by segment number (a model lists none it cannot serve).
+async fn files_of(dir: &str) -> Vec<String> {
+    let mut present = std::collections::HashSet::new();
+    if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
+        while let Ok(Some(e)) = entries.next_entry().await {
+            if let Some(name) = e.file_name().to_str() {
+                present.insert(name.to_owned());
+            }
+        }
+    }
+    let mut files: Vec<String> = FILES
+        .iter()
+        .filter(|f| present.contains(**f))
+        .map(|f| f.to_string())
+        .collect();
+    let mut segments: Vec<(u32, String)> = present
+        .into_iter()
+        .filter(|n| crate::attribution::segments::is_segment_file(n))
+        .map(|n| {
+            let i = n["attribution-".len()..]
+                .split('.')
+                .next()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(u32::MAX);
+            (i, n)
+        })
+        .collect();
+    segments.sort();
+    files.extend(segments.into_iter().map(|(_, n)| n));
+    files
 }
 
 /// What one inference on a model costs, per 1,000 tokens of prompt plus `max_tokens`, in OPEN wei
