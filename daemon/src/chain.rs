@@ -54,12 +54,14 @@ pub enum ChainError {
     Key(String),
 }
 
-/// Where the daemon's key comes from: never a CLI argument, never logged.
+/// Where the key a command sends from comes from (`serve`: the daemon's own; `claim`, `settle`: yours):
+/// never a CLI argument, never logged.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KeyArgs {
-    /// An encrypted JSON keystore (Web3 Secret Storage) holding the daemon's key; its password comes from
-    /// OPENLEDGER_KEYSTORE_PASSWORD or --keystore-password-file. Alternatively put the hex key in
-    /// OPENLEDGER_PRIVATE_KEY. Without a key the daemon serves and indexes but does not relay or publish.
+    /// An encrypted JSON keystore (Web3 Secret Storage) holding the key this command sends from (for
+    /// `serve`, the daemon's); its password comes from OPENLEDGER_KEYSTORE_PASSWORD or
+    /// --keystore-password-file. Alternatively put the hex key in OPENLEDGER_PRIVATE_KEY. Without a key
+    /// `serve` serves and indexes but does not relay or publish.
     #[arg(long, env = "OPENLEDGER_KEYSTORE")]
     pub keystore: Option<PathBuf>,
     /// File holding the keystore's password.

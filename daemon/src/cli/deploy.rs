@@ -27,7 +27,7 @@ pub struct DeployArgs {
     /// Where to write the manifest [default: deployments/<chain id>.json].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The OpenLedger source tree (holds contracts/ and scripts/) [default: the current directory].
+    /// The OpenLedger source tree (holds contracts/ and scripts/).
     #[arg(long, env = "OPENLEDGER_REPO", default_value = ".")]
     pub repo: PathBuf,
 }
