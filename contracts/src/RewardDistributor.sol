@@ -283,6 +283,8 @@ contract RewardDistributor is AccessControl, ReentrancyGuardTransient {
 
     function _checkPending(uint64 epoch, bytes32 root) internal view returns (Root memory pending) {
         pending = _pending;
+        // A zero root is the "no pending root" marker (proposeRoot rejects zero roots), not a balance.
+        // slither-disable-next-line incorrect-equality
         if (pending.root == bytes32(0)) revert NoPendingRoot();
         if (pending.epoch != epoch || pending.root != root) revert NotPending(epoch, root);
     }
