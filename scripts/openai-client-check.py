@@ -27,6 +27,12 @@ def main() -> int:
     assert models, "no models listed"
     model = args.model or models[0]
     assert model in models, f"{model} not in {models}"
+    assert client.models.retrieve(model).id == model
+    try:
+        client.models.retrieve("ft-999999")
+        raise AssertionError("an unknown model was retrieved")
+    except openai.NotFoundError:
+        pass
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     r = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0, seed=1)

@@ -765,6 +765,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/openapi.json",
         "/docs",
         "/v1/models",
+        "/v1/models/{model}",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/files",

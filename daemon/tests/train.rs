@@ -1356,6 +1356,12 @@ fn serve_the_fresh_adapter_paid_first() {
         .collect();
     assert_eq!(ids, want, "{models}");
     assert!(ids.contains(&name.as_str()), "{models}");
+    // one model, as the OpenAI clients' models.retrieve asks
+    let one = get(app, &format!("/v1/models/{name}"), None).await;
+    one.expect(StatusCode::OK);
+    assert_eq!(one.json()["id"], name.as_str());
+    assert_eq!(one.json()["object"], "model");
+    get(app, "/v1/models/ft-999", None).await.problem(404, "not-found");
     let chat = |extra: Value| t.chat(extra);
     // unpaid: 402 naming the price; unknown model: 404; bad sampling: 400
     let unpaid = chat(json!({})).await.problem(402, "payment-required");

@@ -1,4 +1,5 @@
-//! OpenAI-compatible inference: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+//! OpenAI-compatible inference: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
+//! `GET /v1/models/{model}`.
 //! `model` is the base model's id or a trained adapter's `ft-<job id>`; `stream: true` answers with
 //! server-sent events in OpenAI's chunk format. Beyond OpenAI's fields a request may carry `top_k`,
 //! `repetition_penalty`, and for pay-first `request_id` (the bytes32 paid to FeeRouter) with an optional
@@ -36,6 +37,7 @@ use crate::state::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_models))
+        .routes(routes!(get_model))
         .routes(routes!(chat_completions))
         .routes(routes!(completions))
 }
@@ -52,7 +54,32 @@ fn engine(s: &AppState) -> ApiResult<Arc<Inference>> {
 #[utoipa::path(get, path = "/v1/models", tag = "inference",
     responses((status = 200, description = "OpenAI's model list", body = Object)))]
 async fn list_models(State(s): State<AppState>) -> ApiResult<axum::Json<Value>> {
-    let inf = engine(&s)?;
+    Ok(axum::Json(
+        json!({ "object": "list", "data": served(&s).await? }),
+    ))
+}
+
+/// One served model (what the OpenAI clients' `models.retrieve` asks for).
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "inference",
+    params(("model" = String, Path, description = "A model id as `/v1/models` lists it")),
+    responses((status = 200, body = Object),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn get_model(
+    State(s): State<AppState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    served(&s)
+        .await?
+        .into_iter()
+        .find(|m| m["id"] == model.as_str())
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("this daemon serves no model {model:?}")))
+}
+
+/// The models this daemon serves, as OpenAI's model objects.
+async fn served(s: &AppState) -> ApiResult<Vec<Value>> {
+    let inf = engine(s)?;
     let rows = crate::models::adapters_on(&s.pool, &inf.base_hash).await?;
     let mut data = vec![json!({
         "id": inf.base_id, "object": "model", "created": inf.started.unix_timestamp(), "owned_by": "openledger",
@@ -63,7 +90,7 @@ async fn list_models(State(s): State<AppState>) -> ApiResult<axum::Json<Value>> 
             "owned_by": owner, "parent": inf.base_id,
         }));
     }
-    Ok(axum::Json(json!({ "object": "list", "data": data })))
+    Ok(data)
 }
 
 /// The service behind the handlers, or 503 when this daemon serves no model.
