@@ -262,19 +262,12 @@ impl InferenceArgs {
 /// The serving settings on this chain: a local devnet serves payments at once and may sponsor freely;
 /// elsewhere payments wait for `DEFAULT_PAYMENT_CONFIRMATIONS` unless told otherwise, and sponsorship
 /// must be asked for with --sponsor-on-public-chain.
-async fn inference_for(
+fn inference_for(
     args: &InferenceArgs,
-    chain: &Chain,
+    devnet: bool,
 ) -> anyhow::Result<Option<crate::inference::InferenceConfig>> {
     let Some(mut cfg) = args.config() else {
         return Ok(None);
-    };
-    let devnet = match chain.is_devnet().await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(error = %e, "the node does not say what it is: treating it as a public chain");
-            false
-        }
     };
     cfg.payment_confirmations = args.payment_confirmations.unwrap_or(if devnet {
         0
@@ -307,8 +300,16 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "no key (OPENLEDGER_PRIVATE_KEY or --keystore): relaying and publishing are off"
         ),
     }
-    let inference = inference_for(&args.inference, &chain).await?;
-    let settler = settler_for(&args, &chain, &deployment).await?;
+    // asked once: what the node is decides the serving and settling rules below
+    let devnet = match chain.is_devnet().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "the node does not say what it is: treating it as a public chain");
+            false
+        }
+    };
+    let inference = inference_for(&args.inference, devnet)?;
+    let settler = settler_for(&args, &chain, devnet, &deployment).await?;
     let db = super::db::open(global).await?;
     let mut api = ApiConfig::new(
         deployment.chain_id,
@@ -384,13 +385,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
 async fn settler_for(
     args: &ServeArgs,
     chain: &Chain,
+    devnet: bool,
     deployment: &openledger_chain::Deployment,
 ) -> anyhow::Result<Option<Chain>> {
     if args.settle_every_secs == 0 {
         return Ok(None);
     }
     let key = args.settler_key.load()?;
-    let devnet = chain.is_devnet().await.unwrap_or(false);
     let Some(key) = key else {
         if devnet {
             return Ok(None);

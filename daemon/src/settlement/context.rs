@@ -50,15 +50,6 @@ impl Context {
     }
 }
 
-/// The chain's clock: the latest block's timestamp (what the contracts compare their delays with).
-pub(crate) async fn chain_now(s: &Context) -> Result<u64, SettleError> {
-    Ok(s.provider()
-        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-        .await
-        .map_err(SettleError::rpc)?
-        .map_or(0, |b| b.header.timestamp))
-}
-
 /// A `RootProposed` event as the chain has it.
 #[derive(Debug, Clone)]
 pub(crate) struct ProposalLog {

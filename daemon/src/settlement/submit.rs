@@ -898,7 +898,7 @@ impl Settler {
                 onchain: pending.root.to_string(),
             });
         }
-        let now = super::context::chain_now(&self.ctx).await?;
+        let now = self.ctx.chain.now().await.map_err(SettleError::rpc)?;
         if now < pending.validAt {
             tracing::info!(
                 epoch = pending.epoch,

@@ -116,7 +116,7 @@ pub async fn watch_once(s: &Context) -> Result<Finding, SettleError> {
         return Ok(Finding::Matches { epoch, root });
     };
     // the chain's clock decides whether a dispute is still on time
-    let now = super::context::chain_now(s).await?;
+    let now = s.chain.now().await.map_err(SettleError::rpc)?;
     if now >= pending.validAt {
         return Ok(Finding::TooLate {
             epoch,
