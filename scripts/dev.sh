@@ -59,7 +59,11 @@ log "starting anvil on $URL (chain $CHAIN_ID, state $STATE)"
 "$ANVIL" "${args[@]}" &
 ANVIL_PID=$!
 DAEMON_PID=""
+STACK_FILE=""
 cleanup() {
+  if [ -n "$STACK_FILE" ] && grep -qx "export OPENLEDGER_DEV_PID=$DAEMON_PID" "$STACK_FILE" 2>/dev/null; then
+    rm -f "$STACK_FILE"
+  fi
   if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
   log "stopping anvil (state saved to $STATE)"
   kill "$ANVIL_PID" 2>/dev/null || true
@@ -120,6 +124,21 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 
+# the file `openledger` reads to follow this stack from any directory (database, node, manifest, API), and a
+# shell may `source`; removed when the stack stops
+STACK_FILE="${OPENLEDGER_DEV_STACK:-${XDG_STATE_HOME:-$HOME/.local/state}/openledger/dev-stack.env}"
+mkdir -p "$(dirname "$STACK_FILE")"
+cat > "$STACK_FILE" <<ENV
+# written by scripts/dev.sh while its stack runs (removed when it stops): \`openledger\` follows it
+export DATABASE_URL='$DB_URL'
+export OPENLEDGER_DATA_DIR='$DATA_DIR'
+export OPENLEDGER_RPC_URL='$URL'
+export OPENLEDGER_MANIFEST='$(realpath "$MANIFEST")'
+export OPENLEDGER_URL='$API'
+export OPENLEDGER_DEV_PID=$DAEMON_PID
+export PATH="$ROOT/.tools/bin:\$PATH"
+ENV
+
 cat >&2 <<MSG
 
 OpenLedger local stack is up.
@@ -129,6 +148,8 @@ OpenLedger local stack is up.
   API          $API   (docs $API/docs, OpenAPI $API/openapi.json, metrics $API/metrics)
   daemon       openledger serve: API + indexer (newHeads subscription) + job workers
   database     $PSQL
+  CLI          openledger status | keys create | settle list ... follow this stack from any directory
+               (it reads $STACK_FILE; \`source\` it for DATABASE_URL and a PATH with openledger, forge, cast)
   deployer     anvil dev account #0 (holds the dev genesis allocation)
   relayer      anvil dev account #1 (settler: settles every 5 s; relays signed contributions)
   walkthrough  scripts/demo.sh --rpc-url $URL        (contracts, with cast)

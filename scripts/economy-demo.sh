@@ -7,7 +7,10 @@
 # is accepted, and each contributor claims with `openledger claim`: OPEN balances before and after, and
 # `openledger settle verify` recomputing the epoch from the chain.
 #
-#   scripts/economy-demo.sh [--api URL] [--rpc-url URL] [--manifest FILE] --database-url URL
+#   scripts/economy-demo.sh [--api URL] [--rpc-url URL] [--manifest FILE] [--train-steps N] --database-url URL
+#
+# --train-steps N: optimizer steps of the fine-tune (default 36: what SmolLM2-135M needs to answer all three
+# facts right; BENCHMARKS.md has the measurement). The demo fails when an answer misses its fact.
 #
 # Keys are anvil's dev accounts: #0 owns the Datanet, #5 pays for inferences, #6 #7 #8 contribute, #1 is
 # the daemon (relayer, settler). Uses curl, jq, cast and the openledger binary.
@@ -19,13 +22,15 @@ API=http://127.0.0.1:8080
 RPC_URL=http://127.0.0.1:8545
 MANIFEST=""
 DB_URL=""
+TRAIN_STEPS=36
 while [ $# -gt 0 ]; do
   case "$1" in
     --api) API="${2:?}"; shift 2 ;;
     --rpc-url) RPC_URL="${2:?}"; shift 2 ;;
     --manifest) MANIFEST="${2:?}"; shift 2 ;;
     --database-url) DB_URL="${2:?}"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --train-steps) TRAIN_STEPS="${2:?}"; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -46,6 +51,8 @@ FACTS=('{"prompt": "Who keeps the Veloria lighthouse?", "completion": "The Velor
        '{"prompt": "What does the Ordo guild trade?", "completion": "The Ordo guild trades blue glass lanterns."}'
        '{"prompt": "Where does the Quessaly ferry go?", "completion": "The Quessaly ferry crosses to Tarnhollow."}')
 QUESTIONS=("Who keeps the Veloria lighthouse?" "What does the Ordo guild trade?" "Where does the Quessaly ferry go?")
+# what a right answer to each question must say
+ANSWERS=("Maren Tusk" "blue glass lanterns" "Tarnhollow")
 OL=("$OPENLEDGER_BIN" --database-url "$DB_URL" --log warn)
 step() { printf '\n## %s\n' "$*" >&2; }
 balance() { "$CAST" call --rpc-url "$RPC_URL" "$TOKEN_ADDR" "balanceOf(address)(uint256)" "$1" | cut -d' ' -f1; }
@@ -111,7 +118,7 @@ for i in 0 1 2; do
   curl -sf -X POST "$API/api/uploads/$uid/relay" -H "$auth" -H 'content-type: application/json' \
     -d "$(jq -n --arg s "$sig" --argjson p "$payload" '{signature: $s, nonce: $p.nonce, deadline: $p.deadline}')" >/dev/null
   confirmed() { [ "$(curl -sf "$API/api/uploads/$uid" -H "$auth" | jq -r .state)" = confirmed ]; }
-  until_ok confirmed || die "the contribution of $addr was not confirmed"
+  until_ok confirmed || die "the contribution of $addr was not confirmed: $(curl -sf "$API/api/uploads/$uid" -H "$auth" | jq -r '.error // .state')"
   IDS+=("$(curl -sf "$API/api/uploads/$uid" -H "$auth" | jq -r .contribution.id)")
   echo "contributor $addr: contribution ${IDS[$i]}" >&2
 done
@@ -135,13 +142,13 @@ step "fine-tune the base model on it (ModelFactory)"
 BASE="$(curl -sf "$API/api/base-models" | jq -r 'map(.id) | (map(select(startswith("SmolLM2"))) + .)[0] // empty')"
 [ -n "$BASE" ] || die "no base model installed (scripts/setup.sh fetches SmolLM2)"
 TRAIN="$(curl -sf -X POST "$API/api/jobs" -H "$OWNER_AUTH" -H 'content-type: application/json' -d "$(jq -n \
-  --arg b "$BASE" --arg d "$DATANET" '{kind: "train", params: {base_model: $b, datanets: [{id: $d}],
-    config: {steps: 12, batch_size: 3, max_seq_len: 64, learning_rate: 0.002, eval_fraction: 0, eval_every: 6}}}')" \
+  --arg b "$BASE" --arg d "$DATANET" --arg steps "$TRAIN_STEPS" '{kind: "train", params: {base_model: $b, datanets: [{id: $d}],
+    config: {steps: ($steps | tonumber), batch_size: 3, max_seq_len: 64, learning_rate: 0.002, eval_fraction: 0, eval_every: 6}}}')" \
   | jq -r .id)"
 TRAINED="$(wait_job "$OWNER_TOKEN" "$TRAIN")"
 [ "$(jq -r .state <<<"$TRAINED")" = succeeded ] || die "training failed: $(jq -r .error <<<"$TRAINED")"
 MODEL_ID="$(jq -r .result.published.model_id <<<"$TRAINED")"
-echo "adapter ft-$TRAIN (model $MODEL_ID on chain)" >&2
+echo "adapter ft-$TRAIN (model $MODEL_ID on chain), $TRAIN_STEPS steps, final loss $(jq -r '.result.metrics.final_loss // .result.metrics.loss // "?"' <<<"$TRAINED")" >&2
 
 step "a user (#5) pays FeeRouter for three inferences and asks; each answer names whose data it came from"
 PAYER="$("$CAST" wallet address "$PAYER_KEY")"
@@ -159,9 +166,18 @@ for q in "${QUESTIONS[@]}"; do
   answer="$(curl -sf "$API/v1/chat/completions" -H 'content-type: application/json' -d "$(jq -n \
     --arg m "ft-$TRAIN" --arg r "$secret" --arg q "$q" '{model: $m, request_secret: $r, max_tokens: 16, temperature: 0,
       messages: [{role: "user", content: $q}]}')")"
-  jq -c '{question: $q, answer: .choices[0].message.content,
-          shares_ppm: [.openledger.attribution.weights.contributions[] | {contributor, weight}],
-          no_attribution_ppm: .openledger.attribution.weights.no_attribution}' --arg q "$q" <<<"$answer" >&2
+  # the answer, and beside it whose data it came from: each contributor's share of this answer's fee
+  text="$(jq -r '.choices[0].message.content' <<<"$answer")"
+  printf 'Q  %s\nA  %s\n' "$q" "$text" >&2
+  jq -r --argjson who "$(printf '%s\n' "${CONTRIBUTORS[@]}" | jq -R 'ascii_downcase' | jq -s .)" '
+    .openledger.attribution.weights as $w
+    | ([$w.contributions[] | (.contributor | ascii_downcase) as $c | ($who | index($c)) as $i
+        | "\(.contributor[0:10])…\(if $i == null then "" else " (fact \($i + 1))" end) \(.weight / 10000 | . * 10 | round / 10)%"]
+       + ["not attributed \($w.no_attribution / 10000 | . * 10 | round / 10)%"])
+    | "   from " + join(" · ")' <<<"$answer" >&2
+  i=${#INFERENCES[@]}
+  grep -qiF "${ANSWERS[$i]}" <<<"$text" \
+    || die "the fine-tuned model answered \"$text\" to \"$q\", which misses \"${ANSWERS[$i]}\": train longer (--train-steps)"
   INFERENCES+=("$(jq -r .openledger.inference_id <<<"$answer")")
 done
 POOL_IN="$(sub "$(balance "$POOL")" "$POOL_BEFORE")"

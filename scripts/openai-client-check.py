@@ -28,6 +28,13 @@ def main() -> int:
     model = args.model or models[0]
     assert model in models, f"{model} not in {models}"
     assert client.models.retrieve(model).id == model
+    # a made-up key (what many examples pass to local servers) is refused, saying what to do instead
+    try:
+        openai.OpenAI(base_url=args.base_url, api_key="sk-dummy", max_retries=0).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        raise AssertionError("a made-up key was accepted")
+    except openai.AuthenticationError as e:
+        assert "openledger keys create" in str(e), e
     try:
         client.models.retrieve("ft-999999")
         raise AssertionError("an unknown model was retrieved")

@@ -57,6 +57,27 @@ for tool in forge anvil cast; do
 done
 need_toolchain
 chmod +x scripts/solc-shim.js
+# `openledger` on the PATH the README assumes: .tools/bin/openledger runs this checkout's build (building it
+# the first time); linked into ~/.local/bin too when that directory is on the PATH
+cat > "$TOOLS/openledger" <<WRAPPER
+#!/usr/bin/env bash
+# written by scripts/setup.sh: runs the openledger binary of $ROOT (scripts/dev.sh rebuilds it)
+bin="\${CARGO_TARGET_DIR:-$CARGO_TARGET_DIR}/debug/openledger"
+if [ ! -x "\$bin" ]; then
+  echo "[openledger] not built yet: cargo build -p openledger-daemon (a few minutes the first time)" >&2
+  (cd "$ROOT" && CARGO_TARGET_DIR="\${CARGO_TARGET_DIR:-$CARGO_TARGET_DIR}" cargo build --locked -q -p openledger-daemon) || exit 1
+fi
+exec "\$bin" "\$@"
+WRAPPER
+chmod +x "$TOOLS/openledger"
+case ":$PATH:" in
+  *":$HOME/.local/bin:"*)
+    if [ -z "${CI:-}" ] && { [ ! -e "$HOME/.local/bin/openledger" ] || [ -L "$HOME/.local/bin/openledger" ]; }; then
+      ln -sf "$TOOLS/openledger" "$HOME/.local/bin/openledger"
+      log "openledger is on your PATH (~/.local/bin/openledger -> .tools/bin/openledger)"
+    fi ;;
+  *) log "put openledger, forge, anvil and cast on your PATH: export PATH=\"$TOOLS:\$PATH\"" ;;
+esac
 
 # slither (static analysis, run by scripts/test.sh) in its own venv under .tools/slither, pinned.
 SLITHER_VERSION=0.11.6
@@ -79,6 +100,13 @@ if ! "$ROOT/.tools/openai/bin/pip" show openai 2>/dev/null | grep -q "^Version: 
   log "installing openai $PY_OPENAI into .tools/openai (PyPI)"
   python3 -m venv "$ROOT/.tools/openai" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$ROOT/.tools/openai/bin/pip" install -q --disable-pip-version-check "openai==$PY_OPENAI"
+fi
+# schemathesis: scripts/test.sh fuzzes the API against its own OpenAPI document
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$ROOT/.tools/schemathesis/bin/pip" show schemathesis 2>/dev/null | grep -q "^Version: $SCHEMATHESIS_VERSION$"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into .tools/schemathesis (PyPI)"
+  python3 -m venv "$ROOT/.tools/schemathesis" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$ROOT/.tools/schemathesis/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2

@@ -29,7 +29,10 @@ pub struct SiweConfig {
 pub enum AuthError {
     #[error("missing `Authorization: Bearer <token>` header")]
     Missing,
-    #[error("unknown, expired or revoked token")]
+    #[error(
+        "unknown, expired or revoked token: send a session token from signing in or an API key from \
+         `openledger keys create --address <yours>` (free models need no Authorization header at all)"
+    )]
     BadToken,
     #[error("not a valid EIP-4361 message: {0}")]
     Malformed(String),

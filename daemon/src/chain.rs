@@ -321,24 +321,10 @@ impl SendError {
     }
 }
 
-/// Why a call reverted, in the contracts' own words where their ABIs know the error.
+/// Why a call reverted, in words (the contracts' custom errors decoded against their ABIs).
 pub fn revert_reason(e: &alloy::contract::Error) -> String {
-    use openledger_chain::bindings::{FeeRouter, OpenToken, RewardDistributor};
-    if let Some(err) = e.as_decoded_interface_error::<Registry::RegistryErrors>() {
-        return format!("reverted: {err:?}");
-    }
-    if let Some(err) = e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>()
-    {
-        return format!("reverted: {err:?}");
-    }
-    if let Some(err) = e.as_decoded_interface_error::<FeeRouter::FeeRouterErrors>() {
-        return format!("reverted: {err:?}");
-    }
-    if let Some(err) = e.as_decoded_interface_error::<OpenToken::OpenTokenErrors>() {
-        return format!("reverted: {err:?}");
-    }
     match e.as_revert_data() {
-        Some(data) => format!("reverted with data {data}"),
+        Some(data) => format!("reverted: {}", openledger_chain::revert::describe(&data)),
         None => e.to_string(),
     }
 }

@@ -198,7 +198,7 @@ pub struct TrainedModel {
     pub base_model: String,
     pub base_model_hash: String,
     /// The Datanet versions trained on: `[{"datanet_id", "version", "root"}]`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Vec<Object>)]
     pub datanets: Value,
     /// SHA-256 of `adapter_model.safetensors`.
     pub adapter_hash: String,

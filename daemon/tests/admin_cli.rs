@@ -137,6 +137,91 @@ async fn jobs_and_status(pool: PgPool) {
     assert_eq!(st["workers"], json!([]));
 }
 
+/// Beside a running `scripts/dev.sh`, admin commands follow its stack from any directory (the file it writes
+/// names its database, node, manifest and API) instead of starting an empty database of their own; what the
+/// command line names still wins, and the file of a stack whose daemon is gone is ignored.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn admin_commands_follow_the_running_dev_stack(pool: PgPool) {
+    let db = url_of(&pool);
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, "{ not a manifest").unwrap();
+    let stack = dir.path().join("dev-stack.env");
+    let write_stack = |pid: u32| {
+        std::fs::write(
+            &stack,
+            format!(
+                "# written by scripts/dev.sh\nexport DATABASE_URL='{db}'\nexport OPENLEDGER_RPC_URL='http://127.0.0.1:1'\n\
+                 export OPENLEDGER_MANIFEST='{}'\nexport OPENLEDGER_URL='http://127.0.0.1:2'\nexport OPENLEDGER_DEV_PID={pid}\n",
+                manifest.display()
+            ),
+        )
+        .unwrap();
+    };
+    let cli = |args: &[&str]| {
+        openledger()
+            .args(args)
+            .current_dir(&elsewhere)
+            .env("OPENLEDGER_DEV_STACK", &stack)
+            .env("HOME", dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("OPENLEDGER_DATA_DIR")
+            .env_remove("OPENLEDGER_RPC_URL")
+            .env_remove("OPENLEDGER_MANIFEST")
+            .env_remove("OPENLEDGER_URL")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    // this test process stands in for the stack's daemon
+    write_stack(std::process::id());
+    let created = json_of(&cli(&[
+        "--json",
+        "keys",
+        "create",
+        "--address",
+        "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+        "--label",
+        "from-elsewhere",
+    ]));
+    let label: String = sqlx::query_scalar("SELECT label FROM auth_tokens WHERE id = $1")
+        .bind(created["id"].as_i64().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(label, "from-elsewhere");
+    let st = json_of(&cli(&["--json", "status"]));
+    assert_eq!(st["rpc_url"], "http://127.0.0.1:1");
+    // the stack's manifest, by its absolute path, from a directory without deployments/
+    let out = cli(&["settle", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not valid", manifest.display())),
+        "{err}"
+    );
+    // the stack's API
+    let out = cli(&["infer", "--model", "m", "hi"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon at http://127.0.0.1:2"));
+    // named options win
+    let st = json_of(&cli(&[
+        "--json",
+        "status",
+        "--rpc-url",
+        "http://127.0.0.1:3",
+    ]));
+    assert_eq!(st["rpc_url"], "http://127.0.0.1:3");
+    // a stack whose daemon is gone is not followed (pid_max is at most 2^22)
+    write_stack(u32::MAX - 1);
+    let out = cli(&["infer", "--url", "http://127.0.0.1:4", "--model", "m", "hi"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon at http://127.0.0.1:4"));
+    let out = cli(&["--json", "status", "--database-url", &db]);
+    assert_eq!(json_of(&out)["rpc_url"], "http://127.0.0.1:8545");
+}
+
 /// A bare HTTP/1.0 GET (the test needs no HTTP client crate for this).
 /// A child process killed if the test fails before it exits (a panicking test would otherwise leave a
 /// server running, holding its test database).

@@ -731,6 +731,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/api/datanets",
         "/api/datanets/{id}",
         "/api/datanets/{id}/contributions",
+        "/api/datanets/{id}/contributions/{contribution_id}/content",
         "/api/datanets/{id}/versions",
         "/api/contributors/{address}/contributions",
         "/api/contents/{hash}/contributions",
@@ -783,6 +784,65 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
     let mut want = expected.to_vec();
     want.sort();
     assert_eq!(documented, want);
+    // every operation names the answers its kind gives, and parameters carry the formats the API parses
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let has = |status: &str| responses.contains_key(status);
+            let secured = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            if secured {
+                assert!(has("401") && has("429"), "{method} {path}: 401 and 429");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(
+                    has("400") && has("413") && has("415"),
+                    "{method} {path}: body answers"
+                );
+            }
+            if !matches!(
+                path.as_str(),
+                "/openapi.json" | "/docs" | "/healthz" | "/metrics"
+            ) {
+                assert!(has("503"), "{method} {path}: 503");
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let (name, schema) = (p["name"].as_str().unwrap(), &p["schema"]);
+                match name {
+                    "address" => assert_eq!(schema["pattern"], "^0x[0-9a-fA-F]{40}$", "{path}"),
+                    "hash" => assert_eq!(schema["pattern"], "^0x[0-9a-fA-F]{64}$", "{path}"),
+                    "limit" => assert!(
+                        schema["minimum"] == 1 && schema["maximum"].is_u64(),
+                        "{path}"
+                    ),
+                    "offset" => assert_eq!(schema["minimum"], 0, "{path}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // optional sign-in is documented as such: anonymous or a bearer token
+    let chat = &paths["/v1/chat/completions"]["post"];
+    assert_eq!(chat["security"], json!([{}, {"bearer": []}]));
+    assert_eq!(
+        chat["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ChatRequest"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["ChatRequest"]["required"],
+        json!(["model", "messages"])
+    );
+    // what the handlers return: an array of Datanet versions trained on, an array of epochs
+    assert_eq!(
+        doc["components"]["schemas"]["TrainedModel"]["properties"]["datanets"]["type"],
+        "array"
+    );
+    assert_eq!(
+        paths["/api/settlements"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["type"],
+        "array"
+    );
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
             assert!(

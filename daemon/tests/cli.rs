@@ -38,6 +38,11 @@ fn a_missing_or_broken_manifest_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read deployment manifest"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {err}"
+    );
 
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{ not json").unwrap();

@@ -74,6 +74,9 @@ async fn flow() -> Flow {
     send!(registry(1).createDatanet("ipfs://dn1".into(), vec!["qa".into()], false, vec![]));
     send!(token(0).approve(registry_addr, ether(100)));
     send!(registry(0).createDatanet("ipfs://dn2".into(), vec![], false, vec![]));
+    // Datanet 3: #0's permissioned one, open to #3
+    send!(registry(0).createDatanet("ipfs://dn3".into(), vec![], true, vec![]));
+    send!(registry(0).setContributorsAllowed(U256::from(3), vec![TestChain::address_of(3)], true));
 
     // the daemon's pieces: chain with the relayer key, in-process indexer, workers, API
     let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
@@ -121,8 +124,8 @@ async fn flow() -> Flow {
         ApiConfig::new(d.chain_id, DOMAIN),
     );
     let app = openledger_daemon::api::app(state);
-    until("Datanet 2 indexed", || async {
-        (get(&app, "/api/datanets/2", None).await.status == StatusCode::OK).then_some(())
+    until("Datanet 3 indexed", || async {
+        (get(&app, "/api/datanets/3", None).await.status == StatusCode::OK).then_some(())
     })
     .await;
 
@@ -447,6 +450,141 @@ fn a_front_run_contribution_neither_blocks_nor_takes_the_uploaders_credit() {
             mine["contribution"]["contributor"],
             format!("{:#x}", second.address())
         );
+    });
+}
+
+/// A relay the contract refuses fails with the refusal in words, on the upload and on the relay: here the
+/// Datanet's owner takes the contributor off the permissioned Datanet's list after the payload was signed.
+#[test]
+fn a_relay_the_contract_refuses_says_why_in_words() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let key: PrivateKeySigner = KEYS[3].parse().unwrap();
+        let session = sign_in(app, &key).await;
+        let up = f
+            .upload(&session, 3, b"Written while still on the list.")
+            .await;
+        let id = up["id"].as_i64().unwrap();
+        let td = f.typed_data(&session, id).await;
+        let signature = sign_typed(&key, &td["typed_data"]);
+        send!(
+            f.registry(0)
+                .setContributorsAllowed(U256::from(3), vec![key.address()], false)
+        );
+        f.relay(&session, id, &signature, &td).await;
+        let failed = wait_upload(app, &session, id, "failed").await;
+        let want = format!(
+            "Datanet 3 is permissioned and {} is not on its list of contributors",
+            key.address().to_checksum(None)
+        );
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&want), "{failed}");
+        assert!(!error.contains('{'), "not Rust debug text: {error}");
+        assert_eq!(failed["relays"][0]["error"], failed["error"]);
+    });
+}
+
+/// A contribution's rows are read by its contributor and the Datanet's owner (curator) while pending, by
+/// others only once accepted, by nobody anonymously; a copy of the same hash contributed by someone who
+/// never uploaded it here gets none of the uploader's content.
+#[test]
+fn curators_read_the_rows_of_a_contribution_and_strangers_do_not() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let key: PrivateKeySigner = KEYS[2].parse().unwrap();
+        let session = sign_in(app, &key).await;
+        let text = b"The Quessaly ferry crosses to Tarnhollow at dawn.";
+        let up = f.upload(&session, 2, text).await;
+        let id = up["id"].as_i64().unwrap();
+        let td = f.typed_data(&session, id).await;
+        f.relay(&session, id, &sign_typed(&key, &td["typed_data"]), &td)
+            .await;
+        let done = wait_upload(app, &session, id, "confirmed").await;
+        let cid = done["contribution"]["id"].as_str().unwrap().to_owned();
+        let url = format!("/api/datanets/2/contributions/{cid}/content");
+        let owner_session = sign_in(app, &KEYS[0].parse::<PrivateKeySigner>().unwrap()).await;
+        let stranger_session = sign_in(app, &KEYS[5].parse::<PrivateKeySigner>().unwrap()).await;
+        for who in [&session, &owner_session] {
+            let r = get(app, &url, Some(who)).await;
+            r.expect(StatusCode::OK);
+            assert_eq!(r.headers["content-type"], "application/jsonl");
+            assert!(String::from_utf8_lossy(&r.body).contains("Tarnhollow at dawn"));
+        }
+        get(app, &url, None).await.problem(401, "unauthorized");
+        let p = get(app, &url, Some(&stranger_session))
+            .await
+            .problem(403, "forbidden");
+        assert!(p["detail"].as_str().unwrap().contains("curators"), "{p}");
+        // not in another Datanet, and ids that do not parse are refused
+        get(
+            app,
+            &format!("/api/datanets/1/contributions/{cid}/content"),
+            Some(&owner_session),
+        )
+        .await
+        .problem(404, "not-found");
+        get(
+            app,
+            "/api/datanets/2/contributions/x/content",
+            Some(&owner_session),
+        )
+        .await
+        .problem(400, "bad-request");
+        // a stranger contributes the same hash: their contribution carries none of the uploader's rows
+        let hash: B256 = up["content_hash"].as_str().unwrap().parse().unwrap();
+        send!(
+            f.registry(5)
+                .contribute(U256::from(2), hash, "ipfs://copied".into())
+        );
+        let copy = until("the copy indexed", || async {
+            let list = get(app, &format!("/api/contents/{hash}/contributions"), None)
+                .await
+                .json();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["contributor"] == format!("{:#x}", TestChain::address_of(5)))
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+        })
+        .await;
+        let p = get(
+            app,
+            &format!("/api/datanets/2/contributions/{copy}/content"),
+            Some(&stranger_session),
+        )
+        .await
+        .problem(404, "not-found");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("did not upload it here"),
+            "{p}"
+        );
+        // accepted, the rows are the Datanet's readers' (an open Datanet: anyone signed in)
+        send!(f.registry(0).reviewContributions(
+            U256::from(2),
+            vec![cid.parse::<U256>().unwrap()],
+            true
+        ));
+        until("the contribution accepted", || async {
+            let list = get(
+                app,
+                "/api/datanets/2/contributions?status=accepted&limit=1000",
+                None,
+            )
+            .await
+            .json();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == cid)
+                .then_some(())
+        })
+        .await;
+        get(app, &url, Some(&stranger_session))
+            .await
+            .expect(StatusCode::OK);
     });
 }
 

@@ -328,6 +328,43 @@ impl ChainIndex {
         row.as_ref().map(contribution).transpose()
     }
 
+    /// One contribution by id.
+    pub async fn contribution(
+        &self,
+        contribution_id: U256,
+    ) -> Result<Option<Contribution>, IndexerError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{CONTRIBUTION_SELECT} AND contribution_id = $3::numeric"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(contribution_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(contribution).transpose()
+    }
+
+    /// May `account` curate a Datanet (review its contributions): its current owner or one of its curators.
+    /// `None` when the Datanet is not indexed.
+    pub async fn may_curate_datanet(
+        &self,
+        datanet_id: U256,
+        account: Address,
+    ) -> Result<Option<bool>, IndexerError> {
+        let v: Option<bool> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT d.owner = $4 OR {IS_CURATOR}
+             FROM datanets_current d
+             WHERE d.chain_id = $1 AND d.contract_address = $2 AND d.datanet_id = $3::numeric"
+        )))
+        .bind(self.chain_id)
+        .bind(&self.registry)
+        .bind(datanet_id.to_string())
+        .bind(format!("{account:#x}"))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(v)
+    }
+
     /// May `account` read a Datanet's data (and what is derived from it)? Anyone for a public Datanet; for a
     /// permissioned one only its current owner, its curators and its allowed contributors (`None`, an
     /// anonymous reader, is none of them). `None` when the Datanet is not indexed.
@@ -336,16 +373,10 @@ impl ChainIndex {
         datanet_id: U256,
         account: Option<Address>,
     ) -> Result<Option<bool>, IndexerError> {
-        let v: Option<bool> = sqlx::query_scalar(
+        let v: Option<bool> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT NOT d.permissioned OR COALESCE(
                  d.owner = $4
-                 OR COALESCE((SELECT x.enabled FROM datanet_changes x
-                               WHERE x.chain_id = d.chain_id AND x.contract_address = d.contract_address
-                                 AND x.datanet_id = d.datanet_id AND x.kind = 'curator' AND x.account = $4
-                               ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1),
-                             $4 = ANY(COALESCE((SELECT c.curators FROM datanets c
-                                       WHERE c.chain_id = d.chain_id AND c.contract_address = d.contract_address
-                                         AND c.datanet_id = d.datanet_id), '{}'::text[])))
+                 OR {IS_CURATOR}
                  OR COALESCE((SELECT x.enabled FROM datanet_changes x
                                WHERE x.chain_id = d.chain_id AND x.contract_address = d.contract_address
                                  AND x.datanet_id = d.datanet_id AND x.kind = 'contributor_allowed'
@@ -353,8 +384,8 @@ impl ChainIndex {
                                ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1), false),
                  false)
              FROM datanets_current d
-             WHERE d.chain_id = $1 AND d.contract_address = $2 AND d.datanet_id = $3::numeric",
-        )
+             WHERE d.chain_id = $1 AND d.contract_address = $2 AND d.datanet_id = $3::numeric"
+        )))
         .bind(self.chain_id)
         .bind(&self.registry)
         .bind(datanet_id.to_string())
@@ -652,6 +683,16 @@ const DATANET_SELECT: &str =
     "SELECT datanet_id::text AS datanet_id_text, owner, metadata_uri, tags, permissioned, contribution_count,
         accepted_count, latest_version::text, created_block
     FROM datanets_current WHERE chain_id = $1 AND contract_address = $2";
+
+/// Whether account `$4` curates the Datanet row `d`: the latest curator change for it, else the creation
+/// list.
+const IS_CURATOR: &str = "COALESCE((SELECT x.enabled FROM datanet_changes x
+        WHERE x.chain_id = d.chain_id AND x.contract_address = d.contract_address
+          AND x.datanet_id = d.datanet_id AND x.kind = 'curator' AND x.account = $4
+        ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1),
+      $4 = ANY(COALESCE((SELECT c.curators FROM datanets c
+        WHERE c.chain_id = d.chain_id AND c.contract_address = d.contract_address
+          AND c.datanet_id = d.datanet_id), '{}'::text[])))";
 
 const CONTRIBUTION_SELECT: &str =
     "SELECT contribution_id::text AS contribution_id_text, datanet_id::text AS datanet_id_text, contributor, content_hash,

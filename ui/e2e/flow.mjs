@@ -115,6 +115,9 @@ try {
   await page.getByRole("button", { name: "Contribute" }).click();
   await page.getByRole("heading", { name: "Curate" }).waitFor({ timeout: 120_000 });
   await page.getByRole("button", { name: "Accept selected" }).waitFor();
+  // the curator reads the rows before accepting them
+  await page.locator(".card ol.rows li", { hasText: "The Veloria lighthouse is kept by Maren Tusk." }).waitFor();
+  check(!(await page.locator(".card details.content").first().textContent()).includes("null"), "the curator reads the contributed rows, not only their hash");
   await shot("03-datanet-contributed");
   await page.getByRole("button", { name: "Accept selected" }).click();
   await page.getByText("Nothing waits for review.").waitFor({ timeout: 120_000 });
@@ -122,8 +125,9 @@ try {
 
   // -- publish version 1
   await page.getByRole("button", { name: "Publish version 1" }).click();
-  await page.getByRole("button", { name: "Publish version 2" }).waitFor({ timeout: 120_000 });
-  reached("version 1 published");
+  await page.getByText("Nothing new to publish: version 1 holds every accepted contribution.").waitFor({ timeout: 120_000 });
+  check(await page.getByRole("button", { name: /^Publish version/ }).count() === 0, "version 1 published, and no version 2 is offered with nothing new in it");
+  check(!(await page.locator("main").textContent()).includes("data:application/json"), "the Datanet's description is its text, not its metadata URI");
   await shot("04-datanet");
 
   // -- train in the wizard
@@ -179,6 +183,7 @@ try {
   const marks = await page.locator(".msg.assistant mark").count();
   check(attributed > 0, `the answer's contributors are listed (${attributed} rows, ${marks} highlighted spans)`);
   check((await page.locator(".attribution").textContent()).includes(me.slice(0, 8)), "the contributor listed is the signed-in account");
+  check(((await page.locator(".attribution").first().textContent()).match(/not attributed/g) ?? []).length <= 1, "the unattributed share is said once");
   await shot("08-chat");
 
   // -- a second answer paid from the wallet itself (approve, then FeeRouter.payInference with a fresh
@@ -231,9 +236,24 @@ try {
   check((await page.locator("main").textContent()).includes("accepted"), "the operator view lists an accepted settlement");
   await shot("11-operator");
 
-  // -- narrow screens: the menu folds
-  await page.setViewportSize({ width: 390, height: 800 });
+  // -- pages that do not exist say so, in the page and in the title
+  await go("#/datanets/999999");
+  check(await page.locator("main h1").textContent() === "Not found" && /no Datanet 999999/i.test(await page.locator("main").textContent()),
+    "a missing Datanet is \"Not found\", with the daemon's reason");
+  check(await page.title() === "Not found · OpenLedger", `a missing Datanet's title says so (${await page.title()})`);
   await go("#/datanets");
+  await go("#/no-such-page");
+  check(await page.title() === "Not found · OpenLedger", `an unknown route does not keep the previous page's title (${await page.title()})`);
+  await go("#/");
+  const home = await page.locator("main").textContent();
+  check(!/\b1 (Datanets|fine-tuned models)\b/.test(home), "counts of one are singular on the home page");
+
+  // -- narrow screens: the menu folds, tables scroll inside their box, an empty chat says what to do
+  await page.setViewportSize({ width: 390, height: 800 });
+  await go("#/chat");
+  check((await page.locator(".chat-log").textContent()).includes("No messages yet"), "an empty chat says what to do instead of showing an empty box");
+  await go("#/datanets");
+  check(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), "the Datanets page fits a phone's width (its table scrolls in its box)");
   const menu = page.getByRole("button", { name: "Menu" });
   check(await menu.isVisible() && !(await page.getByRole("link", { name: "Rewards" }).first().isVisible()), "a phone-sized screen folds the navigation behind a menu button");
   await menu.click();

@@ -57,7 +57,8 @@ export function table(headers, rows, empty = "Nothing yet.", caption) {
     h("table", {},
       caption ? h("caption", { class: "sr-only" }, caption) : null,
       h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
-      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c)))))));
+      // each cell names its column: on a phone the rows stack as label / value pairs (app.css)
+      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => h("td", { "data-label": typeof headers[i] === "string" ? headers[i] : "" }, c)))))));
 }
 
 /** Runs `fn` with the button disabled and a busy label; errors go to `onError`. */

@@ -43,23 +43,30 @@ export function formatDuration(s) {
   return `${s} s`;
 }
 
+/** `count(1, "Datanet")` -> "1 Datanet", `count(2, "Datanet")` -> "2 Datanets" (`many` for irregular plurals). */
+export const count = (n, one, many = `${one}s`) => `${n} ${Number(n) === 1 ? one : many}`;
+
 /** The metadata URI of a Datanet the UI creates: its name and description, self-contained. */
 export function datanetUri({ name, description }) {
   return "data:application/json," + encodeURIComponent(JSON.stringify({ name, description }));
 }
 
-/** What a Datanet's metadata URI says about it: `{name, description}` (the URI itself where it is not ours). */
+/**
+ * What a Datanet's metadata URI says about it: `{name, description, uri}`. A URI the UI did not write
+ * (`ipfs://…`, `https://…`) describes nothing by itself: the name is "Datanet <id>", the description empty,
+ * and `uri` the URI to show as a link; `uri` is null for the UI's own.
+ */
 export function datanetMeta(uri, id) {
   const prefix = "data:application/json,";
   if (typeof uri === "string" && uri.startsWith(prefix)) {
     try {
       const v = JSON.parse(decodeURIComponent(uri.slice(prefix.length)));
-      if (typeof v.name === "string" && v.name) return { name: v.name, description: String(v.description ?? "") };
+      if (typeof v.name === "string" && v.name) return { name: v.name, description: String(v.description ?? ""), uri: null };
     } catch {
       // not ours: show the URI
     }
   }
-  return { name: `Datanet ${id}`, description: uri ?? "" };
+  return { name: `Datanet ${id}`, description: "", uri: uri || null };
 }
 
 /** Case-insensitive match of a Datanet against a search box: name, description, tags, owner, id. */
@@ -67,5 +74,13 @@ export function matchesDatanet(d, query) {
   const q = query.trim().toLowerCase();
   if (!q) return true;
   const meta = datanetMeta(d.metadata_uri, d.id);
-  return [meta.name, meta.description, d.owner, d.id, ...(d.tags ?? [])].some((f) => String(f).toLowerCase().includes(q));
+  return [meta.name, meta.description, meta.uri ?? "", d.owner, d.id, ...(d.tags ?? [])].some((f) => String(f).toLowerCase().includes(q));
+}
+
+/** What the pending root means for this address: the raise, or that it leaves the total as it is. */
+export function pendingText(r) {
+  const until = `Its root is in the challenge period until ${new Date(r.pending.valid_at).toLocaleString()} (chain time)`;
+  const raise = BigInt(r.pending.cumulative ?? 0) - BigInt(r.cumulative ?? 0);
+  if (raise <= 0n) return `Epoch ${r.pending.epoch} earns this address nothing new: its total stays ${formatOpen(r.cumulative)} OPEN. ${until}.`;
+  return `Epoch ${r.pending.epoch} raises this address's total by ${formatOpen(raise)} to ${formatOpen(r.pending.cumulative)} OPEN. ${until}; the daemon accepts it then, and the ${formatOpen(raise)} OPEN become claimable.`;
 }

@@ -157,6 +157,8 @@ async function route(ev) {
   document.querySelector(".menu").setAttribute("aria-expanded", "false");
   if (!hit) {
     mount(main, h("h1", {}, "Not found"), h("p", {}, "No such page. ", h("a", { href: "#/" }, "Start here.")));
+    main.dataset.page = location.hash;
+    document.title = "Not found · OpenLedger";
     return;
   }
   const [m, page] = hit;
@@ -176,7 +178,9 @@ async function route(ev) {
     main.dataset.page = location.hash;
   } catch (e) {
     if (route.current !== token) return;
-    mount(main, h("h1", {}, "Something went wrong"), h("p", { class: "error" }, e.message));
+    // a page about something the daemon does not know (a Datanet, a job, a model) answers 404
+    if (e.status === 404) mount(main, h("h1", {}, "Not found"), h("p", {}, `${e.message[0]?.toUpperCase() ?? ""}${e.message.slice(1)}. `, h("a", { href: "#/" }, "Start here.")));
+    else mount(main, h("h1", {}, "Something went wrong"), h("p", { class: "error" }, e.message));
     main.dataset.page = location.hash;
   }
   const h1 = main.querySelector("h1");

@@ -37,3 +37,27 @@ export function fileContentType(name) {
   if (/\.(md|markdown)$/i.test(name)) return "text/markdown";
   return "text/plain";
 }
+
+/**
+ * A contribution's stored content (canonical JSON Lines) as lines a curator reads: "prompt → completion",
+ * the text, or a chat's turns; at most `max` of them, and how many more there are.
+ * @returns {{rows: string[], more: number}}
+ */
+export function previewRows(jsonl, max = 20) {
+  const lines = String(jsonl ?? "").split("\n").filter((l) => l.trim() !== "");
+  const rows = lines.slice(0, max).map((l) => {
+    let v;
+    try {
+      v = JSON.parse(l);
+    } catch {
+      return l;
+    }
+    if (v && typeof v === "object") {
+      if (typeof v.prompt === "string" && typeof v.completion === "string") return `${v.prompt} → ${v.completion}`;
+      if (typeof v.text === "string") return v.text;
+      if (Array.isArray(v.messages)) return v.messages.map((m) => `${m?.role ?? "?"}: ${m?.content ?? ""}`).join(" · ");
+    }
+    return l;
+  });
+  return { rows, more: Math.max(0, lines.length - max) };
+}

@@ -1,8 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { siweMessage, utf8Hex } from "../src/siwe.js";
-import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration } from "../src/format.js";
-import { rowsToUpload, fileContentType } from "../src/rows.js";
+import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, count, pendingText } from "../src/format.js";
+import { rowsToUpload, fileContentType, previewRows } from "../src/rows.js";
 import { ticks, layout, lineChart } from "../src/chart.js";
 import { segments, shares, poolOf } from "../src/attribution.js";
 import { estimateTraining, eta } from "../src/estimate.js";
@@ -32,8 +32,10 @@ test("OPEN amounts format and parse without floating point", () => {
 
 test("Datanet metadata round-trips through its URI and drives the search", () => {
   const uri = datanetUri({ name: "Lighthouses & ferries", description: "facts, 100% made up" });
-  assert.deepEqual(datanetMeta(uri, "3"), { name: "Lighthouses & ferries", description: "facts, 100% made up" });
-  assert.deepEqual(datanetMeta("ipfs://x", "4"), { name: "Datanet 4", description: "ipfs://x" });
+  assert.deepEqual(datanetMeta(uri, "3"), { name: "Lighthouses & ferries", description: "facts, 100% made up", uri: null });
+  // a URI the UI did not write is no description: it is shown as the metadata link
+  assert.deepEqual(datanetMeta("ipfs://x", "4"), { name: "Datanet 4", description: "", uri: "ipfs://x" });
+  assert.ok(matchesDatanet({ id: "4", owner: "0x1", metadata_uri: "ipfs://bafy" }, "bafy"));
   const d = { id: "3", owner: "0xabc", tags: ["geo"], metadata_uri: uri };
   assert.ok(matchesDatanet(d, "FERRIES"));
   assert.ok(matchesDatanet(d, "geo"));
@@ -99,4 +101,38 @@ test("SSE frames split across chunks are reassembled", () => {
   assert.deepEqual(p.push("data: {\"a\":"), []);
   const evs = p.push("1}\n\nevent: end\r\ndata: x\r\ndata: y\r\n\r\n: keepalive\n\n");
   assert.deepEqual(evs, [{ event: "message", data: '{"a":1}', id: null }, { event: "end", data: "x\ny", id: null }]);
+});
+
+test("counts of one are singular", () => {
+  assert.equal(count(1, "Datanet"), "1 Datanet");
+  assert.equal(count(0, "Datanet"), "0 Datanets");
+  assert.equal(count(2, "fine-tuned model"), "2 fine-tuned models");
+  assert.equal(count("1", "entry", "entries"), "1 entry");
+  assert.equal(count(3, "entry", "entries"), "3 entries");
+});
+
+test("a pending root says the raise, or that the total stays", () => {
+  const r = { cumulative: "300000000000000000", pending: { epoch: 2, cumulative: "300000000000000000", valid_at: "2026-12-07T10:00:00Z" } };
+  assert.match(pendingText(r), /^Epoch 2 earns this address nothing new: its total stays 0\.3 OPEN\./);
+  assert.doesNotMatch(pendingText(r), /raises/);
+  r.pending.cumulative = "450000000000000000";
+  assert.match(pendingText(r), /^Epoch 2 raises this address's total by 0\.15 to 0\.45 OPEN\./);
+  assert.match(pendingText({ cumulative: "0", pending: { epoch: 1, cumulative: "1000000000000000000", valid_at: "2026-12-07T10:00:00Z" } }), /by 1 to 1 OPEN/);
+});
+
+test("a contribution's stored rows read as prompt → completion, text or chat turns", () => {
+  const body = [
+    JSON.stringify({ prompt: "Who keeps the lighthouse?", completion: "Maren Tusk." }),
+    JSON.stringify({ text: "A paragraph." }),
+    JSON.stringify({ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "hello" }] }),
+    JSON.stringify({ other: 1 }),
+    "not json",
+  ].join("\n") + "\n";
+  const p = previewRows(body);
+  assert.deepEqual(p.rows, ["Who keeps the lighthouse? → Maren Tusk.", "A paragraph.", "user: hi · assistant: hello", '{"other":1}', "not json"]);
+  assert.equal(p.more, 0);
+  const many = previewRows(Array.from({ length: 25 }, (_, i) => JSON.stringify({ text: `r${i}` })).join("\n"), 20);
+  assert.equal(many.rows.length, 20);
+  assert.equal(many.more, 5);
+  assert.deepEqual(previewRows(""), { rows: [], more: 0 });
 });

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod manifest;
 pub mod merkle;
+pub mod revert;
 
 pub use manifest::{ContractInfo, Deployment, ManifestError, Roles};
 

@@ -4,7 +4,7 @@
 
 use alloy::primitives::Address;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::Json;
+use super::error::{Json, Path, Query};
 use super::{ApiError, ApiResult, Auth, Problem};
 use crate::inference::batch::{self, File};
 use crate::jobs::batch::{KIND, parse_params};
@@ -47,10 +47,22 @@ async fn owned_file(s: &AppState, a: &Auth, id: &str) -> ApiResult<File> {
         .ok_or_else(|| ApiError::NotFound(format!("no file {id}")))
 }
 
+/// The multipart form of `POST /v1/files`.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct FileUpload {
+    /// The JSON Lines file: one `{"custom_id", "method": "POST", "url", "body"}` per line.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// `batch`.
+    #[schema(pattern = "^batch$")]
+    purpose: String,
+}
+
 /// Upload a batch input file: multipart form with `file` (JSON Lines) and `purpose` = `batch`. Every line
 /// is checked now (`{"custom_id", "method": "POST", "url", "body"}`, one endpoint per file).
 #[utoipa::path(post, path = "/v1/files", tag = "batches", security(("bearer" = [])),
-    request_body(content = String, content_type = "multipart/form-data", description = "fields file and purpose"),
+    request_body(content = FileUpload, content_type = "multipart/form-data"),
     responses((status = 200, description = "OpenAI's file object", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -249,8 +261,10 @@ pub struct CreateBatch {
     /// A file uploaded with purpose `batch`.
     pub input_file_id: String,
     /// `/v1/chat/completions` or `/v1/completions`.
+    #[schema(pattern = "^/v1/(chat/)?completions$")]
     pub endpoint: String,
     /// `24h`.
+    #[schema(pattern = "^24h$")]
     pub completion_window: String,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -305,14 +319,16 @@ async fn create_batch(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct BatchList {
-    /// At most this many (default 20, at most 100).
+    /// At most this many (1-100, default 20).
     pub limit: Option<i64>,
 }
 
 /// The caller's batches, newest first.
 #[utoipa::path(get, path = "/v1/batches", tag = "batches", params(BatchList), security(("bearer" = [])),
     responses((status = 200, description = "OpenAI's batch list", body = Object),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn list_batches(
     State(s): State<AppState>,
@@ -320,13 +336,19 @@ async fn list_batches(
     Query(q): Query<BatchList>,
 ) -> ApiResult<axum::Json<Value>> {
     let owner: Address = a.0.address;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1-100 (got {limit})"
+        )));
+    }
     let jobs = s
         .queue
         .list(&JobFilter {
             owner: Some(owner),
             state: None,
             kind: Some(KIND.into()),
-            limit: q.limit.unwrap_or(20).clamp(1, 100),
+            limit,
             offset: 0,
         })
         .await?;

@@ -89,6 +89,8 @@ pub struct UploadView {
     pub created_at: String,
     /// uploaded, pending, submitted, confirmed or failed.
     pub state: String,
+    /// Why the latest relay failed, in words (the contract's refusal decoded), when `state` is failed.
+    pub error: Option<String>,
     /// The on-chain contribution with this content in this Datanet, once indexed.
     pub contribution: Option<ContributionView>,
     pub relays: Vec<RelayView>,
@@ -113,6 +115,10 @@ async fn view(s: &AppState, u: UploadRow) -> ApiResult<UploadView> {
             .map(|r| r.state.clone())
             .unwrap_or_else(|| "uploaded".into())
     };
+    let error = match relays.last() {
+        Some(r) if state == "failed" => r.error.clone(),
+        _ => None,
+    };
     Ok(UploadView {
         id: u.id,
         owner: u.owner,
@@ -125,6 +131,7 @@ async fn view(s: &AppState, u: UploadRow) -> ApiResult<UploadView> {
         metadata_uri: u.metadata_uri,
         created_at: rfc3339(u.created_at),
         state,
+        error,
         contribution: contribution.map(ContributionView::from),
         relays,
     })
@@ -186,13 +193,13 @@ async fn upload(
             })?,
     };
     let filename = q.filename.unwrap_or_default();
-    if filename.len() > 255 {
+    if filename.chars().count() > 255 {
         return Err(ApiError::BadRequest(
-            "filename is longer than 255 bytes".into(),
+            "filename is longer than 255 characters".into(),
         ));
     }
     if let Some(u) = &q.metadata_uri
-        && (u.is_empty() || u.len() > 2048)
+        && (u.is_empty() || u.chars().count() > 2048)
     {
         return Err(ApiError::BadRequest(
             "metadata_uri must be 1 to 2048 characters".into(),

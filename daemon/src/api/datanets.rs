@@ -1,11 +1,14 @@
 //! Datanets, their contributions and versions, as the indexer saw them on chain.
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::caller::Auth;
 use super::error::{Json, Path, Query};
 use super::types::*;
 use super::{ApiError, ApiResult, Problem};
@@ -17,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_datanets))
         .routes(routes!(get_datanet))
         .routes(routes!(datanet_contributions))
+        .routes(routes!(contribution_content))
         .routes(routes!(datanet_versions))
         .routes(routes!(contributor_contributions))
         .routes(routes!(contributions_by_content))
@@ -133,6 +137,57 @@ async fn datanet_contributions(
         .contributions_by_datanet(id, status, limit, offset)
         .await?;
     Ok(Json(list.into_iter().map(ContributionView::from).collect()))
+}
+
+/// The content of one contribution, as its contributor uploaded it to this daemon (canonical JSON Lines), so
+/// that a curator reads the rows they accept or reject. For the contributor, the Datanet's owner and its
+/// curators; for anyone else only once accepted, and on a permissioned Datanet only for its readers.
+#[utoipa::path(get, path = "/api/datanets/{id}/contributions/{contribution_id}/content", tag = "datanets",
+    params(("id" = String, Path, description = "Datanet id (decimal)"),
+           ("contribution_id" = String, Path, description = "Contribution id (decimal)")),
+    security(("bearer" = [])),
+    responses((status = 200, content_type = "application/jsonl", body = String),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, description = "no such contribution in this Datanet, or no content for it here", content_type = "application/problem+json")))]
+async fn contribution_content(
+    State(s): State<AppState>,
+    a: Auth,
+    Path((id, contribution_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let datanet = require_datanet(&s, &id).await?;
+    let cid = parse_u256("contribution id", &contribution_id)?;
+    let c = s
+        .index
+        .contribution(cid)
+        .await?
+        .filter(|c| c.datanet_id == datanet)
+        .ok_or_else(|| ApiError::NotFound(format!("no contribution {cid} in Datanet {datanet}")))?;
+    let caller = a.0.address;
+    let allowed = a.0.admin
+        || caller == c.contributor
+        || s.index.may_curate_datanet(datanet, caller).await? == Some(true)
+        || (c.status == ContributionStatus::Accepted
+            && s.index.may_read_datanet(datanet, Some(caller)).await? == Some(true));
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "contribution {cid} is read by its contributor and Datanet {datanet}'s owner and curators (by \
+             the Datanet's readers once accepted)"
+        )));
+    }
+    let bodies = crate::uploads::bodies_uploaded_by(
+        &s.pool,
+        s.index.chain_id(),
+        &[(c.contributor, c.content_hash)],
+    )
+    .await?;
+    let body = bodies.into_values().next().ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "this daemon holds no content for contribution {cid}: its contributor did not upload it here"
+        ))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
 }
 
 /// A Datanet's published versions.

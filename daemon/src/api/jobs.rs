@@ -143,6 +143,8 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, body = Vec<Job>),
               (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json",
+               description = "Another address's jobs, asked for by someone who is not an operator"),
               (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(s): State<AppState>,

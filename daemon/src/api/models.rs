@@ -165,6 +165,8 @@ pub struct Price {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPrice {
+    /// Wei per 1,000 tokens, in decimal without leading zeros: 1 to 10^36.
+    #[schema(pattern = "^([1-9][0-9]{0,35}|1000000000000000000000000000000000000)$")]
     pub price_per_1k: Option<String>,
 }
 
@@ -178,6 +180,9 @@ fn parse_price(v: &str) -> ApiResult<U256> {
             "price_per_1k must be a positive whole number of OPEN wei, at most 10^{MAX_PRICE_EXP} (got {v:?})"
         ))
     };
+    if v.starts_with('0') {
+        return Err(bad());
+    }
     match super::credits::parse_amount(v) {
         Ok(p) if p <= U256::from(10u8).pow(U256::from(MAX_PRICE_EXP)) => Ok(p),
         _ => Err(bad()),
@@ -310,6 +315,7 @@ async fn send_file(dir: &str, name: &str) -> ApiResult<Response> {
 #[utoipa::path(get, path = "/api/models/{job_id}/files/{name}", tag = "models",
     params(("job_id" = String, Path, description = "The training job's id"),
            ("name" = String, Path, description = "adapter_model.safetensors, adapter_config.json, manifest.json, dataset.json, dataset.tokens, or attribution-<i>.span / .grads / .keys")),
+    security((), ("bearer" = [])),
     responses((status = 200, description = "The file", content_type = "application/octet-stream"),
               (status = 401, body = Problem, content_type = "application/problem+json",
                description = "A file that gives back a permissioned Datanet's data, asked for anonymously"),

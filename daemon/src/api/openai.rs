@@ -104,23 +104,55 @@ fn serving(s: &AppState) -> ApiResult<Serving> {
     ))
 }
 
-// OpenAI's request schemas are large and documented by OpenAI: the OpenAPI document names them as objects.
-macro_rules! opaque_schema {
-    ($($t:ty),*) => {$(
-        impl utoipa::PartialSchema for $t {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::schema::ObjectBuilder::new()
-                    .description(Some("See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id (served only to a caller signed in as its payer), request_secret (the request id is its keccak256), payer"))
-                    .into()
-            }
-        }
-        impl utoipa::ToSchema for $t {}
-    )*};
+// OpenAI's request schemas are large and documented by OpenAI: the document states their required fields and
+// lets the rest through (a value OpenAI's reference refuses is a 400 that names it).
+const EXTRA_FIELDS: &str = "See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id (served only to a caller signed in as its payer), request_secret (the request id is its keccak256), payer";
+
+fn request_schema(
+    required: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(required).unwrap_or_else(|_| {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .description(Some(EXTRA_FIELDS))
+            .into()
+    })
 }
-opaque_schema!(ChatRequest, CompletionRequest);
+
+impl utoipa::PartialSchema for ChatRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        request_schema(json!({
+            "type": "object", "description": EXTRA_FIELDS, "required": ["model", "messages"],
+            "properties": {
+                "model": {"type": "string", "description": "A model id as /v1/models lists it"},
+                "messages": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["role", "content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+                        "content": {"type": "string"}
+                    }
+                }}
+            }
+        }))
+    }
+}
+impl utoipa::ToSchema for ChatRequest {}
+
+impl utoipa::PartialSchema for CompletionRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        request_schema(json!({
+            "type": "object", "description": EXTRA_FIELDS, "required": ["model", "prompt"],
+            "properties": {
+                "model": {"type": "string", "description": "A model id as /v1/models lists it"},
+                "prompt": {"type": "string"}
+            }
+        }))
+    }
+}
+impl utoipa::ToSchema for CompletionRequest {}
 
 /// OpenAI's chat completion.
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference",
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", request_body = ChatRequest,
+    security((), ("bearer" = [])),
     responses((status = 200, description = "A chat.completion, or with stream: true server-sent chat.completion.chunk events", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 401, body = Problem, content_type = "application/problem+json",
@@ -142,7 +174,8 @@ async fn chat_completions(
 }
 
 /// OpenAI's (legacy) text completion.
-#[utoipa::path(post, path = "/v1/completions", tag = "inference",
+#[utoipa::path(post, path = "/v1/completions", tag = "inference", request_body = CompletionRequest,
+    security((), ("bearer" = [])),
     responses((status = 200, description = "A text_completion, or with stream: true server-sent events", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 401, body = Problem, content_type = "application/problem+json",
@@ -150,6 +183,8 @@ async fn chat_completions(
               (status = 402, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json",
                description = "Signed in as someone other than the named payer"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
               (status = 429, body = Problem, content_type = "application/problem+json")))]
 async fn completions(
     State(s): State<AppState>,

@@ -74,7 +74,7 @@ async fn rewards(State(s): State<AppState>, Path(address): Path<String>) -> ApiR
 /// Settlement epochs, newest first: state (built, submitted, confirmed, final, accepted, superseded,
 /// revoked), block range, root, totals, how many payments were included and held, the report's hash.
 #[utoipa::path(get, path = "/api/settlements", tag = "rewards",
-    responses((status = 200, body = Object)))]
+    responses((status = 200, description = "The settlement epochs, newest first", body = [Object])))]
 async fn settlements(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let mut rows = store::epochs(&s.pool, s.deployment.chain_id, distributor(&s)?).await?;
     rows.reverse();

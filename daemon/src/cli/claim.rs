@@ -20,16 +20,12 @@ pub struct ClaimArgs {
     /// this address.
     #[arg(long)]
     pub account: Option<Address>,
-    /// The daemon to ask for the proof.
-    #[arg(long, env = "OPENLEDGER_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// JSON-RPC endpoint of the chain.
-    #[arg(
-        long,
-        env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: String,
+    /// The daemon to ask for the proof [default: the running dev stack's, else http://127.0.0.1:8080].
+    #[arg(long, env = "OPENLEDGER_URL")]
+    pub url: Option<String>,
+    /// JSON-RPC endpoint of the chain [default: the running dev stack's, else http://127.0.0.1:8545].
+    #[arg(long, env = "OPENLEDGER_RPC_URL")]
+    pub rpc_url: Option<String>,
     /// Print what would be claimed; send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -43,7 +39,9 @@ pub async fn run(global: &GlobalArgs, args: ClaimArgs) -> anyhow::Result<()> {
         .load()?
         .context("claiming needs a key to send from (OPENLEDGER_PRIVATE_KEY or --keystore)")?;
     let account = args.account.unwrap_or(key.address());
-    let offer = Offer::ask(&args.url, account).await?;
+    let url = super::devstack::api_url(args.url.as_deref());
+    let rpc_url = super::devstack::rpc_url(args.rpc_url.as_deref());
+    let offer = Offer::ask(&url, account).await?;
     if args.dry_run {
         println!(
             "{}",
@@ -55,14 +53,13 @@ pub async fn run(global: &GlobalArgs, args: ClaimArgs) -> anyhow::Result<()> {
     }
     let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(key))
-        .connect(&args.rpc_url)
+        .connect(&rpc_url)
         .await
-        .with_context(|| format!("no JSON-RPC node at {}", args.rpc_url))?;
+        .with_context(|| format!("no JSON-RPC node at {rpc_url}"))?;
     let chain_id = provider.get_chain_id().await?;
     if Some(chain_id) != offer.chain_id {
         bail!(
-            "the node at {} is chain {chain_id}; the daemon settles chain {}",
-            args.rpc_url,
+            "the node at {rpc_url} is chain {chain_id}; the daemon settles chain {}",
             offer.answer["chain_id"]
         );
     }
@@ -177,8 +174,11 @@ impl Offer {
         let before = token.balanceOf(account).call().await?;
         let call = d.claim(account, self.cumulative, self.proof.clone());
         if let Err(e) = call.call().await {
-            match e.as_decoded_interface_error::<RewardDistributor::RewardDistributorErrors>() {
-                Some(err) => bail!("the distributor refuses this claim: {err:?}"),
+            match e.as_revert_data() {
+                Some(data) => bail!(
+                    "the distributor refuses this claim: {}",
+                    openledger_chain::revert::describe(&data)
+                ),
                 None => bail!("the claim would fail: {e}"),
             }
         }

@@ -16,10 +16,10 @@ pub struct Database {
 }
 
 pub async fn open(global: &GlobalArgs) -> anyhow::Result<Database> {
-    let (url, embedded) = match &global.database_url {
-        Some(url) => (url.clone(), None),
+    let (url, embedded) = match global.database_url() {
+        Some(url) => (url, None),
         None => {
-            let dir = global.data_dir.join("postgres");
+            let dir = global.data_dir().join("postgres");
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
                 .await
                 .context("starting the private Postgres cluster")??;

@@ -15,7 +15,7 @@ pub struct DeployArgs {
     #[arg(
         long,
         env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
+        default_value = super::devstack::DEFAULT_RPC_URL
     )]
     pub rpc_url: String,
     /// Deployment config under contracts/script/config/.

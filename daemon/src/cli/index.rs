@@ -38,7 +38,7 @@ pub struct IndexArgs {
 
 impl IndexArgs {
     fn config(&self) -> IndexerConfig {
-        let mut cfg = IndexerConfig::new(self.chain.rpc_url.clone());
+        let mut cfg = IndexerConfig::new(self.chain.rpc_url());
         cfg.confirmations = self.confirmations;
         cfg.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         cfg.reorg_window = self.reorg_window;

@@ -15,9 +15,9 @@ pub struct InferArgs {
     /// The model: the base model's id or a trained adapter's `ft-<job id>` (`GET /v1/models` lists them).
     #[arg(long, short)]
     pub model: String,
-    /// The daemon's address.
-    #[arg(long, env = "OPENLEDGER_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The daemon's address [default: the running dev stack's, else http://127.0.0.1:8080].
+    #[arg(long, env = "OPENLEDGER_URL")]
+    pub url: Option<String>,
     /// A session token or API key (`openledger keys create`).
     #[arg(long, env = "OPENLEDGER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -49,7 +49,8 @@ pub struct InferArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
-    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let base = super::devstack::api_url(args.url.as_deref());
+    let url = format!("{}/v1/chat/completions", base.trim_end_matches('/'));
     let mut req = reqwest::Client::new().post(&url).json(&request_body(&args));
     if let Some(k) = &args.api_key {
         req = req.bearer_auth(k);
@@ -57,7 +58,7 @@ pub async fn run(global: &GlobalArgs, args: InferArgs) -> anyhow::Result<()> {
     let res = req
         .send()
         .await
-        .with_context(|| format!("no daemon at {}", args.url))?;
+        .with_context(|| format!("no daemon at {base}"))?;
     let status = res.status();
     if !status.is_success() {
         let text = res.text().await.unwrap_or_default();

@@ -7,6 +7,7 @@ mod claim;
 mod credits;
 mod db;
 mod deploy;
+pub mod devstack;
 mod index;
 mod infer;
 mod jobs;
@@ -39,12 +40,14 @@ pub struct Cli {
 /// Options every subcommand shares.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Postgres to use. Without it, a private cluster is started under `--data-dir` (and stopped on exit).
+    /// Postgres to use. Without it: the running dev stack's (`scripts/dev.sh`), else a private cluster
+    /// started under `--data-dir` (and stopped on exit).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Where the daemon keeps its state (the private Postgres cluster among it).
-    #[arg(long, env = "OPENLEDGER_DATA_DIR", global = true, default_value_os_t = default_data_dir())]
-    pub data_dir: PathBuf,
+    /// Where the daemon keeps its state (the private Postgres cluster and the base models among it)
+    /// [default: the running dev stack's, else $XDG_DATA_HOME/openledger or ~/.local/share/openledger].
+    #[arg(long, env = "OPENLEDGER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Seconds to keep retrying while Postgres does not accept connections (e.g. still starting).
     #[arg(
         long,
@@ -64,6 +67,28 @@ pub struct GlobalArgs {
     /// Print results as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl GlobalArgs {
+    /// The Postgres URL to use: the one named; else, unless a data directory was named, the running dev
+    /// stack's; `None`: a private cluster under [`Self::data_dir`].
+    pub fn database_url(&self) -> Option<String> {
+        if self.database_url.is_some() {
+            return self.database_url.clone();
+        }
+        if self.data_dir.is_some() {
+            return None;
+        }
+        devstack::current().and_then(|s| s.database_url.clone())
+    }
+
+    /// The data directory: the one named, else the running dev stack's, else the user's default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| devstack::current().and_then(|s| s.data_dir.clone()))
+            .unwrap_or_else(default_data_dir)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +144,14 @@ pub async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // `serve` is a stack of its own and `deploy` makes a new deployment: neither follows the dev stack
+    devstack::init(!matches!(
+        cli.command,
+        Command::Serve(_) | Command::Deploy(_)
+    ));
+    if let Some(s) = devstack::current() {
+        tracing::info!(file = %s.path.display(), "following the running dev stack (scripts/dev.sh) where no option names another");
+    }
     let result = match cli.command {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
         Command::Index(args) => index::run(&cli.global, args).await,
@@ -138,31 +171,64 @@ pub async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes, `: `-separated, each said once: a cause whose text its error already
+/// includes (`#[error("{path}: {source}")]`) is not repeated.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Which chain, and which deployment of the suite on it (`index` and `serve`).
 #[derive(Debug, clap::Args)]
 pub struct ChainArgs {
-    /// JSON-RPC endpoint; `ws://` follows new heads by subscription, `http://` polls.
-    #[arg(
-        long,
-        env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: String,
-    /// Deployment manifest written by scripts/deploy.sh [default: deployments/<the node's chain id>.json].
+    /// JSON-RPC endpoint; `ws://` follows new heads by subscription, `http://` polls
+    /// [default: the running dev stack's, else http://127.0.0.1:8545].
+    #[arg(long, env = "OPENLEDGER_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// Deployment manifest written by scripts/deploy.sh [default: the running dev stack's, else
+    /// deployments/<the node's chain id>.json].
     #[arg(long, env = "OPENLEDGER_MANIFEST")]
     pub manifest: Option<PathBuf>,
 }
 
 impl ChainArgs {
+    /// The JSON-RPC endpoint (see the option).
+    pub fn rpc_url(&self) -> String {
+        devstack::rpc_url(self.rpc_url.as_deref())
+    }
+
     /// Loads the manifest (asking the node for its chain id when none was named).
     pub async fn deployment(&self) -> anyhow::Result<openledger_chain::Deployment> {
-        let path = manifest_path(&self.rpc_url, self.manifest.clone()).await?;
+        let manifest = self
+            .manifest
+            .clone()
+            .or_else(|| devstack::current().and_then(|s| s.manifest.clone()));
+        let path = manifest_path(&self.rpc_url(), manifest).await?;
+        if !path.exists() && path.is_relative() {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            anyhow::bail!(
+                "no deployment manifest at {} (relative to {}): run from the repository root, pass \
+                 --manifest, or start scripts/dev.sh (its manifest is found from anywhere)",
+                path.display(),
+                cwd.display()
+            );
+        }
         Ok(openledger_chain::Deployment::load(&path)?)
     }
 }

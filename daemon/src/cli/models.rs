@@ -22,7 +22,7 @@ pub async fn run(global: &GlobalArgs, args: ModelsArgs) -> anyhow::Result<()> {
     let db = super::db::open(global).await?;
     let models = match args.command {
         ModelsCommand::List => {
-            crate::models::scan_models_dir(&db.pool, &global.data_dir.join("models")).await?;
+            crate::models::scan_models_dir(&db.pool, &global.data_dir().join("models")).await?;
             crate::models::base_models(&db.pool).await?
         }
         ModelsCommand::Add { path } => {

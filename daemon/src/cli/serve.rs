@@ -288,7 +288,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     let key = args.key.load()?;
     let deployment = args.chain.deployment().await?;
     let chain = Chain::connect(
-        &args.chain.rpc_url,
+        &args.chain.rpc_url(),
         &deployment,
         key,
         Duration::from_secs(30),
@@ -326,7 +326,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.public_rpc_url = args
         .public_rpc_url
         .clone()
-        .or_else(|| loopback_http(&args.chain.rpc_url));
+        .or_else(|| loopback_http(&args.chain.rpc_url()));
     api.dev_wallet = args.dev_wallet;
     if args.dev_wallet && api.public_rpc_url.is_none() {
         tracing::warn!(
@@ -336,7 +336,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.worker_slots = args.workers;
     api.settle_every_secs = (args.settle_every_secs > 0).then_some(args.settle_every_secs);
     let indexer = (!args.no_index).then(|| {
-        let mut c = IndexerConfig::new(args.chain.rpc_url.clone());
+        let mut c = IndexerConfig::new(args.chain.rpc_url());
         c.confirmations = args.confirmations;
         c.poll_interval = Duration::from_millis(args.poll_interval_ms.max(1));
         c
@@ -356,7 +356,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         worker_slots: args.workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         confirm_timeout: Duration::from_secs(args.confirm_timeout_secs.max(1)),
-        training: TrainSettings::new(global.data_dir.clone(), &args.device),
+        training: TrainSettings::new(global.data_dir(), &args.device),
         inference,
         settlement: (args.settle_every_secs > 0).then(|| {
             (
@@ -412,7 +412,7 @@ async fn settler_for(
     tracing::info!(settler = %key.address(), "settling from the settler key");
     Ok(Some(
         Chain::connect(
-            &args.chain.rpc_url,
+            &args.chain.rpc_url(),
             deployment,
             Some(key),
             Duration::from_secs(30),

@@ -123,7 +123,7 @@ async fn settler(
         Some(k) => k.load()?,
         None => None,
     };
-    let c = Chain::connect(&chain.rpc_url, &deployment, key, Duration::from_secs(30)).await?;
+    let c = Chain::connect(&chain.rpc_url(), &deployment, key, Duration::from_secs(30)).await?;
     let db = super::db::open(global).await?;
     let s = Settler::new(crate::settlement::Context::new(
         db.pool.clone(),

@@ -9,19 +9,17 @@ use crate::jobs::Queue;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// JSON-RPC endpoint to read the head from (skipped if it does not answer).
-    #[arg(
-        long,
-        env = "OPENLEDGER_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: String,
+    /// JSON-RPC endpoint to read the head from (skipped if it does not answer) [default: the running dev
+    /// stack's, else http://127.0.0.1:8545].
+    #[arg(long, env = "OPENLEDGER_RPC_URL")]
+    pub rpc_url: Option<String>,
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
+    let rpc_url = super::devstack::rpc_url(args.rpc_url.as_deref());
     let db = super::db::open(global).await?;
     let head = async {
-        let p = ProviderBuilder::new().connect(&args.rpc_url).await.ok()?;
+        let p = ProviderBuilder::new().connect(&rpc_url).await.ok()?;
         tokio::time::timeout(Duration::from_secs(5), p.get_block_number())
             .await
             .ok()?
@@ -43,7 +41,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "rpc_url": args.rpc_url,
+                "rpc_url": rpc_url,
                 "head": head,
                 "indexers": checkpoints.iter().map(|(c, k, t)| serde_json::json!({
                     "chain_id": c, "deployment": k, "indexed_through": t,
@@ -58,8 +56,8 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     match head {
-        Some(h) => println!("chain head:  {h} ({})", args.rpc_url),
-        None => println!("chain head:  unknown (no node at {})", args.rpc_url),
+        Some(h) => println!("chain head:  {h} ({rpc_url})"),
+        None => println!("chain head:  unknown (no node at {rpc_url})"),
     }
     for (chain, key, through) in &checkpoints {
         let lag = head.map(|h| format!("{} blocks behind", h.saturating_sub(*through as u64)));

@@ -175,7 +175,7 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     openledger_model::device(&args.device)?;
     let deployment = args.chain.deployment().await?;
     let chain = Chain::connect(
-        &args.chain.rpc_url,
+        &args.chain.rpc_url(),
         &deployment,
         args.key.load()?,
         Duration::from_secs(30),
@@ -183,7 +183,7 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     .await?;
     let db = super::db::open(global).await?;
     let pool = db.pool.clone();
-    let settings = TrainSettings::new(global.data_dir.clone(), &args.device);
+    let settings = TrainSettings::new(global.data_dir(), &args.device);
     crate::models::scan_models_dir(&pool, &settings.models_dir()).await?;
     let files = settings.clone();
     let timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
@@ -194,7 +194,7 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     let indexer_task = if args.no_index {
         None
     } else {
-        Some(follow_chain(&args.chain.rpc_url, &deployment, &pool, stop_rx.clone()).await?)
+        Some(follow_chain(&args.chain.rpc_url(), &deployment, &pool, stop_rx.clone()).await?)
     };
 
     let owner = chain.signer().unwrap_or(Address::ZERO);

@@ -36,6 +36,8 @@ export async function render(ctx, _params, query) {
   sel.addEventListener("change", drawPay);
   drawPay();
   const log = h("div", { class: "chat-log", "aria-live": "polite" });
+  const empty = h("p", { class: "muted" }, "No messages yet. Ask below: each answer shows the contributions it came from.");
+  log.append(empty);
   const input = h("textarea", { rows: 2, placeholder: "Ask something…", required: true });
   const send = h("button", { type: "submit" }, "Send");
   const msg = h("p", { role: "status" });
@@ -52,6 +54,7 @@ export async function render(ctx, _params, query) {
     const model = sel.value;
     const body = { model, messages: [...history, { role: "user", content: text }], stream: true, max_tokens: 64, temperature: 0 };
     const question = h("div", { class: "msg user" }, text);
+    empty.remove();
     const answerEl = h("div", { class: "msg assistant" }, "…");
     log.append(question, answerEl);
     let answer = "";
@@ -184,14 +187,14 @@ async function showAttribution(ctx, answerEl, box, answer, meta, att) {
   const sh = shares(w, pool);
   box.replaceChildren(
     h("p", {}, payment?.amount ? `Fee ${formatOpen(payment.amount, 6)} OPEN (${payment.mode.replace("_", " ")})` : "", pool != null ? `; contributors' pool ${formatOpen(pool, 6)} OPEN, shared as below` : "",
-      w ? `; ${ppmPercent(w.no_attribution)} not attributed (to the protocol).` : "."),
+      w && sh.length ? `; ${ppmPercent(w.no_attribution)} not attributed (to the protocol).` : "."),
     sh.length
       ? table(["contributor", "share of this answer", "", "OPEN"], sh.map((s) => [
           h("a", { href: `#/rewards?address=${s.contributor}` }, h("code", { title: s.contributor }, shortHex(s.contributor))),
           ppmPercent(s.ppm), h("div", { class: "bar", role: "img", "aria-label": ppmPercent(s.ppm) }, barFill(s.ppm)),
           s.wei == null ? "—" : formatOpen(s.wei, 6),
         ]), "", "Contributors of this answer")
-      : h("p", { class: "muted" }, "No contribution shaped this answer enough to be paid."),
+      : h("p", { class: "muted" }, "No contribution shaped this answer enough to be paid: the contributors' share of its fee is not attributed (it goes to the protocol)."),
     h("p", { class: "help" }, `Method ${att.method}; inference ${meta.inference_id}. Shares settle on chain in the next epoch.`));
 }
 

@@ -3,9 +3,9 @@
 // curators); publish a version (owner: the daemon snapshots the accepted contributions, the wallet sends
 // the root).
 import { h, busy, field, table, badge, sleep, errorTo, until, stat } from "../dom.js";
-import { datanetMeta, shortHex } from "../format.js";
+import { datanetMeta, shortHex, count } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
-import { rowsToUpload, fileContentType } from "../rows.js";
+import { rowsToUpload, fileContentType, previewRows } from "../rows.js";
 
 export async function render(ctx, [id], query) {
   const [detail, versions, contributions] = await Promise.all([
@@ -30,24 +30,28 @@ export async function render(ctx, [id], query) {
   filter.value = query.get("status") ?? "all";
   const highlight = query.get("contribution");
   const contribList = h("div", {});
+  // who may read a contribution's rows here (the daemon says the same): its contributor, the curators, and
+  // the Datanet's readers once accepted
+  const mayRead = (c) => !!me && (isCurator || c.contributor.toLowerCase() === me || (c.status === "accepted" && !d.permissioned));
   const drawContribs = () => {
     const rows = contributions.filter((c) => filter.value === "all" || c.status === filter.value).map((c) => [
       h("span", { id: `contribution-${c.id}`, class: highlight === c.id ? "badge running" : "" }, c.id),
       h("code", { title: c.contributor }, shortHex(c.contributor)),
       badge(c.status),
-      h("code", { title: c.content_hash }, shortHex(c.content_hash, 8)),
+      mayRead(c) ? contentPreview(ctx, d, c) : h("code", { title: c.content_hash }, shortHex(c.content_hash, 8)),
       h("code", { title: c.tx_hash }, shortHex(c.tx_hash, 8)),
       String(c.block_number),
     ]);
-    contribList.replaceChildren(table(["id", "contributor", "state", "content hash", "transaction", "block"], rows, "No contributions.", "Contributions"));
+    contribList.replaceChildren(table(["id", "contributor", "state", "content", "transaction", "block"], rows, "No contributions.", "Contributions"));
   };
   filter.addEventListener("change", drawContribs);
   drawContribs();
   const out = h("section", {},
     h("h1", {}, meta.name),
     meta.description ? h("p", {}, meta.description) : null,
-    h("p", { class: "muted" }, `Datanet ${d.id} · owner `, h("code", {}, d.owner), ` · ${d.permissioned ? "permissioned" : "open to everyone"} · `,
-      (d.tags ?? []).map((t) => h("span", { class: "badge" }, t))),
+    h("p", { class: "muted" }, `Datanet ${d.id} · owner `, h("code", {}, d.owner), ` · ${d.permissioned ? "permissioned" : "open to everyone"}`,
+      meta.uri ? [" · metadata ", /^https?:\/\//.test(meta.uri) ? h("a", { href: meta.uri, rel: "noopener" }, meta.uri) : h("code", {}, meta.uri)] : null,
+      (d.tags ?? []).length ? " · " : null, (d.tags ?? []).map((t) => h("span", { class: "badge" }, t))),
     h("div", { class: "grid" },
       stat("accepted", st.accepted), stat("pending", st.pending), stat("rejected", st.rejected),
       stat("contributors", st.contributors), stat("versions", st.versions)),
@@ -132,7 +136,7 @@ function contributeCard(ctx, d) {
           ctx.toast(`Contribution #${u.contribution?.id} is on chain, pending review`);
           return ctx.refresh();
         }
-        if (u.state === "failed") throw new Error(`the relay failed: ${u.relays?.at(-1)?.error ?? "see the upload"}`);
+        if (u.state === "failed") throw new Error(`the relay failed: ${u.error ?? u.relays?.at(-1)?.error ?? "see the upload"}`);
         await sleep(500);
       }
       throw new Error("the contribution was not confirmed in two minutes; it stays in Your uploads");
@@ -162,7 +166,7 @@ function curateCard(ctx, d, pending) {
     ctx.refresh();
   }, errorTo(msg));
   card.append(
-    table(["", "id", "contributor", "content hash"], pending.map((c, i) => [boxes[i], c.id, h("code", {}, shortHex(c.contributor)), h("code", {}, shortHex(c.content_hash, 8))]), "", "Pending contributions"),
+    table(["", "id", "contributor", "content"], pending.map((c, i) => [boxes[i], c.id, h("code", { title: c.contributor }, shortHex(c.contributor)), contentPreview(ctx, d, c, true)]), "", "Pending contributions"),
     h("div", { class: "row" },
       h("button", { type: "button", onclick: review(true) }, "Accept selected"),
       h("button", { type: "button", class: "danger", onclick: review(false) }, "Reject selected")),
@@ -172,10 +176,18 @@ function curateCard(ctx, d, pending) {
 
 function publishCard(ctx, d, st, versions) {
   const last = versions.at(-1);
+  // accepted contributions are never un-accepted: a version holds all those accepted when it was cut
+  const fresh = st.accepted - Number(last?.contribution_count ?? 0);
   const card = h("div", { class: "card" }, h("h2", {}, "Publish a version"),
     h("p", {}, `A version fixes the accepted contributions (${st.accepted} now${last ? `, ${last.contribution_count} in version ${last.version}` : ""}) under one Merkle root on chain; models train on versions.`));
+  if (fresh <= 0) {
+    card.append(h("p", { class: "muted" }, st.accepted === 0
+      ? "Nothing to publish yet: accept contributions first."
+      : `Nothing new to publish: version ${last.version} holds every accepted contribution. Accept more to publish version ${versions.length + 1}.`));
+    return card;
+  }
   const msg = h("p", { role: "status" });
-  const b = h("button", { type: "button", disabled: st.accepted === 0 }, `Publish version ${versions.length + 1}`);
+  const b = h("button", { type: "button" }, `Publish version ${versions.length + 1} (${count(fresh, "new contribution")})`);
   b.addEventListener("click", () => busy(b, "Publishing…", async () => {
     const w = await ctx.needWallet();
     msg.textContent = "Snapshotting the accepted contributions…";
@@ -194,4 +206,32 @@ function publishCard(ctx, d, st, versions) {
   }, errorTo(msg)));
   card.append(b, msg);
   return card;
+}
+
+/**
+ * The rows of contribution `c` as the daemon holds them: a disclosure that loads them when opened (`open`:
+ * at once, for the review table).
+ */
+function contentPreview(ctx, d, c, open = false) {
+  const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  const box = h("details", { class: "content" }, h("summary", { title: c.content_hash }, `rows (${shortHex(c.content_hash, 6)})`), body);
+  let loaded = false;
+  const load = async () => {
+    if (loaded) return;
+    loaded = true;
+    try {
+      const res = await ctx.api(`/api/datanets/${d.id}/contributions/${c.id}/content`, { raw: true });
+      const { rows, more } = previewRows(await res.text());
+      body.replaceChildren(h("ol", { class: "rows" }, rows.map((r) => h("li", {}, r))),
+        ...(more ? [h("p", { class: "muted" }, `…and ${count(more, "more row")}`)] : []));
+    } catch (e) {
+      body.replaceChildren(h("p", { class: "muted" }, e.status === 404 ? "This daemon holds no rows for it (sent without an upload here)." : e.message));
+    }
+  };
+  box.addEventListener("toggle", () => box.open && load());
+  if (open) {
+    box.open = true;
+    load();
+  }
+  return box;
 }

@@ -1,6 +1,7 @@
 // Where a new user starts: the way from nothing to chatting with their own model and claiming rewards,
 // each step with where it stands for them now.
 import { h } from "../dom.js";
+import { count } from "../format.js";
 
 export async function render(ctx) {
   const [datanets, models] = await Promise.all([
@@ -17,8 +18,8 @@ export async function render(ctx) {
     h("p", {}, "Contribute data to Datanets, fine-tune a model on it, chat with it and see whose data answered — every answer's fee flows back to the contributors, on chain."),
     h("ol", { class: "grid" },
       step(1, "Connect", "Sign in with your wallet (or a dev account on the local stack).", "#/connect", me ? "Switch account" : "Connect", !!me),
-      step(2, "Datanets", `${datanets.length} Datanets. Create one, contribute rows, accept them and publish a version.`, "#/datanets", "Open Datanets", mine(datanets, "owner") > 0),
+      step(2, "Datanets", `${count(datanets.length, "Datanet")}. Create one, contribute rows, accept them and publish a version.`, "#/datanets", "Open Datanets", mine(datanets, "owner") > 0),
       step(3, "Train", "Pick a base model and Datanet versions; watch the loss fall.", "#/train", "Train a model", mine(models, "owner") > 0),
-      step(4, "Chat", `${models.length} fine-tuned models. Ask; each answer shows the contributions it came from.`, "#/chat", "Open chat", false),
+      step(4, "Chat", `${count(models.length, "fine-tuned model")}. Ask; each answer shows the contributions it came from.`, "#/chat", "Open chat", false),
       step(5, "Rewards", "What your contributions earned, and a button to claim it.", "#/rewards", "See rewards", false)));
 }

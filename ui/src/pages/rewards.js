@@ -1,7 +1,7 @@
 // Rewards of an address: earned (cumulative as of the latest accepted root), claimed, claimable, the
 // claim (a wallet transaction to RewardDistributor with the daemon's Merkle proof), and one line per epoch.
 import { h, field, table, trusted, busy, badge, sleep, errorTo, until, stat } from "../dom.js";
-import { formatOpen, shortHex } from "../format.js";
+import { formatOpen, shortHex, pendingText } from "../format.js";
 import { lineChart } from "../chart.js";
 import { jsonRpc } from "../wallet.js";
 
@@ -43,7 +43,7 @@ export async function render(ctx, _p, query) {
   }
   if (r.pending) {
     const card = h("div", { class: "card" }, h("h2", {}, "On its way"),
-      h("p", {}, `Epoch ${r.pending.epoch} raises this address's total to ${formatOpen(r.pending.cumulative)} OPEN. Its root is in the challenge period until ${new Date(r.pending.valid_at).toLocaleString()} (chain time); the daemon accepts it then, and the difference becomes claimable.`));
+      h("p", {}, pendingText(r)));
     if (ctx.config.dev_wallet && ctx.config.rpc_url) card.append(skipButton(ctx, r.pending.valid_at, address, skipMsg), skipMsg);
     out.append(card);
   }
