@@ -34,7 +34,8 @@ def main() -> int:
             model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
         raise AssertionError("a made-up key was accepted")
     except openai.AuthenticationError as e:
-        assert "openledger keys create" in str(e), e
+        # the problem document (application/problem+json, which the client does not parse) says what to do
+        assert "openledger keys create" in e.response.text, e.response.text
     try:
         client.models.retrieve("ft-999999")
         raise AssertionError("an unknown model was retrieved")

@@ -38,6 +38,8 @@ pub enum AuthError {
     Malformed(String),
     #[error("the message is for domain {got}, this server is {want}")]
     WrongDomain { got: String, want: String },
+    #[error("the message's URI {got} is not this server's (https://{want} or http://{want})")]
+    WrongUri { got: String, want: String },
     #[error("the message is for chain {got}, this server is on chain {want}")]
     WrongChain { got: u64, want: u64 },
     #[error("the message has expired or is not valid yet")]
@@ -137,6 +139,18 @@ pub fn verify_message(
     if msg.domain.as_str() != cfg.domain {
         return Err(AuthError::WrongDomain {
             got: msg.domain.to_string(),
+            want: cfg.domain.clone(),
+        });
+    }
+    // the resource signed for is this server: its URI's authority is the domain (no user info, no other host)
+    let uri = msg.uri.as_str();
+    let authority = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if authority != Some(cfg.domain.as_str()) {
+        return Err(AuthError::WrongUri {
+            got: uri.to_owned(),
             want: cfg.domain.clone(),
         });
     }
@@ -393,6 +407,32 @@ mod tests {
             verify_message(&cfg(), &wrong_domain, &sign(&k, &wrong_domain), now),
             Err(AuthError::WrongDomain { .. })
         ));
+        // signed for this domain but naming another resource: a message phished for another site
+        for uri in [
+            "https://evil.example",
+            "http://localhost:8080@evil.example/",
+            "http://localhost:80800",
+            "ftp://localhost:8080",
+        ] {
+            let m = ok.replace("URI: http://localhost:8080", &format!("URI: {uri}"));
+            assert!(
+                matches!(
+                    verify_message(&cfg(), &m, &sign(&k, &m), now),
+                    Err(AuthError::WrongUri { .. })
+                ),
+                "{uri}"
+            );
+        }
+        for uri in [
+            "https://localhost:8080",
+            "http://localhost:8080/app#/connect",
+        ] {
+            let m = ok.replace("URI: http://localhost:8080", &format!("URI: {uri}"));
+            assert!(
+                verify_message(&cfg(), &m, &sign(&k, &m), now).is_ok(),
+                "{uri}"
+            );
+        }
         let wrong_chain = message(
             k.address(),
             "localhost:8080",

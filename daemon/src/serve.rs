@@ -125,6 +125,7 @@ struct Tasks {
     registration: Option<JoinHandle<()>>,
     settle: Option<JoinHandle<()>>,
     attribution: Option<JoinHandle<()>>,
+    leases: JoinHandle<()>,
 }
 
 /// Runs until `shutdown` resolves.
@@ -145,6 +146,7 @@ pub async fn run(
     let attribution_task = inference
         .as_ref()
         .map(|i| tokio::spawn(i.attribution.clone().run_queue(pool.clone())));
+    let lease_task = spawn_inference_leases(&pool, inference.as_ref(), stop_rx.clone());
     let jobs = registry(
         &pool,
         &deployment,
@@ -179,6 +181,7 @@ pub async fn run(
         registration,
         settle: settle_task,
         attribution: attribution_task,
+        leases: lease_task,
     };
 
     let state = AppState::new(StateParts {
@@ -368,7 +371,48 @@ impl Tasks {
         if let Some(t) = self.attribution {
             t.abort();
         }
+        let _ = self.leases.await;
     }
+}
+
+/// Keeps this process's claim on the interactive inferences it answers (renewed every third of the lease)
+/// and, in every `serve`, fails those whose process stopped renewing: a `kill -9` mid-answer leaves no row
+/// `running` for longer than its lease, so its payment can be used again and a credit charge comes back.
+fn spawn_inference_leases(
+    pool: &PgPool,
+    inference: Option<&Arc<Inference>>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    use crate::inference::records;
+    let own = inference.map(|i| (i.lease_owner.clone(), i.cfg.lease));
+    let lease = own.as_ref().map_or(
+        Duration::from_secs(crate::inference::DEFAULT_INFERENCE_LEASE_SECS),
+        |(_, ttl)| *ttl,
+    );
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Some((owner, ttl)) = &own
+                && let Err(e) = records::renew_leases(&pool, owner, *ttl).await
+            {
+                tracing::warn!(error = %e, "renewing the leases of running inferences");
+            }
+            match records::reap_expired(&pool).await {
+                Ok(ids) if !ids.is_empty() => tracing::warn!(
+                    ?ids,
+                    "failed inferences whose serving process stopped mid-answer (payments free for a retry, credit refunded)"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "failing inferences of stopped processes"),
+            }
+        }
+    })
 }
 
 /// Registers this process in `workers` (before it returns: the row is there once the API serves) and keeps

@@ -222,6 +222,21 @@ async fn admin_commands_follow_the_running_dev_stack(pool: PgPool) {
     assert_eq!(json_of(&out)["rpc_url"], "http://127.0.0.1:8545");
 }
 
+/// Waits until the `serve` on `port` answers `/readyz` (fails if it exits first).
+async fn wait_ready(port: u16, child: &mut KillOnDrop) {
+    let deadline = tokio::time::Instant::now() + STALL;
+    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("serve exited before it was ready: {exit}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A bare HTTP/1.0 GET (the test needs no HTTP client crate for this).
 /// A child process killed if the test fails before it exits (a panicking test would otherwise leave a
 /// server running, holding its test database).
@@ -292,17 +307,8 @@ async fn serve_starts_indexes_and_shuts_down_cleanly(pool: PgPool) {
         stderr.read_to_string(&mut err).map(|_| err)
     });
     let mut child = KillOnDrop(child);
+    wait_ready(port, &mut child).await;
     let deadline = tokio::time::Instant::now() + STALL;
-    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
-        if let Some(exit) = child.0.try_wait().unwrap() {
-            panic!("serve exited before it was ready: {exit}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "serve never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // ready allows a small lag: wait until the indexer's first pass reaches the deployment
     let st = loop {
         let (code, body) = http_get(port, "/api/status").unwrap();
@@ -414,4 +420,182 @@ async fn deploy_wraps_the_deployment_and_checks_the_manifest() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// The base model `scripts/setup.sh` installs; the test that needs it fails when it is missing.
+fn smollm_path() -> std::path::PathBuf {
+    let p = std::env::var_os("OPENLEDGER_BASE_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share/openledger/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} is absent: run scripts/setup.sh to fetch it",
+        p.display()
+    );
+    p
+}
+
+/// `openledger serve` on `db` and `chain`, with `extra` options, once it answers `/readyz`.
+async fn start_serve(
+    db: &str,
+    chain: &common::TestChain,
+    manifest: &std::path::Path,
+    extra: &[&str],
+) -> (KillOnDrop, u16) {
+    let port = common::free_port();
+    let child = openledger()
+        .args([
+            "--database-url",
+            db,
+            "serve",
+            "--rpc-url",
+            &chain.url,
+            "--manifest",
+        ])
+        .arg(manifest)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    wait_ready(port, &mut child).await;
+    (child, port)
+}
+
+/// `kill -9` in the middle of an interactive answer: the row does not stay `running` forever. Its lease runs
+/// out and a live `serve` (here a second one, serving no model) fails it, which frees its payment for a
+/// retry and refunds a credit charge; the process that renews its lease keeps its own rows.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn an_answer_cut_by_kill_9_is_failed_once_its_lease_runs_out(pool: PgPool) {
+    let chain = common::TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.json");
+    std::fs::write(&manifest, serde_json::to_string(&chain.deployment).unwrap()).unwrap();
+    let db = url_of(&pool);
+    let model = smollm_path();
+    let model = model.to_str().unwrap();
+    let (mut first, port) = start_serve(
+        &db,
+        &chain,
+        &manifest,
+        &["--serve-model", model, "--inference-lease-secs", "2"],
+    )
+    .await;
+    // a long streamed answer: read until its first token has arrived (the row is running), then kill
+    let body = serde_json::to_string(&json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1",
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}],
+        "max_tokens": 1500, "temperature": 0, "stream": true
+    }))
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(STALL)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended before its first token: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let (id, status, owner): (String, String, Option<String>) =
+        sqlx::query_as("SELECT id, status, lease_owner FROM inferences")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "running", "the answer was cut mid-stream");
+    assert!(owner.is_some_and(|o| o.starts_with("pid")));
+    // nobody renews it now: a live serve fails it once the lease has run out
+    let (second, _) = start_serve(
+        &db,
+        &chain,
+        &manifest,
+        &["--no-inference", "--inference-lease-secs", "2"],
+    )
+    .await;
+    let error = common::daemon::until("the cut inference failed by the live serve", || async {
+        let (st, err): (String, Option<String>) =
+            sqlx::query_as("SELECT status, error FROM inferences WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (st == "failed").then_some(err)
+    })
+    .await;
+    assert!(
+        error
+            .unwrap_or_default()
+            .contains("stopped before the answer was complete")
+    );
+    // (the rest looks at the reaper alone: no serve runs it meanwhile)
+    drop(second);
+    // a credit charge of a cut answer comes back when its row is failed
+    use openledger_daemon::inference::credits;
+    let payer = Address::repeat_byte(0x42);
+    credits::grant(&pool, payer, alloy::primitives::U256::from(1000), None)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO inferences (id, model, kind, base_model_hash, payment_mode, prompt_tokens, max_tokens,
+                                 lease_owner, lease_expires_at)
+         VALUES ('inf-cut', 'm', 'chat', 'h', 'free', 1, 1, 'pid1-gone', now() - interval '1 second')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    credits::charge(&pool, payer, alloy::primitives::U256::from(300), "inf-cut")
+        .await
+        .unwrap();
+    assert_eq!(
+        credits::balance(&pool, payer).await.unwrap(),
+        alloy::primitives::U256::from(700)
+    );
+    assert_eq!(
+        openledger_daemon::inference::records::reap_expired(&pool)
+            .await
+            .unwrap(),
+        vec!["inf-cut".to_string()]
+    );
+    assert_eq!(
+        credits::balance(&pool, payer).await.unwrap(),
+        alloy::primitives::U256::from(1000)
+    );
+    // a row whose lease is renewed is not touched: a live process's answer in flight, seen by the reaper
+    sqlx::query(
+        "INSERT INTO inferences (id, model, kind, base_model_hash, payment_mode, prompt_tokens, max_tokens,
+                                 lease_owner, lease_expires_at)
+         VALUES ('inf-live', 'm', 'chat', 'h', 'free', 1, 1, 'pid1-alive', now() + interval '1 hour')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(
+        openledger_daemon::inference::records::reap_expired(&pool)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let st: String = sqlx::query_scalar("SELECT status FROM inferences WHERE id = 'inf-live'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(st, "running");
 }

@@ -297,6 +297,10 @@ fn a_signed_upload_is_relayed_and_confirmed() {
     assert!(text.contains("event: log"), "{text}");
     assert!(text.contains("submitted transaction"), "{text}");
     assert!(text.contains("event: end\ndata: succeeded"), "{text}");
+    // a token in the URL is taken on event streams only (elsewhere it would sit in logs and histories)
+    get(app, &format!("/api/relays/{}?access_token={session}", relay["id"]), None)
+        .await
+        .problem(401, "unauthorized");
 
     let done = wait_upload(app, &session, id, "confirmed").await;
     assert_eq!(

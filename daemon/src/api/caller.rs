@@ -8,8 +8,9 @@ use super::ApiError;
 use crate::auth::{self, AuthError, Caller};
 use crate::state::AppState;
 
-/// An authenticated caller. Browsers' `EventSource` cannot send headers, so the token may also come as
-/// `?access_token=` (SSE only needs it; any route accepts it).
+/// An authenticated caller. Browsers' `EventSource` cannot send headers, so on the event-stream routes
+/// (`.../events`) the token may also come as `?access_token=`; elsewhere a token in a URL (kept in logs,
+/// history and referrers) is not taken.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Caller);
 
@@ -36,6 +37,9 @@ fn bearer(parts: &Parts) -> Option<String> {
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
+    }
+    if !parts.uri.path().ends_with("/events") {
+        return None;
     }
     parts.uri.query().and_then(|q| {
         q.split('&')

@@ -119,6 +119,8 @@ impl ApiError {
             ApiError::Internal(_) => {
                 "the server failed; the request id in the logs has the details".into()
             }
+            // what the node or the database said may name its URL, and a node URL can carry an API key
+            ApiError::Unavailable(d) => redact_urls(d),
             other => other.to_string(),
         };
         Problem {
@@ -132,6 +134,27 @@ impl ApiError {
             },
         }
     }
+}
+
+/// `text` with every http(s) / ws(s) URL in it replaced by `<url>`.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .filter_map(|s| rest.find(s))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        out.push_str("<url>");
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ',' | ']' | '>'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl IntoResponse for ApiError {
@@ -248,3 +271,35 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_node_is_reported_without_its_url() {
+        let e = ApiError::Unavailable(
+            "cannot reach the chain node at https://eth.example/v2/SECRETKEY (error sending request for url \
+             (wss://eth.example/ws?key=SECRETKEY)): timed out"
+                .into(),
+        );
+        let p = e.problem();
+        assert!(
+            !p.detail.contains("SECRETKEY") && !p.detail.contains("eth.example"),
+            "{}",
+            p.detail
+        );
+        assert_eq!(
+            p.detail,
+            "cannot reach the chain node at <url> (error sending request for url (<url>)): timed out"
+        );
+        assert_eq!(p.status, 503);
+        // other kinds keep their words (they never carry a node's URL)
+        assert_eq!(
+            ApiError::BadRequest("see http://127.0.0.1:8080/docs".into())
+                .problem()
+                .detail,
+            "see http://127.0.0.1:8080/docs"
+        );
+    }
+}

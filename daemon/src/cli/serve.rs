@@ -133,6 +133,11 @@ pub struct InferenceArgs {
     /// max_tokens of requests that give none.
     #[arg(long, default_value_t = inference::DEFAULT_MAX_TOKENS)]
     pub default_max_tokens: usize,
+    /// Seconds an interactive inference's row stays this process's without a renewal (renewed every third
+    /// of it): after a crash, any live `serve` fails the row this long after the last renewal, freeing its
+    /// payment for a retry and refunding a credit charge.
+    #[arg(long, env = "OPENLEDGER_INFERENCE_LEASE_SECS", default_value_t = inference::DEFAULT_INFERENCE_LEASE_SECS)]
+    pub inference_lease_secs: u64,
     /// Lines of one batch inference job in flight at once (keep it below --max-seqs so interactive calls
     /// find room).
     #[arg(long, default_value_t = inference::DEFAULT_BATCH_CONCURRENCY)]
@@ -255,6 +260,7 @@ impl InferenceArgs {
             default_max_tokens: self.default_max_tokens.max(1),
             batch_concurrency: self.batch_concurrency.max(1),
             attribution: self.attribution.config(),
+            lease: Duration::from_secs(self.inference_lease_secs.max(1)),
         })
     }
 }
@@ -308,6 +314,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             false
         }
     };
+    if args.dev_wallet && !devnet {
+        anyhow::bail!(
+            "--dev-wallet offers the node's unlocked accounts to every browser: local devnets (anvil, hardhat) only, \
+             and this node is not one"
+        );
+    }
     let inference = inference_for(&args.inference, devnet)?;
     let settler = settler_for(&args, &chain, devnet, &deployment).await?;
     let db = super::db::open(global).await?;

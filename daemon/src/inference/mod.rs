@@ -37,6 +37,9 @@ pub const DEFAULT_PAYMENT_CONFIRMATIONS: u64 = 10;
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// Lines of one batch job in flight at once, by default.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 8;
+/// Seconds an interactive inference's row stays its process's without a renewal (renewed every third of
+/// it); a row whose process died is failed by any live `serve` after this.
+pub const DEFAULT_INFERENCE_LEASE_SECS: u64 = 30;
 
 /// Serving settings (`openledger serve --help` documents the flags).
 #[derive(Debug, Clone)]
@@ -62,6 +65,8 @@ pub struct InferenceConfig {
     pub batch_concurrency: usize,
     /// Proof of Attribution of every inference of a trained adapter.
     pub attribution: AttributionConfig,
+    /// How long an interactive inference's row stays this process's without a renewal.
+    pub lease: Duration,
 }
 
 impl Default for InferenceConfig {
@@ -77,6 +82,7 @@ impl Default for InferenceConfig {
             payment_confirmations: 0,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            lease: Duration::from_secs(DEFAULT_INFERENCE_LEASE_SECS),
             attribution: AttributionConfig::default(),
         }
     }
@@ -95,6 +101,8 @@ pub struct Inference {
     pub sponsor: payment::Sponsor,
     /// Attributes inferences of trained adapters.
     pub attribution: Arc<Attributor>,
+    /// This process, as the `lease_owner` of the interactive inferences it answers.
+    pub lease_owner: String,
 }
 
 impl std::fmt::Debug for Inference {
@@ -185,6 +193,11 @@ impl Inference {
             started: time::OffsetDateTime::now_utc(),
             sponsor: payment::Sponsor::new(Duration::from_secs(60)),
             attribution,
+            lease_owner: format!(
+                "pid{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 6]>())
+            ),
         }))
     }
 }

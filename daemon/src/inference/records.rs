@@ -1,6 +1,8 @@
 //! The `inferences` table: a row is written (claiming its payment) before the engine starts, and
 //! completed in one update when the generation ends.
 
+use std::time::Duration;
+
 use alloy::primitives::{Address, U256};
 use openledger_model::serve::Finished;
 use sqlx::PgPool;
@@ -27,6 +29,9 @@ pub struct NewInference<'a> {
     pub batch: Option<(i64, i32)>,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// An interactive request's claim: the serving process and how long the row is its own without a
+    /// renewal (`None` for batch lines, fenced by their job's lease).
+    pub lease: Option<(&'a str, Duration)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +51,10 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     let r = sqlx::query(
         "INSERT INTO inferences (id, model, kind, base_model_hash, job_id, adapter_hash, caller, payment_mode,
                                  chain_id, model_id, payer, request_id, amount, price_per_1k, tx_hash,
-                                 batch_job_id, batch_line, prompt_tokens, max_tokens)
+                                 batch_job_id, batch_line, prompt_tokens, max_tokens, lease_owner, lease_expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13::numeric, $14::numeric, $15,
-                 $16, $17, $18, $19)",
+                 $16, $17, $18, $19, $20,
+                 CASE WHEN $20::text IS NULL THEN NULL ELSE now() + make_interval(secs => $21) END)",
     )
     .bind(n.id)
     .bind(n.model)
@@ -69,6 +75,8 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     .bind(n.batch.map(|b| b.1))
     .bind(n.prompt_tokens as i32)
     .bind(n.max_tokens as i32)
+    .bind(n.lease.map(|(owner, _)| owner))
+    .bind(n.lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()))
     .execute(pool)
     .await;
     match r {
@@ -128,6 +136,36 @@ pub async fn ended(
         super::credits::refund_inference(pool, id).await?;
     }
     Ok(())
+}
+
+/// Renews the leases of the interactive inferences `owner` (this process) is still answering.
+pub async fn renew_leases(pool: &PgPool, owner: &str, ttl: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE inferences SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE lease_owner = $1 AND status = 'running'",
+    )
+    .bind(owner)
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Fails the interactive inferences whose lease ran out (the process answering them died or lost the
+/// database for longer than the lease), as `ended(.., "failed", ..)` does: the payment is free for a retry
+/// and a credit charge is refunded. The ids failed.
+pub async fn reap_expired(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE inferences SET status = 'failed', finished_at = now(),
+                error = 'interrupted: the process serving it stopped before the answer was complete'
+         WHERE status = 'running' AND batch_job_id IS NULL AND lease_expires_at < now() RETURNING id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for id in &ids {
+        super::credits::refund_inference(pool, id).await?;
+    }
+    Ok(ids)
 }
 
 /// A sponsored payment made for this batch line by a run that was interrupted before the line finished,

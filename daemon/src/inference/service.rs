@@ -176,6 +176,10 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
             batch: origin.batch,
             prompt_tokens: prompt.len(),
             max_tokens: admitted.max_tokens,
+            lease: origin
+                .batch
+                .is_none()
+                .then(|| (sv.inf.lease_owner.as_str(), sv.inf.cfg.lease)),
         },
     )
     .await?;
