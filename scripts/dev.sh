@@ -15,6 +15,8 @@
 #
 # The chain state is saved on exit and loaded on the next start, so the deployment in
 # deployments/<chainId>.json stays valid across restarts.
+# While it runs, ~/.local/state/openledger/dev-stack.env ($OPENLEDGER_DEV_STACK overrides) names its database,
+# node, manifest and API: `openledger status`, `keys create`, `settle list` ... follow it from any directory.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --block-time) BLOCK_TIME="${2:?}"; shift 2 ;;
     --fresh) FRESH=1; shift ;;
     --demo) DEMO=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
