@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --block-time) BLOCK_TIME="${2:?}"; shift 2 ;;
     --fresh) FRESH=1; shift ;;
     --demo) DEMO=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
