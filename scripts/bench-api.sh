@@ -26,9 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-log "building openledger (release)"
-cargo build --locked -q --release -p openledger-daemon
-BIN="$CARGO_TARGET_DIR/release/openledger"
+BIN="$(release_openledger)"
 
 work="$(mktemp -d)"
 port="$(free_port)"
@@ -57,19 +55,11 @@ psql "$ADMIN_URL" -qc "CREATE DATABASE $BENCH_DB" >/dev/null
 DB_URL="${ADMIN_URL%/*}/$BENCH_DB"
 
 log "seeding a Datanet with $CONTRIBUTIONS contributions"
-OWNER=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-REGISTRY="$(jq -r .contracts.Registry.address "$work/m.json")"
-TOKEN="$(jq -r .contracts.OpenToken.address "$work/m.json")"
-"$CAST" send -q --rpc-url "$url" --private-key "$OWNER" "$TOKEN" "approve(address,uint256)" "$REGISTRY" 10ether
-"$CAST" send -q --rpc-url "$url" --private-key "$OWNER" "$REGISTRY" \
-  "createDatanet(string,string[],bool,address[])" "ipfs://bench" "[]" false "[]"
-for i in $(seq "$CONTRIBUTIONS"); do
-  "$CAST" send -q --async --rpc-url "$url" --private-key "$OWNER" "$REGISTRY" \
-    "contribute(uint256,bytes32,string)" 1 "$("$CAST" keccak "row $i")" "ipfs://row/$i" >/dev/null
-done
+bench_datanet "$url" "$work/m.json" "$CONTRIBUTIONS" bench
 
 "$BIN" --database-url "$DB_URL" --log warn,sqlx::postgres::notice=error serve --rpc-url "$url" --manifest "$work/m.json" \
-  --listen "127.0.0.1:$api_port" --workers 0 --rate-limit-per-minute 100000000 --rate-limit-burst 100000000 &
+  --listen "127.0.0.1:$api_port" --workers 0 --rate-limit-per-minute 100000000 --rate-limit-burst 100000000 \
+  --ip-rate-limit-per-minute 100000000 --ip-rate-limit-burst 100000000 --quota-concurrent-jobs 0 &
 serve_pid=$!
 API="http://127.0.0.1:$api_port"
 for _ in $(seq 600); do
@@ -94,10 +84,6 @@ LUA
 READ_PATH="/api/datanets/1/contributions?limit=20"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$API$READ_PATH")" = 200 ] || die "read endpoint fails"
 
-# wrk prints latencies as 812.00us / 1.23ms / 1.02s: to milliseconds
-to_ms() {
-  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-}
 declare -A R
 run_wrk() { # name connections extra-args...
   local name="$1" conns="$2"; shift 2
@@ -105,8 +91,8 @@ run_wrk() { # name connections extra-args...
   out="$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$@" 2>&1)"
   local rps p50 p99 non2xx errors
   rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-  p50="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
-  p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
+  p50="$(wrk_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
+  p99="$(wrk_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
   non2xx="$(awk '/Non-2xx/ {print $NF}' <<<"$out")"
   errors="$(awk '/Socket errors/ {print $0}' <<<"$out")"
   printf '%-8s %5s conns  %10.0f req/s  p50 %8s ms  p99 %8s ms  non-2xx %s %s\n' \

@@ -147,3 +147,31 @@ ensure_test_postgres() {
 stop_test_postgres() {
   if [ -n "${TEST_PG_STOP+x}" ]; then "${TEST_PG_STOP[@]}" >/dev/null 2>&1 || true; fi
 }
+
+# Benchmarks' chain fixture: anvil #0 creates Datanet 1 (ipfs://TAG, open) on the suite at URL (manifest
+# MANIFEST) and contributes N rows to it (sent without waiting for receipts).
+bench_datanet() {
+  local url="$1" manifest="$2" n="$3" tag="$4" owner=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+  local registry token
+  registry="$(jq -r .contracts.Registry.address "$manifest")"
+  token="$(jq -r .contracts.OpenToken.address "$manifest")"
+  "$CAST" send -q --rpc-url "$url" --private-key "$owner" "$token" "approve(address,uint256)" "$registry" 10ether
+  "$CAST" send -q --rpc-url "$url" --private-key "$owner" "$registry" \
+    "createDatanet(string,string[],bool,address[])" "ipfs://$tag" "[]" false "[]"
+  for i in $(seq "$n"); do
+    "$CAST" send -q --async --rpc-url "$url" --private-key "$owner" "$registry" \
+      "contribute(uint256,bytes32,string)" 1 "$("$CAST" keccak "row $i")" "ipfs://row/$i" >/dev/null
+  done
+}
+
+# wrk prints latencies as 812.00us / 1.23ms / 1.02s: to milliseconds.
+wrk_ms() {
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+}
+
+# Builds the release `openledger` (logs on stderr) and prints its path.
+release_openledger() {
+  log "building openledger (release)"
+  cargo build --locked -q --release -p openledger-daemon >&2
+  echo "$CARGO_TARGET_DIR/release/openledger"
+}

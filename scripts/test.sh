@@ -251,7 +251,9 @@ api_walkthrough() {
     "$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn serve --rpc-url "$url" \
     --manifest "$dir/$chain.json" --listen "127.0.0.1:$api_port" --poll-interval-ms 100 \
     --settle-every-secs 2 --finality-depth 0 --payment-wait-secs 300 \
-    --rate-limit-per-minute 1000000 --rate-limit-burst 100000 &
+    --rate-limit-per-minute 1000000 --rate-limit-burst 100000 \
+    --ip-rate-limit-per-minute 1000000 --ip-rate-limit-burst 100000 \
+    --quota-concurrent-jobs 0 --quota-upload-bytes-per-day 0 --quota-batch-lines-per-day 0 &
   serve_pid=$!
   local api="http://127.0.0.1:$api_port"
   if ! wait_ready "$api" "$serve_pid"; then
@@ -286,7 +288,7 @@ api_walkthrough() {
     tests_failed=$((tests_failed + 1)); status=1
   fi
   # schemathesis against /openapi.json: every route, every check, bounded in time; zero 5xx, zero answers the
-  # document does not describe (the key's address is not rate-limited here: see the serve above); logout is
+  # document does not describe (rate limits and quotas are lifted for this serve: see above); logout is
   # left out, as it would end the session the run uses, and so is a job's event stream, which lasts as long as
   # the job (daemon/tests/api.rs and flow.rs test both)
   local fuzz_log

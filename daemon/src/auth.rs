@@ -5,7 +5,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use alloy::primitives::{Address, Signature, keccak256};
+use alloy::primitives::{Address, B256, Bytes, Signature, eip191_hash_message, keccak256};
+use futures::future::BoxFuture;
 use rand::Rng;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -52,10 +53,29 @@ pub enum AuthError {
     BadNonce,
     #[error("the signature is not valid: {0}")]
     BadSignature(String),
-    #[error("the message was signed by {signer}, not by {claimed}")]
+    #[error(
+        "the message was signed by {signer}, not by {claimed} (nor does {claimed} accept the signature as a \
+         contract wallet, ERC-1271)"
+    )]
     WrongSigner { signer: Address, claimed: Address },
+    /// A contract wallet's signature could not be checked: the node did not answer.
+    #[error("checking the contract wallet's signature (ERC-1271): {0}")]
+    Chain(String),
     #[error("database: {0}")]
     Db(String),
+}
+
+/// Asks a smart-contract wallet whether a signature is its own (ERC-1271 `isValidSignature`): how sign-in
+/// accepts wallets that have no private key of their own (Safe and other smart accounts). `chain::Chain`
+/// implements it.
+pub trait ContractWallets: Send + Sync {
+    /// `Ok(false)` for an address with no code, a wallet that refuses, or one that reverts.
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        hash: B256,
+        signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, String>>;
 }
 
 impl From<sqlx::Error> for AuthError {
@@ -196,14 +216,44 @@ pub struct Issued {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-/// Verifies a signed message, consumes its nonce and opens a session, in one transaction.
+/// A message whose checks all passed but whose signature is not its address's key's: whether the address is a
+/// contract wallet that accepts the signature over the EIP-191 hash of the message (ERC-1271).
+async fn signed_by_contract(
+    wallets: &dyn ContractWallets,
+    message: &str,
+    signature: &str,
+) -> Result<Option<(Address, String)>, AuthError> {
+    let msg = siwe::Message::from_str(message).map_err(|e| AuthError::Malformed(e.to_string()))?;
+    let Ok(sig) = Bytes::from_str(signature.trim()) else {
+        return Ok(None);
+    };
+    let claimed = Address::from(msg.address);
+    let ok = wallets
+        .is_valid_signature(claimed, eip191_hash_message(message), &sig)
+        .await
+        .map_err(AuthError::Chain)?;
+    Ok(ok.then_some((claimed, msg.nonce)))
+}
+
+/// Verifies a signed message (by the address's key, or, with `wallets`, by a contract wallet at the address),
+/// consumes its nonce and opens a session, in one transaction.
 pub async fn sign_in(
     pool: &PgPool,
     cfg: &SiweConfig,
     message: &str,
     signature: &str,
+    wallets: Option<&dyn ContractWallets>,
 ) -> Result<Issued, AuthError> {
-    let (address, nonce) = verify_message(cfg, message, signature, OffsetDateTime::now_utc())?;
+    let (address, nonce) = match verify_message(cfg, message, signature, OffsetDateTime::now_utc())
+    {
+        Ok(v) => v,
+        // everything but the signature checked out: a contract wallet may have signed
+        Err(e @ (AuthError::WrongSigner { .. } | AuthError::BadSignature(_))) => match wallets {
+            Some(w) => signed_by_contract(w, message, signature).await?.ok_or(e)?,
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
     let mut tx = pool.begin().await?;
     let used = sqlx::query("DELETE FROM auth_nonces WHERE nonce = $1 AND expires_at >= now()")
         .bind(&nonce)

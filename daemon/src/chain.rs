@@ -28,6 +28,17 @@ alloy::sol! {
     }
 }
 
+alloy::sol! {
+    /// ERC-1271: how a contract wallet says a signature is its own.
+    #[sol(rpc)]
+    interface IERC1271 {
+        function isValidSignature(bytes32 hash, bytes signature) external view returns (bytes4 magicValue);
+    }
+}
+
+/// What `isValidSignature` returns for a valid signature (its own selector).
+const ERC1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
+
 /// The EIP-712 domain of the Registry (`EIP712("OpenLedger Registry", "1")`).
 pub const DOMAIN_NAME: &str = "OpenLedger Registry";
 pub const DOMAIN_VERSION: &str = "1";
@@ -281,6 +292,42 @@ impl Chain {
             .map_err(|e| ChainError::Rpc(e.to_string()))
     }
 
+    /// Whether the contract at `wallet` accepts `signature` over `hash` (ERC-1271); `false` for an address
+    /// without code and for a wallet that refuses or reverts.
+    pub async fn is_valid_signature(
+        &self,
+        wallet: Address,
+        hash: B256,
+        signature: &[u8],
+    ) -> Result<bool, ChainError> {
+        let code = self
+            .provider
+            .get_code_at(wallet)
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))?;
+        if code.is_empty() {
+            return Ok(false);
+        }
+        let call = IERC1271::new(wallet, &self.provider)
+            .isValidSignature(hash, signature.to_vec().into())
+            .call()
+            .await;
+        match call {
+            Ok(magic) => Ok(magic.0 == ERC1271_MAGIC),
+            // a wallet that reverts (or answers nothing decodable) does not accept it
+            Err(e)
+                if e.as_revert_data().is_some()
+                    || matches!(
+                        e,
+                        alloy::contract::Error::AbiError(_) | alloy::contract::Error::ZeroData(..)
+                    ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(ChainError::Rpc(e.to_string())),
+        }
+    }
+
     /// The contributor's next `contributeWithSig` nonce.
     pub async fn contribute_nonce(&self, contributor: Address) -> Result<U256, ChainError> {
         self.registry()
@@ -431,6 +478,21 @@ pub fn contribute_payload(
         message,
         digest,
         typed_data,
+    }
+}
+
+impl crate::auth::ContractWallets for Chain {
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        hash: B256,
+        signature: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            Chain::is_valid_signature(self, wallet, hash, signature)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

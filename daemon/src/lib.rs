@@ -1,5 +1,7 @@
 //! The OpenLedger daemon as a library (the `openledger` binary's `main.rs` only runs `cli`):
 //! - `common`: ground-floor helpers (hashes, canonical JSON, synced writes, address text);
+//! - `notify`: Postgres NOTIFY forwarded in-process (job changes, index progress);
+//! - `quotas`: per-address daily quotas and the concurrent-jobs limit, charged in the actions' transactions;
 //! - `api`: the REST API (axum + utoipa), one file per area;
 //! - `auth`: Sign-In-with-Ethereum sessions and API keys;
 //! - `content` / `uploads`: contribution content and its path to the chain;
@@ -21,6 +23,8 @@ pub mod inference;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
+pub mod notify;
+pub mod quotas;
 pub mod serve;
 pub mod settlement;
 pub mod state;

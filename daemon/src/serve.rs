@@ -69,13 +69,15 @@ pub enum ServeError {
 }
 
 /// The job kinds this process runs: relaying only with a key (so key-less processes never claim relays).
+/// Training runs charge their owners' step quota (`quotas`) when the submission could not.
 pub fn registry(
     pool: &PgPool,
     deployment: &Deployment,
     chain: &Chain,
     confirm_timeout: Duration,
     training: &TrainSettings,
-    inference: Option<&Arc<crate::inference::Inference>>,
+    quotas: crate::quotas::Quotas,
+    inference: Option<(&Arc<crate::inference::Inference>, &watch::Receiver<u64>)>,
 ) -> Result<Registry, openledger_indexer::IndexerError> {
     let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment)?;
     let mut r = Registry::default()
@@ -84,15 +86,18 @@ pub fn registry(
             chain: Some(chain.clone()),
             tx_timeout: confirm_timeout,
         })
-        .with(TrainJob::new(
-            pool.clone(),
-            index.clone(),
-            Some(chain.clone()),
-            training.clone(),
-            confirm_timeout,
-        ));
+        .with(
+            TrainJob::new(
+                pool.clone(),
+                index.clone(),
+                Some(chain.clone()),
+                training.clone(),
+                confirm_timeout,
+            )
+            .with_quotas(quotas),
+        );
     // only a process that serves a model claims batches
-    if let Some(inf) = inference {
+    if let Some((inf, index_progress)) = inference {
         r = r.with(BatchJob {
             concurrency: inf.cfg.batch_concurrency,
             problem: crate::api::openai::batch_problem,
@@ -102,6 +107,7 @@ pub fn registry(
                 Some(chain.clone()),
                 deployment.clone(),
                 inf.clone(),
+                index_progress.clone(),
             ),
         });
     }
@@ -138,7 +144,8 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(1024);
-    let listener_task = worker::spawn_listener(pool.clone(), events.clone());
+    let (index_tx, index_progress) = watch::channel(0);
+    let listener_task = crate::notify::spawn_listener(pool.clone(), events.clone(), index_tx);
     let (indexer_task, indexer_status) =
         spawn_indexer(cfg.indexer.clone(), &deployment, &pool, stop_rx.clone()).await?;
     let inference = load_inference(&pool, &cfg).await;
@@ -153,7 +160,8 @@ pub async fn run(
         &chain,
         cfg.confirm_timeout,
         &cfg.training,
-        inference.as_ref(),
+        cfg.api.quotas,
+        inference.as_ref().map(|i| (i, &index_progress)),
     )?;
     let worker_id = worker::worker_id();
     let (worker_task, registration) = if cfg.worker_slots > 0 {
@@ -194,6 +202,7 @@ pub async fn run(
         indexer: indexer_status,
         metrics: crate::metrics::handle(),
         inference,
+        index_progress,
     })?;
     spawn_limiter_sweep(state.clone(), stop_rx);
     let app = crate::api::app(state);
@@ -306,7 +315,10 @@ fn spawn_limiter_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => state.limiter.retain_recent(),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                    state.limiter.retain_recent();
+                    state.ip_limiter.retain_recent();
+                }
                 _ = worker::stopped(&mut stop) => return,
             }
         }

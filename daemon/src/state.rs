@@ -18,6 +18,7 @@ use crate::chain::{Chain, ChainError};
 use crate::inference::Inference;
 use crate::jobs::queue::Queue;
 use crate::jobs::worker::Registry;
+use crate::quotas::Quotas;
 
 /// Largest contribution upload, bytes, by default.
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
@@ -32,6 +33,16 @@ const fn nonzero(n: u32) -> NonZeroU32 {
         None => NonZeroU32::MIN,
     }
 }
+/// Requests per minute from one IP address (an IPv6 /64) that carry no valid token, by default.
+pub const DEFAULT_IP_RATE_PER_MINUTE: NonZeroU32 = nonzero(600);
+/// Burst allowance above the steady rate, per IP address, by default (a first visit to the web app loads
+/// about 40 files).
+pub const DEFAULT_IP_RATE_BURST: NonZeroU32 = nonzero(200);
+/// Requests handled at once by one process, by default; more get 429 with Retry-After.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Seconds a request may take until its response starts, by default (a stream's body is not limited).
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+
 /// Lifetime of a wallet session, seconds, by default.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
 /// Lifetime of a contribution signature (its EIP-712 `deadline`), seconds, by default.
@@ -50,6 +61,19 @@ pub struct ApiConfig {
     pub rate_per_minute: NonZeroU32,
     /// Requests an address may send in a burst above the steady rate.
     pub rate_burst: NonZeroU32,
+    /// Requests per minute per client IP address (IPv6: per /64) without a valid token.
+    pub ip_rate_per_minute: NonZeroU32,
+    /// Burst allowance per client IP address.
+    pub ip_rate_burst: NonZeroU32,
+    /// The request header whose last address is the client's (set by a reverse proxy in front of the
+    /// daemon, e.g. `x-forwarded-for`); `None`: the TCP peer's address.
+    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// Requests handled at once; more get 429 with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// How long a request may take until its response starts.
+    pub request_timeout: Duration,
+    /// Per-address quotas.
+    pub quotas: Quotas,
     /// Sign-in rules.
     pub siwe: SiweConfig,
     /// Default lifetime of a `contributeWithSig` signature (its `deadline`).
@@ -74,6 +98,12 @@ impl ApiConfig {
             max_json_bytes: 64 * 1024,
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
             rate_burst: DEFAULT_RATE_BURST,
+            ip_rate_per_minute: DEFAULT_IP_RATE_PER_MINUTE,
+            ip_rate_burst: DEFAULT_IP_RATE_BURST,
+            client_ip_header: None,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            quotas: Quotas::default(),
             siwe: SiweConfig {
                 domain: domain.into(),
                 chain_id,
@@ -103,6 +133,13 @@ pub struct Inner {
     pub chain: Option<Chain>,
     pub cfg: ApiConfig,
     pub limiter: DefaultKeyedRateLimiter<Address>,
+    /// Requests without a valid token, per client IP address.
+    pub ip_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// One permit per request being handled.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bumped whenever the indexer commits progress (Postgres NOTIFY, any process): pay-first requests
+    /// wait on it for their payment.
+    pub index_progress: watch::Receiver<u64>,
     /// Job ids whose rows changed, from Postgres NOTIFY (any process).
     pub job_events: broadcast::Sender<i64>,
     /// The in-process indexer's progress, when `serve` runs one.
@@ -149,11 +186,17 @@ pub struct StateParts {
     pub indexer: Option<watch::Receiver<IndexerStatus>>,
     pub metrics: Option<PrometheusHandle>,
     pub inference: Option<Arc<Inference>>,
+    /// See `Inner::index_progress`.
+    pub index_progress: watch::Receiver<u64>,
 }
 
 impl AppState {
     pub fn new(p: StateParts) -> Result<Self, openledger_indexer::IndexerError> {
         let quota = Quota::per_minute(p.cfg.rate_per_minute).allow_burst(p.cfg.rate_burst);
+        let ip_quota = Quota::per_minute(p.cfg.ip_rate_per_minute).allow_burst(p.cfg.ip_rate_burst);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            p.cfg.max_concurrent_requests.max(1),
+        ));
         Ok(Self(Arc::new(Inner {
             index: ChainIndex::new(p.pool.clone(), &p.deployment)?,
             queue: Queue::new(p.pool.clone()),
@@ -163,6 +206,9 @@ impl AppState {
             chain: p.chain,
             cfg: p.cfg,
             limiter: RateLimiter::keyed(quota),
+            ip_limiter: RateLimiter::keyed(ip_quota),
+            in_flight,
+            index_progress: p.index_progress,
             job_events: p.job_events,
             indexer: p.indexer,
             metrics: p.metrics,

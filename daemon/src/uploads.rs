@@ -9,6 +9,7 @@ use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use crate::content::Canonical;
+use crate::quotas::{Quota, QuotaError, Quotas};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UploadRow {
@@ -53,17 +54,33 @@ const RELAY_SELECT: &str = "SELECT id, upload_id, contributor, nonce::text AS no
         signature, state, tx_hash, contribution_id::text AS contribution_id, error, job_id, created_at, updated_at
      FROM relays";
 
-/// Stores content (once) and the owner's upload of it (once per Datanet). Returns the upload and whether
-/// it is new.
+/// What one upload is: who, for which Datanet of which chain, what, under which name.
+#[derive(Debug, Clone, Copy)]
+pub struct NewUpload<'a> {
+    pub owner: Address,
+    pub chain_id: u64,
+    pub datanet_id: U256,
+    pub content: &'a Canonical,
+    pub filename: &'a str,
+    pub metadata_uri: &'a str,
+}
+
+/// Stores content (once) and the owner's upload of it (once per Datanet), charging a new upload's bytes to
+/// the owner's daily quota in the same transaction (uploading the same content again is free). Returns the
+/// upload and whether it is new.
 pub async fn store(
     pool: &PgPool,
-    owner: Address,
-    chain_id: u64,
-    datanet_id: U256,
-    content: &Canonical,
-    filename: &str,
-    metadata_uri: &str,
-) -> Result<(UploadRow, bool), sqlx::Error> {
+    new: NewUpload<'_>,
+    quotas: &Quotas,
+) -> Result<(UploadRow, bool), QuotaError> {
+    let NewUpload {
+        owner,
+        chain_id,
+        datanet_id,
+        content,
+        filename,
+        metadata_uri,
+    } = new;
     let mut tx = pool.begin().await?;
     let hash = format!("{:#x}", content.hash);
     sqlx::query(
@@ -90,6 +107,17 @@ pub async fn store(
     .bind(metadata_uri)
     .fetch_optional(&mut *tx)
     .await?;
+    if inserted.is_some() {
+        quotas
+            .charge(
+                &mut tx,
+                owner,
+                Quota::UploadBytes,
+                content.bytes.len() as u64,
+                None,
+            )
+            .await?;
+    }
     let row: UploadRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{UPLOAD_SELECT} WHERE u.owner = $1 AND u.chain_id = $2 AND u.datanet_id = $3::numeric AND u.content_hash = $4"
     )))

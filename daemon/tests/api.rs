@@ -168,15 +168,7 @@ async fn sign_in_and_every_refusal(pool: PgPool) {
 async fn api_keys_work_until_revoked_and_admins_see_all(pool: PgPool) {
     let (app, _) = app(&pool);
     let user = PrivateKeySigner::random();
-    let op = openledger_daemon::auth::create_api_key(
-        &pool,
-        PrivateKeySigner::random().address(),
-        "ops",
-        true,
-        None,
-    )
-    .await
-    .unwrap();
+    let op = operator(&pool).await;
     let token = sign_in(&app, &user).await;
     let d = deployment_without_chain();
     insert_datanet(&pool, &d, 1, user.address()).await;
@@ -701,6 +693,7 @@ async fn per_address_rate_limit(pool: PgPool) {
     let limited = get(&app, "/api/auth/me", Some(&a)).await;
     let p = limited.problem(429, "rate-limited");
     assert!(p["retry_after"].as_u64().unwrap() >= 1);
+    assert_eq!(p["limit"], "--rate-limit-per-minute");
     assert!(limited.headers.get("retry-after").is_some());
     // another address has its own budget; public reads are not limited
     assert_eq!(
@@ -793,7 +786,10 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
                 .as_array()
                 .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
             if secured {
-                assert!(has("401") && has("429"), "{method} {path}: 401 and 429");
+                assert!(has("401"), "{method} {path}: 401");
+            }
+            if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+                assert!(has("429"), "{method} {path}: 429");
             }
             if op.get("requestBody").is_some() {
                 assert!(
@@ -1184,4 +1180,345 @@ async fn the_web_ui_is_served_from_the_binary(pool: PgPool) {
     // a dev wallet is offered only when asked for and with an RPC URL to reach
     assert_eq!(cfg["dev_wallet"], false);
     assert_eq!(cfg["siwe_domain"], DOMAIN);
+}
+
+/// An operator's API key (admin) for a random address.
+async fn operator(pool: &PgPool) -> openledger_daemon::auth::Issued {
+    openledger_daemon::auth::create_api_key(
+        pool,
+        PrivateKeySigner::random().address(),
+        "ops",
+        true,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// An app over `s` whose requests come from `ip` (as `serve` sees the TCP peer).
+fn app_from(s: &openledger_daemon::state::AppState, ip: &str) -> axum::Router {
+    let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    openledger_daemon::api::app(s.clone()).layer(axum::extract::connect_info::MockConnectInfo(peer))
+}
+
+fn config_with(
+    f: impl FnOnce(&mut openledger_daemon::state::ApiConfig),
+) -> openledger_daemon::state::ApiConfig {
+    let mut cfg =
+        openledger_daemon::state::ApiConfig::new(deployment_without_chain().chain_id, DOMAIN);
+    f(&mut cfg);
+    cfg
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn anonymous_floods_are_limited_per_ip_and_a_bad_token_counts_as_anonymous(pool: PgPool) {
+    let cfg = config_with(|c| {
+        c.ip_rate_per_minute = std::num::NonZeroU32::new(1).unwrap();
+        c.ip_rate_burst = std::num::NonZeroU32::new(3).unwrap();
+    });
+    let s = bare_state(&pool, cfg);
+    let (flood, calm) = (app_from(&s, "192.0.2.1"), app_from(&s, "192.0.2.2"));
+    // signing in costs the calm address two anonymous requests (nonce, sign-in)
+    let token = sign_in(&calm, &PrivateKeySigner::random()).await;
+    for _ in 0..3 {
+        get(&flood, "/api/datanets", None)
+            .await
+            .expect(StatusCode::OK);
+    }
+    let limited = get(&flood, "/api/auth/nonce", None).await;
+    let p = limited.problem(429, "rate-limited");
+    assert_eq!(p["limit"], "--ip-rate-limit-per-minute");
+    assert!(p["retry_after"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        limited.headers["retry-after"],
+        p["retry_after"].to_string().as_str()
+    );
+    // a nonce row per call was the abuse: the refused call wrote none
+    let nonces: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        nonces, 0,
+        "the sign-in used its nonce and the refused call made none"
+    );
+    // the same address signed in, the web app's files, the probes, and other addresses are served
+    get(&flood, "/api/auth/me", Some(&token))
+        .await
+        .expect(StatusCode::OK);
+    get(&flood, "/", None).await.expect(StatusCode::OK);
+    get(&flood, "/healthz", None).await.expect(StatusCode::OK);
+    get(&calm, "/api/datanets", None)
+        .await
+        .expect(StatusCode::OK);
+    // IPv6 neighbours in one /64 share a budget
+    let (v6a, v6b) = (
+        app_from(&s, "[2001:db8:7:7::1]"),
+        app_from(&s, "[2001:db8:7:7::2]"),
+    );
+    for _ in 0..3 {
+        get(&v6a, "/api/datanets", None)
+            .await
+            .expect(StatusCode::OK);
+    }
+    get(&v6b, "/api/datanets", None)
+        .await
+        .problem(429, "rate-limited");
+    // guessing tokens is anonymous traffic: three wrong tokens, then the address is limited
+    let guesser = app_from(&s, "192.0.2.3");
+    for i in 0..3 {
+        get(&guesser, "/api/auth/me", Some(&format!("ol_guess{i}")))
+            .await
+            .problem(401, "unauthorized");
+    }
+    get(&guesser, "/api/auth/me", Some("ol_guess4"))
+        .await
+        .problem(429, "rate-limited");
+}
+
+/// A signed-in caller's `POST /api/jobs` whose body arrives only when the test sends it: the request holds a
+/// slot of the server until then.
+fn stalled_submission(
+    token: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    axum::http::Request<axum::body::Body>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let req = axum::http::Request::post("/api/jobs")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap();
+    (tx, req)
+}
+
+/// A state over `pool` with `cfg`, no chain and no job kinds.
+fn bare_state(
+    pool: &PgPool,
+    cfg: openledger_daemon::state::ApiConfig,
+) -> openledger_daemon::state::AppState {
+    state_with(
+        pool.clone(),
+        deployment_without_chain(),
+        None,
+        Default::default(),
+        cfg,
+    )
+}
+
+/// The app over a state with `cfg` and no chain, and a session on it.
+async fn signed_in_app(
+    pool: &PgPool,
+    cfg: openledger_daemon::state::ApiConfig,
+) -> (axum::Router, openledger_daemon::state::AppState, String) {
+    let s = bare_state(pool, cfg);
+    let app = openledger_daemon::api::app(s.clone());
+    let token = sign_in(&app, &PrivateKeySigner::random()).await;
+    (app, s, token)
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_full_house_answers_429_naming_its_limit_and_recovers(pool: PgPool) {
+    use tower::ServiceExt;
+    let (app, s, token) =
+        signed_in_app(&pool, config_with(|c| c.max_concurrent_requests = 1)).await;
+    let (tx, req) = stalled_submission(&token);
+    let held = tokio::spawn(app.clone().oneshot(req));
+    until("the stalled request to hold the only slot", || async {
+        (s.in_flight.available_permits() == 0).then_some(())
+    })
+    .await;
+    let busy = get(&app, "/api/datanets", None).await;
+    let p = busy.problem(429, "overloaded");
+    assert_eq!(p["limit"], "--max-concurrent-requests");
+    assert!(busy.headers.get("retry-after").is_some());
+    // liveness and readiness probes are answered whatever the load
+    get(&app, "/healthz", None).await.expect(StatusCode::OK);
+    // the held request completes once its body arrives, and the slot is free again
+    tx.send(Ok(br#"{"kind":"nothing","params":{}}"#.to_vec()))
+        .await
+        .unwrap();
+    drop(tx);
+    let done = held.await.unwrap().unwrap();
+    assert_eq!(done.status(), StatusCode::BAD_REQUEST);
+    get(&app, "/api/datanets", None)
+        .await
+        .expect(StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_request_past_the_time_limit_is_a_503_naming_it(pool: PgPool) {
+    let cfg = config_with(|c| c.request_timeout = std::time::Duration::from_secs(1));
+    let (app, s, token) = signed_in_app(&pool, cfg).await;
+    let (_tx, req) = stalled_submission(&token);
+    let res = tower::ServiceExt::oneshot(app.clone(), req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "5");
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(p["type"], "/problems/timeout");
+    assert_eq!(p["limit"], "--request-timeout-secs");
+    assert_eq!(
+        s.in_flight.available_permits(),
+        s.cfg.max_concurrent_requests
+    );
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn upload_bytes_per_day_are_a_quota_and_a_refused_upload_leaves_nothing(pool: PgPool) {
+    let cfg = config_with(|c| c.quotas.upload_bytes_per_day = 100);
+    let d = deployment_without_chain();
+    let s = state_with(pool.clone(), d.clone(), None, Default::default(), cfg);
+    let app = openledger_daemon::api::app(s);
+    let (key, other) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    insert_datanet(&pool, &d, 1, key.address()).await;
+    insert_datanet(&pool, &d, 2, key.address()).await;
+    let (token, other_token) = (sign_in(&app, &key).await, sign_in(&app, &other).await);
+    let up = |token: String, datanet: u64, text: &'static str| {
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                Method::POST,
+                &format!("/api/uploads?datanet_id={datanet}"),
+                Some(&token),
+                Some(("text/plain", text.as_bytes().to_vec())),
+            )
+            .await
+        }
+    };
+    let first = "some sixty bytes of contribution text, stored canonically";
+    up(token.clone(), 1, first)
+        .await
+        .expect(StatusCode::CREATED);
+    let size: i32 = sqlx::query_scalar("SELECT byte_size FROM contents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(size > 50 && size < 100, "{size}");
+    // the same content again is free
+    up(token.clone(), 1, first).await.expect(StatusCode::OK);
+    let over = up(
+        token.clone(),
+        2,
+        "another sixty bytes of contribution text, which do not fit",
+    )
+    .await;
+    let p = over.problem(429, "quota-exceeded");
+    assert_eq!(p["limit"], "--quota-upload-bytes-per-day");
+    let wait = p["retry_after"].as_u64().unwrap();
+    assert!(
+        (86_000..=86_400).contains(&wait),
+        "the first upload leaves the window in a day: {wait}"
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("used {size} of its 100")),
+        "{p}"
+    );
+    // a batch input file is stored bytes too
+    let line = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}"#;
+    let file = send(
+        &app,
+        Method::POST,
+        "/v1/files",
+        Some(&token),
+        Some(multipart("batch", "b.jsonl", line)),
+    )
+    .await;
+    assert_eq!(
+        file.problem(429, "quota-exceeded")["limit"],
+        "--quota-upload-bytes-per-day"
+    );
+    let files: i64 = sqlx::query_scalar("SELECT count(*) FROM files")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(files, 0);
+    let contents: i64 = sqlx::query_scalar("SELECT count(*) FROM contents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(contents, 1, "the refused upload's content was not kept");
+    // another address has its own quota; a stranger's uploads do not use it up
+    up(
+        other_token,
+        1,
+        "another sixty bytes of contribution text, which do not fit",
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    // a day later the first upload has left the window
+    sqlx::query("UPDATE quota_usage SET at = at - interval '1 day'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    up(token, 2, "the third text, uploaded a day after the first")
+        .await
+        .expect(StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn concurrent_jobs_are_capped_per_address_but_not_for_operators(pool: PgPool) {
+    let d = deployment_without_chain();
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), &d).unwrap();
+    let jobs = openledger_daemon::jobs::Registry::default().with(
+        openledger_daemon::jobs::snapshot::SnapshotJob {
+            index,
+            chain: None,
+            tx_timeout: std::time::Duration::from_secs(5),
+        },
+    );
+    let cfg = config_with(|c| c.quotas.concurrent_jobs = 2);
+    let s = state_with(pool.clone(), d.clone(), None, jobs, cfg);
+    let app = openledger_daemon::api::app(s);
+    let (user, other) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    insert_datanet(&pool, &d, 1, user.address()).await;
+    let (token, other_token) = (sign_in(&app, &user).await, sign_in(&app, &other).await);
+    let op = operator(&pool).await;
+    let snapshot = json!({ "kind": "datanet_snapshot", "params": { "datanet_id": "1" } });
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let j = post_json(&app, "/api/jobs", Some(&token), snapshot.clone()).await;
+        ids.push(j.expect(StatusCode::CREATED).json()["id"].as_i64().unwrap());
+    }
+    let third = post_json(&app, "/api/jobs", Some(&token), snapshot.clone()).await;
+    let p = third.problem(429, "quota-exceeded");
+    assert_eq!(p["limit"], "--quota-concurrent-jobs");
+    assert_eq!(third.headers["retry-after"], "30");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "the refused job was not queued");
+    // others, and operators, are not held by this address's queue
+    post_json(&app, "/api/jobs", Some(&other_token), snapshot.clone())
+        .await
+        .expect(StatusCode::CREATED);
+    for _ in 0..3 {
+        post_json(&app, "/api/jobs", Some(&op.token), snapshot.clone())
+            .await
+            .expect(StatusCode::CREATED);
+    }
+    // a finished job makes room
+    let cancelled = send(
+        &app,
+        Method::POST,
+        &format!("/api/jobs/{}/cancel", ids[0]),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    post_json(&app, "/api/jobs", Some(&token), snapshot)
+        .await
+        .expect(StatusCode::CREATED);
 }

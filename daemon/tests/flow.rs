@@ -10,6 +10,7 @@ use openledger_testkit::send;
 use std::time::Duration;
 
 use alloy::dyn_abi::TypedData;
+use alloy::network::TransactionBuilder;
 use alloy::primitives::{B256, U256};
 use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
@@ -98,6 +99,7 @@ async fn flow() -> Flow {
         &daemon_chain,
         Duration::from_secs(30),
         &training,
+        openledger_daemon::quotas::Quotas::UNLIMITED,
         None,
     )
     .unwrap();
@@ -107,7 +109,7 @@ async fn flow() -> Flow {
     tokio::spawn(async move { indexer.run(Mode::Follow).await });
     let (stop, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(256);
-    worker::spawn_listener(pool.clone(), events.clone());
+    openledger_daemon::notify::spawn_listener(pool.clone(), events.clone(), watch::channel(0).0);
     tokio::spawn(worker::run(
         openledger_daemon::jobs::Queue::new(pool.clone()),
         jobs.clone(),
@@ -780,5 +782,80 @@ fn a_datanet_the_daemon_does_not_own_is_not_published() {
         assert_eq!(j["state"], "failed");
         assert_eq!(j["attempts"], 1);
         assert!(j["error"].as_str().unwrap().contains("does not own"), "{j}");
+    });
+}
+
+/// `OwnedWallet` (contracts/test/mocks), compiled by forge into a directory of its own: its creation code.
+fn owned_wallet_creation_code() -> Vec<u8> {
+    let root = common::repo_root();
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(root.join(".tools/bin/forge"))
+        .args(["build", "contracts/test/mocks/OwnedWallet.sol", "--out"])
+        .arg(out.path().join("out"))
+        .arg("--cache-path")
+        .arg(out.path().join("cache"))
+        .current_dir(&root)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "forge build of OwnedWallet failed");
+    let artifact: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("out/OwnedWallet.sol/OwnedWallet.json")).unwrap(),
+    )
+    .unwrap();
+    alloy::primitives::hex::decode(artifact["bytecode"]["object"].as_str().unwrap()).unwrap()
+}
+
+/// A smart-contract wallet (no key of its own) signs in through ERC-1271: its owner's key signs the message
+/// for the wallet's address and the daemon asks the wallet. Someone else's signature for the wallet, or any
+/// signature for a key-less address that is not a contract, is refused.
+#[test]
+fn a_contract_wallet_signs_in_through_erc1271_and_others_cannot_for_it() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let owner = PrivateKeySigner::random();
+        let mut code = owned_wallet_creation_code();
+        code.extend_from_slice(&alloy::sol_types::SolValue::abi_encode(&owner.address()));
+        let deploy = alloy::rpc::types::TransactionRequest::default().with_deploy_code(code);
+        let receipt = f
+            .chain
+            .actor(7)
+            .send_transaction(deploy)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        let wallet = receipt.contract_address.unwrap();
+        let attempt = |signer: PrivateKeySigner, address: alloy::primitives::Address| async move {
+            let n = get(app, "/api/auth/nonce", None).await.json();
+            let msg = siwe_message(
+                address,
+                n["domain"].as_str().unwrap(),
+                n["chain_id"].as_u64().unwrap(),
+                n["nonce"].as_str().unwrap(),
+            );
+            post_json(
+                app,
+                "/api/auth/siwe",
+                None,
+                json!({ "message": msg, "signature": personal_sign(&signer, &msg) }),
+            )
+            .await
+        };
+        let ok = attempt(owner.clone(), wallet).await;
+        ok.expect(StatusCode::CREATED);
+        assert_eq!(ok.json()["address"], format!("{wallet:#x}"));
+        let token = ok.json()["token"].as_str().unwrap().to_owned();
+        let me = get(app, "/api/auth/me", Some(&token)).await.json();
+        assert_eq!(me["address"], format!("{wallet:#x}"));
+        // a stranger's signature for the wallet: the wallet refuses it
+        let p = attempt(PrivateKeySigner::random(), wallet)
+            .await
+            .problem(401, "unauthorized");
+        assert!(p["detail"].as_str().unwrap().contains("ERC-1271"), "{p}");
+        // the wallet's owner cannot sign in as some other key-less address
+        let nobody = alloy::primitives::Address::repeat_byte(0x5e);
+        attempt(owner, nobody).await.problem(401, "unauthorized");
     });
 }

@@ -128,7 +128,7 @@ struct Running {
 fn start(pool: &PgPool, h: &TestJob, id: &str, cfg: WorkerConfig) -> Running {
     let (stop, rx) = watch::channel(false);
     let (events, _) = broadcast::channel(64);
-    worker::spawn_listener(pool.clone(), events.clone());
+    openledger_daemon::notify::spawn_listener(pool.clone(), events.clone(), watch::channel(0).0);
     let task = tokio::spawn(worker::run(
         Queue::new(pool.clone()),
         Registry::default().with(h.clone()),
@@ -380,4 +380,189 @@ async fn shutdown_releases_running_jobs_without_spending_an_attempt(pool: PgPool
     assert_eq!(j.attempts, 0);
     assert!(j.worker.is_none());
     assert_eq!(h.dropped.lock().unwrap().as_slice(), &[id]);
+}
+
+/// Charges `n` training steps to `owner`, under job `job`'s reference if given (as a run does).
+async fn steps(
+    quotas: &openledger_daemon::quotas::Quotas,
+    conn: &mut sqlx::PgConnection,
+    owner: Address,
+    n: u64,
+    job: Option<i64>,
+) -> Result<(), openledger_daemon::quotas::QuotaError> {
+    let reference = job.map(openledger_daemon::quotas::job_ref);
+    quotas
+        .charge(
+            conn,
+            owner,
+            openledger_daemon::quotas::Quota::TrainSteps,
+            n,
+            reference.as_deref(),
+        )
+        .await
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn daily_quotas_charge_in_the_jobs_transaction_and_a_reference_once(pool: PgPool) {
+    use openledger_daemon::quotas::{Quota, QuotaError, Quotas};
+    let q = Queue::new(pool.clone());
+    let quotas = Quotas {
+        train_steps_per_day: 1000,
+        ..Quotas::default()
+    };
+    let owner = Address::repeat_byte(0x42);
+    let job = |n: i64| NewJob {
+        kind: "test".into(),
+        owner,
+        params: json!({ "mode": "ok", "n": n }),
+        priority: 0,
+        max_attempts: 1,
+    };
+    let first = q
+        .submit_charged(&job(1), &quotas, &[(Quota::TrainSteps, 600)], &[])
+        .await
+        .unwrap();
+    let refused = q
+        .submit_charged(&job(2), &quotas, &[(Quota::TrainSteps, 600)], &[])
+        .await
+        .unwrap_err();
+    let QuotaError::Exceeded(e) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(
+        (e.quota, e.used, e.asked, e.limit),
+        (Quota::TrainSteps, 600, 600, 1000)
+    );
+    assert!(e.to_string().contains("--quota-train-steps-per-day"), "{e}");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1, "the refused job is not queued");
+    // more than the whole quota is refused with no hope of a retry (a day)
+    let huge = q
+        .submit_charged(&job(3), &quotas, &[(Quota::TrainSteps, 5000)], &[])
+        .await
+        .unwrap_err();
+    assert!(huge.to_string().contains("more than the 1000"), "{huge}");
+    // a run charging the steps its submission charged already pays nothing more
+    let mut tx = pool.begin().await.unwrap();
+    steps(&quotas, &mut tx, owner, 600, Some(first.id))
+        .await
+        .unwrap();
+    // an epoch-based job's run charges what it counted, once whatever its attempts
+    let epochs = q.submit_charged(&job(4), &quotas, &[], &[]).await.unwrap();
+    for _ in 0..2 {
+        steps(&quotas, &mut tx, owner, 300, Some(epochs.id))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let used: i64 = sqlx::query_scalar(
+        "SELECT sum(amount)::bigint FROM quota_usage WHERE quota = 'train_steps'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(used, 900);
+    // an operator's job is marked settled: its run is charged nothing, even to a full quota
+    let op = q
+        .submit_charged(&job(5), &Quotas::UNLIMITED, &[], &[])
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    steps(&quotas, &mut tx, owner, 900, Some(op.id))
+        .await
+        .unwrap();
+    let e = steps(&quotas, &mut tx, owner, 200, None).await.unwrap_err();
+    assert!(matches!(e, QuotaError::Exceeded(_)), "{e}");
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn relays_per_day_are_a_quota_of_the_contributor(pool: PgPool) {
+    use openledger_daemon::quotas::Quotas;
+    use openledger_daemon::uploads::{NewRelay, NewUpload};
+    let quotas = Quotas {
+        relays_per_day: 1,
+        ..Quotas::default()
+    };
+    let contributor = Address::repeat_byte(0x17);
+    let content = openledger_daemon::content::canonicalise(
+        b"a contribution",
+        openledger_daemon::content::Format::Text,
+        1024,
+    )
+    .unwrap();
+    let (upload, _) = openledger_daemon::uploads::store(
+        &pool,
+        NewUpload {
+            owner: contributor,
+            chain_id: 31337,
+            datanet_id: alloy::primitives::U256::from(1),
+            content: &content,
+            filename: "",
+            metadata_uri: "ipfs://x",
+        },
+        &quotas,
+    )
+    .await
+    .unwrap();
+    let relay = |nonce: u64| NewRelay {
+        upload_id: upload.id,
+        contributor,
+        nonce: alloy::primitives::U256::from(nonce),
+        deadline: alloy::primitives::U256::from(u64::MAX),
+        signature: "0x00".into(),
+    };
+    openledger_daemon::jobs::relay::queue(&pool, &relay(0), &quotas)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = openledger_daemon::jobs::relay::queue(&pool, &relay(1), &quotas)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--quota-relays-per-day"), "{e}");
+    let (relays, jobs): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM relays), (SELECT count(*) FROM jobs)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (relays, jobs),
+        (1, 1),
+        "the refused relay left neither a row nor a job"
+    );
+    // relays do not count as the contributor's concurrent jobs
+    let tight = Quotas {
+        concurrent_jobs: 1,
+        ..Quotas::default()
+    };
+    let mut tx = pool.begin().await.unwrap();
+    tight
+        .check_concurrent_jobs(
+            &mut tx,
+            contributor,
+            &[openledger_daemon::jobs::relay::KIND],
+        )
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn the_indexers_progress_wakes_listeners_in_every_process(pool: PgPool) {
+    let (events, _) = broadcast::channel(8);
+    let (index_tx, mut progress) = watch::channel(0);
+    openledger_daemon::notify::spawn_listener(pool.clone(), events, index_tx);
+    // the listener bumps once it listens (it may have missed progress while connecting)
+    progress.changed().await.unwrap();
+    let seen = *progress.borrow_and_update();
+    sqlx::query(
+        "INSERT INTO indexer_checkpoints (chain_id, deployment_key, indexed_through) VALUES (1, $1, 7)",
+    )
+    .bind(format!("{:#x}", Address::repeat_byte(1)))
+    .execute(&pool)
+    .await
+    .unwrap();
+    progress.changed().await.unwrap();
+    assert!(*progress.borrow() > seen);
 }

@@ -97,17 +97,14 @@ async fn world(pool: PgPool) -> World {
     for (i, r) in recs.iter().enumerate() {
         let who = CONTRIBUTORS[i % 3];
         let c = canonicalise(r.as_bytes(), Format::Jsonl, 1 << 20).unwrap();
-        openledger_daemon::uploads::store(
+        openledger_testkit::daemon::store_upload(
             &pool,
             TestChain::address_of(who),
             d.chain_id,
-            U256::from(1),
+            1,
             &c,
-            "r.jsonl",
-            "ipfs://r",
         )
-        .await
-        .unwrap();
+        .await;
         send!(registry(who).contribute(U256::from(1), c.hash, format!("ipfs://r{i}")));
         ids.push(U256::from(i + 1));
     }
@@ -134,6 +131,7 @@ async fn world(pool: PgPool) -> World {
         &daemon_chain,
         Duration::from_secs(30),
         &settings,
+        openledger_daemon::quotas::Quotas::UNLIMITED,
         None,
     )
     .unwrap();

@@ -55,17 +55,8 @@ async fn contribute(chain: &TestChain, pool: &PgPool, records: &[&str], tag: &st
     let mut ids = Vec::new();
     for (i, r) in records.iter().enumerate() {
         let c = canonicalise(r.as_bytes(), Format::Jsonl, 1 << 20).unwrap();
-        openledger_daemon::uploads::store(
-            pool,
-            TestChain::address_of(4),
-            d.chain_id,
-            U256::from(1),
-            &c,
-            "r.jsonl",
-            "ipfs://r",
-        )
-        .await
-        .unwrap();
+        openledger_testkit::daemon::store_upload(pool, TestChain::address_of(4), d.chain_id, 1, &c)
+            .await;
         send!(registry.contribute(U256::from(1), c.hash, format!("ipfs://{tag}{i}")));
         ids.push(before + U256::from(i + 1));
     }
@@ -128,6 +119,7 @@ async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>)
         &daemon_chain,
         Duration::from_secs(30),
         &settings,
+        openledger_daemon::quotas::Quotas::UNLIMITED,
         None,
     )
     .unwrap();
@@ -1868,15 +1860,6 @@ impl Drop for Restore {
     }
 }
 
-fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec<u8>) {
-    let body = format!(
-        "--XB\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
-         --XB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-         Content-Type: application/jsonl\r\n\r\n{content}\r\n--XB--\r\n"
-    );
-    ("multipart/form-data; boundary=XB", body.into_bytes())
-}
-
 /// The span-attribution index the job wrote: downloadable, hashed in the manifest, over the trained (not the
 /// held-out) examples, and a trained example's tokens are traced back to its source.
 async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m: &Value) {
@@ -1956,6 +1939,7 @@ fn batches_of_requests_through_the_files_and_batches_api() {
             Some(chain.clone()),
             d.clone(),
             inf.clone(),
+            tokio::sync::watch::channel(0).1,
         ),
         concurrency: 3,
         problem: openledger_daemon::api::openai::batch_problem,

@@ -112,7 +112,8 @@ pub fn state_serving(
     inference: Option<std::sync::Arc<openledger_daemon::inference::Inference>>,
 ) -> AppState {
     let (tx, _) = broadcast::channel(256);
-    openledger_daemon::jobs::worker::spawn_listener(pool.clone(), tx.clone());
+    let (index_tx, index_progress) = tokio::sync::watch::channel(0);
+    openledger_daemon::notify::spawn_listener(pool.clone(), tx.clone(), index_tx);
     AppState::new(StateParts {
         pool,
         deployment,
@@ -123,6 +124,7 @@ pub fn state_serving(
         indexer: None,
         metrics: openledger_daemon::metrics::handle(),
         inference,
+        index_progress,
     })
     .unwrap()
 }
@@ -262,6 +264,41 @@ pub async fn sign_in(app: &Router, key: &PrivateKeySigner) -> String {
     .await;
     r.expect(StatusCode::CREATED);
     r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// A `multipart/form-data` body as `POST /v1/files` takes it: a purpose and one file.
+pub fn multipart(purpose: &str, filename: &str, content: &str) -> (&'static str, Vec<u8>) {
+    let body = format!(
+        "--XB\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+         --XB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{content}\r\n--XB--\r\n"
+    );
+    ("multipart/form-data; boundary=XB", body.into_bytes())
+}
+
+/// Stores `content` as `owner`'s upload for Datanet `datanet` (`r.jsonl`, `ipfs://r`), free of quotas, as the
+/// upload route would.
+pub async fn store_upload(
+    pool: &PgPool,
+    owner: Address,
+    chain_id: u64,
+    datanet: u64,
+    content: &openledger_daemon::content::Canonical,
+) {
+    openledger_daemon::uploads::store(
+        pool,
+        openledger_daemon::uploads::NewUpload {
+            owner,
+            chain_id,
+            datanet_id: U256::from(datanet),
+            content,
+            filename: "r.jsonl",
+            metadata_uri: "ipfs://r",
+        },
+        &openledger_daemon::quotas::Quotas::UNLIMITED,
+    )
+    .await
+    .unwrap();
 }
 
 /// Index fixture: a Datanet as the indexer would have written it.
@@ -435,7 +472,11 @@ pub fn start_workers(
 ) {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (events, _) = tokio::sync::broadcast::channel(256);
-    openledger_daemon::jobs::worker::spawn_listener(pool.clone(), events.clone());
+    openledger_daemon::notify::spawn_listener(
+        pool.clone(),
+        events.clone(),
+        tokio::sync::watch::channel(0).0,
+    );
     let h = tokio::spawn(openledger_daemon::jobs::worker::run(
         openledger_daemon::jobs::queue::Queue::new(pool.clone()),
         jobs.clone(),

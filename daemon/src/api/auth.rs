@@ -77,7 +77,8 @@ async fn siwe(
     State(s): State<AppState>,
     Json(req): Json<SiweRequest>,
 ) -> ApiResult<(StatusCode, Json<SessionResponse>)> {
-    let issued = auth::sign_in(&s.pool, &s.cfg.siwe, &req.message, &req.signature).await?;
+    let wallets = s.chain.as_ref().map(|c| c as &dyn auth::ContractWallets);
+    let issued = auth::sign_in(&s.pool, &s.cfg.siwe, &req.message, &req.signature, wallets).await?;
     tracing::info!(address = %issued.address, "signed in");
     Ok((
         StatusCode::CREATED,

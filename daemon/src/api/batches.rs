@@ -133,14 +133,14 @@ async fn upload_file(
     }
     let (_, lines) = batch::parse(&bytes, None).map_err(ApiError::InvalidContent)?;
     let id = batch::new_file_id();
-    batch::store_file(
+    batch::store_input_file(
         &s.pool,
         &id,
         a.0.address,
-        "batch",
         &filename,
         &bytes,
-        Some(lines.len()),
+        lines.len(),
+        a.quotas(&s),
     )
     .await?;
     let f = batch::file(&s.pool, &id)
@@ -303,17 +303,20 @@ async fn create_batch(
             Refusal::Invalid(m) if m.starts_with("no file") => ApiError::NotFound(m),
             Refusal::Invalid(m) => ApiError::InvalidContent(m),
         })?;
-    let job = s
-        .queue
-        .submit(&NewJob {
+    let job = super::jobs::submit_within_quotas(
+        &s,
+        &a,
+        handler.as_ref(),
+        &NewJob {
             kind: KIND.into(),
             owner: a.0.address,
             params,
             // below interactive work in the job queue too
             priority: -10,
             max_attempts: 5,
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(job = job.id, owner = %job.owner, "batch queued");
     Ok(axum::Json(batch_json(&s, &job).await?))
 }

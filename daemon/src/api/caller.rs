@@ -1,11 +1,11 @@
 //! The `Auth` extractor: resolves the bearer token and applies the caller's rate limit.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
 
-use super::ApiError;
+use super::{ApiError, limits};
 use crate::auth::{self, AuthError, Caller};
+use crate::quotas::Quotas;
 use crate::state::AppState;
 
 /// An authenticated caller. Browsers' `EventSource` cannot send headers, so on the event-stream routes
@@ -19,44 +19,48 @@ impl Auth {
     pub fn may_access(&self, owner: &str) -> bool {
         self.0.admin || owner.eq_ignore_ascii_case(&format!("{:#x}", self.0.address))
     }
+
+    /// The quotas this caller's actions are charged against: none for operators.
+    pub fn quotas<'a>(&self, s: &'a AppState) -> &'a Quotas {
+        if self.0.admin {
+            &Quotas::UNLIMITED
+        } else {
+            &s.cfg.quotas
+        }
+    }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Db(d) => ApiError::Internal(format!("auth: {d}")),
+            AuthError::Chain(d) => ApiError::Unavailable(format!("sign-in: {d}")),
             other => ApiError::Unauthorized(other.to_string()),
         }
     }
 }
 
-fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
-    }
-    if !parts.uri.path().ends_with("/events") {
-        return None;
-    }
-    parts.uri.query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "access_token")
-            .map(|(_, v)| v.to_owned())
-    })
-}
-
 impl Auth {
-    async fn resolve(token: &str, state: &AppState) -> Result<Self, ApiError> {
-        let caller = auth::authenticate(&state.pool, token).await?;
+    /// Authenticates `token` and charges its address's rate limit. A token that does not authenticate is
+    /// charged to the client's IP address instead, like a request without one (so guessing tokens is as
+    /// slow as any anonymous traffic).
+    async fn resolve(token: &str, parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = match auth::authenticate(&state.pool, token).await {
+            Ok(c) => c,
+            Err(e) => {
+                if !matches!(e, AuthError::Db(_))
+                    && let Some(ip) = limits::client_of(parts)
+                {
+                    limits::charge_ip(state, ip)?;
+                }
+                return Err(e.into());
+            }
+        };
         if let Err(not_until) = state.limiter.check_key(&caller.address) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ));
-            metrics::counter!("openledger_rate_limited_total").increment(1);
+            metrics::counter!("openledger_rate_limited_total", "limit" => "address").increment(1);
             return Err(ApiError::RateLimited(wait.as_secs().max(1)));
         }
         Ok(Auth(caller))
@@ -70,8 +74,8 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(AuthError::Missing)?;
-        Auth::resolve(&token, state).await
+        let token = limits::bearer(&parts.uri, &parts.headers).ok_or(AuthError::Missing)?;
+        Auth::resolve(&token, parts, state).await
     }
 }
 
@@ -83,8 +87,8 @@ impl OptionalFromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Option<Self>, Self::Rejection> {
-        match bearer(parts) {
-            Some(token) => Auth::resolve(&token, state).await.map(Some),
+        match limits::bearer(&parts.uri, &parts.headers) {
+            Some(token) => Auth::resolve(&token, parts, state).await.map(Some),
             None => Ok(None),
         }
     }

@@ -222,12 +222,15 @@ async fn upload(
         .unwrap_or_else(|| format!("openledger://content/{}", canonical.hash));
     let (row, created) = uploads::store(
         &s.pool,
-        a.0.address,
-        s.deployment.chain_id,
-        datanet,
-        &canonical,
-        &filename,
-        &metadata_uri,
+        uploads::NewUpload {
+            owner: a.0.address,
+            chain_id: s.deployment.chain_id,
+            datanet_id: datanet,
+            content: &canonical,
+            filename: &filename,
+            metadata_uri: &metadata_uri,
+        },
+        a.quotas(&s),
     )
     .await?;
     if created {
@@ -484,6 +487,7 @@ async fn relay(
             deadline,
             signature: format!("{}", alloy::primitives::Bytes::from(sig.as_bytes())),
         },
+        a.quotas(&s),
     )
     .await?
     .ok_or_else(|| ApiError::Conflict("this signed payload is already queued".into()))?;

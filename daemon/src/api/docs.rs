@@ -26,8 +26,9 @@ pub fn set_document(doc: &utoipa::openapi::OpenApi) {
 /// annotation does not list them (so the document names every status the API really returns), and the
 /// formats of path and paging parameters (so a value the document allows is one the API takes):
 ///
-/// - with a bearer requirement: 401 (missing, unknown or expired token) and 429 (the per-address rate
-///   limit, with `Retry-After`);
+/// - with a bearer requirement: 401 (missing, unknown or expired token);
+/// - everything but the health probes: 429 (a rate limit, a quota or the server's capacity, with
+///   `Retry-After` and the `limit` it hit);
 /// - with path or query parameters: 400 (one that does not parse);
 /// - with a request body: 400 (malformed), 413 (over the body limit) and 415 (wrong content type);
 /// - everything but the static documents: 503 (the database or the node unavailable);
@@ -45,6 +46,7 @@ pub fn complete(mut doc: Value) -> Value {
             path.as_str(),
             "/openapi.json" | "/docs" | "/healthz" | "/metrics"
         );
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
         for (method, op) in item.iter_mut() {
             if !matches!(method.as_str(), "get" | "post" | "put" | "delete" | "patch") {
                 continue;
@@ -73,7 +75,13 @@ pub fn complete(mut doc: Value) -> Value {
             };
             if secured {
                 add("401", "No token, or an unknown, expired or revoked one");
-                add("429", "Over this address's rate limit (see `Retry-After`)");
+            }
+            if !probe {
+                add(
+                    "429",
+                    "Over a rate limit, a quota or the server's capacity: `limit` names the `openledger serve` \
+                     flag; retry after `Retry-After` seconds",
+                );
             }
             if has_params || has_body {
                 add("400", "A parameter or the body does not parse");
@@ -88,7 +96,8 @@ pub fn complete(mut doc: Value) -> Value {
             if !static_doc {
                 add(
                     "503",
-                    "The database or the chain node is unavailable; retry",
+                    "The database or the chain node is unavailable, or the request ran past the server's \
+                     time limit; retry after `Retry-After` seconds",
                 );
             }
         }

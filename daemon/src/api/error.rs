@@ -19,10 +19,18 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong in this request.
     pub detail: String,
-    /// Seconds to wait before retrying (rate limits only).
+    /// Seconds to wait before retrying (also the `Retry-After` header): limits, quotas, capacity and
+    /// unavailability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// The limit or quota that refused the request, as the `openledger serve` flag that sets it (e.g.
+    /// `--quota-upload-bytes-per-day`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
+
+/// What a 503 suggests waiting before a retry, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -44,8 +52,25 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("rate limit exceeded; retry in {0} s")]
+    /// Over the signed-in address's rate limit.
+    #[error("rate limit of this address exceeded (--rate-limit-per-minute); retry in {0} s")]
     RateLimited(u64),
+    /// Over the rate limit of the client's IP address (requests without a valid token).
+    #[error(
+        "rate limit of this IP address for requests without a valid token exceeded (--ip-rate-limit-per-minute); retry in {0} s"
+    )]
+    IpRateLimited(u64),
+    /// A per-address quota.
+    #[error("{0}")]
+    Quota(crate::quotas::Exceeded),
+    /// Every request slot of the server is taken.
+    #[error(
+        "the server is handling as many requests as it takes (--max-concurrent-requests); retry in {0} s"
+    )]
+    Busy(u64),
+    /// The request ran past `--request-timeout-secs`.
+    #[error("the request took longer than this server's limit of {0} s (--request-timeout-secs)")]
+    TimedOut(u64),
     #[error("{0}")]
     PaymentRequired(String),
     #[error("the server is at capacity; retry in {0} s")]
@@ -85,10 +110,21 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            RateLimited(_) => (
+            RateLimited(_) | IpRateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
+            ),
+            Quota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+            ),
+            Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded", "At capacity"),
+            TimedOut(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
             ),
             PaymentRequired(_) => (
                 StatusCode::PAYMENT_REQUIRED,
@@ -129,10 +165,31 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             retry_after: match self {
-                ApiError::RateLimited(s) | ApiError::Overloaded(s) => Some(*s),
+                ApiError::RateLimited(s)
+                | ApiError::IpRateLimited(s)
+                | ApiError::Overloaded(s)
+                | ApiError::Busy(s) => Some(*s),
+                ApiError::Quota(e) => Some(e.retry_after),
+                ApiError::Unavailable(_) | ApiError::TimedOut(_) => {
+                    Some(UNAVAILABLE_RETRY_AFTER_SECS)
+                }
                 _ => None,
             },
+            limit: self.limit().map(str::to_owned),
         }
+    }
+
+    /// The `serve` flag of the limit that refused the request, if one did.
+    pub fn limit(&self) -> Option<&'static str> {
+        Some(match self {
+            ApiError::RateLimited(_) => "--rate-limit-per-minute",
+            ApiError::IpRateLimited(_) => "--ip-rate-limit-per-minute",
+            ApiError::Overloaded(_) => "--max-queue",
+            ApiError::Busy(_) => "--max-concurrent-requests",
+            ApiError::TimedOut(_) => "--request-timeout-secs",
+            ApiError::Quota(e) => e.quota.flag(),
+            _ => return None,
+        })
     }
 }
 
@@ -185,6 +242,15 @@ impl From<sqlx::Error> for ApiError {
             ApiError::Unavailable("the database is unavailable".into())
         } else {
             ApiError::Internal(format!("database: {e}"))
+        }
+    }
+}
+
+impl From<crate::quotas::QuotaError> for ApiError {
+    fn from(e: crate::quotas::QuotaError) -> Self {
+        match e {
+            crate::quotas::QuotaError::Exceeded(x) => ApiError::Quota(x),
+            crate::quotas::QuotaError::Db(d) => d.into(),
         }
     }
 }

@@ -21,6 +21,7 @@ use super::types::{parse_address, parse_id};
 use super::{ApiError, ApiResult, Auth, Problem};
 use crate::jobs::Refusal;
 use crate::jobs::queue::{CancelOutcome, Job, JobFilter, JobState, LogLine, MetricPoint, NewJob};
+use crate::jobs::worker::JobHandler;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -113,18 +114,38 @@ async fn submit(
             Refusal::Forbidden(m) => ApiError::Forbidden(m),
             Refusal::Invalid(m) => ApiError::InvalidContent(m),
         })?;
-    let job = s
-        .queue
-        .submit(&NewJob {
+    let job = submit_within_quotas(
+        &s,
+        &a,
+        handler.as_ref(),
+        &NewJob {
             kind: req.kind,
             owner: a.0.address,
             params,
             priority,
             max_attempts,
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(job = job.id, kind = %job.kind, owner = %job.owner, "job queued");
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Queues a job the caller submits, within the caller's quotas (concurrent jobs, and what the handler says
+/// the job uses of the daily ones).
+pub(super) async fn submit_within_quotas(
+    s: &AppState,
+    a: &Auth,
+    handler: &dyn JobHandler,
+    new: &NewJob,
+) -> ApiResult<Job> {
+    let usage = handler.usage(&new.params).await.map_err(|r| match r {
+        Refusal::Forbidden(m) => ApiError::Forbidden(m),
+        Refusal::Invalid(m) => ApiError::InvalidContent(m),
+    })?;
+    Ok(s.queue
+        .submit_charged(new, a.quotas(s), &usage, &[crate::jobs::relay::KIND])
+        .await?)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -16,6 +16,7 @@ mod datanets;
 mod docs;
 pub mod error;
 mod jobs;
+pub mod limits;
 mod models;
 pub mod openai;
 mod ops;
@@ -112,6 +113,10 @@ pub fn app(state: AppState) -> Router {
             ApiError::MethodNotAllowed("this route does not take that method".into())
         })
         .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(
             CorsLayer::new()

@@ -101,6 +101,7 @@ fn serving(s: &AppState) -> ApiResult<Serving> {
         s.chain.clone(),
         s.deployment.clone(),
         engine(s)?,
+        s.index_progress.clone(),
     ))
 }
 

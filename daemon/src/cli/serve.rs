@@ -16,7 +16,7 @@ use crate::jobs::{WorkerConfig, worker};
 use crate::serve::ServeConfig;
 use crate::state::ApiConfig;
 use crate::training::TrainSettings;
-use crate::{inference, state};
+use crate::{inference, quotas, state};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -52,6 +52,27 @@ pub struct ServeArgs {
     /// Burst allowance above the steady rate, per address.
     #[arg(long, env = "OPENLEDGER_RATE_LIMIT_BURST", default_value_t = state::DEFAULT_RATE_BURST)]
     pub rate_limit_burst: NonZeroU32,
+    /// Requests per minute to /api and /v1 that carry no valid token, per client IP address (an IPv6
+    /// address counts by its /64); a token that fails to authenticate counts here too.
+    #[arg(long, env = "OPENLEDGER_IP_RATE_LIMIT_PER_MINUTE", default_value_t = state::DEFAULT_IP_RATE_PER_MINUTE)]
+    pub ip_rate_limit_per_minute: NonZeroU32,
+    /// Burst allowance above the steady rate, per client IP address.
+    #[arg(long, env = "OPENLEDGER_IP_RATE_LIMIT_BURST", default_value_t = state::DEFAULT_IP_RATE_BURST)]
+    pub ip_rate_limit_burst: NonZeroU32,
+    /// Take the client's IP address from this request header (its last address: the one your reverse proxy
+    /// appended, e.g. `x-forwarded-for`) instead of the TCP peer. Only behind a proxy that sets it: otherwise
+    /// clients choose their own address.
+    #[arg(long, env = "OPENLEDGER_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// Requests handled at once (health probes aside); more get 429 with Retry-After.
+    #[arg(long, env = "OPENLEDGER_MAX_CONCURRENT_REQUESTS", default_value_t = state::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// Seconds a request may take until its response starts (an event stream's or a streamed completion's
+    /// body is not limited); slower ones get 503 with Retry-After.
+    #[arg(long, env = "OPENLEDGER_REQUEST_TIMEOUT_SECS", default_value_t = state::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
     /// Lifetime of a wallet session, in seconds.
     #[arg(long, default_value_t = state::DEFAULT_SESSION_TTL_SECS)]
     pub session_ttl_secs: u64,
@@ -94,6 +115,41 @@ pub struct ServeArgs {
     pub settler_key: SettlerKeyArgs,
     #[command(flatten)]
     pub settle: super::settle::SettleOpts,
+}
+
+/// Per-address quotas over a rolling 24 hours (0: none). Operators (admin API keys) are not charged; going
+/// over one is a 429 problem that names its flag, with Retry-After.
+#[derive(Debug, clap::Args)]
+pub struct QuotaArgs {
+    /// Bytes an address may upload per day: new contribution content (the same content again is free) and
+    /// batch input files.
+    #[arg(long, env = "OPENLEDGER_QUOTA_UPLOAD_BYTES_PER_DAY", default_value_t = quotas::DEFAULT_UPLOAD_BYTES_PER_DAY)]
+    pub quota_upload_bytes_per_day: u64,
+    /// Contributions the daemon relays for an address per day (its key pays their gas).
+    #[arg(long, env = "OPENLEDGER_QUOTA_RELAYS_PER_DAY", default_value_t = quotas::DEFAULT_RELAYS_PER_DAY)]
+    pub quota_relays_per_day: u64,
+    /// Training steps an address may use per day: `config.steps` are charged at submission, steps from
+    /// `epochs` when the run has counted them (a run over the quota fails).
+    #[arg(long, env = "OPENLEDGER_QUOTA_TRAIN_STEPS_PER_DAY", default_value_t = quotas::DEFAULT_TRAIN_STEPS_PER_DAY)]
+    pub quota_train_steps_per_day: u64,
+    /// Jobs (training, snapshots, batches) an address may have queued or running at once.
+    #[arg(long, env = "OPENLEDGER_QUOTA_CONCURRENT_JOBS", default_value_t = quotas::DEFAULT_CONCURRENT_JOBS)]
+    pub quota_concurrent_jobs: u64,
+    /// Batch inference lines an address may queue per day.
+    #[arg(long, env = "OPENLEDGER_QUOTA_BATCH_LINES_PER_DAY", default_value_t = quotas::DEFAULT_BATCH_LINES_PER_DAY)]
+    pub quota_batch_lines_per_day: u64,
+}
+
+impl QuotaArgs {
+    pub fn quotas(&self) -> quotas::Quotas {
+        quotas::Quotas {
+            upload_bytes_per_day: self.quota_upload_bytes_per_day,
+            relays_per_day: self.quota_relays_per_day,
+            train_steps_per_day: self.quota_train_steps_per_day,
+            concurrent_jobs: self.quota_concurrent_jobs,
+            batch_lines_per_day: self.quota_batch_lines_per_day,
+        }
+    }
 }
 
 /// OpenLoRA serving: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
@@ -332,6 +388,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     api.max_upload_bytes = args.max_upload_bytes;
     api.rate_per_minute = args.rate_limit_per_minute;
     api.rate_burst = args.rate_limit_burst;
+    api.ip_rate_per_minute = args.ip_rate_limit_per_minute;
+    api.ip_rate_burst = args.ip_rate_limit_burst;
+    api.client_ip_header = args.client_ip_header.clone();
+    api.max_concurrent_requests = args.max_concurrent_requests.max(1);
+    api.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    api.quotas = args.quotas.quotas();
     api.siwe.session_ttl = Duration::from_secs(args.session_ttl_secs.max(60));
     api.signature_ttl = Duration::from_secs(args.signature_ttl_secs.clamp(60, 604_800));
     api.ready_max_lag = args.ready_max_lag;

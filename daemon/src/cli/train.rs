@@ -206,7 +206,7 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     );
 
     let (events, _) = broadcast::channel(64);
-    let listener = worker::spawn_listener(pool.clone(), events.clone());
+    let listener = crate::notify::spawn_listener(pool.clone(), events.clone(), watch::channel(0).0);
     let worker_task = tokio::spawn(worker::run(
         queue.clone(),
         Registry::default().with(handler),

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::request::Kind;
+use crate::quotas::{Quota, QuotaError, Quotas};
 
 /// Lines an input file may hold (OpenAI's limit).
 pub const MAX_LINES: usize = 50_000;
@@ -126,6 +127,39 @@ pub async fn store_file(
     bytes: &[u8],
     lines: Option<usize>,
 ) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    insert_file(&mut conn, id, owner, purpose, filename, bytes, lines).await
+}
+
+/// Stores a batch input file its owner uploaded, its bytes charged to the owner's daily upload quota in the
+/// same transaction.
+pub async fn store_input_file(
+    pool: &PgPool,
+    id: &str,
+    owner: Address,
+    filename: &str,
+    bytes: &[u8],
+    lines: usize,
+    quotas: &Quotas,
+) -> Result<(), QuotaError> {
+    let mut tx = pool.begin().await?;
+    quotas
+        .charge(&mut tx, owner, Quota::UploadBytes, bytes.len() as u64, None)
+        .await?;
+    insert_file(&mut tx, id, owner, "batch", filename, bytes, Some(lines)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_file(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    owner: Address,
+    purpose: &str,
+    filename: &str,
+    bytes: &[u8],
+    lines: Option<usize>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO files (id, owner, purpose, filename, bytes, lines) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO NOTHING",
@@ -136,7 +170,7 @@ pub async fn store_file(
     .bind(filename)
     .bind(bytes)
     .bind(lines.map(|n| n as i32))
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use openledger_chain::ContractKind;
 use openledger_chain::bindings::{FeeRouter, OpenToken};
 use openledger_indexer::query::ChainIndex;
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 use crate::chain::Chain;
 
@@ -92,13 +93,19 @@ pub struct PayFirst {
     pub confirmations: u64,
 }
 
+/// Longest pause between two looks at the index while a pay-first request waits, should a notification of
+/// the indexer's progress be lost.
+const PAYMENT_RECHECK: Duration = Duration::from_secs(2);
+
 /// Waits (up to `wait`) for the indexer to see the client's payment, and checks it against the price in
-/// force at its block. Returns the payment and that price.
+/// force at its block. Returns the payment and that price. The index is read again whenever `progress`
+/// moves (the indexer committed blocks: `crate::notify`), and at the latest every `PAYMENT_RECHECK`.
 pub async fn find_payment(
     index: &ChainIndex,
     pool: &PgPool,
     req: PayFirst,
     wait: Duration,
+    mut progress: watch::Receiver<u64>,
 ) -> Result<(Paid, U256), PaymentError> {
     let PayFirst {
         request_id,
@@ -107,6 +114,8 @@ pub async fn find_payment(
     } = req;
     let deadline = Instant::now() + wait;
     loop {
+        // progress from here on wakes the wait below
+        progress.borrow_and_update();
         let found = index
             .best_payment(request_id, model_id, req.spender.payer())
             .await
@@ -133,7 +142,7 @@ pub async fn find_payment(
                         p.block_number, req.confirmations
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                crate::notify::progress_or(&mut progress, until(deadline)).await;
                 continue;
             }
             let price = crate::models::price_at(pool, req.job_id, p.block_number)
@@ -165,8 +174,13 @@ pub async fn find_payment(
                  (pay FeeRouter.payInference({model_id}, {request_id:#x}, amount) first)"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        crate::notify::progress_or(&mut progress, until(deadline)).await;
     }
+}
+
+/// The pause before the next look at the index: the recheck period, or what is left until `deadline`.
+fn until(deadline: Instant) -> Duration {
+    PAYMENT_RECHECK.min(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// How much the daemon's key may pay on callers' behalf, per period: each signed-in caller (anonymous callers

@@ -14,7 +14,7 @@ use openledger_model::serve::{
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::credits::{self, CreditError};
 use super::error::InferenceError;
@@ -34,6 +34,8 @@ pub struct Serving {
     pub chain: Option<Chain>,
     pub deployment: Deployment,
     pub inf: Arc<Inference>,
+    /// Moves when the indexer commits progress (`notify`): pay-first requests wait on it.
+    pub index_progress: watch::Receiver<u64>,
 }
 
 impl Serving {
@@ -43,6 +45,7 @@ impl Serving {
         chain: Option<Chain>,
         deployment: Deployment,
         inf: Arc<Inference>,
+        index_progress: watch::Receiver<u64>,
     ) -> Self {
         Serving {
             pool,
@@ -50,6 +53,7 @@ impl Serving {
             chain,
             deployment,
             inf,
+            index_progress,
         }
     }
 }
@@ -347,8 +351,14 @@ async fn charge(
             default_price: inf.cfg.default_price_per_1k,
             confirmations: inf.cfg.payment_confirmations,
         };
-        let (paid, price) =
-            payment::find_payment(&sv.index, &sv.pool, req, inf.cfg.payment_wait).await?;
+        let (paid, price) = payment::find_payment(
+            &sv.index,
+            &sv.pool,
+            req,
+            inf.cfg.payment_wait,
+            sv.index_progress.clone(),
+        )
+        .await?;
         return Ok(Some(Charge {
             mode: "pay_first",
             paid,

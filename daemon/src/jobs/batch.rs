@@ -19,6 +19,7 @@ use crate::inference::error::InferenceError;
 use crate::inference::records;
 use crate::inference::request::Kind;
 use crate::inference::service::{self, Origin, Serving};
+use crate::quotas::Quota;
 
 pub const KIND: &str = "batch_inference";
 
@@ -256,6 +257,23 @@ impl JobHandler for BatchJob {
     fn validate(&self, params: &Value) -> Result<Value, String> {
         let p = parse_params(params)?;
         serde_json::to_value(p).map_err(|e| e.to_string())
+    }
+
+    /// A batch's lines count against the owner's daily batch lines.
+    fn usage(&self, params: &Value) -> BoxFuture<'_, Result<Vec<(Quota, u64)>, Refusal>> {
+        let parsed = parse_params(params);
+        async move {
+            let p = parsed.map_err(Refusal::Invalid)?;
+            let f = batch::file(&self.serving.pool, &p.input_file_id)
+                .await
+                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?
+                .ok_or_else(|| Refusal::Invalid(format!("no file {}", p.input_file_id)))?;
+            Ok(vec![(
+                Quota::BatchLines,
+                f.lines.unwrap_or(0).max(0) as u64,
+            )])
+        }
+        .boxed()
     }
 
     fn authorize(

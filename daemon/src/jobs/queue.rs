@@ -11,6 +11,8 @@ use sqlx::{FromRow, PgPool};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use crate::quotas::{self, Quota, QuotaError, Quotas};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -172,6 +174,35 @@ impl Queue {
     pub async fn submit(&self, new: &NewJob) -> Result<Job, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let job = Self::submit_in(&mut tx, new).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Queues a job submitted by its owner, within the owner's quotas: the concurrent-jobs limit (kinds in
+    /// `not_counted` aside) and the daily `usage`, charged in the transaction that inserts the job. `quotas`
+    /// are `Quotas::UNLIMITED` for operators, whose jobs are marked as settled so that nothing is charged
+    /// when they run either.
+    pub async fn submit_charged(
+        &self,
+        new: &NewJob,
+        quotas: &Quotas,
+        usage: &[(Quota, u64)],
+        not_counted: &[&str],
+    ) -> Result<Job, QuotaError> {
+        let mut tx = self.pool.begin().await?;
+        quotas
+            .check_concurrent_jobs(&mut tx, new.owner, not_counted)
+            .await?;
+        let job = Self::submit_in(&mut tx, new).await?;
+        let reference = quotas::job_ref(job.id);
+        for &(quota, amount) in usage {
+            quotas
+                .charge(&mut tx, new.owner, quota, amount, Some(&reference))
+                .await?;
+        }
+        if *quotas == Quotas::UNLIMITED {
+            quotas::settled(&mut tx, new.owner, Quota::TrainSteps, &reference).await?;
+        }
         tx.commit().await?;
         Ok(job)
     }

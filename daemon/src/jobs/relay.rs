@@ -15,17 +15,26 @@ use sqlx::PgPool;
 use super::queue::{NewJob, Queue};
 use super::worker::{JobContext, JobError, JobHandler};
 use crate::chain::{self, Chain};
+use crate::quotas::{Quota, QuotaError, Quotas};
 use crate::uploads::{self, NewRelay, RelayRow};
 
 pub const KIND: &str = "relay_contribution";
 
-/// Records a signed relay request and queues the job that sends it, in one transaction. `None` if this
-/// exact signature request (contributor, nonce, upload) is already queued.
-pub async fn queue(pool: &PgPool, r: &NewRelay) -> Result<Option<RelayRow>, sqlx::Error> {
+/// Records a signed relay request and queues the job that sends it, in one transaction that also charges the
+/// contributor's daily relay quota (the daemon's key pays the gas). `None` if this exact signature request
+/// (contributor, nonce, upload) is already queued.
+pub async fn queue(
+    pool: &PgPool,
+    r: &NewRelay,
+    quotas: &Quotas,
+) -> Result<Option<RelayRow>, QuotaError> {
     let mut tx = pool.begin().await?;
     let Some(id) = uploads::insert_relay(&mut tx, r).await? else {
         return Ok(None);
     };
+    quotas
+        .charge(&mut tx, r.contributor, Quota::Relays, 1, None)
+        .await?;
     let job = Queue::submit_in(
         &mut tx,
         &NewJob {

@@ -33,6 +33,7 @@ use crate::attribution::segments::Attribution;
 use crate::chain::Chain;
 use crate::common::{sha256, write_synced};
 use crate::models::{self, NewTrainedModel};
+use crate::quotas::{self, Quota, QuotaError, Quotas};
 use crate::training::dataset::{SourceInfo, records_of};
 use crate::training::manifest::{
     ADAPTER_CONFIG_FILE, ADAPTER_FILE, AdapterFile, ArtifactError, BaseModelRef, FORMAT, Imported,
@@ -55,6 +56,8 @@ pub struct TrainJob {
     pub tx_timeout: Duration,
     /// One training at a time per process: a run uses every core.
     gate: Arc<Semaphore>,
+    /// The owners' training-step quota, charged when a run knows its steps (if the submission did not).
+    quotas: Quotas,
 }
 
 impl TrainJob {
@@ -72,6 +75,38 @@ impl TrainJob {
             settings,
             tx_timeout,
             gate: Arc::new(Semaphore::new(1)),
+            quotas: Quotas::UNLIMITED,
+        }
+    }
+
+    /// Charges the owners' training steps to `quotas` (`serve`); by default nothing is charged.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Charges a run's steps once they are known: nothing if its submission charged them (or was an
+    /// operator's); too many for the owner's day stops the run.
+    async fn charge_steps(&self, ctx: &JobContext, steps: usize) -> Result<(), JobError> {
+        let owner: Address = ctx.lease.job.owner.parse().map_err(JobError::fatal)?;
+        let mut tx = self.pool.begin().await?;
+        let r = self
+            .quotas
+            .charge(
+                &mut tx,
+                owner,
+                Quota::TrainSteps,
+                steps as u64,
+                Some(&quotas::job_ref(ctx.id())),
+            )
+            .await;
+        match r {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(())
+            }
+            Err(QuotaError::Exceeded(e)) => Err(JobError::fatal(e.to_string())),
+            Err(QuotaError::Db(e)) => Err(e.into()),
         }
     }
 }
@@ -283,6 +318,18 @@ impl JobHandler for TrainJob {
         serde_json::to_value(&p).map_err(|e| e.to_string())
     }
 
+    /// Steps given in the config are charged at submission; steps from `epochs` depend on the data and
+    /// are charged when the run has counted them.
+    fn usage(&self, params: &Value) -> BoxFuture<'_, Result<Vec<(Quota, u64)>, Refusal>> {
+        let steps = parse_params(params).map(|(p, _)| p.config.steps);
+        Box::pin(async move {
+            match steps.map_err(Refusal::Invalid)? {
+                Some(n) => Ok(vec![(Quota::TrainSteps, n as u64)]),
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
     fn authorize(
         &self,
         caller: Address,
@@ -455,11 +502,17 @@ impl TrainJob {
         // metrics are stored at most every 200 ms (plus the last step): a tiny model takes thousands of
         // steps a second, and a row per step would make the database the bottleneck
         let mut last_stored: Option<std::time::Instant> = None;
+        let mut charged = false;
         while let Some(e) = rx.recv().await {
             if let Event::Step {
                 step, total_steps, ..
             } = &e
             {
+                if !charged {
+                    charged = true;
+                    // an error drops the run's stop guard: the training thread stops at its next step
+                    self.charge_steps(ctx, *total_steps).await?;
+                }
                 let due = last_stored.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
                 if !due && step != total_steps {
                     continue;

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use super::queue::{JobState, Lease, Queue};
+use crate::quotas::Quota;
 
 /// Why a job attempt failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,6 +121,12 @@ pub trait JobHandler: Send + Sync + 'static {
         _params: &Value,
     ) -> BoxFuture<'_, Result<(), Refusal>> {
         Box::pin(async { Ok(()) })
+    }
+    /// What these (validated, authorized) parameters use of the owner's daily quotas, charged when the job
+    /// is queued (a job whose use is known only once it runs charges then, under the reference
+    /// `quotas::job_ref`).
+    fn usage(&self, _params: &Value) -> BoxFuture<'_, Result<Vec<(Quota, u64)>, Refusal>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
     fn run(&self, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>>;
 }
@@ -409,42 +416,4 @@ async fn check_lease(queue: &Queue, lease: &Lease) -> Option<Outcome> {
             None
         }
     }
-}
-
-/// Forwards `NOTIFY openledger_jobs` from Postgres to in-process subscribers (SSE streams, idle workers);
-/// reconnects on its own. Runs until the sender has no one left or the process ends.
-pub fn spawn_listener(
-    pool: sqlx::PgPool,
-    tx: broadcast::Sender<i64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "job notifications: cannot connect; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen("openledger_jobs").await {
-                tracing::warn!(error = %e, "job notifications: LISTEN failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            loop {
-                match listener.recv().await {
-                    Ok(n) => {
-                        if let Ok(id) = n.payload().parse::<i64>() {
-                            let _ = tx.send(id);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "job notifications: connection lost; reconnecting");
-                        break;
-                    }
-                }
-            }
-        }
-    })
 }
