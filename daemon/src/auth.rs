@@ -61,6 +61,9 @@ pub enum AuthError {
     /// A contract wallet's signature could not be checked: the node did not answer.
     #[error("checking the contract wallet's signature (ERC-1271): {0}")]
     Chain(String),
+    /// The database cannot be reached (a retry may succeed).
+    #[error("the database is unavailable")]
+    Unavailable,
     #[error("database: {0}")]
     Db(String),
 }
@@ -80,7 +83,11 @@ pub trait ContractWallets: Send + Sync {
 
 impl From<sqlx::Error> for AuthError {
     fn from(e: sqlx::Error) -> Self {
-        AuthError::Db(e.to_string())
+        if openledger_indexer::is_connection_error(&e) {
+            AuthError::Unavailable
+        } else {
+            AuthError::Db(e.to_string())
+        }
     }
 }
 

@@ -142,6 +142,8 @@ pub async fn run(
     chain: Chain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // every process sharing the database takes the key's nonces one at a time
+    let chain = chain.with_send_lock(pool.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(1024);
     let (index_tx, index_progress) = watch::channel(0);

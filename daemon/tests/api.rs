@@ -1522,3 +1522,36 @@ async fn concurrent_jobs_are_capped_per_address_but_not_for_operators(pool: PgPo
         .await
         .expect(StatusCode::CREATED);
 }
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn with_the_database_away_requests_get_a_503_with_retry_after_and_recover(pool: PgPool) {
+    let (proxied, proxy) = openledger_testkit::proxy::pool_through(&pool).await;
+    let app = openledger_daemon::api::app(bare_state(&proxied, config_with(|_| {})));
+    let token = sign_in(&app, &PrivateKeySigner::random()).await;
+    get(&app, "/api/datanets", None)
+        .await
+        .expect(StatusCode::OK);
+    proxy.cut();
+    for (path, token) in [("/api/datanets", None), ("/api/jobs", Some(token.as_str()))] {
+        let away = get(&app, path, token).await;
+        let p = away.problem(503, "unavailable");
+        assert_eq!(away.headers["retry-after"], "5", "{path}");
+        assert!(
+            !p["detail"].as_str().unwrap().contains("postgres://"),
+            "{p}"
+        );
+    }
+    // liveness holds; readiness says the database is away
+    get(&app, "/healthz", None).await.expect(StatusCode::OK);
+    assert_eq!(
+        get(&app, "/readyz", None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    proxy.restore();
+    get(&app, "/api/datanets", None)
+        .await
+        .expect(StatusCode::OK);
+    get(&app, "/api/jobs", Some(&token))
+        .await
+        .expect(StatusCode::OK);
+}

@@ -88,7 +88,8 @@ async fn flow() -> Flow {
         Duration::from_secs(10),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_send_lock(pool.clone());
     let data = tempfile::tempdir().unwrap();
     common::remove_at_exit(data.path());
     let training =
@@ -857,5 +858,86 @@ fn a_contract_wallet_signs_in_through_erc1271_and_others_cannot_for_it() {
         // the wallet's owner cannot sign in as some other key-less address
         let nobody = alloy::primitives::Address::repeat_byte(0x5e);
         attempt(owner, nobody).await.problem(401, "unauthorized");
+    });
+}
+
+/// Ten contributors relay at once through two job workers that send from the same key, each with a chain
+/// connection of its own (as two `serve` processes on one database would): the key's nonces are taken one at
+/// a time through the database, so every relay lands on its first attempt; none fails with a nonce error
+/// that a retry would hide.
+#[test]
+fn ten_relays_at_once_from_two_senders_of_one_key_each_land_first_time() {
+    FLOW.run(|f| async move {
+        let app = &f.app;
+        let d = &f.chain.deployment;
+        let second = Chain::connect(
+            &f.chain.url,
+            d,
+            Some(f.relayer.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .with_send_lock(f.pool.clone());
+        let relays = openledger_daemon::jobs::worker::Registry::default().with(
+            openledger_daemon::jobs::relay::RelayJob {
+                pool: f.pool.clone(),
+                index: openledger_indexer::query::ChainIndex::new(f.pool.clone(), d).unwrap(),
+                chain: second,
+                confirm_timeout: Duration::from_secs(30),
+            },
+        );
+        let (_stop, stop_rx) = watch::channel(false);
+        let (events, _) = broadcast::channel(256);
+        openledger_daemon::notify::spawn_listener(
+            f.pool.clone(),
+            events.clone(),
+            watch::channel(0).0,
+        );
+        tokio::spawn(worker::run(
+            openledger_daemon::jobs::Queue::new(f.pool.clone()),
+            relays,
+            WorkerConfig::default(),
+            "second-sender".into(),
+            events,
+            stop_rx,
+        ));
+        // ten signed payloads, then all ten relays at once
+        let mut signed = Vec::new();
+        for i in 0..10 {
+            let key = PrivateKeySigner::random();
+            let session = sign_in(app, &key).await;
+            let text = format!("Row {i} of ten, relayed together with the other nine.");
+            let up = f.upload(&session, 2, text.as_bytes()).await;
+            let id = up["id"].as_i64().unwrap();
+            let td = f.typed_data(&session, id).await;
+            let sig = sign_typed(&key, &td["typed_data"]);
+            signed.push((session, id, sig, td));
+        }
+        futures::future::join_all(
+            signed
+                .iter()
+                .map(|(session, id, sig, td)| f.relay(session, *id, sig, td)),
+        )
+        .await;
+        for (session, id, _, _) in &signed {
+            wait_upload(app, session, *id, "confirmed").await;
+        }
+        let ids: Vec<i64> = signed.iter().map(|(_, id, _, _)| *id).collect();
+        let attempts: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
+            "SELECT r.upload_id, j.attempts, r.error FROM relays r JOIN jobs j ON j.id = r.job_id
+             WHERE r.upload_id = ANY($1) ORDER BY r.upload_id",
+        )
+        .bind(&ids)
+        .fetch_all(&f.pool)
+        .await
+        .unwrap();
+        assert_eq!(attempts.len(), 10);
+        for (upload, n, error) in &attempts {
+            assert_eq!(
+                *n, 1,
+                "upload {upload}'s relay took {n} attempts (last error: {error:?})"
+            );
+        }
     });
 }

@@ -26,6 +26,10 @@ struct TestJob {
     dropped: Arc<Mutex<Vec<i64>>>,
     /// `held` jobs wait until this turns true
     gate: Arc<watch::Sender<bool>>,
+    /// job ids with a run in progress (in any worker)
+    live: Arc<Mutex<std::collections::HashSet<i64>>>,
+    /// job ids that started while a run of theirs was still in progress elsewhere
+    overlaps: Arc<Mutex<Vec<i64>>>,
 }
 
 impl Default for TestJob {
@@ -34,6 +38,8 @@ impl Default for TestJob {
             starts: Arc::default(),
             dropped: Arc::default(),
             gate: Arc::new(watch::channel(false).0),
+            live: Arc::default(),
+            overlaps: Arc::default(),
         }
     }
 }
@@ -45,12 +51,20 @@ impl TestJob {
     }
 }
 
-struct DropGuard(Option<(i64, Arc<Mutex<Vec<i64>>>)>);
+/// Ends a run's life: always off `live`; onto `dropped` unless the run finished (`finished`).
+struct DropGuard {
+    id: i64,
+    dropped: Arc<Mutex<Vec<i64>>>,
+    live: Arc<Mutex<std::collections::HashSet<i64>>>,
+    finished: bool,
+}
 
 impl Drop for DropGuard {
     fn drop(&mut self) {
-        if let Some((id, v)) = self.0.take() {
-            v.lock().unwrap().push(id);
+        // off `live` before it counts as dropped, so a later start never sees it running
+        self.live.lock().unwrap().remove(&self.id);
+        if !self.finished {
+            self.dropped.lock().unwrap().push(self.id);
         }
     }
 }
@@ -70,7 +84,15 @@ impl JobHandler for TestJob {
                 .lock()
                 .unwrap()
                 .push((ctx.id(), ctx.attempt(), ctx.lease.worker.clone()));
-            let mut guard = DropGuard(Some((ctx.id(), self.dropped.clone())));
+            if !self.live.lock().unwrap().insert(ctx.id()) {
+                self.overlaps.lock().unwrap().push(ctx.id());
+            }
+            let mut guard = DropGuard {
+                id: ctx.id(),
+                dropped: self.dropped.clone(),
+                live: self.live.clone(),
+                finished: false,
+            };
             let mode = ctx.params()["mode"].as_str().unwrap_or("ok").to_owned();
             let r = match mode.as_str() {
                 "ok" => {
@@ -97,7 +119,7 @@ impl JobHandler for TestJob {
                 "flaky" => Ok(json!({ "attempt": ctx.attempt() })),
                 _ => Err(JobError::fatal("bad input")),
             };
-            guard.0 = None;
+            guard.finished = true;
             r
         }
         .boxed()
@@ -565,4 +587,58 @@ async fn the_indexers_progress_wakes_listeners_in_every_process(pool: PgPool) {
     .unwrap();
     progress.changed().await.unwrap();
     assert!(*progress.borrow() > seen);
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_worker_cut_off_from_the_database_stops_its_job_before_another_takes_it(pool: PgPool) {
+    let q = Queue::new(pool.clone());
+    let h = TestJob::default();
+    let id = submit(&q, "hang_first", 3).await;
+    // worker A reaches the database through a proxy the test can cut
+    let (cut_off, proxy) = openledger_testkit::proxy::pool_through(&pool).await;
+    let a = start(&cut_off, &h, "cut-off", cfg());
+    wait_started(&h, id).await;
+    // the database goes away for A alone: its heartbeats fail, and it stops the run at half the stale period
+    proxy.cut();
+    let b = start(&pool, &h, "survivor", cfg());
+    let done = wait_state(&q, id, JobState::Succeeded).await;
+    assert_eq!(done.result, Some(json!({ "attempt": 2 })));
+    assert_eq!(
+        h.dropped.lock().unwrap().clone(),
+        vec![id],
+        "A dropped its run"
+    );
+    assert!(
+        h.overlaps.lock().unwrap().is_empty(),
+        "a second worker started the job while the first still ran it"
+    );
+    let starts = h.starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts[0].2.starts_with("cut-off") && starts[1].2.starts_with("survivor"));
+    b.stop.send(true).unwrap();
+    b.task.await.unwrap();
+    a.task.abort();
+}
+
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn the_notification_listener_comes_back_after_the_database_does(pool: PgPool) {
+    let (proxied, proxy) = openledger_testkit::proxy::pool_through(&pool).await;
+    let (events, mut rx) = broadcast::channel(64);
+    let (index_tx, mut progress) = watch::channel(0);
+    openledger_daemon::notify::spawn_listener(proxied, events, index_tx);
+    progress.changed().await.unwrap();
+    progress.borrow_and_update();
+    proxy.cut();
+    // while the database is away for the listener, jobs change: those notifications are lost to it
+    let q = Queue::new(pool.clone());
+    submit(&q, "ok", 1).await;
+    proxy.restore();
+    // back: the listener reconnects, says so (waiters look again), and forwards what happens next
+    progress.changed().await.unwrap();
+    let id = submit(&q, "ok", 1).await;
+    loop {
+        if rx.recv().await.unwrap() == id {
+            break;
+        }
+    }
 }

@@ -259,3 +259,60 @@ async fn follows_the_head_as_blocks_arrive(pool: PgPool) {
     }
     follower.abort();
 }
+
+/// The database goes away for a while as the indexer follows the head (blocks keep coming), then comes back:
+/// the indexer, rerun after each transient failure as `serve` does, catches up and the index equals a fresh
+/// one: nothing missed, nothing twice.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_database_outage_while_following_resumes_without_gap_or_duplicate(pool: PgPool) {
+    let chain = TestChain::start().await;
+    let model = setup_payments(&chain).await;
+    let (proxied, proxy) = common::proxy::pool_through(&pool).await;
+    let mut cfg = chain.config();
+    cfg.poll_interval = Duration::from_millis(20);
+    let mut indexer = Indexer::new(cfg, chain.deployment.clone(), proxied)
+        .await
+        .unwrap();
+    let follower = tokio::spawn(async move {
+        loop {
+            match indexer.run(Mode::Follow).await {
+                Ok(()) => return,
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("the indexer stopped: {e}"),
+            }
+        }
+    });
+    let indexed_through = || async {
+        sqlx::query_scalar::<_, i64>("SELECT max(indexed_through) FROM indexer_checkpoints")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0) as u64
+    };
+    let (node, indexed) = (&chain, &indexed_through);
+    let caught_up = |what: &'static str| async move {
+        let head = node.head().await;
+        tokio::time::timeout(STALL, async {
+            while indexed().await < head {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the indexer never reached block {head}"));
+    };
+    pay(&chain, model, "before").await;
+    caught_up("before the outage").await;
+    proxy.cut();
+    for i in 0..5 {
+        pay(&chain, model, &format!("during-{i}")).await;
+    }
+    proxy.restore();
+    pay(&chain, model, "after").await;
+    caught_up("after the outage").await;
+    follower.abort();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_payments")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 7);
+    assert_equals_fresh_index(&chain, &pool, "after a database outage").await;
+}

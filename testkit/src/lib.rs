@@ -12,6 +12,7 @@
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod proxy;
 pub mod shared;
 
 pub use shared::{Shared, fixture_database, remove_at_exit};

@@ -35,6 +35,7 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Db(d) => ApiError::Internal(format!("auth: {d}")),
             AuthError::Chain(d) => ApiError::Unavailable(format!("sign-in: {d}")),
+            AuthError::Unavailable => ApiError::Unavailable("the database is unavailable".into()),
             other => ApiError::Unauthorized(other.to_string()),
         }
     }
@@ -48,8 +49,10 @@ impl Auth {
         let caller = match auth::authenticate(&state.pool, token).await {
             Ok(c) => c,
             Err(e) => {
-                if !matches!(e, AuthError::Db(_))
-                    && let Some(ip) = limits::client_of(parts)
+                if !matches!(
+                    e,
+                    AuthError::Db(_) | AuthError::Unavailable | AuthError::Chain(_)
+                ) && let Some(ip) = limits::client_of(parts)
                 {
                     limits::charge_ip(state, ip)?;
                 }

@@ -183,6 +183,8 @@ pub async fn run(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<()> {
     .await?;
     let db = super::db::open(global).await?;
     let pool = db.pool.clone();
+    // a `serve` on the same database may send from the same key
+    let chain = chain.with_send_lock(pool.clone());
     let settings = TrainSettings::new(global.data_dir(), &args.device);
     crate::models::scan_models_dir(&pool, &settings.models_dir()).await?;
     let files = settings.clone();

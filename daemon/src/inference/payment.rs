@@ -335,13 +335,20 @@ impl Sponsor {
                 .map_err(|e| unavailable(&e))?;
             // OpenZeppelin's ERC20 never spends down an allowance of U256::MAX
             if allowance != U256::MAX {
-                confirmed("approve", open.approve(router, U256::MAX), self.timeout).await?;
+                confirmed(
+                    chain,
+                    "approve",
+                    open.approve(router, U256::MAX),
+                    self.timeout,
+                )
+                .await?;
             }
             self.approved.store(true, Ordering::Release);
         }
         let request_id = B256::from(rand::random::<[u8; 32]>());
         let fee = FeeRouter::new(router, chain.provider().clone());
         let r = confirmed(
+            chain,
             "payInference",
             fee.payInference(model_id, request_id, amount),
             self.timeout,
@@ -356,13 +363,15 @@ impl Sponsor {
     }
 }
 
-/// `chain::send_confirmed` from the daemon's key; a failure leaves the request unpaid and unserved.
-async fn confirmed<D: alloy::contract::CallDecoder>(
+/// `Chain::send_confirmed` from the daemon's key; a failure leaves the request unpaid and unserved.
+async fn confirmed<D: alloy::contract::CallDecoder + Clone>(
+    chain: &Chain,
     what: &str,
     call: crate::chain::Call<'_, D>,
     timeout: Duration,
 ) -> Result<alloy::rpc::types::TransactionReceipt, PaymentError> {
-    crate::chain::send_confirmed(what, call, timeout)
+    chain
+        .send_confirmed(what, call, timeout)
         .await
         .map_err(|e| PaymentError::Unavailable(format!("sponsoring the payment: {e}")))
 }

@@ -1,6 +1,6 @@
 //! What the jobs that write to the chain share: the daemon's signing key, the job-side reading of a failed
 //! call (a revert is final, a node error worth another attempt), and sending a transaction with its hash
-//! in the job's log. The sending itself is `chain::send_confirmed`'s.
+//! in the job's log. The sending itself is `Chain::send_confirmed`'s.
 
 use std::time::Duration;
 
@@ -38,14 +38,15 @@ pub fn signing_chain(chain: Option<&Chain>) -> Result<(&Chain, Address), JobErro
     Ok((chain, me))
 }
 
-/// `chain::send_confirmed`, with the transaction's hash in the job's log as soon as it is sent.
-pub async fn send_logged<D: alloy::contract::CallDecoder>(
+/// `Chain::send_confirmed`, with the transaction's hash in the job's log as soon as it is sent.
+pub async fn send_logged<D: alloy::contract::CallDecoder + Clone>(
     ctx: &JobContext,
+    chain: &Chain,
     what: &str,
     call: Call<'_, D>,
     timeout: Duration,
 ) -> Result<TransactionReceipt, JobError> {
-    let pending = chain::send_checked(what, &call).await?;
+    let pending = chain.send(what, &call).await?;
     ctx.log(format!("{what} sent: {}", pending.tx_hash())).await;
     Ok(chain::confirm(what, pending, timeout).await?)
 }

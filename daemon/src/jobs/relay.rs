@@ -254,7 +254,7 @@ impl RelayJob {
             signature,
         );
         // simulated first: a revert is final and costs no gas
-        let pending = chain::send_checked("contributeWithSig", &call).await?;
+        let pending = self.chain.send("contributeWithSig", &call).await?;
         let tx_hash = *pending.tx_hash();
         uploads::set_relay_state(&self.pool, relay.id, "submitted", Some(tx_hash), None, None)
             .await?;

@@ -194,6 +194,7 @@ impl SnapshotJob {
         }
         let receipt = send_logged(
             ctx,
+            chain,
             "publishVersion",
             registry.publishVersion(id, root, count, uri.to_owned()),
             self.tx_timeout,

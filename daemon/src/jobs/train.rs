@@ -793,6 +793,7 @@ impl TrainJob {
                 };
                 let receipt = send_logged(
                     ctx,
+                    chain,
                     "registerModel",
                     registry.registerModel(spec),
                     self.tx_timeout,
@@ -838,6 +839,7 @@ impl TrainJob {
         }
         let receipt = send_logged(
             ctx,
+            chain,
             "transferModel",
             registry.transferModel(model_id, developer),
             self.tx_timeout,
@@ -883,6 +885,7 @@ impl TrainJob {
                 let uri = format!("openledger://adapters/{}", trained.adapter_hash);
                 let receipt = send_logged(
                     ctx,
+                    chain,
                     "publishAdapter",
                     registry.publishAdapter(model_id, trained.adapter_hash, uri),
                     self.tx_timeout,

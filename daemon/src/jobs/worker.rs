@@ -343,6 +343,11 @@ async fn run_one(
     let mut work = handler.run(ctx);
     let mut beat = tokio::time::interval(cfg.heartbeat);
     beat.tick().await;
+    // fencing: the lease is this worker's until `stale_after` past its last renewal, when any reaper may take
+    // the job back; a worker that cannot renew (the database away, a partition) stops the run at half that,
+    // so two workers never run one job at once
+    let fence = cfg.stale_after / 2;
+    let mut renewed = std::time::Instant::now();
     loop {
         tokio::select! {
             r = &mut work => {
@@ -370,7 +375,19 @@ async fn run_one(
                 };
             }
             _ = beat.tick() => {
-                if let Some(o) = check_lease(queue, &lease).await { return o; }
+                let sent = std::time::Instant::now();
+                let budget = fence.saturating_sub(renewed.elapsed()).max(Duration::from_millis(1));
+                match tokio::time::timeout(budget, check_lease(queue, &lease)).await {
+                    Ok(Renewal::Renewed) => renewed = sent,
+                    Ok(Renewal::Stop(o)) => return o,
+                    Ok(Renewal::Failed) | Err(_) => {}
+                }
+                if renewed.elapsed() >= fence {
+                    tracing::warn!(job = id, secs = renewed.elapsed().as_secs(),
+                        "could not renew the job's lease; stopping it before another worker may take it");
+                    metrics::counter!("openledger_job_leases_abandoned_total").increment(1);
+                    return Outcome::LeaseLost;
+                }
             }
             w = wake.recv() => {
                 // a change to this job (e.g. a cancel request) from any process
@@ -382,7 +399,14 @@ async fn run_one(
                         false
                     }
                 };
-                if relevant && let Some(o) = check_lease(queue, &lease).await { return o; }
+                if relevant {
+                    let sent = std::time::Instant::now();
+                    match tokio::time::timeout(cfg.heartbeat, check_lease(queue, &lease)).await {
+                        Ok(Renewal::Renewed) => renewed = sent,
+                        Ok(Renewal::Stop(o)) => return o,
+                        Ok(Renewal::Failed) | Err(_) => {}
+                    }
+                }
             }
             _ = stopped(shutdown) => {
                 drop(work);
@@ -398,22 +422,31 @@ async fn run_one(
     }
 }
 
-/// Renews the lease; `Some` when the run must stop (cancelled or lost).
-async fn check_lease(queue: &Queue, lease: &Lease) -> Option<Outcome> {
+/// What renewing a lease found.
+enum Renewal {
+    Renewed,
+    /// The run must stop: cancelled, or the lease is someone else's now.
+    Stop(Outcome),
+    /// The database did not answer: the lease stands until it goes stale.
+    Failed,
+}
+
+/// Renews the lease (and sees a cancellation).
+async fn check_lease(queue: &Queue, lease: &Lease) -> Renewal {
     match queue.heartbeat(lease).await {
-        Ok(Some(false)) => None,
+        Ok(Some(false)) => Renewal::Renewed,
         Ok(Some(true)) => {
             let _ = queue.finish(lease, JobState::Cancelled, None, None).await;
             tracing::info!(job = lease.job.id, "job cancelled");
-            Some(Outcome::Done(JobState::Cancelled))
+            Renewal::Stop(Outcome::Done(JobState::Cancelled))
         }
         Ok(None) => {
             tracing::warn!(job = lease.job.id, "lost the job's lease; stopping it");
-            Some(Outcome::LeaseLost)
+            Renewal::Stop(Outcome::LeaseLost)
         }
         Err(e) => {
             tracing::warn!(job = lease.job.id, error = %e, "heartbeat failed");
-            None
+            Renewal::Failed
         }
     }
 }
