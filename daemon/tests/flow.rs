@@ -40,6 +40,39 @@ async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Va
     .await
 }
 
+/// Uploads `content` to `datanet` as `session`; the upload.
+async fn upload(app: &axum::Router, session: &str, datanet: u64, content: &[u8]) -> Value {
+    let up = send(
+        app,
+        Method::POST,
+        &format!("/api/uploads?datanet_id={datanet}"),
+        Some(session),
+        Some(("text/plain", content.to_vec())),
+    )
+    .await;
+    up.expect(StatusCode::CREATED);
+    up.json()
+}
+
+/// Relays upload `id` with the owner's `signature` over payload `td`: accepted (202).
+async fn relay(app: &axum::Router, session: &str, id: i64, signature: &str, td: &Value) {
+    post_json(
+        app,
+        &format!("/api/uploads/{id}/relay"),
+        Some(session),
+        json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+}
+
+/// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
+async fn typed_data(app: &axum::Router, session: &str, id: i64) -> Value {
+    let td = get(app, &format!("/api/uploads/{id}/typed-data"), Some(session)).await;
+    td.expect(StatusCode::OK);
+    td.json()
+}
+
 fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
     // sign the JSON the API returned, as a wallet would: this checks the JSON, not only the digest
     let td: TypedData = serde_json::from_value(typed.clone()).unwrap();
@@ -153,42 +186,19 @@ impl Flow {
         )
     }
 
-    /// Uploads `content` to `datanet` as `session`; the upload.
+    /// Uploads `content` to `datanet` as `session` through the fixture's API; the upload.
     async fn upload(&self, session: &str, datanet: u64, content: &[u8]) -> Value {
-        let up = send(
-            &self.app,
-            Method::POST,
-            &format!("/api/uploads?datanet_id={datanet}"),
-            Some(session),
-            Some(("text/plain", content.to_vec())),
-        )
-        .await;
-        up.expect(StatusCode::CREATED);
-        up.json()
+        upload(&self.app, session, datanet, content).await
     }
 
-    /// Relays upload `id` with the owner's `signature` over payload `td`: accepted (202).
+    /// Relays upload `id` through the fixture's API: accepted (202).
     async fn relay(&self, session: &str, id: i64, signature: &str, td: &Value) {
-        post_json(
-            &self.app,
-            &format!("/api/uploads/{id}/relay"),
-            Some(session),
-            json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
-        )
-        .await
-        .expect(StatusCode::ACCEPTED);
+        relay(&self.app, session, id, signature, td).await
     }
 
-    /// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
+    /// The EIP-712 payload to sign for upload `id`, from the fixture's API.
     async fn typed_data(&self, session: &str, id: i64) -> Value {
-        let td = get(
-            &self.app,
-            &format!("/api/uploads/{id}/typed-data"),
-            Some(session),
-        )
-        .await;
-        td.expect(StatusCode::OK);
-        td.json()
+        typed_data(&self.app, session, id).await
     }
 
     /// The contributor (#4) sends `contribute` for `upload` themselves and the daemon matches it: the
@@ -887,21 +897,7 @@ fn ten_relays_at_once_from_two_senders_of_one_key_each_land_first_time() {
                 confirm_timeout: Duration::from_secs(30),
             },
         );
-        let (_stop, stop_rx) = watch::channel(false);
-        let (events, _) = broadcast::channel(256);
-        openledger_daemon::notify::spawn_listener(
-            f.pool.clone(),
-            events.clone(),
-            watch::channel(0).0,
-        );
-        tokio::spawn(worker::run(
-            openledger_daemon::jobs::Queue::new(f.pool.clone()),
-            relays,
-            WorkerConfig::default(),
-            "second-sender".into(),
-            events,
-            stop_rx,
-        ));
+        let (_stop, _workers) = start_workers(&f.pool, &relays, "second-sender");
         // ten signed payloads, then all ten relays at once
         let mut signed = Vec::new();
         for i in 0..10 {
@@ -939,5 +935,113 @@ fn ten_relays_at_once_from_two_senders_of_one_key_each_land_first_time() {
                 "upload {upload}'s relay took {n} attempts (last error: {error:?})"
             );
         }
+    });
+}
+
+/// The node goes away between a relay's acceptance and its sending, for a stack of its own (database, indexer,
+/// workers, API) that reaches the node through a proxy: requests that need the node get a 503 with
+/// Retry-After, the relay's attempt fails as the node's failure (to be retried, not final), and once the node
+/// is back the relay lands, once.
+#[test]
+fn with_the_node_away_a_relay_waits_and_lands_once_it_is_back() {
+    FLOW.run(|f| async move {
+        let d = &f.chain.deployment;
+        let pool = common::fresh_database(&f.pool).await;
+        let upstream: std::net::SocketAddr =
+            f.chain.url.trim_start_matches("http://").parse().unwrap();
+        let proxy = common::proxy::TcpProxy::start(upstream).await;
+        let chain = Chain::connect(
+            &format!("http://{}", proxy.addr),
+            d,
+            Some(f.relayer.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .with_send_lock(pool.clone());
+        let mut indexer = Indexer::new(f.chain.config(), d.clone(), pool.clone())
+            .await
+            .unwrap();
+        let indexing = tokio::spawn(async move { indexer.run(Mode::Follow).await });
+        let relays = openledger_daemon::jobs::worker::Registry::default().with(
+            openledger_daemon::jobs::relay::RelayJob {
+                pool: pool.clone(),
+                index: openledger_indexer::query::ChainIndex::new(pool.clone(), d).unwrap(),
+                chain: chain.clone(),
+                confirm_timeout: Duration::from_secs(30),
+            },
+        );
+        let state = state_with(
+            pool.clone(),
+            d.clone(),
+            Some(chain),
+            relays.clone(),
+            ApiConfig::new(d.chain_id, DOMAIN),
+        );
+        let app = openledger_daemon::api::app(state);
+        until("Datanet 2 indexed", || async {
+            (get(&app, "/api/datanets/2", None).await.status == StatusCode::OK).then_some(())
+        })
+        .await;
+        let key = PrivateKeySigner::random();
+        let session = sign_in(&app, &key).await;
+        let up = upload(&app, &session, 2, b"Relayed across an outage of the node.").await;
+        let id = up["id"].as_i64().unwrap();
+        let td = typed_data(&app, &session, id).await;
+        relay(
+            &app,
+            &session,
+            id,
+            &sign_typed(&key, &td["typed_data"]),
+            &td,
+        )
+        .await;
+        proxy.cut();
+        // a request that needs the node: a clear 503, no hang
+        let second = upload(&app, &session, 2, b"Another text, signed later.").await;
+        let away = get(
+            &app,
+            &format!("/api/uploads/{}/typed-data", second["id"]),
+            Some(&session),
+        )
+        .await;
+        away.problem(503, "unavailable");
+        assert_eq!(away.headers["retry-after"], "5");
+        // the workers start with the node away: the first attempt fails and the job waits to be retried
+        let (stop, workers) = start_workers(&pool, &relays, "node-away");
+        let job: i64 = sqlx::query_scalar("SELECT job_id FROM relays WHERE upload_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let job_row = || async {
+            sqlx::query_as::<_, (String, i32)>("SELECT state, attempts FROM jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        until("the first attempt to fail on the node", || async {
+            let (state, attempts) = job_row().await;
+            (state == "queued" && attempts >= 1).then_some(())
+        })
+        .await;
+        proxy.restore();
+        let done = wait_upload(&app, &session, id, "confirmed").await;
+        let on_chain: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM contributions WHERE content_hash = $1")
+                .bind(done["content_hash"].as_str().unwrap())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(on_chain, 1, "contributed once");
+        let (state, attempts) = job_row().await;
+        assert_eq!(state, "succeeded");
+        assert!(attempts >= 2, "{attempts}");
+        stop.send(true).unwrap();
+        workers.await.unwrap();
+        indexing.abort();
+        drop(app);
+        common::drop_fresh(pool).await;
     });
 }

@@ -153,6 +153,9 @@ pub enum CancelOutcome {
     AlreadyFinished(JobState),
 }
 
+/// The longest wait before a failed attempt's retry.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 const JOB_COLUMNS: &str = "id, kind, owner, params, state, priority, attempts, max_attempts, run_after, worker, \
      heartbeat_at, cancel_requested, progress, result, error, created_at, started_at, finished_at";
 
@@ -392,7 +395,9 @@ impl Queue {
         Ok(true)
     }
 
-    /// A failed attempt: back to the queue after `backoff` while attempts remain, else failed.
+    /// A failed attempt: back to the queue while attempts remain, else failed. The wait doubles with each
+    /// attempt (`backoff`, twice that, ...; at most `MAX_BACKOFF`), so a job outlasts an outage of its node or
+    /// database of a minute or more rather than spending its attempts within seconds.
     pub async fn fail_attempt(
         &self,
         lease: &Lease,
@@ -402,7 +407,8 @@ impl Queue {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> = sqlx::query_scalar(
             "UPDATE jobs SET state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
-                    run_after = now() + make_interval(secs => $4), error = $5, worker = NULL,
+                    run_after = now() + make_interval(secs => LEAST($4 * power(2, attempts - 1), $6)),
+                    error = $5, worker = NULL,
                     heartbeat_at = NULL,
                     finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END
              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
@@ -413,6 +419,7 @@ impl Queue {
         .bind(lease.attempt)
         .bind(backoff.as_secs_f64())
         .bind(error)
+        .bind(MAX_BACKOFF.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(state) = state else {

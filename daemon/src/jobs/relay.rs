@@ -42,7 +42,8 @@ pub async fn queue(
             owner: r.contributor,
             params: json!({ "relay_id": id }),
             priority: 10,
-            max_attempts: 5,
+            // with the doubling back-off, about four minutes of node trouble before it fails for good
+            max_attempts: 8,
         },
     )
     .await?;
