@@ -299,9 +299,8 @@ async fn create_batch(
         .authorize(a.0.address, a.0.admin, &params)
         .await
         .map_err(|r| match r {
-            Refusal::Forbidden(m) => ApiError::Forbidden(m),
             Refusal::Invalid(m) if m.starts_with("no file") => ApiError::NotFound(m),
-            Refusal::Invalid(m) => ApiError::InvalidContent(m),
+            other => other.into(),
         })?;
     let job = super::jobs::submit_within_quotas(
         &s,

@@ -110,10 +110,7 @@ async fn submit(
     handler
         .authorize(a.0.address, a.0.admin, &params)
         .await
-        .map_err(|r| match r {
-            Refusal::Forbidden(m) => ApiError::Forbidden(m),
-            Refusal::Invalid(m) => ApiError::InvalidContent(m),
-        })?;
+        .map_err(ApiError::from)?;
     let job = submit_within_quotas(
         &s,
         &a,
@@ -131,6 +128,16 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(job)))
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Forbidden(m) => ApiError::Forbidden(m),
+            Refusal::Invalid(m) => ApiError::InvalidContent(m),
+            Refusal::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 /// Queues a job the caller submits, within the caller's quotas (concurrent jobs, and what the handler says
 /// the job uses of the daily ones).
 pub(super) async fn submit_within_quotas(
@@ -139,10 +146,7 @@ pub(super) async fn submit_within_quotas(
     handler: &dyn JobHandler,
     new: &NewJob,
 ) -> ApiResult<Job> {
-    let usage = handler.usage(&new.params).await.map_err(|r| match r {
-        Refusal::Forbidden(m) => ApiError::Forbidden(m),
-        Refusal::Invalid(m) => ApiError::InvalidContent(m),
-    })?;
+    let usage = handler.usage(&new.params).await?;
     Ok(s.queue
         .submit_charged(new, a.quotas(s), &usage, &[crate::jobs::relay::KIND])
         .await?)
@@ -439,4 +443,17 @@ async fn events(
     })
     .flatten();
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_that_cannot_be_checked_is_a_503_not_the_submitters_fault() {
+        let status = |r: Refusal| ApiError::from(r).problem().status;
+        assert_eq!(status(Refusal::from(sqlx::Error::PoolTimedOut)), 503);
+        assert_eq!(status(Refusal::Invalid("no such model".into())), 422);
+        assert_eq!(status(Refusal::Forbidden("not yours".into())), 403);
+    }
 }

@@ -258,7 +258,7 @@ async fn submit(
         .validate(&serde_json::to_value(params)?)
         .map_err(anyhow::Error::msg)?;
     if let Err(r) = handler.authorize(owner, true, &value).await {
-        let (Refusal::Invalid(m) | Refusal::Forbidden(m)) = r;
+        let (Refusal::Invalid(m) | Refusal::Forbidden(m) | Refusal::Unavailable(m)) = r;
         bail!("{m}");
     }
     Ok(queue

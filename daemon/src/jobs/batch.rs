@@ -265,8 +265,7 @@ impl JobHandler for BatchJob {
         async move {
             let p = parsed.map_err(Refusal::Invalid)?;
             let f = batch::file(&self.serving.pool, &p.input_file_id)
-                .await
-                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?
+                .await?
                 .ok_or_else(|| Refusal::Invalid(format!("no file {}", p.input_file_id)))?;
             Ok(vec![(
                 Quota::BatchLines,
@@ -288,8 +287,7 @@ impl JobHandler for BatchJob {
             let pool = &self.serving.pool;
             let gone = || Refusal::Invalid(format!("no file {}", p.input_file_id));
             let f = batch::file(pool, &p.input_file_id)
-                .await
-                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?
+                .await?
                 .ok_or_else(gone)?;
             // another's file is not found, as in the file routes
             if !admin && f.owner != format!("{caller:#x}") {
@@ -301,10 +299,7 @@ impl JobHandler for BatchJob {
                     f.id
                 )));
             }
-            let bytes = batch::file_bytes(pool, &f.id)
-                .await
-                .map_err(|e| Refusal::Invalid(format!("database: {e}")))?
-                .ok_or_else(gone)?;
+            let bytes = batch::file_bytes(pool, &f.id).await?.ok_or_else(gone)?;
             batch::parse(&bytes, Some(&p.endpoint)).map_err(Refusal::Invalid)?;
             Ok(())
         }

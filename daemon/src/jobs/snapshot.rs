@@ -80,7 +80,7 @@ impl JobHandler for SnapshotJob {
                 .index
                 .datanet(id)
                 .await
-                .map_err(|e| format!("index: {e}"))?
+                .map_err(Refusal::from)?
                 .ok_or_else(|| Refusal::Invalid(format!("no Datanet {id} (indexed)")))?;
             if publish && !admin && d.owner != caller {
                 return Err(Refusal::Forbidden(format!(

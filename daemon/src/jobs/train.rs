@@ -122,11 +122,7 @@ struct Resolved {
 
 impl TrainJob {
     async fn resolve_version(&self, id: U256, pinned: Option<u64>) -> Result<(u64, B256), Refusal> {
-        let versions = self
-            .index
-            .versions(id)
-            .await
-            .map_err(|e| Refusal::Invalid(format!("index: {e}")))?;
+        let versions = self.index.versions(id).await.map_err(Refusal::from)?;
         let v = match pinned {
             Some(n) => versions
                 .iter()
@@ -150,6 +146,7 @@ impl TrainJob {
                 .await
                 .map_err(|r| match r {
                     Refusal::Invalid(m) | Refusal::Forbidden(m) => JobError::fatal(m),
+                    Refusal::Unavailable(m) => JobError::retryable(m),
                 })?;
             let contributions = self
                 .index
@@ -339,13 +336,12 @@ impl JobHandler for TrainJob {
         let parsed = parse_params(params);
         async move {
             let (p, refs) = parsed.map_err(Refusal::Invalid)?;
-            let db = |e: sqlx::Error| Refusal::Invalid(format!("database: {e}"));
             let Some(base) = models::base_model(&self.pool, &p.base_model)
                 .await
-                .map_err(db)?
+                ?
             else {
                 // the installed list only when it helps: an unknown name
-                let installed = models::base_models(&self.pool).await.map_err(db)?;
+                let installed = models::base_models(&self.pool).await?;
                 return Err(Refusal::Invalid(format!(
                     "unknown base model {:?}; installed: {}",
                     p.base_model,
@@ -374,7 +370,7 @@ impl JobHandler for TrainJob {
                     .index
                     .datanet_exists(id)
                     .await
-                    .map_err(|e| Refusal::Invalid(format!("index: {e}")))?;
+                    .map_err(Refusal::from)?;
                 if !exists {
                     return Err(Refusal::Invalid(format!("no Datanet {id} (indexed)")));
                 }
@@ -384,7 +380,7 @@ impl JobHandler for TrainJob {
                     .index
                     .may_read_datanet(id, Some(caller))
                     .await
-                    .map_err(|e| Refusal::Invalid(format!("index: {e}")))?;
+                    .map_err(Refusal::from)?;
                 if !admin && may_read != Some(true) {
                     return Err(Refusal::Forbidden(format!(
                         "Datanet {id} is permissioned: only its owner, curators and allowed contributors may \

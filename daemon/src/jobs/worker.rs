@@ -51,6 +51,20 @@ pub enum Refusal {
     Forbidden(String),
     /// The parameters name something that cannot be used: an unknown model, a Datanet without data (422).
     Invalid(String),
+    /// What the parameters name could not be checked: the database or the index is away (503, retry).
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(e: sqlx::Error) -> Self {
+        Refusal::Unavailable(format!("database: {e}"))
+    }
+}
+
+impl From<openledger_indexer::IndexerError> for Refusal {
+    fn from(e: openledger_indexer::IndexerError) -> Self {
+        Refusal::Unavailable(format!("index: {e}"))
+    }
 }
 
 impl From<String> for Refusal {
