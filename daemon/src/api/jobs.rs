@@ -453,6 +453,11 @@ mod tests {
     fn a_submission_that_cannot_be_checked_is_a_503_not_the_submitters_fault() {
         let status = |r: Refusal| ApiError::from(r).problem().status;
         assert_eq!(status(Refusal::from(sqlx::Error::PoolTimedOut)), 503);
+        // an answer of the database, not its absence: what the parameters named was refused
+        assert_eq!(
+            status(Refusal::from(sqlx::Error::ColumnNotFound("x".into()))),
+            422
+        );
         assert_eq!(status(Refusal::Invalid("no such model".into())), 422);
         assert_eq!(status(Refusal::Forbidden("not yours".into())), 403);
     }

@@ -55,15 +55,24 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+/// The database could not be reached: `Unavailable`; it refused what the parameters named (a value it cannot
+/// store, such as a NUL in an id): `Invalid`.
 impl From<sqlx::Error> for Refusal {
     fn from(e: sqlx::Error) -> Self {
-        Refusal::Unavailable(format!("database: {e}"))
+        if openledger_indexer::is_connection_error(&e) {
+            Refusal::Unavailable(format!("database: {e}"))
+        } else {
+            Refusal::Invalid(format!("database: {e}"))
+        }
     }
 }
 
 impl From<openledger_indexer::IndexerError> for Refusal {
     fn from(e: openledger_indexer::IndexerError) -> Self {
-        Refusal::Unavailable(format!("index: {e}"))
+        match e {
+            openledger_indexer::IndexerError::Db(e) => e.into(),
+            other => Refusal::Invalid(format!("index: {other}")),
+        }
     }
 }
 
