@@ -1195,10 +1195,17 @@ async fn operator(pool: &PgPool) -> openledger_daemon::auth::Issued {
     .unwrap()
 }
 
-/// An app over `s` whose requests come from `ip` (as `serve` sees the TCP peer).
+/// An app over `s` whose requests come from `ip`: each request carries the peer address `serve`'s
+/// connection would give it.
 fn app_from(s: &openledger_daemon::state::AppState, ip: &str) -> axum::Router {
     let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
-    openledger_daemon::api::app(s.clone()).layer(axum::extract::connect_info::MockConnectInfo(peer))
+    openledger_daemon::api::app(s.clone()).layer(axum::middleware::map_request(
+        move |mut req: axum::extract::Request| async move {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req
+        },
+    ))
 }
 
 fn config_with(

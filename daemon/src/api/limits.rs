@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri, header};
@@ -49,11 +48,9 @@ fn client_ip(s: &AppState, req: &Request) -> Option<IpAddr> {
     });
     from_header
         .or_else(|| {
-            let ext = req.extensions();
-            ext.get::<ConnectInfo<SocketAddr>>()
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip())
-                // what tests give in place of a connection (axum's documented way)
-                .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
         })
         .map(key)
 }
