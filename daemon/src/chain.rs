@@ -1,6 +1,7 @@
 //! The daemon's side of the chain: reads it needs at request time (contributor nonces), the EIP-712 payload
 //! contributors sign, the daemon's own funded key that relays and publishes, and the one way it sends a
-//! transaction (`send_confirmed`: simulate, send, wait for a successful receipt; a revert is final).
+//! transaction (`Chain::send` then `Chain::confirm`: simulate, sign, record, broadcast, follow until mined,
+//! re-sent with higher fees while it waits; a revert is final; see `sends`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use alloy::sol_types::{SolStruct, eip712_domain};
 use openledger_chain::bindings::Registry;
 use openledger_chain::{ContractKind, Deployment};
 use serde_json::{Value, json};
+
+mod sends;
+pub use sends::{DEFAULT_BUMP_AFTER_SECS, DEFAULT_BUMP_PERCENT, NonceLease, SendPolicy, Sent};
 
 alloy::sol! {
     /// Mirrors `Registry.CONTRIBUTE_TYPEHASH`.
@@ -165,8 +169,9 @@ pub struct Chain {
     registry: Address,
     chain_id: u64,
     url: String,
-    /// Where the key's sends are serialised with every process sharing the database (`with_send_lock`).
-    send_lock: Option<sqlx::PgPool>,
+    /// Where the key's sends are recorded and its nonces handed out, shared by every process on the
+    /// database (`with_send_lock`); without it a send takes the node's pending nonce and is not re-sent.
+    sends: Option<sends::Sends>,
 }
 
 /// Whether a node's `web3_clientVersion` names a local devnet (anvil, hardhat, ganache).
@@ -231,69 +236,8 @@ impl Chain {
             registry: deployment.address(ContractKind::Registry)?,
             chain_id: deployment.chain_id,
             url: url.to_owned(),
-            send_lock: None,
+            sends: None,
         })
-    }
-
-    /// Serialises this key's sends ([`Chain::send`]) with every process sharing `pool` (a Postgres advisory
-    /// lock per chain and address, held from taking the nonce until the node has the transaction), so that
-    /// relays, sponsored payments and publishing in several `serve` processes never take one nonce twice.
-    pub fn with_send_lock(mut self, pool: sqlx::PgPool) -> Self {
-        self.send_lock = Some(pool);
-        self
-    }
-
-    /// Simulates `call` (a revert is final and costs no gas), then sends it from the daemon's key with the
-    /// node's pending nonce, taken under the send lock when there is one; the transaction's hash is
-    /// `pending.tx_hash()`, to record or log before waiting with [`confirm`].
-    pub async fn send<D: alloy::contract::CallDecoder + Clone>(
-        &self,
-        what: &str,
-        call: &Call<'_, D>,
-    ) -> Result<PendingTransactionBuilder<Ethereum>, SendError> {
-        let (Some(pool), Some(me)) = (&self.send_lock, self.signer) else {
-            return send_checked(what, call).await;
-        };
-        call.call().await.map_err(|e| SendError::of(what, e))?;
-        let node = |detail: String| SendError::Node {
-            what: what.to_owned(),
-            detail,
-        };
-        let mut lock = pool
-            .begin()
-            .await
-            .map_err(|e| node(format!("taking the key's send lock: {e}")))?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("openledger-sender:{}:{me:#x}", self.chain_id))
-            .execute(&mut *lock)
-            .await
-            .map_err(|e| node(format!("taking the key's send lock: {e}")))?;
-        let nonce = self
-            .provider
-            .get_transaction_count(me)
-            .pending()
-            .await
-            .map_err(|e| node(format!("reading the key's nonce: {e}")))?;
-        let sent = call
-            .clone()
-            .nonce(nonce)
-            .send()
-            .await
-            .map_err(|e| SendError::of(what, e));
-        // the node has it (or refused it): the next sender reads the nonce after it
-        let _ = lock.commit().await;
-        sent
-    }
-
-    /// [`Chain::send`] then [`confirm`]: the successful receipt.
-    pub async fn send_confirmed<D: alloy::contract::CallDecoder + Clone>(
-        &self,
-        what: &str,
-        call: Call<'_, D>,
-        timeout: Duration,
-    ) -> Result<TransactionReceipt, SendError> {
-        let pending = self.send(what, &call).await?;
-        confirm(what, pending, timeout).await
     }
 
     pub fn provider(&self) -> &DynProvider {
@@ -414,6 +358,12 @@ pub enum SendError {
     /// The node or the network failed (or the receipt did not come in time): worth retrying.
     #[error("{what}: {detail}")]
     Node { what: String, detail: String },
+    /// The transaction's nonce went to another transaction of the key: none of its attempts can be mined,
+    /// so it never happened (sending it again is safe).
+    #[error(
+        "{what}: nonce {nonce} of the key went to another transaction; this one was never mined"
+    )]
+    Dropped { what: String, nonce: u64 },
 }
 
 impl SendError {

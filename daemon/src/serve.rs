@@ -53,6 +53,8 @@ pub struct ServeConfig {
     /// The connection with the settler's key, when it is not the daemon's own (`None`: the daemon's key
     /// settles, as on a devnet).
     pub settler: Option<Chain>,
+    /// How the daemon's key re-sends a transaction that waits for its receipt.
+    pub send_policy: crate::chain::SendPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,7 @@ struct Tasks {
     settle: Option<JoinHandle<()>>,
     attribution: Option<JoinHandle<()>>,
     leases: JoinHandle<()>,
+    keeper: JoinHandle<()>,
 }
 
 /// Runs until `shutdown` resolves.
@@ -142,8 +145,15 @@ pub async fn run(
     chain: Chain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // every process sharing the database takes the key's nonces one at a time
-    let chain = chain.with_send_lock(pool.clone());
+    // every process sharing the database takes the key's nonces one at a time, and re-sends what waits
+    let chain = chain
+        .with_send_lock(pool.clone())
+        .with_send_policy(cfg.send_policy);
+    let mut cfg = cfg;
+    cfg.settler = cfg.settler.map(|c| {
+        c.with_send_lock(pool.clone())
+            .with_send_policy(cfg.send_policy)
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(1024);
     let (index_tx, index_progress) = watch::channel(0);
@@ -155,7 +165,13 @@ pub async fn run(
     let attribution_task = inference
         .as_ref()
         .map(|i| tokio::spawn(i.attribution.clone().run_queue(pool.clone())));
-    let lease_task = spawn_inference_leases(&pool, inference.as_ref(), stop_rx.clone());
+    let lease_task = spawn_inference_leases(
+        &pool,
+        &deployment,
+        &chain,
+        inference.as_ref(),
+        stop_rx.clone(),
+    );
     let jobs = registry(
         &pool,
         &deployment,
@@ -183,6 +199,7 @@ pub async fn run(
         (None, None)
     };
     let settle_task = spawn_settler(&cfg, &pool, &deployment, &chain, stop_rx.clone());
+    let keeper = spawn_key_keeper(&chain, cfg.send_policy, stop_rx.clone());
     let tasks = Tasks {
         stop: stop_tx,
         listener: listener_task,
@@ -192,6 +209,7 @@ pub async fn run(
         settle: settle_task,
         attribution: attribution_task,
         leases: lease_task,
+        keeper,
     };
 
     let state = AppState::new(StateParts {
@@ -386,18 +404,53 @@ impl Tasks {
             t.abort();
         }
         let _ = self.leases.await;
+        let _ = self.keeper.await;
     }
+}
+
+/// Follows every live transaction of the daemon's key (`Chain::tend_sends`), in every `serve`: one whose
+/// sender stopped waiting (a timeout, a killed process) is re-sent with higher fees until it is mined, so it
+/// never holds the key's later nonces back.
+fn spawn_key_keeper(
+    chain: &Chain,
+    policy: crate::chain::SendPolicy,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let chain = chain.clone();
+    let every = (policy.bump_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match chain.tend_sends().await {
+                Ok(t) if t.bumped > 0 || t.dropped > 0 => {
+                    tracing::info!(?t, "the key's waiting transactions")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "following the key's transactions"),
+            }
+        }
+    })
 }
 
 /// Keeps this process's claim on the interactive inferences it answers (renewed every third of the lease)
 /// and, in every `serve`, fails those whose process stopped renewing: a `kill -9` mid-answer leaves no row
 /// `running` for longer than its lease, so its payment can be used again and a credit charge comes back.
+/// Its pass also settles the daemon's payments whose sender stopped waiting (`payment::reconcile`).
 fn spawn_inference_leases(
     pool: &PgPool,
+    deployment: &Deployment,
+    chain: &Chain,
     inference: Option<&Arc<Inference>>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    use crate::inference::records;
+    use crate::inference::{payment, records};
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), deployment).ok();
+    let payer = chain.signer();
     let own = inference.map(|i| (i.lease_owner.clone(), i.cfg.lease));
     let lease = own.as_ref().map_or(
         Duration::from_secs(crate::inference::DEFAULT_INFERENCE_LEASE_SECS),
@@ -424,6 +477,18 @@ fn spawn_inference_leases(
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "failing inferences of stopped processes"),
+            }
+            if let (Some(index), Some(payer)) = (&index, payer) {
+                match payment::reconcile(&pool, index, payer).await {
+                    Ok(r) if r != payment::Reconciled::default() => {
+                        tracing::info!(
+                            ?r,
+                            "settled the daemon's payments whose sender stopped waiting"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "settling the daemon's payments"),
+                }
             }
         }
     })

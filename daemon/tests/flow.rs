@@ -9,12 +9,10 @@ use openledger_testkit::send;
 
 use std::time::Duration;
 
-use alloy::dyn_abi::TypedData;
 use alloy::network::TransactionBuilder;
 use alloy::primitives::{B256, U256};
 use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
-use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use axum::http::{Method, StatusCode};
 use common::{KEYS, TestChain, ether};
@@ -29,55 +27,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::*;
 use tokio::sync::{broadcast, watch};
-
-async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Value {
-    until(&format!("upload {id} {want}"), || async {
-        let v = get(app, &format!("/api/uploads/{id}"), Some(token))
-            .await
-            .json();
-        (v["state"] == want).then_some(v)
-    })
-    .await
-}
-
-/// Uploads `content` to `datanet` as `session`; the upload.
-async fn upload(app: &axum::Router, session: &str, datanet: u64, content: &[u8]) -> Value {
-    let up = send(
-        app,
-        Method::POST,
-        &format!("/api/uploads?datanet_id={datanet}"),
-        Some(session),
-        Some(("text/plain", content.to_vec())),
-    )
-    .await;
-    up.expect(StatusCode::CREATED);
-    up.json()
-}
-
-/// Relays upload `id` with the owner's `signature` over payload `td`: accepted (202).
-async fn relay(app: &axum::Router, session: &str, id: i64, signature: &str, td: &Value) {
-    post_json(
-        app,
-        &format!("/api/uploads/{id}/relay"),
-        Some(session),
-        json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
-    )
-    .await
-    .expect(StatusCode::ACCEPTED);
-}
-
-/// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
-async fn typed_data(app: &axum::Router, session: &str, id: i64) -> Value {
-    let td = get(app, &format!("/api/uploads/{id}/typed-data"), Some(session)).await;
-    td.expect(StatusCode::OK);
-    td.json()
-}
-
-fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
-    // sign the JSON the API returned, as a wallet would: this checks the JSON, not only the digest
-    let td: TypedData = serde_json::from_value(typed.clone()).unwrap();
-    key.sign_dynamic_typed_data_sync(&td).unwrap().to_string()
-}
 
 /// What this binary's tests share, built once: anvil with the suite, Datanet 1 owned by the daemon's key
 /// (#1, the relayer, so it may publish its versions) and Datanet 2 by #0, and the daemon's pieces (chain with
@@ -901,25 +850,14 @@ fn ten_relays_at_once_from_two_senders_of_one_key_each_land_first_time() {
         // ten signed payloads, then all ten relays at once
         let mut signed = Vec::new();
         for i in 0..10 {
-            let key = PrivateKeySigner::random();
-            let session = sign_in(app, &key).await;
             let text = format!("Row {i} of ten, relayed together with the other nine.");
-            let up = f.upload(&session, 2, text.as_bytes()).await;
-            let id = up["id"].as_i64().unwrap();
-            let td = f.typed_data(&session, id).await;
-            let sig = sign_typed(&key, &td["typed_data"]);
-            signed.push((session, id, sig, td));
+            signed.push(signed_upload(app, 2, text.as_bytes()).await);
         }
-        futures::future::join_all(
-            signed
-                .iter()
-                .map(|(session, id, sig, td)| f.relay(session, *id, sig, td)),
-        )
-        .await;
-        for (session, id, _, _) in &signed {
-            wait_upload(app, session, *id, "confirmed").await;
+        futures::future::join_all(signed.iter().map(|u| u.relay(app))).await;
+        for u in &signed {
+            u.confirmed(app).await;
         }
-        let ids: Vec<i64> = signed.iter().map(|(_, id, _, _)| *id).collect();
+        let ids: Vec<i64> = signed.iter().map(|u| u.id).collect();
         let attempts: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
             "SELECT r.upload_id, j.attempts, r.error FROM relays r JOIN jobs j ON j.id = r.job_id
              WHERE r.upload_id = ANY($1) ORDER BY r.upload_id",
@@ -1035,8 +973,12 @@ fn with_the_node_away_a_relay_waits_and_lands_once_it_is_back() {
                 .await
                 .unwrap();
         assert_eq!(on_chain, 1, "contributed once");
-        let (state, attempts) = job_row().await;
-        assert_eq!(state, "succeeded");
+        // the indexer may confirm the upload before the job has recorded its end
+        let attempts = until("the relay job to succeed", || async {
+            let (state, attempts) = job_row().await;
+            (state == "succeeded").then_some(attempts)
+        })
+        .await;
         assert!(attempts >= 2, "{attempts}");
         stop.send(true).unwrap();
         workers.await.unwrap();
@@ -1044,4 +986,399 @@ fn with_the_node_away_a_relay_waits_and_lands_once_it_is_back() {
         drop(app);
         common::drop_fresh(pool).await;
     });
+}
+
+/// The daemon's key connected as `serve` connects it: sends recorded in `pool`, re-sent after `bump_after`.
+async fn recorded_sender(chain: &TestChain, pool: &PgPool, bump_after: Duration) -> Chain {
+    Chain::connect(
+        &chain.url,
+        &chain.deployment,
+        Some(KEYS[1].parse().unwrap()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .with_send_lock(pool.clone())
+    .with_send_policy(openledger_daemon::chain::SendPolicy {
+        bump_after,
+        bump_percent: 25,
+    })
+}
+
+/// `(tx_hash, max_fee, state)` of every attempt at `nonce`, oldest first.
+async fn attempts_at(pool: &PgPool, nonce: u64) -> Vec<(String, u128, String)> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT tx_hash, max_fee::text, state FROM key_sends WHERE nonce = $1 ORDER BY id",
+    )
+    .bind(nonce as i64)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(h, f, s)| (h, f.parse().unwrap(), s))
+        .collect()
+}
+
+/// The next block's base fee jumps to `times` the fee `tx` offers and that block is mined without it.
+async fn fee_spike(chain: &TestChain, pool: &PgPool, nonce: u64, times: u128) -> u128 {
+    let node = chain.plain();
+    let offered = attempts_at(pool, nonce).await.last().unwrap().1;
+    let spike = offered * times;
+    node.anvil_set_next_block_base_fee_per_gas(spike)
+        .await
+        .unwrap();
+    node.evm_mine(None).await.unwrap();
+    spike
+}
+
+/// Holds the chain still until an attempt at `nonce` that pays `base_fee` is in the node's pool.
+async fn until_an_attempt_pays(chain: &TestChain, pool: &PgPool, nonce: u64, base_fee: u128) {
+    let node = chain.plain();
+    until("an attempt at the new fees in the node's pool", || async {
+        for (hash, fee, _) in attempts_at(pool, nonce).await {
+            if fee >= base_fee
+                && node
+                    .get_transaction_by_hash(hash.parse().unwrap())
+                    .await
+                    .unwrap()
+                    .is_some()
+            {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+}
+
+/// The operator uses the daemon's key (#1) elsewhere: a self-transfer at `nonce` offering `max_fee`, which
+/// replaces whatever the daemon has pending there; mined (the node does not mine on its own).
+async fn spend_nonce_elsewhere(chain: &TestChain, nonce: u64, max_fee: u128) {
+    let me = TestChain::address_of(1);
+    let elsewhere = alloy::rpc::types::TransactionRequest::default()
+        .with_to(me)
+        .with_nonce(nonce)
+        .with_gas_limit(21_000)
+        .with_max_fee_per_gas(max_fee)
+        .with_max_priority_fee_per_gas(max_fee / 2);
+    let operator = chain.actor(1).send_transaction(elsewhere).await.unwrap();
+    let node = chain.plain();
+    node.evm_mine(None).await.unwrap();
+    assert!(
+        node.get_transaction_receipt(*operator.tx_hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A transaction stuck under a fee spike is signed again at its nonce with higher fees until one attempt is
+/// mined: the waiter gets that attempt's receipt, the first attempt is never mined, the key's nonce moves by
+/// one and the records say which attempt landed. A transaction whose waiter stopped (a timeout, a killed
+/// process) is re-sent the same way by the keeper every `serve` runs (`tend_sends`). A nonce the key spent
+/// elsewhere (an operator's own transaction) makes the daemon's transaction `Dropped`: it never happened.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_transaction_stuck_under_a_fee_spike_is_re_sent_with_higher_fees_and_lands_once(
+    pool: PgPool,
+) {
+    let chain = TestChain::start().await;
+    let d = &chain.deployment;
+    let node = chain.plain();
+    let me = TestChain::address_of(1);
+    let daemon = recorded_sender(&chain, &pool, Duration::from_secs(1)).await;
+    let token = OpenToken::new(
+        d.address(ContractKind::OpenToken).unwrap(),
+        daemon.provider().clone(),
+    );
+    let spender = TestChain::address_of(7);
+    let allowance = || async { token.allowance(me, spender).call().await.unwrap() };
+    let start = node.get_transaction_count(me).await.unwrap();
+    node.anvil_set_auto_mine(false).await.unwrap();
+
+    // 1. the waiter re-sends its own transaction
+    let sent = daemon
+        .send("approve", &token.approve(spender, U256::from(1)))
+        .await
+        .unwrap();
+    assert_eq!(sent.nonce, Some(start));
+    let spike = fee_spike(&chain, &pool, start, 4).await;
+    assert!(
+        node.get_transaction_receipt(sent.tx_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "the first attempt does not pay the spiked base fee"
+    );
+    let waiting = tokio::spawn({
+        let daemon = daemon.clone();
+        async move {
+            daemon
+                .confirm("approve", &sent, Duration::from_secs(600))
+                .await
+        }
+    });
+    until_an_attempt_pays(&chain, &pool, start, spike).await;
+    node.evm_mine(None).await.unwrap();
+    let receipt = waiting.await.unwrap().unwrap();
+    assert_ne!(
+        receipt.transaction_hash, sent.tx_hash,
+        "a re-sent attempt was mined"
+    );
+    let rows = attempts_at(&pool, start).await;
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert_eq!(rows[0].2, "replaced");
+    let mined: Vec<_> = rows.iter().filter(|r| r.2 == "mined").collect();
+    assert_eq!(mined.len(), 1, "{rows:?}");
+    assert_eq!(mined[0].0, format!("{:#x}", receipt.transaction_hash));
+    assert!(
+        rows.windows(2).all(|w| w[1].1 > w[0].1),
+        "fees go up: {rows:?}"
+    );
+    assert_eq!(node.get_transaction_count(me).await.unwrap(), start + 1);
+    assert_eq!(allowance().await, U256::from(1));
+
+    // 2. nobody waits: the keeper re-sends it
+    let second = daemon
+        .send("approve", &token.approve(spender, U256::from(2)))
+        .await
+        .unwrap();
+    assert_eq!(second.nonce, Some(start + 1));
+    let spike = fee_spike(&chain, &pool, start + 1, 4).await;
+    until("the keeper re-sends it", || async {
+        daemon.tend_sends().await.unwrap();
+        let rows = attempts_at(&pool, start + 1).await;
+        (rows.last().unwrap().1 >= spike).then_some(())
+    })
+    .await;
+    until_an_attempt_pays(&chain, &pool, start + 1, spike).await;
+    node.evm_mine(None).await.unwrap();
+    // (a node may serve the receipt a moment after it counts the nonce)
+    until("the keeper finds it mined", || async {
+        let t = daemon.tend_sends().await.unwrap();
+        (t.mined == 1 && t.waiting == 0).then_some(())
+    })
+    .await;
+    assert_eq!(allowance().await, U256::from(2));
+    assert_eq!(node.get_transaction_count(me).await.unwrap(), start + 2);
+
+    // 3. the key's nonce spent elsewhere: the daemon's transaction is dropped, never mined
+    let third = daemon
+        .send("approve", &token.approve(spender, U256::from(3)))
+        .await
+        .unwrap();
+    let offered = attempts_at(&pool, start + 2).await[0].1;
+    spend_nonce_elsewhere(&chain, start + 2, offered * 3).await;
+    let e = daemon
+        .confirm("approve", &third, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, openledger_daemon::chain::SendError::Dropped { nonce, .. } if nonce == start + 2),
+        "{e}"
+    );
+    assert!(
+        attempts_at(&pool, start + 2)
+            .await
+            .iter()
+            .all(|r| r.2 == "dropped")
+    );
+    assert_eq!(
+        allowance().await,
+        U256::from(2),
+        "the dropped approve never ran"
+    );
+    // the next send takes the next free nonce
+    node.anvil_set_auto_mine(true).await.unwrap();
+    let next = daemon
+        .send_confirmed(
+            "approve",
+            token.approve(spender, U256::from(4)),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(next.status());
+    assert_eq!(allowance().await, U256::from(4));
+}
+
+/// The daemon pays FeeRouter for a caller's request against the caller's inference credit, and the receipt
+/// does not come in time (the chain stalls): the request gets `Pending` (a 503 at the API), the charge is kept
+/// and nothing is paid again. Once mined, the payment is the caller's: the caller's next request uses it
+/// (once; a stranger never), no charge is refunded wrongly. A payment whose nonce went to another
+/// transaction is never mined: it is failed and the charge refunded, once.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_sponsored_payment_mined_after_its_request_gave_up_is_used_once_and_never_refunded_wrongly(
+    pool: PgPool,
+) {
+    use openledger_daemon::inference::credits;
+    use openledger_daemon::inference::payment::{
+        self, Funding, Order, PaymentError, Sponsor, take_unused,
+    };
+    let chain = TestChain::start().await;
+    let d = &chain.deployment;
+    let node = chain.plain();
+    let me = TestChain::address_of(1);
+    let open = |i| OpenToken::new(d.address(ContractKind::OpenToken).unwrap(), chain.actor(i));
+    send!(open(0).transfer(me, ether(10)));
+    // a model to pay for, registered by its developer (#2)
+    let registry = Registry::new(d.address(ContractKind::Registry).unwrap(), chain.actor(2));
+    send!(registry.registerModel(Registry::ModelSpec {
+        baseModel: "tiny-llama".into(),
+        baseModelHash: B256::repeat_byte(1),
+        datanetIds: vec![],
+        datanetVersions: vec![],
+        trainingConfigHash: B256::repeat_byte(2),
+        metadataURI: String::new(),
+    }));
+    let model = U256::from(1);
+    let mut indexer = Indexer::new(chain.config(), d.clone(), pool.clone())
+        .await
+        .unwrap();
+    tokio::spawn(async move { indexer.run(Mode::Follow).await });
+    let index = openledger_indexer::query::ChainIndex::new(pool.clone(), d).unwrap();
+    let daemon = recorded_sender(&chain, &pool, Duration::from_secs(600)).await;
+    let sponsor = Sponsor::new(Duration::from_secs(2));
+    let (caller, stranger) = (TestChain::address_of(5), TestChain::address_of(6));
+    let price = U256::from(1_000_000u64);
+    credits::grant(&pool, caller, price * U256::from(10), None)
+        .await
+        .unwrap();
+    let order = |inference| Order {
+        caller: Some(caller),
+        model_id: model,
+        amount: price,
+        funding: Funding::Credit,
+        inference,
+    };
+    let balance = || async { credits::balance(&pool, caller).await.unwrap() };
+    let spent = || async {
+        open(0)
+            .balanceOf(me)
+            .call()
+            .await
+            .map(|b| ether(10) - b)
+            .unwrap()
+    };
+    // a payment in time: paid, used by its own request (the allowance is approved on the way)
+    credits::charge(&pool, caller, price, "req-0")
+        .await
+        .unwrap();
+    let paid = sponsor
+        .pay(&daemon, d, &pool, order("req-0"))
+        .await
+        .unwrap();
+    assert_eq!(paid.payer, me);
+    assert_eq!(spent().await, price);
+
+    // the chain stalls: the request gives up, the charge stays, nothing is paid twice
+    node.anvil_set_auto_mine(false).await.unwrap();
+    let given_up = |inference: &'static str| {
+        let (pool, sponsor, daemon) = (&pool, &sponsor, &daemon);
+        async move {
+            credits::charge(pool, caller, price, inference)
+                .await
+                .unwrap();
+            let e = sponsor
+                .pay(daemon, d, pool, order(inference))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, PaymentError::Pending(_)), "{e}");
+            let rid: String = sqlx::query_scalar(
+                "SELECT request_id FROM daemon_payments WHERE charged_inference = $1",
+            )
+            .bind(inference)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            rid.parse::<B256>().unwrap()
+        }
+    };
+    let rid = given_up("req-1").await;
+    assert_eq!(balance().await, price * U256::from(8));
+    assert_eq!(
+        credits::refund_orphans(&pool, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "a payment that may still be mined keeps its charge"
+    );
+    assert!(
+        take_unused(&pool, me, caller, (model, price), "req-2")
+            .await
+            .unwrap()
+            .is_none(),
+        "not mined yet: nothing to use"
+    );
+    assert!(
+        payment::sending_for(&pool, caller, model, price)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    node.evm_mine(None).await.unwrap();
+    wait_payment_indexed(&pool, d, rid).await;
+    let r = payment::reconcile(&pool, &index, me).await.unwrap();
+    assert_eq!((r.paid, r.failed), (1, 0), "{r:?}");
+    // a stranger cannot take it; its caller's next request does, once
+    assert!(
+        take_unused(&pool, me, stranger, (model, price), "req-x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let used = take_unused(&pool, me, caller, (model, price), "req-2")
+        .await
+        .unwrap()
+        .expect("the late payment is the caller's");
+    assert_eq!(used.request_id, rid);
+    assert!(
+        take_unused(&pool, me, caller, (model, price), "req-3")
+            .await
+            .unwrap()
+            .is_none(),
+        "used once"
+    );
+    assert_eq!(spent().await, price * U256::from(2));
+    assert_eq!(balance().await, price * U256::from(8));
+    assert_eq!(
+        credits::refund_orphans(&pool, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "a mined payment that served a request is not refunded"
+    );
+
+    // a payment whose nonce goes to another transaction: failed, the charge refunded once
+    let lost = given_up("req-4").await;
+    let nonce: i64 = sqlx::query_scalar("SELECT nonce FROM key_sends WHERE reference = $1")
+        .bind(format!("{lost:#x}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    spend_nonce_elsewhere(&chain, nonce as u64, 1_000_000_000_000).await;
+    assert_eq!(
+        payment::reconcile_one(&pool, &index, me, lost)
+            .await
+            .unwrap(),
+        None,
+        "open until the key's transactions are followed"
+    );
+    // dropped once its nonce has stayed used with no receipt of its own for a while
+    until("the keeper finds it dropped", || async {
+        (daemon.tend_sends().await.unwrap().dropped == 1).then_some(())
+    })
+    .await;
+    let r = payment::reconcile(&pool, &index, me).await.unwrap();
+    assert_eq!((r.paid, r.failed), (0, 1), "{r:?}");
+    assert_eq!(balance().await, price * U256::from(8), "refunded");
+    let again = payment::reconcile(&pool, &index, me).await.unwrap();
+    assert_eq!(again, payment::Reconciled::default());
+    let refunds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credit_ledger WHERE inference_id = 'req-4' AND reason = 'refund'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(refunds, 1);
+    assert_eq!(spent().await, price * U256::from(2), "never paid");
 }

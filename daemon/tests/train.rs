@@ -101,6 +101,7 @@ async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>)
         .unwrap();
 
     let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
+    // sends recorded and nonces handed out through the database, as `serve` sends
     let daemon_chain = Chain::connect(
         &chain.url,
         &d,
@@ -108,7 +109,8 @@ async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>)
         Duration::from_secs(10),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_send_lock(pool.clone());
     let settings = TrainSettings {
         step_hook,
         ..TrainSettings::new(data.path().to_path_buf(), "cpu")
@@ -285,7 +287,8 @@ async fn serve(s: &Stack, cfg: InferenceConfig) -> (Arc<Inference>, axum::Router
     let relayer: PrivateKeySigner = KEYS[1].parse().unwrap();
     let chain = Chain::connect(&s.chain.url, d, Some(relayer), Duration::from_secs(10))
         .await
-        .unwrap();
+        .unwrap()
+        .with_send_lock(s.pool.clone());
     let app = openledger_daemon::api::app(state_serving(
         s.pool.clone(),
         d.clone(),
@@ -1313,7 +1316,9 @@ fn sponsorship_pays_no_more_than_the_default_price_nor_past_its_caps() {
         let p = last.problem(402, "payment-required");
         assert!(p["detail"].as_str().unwrap().contains("is spent"), "{p}");
         assert_eq!(paid_on_chain().await, all, "the daemon paid exactly the sponsored calls");
-        let recorded: String = sqlx::query_scalar("SELECT COALESCE(sum(amount), 0)::text FROM sponsored_spend")
+        let recorded: String = sqlx::query_scalar(
+            "SELECT COALESCE(sum(amount), 0)::text FROM daemon_payments WHERE funding = 'sponsored' AND state = 'paid'",
+        )
             .fetch_one(&s.pool)
             .await
             .unwrap();
@@ -1847,6 +1852,675 @@ fn inference_credit_pays_for_signed_in_callers() {
         .await
         .problem(401, "unauthorized");
     });
+}
+
+/// A payment the daemon made for a caller's earlier request, which gave up before the payment was mined (the
+/// stall itself: `flow.rs`): while it is being mined the caller's next request is a 503 that names it, and
+/// nothing is charged or paid again; once the index has it, the caller's next request is served with it and
+/// charged nothing more; a stranger's request never gets it; the request after pays anew.
+#[test]
+fn a_payment_mined_after_its_request_gave_up_serves_the_callers_next_request() {
+    TRAINED.run(|t| async move {
+        use openledger_daemon::inference::credits;
+        let s = &t.s;
+        let (app, name) = (&t.serving, &format!("ft-{}", t.job_id));
+        let d = &s.chain.deployment;
+        let me = TestChain::address_of(1);
+        let open = OpenToken::new(
+            d.address(ContractKind::OpenToken).unwrap(),
+            s.chain.actor(0),
+        );
+        send!(open.transfer(me, ether(10)));
+        let (user, stranger) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+        let (token, strangers) = (sign_in(app, &user).await, sign_in(app, &stranger).await);
+        for who in [user.address(), stranger.address()] {
+            credits::grant(&s.pool, who, ether(1), None).await.unwrap();
+        }
+        let chat = |token: String| async move {
+            post_json(
+                app,
+                "/v1/chat/completions",
+                Some(&token),
+                json!({"model": name, "messages": [{"role": "user", "content": "item 3?"}], "max_tokens": 4}),
+            )
+            .await
+        };
+        let paid_with = |r: Reply| {
+            r.expect(StatusCode::OK);
+            let v = r.json();
+            let p = &v["openledger"]["payment"];
+            (
+                p["request_id"].as_str().unwrap().parse::<B256>().unwrap(),
+                p["amount"].as_str().unwrap().parse::<U256>().unwrap(),
+            )
+        };
+        // what such a request costs: the stranger's first, paid as usual
+        let (_, need) = paid_with(chat(strangers.clone()).await);
+        // the earlier request's payment, recorded as the daemon records it, its receipt not seen yet
+        let rid = B256::from(rand::random::<[u8; 32]>());
+        credits::charge(&s.pool, user.address(), need, "gave-up-1")
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO daemon_payments (request_id, caller, model_id, amount, funding, charged_inference)
+             VALUES ($1, $2, $3::numeric, $4::numeric, 'credit', 'gave-up-1')",
+        )
+        .bind(format!("{rid:#x}"))
+        .bind(format!("{:#x}", user.address()))
+        .bind(t.model_id.to_string())
+        .bind(need.to_string())
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        let balance = || async { credits::balance(&s.pool, user.address()).await.unwrap() };
+        let waiting = chat(token.clone()).await;
+        assert_eq!(waiting.headers["retry-after"], "5");
+        let p = waiting.problem(503, "unavailable");
+        assert!(
+            p["detail"].as_str().unwrap().contains("not mined yet"),
+            "{p}"
+        );
+        assert_eq!(balance().await, ether(1) - need, "nothing charged again");
+        // mined: the daemon's key pays under that request id
+        let daemon = Chain::connect(
+            &s.chain.url,
+            d,
+            Some(KEYS[1].parse().unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .with_send_lock(s.pool.clone());
+        let router = d.address(ContractKind::FeeRouter).unwrap();
+        let token_of_daemon = OpenToken::new(
+            d.address(ContractKind::OpenToken).unwrap(),
+            daemon.provider().clone(),
+        );
+        daemon
+            .send_confirmed(
+                "approve",
+                token_of_daemon.approve(router, U256::MAX),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        daemon
+            .send_confirmed(
+                "payInference",
+                FeeRouter::new(router, daemon.provider().clone()).payInference(
+                    t.model_id, rid, need,
+                ),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        wait_payment_indexed(&s.pool, d, rid).await;
+        // a stranger's request pays for itself
+        let (theirs, _) = paid_with(chat(strangers.clone()).await);
+        assert_ne!(theirs, rid);
+        // the caller's is served with the late payment, charged nothing more
+        let (used, _) = paid_with(chat(token.clone()).await);
+        assert_eq!(used, rid);
+        assert_eq!(balance().await, ether(1) - need);
+        // and the next pays anew
+        let (next, amount) = paid_with(chat(token.clone()).await);
+        assert_ne!(next, rid);
+        assert_eq!(balance().await, ether(1) - need - amount);
+        assert_eq!(
+            credits::refund_orphans(&s.pool, Duration::ZERO).await.unwrap(),
+            0,
+            "no charge of a served request comes back"
+        );
+    });
+}
+
+/// The daemon's key (#1) used its nonces from `start` on exactly for the transactions mined, its sends and
+/// settlement's proposals: none taken twice, none lost, none dropped, every send followed to its receipt.
+async fn assert_nonces_conserved(s: &Stack, start: u64) {
+    use alloy::providers::Provider;
+    let end = s
+        .chain
+        .plain()
+        .get_transaction_count(TestChain::address_of(1))
+        .await
+        .unwrap();
+    let (mined, lost, live): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'mined'), count(*) FILTER (WHERE state = 'dropped'),
+                count(*) FILTER (WHERE state = 'sent')
+         FROM key_sends WHERE nonce >= $1",
+    )
+    .bind(start as i64)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    let (proposals, dropped): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'mined'), count(*) FILTER (WHERE state = 'dropped')
+         FROM settlement_txs WHERE nonce >= $1",
+    )
+    .bind(start as i64)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (lost, dropped, live),
+        (0, 0, 0),
+        "dropped, or never followed"
+    );
+    assert_eq!(
+        end - start,
+        (mined + proposals) as u64,
+        "the key's nonces: {start} -> {end}, {mined} sends and {proposals} proposals mined"
+    );
+}
+
+/// Waits until a proposal of the settlement schedule is mined.
+async fn until_a_proposal_mined(pool: &PgPool) {
+    until("a settlement proposal mined", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM settlement_txs WHERE kind = 'propose' AND state = 'mined'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+}
+
+/// A stack (`stack_with`, its training runs calling `hook`) with a model trained and published, its own job
+/// workers stopped (the serves under test take the jobs from here on), and the daemon's key (#1) holding 10
+/// OPEN to sponsor with: the stack and the model's name.
+async fn stack_for_serves(pool: PgPool, hook: Option<StepHook>) -> (Stack, String) {
+    let recs = pairs(6);
+    let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+    let mut s = stack_with(pool, &recs, hook).await;
+    let job = trained(&s.app, &s.session, tiny_params(json!({}))).await;
+    let _ = s.stop.send(true);
+    s.workers.take().unwrap().await.unwrap();
+    let d = &s.chain.deployment;
+    let open = OpenToken::new(
+        d.address(ContractKind::OpenToken).unwrap(),
+        s.chain.actor(0),
+    );
+    send!(open.transfer(TestChain::address_of(1), ether(10)));
+    (s, format!("ft-{}", job["id"]))
+}
+
+/// `serve::run`'s configuration over stack `s` on `port`: its models, sponsoring every signed-in caller,
+/// indexing from `rpc` (`None`: another process indexes), the settlement schedule every second (`settle`).
+fn serve_config(
+    s: &Stack,
+    port: u16,
+    rpc: Option<String>,
+    settle: bool,
+) -> openledger_daemon::serve::ServeConfig {
+    openledger_daemon::serve::ServeConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        api: ApiConfig::new(s.chain.deployment.chain_id, DOMAIN),
+        indexer: rpc.map(|url| {
+            let mut c = s.chain.config();
+            c.rpc_url = url;
+            c
+        }),
+        workers: openledger_daemon::jobs::worker::WorkerConfig::default(),
+        worker_slots: 3,
+        shutdown_grace: Duration::from_secs(5),
+        confirm_timeout: Duration::from_secs(120),
+        training: TrainSettings::new(s.data.path().to_path_buf(), "cpu"),
+        inference: Some(InferenceConfig {
+            model: Some("tiny-llama".into()),
+            default_max_tokens: 4,
+            sponsor: true,
+            ..InferenceConfig::default()
+        }),
+        settlement: settle.then(|| {
+            (
+                openledger_daemon::settlement::SettleConfig {
+                    finality_depth: 0,
+                    ..Default::default()
+                },
+                Duration::from_secs(1),
+            )
+        }),
+        settler: None,
+        send_policy: openledger_daemon::chain::SendPolicy::default(),
+    }
+}
+
+/// Runs `serve::run` with `cfg` over `pool`, the daemon's key (#1) reaching the node at `rpc`, until `stopped`
+/// says so.
+fn spawn_serve(
+    cfg: openledger_daemon::serve::ServeConfig,
+    pool: PgPool,
+    d: &openledger_chain::Deployment,
+    rpc: &str,
+    mut stopped: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), openledger_daemon::serve::ServeError>> {
+    let (d, rpc) = (d.clone(), rpc.to_owned());
+    tokio::spawn(async move {
+        let chain = Chain::connect(
+            &rpc,
+            &d,
+            Some(KEYS[1].parse().unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        openledger_daemon::serve::run(cfg, pool, d, chain, shutdown).await
+    })
+}
+
+/// Waits until `serve` on `port` says it is ready.
+async fn until_ready(http: &reqwest::Client, port: u16) {
+    until("serve ready", || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
+/// Two `serve`s (the real `serve::run`, each with its own chain connection, job workers, sponsor and keeper)
+/// on one database and one key: ten relays taken by either one's workers, ten sponsored chat completions
+/// through both, and the settlement schedule proposing roots, all at once. The key's nonces are handed out
+/// through the database: every relay lands on its first attempt, every chat is paid once, no transaction is
+/// dropped, and the key's nonce moved exactly by the transactions mined.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn two_serves_on_one_key_relay_sponsor_and_settle_at_once_without_a_nonce_collision(
+    pool: PgPool,
+) {
+    use alloy::providers::Provider;
+    let (s, name) = stack_for_serves(pool, None).await;
+    let d = s.chain.deployment.clone();
+    let me = TestChain::address_of(1);
+    let (stop, stopped) = watch::channel(false);
+    // each serve with a pool of its own, as processes have
+    let own_pool = || async {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(s.pool.connect_options().as_ref().clone())
+            .await
+            .unwrap()
+    };
+    let pools = [own_pool().await, own_pool().await];
+    let serve = |port: u16, pool: &PgPool, index: bool, settle: bool| {
+        let cfg = serve_config(&s, port, index.then(|| s.chain.url.clone()), settle);
+        spawn_serve(cfg, pool.clone(), &d, &s.chain.url, stopped.clone())
+    };
+    let ports = [common::free_port(), common::free_port()];
+    let serves = [
+        serve(ports[0], &pools[0], true, false),
+        serve(ports[1], &pools[1], false, true),
+    ];
+    let http = reqwest::Client::new();
+    for port in ports {
+        until_ready(&http, port).await;
+    }
+    let start = s.chain.plain().get_transaction_count(me).await.unwrap();
+
+    // ten signed relays (jobs either serve's workers take) and ten sponsored chats through both, at once
+    let mut signed = Vec::new();
+    for i in 0..10 {
+        let text = format!("Row {i}, relayed while the other serve pays and settles.");
+        signed.push(signed_upload(&s.app, 2, text.as_bytes()).await);
+    }
+    let mut callers = Vec::new();
+    for _ in 0..10 {
+        callers.push(sign_in(&s.app, &PrivateKeySigner::random()).await);
+    }
+    let relays = futures::future::join_all(signed.iter().map(|u| u.relay(&s.app)));
+    let chats = futures::future::join_all(callers.iter().enumerate().map(|(i, token)| {
+        let (http, name) = (http.clone(), name.clone());
+        let port = ports[i % 2];
+        async move {
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                .bearer_auth(token)
+                .json(&json!({"model": name, "messages": [{"role": "user", "content": "item 3?"}], "max_tokens": 4}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{v}");
+            v
+        }
+    }));
+    let (_, answers) = tokio::join!(relays, chats);
+    for u in &signed {
+        u.confirmed(&s.app).await;
+    }
+    // every chat paid once, by the daemon's key, under a request id of its own
+    let mut paid = U256::ZERO;
+    let mut ids = std::collections::HashSet::new();
+    for v in &answers {
+        let p = &v["openledger"]["payment"];
+        assert_eq!(p["mode"], "sponsored", "{v}");
+        assert_eq!(p["payer"], format!("{me:#x}"));
+        assert!(ids.insert(p["request_id"].as_str().unwrap().to_owned()));
+        paid += p["amount"].as_str().unwrap().parse::<U256>().unwrap();
+    }
+    let recorded: String = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::text FROM daemon_payments WHERE state = 'paid' AND used_by IS NOT NULL",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, paid.to_string(), "every payment recorded, once");
+    // every relay on its first attempt
+    let attempts: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
+        "SELECT r.upload_id, j.attempts, r.error FROM relays r JOIN jobs j ON j.id = r.job_id
+         ORDER BY r.upload_id",
+    )
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts.len(), 10);
+    for (upload, n, error) in &attempts {
+        assert_eq!(
+            *n, 1,
+            "upload {upload}'s relay took {n} attempts ({error:?})"
+        );
+    }
+    // a proposal of the settlement schedule mined meanwhile
+    until_a_proposal_mined(&s.pool).await;
+    let _ = stop.send(true);
+    for h in serves {
+        h.await.unwrap().unwrap();
+    }
+    // the key's nonce moved by exactly the transactions mined: none taken twice, none lost
+    assert_nonces_conserved(&s, start).await;
+}
+
+/// What one chat request of a driver got.
+#[derive(Debug)]
+enum Got {
+    /// 200: the inference's id.
+    Answered(String),
+    /// Another status, with its `Retry-After`.
+    Refused(u16, Option<String>),
+    /// No answer within two minutes, or no connection.
+    Hung(String),
+}
+
+/// Sends chat completions to `port` as `token`, one after the other, until `stop`; what each got.
+async fn chat_driver(
+    http: reqwest::Client,
+    port: u16,
+    token: String,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Got> {
+    let mut got = Vec::new();
+    while !*stop.borrow() {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(120))
+            .json(&json!({"model": name, "messages": [{"role": "user", "content": "item 3?"}], "max_tokens": 4}))
+            .send()
+            .await;
+        got.push(match r {
+            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                Ok(v) => Got::Answered(v["id"].as_str().unwrap_or_default().to_owned()),
+                Err(e) => Got::Hung(e.to_string()),
+            },
+            Ok(r) => Got::Refused(
+                r.status().as_u16(),
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            ),
+            Err(e) => Got::Hung(e.to_string()),
+        });
+        // a client's pace, not a synchronisation
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    got
+}
+
+/// One `serve` with everything running (two callers' sponsored chats, a training job, relays, the in-process
+/// indexer, the settlement schedule) meets its database going away for 30 s and then its node for 30 s
+/// (through proxies the test cuts). Requests get answers or 503/429 problems with `Retry-After`, never a hang
+/// or another 5xx; the training job's worker, unable to renew its lease, stops the run (fencing) and the job
+/// runs again from its checkpoint once the database is back. Afterwards: every answered chat is recorded with
+/// its payment on chain; every payment the key made is on the books, and none still open could have been
+/// paid; every job succeeded and the model was registered once; every relay landed once; no nonce was lost
+/// or taken twice; and the index, caught up, equals a fresh backfill.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn a_database_outage_then_a_node_outage_with_everything_running_lose_nothing(pool: PgPool) {
+    use alloy::providers::Provider;
+    use openledger_daemon::inference::payment;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const HOLD_AT: usize = 5;
+    let armed = std::sync::Arc::new(AtomicBool::new(false));
+    let (held_tx, held) = std::sync::mpsc::channel::<()>();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let hook = StepHook(std::sync::Arc::new({
+        let armed = armed.clone();
+        move |step| {
+            if step == HOLD_AT && armed.swap(false, Ordering::SeqCst) {
+                let _ = held_tx.send(());
+                let _ = hold.lock().unwrap().recv();
+            }
+        }
+    }));
+    let (s, name) = stack_for_serves(pool, Some(hook.clone())).await;
+    let d = s.chain.deployment.clone();
+    let me = TestChain::address_of(1);
+    // the serve reaches its database and its node through proxies
+    let (db, db_proxy) = common::proxy::pool_through(&s.pool).await;
+    let upstream: std::net::SocketAddr = s.chain.url.trim_start_matches("http://").parse().unwrap();
+    let node_proxy = common::proxy::TcpProxy::start(upstream).await;
+    let rpc = format!("http://{}", node_proxy.addr);
+    let port = common::free_port();
+    let mut cfg = serve_config(&s, port, Some(rpc.clone()), true);
+    cfg.training.step_hook = Some(hook);
+    cfg.workers.heartbeat = Duration::from_secs(1);
+    cfg.workers.stale_after = Duration::from_secs(6);
+    let (stop, stopped) = watch::channel(false);
+    let serving = spawn_serve(cfg, db, &d, &rpc, stopped.clone());
+    let http = reqwest::Client::new();
+    until_ready(&http, port).await;
+    let start = s.chain.plain().get_transaction_count(me).await.unwrap();
+
+    let mut drivers = Vec::new();
+    for _ in 0..2 {
+        let token = sign_in(&s.app, &PrivateKeySigner::random()).await;
+        drivers.push(tokio::spawn(chat_driver(
+            http.clone(),
+            port,
+            token,
+            name.clone(),
+            stopped.clone(),
+        )));
+    }
+    let relay_some = |tag: &'static str| {
+        let app = s.app.clone();
+        async move {
+            let mut out = Vec::new();
+            for i in 0..3 {
+                let text = format!("Row {i} of the {tag} outage, relayed across it.");
+                let u = signed_upload(&app, 2, text.as_bytes()).await;
+                u.relay(&app).await;
+                out.push(u);
+            }
+            out
+        }
+    };
+
+    // 1. the database goes away for 30 s while a training run, relays and chats are in flight
+    let mut relays = relay_some("database").await;
+    armed.store(true, Ordering::SeqCst);
+    let r = post_json(
+        &s.app,
+        "/api/jobs",
+        Some(&s.session),
+        json!({"kind": "train", "params": tiny_params(json!({"steps": 200, "checkpoint_every": 10}))}),
+    )
+    .await;
+    r.expect(StatusCode::CREATED);
+    let training = r.json()["id"].as_i64().unwrap();
+    tokio::task::spawn_blocking(move || held.recv_timeout(STALL))
+        .await
+        .unwrap()
+        .expect("training never reached the held step");
+    db_proxy.cut();
+    release.send(()).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    db_proxy.restore();
+
+    // 2. the node goes away for 30 s while more relays wait to be sent
+    relays.extend(relay_some("node").await);
+    node_proxy.cut();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    node_proxy.restore();
+
+    // everything comes through
+    for u in &relays {
+        u.confirmed(&s.app).await;
+    }
+    let job = wait_job(&s.app, &s.session, training).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    until_a_proposal_mined(&s.pool).await;
+    let _ = stop.send(true);
+    let mut got = Vec::new();
+    for h in drivers {
+        got.extend(h.await.unwrap());
+    }
+    serving.await.unwrap().unwrap();
+
+    // chats: answered, or refused with Retry-After (never a hang, never another 5xx); the outages showed
+    let answered: Vec<&String> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Answered(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let hung: Vec<&String> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Hung(why) => Some(why),
+            _ => None,
+        })
+        .collect();
+    assert!(hung.is_empty(), "{hung:?}");
+    for g in &got {
+        if let Got::Refused(status, retry_after) = g {
+            assert!(matches!(status, 429 | 503), "{g:?}");
+            assert!(retry_after.is_some(), "{g:?}");
+        }
+    }
+    assert!(
+        got.iter().any(|g| matches!(g, Got::Refused(503, _))),
+        "the outages were seen"
+    );
+    assert!(answered.len() >= 2, "{got:?}");
+    // every answered chat is recorded, its payment on chain
+    let index = openledger_indexer::query::ChainIndex::new(s.pool.clone(), &d).unwrap();
+    s.chain.index(&s.pool, s.chain.config()).await;
+    for id in &answered {
+        let (status, rid): (String, String) =
+            sqlx::query_as("SELECT status, request_id FROM inferences WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(status, "succeeded", "{id}");
+        let on_chain = index
+            .best_payment(rid.parse().unwrap(), U256::ZERO, Some(me))
+            .await
+            .unwrap();
+        assert!(on_chain.is_some(), "{id}'s payment {rid} is not on chain");
+    }
+    // every payment the key made is on the books; one still open could not have been paid
+    payment::reconcile(&s.pool, &index, me).await.unwrap();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT request_id, state, amount::text FROM daemon_payments")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    let mut booked = U256::ZERO;
+    for (rid, state, amount) in &rows {
+        let on_chain = index
+            .best_payment(rid.parse().unwrap(), U256::ZERO, Some(me))
+            .await
+            .unwrap();
+        match state.as_str() {
+            "paid" => {
+                assert_eq!(on_chain.unwrap().amount.to_string(), *amount);
+                booked += amount.parse::<U256>().unwrap();
+            }
+            "failed" => assert!(on_chain.is_none(), "{rid} failed but is on chain"),
+            _ => {
+                assert!(on_chain.is_none(), "{rid}");
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM key_sends WHERE reference = $1 AND state IN ('sent', 'mined')",
+                )
+                .bind(rid)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+                assert_eq!(
+                    live, 0,
+                    "{rid} is open but a transaction for it may be mined"
+                );
+            }
+        }
+    }
+    let paid_by_key: String = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::text FROM inference_payments WHERE payer = $1",
+    )
+    .bind(format!("{me:#x}"))
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    let before: String = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::text FROM daemon_payments WHERE state = 'paid'",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(before, booked.to_string());
+    assert_eq!(
+        paid_by_key,
+        booked.to_string(),
+        "every payment of the key is on the books"
+    );
+    // every job ran to its end; the model was registered once
+    let unfinished: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, kind, state FROM jobs WHERE state <> 'succeeded'")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM models")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(registered, 2, "the first model and this run's, each once");
+    // no nonce lost or taken twice
+    assert_nonces_conserved(&s, start).await;
+    // the index equals a fresh backfill
+    let fresh = common::fresh_database(&s.pool).await;
+    s.chain.index(&fresh, s.chain.config()).await;
+    let (a, b) = (common::dump(&s.pool).await, common::dump(&fresh).await);
+    for ((table, rows_a), (_, rows_b)) in a.iter().zip(b.iter()) {
+        assert_eq!(rows_a, rows_b, "{table} differs from a fresh index");
+    }
+    common::drop_fresh(fresh).await;
 }
 
 /// Writes a file back as it was when dropped, so that a test that damages a shared file leaves it whole for

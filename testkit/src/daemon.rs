@@ -487,3 +487,89 @@ pub fn start_workers(
     ));
     (stop, h)
 }
+
+/// Waits until upload `id` (seen by its owner `token`) is in state `want`; the upload.
+pub async fn wait_upload(app: &axum::Router, token: &str, id: i64, want: &str) -> Value {
+    until(&format!("upload {id} {want}"), || async {
+        let v = get(app, &format!("/api/uploads/{id}"), Some(token))
+            .await
+            .json();
+        (v["state"] == want).then_some(v)
+    })
+    .await
+}
+
+/// Uploads `content` to `datanet` as `session`; the upload.
+pub async fn upload(app: &axum::Router, session: &str, datanet: u64, content: &[u8]) -> Value {
+    let up = send(
+        app,
+        Method::POST,
+        &format!("/api/uploads?datanet_id={datanet}"),
+        Some(session),
+        Some(("text/plain", content.to_vec())),
+    )
+    .await;
+    up.expect(StatusCode::CREATED);
+    up.json()
+}
+
+/// Relays upload `id` with the owner's `signature` over payload `td`: accepted (202).
+pub async fn relay(app: &axum::Router, session: &str, id: i64, signature: &str, td: &Value) {
+    post_json(
+        app,
+        &format!("/api/uploads/{id}/relay"),
+        Some(session),
+        serde_json::json!({ "signature": signature, "nonce": td["nonce"], "deadline": td["deadline"] }),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+}
+
+/// The EIP-712 payload to sign for upload `id`, as its owner asks for it.
+pub async fn typed_data(app: &axum::Router, session: &str, id: i64) -> Value {
+    let td = get(app, &format!("/api/uploads/{id}/typed-data"), Some(session)).await;
+    td.expect(StatusCode::OK);
+    td.json()
+}
+
+pub fn sign_typed(key: &PrivateKeySigner, typed: &Value) -> String {
+    // sign the JSON the API returned, as a wallet would: this checks the JSON, not only the digest
+    let td: alloy::dyn_abi::TypedData = serde_json::from_value(typed.clone()).unwrap();
+    key.sign_dynamic_typed_data_sync(&td).unwrap().to_string()
+}
+
+/// An upload of `content` to `datanet` by a fresh signed-in contributor, with its EIP-712 payload signed and
+/// ready to relay: the contributor's session, the upload's id, the signature and the payload.
+pub struct SignedUpload {
+    pub session: String,
+    pub id: i64,
+    pub signature: String,
+    pub typed: Value,
+}
+
+pub async fn signed_upload(app: &Router, datanet: u64, content: &[u8]) -> SignedUpload {
+    let key = PrivateKeySigner::random();
+    let session = sign_in(app, &key).await;
+    let up = upload(app, &session, datanet, content).await;
+    let id = up["id"].as_i64().unwrap();
+    let typed = typed_data(app, &session, id).await;
+    let signature = sign_typed(&key, &typed["typed_data"]);
+    SignedUpload {
+        session,
+        id,
+        signature,
+        typed,
+    }
+}
+
+impl SignedUpload {
+    /// Asks the daemon to relay it (202).
+    pub async fn relay(&self, app: &Router) {
+        relay(app, &self.session, self.id, &self.signature, &self.typed).await
+    }
+
+    /// Waits until it is confirmed on chain.
+    pub async fn confirmed(&self, app: &Router) -> Value {
+        wait_upload(app, &self.session, self.id, "confirmed").await
+    }
+}

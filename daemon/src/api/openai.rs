@@ -151,6 +151,12 @@ impl utoipa::PartialSchema for CompletionRequest {
 }
 impl utoipa::ToSchema for CompletionRequest {}
 
+/// What a completion's 503 means.
+const SLOW_PAYMENT: &str = "The node, the database or the engine is unavailable, or the payment this daemon \
+    made for the request (or for the caller's earlier request to the model) is sent but not mined yet: retry \
+    after Retry-After; a payment is never made or charged twice, and one mined late serves the caller's next \
+    request";
+
 /// OpenAI's chat completion.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", request_body = ChatRequest,
     security((), ("bearer" = [])),
@@ -163,7 +169,9 @@ impl utoipa::ToSchema for CompletionRequest {}
                description = "Signed in as someone other than the named payer"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json")))]
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json",
+               description = SLOW_PAYMENT)))]
 async fn chat_completions(
     State(s): State<AppState>,
     auth: Option<Auth>,
@@ -186,7 +194,9 @@ async fn chat_completions(
                description = "Signed in as someone other than the named payer"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json")))]
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json",
+               description = SLOW_PAYMENT)))]
 async fn completions(
     State(s): State<AppState>,
     auth: Option<Auth>,
@@ -258,7 +268,7 @@ impl From<PaymentError> for ApiError {
         match e {
             PaymentError::Required(m) => ApiError::PaymentRequired(m),
             PaymentError::Refused(m) => ApiError::PaymentRequired(m),
-            PaymentError::Unavailable(m) => ApiError::Unavailable(m),
+            PaymentError::Unavailable(m) | PaymentError::Pending(m) => ApiError::Unavailable(m),
             PaymentError::SignIn(m) => ApiError::Unauthorized(m),
             PaymentError::NotPayer(m) => ApiError::Forbidden(m),
             PaymentError::Db(d) => d.into(),

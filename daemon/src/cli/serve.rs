@@ -439,6 +439,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             )
         }),
         settler,
+        send_policy: args.settle.send_policy(),
     };
     // fail at start, not at the first job, on a device this build cannot use
     openledger_model::device(&args.device)?;

@@ -87,11 +87,12 @@ pub struct SettleOpts {
     /// Blocks per epoch; 0: an epoch takes everything final when it is built.
     #[arg(long, env = "OPENLEDGER_EPOCH_BLOCKS", default_value_t = 0)]
     pub epoch_blocks: u64,
-    /// Seconds without a receipt before the proposal is re-sent with higher fees.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds without a receipt before a transaction of the daemon's key (a proposal; under `serve` also a
+    /// relay, a sponsored payment, a publication) is re-sent at its nonce with higher fees.
+    #[arg(long, default_value_t = crate::chain::DEFAULT_BUMP_AFTER_SECS)]
     pub bump_after_secs: u64,
     /// Fee increase of each re-send, in percent (at least 10).
-    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(10..=500))]
+    #[arg(long, default_value_t = crate::chain::DEFAULT_BUMP_PERCENT, value_parser = clap::value_parser!(u64).range(10..=500))]
     pub bump_percent: u64,
     /// Seconds one run waits for the receipt and then for the indexer (the state is kept; a rerun
     /// resumes).
@@ -100,6 +101,14 @@ pub struct SettleOpts {
 }
 
 impl SettleOpts {
+    /// How the daemon's key re-sends a transaction without a receipt.
+    pub fn send_policy(&self) -> crate::chain::SendPolicy {
+        crate::chain::SendPolicy {
+            bump_after: Duration::from_secs(self.bump_after_secs.max(1)),
+            bump_percent: self.bump_percent,
+        }
+    }
+
     pub fn config(&self) -> SettleConfig {
         SettleConfig {
             finality_depth: self.finality_depth,

@@ -197,15 +197,21 @@ async fn change(
 /// Refunds inference `id`'s credit charge, if it had one not yet refunded (it failed: the caller got
 /// nothing for it). Returns whether it refunded.
 pub async fn refund_inference(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
-    let charged: Option<(String, String)> = sqlx::query_as(
-        "SELECT address, (-delta)::text FROM credit_ledger WHERE inference_id = $1 AND reason = 'inference'",
+    // a request that used a payment made (and charged) for an earlier request of its caller refunds that
+    // charge
+    let charged: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT address, (-delta)::text, inference_id FROM credit_ledger
+         WHERE reason = 'inference'
+           AND inference_id = COALESCE((SELECT charged_inference FROM daemon_payments
+                                        WHERE used_by = $1 AND charged_inference IS NOT NULL LIMIT 1), $1)",
     )
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some((addr, amount)) = charged else {
+    let Some((addr, amount, id)) = charged else {
         return Ok(false);
     };
+    let id = id.as_str();
     let (Ok(a), Ok(v)) = (addr.parse::<Address>(), amount.parse::<U256>()) else {
         return Ok(false);
     };
@@ -222,11 +228,19 @@ pub async fn refund_inference(pool: &PgPool, id: &str) -> Result<bool, sqlx::Err
 /// Refunds the charges of inferences that failed, and of those that never got their row (the process
 /// stopped between the charge and the record) once older than `grace`. Returns how many it refunded.
 pub async fn refund_orphans(pool: &PgPool, grace: std::time::Duration) -> Result<u64, sqlx::Error> {
+    // a charge whose payment the daemon recorded goes by that payment: refunded once it failed, or once the
+    // request that used it failed; kept while it is being mined or waits, mined, for the caller's next
+    // request (`payment::take_unused`)
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT c.inference_id FROM credit_ledger c
-         LEFT JOIN inferences i ON i.id = c.inference_id
+         LEFT JOIN daemon_payments p ON p.charged_inference = c.inference_id
+         LEFT JOIN inferences i ON i.id = COALESCE(p.used_by, c.inference_id)
          WHERE c.reason = 'inference'
-           AND (i.status = 'failed' OR (i.id IS NULL AND c.created_at < now() - make_interval(secs => $1)))
+           AND CASE WHEN p.request_id IS NULL
+                    THEN i.status = 'failed' OR (i.id IS NULL AND c.created_at < now() - make_interval(secs => $1))
+                    WHEN p.state = 'failed' THEN true
+                    WHEN p.state = 'paid' THEN p.used_by IS NOT NULL AND i.status = 'failed'
+                    ELSE false END
            AND NOT EXISTS (SELECT 1 FROM credit_ledger r
                            WHERE r.reason = 'refund' AND r.inference_id = c.inference_id)",
     )

@@ -55,7 +55,7 @@ impl InferenceError {
             InferenceError::Internal(_)
                 | InferenceError::Db(_)
                 | InferenceError::Resolve(ResolveError::Db(_))
-                | InferenceError::Payment(PaymentError::Db(_))
+                | InferenceError::Payment(PaymentError::Db(_) | PaymentError::Pending(_))
                 | InferenceError::Credit(CreditError::Db(_))
                 | InferenceError::Record(RecordError::Db(_))
         )

@@ -19,7 +19,7 @@ use openledger_indexer::query::ChainIndex;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -35,6 +35,9 @@ pub enum PaymentError {
     /// The caller is signed in as someone other than the payer it names.
     #[error("{0}")]
     NotPayer(String),
+    /// The daemon's payment for the request is sent but not mined yet: the request is answered once it is.
+    #[error("{0}")]
+    Pending(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -211,19 +214,34 @@ impl Default for SponsorLimits {
     }
 }
 
-/// Whose sponsored spend a payment counts against, where it is recorded, and the caps.
+/// What the daemon pays FeeRouter for on a caller's behalf: who it is for, the model and amount, how it is
+/// funded, and the request it is made for.
 #[derive(Debug, Clone, Copy)]
-pub struct Spend<'a> {
-    pub pool: &'a PgPool,
-    /// The signed-in caller (sponsorship is for signed-in callers only).
-    pub caller: Address,
-    pub limits: &'a SponsorLimits,
+pub struct Order<'a> {
+    /// The signed-in caller it is for (`None`: a batch line or an operator's own request).
+    pub caller: Option<Address>,
+    pub model_id: U256,
+    pub amount: U256,
+    pub funding: Funding<'a>,
+    /// The inference it pays for.
+    pub inference: &'a str,
 }
 
-/// Pays from the daemon's key, one payment at a time (the key's nonces), approving FeeRouter once.
+/// Who bears a payment the daemon makes.
+#[derive(Debug, Clone, Copy)]
+pub enum Funding<'a> {
+    /// The daemon, within its caps (per caller and in total, per period).
+    Sponsored(&'a SponsorLimits),
+    /// The caller's inference credit, charged under `Order::inference` before the payment is made.
+    Credit,
+}
+
+/// Pays FeeRouter from the daemon's key. Each payment is recorded (`daemon_payments`) under the request id
+/// it pays before it is sent, so a payment whose receipt did not come in time is followed to the end
+/// ([`reconcile`]) instead of being forgotten, paid twice or refunded while it may still be mined. Caps are
+/// checked and the payment reserved under one Postgres lock: every `serve` process shares them.
 #[derive(Debug)]
 pub struct Sponsor {
-    lock: tokio::sync::Mutex<()>,
     /// FeeRouter holds an unlimited allowance (an `approve(max)` this process made or saw).
     approved: std::sync::atomic::AtomicBool,
     timeout: Duration,
@@ -232,88 +250,21 @@ pub struct Sponsor {
 impl Sponsor {
     pub fn new(timeout: Duration) -> Self {
         Sponsor {
-            lock: tokio::sync::Mutex::const_new(()),
             approved: std::sync::atomic::AtomicBool::new(false),
             timeout,
         }
     }
 
-    /// Pays `amount` for `caller` within `limits`: the spend so far in the period is read and the payment
-    /// recorded under the same lock, so concurrent requests cannot overshoot a cap together.
-    pub async fn pay_capped(
-        &self,
-        chain: &Chain,
-        deployment: &openledger_chain::Deployment,
-        spend: Spend<'_>,
-        model_id: U256,
-        amount: U256,
-    ) -> Result<Paid, PaymentError> {
-        let Spend {
-            pool,
-            caller,
-            limits,
-        } = spend;
-        let _one_at_a_time = self.lock.lock().await;
-        let secs = i64::try_from(limits.period.as_secs()).unwrap_or(i64::MAX);
-        let (mine, all): (String, String) = sqlx::query_as(
-            "SELECT COALESCE(sum(amount) FILTER (WHERE caller IS NOT DISTINCT FROM $1), 0)::text,
-                    COALESCE(sum(amount), 0)::text
-             FROM sponsored_spend WHERE at > now() - make_interval(secs => $2::float8)",
-        )
-        .bind(format!("{caller:#x}"))
-        .bind(secs as f64)
-        .fetch_one(pool)
-        .await?;
-        let parse = |v: &str| v.parse::<U256>().unwrap_or(U256::MAX);
-        let (mine, all) = (parse(&mine), parse(&all));
-        let who = format!("{caller:#x}");
-        let hours = limits.period.as_secs_f64() / 3600.0;
-        if mine.saturating_add(amount) > limits.per_caller {
-            return Err(PaymentError::Required(format!(
-                "this daemon sponsors at most {} wei per caller every {hours} h and has paid {mine} wei for \
-                 {who}: pay first (FeeRouter.payInference) for this request",
-                limits.per_caller
-            )));
-        }
-        if all.saturating_add(amount) > limits.total {
-            return Err(PaymentError::Required(format!(
-                "this daemon's sponsorship ({} wei every {hours} h) is spent: pay first \
-                 (FeeRouter.payInference) for this request",
-                limits.total
-            )));
-        }
-        let paid = self.pay_locked(chain, deployment, model_id, amount).await?;
-        sqlx::query(
-            "INSERT INTO sponsored_spend (caller, amount, tx_hash) VALUES ($1, $2::numeric, $3)",
-        )
-        .bind(format!("{caller:#x}"))
-        .bind(amount.to_string())
-        .bind(format!("{:#x}", paid.tx_hash))
-        .execute(pool)
-        .await?;
-        Ok(paid)
-    }
-
-    /// Pays `amount` (a caller's inference credit pays the daemon back).
+    /// Pays `order.amount` for `order.model_id` under a fresh request id and waits for the receipt.
+    /// `PaymentError::Pending` when the receipt did not come in time: the payment stays recorded as
+    /// `sending`, and the caller's next request to the model uses it once mined ([`take_unused`]).
     pub async fn pay(
         &self,
         chain: &Chain,
         deployment: &openledger_chain::Deployment,
-        model_id: U256,
-        amount: U256,
+        pool: &PgPool,
+        order: Order<'_>,
     ) -> Result<Paid, PaymentError> {
-        let _one_at_a_time = self.lock.lock().await;
-        self.pay_locked(chain, deployment, model_id, amount).await
-    }
-
-    async fn pay_locked(
-        &self,
-        chain: &Chain,
-        deployment: &openledger_chain::Deployment,
-        model_id: U256,
-        amount: U256,
-    ) -> Result<Paid, PaymentError> {
-        use std::sync::atomic::Ordering;
         let unavailable = |e: &dyn std::fmt::Display| {
             PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
         };
@@ -323,6 +274,73 @@ impl Sponsor {
         let router = deployment
             .address(ContractKind::FeeRouter)
             .map_err(|e| unavailable(&e))?;
+        let request_id = B256::from(rand::random::<[u8; 32]>());
+        reserve(pool, &order, request_id).await?;
+        let sent = match self
+            .send(chain, deployment, router, me, &order, request_id)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(e) => {
+                // nothing was sent: the reservation goes
+                settle(pool, request_id, Settled::Failed(&e.to_string())).await?;
+                return Err(e);
+            }
+        };
+        sqlx::query("UPDATE daemon_payments SET tx_hash = $2 WHERE request_id = $1")
+            .bind(format!("{request_id:#x}"))
+            .bind(format!("{:#x}", sent.tx_hash))
+            .execute(pool)
+            .await?;
+        match chain.confirm("payInference", &sent, self.timeout).await {
+            Ok(r) => {
+                settle(
+                    pool,
+                    request_id,
+                    Settled::Paid {
+                        tx: r.transaction_hash,
+                        used_by: Some(order.inference),
+                    },
+                )
+                .await?;
+                Ok(Paid {
+                    payer: me,
+                    request_id,
+                    amount: order.amount,
+                    tx_hash: r.transaction_hash,
+                })
+            }
+            Err(e @ (SendError::Reverted { .. } | SendError::Dropped { .. })) => {
+                settle(pool, request_id, Settled::Failed(&e.to_string())).await?;
+                Err(PaymentError::Unavailable(format!(
+                    "sponsoring the payment: {e}"
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(request = %request_id, tx = %sent.tx_hash, error = %e, "a sponsored payment is not mined yet");
+                Err(PaymentError::Pending(format!(
+                    "the payment for this request ({}, request id {request_id:#x}) is sent but not mined yet;                      nothing more is charged: send the request again in a few seconds and it uses that                      payment once it is mined",
+                    sent.tx_hash
+                )))
+            }
+        }
+    }
+
+    /// Approves FeeRouter once (an unlimited allowance), then sends the payment, recorded under its request
+    /// id.
+    async fn send(
+        &self,
+        chain: &Chain,
+        deployment: &openledger_chain::Deployment,
+        router: Address,
+        me: Address,
+        order: &Order<'_>,
+        request_id: B256,
+    ) -> Result<crate::chain::Sent, PaymentError> {
+        use std::sync::atomic::Ordering;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            PaymentError::Unavailable(format!("sponsoring the payment: {e}"))
+        };
         if !self.approved.load(Ordering::Acquire) {
             let token = deployment
                 .address(ContractKind::OpenToken)
@@ -335,45 +353,289 @@ impl Sponsor {
                 .map_err(|e| unavailable(&e))?;
             // OpenZeppelin's ERC20 never spends down an allowance of U256::MAX
             if allowance != U256::MAX {
-                confirmed(
-                    chain,
-                    "approve",
-                    open.approve(router, U256::MAX),
-                    self.timeout,
-                )
-                .await?;
+                chain
+                    .send_confirmed("approve", open.approve(router, U256::MAX), self.timeout)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
             }
             self.approved.store(true, Ordering::Release);
         }
-        let request_id = B256::from(rand::random::<[u8; 32]>());
         let fee = FeeRouter::new(router, chain.provider().clone());
-        let r = confirmed(
-            chain,
-            "payInference",
-            fee.payInference(model_id, request_id, amount),
-            self.timeout,
-        )
-        .await?;
-        Ok(Paid {
-            payer: me,
-            request_id,
-            amount,
-            tx_hash: r.transaction_hash,
-        })
+        chain
+            .send_for(
+                "payInference",
+                Some(&format!("{request_id:#x}")),
+                &fee.payInference(order.model_id, request_id, order.amount),
+            )
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }
 
-/// `Chain::send_confirmed` from the daemon's key; a failure leaves the request unpaid and unserved.
-async fn confirmed<D: alloy::contract::CallDecoder + Clone>(
-    chain: &Chain,
-    what: &str,
-    call: crate::chain::Call<'_, D>,
-    timeout: Duration,
-) -> Result<alloy::rpc::types::TransactionReceipt, PaymentError> {
-    chain
-        .send_confirmed(what, call, timeout)
+/// Records `order` as `sending` under `request_id`; a sponsored one only within its caps, checked under a
+/// lock every process shares, with every payment not known to have failed counted.
+async fn reserve(pool: &PgPool, order: &Order<'_>, request_id: B256) -> Result<(), PaymentError> {
+    let mut tx = pool.begin().await?;
+    if let Funding::Sponsored(limits) = order.funding {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('openledger-sponsorship', 0))")
+            .execute(&mut *tx)
+            .await?;
+        let caller = order.caller.ok_or_else(|| {
+            PaymentError::SignIn("the daemon sponsors only signed-in callers".into())
+        })?;
+        let secs = limits.period.as_secs_f64();
+        let (mine, all): (String, String) = sqlx::query_as(
+            "WITH spend AS (
+                 SELECT caller, amount FROM sponsored_spend WHERE at > now() - make_interval(secs => $2)
+                 UNION ALL
+                 SELECT caller, amount FROM daemon_payments
+                 WHERE funding = 'sponsored' AND state <> 'failed' AND created_at > now() - make_interval(secs => $2))
+             SELECT COALESCE(sum(amount) FILTER (WHERE caller IS NOT DISTINCT FROM $1), 0)::text,
+                    COALESCE(sum(amount), 0)::text FROM spend",
+        )
+        .bind(format!("{caller:#x}"))
+        .bind(secs)
+        .fetch_one(&mut *tx)
+        .await?;
+        let parse = |v: &str| v.parse::<U256>().unwrap_or(U256::MAX);
+        let (mine, all) = (parse(&mine), parse(&all));
+        let hours = secs / 3600.0;
+        if mine.saturating_add(order.amount) > limits.per_caller {
+            return Err(PaymentError::Required(format!(
+                "this daemon sponsors at most {} wei per caller every {hours} h and has paid {mine} wei for \
+                 {caller:#x}: pay first (FeeRouter.payInference) for this request",
+                limits.per_caller
+            )));
+        }
+        if all.saturating_add(order.amount) > limits.total {
+            return Err(PaymentError::Required(format!(
+                "this daemon's sponsorship ({} wei every {hours} h) is spent: pay first \
+                 (FeeRouter.payInference) for this request",
+                limits.total
+            )));
+        }
+    }
+    let (funding, charged) = match order.funding {
+        Funding::Sponsored(_) => ("sponsored", None),
+        Funding::Credit => ("credit", Some(order.inference)),
+    };
+    sqlx::query(
+        "INSERT INTO daemon_payments (request_id, caller, model_id, amount, funding, charged_inference)
+         VALUES ($1, $2, $3::numeric, $4::numeric, $5, $6)",
+    )
+    .bind(format!("{request_id:#x}"))
+    .bind(order.caller.map(|c| format!("{c:#x}")))
+    .bind(order.model_id.to_string())
+    .bind(order.amount.to_string())
+    .bind(funding)
+    .bind(charged)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How a recorded payment ended.
+enum Settled<'a> {
+    /// Mined as `tx`; used by the request `used_by` (`None`: by the caller's next request).
+    Paid { tx: B256, used_by: Option<&'a str> },
+    /// Never sent, reverted, or its nonce went to another transaction: nothing was paid.
+    Failed(&'a str),
+}
+
+/// Settles a `sending` payment; a failed one funded by credit gives the charge back.
+async fn settle(pool: &PgPool, request_id: B256, how: Settled<'_>) -> Result<(), sqlx::Error> {
+    let rid = format!("{request_id:#x}");
+    match how {
+        Settled::Paid { tx, used_by } => {
+            sqlx::query(
+                "UPDATE daemon_payments SET state = 'paid', tx_hash = $2, used_by = COALESCE($3, used_by),
+                        used_at = CASE WHEN $3::text IS NULL THEN used_at ELSE now() END, settled_at = now()
+                 WHERE request_id = $1 AND state = 'sending'",
+            )
+            .bind(&rid)
+            .bind(format!("{tx:#x}"))
+            .bind(used_by)
+            .execute(pool)
+            .await?;
+        }
+        Settled::Failed(why) => {
+            let charged: Option<Option<String>> = sqlx::query_scalar(
+                "UPDATE daemon_payments SET state = 'failed', error = $2, settled_at = now()
+                 WHERE request_id = $1 AND state = 'sending' RETURNING charged_inference",
+            )
+            .bind(&rid)
+            .bind(why)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(Some(inference)) = charged {
+                super::credits::refund_inference(pool, &inference).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A payment the daemon (`payer`) made for `caller` and `model_id` of at least `need` that no request used
+/// (its request got no answer while it was being mined), or a sponsored one whose request failed: claimed
+/// for `inference`, so it serves once.
+pub async fn take_unused(
+    pool: &PgPool,
+    payer: Address,
+    caller: Address,
+    (model_id, need): (U256, U256),
+    inference: &str,
+) -> Result<Option<Paid>, PaymentError> {
+    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+        "UPDATE daemon_payments SET used_by = $4, used_at = now()
+         WHERE request_id = (SELECT request_id FROM daemon_payments
+                             WHERE caller = $1 AND model_id = $2::numeric AND amount >= $3::numeric
+                               AND state = 'paid'
+                               AND (used_by IS NULL
+                                    -- the daemon's own money, for a request that failed: not refunded
+                                    -- to anyone, so it pays for the next one
+                                    OR (funding = 'sponsored'
+                                        AND EXISTS (SELECT 1 FROM inferences i
+                                                    WHERE i.id = daemon_payments.used_by
+                                                      AND i.status = 'failed')))
+                             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING request_id, amount::text, tx_hash",
+    )
+    .bind(format!("{caller:#x}"))
+    .bind(model_id.to_string())
+    .bind(need.to_string())
+    .bind(inference)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(rid, amount, tx)| {
+        Some(Paid {
+            payer,
+            request_id: rid.parse().ok()?,
+            amount: amount.parse().ok()?,
+            tx_hash: tx?.parse().ok()?,
+        })
+    }))
+}
+
+/// The request id of a payment the daemon is still mining for `caller` and `model_id`, of at least `need`.
+pub async fn sending_for(
+    pool: &PgPool,
+    caller: Address,
+    model_id: U256,
+    need: U256,
+) -> Result<Option<(B256, Option<String>)>, PaymentError> {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT request_id, tx_hash FROM daemon_payments
+         WHERE caller = $1 AND model_id = $2::numeric AND amount >= $3::numeric AND state = 'sending'
+         ORDER BY created_at LIMIT 1",
+    )
+    .bind(format!("{caller:#x}"))
+    .bind(model_id.to_string())
+    .bind(need.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(r, t)| Some((r.parse().ok()?, t))))
+}
+
+/// What [`reconcile`] settled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    pub paid: usize,
+    pub failed: usize,
+    pub released: usize,
+}
+
+/// A payment still `sending` after this long with no transaction recorded for it was never sent (its process
+/// stopped first).
+pub const UNSENT_GRACE: Duration = Duration::from_secs(300);
+
+/// Settles the daemon's (`payer`'s) payments whose sender stopped waiting: `paid` once the index has its
+/// `InferencePaid` under the request id (whichever attempt was mined), `failed` (credit refunded, cap freed) once every
+/// transaction sent for it was dropped or none was ever sent; a claim by a request that never got its row
+/// (its process stopped) is let go after `UNSENT_GRACE`. Run periodically by every `serve`.
+pub async fn reconcile(
+    pool: &PgPool,
+    index: &ChainIndex,
+    payer: Address,
+) -> Result<Reconciled, PaymentError> {
+    let mut out = Reconciled::default();
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT request_id FROM daemon_payments WHERE state = 'sending' ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    for rid in open {
+        let Ok(request_id) = rid.parse::<B256>() else {
+            continue;
+        };
+        match reconcile_one(pool, index, payer, request_id).await? {
+            Some(true) => out.paid += 1,
+            Some(false) => out.failed += 1,
+            None => {}
+        }
+    }
+    out.released = sqlx::query(
+        "UPDATE daemon_payments p SET used_by = NULL, used_at = NULL
+         WHERE state = 'paid' AND used_by IS NOT NULL AND used_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM inferences i WHERE i.id = p.used_by)",
+    )
+    .bind(UNSENT_GRACE.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected() as usize;
+    Ok(out)
+}
+
+/// Settles one `sending` payment if its end is known: `Some(true)` paid, `Some(false)` failed, `None` still
+/// open (its transaction may still be mined, or the index has not reached it).
+pub async fn reconcile_one(
+    pool: &PgPool,
+    index: &ChainIndex,
+    payer: Address,
+    request_id: B256,
+) -> Result<Option<bool>, PaymentError> {
+    let rid = format!("{request_id:#x}");
+    let age: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM daemon_payments
+         WHERE request_id = $1 AND state = 'sending'",
+    )
+    .bind(&rid)
+    .fetch_optional(pool)
+    .await?;
+    let Some(age) = age else {
+        return Ok(None);
+    };
+    let found = index
+        .best_payment(request_id, U256::ZERO, Some(payer))
         .await
-        .map_err(|e| PaymentError::Unavailable(format!("sponsoring the payment: {e}")))
+        .map_err(|e| PaymentError::Unavailable(format!("reading the index: {e}")))?;
+    if let Some(p) = found {
+        let paid = Settled::Paid {
+            tx: p.tx_hash,
+            used_by: None,
+        };
+        settle(pool, request_id, paid).await?;
+        tracing::info!(request = %rid, tx = %p.tx_hash, "a sponsored payment was mined late: the caller's next request uses it");
+        return Ok(Some(true));
+    }
+    // the transactions sent for it: one still live or mined (the index will have it) keeps it open
+    let (sent, open): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE state IN ('sent', 'mined')) FROM key_sends
+         WHERE reference = $1",
+    )
+    .bind(&rid)
+    .fetch_one(pool)
+    .await?;
+    let why = if sent > 0 && open == 0 {
+        "its transaction's nonce went to another transaction: it was never mined"
+    } else if sent == 0 && age > UNSENT_GRACE.as_secs_f64() {
+        "no transaction was sent for it"
+    } else {
+        return Ok(None);
+    };
+    tracing::warn!(request = %rid, why, "a sponsored payment failed (a credit charge is refunded)");
+    settle(pool, request_id, Settled::Failed(why)).await?;
+    Ok(Some(false))
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub async fn succeeded<'e>(
     f: &Finished,
 ) -> Result<(), sqlx::Error> {
     let tokens: Vec<i32> = f.tokens.iter().map(|&t| t as i32).collect();
+    // Postgres text cannot hold NUL, which a model may emit: the stored text shows it as U+FFFD (the tokens,
+    // stored too, are exact)
+    let text = f.text.replace('\0', "\u{FFFD}");
     sqlx::query(
         "UPDATE inferences SET status = 'succeeded', completion_tokens = $2, output_tokens = $3, output_text = $4,
                 finish_reason = $5, queue_ms = $6, first_token_ms = $7, latency_ms = $8, finished_at = now()
@@ -106,7 +109,7 @@ pub async fn succeeded<'e>(
     .bind(id)
     .bind(tokens.len() as i32)
     .bind(&tokens)
-    .bind(&f.text)
+    .bind(&text)
     .bind(f.reason.as_str())
     .bind(f.queued.as_millis() as i32)
     .bind(f.first_token.as_millis() as i32)

@@ -441,6 +441,12 @@ async fn sponsor(
         }
         None => None,
     };
+    if earlier.is_none()
+        && let Some(caller) = pay.origin.caller
+        && let Some(p) = unused_payment(sv, caller, name, model_id, need, id).await?
+    {
+        return Ok(p);
+    }
     match (earlier, pay.origin.caller) {
         // the earlier attempt's credit charge was refunded when it failed: charge this one
         (Some(p), Some(caller)) if !inf.cfg.sponsor => {
@@ -464,19 +470,16 @@ async fn sponsor(
                     pay_hint(model_id, need)
                 )));
             }
+            let order = payment::Order {
+                caller: Some(caller),
+                model_id,
+                amount: need,
+                funding: payment::Funding::Sponsored(&inf.cfg.sponsor_limits),
+                inference: id,
+            };
             Ok(inf
                 .sponsor
-                .pay_capped(
-                    sv.chain()?,
-                    &sv.deployment,
-                    payment::Spend {
-                        pool: &sv.pool,
-                        caller,
-                        limits: &inf.cfg.sponsor_limits,
-                    },
-                    model_id,
-                    need,
-                )
+                .pay(sv.chain()?, &sv.deployment, &sv.pool, order)
                 .await?)
         }
         (None, Some(caller)) => {
@@ -493,16 +496,28 @@ async fn sponsor(
                 }
                 Err(e) => return Err(e.into()),
             }
+            let order = payment::Order {
+                caller: Some(caller),
+                model_id,
+                amount: need,
+                funding: payment::Funding::Credit,
+                inference: id,
+            };
             let paid = match sv.chain() {
                 Ok(chain) => inf
                     .sponsor
-                    .pay(chain, &sv.deployment, model_id, need)
+                    .pay(chain, &sv.deployment, &sv.pool, order)
                     .await
                     .map_err(InferenceError::from),
                 Err(e) => Err(e.into()),
             };
-            if paid.is_err() {
-                credits::refund(&sv.pool, caller, need, id).await?;
+            // a failed payment gave the charge back; one still being mined keeps it (it is used by the
+            // caller's next request once mined, or refunded if it never is)
+            if !matches!(
+                &paid,
+                Ok(_) | Err(InferenceError::Payment(PaymentError::Pending(_)))
+            ) {
+                credits::refund_inference(&sv.pool, id).await?;
             }
             paid
         }
@@ -511,6 +526,40 @@ async fn sponsor(
             pay_hint(model_id, need)
         ))),
     }
+}
+
+/// A payment the daemon made for `caller`'s earlier request to the model that was mined after that request
+/// gave up on it: this request uses it (nothing is charged again). `PaymentError::Pending` while such a
+/// payment is still being mined: paying again would pay twice.
+async fn unused_payment(
+    sv: &Serving,
+    caller: alloy::primitives::Address,
+    name: &str,
+    model_id: U256,
+    need: U256,
+    id: &str,
+) -> Result<Option<Paid>, InferenceError> {
+    let Some(me) = sv.chain.as_ref().and_then(|c| c.signer()) else {
+        return Ok(None);
+    };
+    let take = || payment::take_unused(&sv.pool, me, caller, (model_id, need), id);
+    if let Some(p) = take().await? {
+        tracing::info!(inference = %id, request = %p.request_id, "an earlier sponsored payment, mined late, pays for this request");
+        return Ok(Some(p));
+    }
+    let Some((rid, tx)) = payment::sending_for(&sv.pool, caller, model_id, need).await? else {
+        return Ok(None);
+    };
+    payment::reconcile_one(&sv.pool, &sv.index, me, rid).await?;
+    if let Some(p) = take().await? {
+        return Ok(Some(p));
+    }
+    Err(PaymentError::Pending(format!(
+        "the payment this daemon made for your earlier request to {name} ({}) is sent but not mined yet; \
+         nothing more is charged: send the request again in a few seconds and it uses that payment once mined",
+        tx.unwrap_or_else(|| format!("request id {rid:#x}"))
+    ))
+    .into())
 }
 
 /// How to pay for a request yourself, for 402 messages.
@@ -550,9 +599,26 @@ async fn pump(
             (Event::Failed(m), _) => records::ended(pool, &id, "failed", Some(m)).await,
             _ => Ok(()),
         };
-        if let Err(err) = r {
-            tracing::error!(inference = %id, error = %err, "recording the inference");
-        }
+        let e = match (r, e) {
+            (Ok(()), e) => e,
+            // an answer whose record cannot be written is not delivered (it would be served and not
+            // recorded): the caller gets a 503 and the row fails (here, or by its lease once the database
+            // is back), which frees a pay-first payment and refunds a credit charge
+            (Err(err), Event::Done(_)) => {
+                tracing::error!(inference = %id, error = %err, "recording the answer; not delivering it");
+                let why = "the answer could not be recorded";
+                if let Err(err) = records::ended(pool, &id, "failed", Some(why)).await {
+                    tracing::warn!(inference = %id, error = %err, "the lease will fail it");
+                }
+                Event::Failed(format!(
+                    "{why} (the database is unavailable): send the request again; its payment is not used up"
+                ))
+            }
+            (Err(err), e) => {
+                tracing::error!(inference = %id, error = %err, "recording the inference");
+                e
+            }
+        };
         let last = matches!(e, Event::Done(_) | Event::Failed(_));
         if out.send((e, att)).is_err() {
             // dropping `rx` makes the engine drop the sequence at its next token

@@ -1,6 +1,6 @@
 //! What the jobs that write to the chain share: the daemon's signing key, the job-side reading of a failed
 //! call (a revert is final, a node error worth another attempt), and sending a transaction with its hash
-//! in the job's log. The sending itself is `Chain::send_confirmed`'s.
+//! in the job's log. The sending itself is `Chain::send`'s and `Chain::confirm`'s.
 
 use std::time::Duration;
 
@@ -14,17 +14,18 @@ impl From<SendError> for JobError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::Reverted { .. } => JobError::fatal(e),
-            SendError::Node { .. } => JobError::retryable(e),
+            SendError::Node { .. } => JobError::unavailable(e),
+            SendError::Dropped { .. } => JobError::retryable(e),
         }
     }
 }
 
-/// A failed contract call: a revert is final, anything else (node, network) worth retrying.
+/// A failed contract call: a revert is final, anything else (node, network) retried through an outage.
 pub fn classify(e: alloy::contract::Error) -> JobError {
     if e.as_revert_data().is_some() {
         JobError::fatal(chain::revert_reason(&e))
     } else {
-        JobError::retryable(e)
+        JobError::unavailable(e)
     }
 }
 
@@ -38,7 +39,7 @@ pub fn signing_chain(chain: Option<&Chain>) -> Result<(&Chain, Address), JobErro
     Ok((chain, me))
 }
 
-/// `Chain::send_confirmed`, with the transaction's hash in the job's log as soon as it is sent.
+/// `Chain::send` and `Chain::confirm`, with the transaction's hash in the job's log as soon as it is sent.
 pub async fn send_logged<D: alloy::contract::CallDecoder + Clone>(
     ctx: &JobContext,
     chain: &Chain,
@@ -46,7 +47,7 @@ pub async fn send_logged<D: alloy::contract::CallDecoder + Clone>(
     call: Call<'_, D>,
     timeout: Duration,
 ) -> Result<TransactionReceipt, JobError> {
-    let pending = chain.send(what, &call).await?;
-    ctx.log(format!("{what} sent: {}", pending.tx_hash())).await;
-    Ok(chain::confirm(what, pending, timeout).await?)
+    let sent = chain.send(what, &call).await?;
+    ctx.log(format!("{what} sent: {}", sent.tx_hash)).await;
+    Ok(chain.confirm(what, &sent, timeout).await?)
 }

@@ -156,6 +156,10 @@ pub enum CancelOutcome {
 /// The longest wait before a failed attempt's retry.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How long after its creation a job is retried for as long as what it needs (the node, the database) is
+/// away, whatever its attempts.
+pub const UNAVAILABLE_RETRY_WINDOW: Duration = Duration::from_secs(3600);
+
 const JOB_COLUMNS: &str = "id, kind, owner, params, state, priority, attempts, max_attempts, run_after, worker, \
      heartbeat_at, cancel_requested, progress, result, error, created_at, started_at, finished_at";
 
@@ -398,19 +402,26 @@ impl Queue {
     /// A failed attempt: back to the queue while attempts remain, else failed. The wait doubles with each
     /// attempt (`backoff`, twice that, ...; at most `MAX_BACKOFF`), so a job outlasts an outage of its node or
     /// database of a minute or more rather than spending its attempts within seconds.
+    /// `unavailable`: the node or the database was away, and the job is retried past its attempts while it
+    /// is younger than [`UNAVAILABLE_RETRY_WINDOW`].
     pub async fn fail_attempt(
         &self,
         lease: &Lease,
         error: &str,
         backoff: Duration,
+        unavailable: bool,
     ) -> Result<JobState, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+            "WITH j AS (SELECT attempts < max_attempts
+                               OR ($7 AND created_at > now() - make_interval(secs => $8)) AS again
+                        FROM jobs WHERE id = $1)
+             UPDATE jobs SET state = CASE WHEN j.again THEN 'queued' ELSE 'failed' END,
                     run_after = now() + make_interval(secs => LEAST($4 * power(2, attempts - 1), $6)),
                     error = $5, worker = NULL,
                     heartbeat_at = NULL,
-                    finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END
+                    finished_at = CASE WHEN j.again THEN NULL ELSE now() END
+             FROM j
              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
              RETURNING state",
         )
@@ -420,6 +431,8 @@ impl Queue {
         .bind(backoff.as_secs_f64())
         .bind(error)
         .bind(MAX_BACKOFF.as_secs_f64())
+        .bind(unavailable)
+        .bind(UNAVAILABLE_RETRY_WINDOW.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(state) = state else {

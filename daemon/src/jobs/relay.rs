@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use super::queue::{NewJob, Queue};
 use super::worker::{JobContext, JobError, JobHandler};
-use crate::chain::{self, Chain};
+use crate::chain::Chain;
 use crate::quotas::{Quota, QuotaError, Quotas};
 use crate::uploads::{self, NewRelay, RelayRow};
 
@@ -89,10 +89,13 @@ impl JobHandler for RelayJob {
                 .await?
                 .ok_or_else(|| JobError::fatal(format!("relay {} does not exist", p.relay_id)))?;
             let last_attempt = ctx.attempt() >= ctx.lease.job.max_attempts;
+            let in_window = time::OffsetDateTime::now_utc() - ctx.lease.job.created_at
+                < super::queue::UNAVAILABLE_RETRY_WINDOW;
             match self.relay(&ctx, &relay).await {
                 Ok(v) => Ok(v),
                 Err(e) => {
-                    if !e.retryable || last_attempt {
+                    let again = e.retryable && (!last_attempt || (e.unavailable && in_window));
+                    if !again {
                         uploads::set_relay_state(
                             &self.pool,
                             relay.id,
@@ -188,7 +191,7 @@ impl RelayJob {
             .provider()
             .get_transaction_receipt(tx)
             .await
-            .map_err(JobError::retryable)?
+            .map_err(JobError::unavailable)?
         else {
             return Ok(false);
         };
@@ -226,7 +229,7 @@ impl RelayJob {
             .chain
             .contribute_nonce(contributor)
             .await
-            .map_err(JobError::retryable)?;
+            .map_err(JobError::unavailable)?;
         if current > nonce {
             // the signature was used (by us, in flight, or by someone else): give the indexer its time
             ctx.log(format!(
@@ -255,13 +258,26 @@ impl RelayJob {
             signature,
         );
         // simulated first: a revert is final and costs no gas
-        let pending = self.chain.send("contributeWithSig", &call).await?;
-        let tx_hash = *pending.tx_hash();
+        let sent = self.chain.send("contributeWithSig", &call).await?;
+        let tx_hash = sent.tx_hash;
         uploads::set_relay_state(&self.pool, relay.id, "submitted", Some(tx_hash), None, None)
             .await?;
         ctx.log(format!("submitted transaction {tx_hash}")).await;
         ctx.progress(0.5).await;
-        let receipt = chain::confirm("contributeWithSig", pending, self.confirm_timeout).await?;
+        let receipt = self
+            .chain
+            .confirm("contributeWithSig", &sent, self.confirm_timeout)
+            .await?;
+        if receipt.transaction_hash != tx_hash {
+            // an attempt re-sent with higher fees was the one mined
+            let mined = Some(receipt.transaction_hash);
+            uploads::set_relay_state(&self.pool, relay.id, "submitted", mined, None, None).await?;
+            ctx.log(format!(
+                "re-sent with higher fees as {}",
+                receipt.transaction_hash
+            ))
+            .await;
+        }
         ctx.log(format!(
             "mined in block {}; waiting for the indexer",
             receipt.block_number.unwrap_or_default()

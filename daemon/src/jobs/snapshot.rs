@@ -174,7 +174,7 @@ impl SnapshotJob {
                 .versionRoot(id, on_chain.versionCount)
                 .call()
                 .await
-                .map_err(JobError::retryable)?;
+                .map_err(classify)?;
             if latest == root {
                 ctx.log(format!(
                     "already published as version {}",

@@ -146,7 +146,7 @@ impl TrainJob {
                 .await
                 .map_err(|r| match r {
                     Refusal::Invalid(m) | Refusal::Forbidden(m) => JobError::fatal(m),
-                    Refusal::Unavailable(m) => JobError::retryable(m),
+                    Refusal::Unavailable(m) => JobError::unavailable(m),
                 })?;
             let contributions = self
                 .index
@@ -680,7 +680,7 @@ impl TrainJob {
             .provider()
             .get_block_number()
             .await
-            .map_err(JobError::retryable)?;
+            .map_err(JobError::unavailable)?;
         self.wait_index("the chain head", || async {
             let through = self
                 .index
@@ -824,7 +824,7 @@ impl TrainJob {
             .modelDeveloper(model_id)
             .call()
             .await
-            .map_err(JobError::retryable)?;
+            .map_err(super::publish::classify)?;
         if current == developer {
             return Ok(None);
         }

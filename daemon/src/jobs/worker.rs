@@ -20,6 +20,9 @@ pub struct JobError {
     pub message: String,
     /// Worth another attempt (a node or database hiccup), or final (bad parameters, a revert).
     pub retryable: bool,
+    /// The node or the database was away: the attempt is retried even past `max_attempts` while the job
+    /// is younger than [`super::queue::UNAVAILABLE_RETRY_WINDOW`], so an outage does not fail the jobs it meets.
+    pub unavailable: bool,
 }
 
 impl JobError {
@@ -27,6 +30,16 @@ impl JobError {
         Self {
             message: m.to_string(),
             retryable: true,
+            unavailable: false,
+        }
+    }
+
+    /// A failure of the node or the database, not of the job: retried through an outage.
+    pub fn unavailable(m: impl std::fmt::Display) -> Self {
+        Self {
+            message: m.to_string(),
+            retryable: true,
+            unavailable: true,
         }
     }
 
@@ -34,13 +47,26 @@ impl JobError {
         Self {
             message: m.to_string(),
             retryable: false,
+            unavailable: false,
         }
     }
 }
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        JobError::retryable(format!("database: {e}"))
+        let m = format!("database: {e}");
+        if matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+        ) {
+            JobError::unavailable(m)
+        } else {
+            JobError::retryable(m)
+        }
     }
 }
 
@@ -389,7 +415,7 @@ async fn run_one(
                     Err(e) => {
                         tracing::warn!(job = id, error = %e.message, retryable = e.retryable, "job attempt failed");
                         let state = if e.retryable {
-                            queue.fail_attempt(&lease, &e.message, cfg.retry_backoff).await
+                            queue.fail_attempt(&lease, &e.message, cfg.retry_backoff, e.unavailable).await
                         } else {
                             queue.finish(&lease, JobState::Failed, None, Some(&e.message)).await.map(|_| JobState::Failed)
                         };

@@ -61,8 +61,8 @@ impl Default for SettleConfig {
         Self {
             finality_depth: 64,
             epoch_blocks: 0,
-            bump_after: Duration::from_secs(60),
-            bump_percent: 25,
+            bump_after: Duration::from_secs(crate::chain::DEFAULT_BUMP_AFTER_SECS),
+            bump_percent: crate::chain::DEFAULT_BUMP_PERCENT,
             confirm_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
         }

@@ -669,10 +669,10 @@ impl Settler {
         let d = self.distributor();
         let call = d.proposeRoot(epoch, root, total, row.uri.clone()).from(me);
         let gas = call.estimate_gas().await.map_err(SettleError::rpc)?;
-        let (nonce, max_fee, priority) = match bump {
+        let (nonce, max_fee, priority, lease) = match bump {
             Some(prev) => {
                 let (max_fee, priority) = self.bumped(prev).await?;
-                (prev.nonce as u64, max_fee, priority)
+                (prev.nonce as u64, max_fee, priority, None)
             }
             None => {
                 let fees = self
@@ -680,13 +680,20 @@ impl Settler {
                     .estimate_eip1559_fees()
                     .await
                     .map_err(SettleError::rpc)?;
-                let n = self
-                    .provider()
-                    .get_transaction_count(me)
-                    .pending()
+                // the key's next nonce, held until the node has the proposal: relays, payments and
+                // publishing of every process send from the same key
+                let lease = self
+                    .ctx
+                    .chain
+                    .lease_nonce("proposeRoot")
                     .await
-                    .map_err(SettleError::rpc)?;
-                (n, fees.max_fee_per_gas, fees.max_priority_fee_per_gas)
+                    .map_err(|e| SettleError::Rpc(e.to_string()))?;
+                (
+                    lease.nonce,
+                    fees.max_fee_per_gas,
+                    fees.max_priority_fee_per_gas,
+                    Some(lease),
+                )
             }
         };
         let request = call
@@ -694,7 +701,11 @@ impl Settler {
             .with_gas_limit(gas + gas / 4);
         let hash = self
             .sign_store_send(row, "propose", request, nonce, max_fee, priority)
-            .await?;
+            .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        let hash = hash?;
         tracing::info!(epoch, tx = %hash, nonce, max_fee, bump = bump.is_some(), "proposal sent");
         Ok(())
     }
@@ -908,21 +919,28 @@ impl Settler {
             );
             return Ok(None);
         }
-        let call = d.acceptRoot();
+        // an instance over the provider itself: what the key's sender takes
+        let owned = RewardDistributor::new(self.ctx.distributor, self.provider().clone());
+        let call = owned.acceptRoot();
         if let Err(e) = call.call().await {
             return Err(SettleError::Rejected {
                 epoch: pending.epoch,
                 reason: crate::chain::revert_reason(&e),
             });
         }
-        let receipt = call
-            .send()
+        // through the key's nonce manager: relays and payments may be sending from the same key
+        let receipt = self
+            .ctx
+            .chain
+            .send_confirmed("acceptRoot", call, self.ctx.cfg.confirm_timeout)
             .await
-            .map_err(SettleError::rpc)?
-            .with_timeout(Some(self.ctx.cfg.confirm_timeout))
-            .get_receipt()
-            .await
-            .map_err(SettleError::rpc)?;
+            .map_err(|e| match e {
+                crate::chain::SendError::Reverted { reason, .. } => SettleError::Rejected {
+                    epoch: pending.epoch,
+                    reason,
+                },
+                e => SettleError::Rpc(e.to_string()),
+            })?;
         tracing::info!(epoch = pending.epoch, tx = %receipt.transaction_hash, "root accepted");
         // the indexer's RootAccepted moves the build to accepted
         let deadline = tokio::time::Instant::now() + self.ctx.cfg.confirm_timeout;

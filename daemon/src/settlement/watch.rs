@@ -184,6 +184,7 @@ fn send_error(epoch: u64, e: SendError) -> SettleError {
             reason: format!("{what} {reason}"),
         },
         SendError::Node { what, detail } => SettleError::Rpc(format!("{what}: {detail}")),
+        e @ SendError::Dropped { .. } => SettleError::Rpc(e.to_string()),
     }
 }
 
