@@ -642,3 +642,55 @@ async fn the_notification_listener_comes_back_after_the_database_does(pool: PgPo
         }
     }
 }
+
+/// A model may emit NUL, which Postgres text cannot hold: the answer is recorded all the same (an answer that
+/// cannot be recorded is not delivered), its text showing U+FFFD there, its token ids exact.
+#[sqlx::test(migrator = "openledger_db::MIGRATOR")]
+async fn an_answer_with_a_nul_is_recorded(pool: PgPool) {
+    use openledger_daemon::inference::records::{self, NewInference};
+    use openledger_model::serve::engine::{FinishReason, Finished};
+    let id = records::new_id();
+    let hash = format!("0x{}", "ab".repeat(32));
+    records::insert(
+        &pool,
+        &NewInference {
+            id: &id,
+            model: "base",
+            kind: "chat",
+            base_model_hash: &hash,
+            job_id: None,
+            adapter_hash: None,
+            caller: None,
+            payment_mode: "free",
+            chain_id: None,
+            model_id: None,
+            paid: None,
+            price_per_1k: None,
+            batch: None,
+            prompt_tokens: 3,
+            max_tokens: 4,
+            lease: Some(("test", Duration::from_secs(30))),
+        },
+    )
+    .await
+    .unwrap();
+    let done = Finished {
+        reason: FinishReason::Length,
+        prompt_tokens: 3,
+        tokens: vec![0, 7, 0],
+        text: "a\0b".into(),
+        queued: Duration::ZERO,
+        first_token: Duration::ZERO,
+        total: Duration::ZERO,
+    };
+    records::succeeded(&pool, &id, &done).await.unwrap();
+    let (status, text, tokens): (String, String, Vec<i32>) =
+        sqlx::query_as("SELECT status, output_text, output_tokens FROM inferences WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(text, "a\u{FFFD}b");
+    assert_eq!(tokens, [0, 7, 0]);
+}
