@@ -9,7 +9,7 @@ use std::time::Duration;
 use alloy::primitives::Address;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use openledger_daemon::jobs::queue::{CancelOutcome, JobState, NewJob, Queue};
+use openledger_daemon::jobs::queue::{CancelOutcome, Charged, JobState, NewJob, Queue};
 use openledger_daemon::jobs::worker::{
     self, JobContext, JobError, JobHandler, Registry, WorkerConfig,
 };
@@ -441,11 +441,21 @@ async fn daily_quotas_charge_in_the_jobs_transaction_and_a_reference_once(pool: 
         max_attempts: 1,
     };
     let first = q
-        .submit_charged(&job(1), &quotas, &[(Quota::TrainSteps, 600)], &[])
+        .submit_charged(
+            &job(1),
+            Charged::Within(&quotas),
+            &[(Quota::TrainSteps, 600)],
+            &[],
+        )
         .await
         .unwrap();
     let refused = q
-        .submit_charged(&job(2), &quotas, &[(Quota::TrainSteps, 600)], &[])
+        .submit_charged(
+            &job(2),
+            Charged::Within(&quotas),
+            &[(Quota::TrainSteps, 600)],
+            &[],
+        )
         .await
         .unwrap_err();
     let QuotaError::Exceeded(e) = refused else {
@@ -463,7 +473,12 @@ async fn daily_quotas_charge_in_the_jobs_transaction_and_a_reference_once(pool: 
     assert_eq!(jobs, 1, "the refused job is not queued");
     // more than the whole quota is refused with no hope of a retry (a day)
     let huge = q
-        .submit_charged(&job(3), &quotas, &[(Quota::TrainSteps, 5000)], &[])
+        .submit_charged(
+            &job(3),
+            Charged::Within(&quotas),
+            &[(Quota::TrainSteps, 5000)],
+            &[],
+        )
         .await
         .unwrap_err();
     assert!(huge.to_string().contains("more than the 1000"), "{huge}");
@@ -473,7 +488,10 @@ async fn daily_quotas_charge_in_the_jobs_transaction_and_a_reference_once(pool: 
         .await
         .unwrap();
     // an epoch-based job's run charges what it counted, once whatever its attempts
-    let epochs = q.submit_charged(&job(4), &quotas, &[], &[]).await.unwrap();
+    let epochs = q
+        .submit_charged(&job(4), Charged::Within(&quotas), &[], &[])
+        .await
+        .unwrap();
     for _ in 0..2 {
         steps(&quotas, &mut tx, owner, 300, Some(epochs.id))
             .await
@@ -489,7 +507,7 @@ async fn daily_quotas_charge_in_the_jobs_transaction_and_a_reference_once(pool: 
     assert_eq!(used, 900);
     // an operator's job is marked settled: its run is charged nothing, even to a full quota
     let op = q
-        .submit_charged(&job(5), &Quotas::UNLIMITED, &[], &[])
+        .submit_charged(&job(5), Charged::Exempt, &[], &[])
         .await
         .unwrap();
     let mut tx = pool.begin().await.unwrap();

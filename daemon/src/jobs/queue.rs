@@ -163,6 +163,15 @@ pub const UNAVAILABLE_RETRY_WINDOW: Duration = Duration::from_secs(3600);
 const JOB_COLUMNS: &str = "id, kind, owner, params, state, priority, attempts, max_attempts, run_after, worker, \
      heartbeat_at, cancel_requested, progress, result, error, created_at, started_at, finished_at";
 
+/// What a submitted job is charged against.
+#[derive(Debug, Clone, Copy)]
+pub enum Charged<'a> {
+    /// The owner's quotas.
+    Within(&'a Quotas),
+    /// Nothing: an operator's job.
+    Exempt,
+}
+
 /// The queue over one database.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -186,17 +195,21 @@ impl Queue {
     }
 
     /// Queues a job submitted by its owner, within the owner's quotas: the concurrent-jobs limit (kinds in
-    /// `not_counted` aside) and the daily `usage`, charged in the transaction that inserts the job. `quotas`
-    /// are `Quotas::UNLIMITED` for operators, whose jobs are marked as settled so that nothing is charged
-    /// when they run either.
+    /// `not_counted` aside) and the daily `usage`, charged in the transaction that inserts the job. An
+    /// operator's job (`Charged::Exempt`) is checked and charged against nothing, and marked as settled so
+    /// that nothing is charged when it runs either.
     pub async fn submit_charged(
         &self,
         new: &NewJob,
-        quotas: &Quotas,
+        charged: Charged<'_>,
         usage: &[(Quota, u64)],
         not_counted: &[&str],
     ) -> Result<Job, QuotaError> {
         let mut tx = self.pool.begin().await?;
+        let quotas = match charged {
+            Charged::Within(q) => q,
+            Charged::Exempt => &Quotas::UNLIMITED,
+        };
         quotas
             .check_concurrent_jobs(&mut tx, new.owner, not_counted)
             .await?;
@@ -207,7 +220,7 @@ impl Queue {
                 .charge(&mut tx, new.owner, quota, amount, Some(&reference))
                 .await?;
         }
-        if *quotas == Quotas::UNLIMITED {
+        if matches!(charged, Charged::Exempt) {
             quotas::settled(&mut tx, new.owner, Quota::TrainSteps, &reference).await?;
         }
         tx.commit().await?;

@@ -55,14 +55,7 @@ impl JobError {
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
         let m = format!("database: {e}");
-        if matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-        ) {
+        if openledger_indexer::is_connection_error(&e) {
             JobError::unavailable(m)
         } else {
             JobError::retryable(m)
@@ -99,12 +92,6 @@ impl From<openledger_indexer::IndexerError> for Refusal {
             openledger_indexer::IndexerError::Db(e) => e.into(),
             other => Refusal::Invalid(format!("index: {other}")),
         }
-    }
-}
-
-impl From<String> for Refusal {
-    fn from(s: String) -> Self {
-        Refusal::Forbidden(s)
     }
 }
 
