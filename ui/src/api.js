@@ -2,9 +2,21 @@
 
 const KEY = "openledger.session";
 
+/**
+ * What a problem body tells the user: its detail, then when to try again (a 429 or 503's `retry_after`) and
+ * which of the server's limits refused it (`limit`, the `serve` flag).
+ */
+export function problemMessage(status, problem) {
+  let m = problem?.detail || problem?.title || `HTTP ${status}`;
+  const after = Number(problem?.retry_after);
+  if (Number.isFinite(after) && after > 0) m = `${/[.!?]$/.test(m) ? m : `${m}.`} Try again in ${after} s.`;
+  if (typeof problem?.limit === "string" && problem.limit) m += ` (server limit: ${problem.limit})`;
+  return m;
+}
+
 export class ApiError extends Error {
   constructor(status, problem) {
-    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    super(problemMessage(status, problem));
     this.status = status;
     this.problem = problem;
   }

@@ -7,6 +7,7 @@ import { ticks, layout, lineChart } from "../src/chart.js";
 import { segments, shares, poolOf } from "../src/attribution.js";
 import { estimateTraining, eta } from "../src/estimate.js";
 import { SseParser } from "../src/sse.js";
+import { problemMessage } from "../src/api.js";
 
 test("the SIWE message has the daemon's line layout and a checksummed address", () => {
   const m = siweMessage({ domain: "127.0.0.1:8080", address: "0x70997970c51812dc3a010c7d01b50e0d17dc79c8", chainId: 7331, nonce: "abc123", issuedAt: new Date("2026-12-04T10:00:00.123Z") });
@@ -135,4 +136,12 @@ test("a contribution's stored rows read as prompt → completion, text or chat t
   assert.equal(many.rows.length, 20);
   assert.equal(many.more, 5);
   assert.deepEqual(previewRows(""), { rows: [], more: 0 });
+});
+
+test("a refusal says when to try again and which server limit it hit", () => {
+  const quota = { status: 429, title: "Too many requests", detail: "1000 relays a day is the quota.", retry_after: 3600, limit: "--quota-relays-per-day" };
+  assert.equal(problemMessage(429, quota), "1000 relays a day is the quota. Try again in 3600 s. (server limit: --quota-relays-per-day)");
+  assert.equal(problemMessage(503, { title: "Service unavailable", detail: "the database is unavailable", retry_after: 5 }), "the database is unavailable. Try again in 5 s.");
+  assert.equal(problemMessage(404, { title: "Not found", detail: "no job 7" }), "no job 7");
+  assert.equal(problemMessage(502, null), "HTTP 502");
 });
