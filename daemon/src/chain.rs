@@ -367,6 +367,14 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// The node or the network failed doing `what`.
+    fn node(what: &str, detail: impl std::fmt::Display) -> Self {
+        SendError::Node {
+            what: what.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
     fn of(what: &str, e: alloy::contract::Error) -> Self {
         if e.as_revert_data().is_some() {
             SendError::Reverted {

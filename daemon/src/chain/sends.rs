@@ -236,10 +236,7 @@ impl Chain {
                 nonce: None,
             });
         };
-        let node = |detail: String| SendError::Node {
-            what: what.to_owned(),
-            detail,
-        };
+        let node = |detail: String| SendError::node(what, detail);
         // a revert is final and costs nothing; simulated on the pending block, where the transaction will
         // run (a block mined meanwhile by another sender is under it, not over it)
         call.clone()
@@ -294,10 +291,9 @@ impl Chain {
     /// The key's next nonce for a transaction signed elsewhere (settlement stores its own): held, under the
     /// key's lock, until the lease is released.
     pub async fn lease_nonce(&self, what: &str) -> Result<NonceLease, SendError> {
-        let me = self.signer.ok_or_else(|| SendError::Node {
-            what: what.to_owned(),
-            detail: "this daemon has no key".into(),
-        })?;
+        let me = self
+            .signer
+            .ok_or_else(|| SendError::node(what, "this daemon has no key"))?;
         match &self.sends {
             Some(s) => self.lease(s, me, what).await,
             None => Ok(NonceLease {
@@ -308,10 +304,7 @@ impl Chain {
                     .get_transaction_count(me)
                     .pending()
                     .await
-                    .map_err(|e| SendError::Node {
-                        what: what.to_owned(),
-                        detail: format!("reading the key's nonce: {e}"),
-                    })?,
+                    .map_err(|e| SendError::node(what, format!("reading the key's nonce: {e}")))?,
             }),
         }
     }
@@ -319,19 +312,8 @@ impl Chain {
     /// Takes the key's lock and its next nonce: the node's pending count, or past the live stored
     /// transactions the node does not count (it lost them: they are broadcast again).
     async fn lease(&self, s: &Sends, me: Address, what: &str) -> Result<NonceLease, SendError> {
-        let node = |detail: String| SendError::Node {
-            what: what.to_owned(),
-            detail,
-        };
-        let local = s.local.clone().lock_owned().await;
-        let lock = KeyLock::take(&s.pool, self.lock_name(me))
-            .await
-            .map_err(|e| node(format!("taking the key's send lock: {e}")))?;
-        let mut lease = NonceLease {
-            lock: Some(lock),
-            _local: Some(local),
-            nonce: 0,
-        };
+        let node = |detail: String| SendError::node(what, detail);
+        let mut lease = self.lock(s, me, what).await?;
         let pending = self
             .provider
             .get_transaction_count(me)
@@ -357,6 +339,20 @@ impl Chain {
             _ => pending,
         };
         Ok(lease)
+    }
+
+    /// Takes the key's lock (this process's, then the database's) without choosing a nonce: the lease's
+    /// `nonce` is 0 until [`Chain::lease`] sets it.
+    async fn lock(&self, s: &Sends, me: Address, what: &str) -> Result<NonceLease, SendError> {
+        let local = s.local.clone().lock_owned().await;
+        let lock = KeyLock::take(&s.pool, self.lock_name(me))
+            .await
+            .map_err(|e| SendError::node(what, format!("taking the key's send lock: {e}")))?;
+        Ok(NonceLease {
+            lock: Some(lock),
+            _local: Some(local),
+            nonce: 0,
+        })
     }
 
     /// Broadcasts again the newest attempt at every live nonce from `from` on (the node forgot them).
@@ -390,10 +386,7 @@ impl Chain {
         request: TransactionRequest,
     ) -> Result<B256, SendError> {
         let what = signing.what;
-        let node = |detail: String| SendError::Node {
-            what: what.to_owned(),
-            detail,
-        };
+        let node = |detail: String| SendError::node(what, detail);
         let envelope = request
             .with_from(me)
             .with_nonce(signing.nonce)
@@ -523,10 +516,7 @@ impl Chain {
 
     /// Where the transactions at `nonce` stand; settles their records once the nonce is used.
     async fn follow(&self, s: &Sends, me: Address, nonce: u64) -> Result<Followed, SendError> {
-        let node = |detail: String| SendError::Node {
-            what: "following the key's transactions".into(),
-            detail,
-        };
+        let node = |detail: String| SendError::node("following the key's transactions", detail);
         let rows: Vec<Attempt> = sqlx::query_as(
             "SELECT id, what, reference, tx_hash, raw, max_fee::text AS max_fee, priority_fee::text AS priority_fee,
                     state, extract(epoch FROM now() - sent_at)::float8 AS age_secs
@@ -628,10 +618,7 @@ impl Chain {
         .bind(mined)
         .execute(&s.pool)
         .await
-        .map_err(|e| SendError::Node {
-            what: "recording a mined transaction".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| SendError::node("recording a mined transaction", e))?;
         Ok(())
     }
 
@@ -646,11 +633,9 @@ impl Chain {
         nonce: u64,
     ) -> Result<B256, SendError> {
         let what = newest.what.as_str();
-        let node = |detail: String| SendError::Node {
-            what: what.to_owned(),
-            detail,
-        };
-        let mut lease = self.lease(s, me, what).await?;
+        let node = |detail: String| SendError::node(what, detail);
+        // the nonce is the attempt's own: the lock only, no new nonce
+        let mut lease = self.lock(s, me, what).await?;
         let conn = lease
             .conn()
             .map_err(|e| node(format!("reading the key's sends: {e}")))?;
@@ -735,10 +720,7 @@ impl Chain {
         .bind(format!("{me:#x}"))
         .fetch_all(&s.pool)
         .await
-        .map_err(|e| SendError::Node {
-            what: "tending the key's transactions".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| SendError::node("tending the key's transactions", e))?;
         let mut t = Tended::default();
         for n in nonces {
             let n = n as u64;
