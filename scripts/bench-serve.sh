@@ -39,16 +39,8 @@ cargo build --locked -q --release -p openledger-model --example bench_serve
 BIN="$CARGO_TARGET_DIR/release/examples/bench_serve"
 
 if [ "$LLAMACPP" = 1 ]; then
-  PY="$ROOT/.tools/llamacpp/bin/python"
-  if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
-    log "installing llama-cpp-python 0.3.36 into .tools/llamacpp (PyPI; compiles llama.cpp, ~10 minutes)"
-    python3 -m venv "$ROOT/.tools/llamacpp"
-    # AVX2/AVX-512 kernels but not AMX: the native build's AMX path segfaults on the first decode on
-    # this machine kind (Sapphire Rapids VMs), and the engine does not use AMX either
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" \
-      CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.tools/llamacpp/bin/pip" install -q --no-cache-dir \
-      --disable-pip-version-check llama-cpp-python==0.3.36
-  fi
+  ensure_llamacpp
+  PY="$LLAMACPP_PY"
   log "llama.cpp: single stream, $THREADS threads, 128 new tokens, greedy"
   lc="$("$PY" scripts/bench_serve_llamacpp.py "$MODEL" "$THREADS" 128 3)"
   echo "$lc"

@@ -3,7 +3,7 @@
 (transformers dequantizes it to fp32), the same corpus windows, the same LoRA settings. Prints
 `tokens_per_s` and `peak_rss_mb` lines like the Rust side.
 
-    bench_train_pytorch.py <model.gguf> <targets q,v|all> <rank> <seq> <batch> <steps> <corpus> <threads>
+    bench_train_pytorch.py <model.gguf | HF folder> <targets q,v|all> <rank> <seq> <batch> <steps> <corpus> <threads>
 """
 import os
 import resource
@@ -21,9 +21,13 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = os.path.dirname(model_path), os.path.basename(model_path)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    if os.path.isdir(model_path):  # a Hugging Face folder (scripts/bench-1b.sh)
+        tok = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    else:
+        folder, name = os.path.dirname(model_path), os.path.basename(model_path)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
     mods = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if targets == "all" \
         else [t if t.endswith("_proj") else f"{t}_proj" for t in targets.split(",")]
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,

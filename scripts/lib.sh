@@ -175,3 +175,16 @@ release_openledger() {
   cargo build --locked -q --release -p openledger-daemon >&2
   echo "$CARGO_TARGET_DIR/release/openledger"
 }
+
+# llama-cpp-python 0.3.36 in .tools/llamacpp (the llama.cpp baseline of the serving benchmarks), built from
+# PyPI on first use (~10 minutes). AVX2/AVX-512 kernels but not AMX: the native build's AMX path segfaults
+# on the first decode on this machine kind (Sapphire Rapids VMs), and the engine does not use AMX either.
+ensure_llamacpp() {
+  LLAMACPP_PY="$ROOT/.tools/llamacpp/bin/python"
+  "$LLAMACPP_PY" -c "import llama_cpp" 2>/dev/null && return 0
+  log "installing llama-cpp-python 0.3.36 into .tools/llamacpp (PyPI; compiles llama.cpp, ~10 minutes)"
+  python3 -m venv "$ROOT/.tools/llamacpp"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.tools/llamacpp/bin/pip" install -q --no-cache-dir \
+    --disable-pip-version-check llama-cpp-python==0.3.36
+}

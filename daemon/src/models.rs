@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use alloy::primitives::{Address, U256};
+use openledger_model::ModelConfig;
 use openledger_model::weights::{ModelFormat, content_hash, inspect};
 use serde::Serialize;
 use serde_json::Value;
@@ -28,12 +29,21 @@ pub struct BaseModelRow {
     /// `0x`-prefixed SHA-256 of the GGUF file (what `sha256sum` prints), or of a folder's file listing.
     pub hash: String,
     pub size_bytes: i64,
+    /// The model family, as people name it (`Llama`, `Qwen 2`, `Gemma 3`...).
+    pub family: String,
+    /// Number of weights (embeddings counted once when tied).
+    pub parameters: i64,
+    /// The longest sequence the model was trained for, in tokens.
+    pub context_length: i64,
     /// The model's hyper-parameters (layers, hidden size, context...).
     #[schema(value_type = Object)]
     pub config: Value,
 }
 
 fn row_to_base(r: (String, String, String, String, String, i64, Value)) -> BaseModelRow {
+    // rows registered by older versions hold a llama configuration without the newer fields: serde's
+    // defaults read them as llama
+    let cfg = serde_json::from_value::<ModelConfig>(r.6.clone()).ok();
     BaseModelRow {
         id: r.0,
         path: r.1,
@@ -41,6 +51,14 @@ fn row_to_base(r: (String, String, String, String, String, i64, Value)) -> BaseM
         architecture: r.3,
         hash: r.4,
         size_bytes: r.5,
+        family: cfg
+            .as_ref()
+            .map_or("unknown", |c| c.family.display_name())
+            .to_string(),
+        parameters: cfg
+            .as_ref()
+            .map_or(0, |c| i64::try_from(c.num_parameters()).unwrap_or(i64::MAX)),
+        context_length: cfg.as_ref().map_or(0, |c| c.max_position_embeddings as i64),
         config: r.6,
     }
 }
@@ -128,11 +146,13 @@ pub async fn register_base_model(
         ModelFormat::Gguf => "gguf",
         ModelFormat::Safetensors => "safetensors",
     };
+    let architecture = config.family.model_type();
     let config = serde_json::to_value(&config).unwrap_or(Value::Null);
     sqlx::query(
         "INSERT INTO base_models (id, path, format, architecture, hash, size_bytes, modified_at, config)
-         VALUES ($1, $2, $3, 'llama', $4, $5, $6, $7)
-         ON CONFLICT (path) DO UPDATE SET format = $3, hash = $4, size_bytes = $5, modified_at = $6, config = $7",
+         VALUES ($1, $2, $3, $8, $4, $5, $6, $7)
+         ON CONFLICT (path) DO UPDATE
+           SET format = $3, hash = $4, size_bytes = $5, modified_at = $6, config = $7, architecture = $8",
     )
     .bind(model_id_for(&path))
     .bind(&path_s)
@@ -141,9 +161,10 @@ pub async fn register_base_model(
     .bind(size)
     .bind(mtime)
     .bind(&config)
+    .bind(architecture)
     .execute(pool)
     .await?;
-    tracing::info!(model = %model_id_for(&path), %hash, "registered base model");
+    tracing::info!(model = %model_id_for(&path), %hash, architecture, "registered base model");
     base_model_by_path(pool, &path_s).await
 }
 

@@ -37,7 +37,7 @@ use openledger_daemon::training::TrainSettings;
 
 use openledger_daemon::state::ApiConfig;
 use openledger_indexer::{Indexer, Mode};
-use openledger_model::{BaseModel, LlamaConfig};
+use openledger_model::{BaseModel, ModelConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::*;
@@ -111,7 +111,7 @@ async fn world(pool: PgPool) -> World {
     send!(registry(DAEMON).reviewContributions(U256::from(1), ids, true));
 
     let data = tempfile::tempdir().unwrap();
-    BaseModel::random(LlamaConfig::tiny(), 3)
+    BaseModel::random(ModelConfig::tiny(), 3)
         .unwrap()
         .save_hf_dir(&data.path().join("models/tiny-llama"))
         .unwrap();

@@ -28,7 +28,7 @@ use openledger_daemon::jobs::worker::Registry as Jobs;
 use openledger_daemon::state::ApiConfig;
 use openledger_daemon::training::{StepHook, TrainSettings};
 use openledger_indexer::{Indexer, Mode};
-use openledger_model::{BaseModel, LlamaConfig};
+use openledger_model::{BaseModel, ModelConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -95,7 +95,7 @@ async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>)
 
     let data = tempfile::tempdir().unwrap();
     let tiny = data.path().join("models/tiny-llama");
-    BaseModel::random(LlamaConfig::tiny(), 3)
+    BaseModel::random(ModelConfig::tiny(), 3)
         .unwrap()
         .save_hf_dir(&tiny)
         .unwrap();

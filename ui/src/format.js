@@ -43,6 +43,15 @@ export function formatDuration(s) {
   return `${s} s`;
 }
 
+/** A model's size as people write it: 134515008 -> "135M", 1235814400 -> "1.2B". */
+export function formatParams(n) {
+  if (!Number.isFinite(n) || n <= 0) return null;
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
+  if (n >= 1e3) return `${Math.round(n / 1e3)}K`;
+  return String(n);
+}
+
 /** `count(1, "Datanet")` -> "1 Datanet", `count(2, "Datanet")` -> "2 Datanets" (`many` for irregular plurals). */
 export const count = (n, one, many = `${one}s`) => `${n} ${Number(n) === 1 ? one : many}`;
 

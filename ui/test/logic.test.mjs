@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { siweMessage, utf8Hex } from "../src/siwe.js";
-import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, count, pendingText } from "../src/format.js";
+import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, formatParams, count, pendingText } from "../src/format.js";
 import { rowsToUpload, fileContentType, previewRows } from "../src/rows.js";
 import { ticks, layout, lineChart } from "../src/chart.js";
 import { segments, shares, poolOf } from "../src/attribution.js";
@@ -29,6 +29,9 @@ test("OPEN amounts format and parse without floating point", () => {
   assert.equal(ppmPercent(1000000), "100%");
   assert.equal(formatDuration(3725), "1 h 2 min");
   assert.equal(formatDuration(65), "1 min 5 s");
+  assert.equal(formatParams(134515008), "135M");
+  assert.equal(formatParams(1235814400), "1.2B");
+  assert.equal(formatParams(0), null);
 });
 
 test("Datanet metadata round-trips through its URI and drives the search", () => {

@@ -8,6 +8,10 @@
 //! adapter into the quantized q/v weights before its run: dequantize, add scale*B*A, requantize, which is
 //! measured for real; the merged model costs what the base model costs, so the run is served on it).
 //! Prints `key value` lines for `scripts/bench-serve.sh`.
+//!
+//! With `BENCH_SCALE=1b` (`scripts/bench-1b.sh`, billion-parameter models) it measures only what that
+//! benchmark reports: single-stream decode (prefill excluded, as llama.cpp's baseline measures it), the
+//! base model at saturation, 8 adapters at saturation, and the process's memory.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -23,16 +27,8 @@ use openledger_model::weights::Weight;
 use openledger_model::{BaseModel, Device, Llama, LoraConfig, Precision, Proj};
 use rand::{Rng, SeedableRng};
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+mod common;
+use common::{peak_rss_mb, rss_mb};
 
 #[derive(Clone)]
 struct Req {
@@ -113,6 +109,26 @@ fn adapter_ref(i: usize, dir: Option<&std::path::Path>) -> AdapterRef {
 
 /// Submits the requests on their schedule and waits for all of them.
 fn run(engine: &Engine, reqs: &[Req], disk: Option<&std::path::Path>) -> RunStats {
+    let (done, wall) = finish_all(engine, reqs, disk);
+    let tokens: usize = done.iter().map(|f| f.tokens.len()).sum();
+    let mut ttft: Vec<f64> = done
+        .iter()
+        .map(|f| f.first_token.as_secs_f64() * 1e3)
+        .collect();
+    RunStats {
+        tokens_per_s: tokens as f64 / wall,
+        requests_per_s: done.len() as f64 / wall,
+        ttft_p50_ms: pct(&mut ttft, 0.5),
+        ttft_p99_ms: pct(&mut ttft, 0.99),
+    }
+}
+
+/// The requests' results and the wall time from the first submission to the last answer.
+fn finish_all(
+    engine: &Engine,
+    reqs: &[Req],
+    disk: Option<&std::path::Path>,
+) -> (Vec<Finished>, f64) {
     let (tx, rx) = mpsc::channel::<Finished>();
     let start = Instant::now();
     for r in reqs {
@@ -148,17 +164,24 @@ fn run(engine: &Engine, reqs: &[Req], disk: Option<&std::path::Path>) -> RunStat
     let done: Vec<Finished> = rx.iter().collect();
     let wall = start.elapsed().as_secs_f64();
     assert_eq!(done.len(), reqs.len());
-    let tokens: usize = done.iter().map(|f| f.tokens.len()).sum();
-    let mut ttft: Vec<f64> = done
-        .iter()
-        .map(|f| f.first_token.as_secs_f64() * 1e3)
-        .collect();
-    RunStats {
-        tokens_per_s: tokens as f64 / wall,
-        requests_per_s: done.len() as f64 / wall,
-        ttft_p50_ms: pct(&mut ttft, 0.5),
-        ttft_p99_ms: pct(&mut ttft, 0.99),
+    (done, wall)
+}
+
+/// One request at a time (greedy, `out` new tokens after a 6-token prompt): decode tokens/s from the first
+/// generated token on, the median of `runs` runs after a warm-up.
+fn single_stream(engine: &Engine, vocab: usize, out: usize, runs: usize) -> anyhow::Result<f64> {
+    let mut rates = Vec::new();
+    for i in 0..=runs {
+        let mut req = workload(1, vocab, 0, false, 50 + i as u64).remove(0);
+        req.prompt.truncate(6);
+        req.out = out;
+        let f = finish_all(engine, &[req], None).0.remove(0);
+        let decode = (f.total - f.first_token).as_secs_f64();
+        if i > 0 {
+            rates.push((f.tokens.len() - 1) as f64 / decode);
+        }
     }
+    Ok(pct(&mut rates, 0.5))
 }
 
 /// Merges one adapter into the q/v weights for real, into the format the engine serves (int8: dequantize,
@@ -294,6 +317,31 @@ fn main() -> anyhow::Result<()> {
 
     // warm-up (page in the weights, spin up the thread pool)
     run(&engine, &workload(4, vocab, 0, false, 99), None);
+    println!("model_parameters {}", c.num_parameters());
+    println!("family {:?}", c.family);
+
+    if std::env::var("BENCH_SCALE").as_deref() == Ok("1b") {
+        println!(
+            "single_tokens_per_s {:.2}",
+            single_stream(&engine, vocab, 64, 3)?
+        );
+        let base_reqs = workload(n_req, vocab, 0, false, 1);
+        report("base", &run(&engine, &base_reqs, None));
+        let adapters: Vec<Arc<ServedAdapter>> = (0..8)
+            .map(|i| Arc::new(ServedAdapter::random(format!("a{i}"), &c, &lcfg, i as u64)))
+            .collect();
+        engine
+            .preload(adapters)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut reqs = base_reqs.clone();
+        for (r, w) in reqs.iter_mut().zip(workload(n_req, vocab, 8, false, 2)) {
+            r.adapter = w.adapter;
+        }
+        report("n8_uniform", &run(&engine, &reqs, None));
+        println!("rss_mb {:.0}", rss_mb());
+        println!("peak_rss_mb {:.0}", peak_rss_mb());
+        return Ok(());
+    }
 
     // the base model alone, at saturation
     let base_reqs = workload(n_req, vocab, 0, false, 1);

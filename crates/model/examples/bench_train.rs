@@ -9,16 +9,8 @@ use openledger_model::tokenizer::Tokenized;
 use openledger_model::train::{Dataset, Example, TrainConfig, Trainer};
 use openledger_model::{BaseModel, Device, Event, Llama, Lora, LoraConfig, Precision, Proj};
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+mod common;
+use common::peak_rss_mb;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();

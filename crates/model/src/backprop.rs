@@ -22,10 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::blas::{T, par_gemm_rows, sgemm};
-use crate::config::LlamaConfig;
-use crate::config::Proj;
+use crate::config::{Activation, ModelConfig, Proj};
 use crate::error::{ModelError, Result};
-use crate::llama::{DenseParts, Llama};
+use crate::llama::{DenseParts, Extras, Llama};
 use crate::lora::{Lora, proj_dims};
 use crate::ops;
 
@@ -109,10 +108,14 @@ impl<'a> Held<'a> {
     /// and, per position in that order, which of them it is.
     fn all(p: &DenseParts<'a>) -> Option<(Vec<Held<'a>>, Vec<usize>)> {
         let mut ts = vec![p.embed, p.norm, p.lm_head, p.cos, p.sin];
+        if let Some((c, s)) = p.local {
+            ts.extend([c, s]);
+        }
         for l in &p.layers {
             ts.push(l.attn_norm);
             ts.push(l.ffn_norm);
             ts.extend(l.proj.iter().copied());
+            ts.extend(extras_list(&l.extras));
         }
         let mut unique: Vec<&'a Tensor> = Vec::new();
         let mut index = Vec::with_capacity(ts.len());
@@ -133,24 +136,42 @@ impl<'a> Held<'a> {
     }
 }
 
+/// A layer's optional tensors in the order `Held::all` and `Weights::new` take them.
+fn extras_list<T: Copy>(e: &Extras<T>) -> Vec<T> {
+    e.bias
+        .iter()
+        .chain([&e.q_norm, &e.k_norm, &e.post_attn_norm, &e.post_ffn_norm])
+        .filter_map(|t| *t)
+        .collect()
+}
+
 struct LayerW<'a> {
     attn_norm: &'a [f32],
     ffn_norm: &'a [f32],
     /// `[out, in]` per projection, `Proj::ALL` order.
     proj: Vec<&'a [f32]>,
+    extras: Extras<&'a [f32]>,
+    /// The rotary tables this layer uses.
+    cos: &'a [f32],
+    sin: &'a [f32],
+    /// Its attention window, if it slides.
+    window: Option<usize>,
 }
 
 struct Weights<'a> {
     embed: &'a [f32],
     norm: &'a [f32],
     lm_head: &'a [f32],
-    cos: &'a [f32],
-    sin: &'a [f32],
     layers: Vec<LayerW<'a>>,
 }
 
 impl<'a> Weights<'a> {
-    fn new(held: &'a [Held<'a>], index: &[usize], cfg: &LlamaConfig) -> Result<Self> {
+    fn new(
+        held: &'a [Held<'a>],
+        index: &[usize],
+        cfg: &ModelConfig,
+        parts: &DenseParts<'_>,
+    ) -> Result<Self> {
         let mut it = index.iter().map(|&i| held[i].slice());
         let mut next = |want: usize, what: &str| -> Result<&'a [f32]> {
             match it.next() {
@@ -161,15 +182,22 @@ impl<'a> Weights<'a> {
             }
         };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let half = cfg.head_dim() / 2;
+        let (hd, half) = (cfg.head_dim(), cfg.head_dim() / 2);
         let n_pos = cfg.max_position_embeddings.max(1);
         let embed = next(v * h, "the embedding")?;
         let norm = next(h, "the output norm")?;
         let lm_head = next(v * h, "the output projection")?;
         let cos = next(n_pos * half, "the rotary table")?;
         let sin = next(n_pos * half, "the rotary table")?;
+        let local = match parts.local {
+            Some(_) => Some((
+                next(n_pos * half, "the local rotary table")?,
+                next(n_pos * half, "the local rotary table")?,
+            )),
+            None => None,
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
+        for (l, lp) in parts.layers.iter().enumerate() {
             let attn_norm = next(h, "a norm")?;
             let ffn_norm = next(h, "a norm")?;
             let mut proj = Vec::with_capacity(7);
@@ -177,18 +205,43 @@ impl<'a> Weights<'a> {
                 let (i, o) = proj_dims(cfg, p);
                 proj.push(next(i * o, p.peft_name())?);
             }
+            let e = &lp.extras;
+            let mut opt = |present: bool, n: usize, what: &str| -> Result<Option<&'a [f32]>> {
+                if present {
+                    next(n, what).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let mut bias = [None, None, None, None];
+            for (i, p) in [Proj::Q, Proj::K, Proj::V, Proj::O].into_iter().enumerate() {
+                bias[i] = opt(e.bias[i].is_some(), proj_dims(cfg, p).1, "a bias")?;
+            }
+            let extras = Extras {
+                bias,
+                q_norm: opt(e.q_norm.is_some(), hd, "the q norm")?,
+                k_norm: opt(e.k_norm.is_some(), hd, "the k norm")?,
+                post_attn_norm: opt(e.post_attn_norm.is_some(), h, "a post-norm")?,
+                post_ffn_norm: opt(e.post_ffn_norm.is_some(), h, "a post-norm")?,
+            };
+            let (cos, sin) = match (local, cfg.local_rope(l)) {
+                (Some(t), true) => t,
+                _ => (cos, sin),
+            };
             layers.push(LayerW {
                 attn_norm,
                 ffn_norm,
                 proj,
+                extras,
+                cos,
+                sin,
+                window: cfg.window(l),
             });
         }
         Ok(Weights {
             embed,
             norm,
             lm_head,
-            cos,
-            sin,
             layers,
         })
     }
@@ -213,7 +266,7 @@ struct Adapter {
 }
 
 impl Adapter {
-    fn new(lora: Option<&Lora>, cfg: &LlamaConfig) -> Result<Self> {
+    fn new(lora: Option<&Lora>, cfg: &ModelConfig) -> Result<Self> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut var = 0;
         for l in 0..cfg.num_hidden_layers {
@@ -266,12 +319,20 @@ struct Dims {
     /// Tokens in the batch (`b * s`): the rows of every activation.
     t: usize,
     h: usize,
+    /// Width of q and of the attention output (`nh * hd`; not always `h`).
+    qd: usize,
     kv: usize,
     inter: usize,
     nh: usize,
     nkv: usize,
     hd: usize,
     eps: f32,
+    /// Attention score scale and soft-cap.
+    scale: f32,
+    softcap: Option<f32>,
+    act: Activation,
+    /// Soft-cap of the output logits.
+    final_softcap: Option<f32>,
 }
 
 fn zeros(n: usize) -> Vec<f32> {
@@ -441,31 +502,59 @@ struct Saved {
     x: Vec<f32>,
     rstd1: Vec<f32>,
     h1: Vec<f32>,
+    /// q and k before their per-head norms (q/k-norm families only).
+    qk_pre: Option<(Normed, Normed)>,
     /// After rope.
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     /// Log-sum-exp of each attention row's scaled scores, `[b, nh, s]`.
     lse: Vec<f32>,
-    /// Attention output (o_proj's input), `[t, h]`.
+    /// Attention output (o_proj's input), `[t, nh * hd]`.
     o: Vec<f32>,
+    /// o_proj's output when a post-norm follows it.
+    o_post: Option<Normed>,
     x_mid: Vec<f32>,
     rstd2: Vec<f32>,
     h2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// down_proj's output when a post-norm follows it.
+    down_post: Option<Normed>,
     lora: Vec<Option<LoraSaved>>,
 }
 
 struct Ctx<'a> {
-    cfg: &'a LlamaConfig,
+    cfg: &'a ModelConfig,
     d: Dims,
     w: &'a Weights<'a>,
     ad: &'a Adapter,
 }
 
+/// A norm's input and each row's `1 / rms`: what its backward pass needs.
+struct Normed {
+    pre: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl Normed {
+    /// `∂/∂pre` from the gradient `g` of the normed output.
+    fn bwd(&self, w: &[f32], g: &[f32]) -> Vec<f32> {
+        let mut d = zeros(self.pre.len());
+        rms_bwd(&self.pre, &self.rstd, w, g, &mut d);
+        d
+    }
+}
+
+/// `rms(x) * w` per row of width `w.len()`, keeping `x` and the `1 / rms`: a post-norm's forward.
+fn post_norm(x: Vec<f32>, w: &[f32], eps: f32) -> (Vec<f32>, Normed) {
+    let mut y = zeros(x.len());
+    let rstd = rms_fwd(&x, w, eps, &mut y);
+    (y, Normed { pre: x, rstd })
+}
+
 impl Ctx<'_> {
-    /// `y = x·Wᵀ (+ LoRA)` for projection `p` of `layer`.
+    /// `y = x·Wᵀ (+ bias) (+ LoRA)` for projection `p` of `layer`.
     fn proj(
         &self,
         layer: usize,
@@ -477,10 +566,29 @@ impl Ctx<'_> {
         let (n_in, n_out) = proj_dims(self.cfg, p);
         let t = self.d.t;
         let mut y = zeros(t * n_out);
-        let w = self.w.layers[layer].proj[p.index()];
-        par_gemm_rows(T::T, t, n_out, n_in, 1.0, x, w, n_in, 0.0, &mut y);
-        if let Some(lw) = &self.ad.layers[layer][p.index()] {
-            saved[p.index()] = Some(lora_fwd(lw, self.ad, x, t, &mut y, rng.as_deref_mut()));
+        let lw = &self.w.layers[layer];
+        if let Some(b) = lw.extras.bias(p) {
+            y.par_chunks_mut(n_out).for_each(|r| r.copy_from_slice(b));
+        }
+        let beta = if lw.extras.bias(p).is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        par_gemm_rows(
+            T::T,
+            t,
+            n_out,
+            n_in,
+            1.0,
+            x,
+            lw.proj[p.index()],
+            n_in,
+            beta,
+            &mut y,
+        );
+        if let Some(law) = &self.ad.layers[layer][p.index()] {
+            saved[p.index()] = Some(lora_fwd(law, self.ad, x, t, &mut y, rng.as_deref_mut()));
         }
         y
     }
@@ -526,18 +634,41 @@ impl Ctx<'_> {
         let mut q = self.proj(l, Proj::Q, &h1, rng, &mut lora);
         let mut k = self.proj(l, Proj::K, &h1, rng, &mut lora);
         let v = self.proj(l, Proj::V, &h1, rng, &mut lora);
-        rope(&mut q, &d, d.nh, self.w.cos, self.w.sin, 1.0);
-        rope(&mut k, &d, d.nkv, self.w.cos, self.w.sin, 1.0);
-        let (lse, o) = attention_fwd(&d, &q, &k, &v);
+        let qk_pre = match (lw.extras.q_norm, lw.extras.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let (qn_out, q_pre) = post_norm(q, qn, d.eps);
+                let (kn_out, k_pre) = post_norm(k, kn, d.eps);
+                q = qn_out;
+                k = kn_out;
+                Some((q_pre, k_pre))
+            }
+            _ => None,
+        };
+        rope(&mut q, &d, d.nh, lw.cos, lw.sin, 1.0);
+        rope(&mut k, &d, d.nkv, lw.cos, lw.sin, 1.0);
+        let (lse, o) = attention_fwd(&d, lw.window, &q, &k, &v);
         let y = self.proj(l, Proj::O, &o, rng, &mut lora);
-        let mut x_mid = y;
+        let (mut x_mid, o_post) = match lw.extras.post_attn_norm {
+            Some(w) => {
+                let (y, saved) = post_norm(y, w, d.eps);
+                (y, Some(saved))
+            }
+            None => (y, None),
+        };
         add_into(&mut x_mid, &x);
         let mut h2 = zeros(d.t * d.h);
         let rstd2 = rms_fwd(&x_mid, lw.ffn_norm, d.eps, &mut h2);
         let gate = self.proj(l, Proj::Gate, &h2, rng, &mut lora);
         let up = self.proj(l, Proj::Up, &h2, rng, &mut lora);
-        let act = silu_mul(&gate, &up);
-        let mut out = self.proj(l, Proj::Down, &act, rng, &mut lora);
+        let act = act_mul(d.act, &gate, &up);
+        let down = self.proj(l, Proj::Down, &act, rng, &mut lora);
+        let (mut out, down_post) = match lw.extras.post_ffn_norm {
+            Some(w) => {
+                let (y, saved) = post_norm(down, w, d.eps);
+                (y, Some(saved))
+            }
+            None => (down, None),
+        };
         add_into(&mut out, &x_mid);
         (
             out,
@@ -545,16 +676,19 @@ impl Ctx<'_> {
                 x,
                 rstd1,
                 h1,
+                qk_pre,
                 q,
                 k,
                 v,
                 lse,
                 o,
+                o_post,
                 x_mid,
                 rstd2,
                 h2,
                 gate,
                 up,
+                down_post,
                 lora,
             },
         )
@@ -571,23 +705,27 @@ impl Ctx<'_> {
     ) -> Option<Vec<f32>> {
         let d = self.d;
         let lw = &self.w.layers[l];
-        // MLP: out = x_mid + down(silu(gate) * up)
+        // MLP: out = x_mid + post(down(act(gate) * up))
+        let d_down = match (&sv.down_post, lw.extras.post_ffn_norm) {
+            (Some(n), Some(w)) => Some(n.bwd(w, &dx)),
+            _ => None,
+        };
         let act = self.ad.layers[l][Proj::Down.index()]
             .is_some()
-            .then(|| silu_mul(&sv.gate, &sv.up));
+            .then(|| act_mul(d.act, &sv.gate, &sv.up));
         let mut dact = zeros(d.t * d.inter);
         self.proj_bwd(
             l,
             Proj::Down,
             act.as_deref().unwrap_or(&[]),
-            &dx,
+            d_down.as_deref().unwrap_or(&dx),
             &sv.lora,
             Some(&mut dact),
             false,
             grads,
         );
-        drop(act);
-        let (dgate, dup) = silu_mul_bwd(&sv.gate, &sv.up, &dact);
+        drop((act, d_down));
+        let (dgate, dup) = act_mul_bwd(d.act, &sv.gate, &sv.up, &dact);
         drop(dact);
         let mut dh2 = zeros(d.t * d.h);
         self.proj_bwd(
@@ -614,22 +752,33 @@ impl Ctx<'_> {
         let mut dx_mid = dx;
         rms_bwd(&sv.x_mid, &sv.rstd2, lw.ffn_norm, &dh2, &mut dx_mid);
         drop(dh2);
-        // attention: x_mid = x + o_proj(attn(rope(q), rope(k), v))
-        let mut d_o = zeros(d.t * d.h);
+        // attention: x_mid = x + post(o_proj(attn(rope(norm(q)), rope(norm(k)), v)))
+        let d_y = match (&sv.o_post, lw.extras.post_attn_norm) {
+            (Some(n), Some(w)) => Some(n.bwd(w, &dx_mid)),
+            _ => None,
+        };
+        let mut d_o = zeros(d.t * d.qd);
         self.proj_bwd(
             l,
             Proj::O,
             &sv.o,
-            &dx_mid,
+            d_y.as_deref().unwrap_or(&dx_mid),
             &sv.lora,
             Some(&mut d_o),
             false,
             grads,
         );
-        let (mut dq, mut dk, dv) = attention_bwd(&d, &sv.q, &sv.k, &sv.v, &sv.lse, &d_o);
+        drop(d_y);
+        let (mut dq, mut dk, dv) = attention_bwd(&d, lw.window, &sv.q, &sv.k, &sv.v, &sv.lse, &d_o);
         drop(d_o);
-        rope(&mut dq, &d, d.nh, self.w.cos, self.w.sin, -1.0);
-        rope(&mut dk, &d, d.nkv, self.w.cos, self.w.sin, -1.0);
+        rope(&mut dq, &d, d.nh, lw.cos, lw.sin, -1.0);
+        rope(&mut dk, &d, d.nkv, lw.cos, lw.sin, -1.0);
+        if let (Some((q_pre, k_pre)), Some(qn), Some(kn)) =
+            (&sv.qk_pre, lw.extras.q_norm, lw.extras.k_norm)
+        {
+            dq = q_pre.bwd(qn, &dq);
+            dk = k_pre.bwd(kn, &dk);
+        }
         let first = l == 0;
         let mut dh1 = (!first).then(|| zeros(d.t * d.h));
         for (p, dy, acc) in [
@@ -645,19 +794,27 @@ impl Ctx<'_> {
     }
 }
 
-fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+/// `sqrt(2 / pi)`, GELU's tanh approximation.
+const GELU_K: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+/// `act(g) * u` element-wise.
+fn act_mul(act: Activation, gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = zeros(gate.len());
     out.par_chunks_mut(4096)
         .zip(gate.par_chunks(4096).zip(up.par_chunks(4096)))
         .for_each(|(o, (g, u))| {
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = silu(g) * u;
+                *o = match act {
+                    Activation::Silu => silu(g),
+                    Activation::GeluTanh => ops::gelu_tanh(g),
+                } * u;
             }
         });
     out
 }
 
-fn silu_mul_bwd(gate: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
+fn act_mul_bwd(act: Activation, gate: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = zeros(gate.len());
     let mut du = zeros(gate.len());
     dg.par_chunks_mut(4096)
@@ -666,10 +823,23 @@ fn silu_mul_bwd(gate: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) 
         .zip(dact.par_chunks(4096))
         .for_each(|(((dg, du), (g, u)), da)| {
             for i in 0..g.len() {
-                let sig = 1.0 / (1.0 + (-g[i]).exp());
-                let si = g[i] * sig;
-                du[i] = da[i] * si;
-                dg[i] = da[i] * u[i] * sig * (1.0 + g[i] * (1.0 - sig));
+                let (f, df) = match act {
+                    Activation::Silu => {
+                        let sig = 1.0 / (1.0 + (-g[i]).exp());
+                        (g[i] * sig, sig * (1.0 + g[i] * (1.0 - sig)))
+                    }
+                    Activation::GeluTanh => {
+                        let x = g[i];
+                        let t = (GELU_K * (x + GELU_C * x * x * x)).tanh();
+                        (
+                            0.5 * x * (1.0 + t),
+                            0.5 * (1.0 + t)
+                                + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * x * x),
+                        )
+                    }
+                };
+                du[i] = da[i] * f;
+                dg[i] = da[i] * u[i] * df;
             }
         });
     (dg, du)
@@ -686,6 +856,11 @@ fn att_blocks(s: usize) -> impl Iterator<Item = (usize, usize, usize)> {
         .map(move |r0| (r0, ATT_ROWS.min(s - r0), (r0 + ATT_ROWS).min(s)))
 }
 
+/// The first key row `i` sees (0, or the start of its window).
+fn first_key(i: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (i + 1).saturating_sub(w))
+}
+
 /// Scores of rows `r0..r0+m` of one head against keys `0..n`: `out[m, n] = q·kᵀ`.
 #[allow(clippy::too_many_arguments)]
 fn att_scores(d: &Dims, qh: &[f32], kh: &[f32], r0: usize, m: usize, n: usize, out: &mut [f32]) {
@@ -696,8 +871,8 @@ fn att_scores(d: &Dims, qh: &[f32], kh: &[f32], r0: usize, m: usize, n: usize, o
         n,
         d.hd,
         1.0,
-        &qh[r0 * d.h..],
-        d.h,
+        &qh[r0 * d.qd..],
+        d.qd,
         kh,
         d.kv,
         0.0,
@@ -706,20 +881,34 @@ fn att_scores(d: &Dims, qh: &[f32], kh: &[f32], r0: usize, m: usize, n: usize, o
     );
 }
 
-/// Causal attention per batch row: returns the log-sum-exp of each row's scaled scores `[b, nh, s]` (all
-/// the backward pass needs to rebuild the probabilities) and the output `[t, h]`. Query head `i` reads
-/// key/value head `i / (nh / nkv)` in place.
-fn attention_fwd(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (s, hd, h, kv) = (d.s, d.hd, d.h, d.kv);
+/// The score as softmax sees it: scaled, then soft-capped where the family caps it.
+#[inline]
+fn score(d: &Dims, x: f32) -> f32 {
+    match d.softcap {
+        Some(c) => c * (x * d.scale / c).tanh(),
+        None => x * d.scale,
+    }
+}
+
+/// Causal attention per batch row (within `window` when the layer slides): returns the log-sum-exp of each
+/// row's scores `[b, nh, s]` (all the backward pass needs to rebuild the probabilities) and the output
+/// `[t, nh * hd]`. Query head `i` reads key/value head `i / (nh / nkv)` in place.
+fn attention_fwd(
+    d: &Dims,
+    window: Option<usize>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (s, hd, qd, kv) = (d.s, d.hd, d.qd, d.kv);
     let rep = d.nh / d.nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut lse = zeros(d.b * d.nh * s);
-    let mut o = zeros(d.t * h);
-    o.par_chunks_mut(s * h)
+    let mut o = zeros(d.t * qd);
+    o.par_chunks_mut(s * qd)
         .zip(lse.par_chunks_mut(d.nh * s))
         .enumerate()
         .for_each(|(bi, (o_b, lse_b))| {
-            let q_b = &q[bi * s * h..(bi + 1) * s * h];
+            let q_b = &q[bi * s * qd..(bi + 1) * s * qd];
             let k_b = &k[bi * s * kv..(bi + 1) * s * kv];
             let v_b = &v[bi * s * kv..(bi + 1) * s * kv];
             let mut p = zeros(ATT_ROWS * s);
@@ -730,17 +919,22 @@ fn attention_fwd(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f3
                     let p = &mut p[..m * n];
                     att_scores(d, qh, kh, r0, m, n, p);
                     for (i, row) in p.chunks_mut(n).enumerate() {
-                        let (live, masked) = row.split_at_mut(r0 + i + 1);
-                        let max = live
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+                        let lo = first_key(r0 + i, window);
+                        let (before, rest) = row.split_at_mut(lo);
+                        let (live, masked) = rest.split_at_mut(r0 + i + 1 - lo);
+                        let mut max = f32::NEG_INFINITY;
+                        for x in live.iter_mut() {
+                            *x = score(d, *x);
+                            max = max.max(*x);
+                        }
                         let mut sum = 0f32;
                         for x in live.iter_mut() {
-                            *x = (*x * scale - max).exp();
+                            *x = (*x - max).exp();
                             sum += *x;
                         }
                         let inv = 1.0 / sum;
                         live.iter_mut().for_each(|x| *x *= inv);
+                        before.fill(0.0);
                         masked.fill(0.0);
                         lse_h[r0 + i] = max + sum.ln();
                     }
@@ -756,8 +950,8 @@ fn attention_fwd(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f3
                         vh,
                         kv,
                         0.0,
-                        &mut o_b[r0 * h + head * hd..],
-                        h,
+                        &mut o_b[r0 * qd + head * hd..],
+                        qd,
                     );
                 }
             }
@@ -769,27 +963,29 @@ fn attention_fwd(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f3
 /// scores and the forward pass's log-sum-exp, block by block.
 fn attention_bwd(
     d: &Dims,
+    window: Option<usize>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     lse: &[f32],
     d_o: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (s, hd, h, kv) = (d.s, d.hd, d.h, d.kv);
+    let (s, hd, qd, kv) = (d.s, d.hd, d.qd, d.kv);
     let rep = d.nh / d.nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq = zeros(d.t * h);
+    let mut dq = zeros(d.t * qd);
     let mut dk = zeros(d.t * kv);
     let mut dv = zeros(d.t * kv);
-    dq.par_chunks_mut(s * h)
+    dq.par_chunks_mut(s * qd)
         .zip(dk.par_chunks_mut(s * kv).zip(dv.par_chunks_mut(s * kv)))
         .enumerate()
         .for_each(|(bi, (dq_b, (dk_b, dv_b)))| {
-            let q_b = &q[bi * s * h..(bi + 1) * s * h];
+            let q_b = &q[bi * s * qd..(bi + 1) * s * qd];
             let k_b = &k[bi * s * kv..(bi + 1) * s * kv];
             let v_b = &v[bi * s * kv..(bi + 1) * s * kv];
-            let do_b = &d_o[bi * s * h..(bi + 1) * s * h];
+            let do_b = &d_o[bi * s * qd..(bi + 1) * s * qd];
             let (mut p, mut ds) = (zeros(ATT_ROWS * s), zeros(ATT_ROWS * s));
+            // ∂score/∂(raw score) per entry, when soft-capping makes it vary
+            let mut dcap = d.softcap.map(|_| zeros(ATT_ROWS * s));
             for head in 0..d.nh {
                 let g = head / rep;
                 let lse_h = &lse[(bi * d.nh + head) * s..][..s];
@@ -803,14 +999,23 @@ fn attention_bwd(
                     let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
                     att_scores(d, qh, kh, r0, m, n, p);
                     for (i, row) in p.chunks_mut(n).enumerate() {
-                        let (live, masked) = row.split_at_mut(r0 + i + 1);
+                        let lo = first_key(r0 + i, window);
                         let l = lse_h[r0 + i];
-                        live.iter_mut().for_each(|x| *x = (*x * scale - l).exp());
+                        if let (Some(dc), Some(c)) = (dcap.as_mut(), d.softcap) {
+                            for (x, dc) in row[lo..=r0 + i].iter().zip(&mut dc[i * n + lo..]) {
+                                let t = (x * d.scale / c).tanh();
+                                *dc = 1.0 - t * t;
+                            }
+                        }
+                        let (before, rest) = row.split_at_mut(lo);
+                        let (live, masked) = rest.split_at_mut(r0 + i + 1 - lo);
+                        live.iter_mut().for_each(|x| *x = (score(d, *x) - l).exp());
+                        before.fill(0.0);
                         masked.fill(0.0);
                     }
-                    let dor = &doh[r0 * h..];
+                    let dor = &doh[r0 * qd..];
                     // dP = dO·Vᵀ ; dV += Pᵀ·dO
-                    sgemm(T::N, T::T, m, n, hd, 1.0, dor, h, vh, kv, 0.0, ds, n);
+                    sgemm(T::N, T::T, m, n, hd, 1.0, dor, qd, vh, kv, 0.0, ds, n);
                     sgemm(
                         T::T,
                         T::N,
@@ -821,16 +1026,17 @@ fn attention_bwd(
                         p,
                         n,
                         dor,
-                        h,
+                        qd,
                         1.0,
                         &mut dv_b[g * hd..],
                         kv,
                     );
-                    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); zero where P is (above the diagonal)
-                    for (dsr, pr) in ds.chunks_mut(n).zip(p.chunks(n)) {
+                    // dS = scale · cap' · P ⊙ (dP − rowsum(P ⊙ dP)); zero where P is (outside the mask)
+                    for (i, (dsr, pr)) in ds.chunks_mut(n).zip(p.chunks(n)).enumerate() {
                         let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dsr.iter_mut().zip(pr) {
-                            *x = scale * pv * (*x - dot);
+                        for (j, (x, &pv)) in dsr.iter_mut().zip(pr).enumerate() {
+                            let cap = dcap.as_ref().map_or(1.0, |dc| dc[i * n + j]);
+                            *x = d.scale * cap * pv * (*x - dot);
                         }
                     }
                     // dQ = dS·K ; dK += dSᵀ·Q
@@ -846,8 +1052,8 @@ fn attention_bwd(
                         kh,
                         kv,
                         0.0,
-                        &mut dq_b[r0 * h + head * hd..],
-                        h,
+                        &mut dq_b[r0 * qd + head * hd..],
+                        qd,
                     );
                     sgemm(
                         T::T,
@@ -858,8 +1064,8 @@ fn attention_bwd(
                         1.0,
                         ds,
                         n,
-                        &qh[r0 * h..],
-                        h,
+                        &qh[r0 * qd..],
+                        qd,
                         1.0,
                         &mut dk_b[g * hd..],
                         kv,
@@ -909,6 +1115,16 @@ fn lm_loss(
             &mut z,
             v,
         );
+        // soft-capped logits: keep 1 - tanh² for the backward pass
+        let dcap = d.final_softcap.map(|c| {
+            z.iter_mut()
+                .map(|x| {
+                    let t = (*x / c).tanh();
+                    *x = c * t;
+                    1.0 - t * t
+                })
+                .collect::<Vec<f32>>()
+        });
         let mut total = 0f64;
         for (zr, &y) in z.chunks_mut(v).zip(lab) {
             let max = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -924,6 +1140,9 @@ fn lm_loss(
                 zr.iter_mut().for_each(|x| *x *= inv);
                 zr[y as usize] -= gs;
             }
+        }
+        if let Some(dc) = dcap.filter(|_| grad_scale.is_some()) {
+            z.iter_mut().zip(dc).for_each(|(g, c)| *g *= c);
         }
         if let Some(dst) = dst {
             sgemm(T::N, T::N, m, h, v, 1.0, &z, v, w.lm_head, h, 0.0, dst, h);
@@ -972,7 +1191,7 @@ fn run(
     let (held, index) = Held::all(&parts).ok_or_else(|| {
         ModelError::Unsupported("backprop needs contiguous f32 weights on the CPU".into())
     })?;
-    let w = Weights::new(&held, &index, cfg)?;
+    let w = Weights::new(&held, &index, cfg, &parts)?;
     let ad = Adapter::new(lora, cfg)?;
     let (b, s) = (batch.batch, batch.seq);
     if batch.ids.len() != b * s || s == 0 {
@@ -997,12 +1216,17 @@ fn run(
         s,
         t: b * s,
         h: cfg.hidden_size,
-        kv: cfg.num_key_value_heads * cfg.head_dim(),
+        qd: cfg.q_dim(),
+        kv: cfg.kv_dim(),
         inter: cfg.intermediate_size,
         nh: cfg.num_attention_heads,
         nkv: cfg.num_key_value_heads,
         hd: cfg.head_dim(),
         eps: cfg.rms_norm_eps as f32,
+        scale: cfg.attn_scale(),
+        softcap: cfg.attn_logit_softcapping,
+        act: cfg.hidden_act,
+        final_softcap: cfg.final_logit_softcapping,
     };
     let ctx = Ctx {
         cfg,
@@ -1011,9 +1235,15 @@ fn run(
         ad: &ad,
     };
     let mut x = zeros(d.t * d.h);
+    let scale = cfg.embed_scale();
     x.par_chunks_mut(d.h)
         .zip(batch.ids.par_iter())
-        .for_each(|(row, &id)| row.copy_from_slice(&w.embed[id as usize * d.h..][..d.h]));
+        .for_each(|(row, &id)| {
+            row.copy_from_slice(&w.embed[id as usize * d.h..][..d.h]);
+            if scale != 1.0 {
+                row.iter_mut().for_each(|x| *x *= scale);
+            }
+        });
     let backward = grad_scale.is_some();
     let mut saved = Vec::with_capacity(if backward { cfg.num_hidden_layers } else { 0 });
     for l in 0..cfg.num_hidden_layers {

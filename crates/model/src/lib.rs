@@ -11,12 +11,13 @@ pub mod lora;
 mod ops;
 pub mod q8;
 pub mod serve;
+pub mod template;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
 pub use candle_core::Device;
-pub use config::{LlamaConfig, Proj};
+pub use config::{ModelConfig, Proj};
 pub use error::{ModelError, Result};
 pub use llama::{Forward, Llama, Precision};
 pub use lora::{Lora, LoraConfig};

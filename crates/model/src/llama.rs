@@ -1,4 +1,5 @@
-//! The llama forward pass, with LoRA hooks on any of the seven projections.
+//! The decoder forward pass of every supported family (see `config::Family`: the llama block with the
+//! family's switches), with LoRA hooks on any of the seven projections.
 //!
 //! Two ways to run one set of weights:
 //! - quantized weights (`QMatMul`) and candle's fused kernels (`rms_norm`, `softmax_last_dim`, `rope_i`):
@@ -15,7 +16,7 @@ use rand::Rng;
 
 use std::sync::Arc;
 
-use crate::config::{LlamaConfig, Proj};
+use crate::config::{Activation, ModelConfig, Proj};
 use crate::error::{ModelError, Result};
 use crate::lora::Lora;
 use crate::q8::Q8Matrix;
@@ -113,9 +114,11 @@ pub(crate) struct DenseParts<'a> {
     pub embed: &'a Tensor,
     pub norm: &'a Tensor,
     pub lm_head: &'a Tensor,
-    /// `[max_pos, head_dim / 2]` rotary tables, as the forward pass uses them.
+    /// `[max_pos, head_dim / 2]` rotary tables of full-attention layers, as the forward pass uses them.
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
+    /// The tables of sliding layers when they differ (Gemma 3's local base).
+    pub local: Option<(&'a Tensor, &'a Tensor)>,
     pub layers: Vec<LayerParts<'a>>,
 }
 
@@ -124,6 +127,52 @@ pub(crate) struct LayerParts<'a> {
     pub attn_norm: &'a Tensor,
     pub ffn_norm: &'a Tensor,
     pub proj: Vec<&'a Tensor>,
+    /// The layer's small tensors (biases, q/k norms, post-norms), see [`Extras`].
+    pub extras: Extras<&'a Tensor>,
+}
+
+/// A layer's optional small tensors: q/k/v/o biases (`Proj::ALL` order, attention only), per-head q and k
+/// norms, and the norms after attention and after the MLP.
+#[derive(Debug, Clone)]
+pub(crate) struct Extras<T> {
+    pub bias: [Option<T>; 4],
+    pub q_norm: Option<T>,
+    pub k_norm: Option<T>,
+    pub post_attn_norm: Option<T>,
+    pub post_ffn_norm: Option<T>,
+}
+
+impl<T> Extras<T> {
+    pub fn as_ref(&self) -> Extras<&T> {
+        Extras {
+            bias: [0, 1, 2, 3].map(|i| self.bias[i].as_ref()),
+            q_norm: self.q_norm.as_ref(),
+            k_norm: self.k_norm.as_ref(),
+            post_attn_norm: self.post_attn_norm.as_ref(),
+            post_ffn_norm: self.post_ffn_norm.as_ref(),
+        }
+    }
+
+    pub fn try_map<U>(&self, f: impl Fn(&T) -> Result<U>) -> Result<Extras<U>> {
+        let opt = |t: &Option<T>| t.as_ref().map(&f).transpose();
+        Ok(Extras {
+            bias: [
+                opt(&self.bias[0])?,
+                opt(&self.bias[1])?,
+                opt(&self.bias[2])?,
+                opt(&self.bias[3])?,
+            ],
+            q_norm: opt(&self.q_norm)?,
+            k_norm: opt(&self.k_norm)?,
+            post_attn_norm: opt(&self.post_attn_norm)?,
+            post_ffn_norm: opt(&self.post_ffn_norm)?,
+        })
+    }
+
+    /// The bias of projection `p`, if it has one.
+    pub fn bias(&self, p: Proj) -> Option<&T> {
+        self.bias.get(p.index()).and_then(|b| b.as_ref())
+    }
 }
 
 /// Host copies of a model's small per-token tables (see `Llama::host_tables`).
@@ -131,10 +180,23 @@ pub(crate) struct LayerParts<'a> {
 pub(crate) struct HostTables {
     pub attn_norm: Vec<Vec<f32>>,
     pub ffn_norm: Vec<Vec<f32>>,
+    pub extras: Vec<Extras<Vec<f32>>>,
     pub norm: Vec<f32>,
-    /// `[max_pos, head_dim / 2]`.
+    /// `[max_pos, head_dim / 2]`, full-attention layers.
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    /// The same for sliding layers when their base differs.
+    pub local: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl HostTables {
+    /// The rotary tables `layer` uses.
+    pub fn rope(&self, cfg: &ModelConfig, layer: usize) -> (&[f32], &[f32]) {
+        match (&self.local, cfg.local_rope(layer)) {
+            (Some((c, s)), true) => (c, s),
+            _ => (&self.cos, &self.sin),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +204,7 @@ struct Block {
     attn_norm: Tensor,
     ffn_norm: Tensor,
     proj: Vec<Linear>,
+    extras: Extras<Tensor>,
 }
 
 /// Per-call options.
@@ -173,7 +236,7 @@ impl Forward<'_> {
 
 #[derive(Debug, Clone)]
 pub struct Llama {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub precision: Precision,
     embed: Tensor,
     blocks: Vec<Block>,
@@ -181,7 +244,27 @@ pub struct Llama {
     lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
+    local: Option<(Tensor, Tensor)>,
     device: Device,
+}
+
+/// `[n_pos, head_dim / 2]` cos and sin tables for inverse frequencies `inv`.
+fn rotary_tables(inv: &[f32], n_pos: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv.len();
+    let theta = Tensor::new(inv, device)?;
+    let idx = Tensor::arange(0, n_pos as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n_pos, 1))?
+        .matmul(&theta.reshape((1, half))?)?;
+    Ok((idx.cos()?, idx.sin()?))
+}
+
+/// `cap * tanh(x / cap)`.
+fn softcap(x: &Tensor, cap: Option<f32>) -> Result<Tensor> {
+    Ok(match cap {
+        Some(c) => ((x / c as f64)?.tanh()? * c as f64)?,
+        None => x.clone(),
+    })
 }
 
 fn masked_fill(on_false: &Tensor, mask: &Tensor, on_true: f32) -> Result<Tensor> {
@@ -221,30 +304,45 @@ impl Llama {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let opt = |s: &str| -> Result<Option<Tensor>> {
+                match base.weight_opt(&format!("blk.{l}.{s}")) {
+                    Some(w) => Ok(Some(w.dense(device)?)),
+                    None => Ok(None),
+                }
+            };
+            let extras = Extras {
+                bias: [
+                    opt("attn_q.bias")?,
+                    opt("attn_k.bias")?,
+                    opt("attn_v.bias")?,
+                    opt("attn_output.bias")?,
+                ],
+                q_norm: opt("attn_q_norm.weight")?,
+                k_norm: opt("attn_k_norm.weight")?,
+                post_attn_norm: opt("post_attention_norm.weight")?,
+                post_ffn_norm: opt("post_ffw_norm.weight")?,
+            };
             blocks.push(Block {
                 attn_norm: dense(&format!("blk.{l}.attn_norm.weight"))?,
                 ffn_norm: dense(&format!("blk.{l}.ffn_norm.weight"))?,
                 proj,
+                extras,
             });
         }
-        let hd = cfg.head_dim();
-        let theta: Vec<f32> = (0..hd)
-            .step_by(2)
-            .map(|i| 1f32 / cfg.rope_theta.powf(i as f32 / hd as f32))
-            .collect();
         let n_pos = cfg.max_position_embeddings.max(1);
-        let theta = Tensor::new(theta.as_slice(), device)?;
-        let idx = Tensor::arange(0, n_pos as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((n_pos, 1))?
-            .matmul(&theta.reshape((1, hd / 2))?)?;
+        let (cos, sin) = rotary_tables(&cfg.inv_freqs(false), n_pos, device)?;
+        let local = match cfg.rope_local_theta {
+            Some(_) => Some(rotary_tables(&cfg.inv_freqs(true), n_pos, device)?),
+            None => None,
+        };
         Ok(Llama {
             embed,
             blocks,
             norm: dense("output_norm.weight")?,
             lm_head,
-            cos: idx.cos()?,
-            sin: idx.sin()?,
+            cos,
+            sin,
+            local,
             precision,
             device: device.clone(),
             config: cfg,
@@ -277,6 +375,7 @@ impl Llama {
                 attn_norm: &b.attn_norm,
                 ffn_norm: &b.ffn_norm,
                 proj,
+                extras: b.extras.as_ref(),
             });
         }
         Some(DenseParts {
@@ -285,6 +384,7 @@ impl Llama {
             lm_head: dense(&self.lm_head)?,
             cos: &self.cos,
             sin: &self.sin,
+            local: self.local.as_ref().map(|(c, s)| (c, s)),
             layers,
         })
     }
@@ -310,10 +410,22 @@ impl Llama {
                 _ => None,
             })
             .collect();
-        match q8 {
-            Some(mats) => Ok(Q8Matrix::matmul_group(&mats, x, rows)),
-            None => lin.iter().map(|l| l.forward_rows(x, rows)).collect(),
+        let mut ys = match q8 {
+            Some(mats) => Q8Matrix::matmul_group(&mats, x, rows),
+            None => lin
+                .iter()
+                .map(|l| l.forward_rows(x, rows))
+                .collect::<Result<_>>()?,
+        };
+        for (y, p) in ys.iter_mut().zip(ps) {
+            if let Some(b) = self.blocks[layer].extras.bias(*p) {
+                let b = b.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+                for row in y.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);
+                }
+            }
         }
+        Ok(ys)
     }
 
     /// The output projection over host rows.
@@ -337,21 +449,35 @@ impl Llama {
                 .iter()
                 .map(|b| v(&b.ffn_norm))
                 .collect::<Result<_>>()?,
+            extras: self
+                .blocks
+                .iter()
+                .map(|b| b.extras.try_map(v))
+                .collect::<Result<_>>()?,
             norm: v(&self.norm)?,
             cos: v(&self.cos)?,
             sin: v(&self.sin)?,
+            local: match &self.local {
+                Some((c, s)) => Some((v(c)?, v(s)?)),
+                None => None,
+            },
         })
     }
 
-    /// Embedding rows of `ids` (`[ids.len(), hidden]`, row-major).
+    /// Embedding rows of `ids` (`[ids.len(), hidden]`, row-major), scaled as the family scales them.
     pub(crate) fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let t = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self
+        let mut v = self
             .embed
             .index_select(&t, 0)?
             .to_device(&Device::Cpu)?
             .flatten_all()?
-            .to_vec1::<f32>()?)
+            .to_vec1::<f32>()?;
+        let scale = self.config.embed_scale();
+        if scale != 1.0 {
+            v.iter_mut().for_each(|x| *x *= scale);
+        }
+        Ok(v)
     }
 
     fn rms(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
@@ -374,6 +500,10 @@ impl Llama {
         opts: &mut Forward<'_>,
     ) -> Result<Tensor> {
         let y = self.blocks[layer].proj[p.index()].forward(x, opts.grad)?;
+        let y = match self.blocks[layer].extras.bias(p) {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
         let Some((a, b, scale)) = lora.and_then(|l| l.get(layer, p)) else {
             return Ok(y);
         };
@@ -425,56 +555,96 @@ impl Llama {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, s, c.hidden_size))?;
-        let mask = if s > 1 {
-            let m: Vec<u8> = (0..s)
-                .flat_map(|i| (0..s).map(move |j| u8::from(j > i)))
-                .collect();
-            Some(Tensor::from_slice(&m, (s, s), &self.device)?)
-        } else {
-            None
-        };
-        let cos = self.cos.narrow(0, 0, s)?;
-        let sin = self.sin.narrow(0, 0, s)?;
+        if c.scale_embeddings {
+            x = (x * c.embed_scale() as f64)?;
+        }
         let cpu = self.device.is_cpu();
-        let rope = |t: Tensor| -> Result<Tensor> {
-            let t = t.contiguous()?;
-            Ok(if grad && cpu {
-                crate::ops::rope_i(&t, &cos, &sin)?
-            } else if grad {
-                candle_nn::rotary_emb::rope_i_slow(&t, &cos, &sin)?
-            } else {
-                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
-            })
+        // masks: 1 where a query must not see a key (the future; beyond the window)
+        let mask_for = |window: Option<usize>| -> Result<Option<Tensor>> {
+            if s == 1 {
+                return Ok(None);
+            }
+            let m: Vec<u8> = (0..s)
+                .flat_map(|i| {
+                    (0..s).map(move |j| u8::from(j > i || window.is_some_and(|w| i - j >= w)))
+                })
+                .collect();
+            Ok(Some(Tensor::from_slice(&m, (s, s), &self.device)?))
         };
+        let full_mask = mask_for(None)?;
+        let window_mask = match c.sliding_window {
+            Some(w) if w < s => mask_for(Some(w))?,
+            _ => None,
+        };
+        let scale = c.attn_scale();
         for l in 0..self.blocks.len() {
             let blk = &self.blocks[l];
+            let (cos, sin) = match (&self.local, c.local_rope(l)) {
+                (Some((lc, ls)), true) => (lc.narrow(0, 0, s)?, ls.narrow(0, 0, s)?),
+                _ => (self.cos.narrow(0, 0, s)?, self.sin.narrow(0, 0, s)?),
+            };
+            let rope = |t: Tensor| -> Result<Tensor> {
+                let t = t.contiguous()?;
+                Ok(if grad && cpu {
+                    crate::ops::rope_i(&t, &cos, &sin)?
+                } else if grad {
+                    candle_nn::rotary_emb::rope_i_slow(&t, &cos, &sin)?
+                } else {
+                    candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+                })
+            };
+            let windowed = c.window(l).is_some_and(|w| w < s);
             let residual = x.clone();
             let h = self.rms(&x, &blk.attn_norm, grad)?;
             let q = self.linear(l, Proj::Q, &h, lora, opts)?;
             let k = self.linear(l, Proj::K, &h, lora, opts)?;
             let v = self.linear(l, Proj::V, &h, lora, opts)?;
-            let q = rope(q.reshape((b, s, nh, hd))?.transpose(1, 2)?)?;
-            let k = rope(k.reshape((b, s, nkv, hd))?.transpose(1, 2)?)?;
+            let mut q = q.reshape((b, s, nh, hd))?;
+            let mut k = k.reshape((b, s, nkv, hd))?;
+            if let Some(w) = &blk.extras.q_norm {
+                q = self.rms(&q.contiguous()?, w, grad)?;
+            }
+            if let Some(w) = &blk.extras.k_norm {
+                k = self.rms(&k.contiguous()?, w, grad)?;
+            }
+            let q = rope(q.transpose(1, 2)?)?;
+            let k = rope(k.transpose(1, 2)?)?;
             let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let k = repeat_kv(k, nh / nkv)?;
             let v = repeat_kv(v, nh / nkv)?;
             let att = q.matmul(&k.t()?)?;
-            let att = if grad && cpu {
-                crate::ops::causal_softmax(&att, 1.0 / (hd as f32).sqrt())?
+            let att = if grad && cpu && !windowed && c.attn_logit_softcapping.is_none() {
+                crate::ops::causal_softmax(&att, scale)?
             } else {
-                self.softmax_masked((att / (hd as f64).sqrt())?, mask.as_ref(), grad)?
+                let att = softcap(&(att * scale as f64)?, c.attn_logit_softcapping)?;
+                let mask = if windowed {
+                    window_mask.as_ref()
+                } else {
+                    full_mask.as_ref()
+                };
+                self.softmax_masked(att, mask, grad)?
             };
             let y = att.matmul(&v.contiguous()?)?;
-            let y = y.transpose(1, 2)?.reshape((b, s, c.hidden_size))?;
-            let y = self.linear(l, Proj::O, &y, lora, opts)?;
+            let y = y.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+            let mut y = self.linear(l, Proj::O, &y, lora, opts)?;
+            if let Some(w) = &blk.extras.post_attn_norm {
+                y = self.rms(&y, w, grad)?;
+            }
             x = (y + residual)?;
 
             let residual = x.clone();
             let h = self.rms(&x, &blk.ffn_norm, grad)?;
             let gate = self.linear(l, Proj::Gate, &h, lora, opts)?;
             let up = self.linear(l, Proj::Up, &h, lora, opts)?;
-            let h = (candle_nn::ops::silu(&gate)? * up)?;
-            let h = self.linear(l, Proj::Down, &h, lora, opts)?;
+            let act = match c.hidden_act {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let h = (act * up)?;
+            let mut h = self.linear(l, Proj::Down, &h, lora, opts)?;
+            if let Some(w) = &blk.extras.post_ffn_norm {
+                h = self.rms(&h, w, grad)?;
+            }
             x = (h + residual)?;
         }
         self.rms(&x, &self.norm, grad)
@@ -492,15 +662,21 @@ impl Llama {
         })
     }
 
-    /// Logits for hidden states of any leading shape.
+    /// Logits for hidden states of any leading shape (soft-capped where the family caps them).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden, false)
+        softcap(
+            &self.lm_head.forward(hidden, false)?,
+            self.config.final_logit_softcapping,
+        )
     }
 
     /// Summed next-token cross-entropy of `hidden [n, h]` against `labels [n]` (a scalar), differentiable.
     pub fn loss_sum(&self, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
         if self.device.is_cpu() {
-            let logits = self.lm_head.forward(hidden, true)?;
+            let logits = softcap(
+                &self.lm_head.forward(hidden, true)?,
+                self.config.final_logit_softcapping,
+            )?;
             return Ok(crate::ops::cross_entropy_sum(&logits, labels)?);
         }
         let logp = candle_nn::ops::log_softmax(&self.logits(hidden)?, 1)?;

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::config::Proj;
 use crate::error::{ModelError, Result};
 use crate::weights::{permute_rows_gguf_to_hf, permute_rows_hf_to_gguf};
@@ -77,10 +77,11 @@ impl LoraConfig {
 }
 
 /// `(in, out)` features of a projection.
-pub fn proj_dims(c: &LlamaConfig, p: Proj) -> (usize, usize) {
-    let kv = c.num_key_value_heads * c.head_dim();
+pub fn proj_dims(c: &ModelConfig, p: Proj) -> (usize, usize) {
+    let kv = c.kv_dim();
     match p {
-        Proj::Q | Proj::O => (c.hidden_size, c.hidden_size),
+        Proj::Q => (c.hidden_size, c.q_dim()),
+        Proj::O => (c.q_dim(), c.hidden_size),
         Proj::K | Proj::V => (c.hidden_size, kv),
         Proj::Gate | Proj::Up => (c.hidden_size, c.intermediate_size),
         Proj::Down => (c.intermediate_size, c.hidden_size),
@@ -91,7 +92,7 @@ pub fn proj_dims(c: &LlamaConfig, p: Proj) -> (usize, usize) {
 #[derive(Debug, Clone)]
 pub struct Lora {
     pub config: LoraConfig,
-    pub model: LlamaConfig,
+    pub model: ModelConfig,
     layers: Vec<HashMap<Proj, (Var, Var)>>,
 }
 
@@ -99,7 +100,7 @@ impl Lora {
     /// PEFT's initialisation: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt 5), B = 0, so a
     /// fresh adapter leaves the model unchanged. Seeded: the same seed gives the same adapter.
     pub fn init(
-        model: &LlamaConfig,
+        model: &ModelConfig,
         mut config: LoraConfig,
         seed: u64,
         device: &Device,
@@ -237,7 +238,7 @@ impl Lora {
 
     /// Load a PEFT adapter folder for a model with configuration `model`. Checks every tensor's shape and that
     /// the adapter covers exactly the layers and projections its config names.
-    pub fn load_peft(dir: &Path, model: &LlamaConfig, device: &Device) -> Result<Self> {
+    pub fn load_peft(dir: &Path, model: &ModelConfig, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
         let v: serde_json::Value =
@@ -280,7 +281,7 @@ impl Lora {
     pub fn from_peft_bytes(
         bytes: &[u8],
         config: LoraConfig,
-        model: &LlamaConfig,
+        model: &ModelConfig,
         device: &Device,
     ) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes)
@@ -340,7 +341,7 @@ impl Lora {
 
     /// From per-layer `(A [rank, in], B [out, rank])` in this crate's (GGUF) row order; shapes are checked.
     pub fn from_layers(
-        model: &LlamaConfig,
+        model: &ModelConfig,
         config: LoraConfig,
         layers: Vec<HashMap<Proj, (Tensor, Tensor)>>,
     ) -> Result<Self> {

@@ -1,10 +1,16 @@
 //! Text <-> token ids for a base model, from GGUF metadata or a Hugging Face `tokenizer.json`, and the
 //! model's chat template for prompt/completion data.
 //!
-//! GGUF files name their pre-tokenizer (`tokenizer.ggml.pre`); SmolLM2's is `smollm`: every digit is split
-//! off first, then the GPT-2 byte-level regex runs. Plain GPT-2 handling (what candle's own converter falls
-//! back to) merges digit runs and so yields different ids; `tests/tokenizer.rs` checks ours against ids from
-//! llama.cpp's tokenizer.
+//! GGUF files hold one of two tokenizer kinds (`tokenizer.ggml.model`):
+//! - `gpt2`: byte-level BPE with merges, split first by the pre-tokenizer the file names
+//!   (`tokenizer.ggml.pre`): SmolLM2's `smollm` (every digit apart, then GPT-2's regex), Llama 3's
+//!   `llama-bpe` (digits in threes), Qwen 2's `qwen2` (every digit apart). Plain GPT-2 handling (what
+//!   candle's own converter falls back to) merges digit runs and so yields different ids; `tests/smollm.rs`
+//!   checks ours against ids from llama.cpp's tokenizer;
+//! - `llama`: SentencePiece (Llama 2, Mistral, Gemma): pieces with scores and byte-fallback tokens, spaces
+//!   as `▁`, a leading space unless `tokenizer.ggml.add_space_prefix` is false (Gemma). It runs as BPE whose
+//!   merges are ranked by the merged piece's score, as Hugging Face's converter builds it;
+//!   `tests/families.rs` checks the ids against SentencePiece's own.
 
 use std::path::Path;
 
@@ -51,6 +57,9 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     pub bos: Option<u32>,
     pub eos: u32,
+    /// Further tokens that end a generation (`generation_config.json`'s `eos_token_id` list; GGUF's
+    /// end-of-turn and end-of-message tokens): Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`.
+    pub stops: Vec<u32>,
     /// Prepend BOS when encoding a document (GGUF `add_bos_token`; false for SmolLM2).
     pub add_bos: bool,
     chat_template: String,
@@ -63,6 +72,22 @@ fn tk_err(e: impl std::fmt::Display) -> ModelError {
 }
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Split by `regex` (matches kept as pieces), then byte-level symbols without GPT-2's own regex.
+fn regex_then_bytes(regex: &str) -> Result<PreTokenizerWrapper> {
+    Ok(Sequence::new(vec![
+        Split::new(
+            SplitPattern::Regex(regex.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tk_err)?
+        .into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
+}
 
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     Ok(match pre {
@@ -72,21 +97,12 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         ])
         .into(),
         "gpt2" | "default" => ByteLevel::new(false, true, true).into(),
-        "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![
-            Split::new(
-                SplitPattern::Regex(LLAMA3_REGEX.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tk_err)?
-            .into(),
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into(),
+        "llama-bpe" | "llama3" | "smaug-bpe" => regex_then_bytes(LLAMA3_REGEX)?,
+        "qwen2" | "deepseek-r1-qwen" => regex_then_bytes(QWEN2_REGEX)?,
         other => {
             return Err(ModelError::Unsupported(format!(
-                "GGUF pre-tokenizer {other:?} (supported: smollm, gpt2, llama-bpe); load the model from a \
-                 Hugging Face folder with tokenizer.json instead"
+                "GGUF tokenizer.ggml.pre {other:?} (supported: smollm, gpt2, llama-bpe, qwen2); load the \
+                 model from a Hugging Face folder with tokenizer.json instead"
             )));
         }
     })
@@ -118,8 +134,89 @@ fn as_u32(v: &Value) -> Option<u32> {
     }
 }
 
+/// GGUF's SentencePiece vocabulary as a BPE model: merges of every normal piece that splits into two
+/// pieces of the vocabulary, ranked by the merged piece's score (highest first, then by id), byte fallback
+/// to the `<0xXX>` tokens, spaces as `▁`.
+fn sentencepiece(
+    md: &std::collections::HashMap<String, Value>,
+    tokens: &[String],
+    types: &[u32],
+    vocab: tokenizers::models::bpe::Vocab,
+) -> Result<Tokenizer> {
+    use tokenizers::decoders::DecoderWrapper;
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace};
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+        Some(Value::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+        _ => return Err(tk_err("GGUF metadata lacks tokenizer.ggml.scores")),
+    };
+    if scores.len() != tokens.len() {
+        return Err(tk_err(format!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let mut normal: Vec<usize> = (0..tokens.len()).filter(|&i| types[i] == 1).collect();
+    normal.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut merges = Vec::new();
+    for i in normal {
+        let piece = &tokens[i];
+        let mut local: Vec<(u32, u32, String, String)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(k, _)| {
+                let (l, r) = piece.split_at(k);
+                Some((*vocab.get(l)?, *vocab.get(r)?, l.to_string(), r.to_string()))
+            })
+            .collect();
+        local.sort();
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (l, r)));
+    }
+    let unk = md
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(as_u32)
+        .or_else(|| types.iter().position(|&t| t == 2).map(|i| i as u32))
+        .and_then(|i| tokens.get(i as usize))
+        .cloned()
+        .unwrap_or_else(|| "<unk>".into());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(tk_err)?;
+    let mut inner = Tokenizer::new(bpe);
+    let prefix = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let mut norm: Vec<NormalizerWrapper> = Vec::new();
+    if prefix {
+        norm.push(Prepend::new("\u{2581}".into()).into());
+    }
+    norm.push(Replace::new(" ", "\u{2581}").map_err(tk_err)?.into());
+    inner
+        .with_normalizer(Some(tokenizers::normalizers::Sequence::new(norm)))
+        .map_err(tk_err)?;
+    let mut dec: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ").map_err(tk_err)?.into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if prefix {
+        dec.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(DecoderSequence::new(dec)));
+    Ok(inner)
+}
+
 impl TextTokenizer {
-    /// From the `tokenizer.ggml.*` metadata of a GGUF file (byte-level BPE models).
+    /// From the `tokenizer.ggml.*` metadata of a GGUF file (byte-level BPE or SentencePiece models).
     pub fn from_gguf(ct: &Content) -> Result<Self> {
         let md = &ct.metadata;
         let get = |k: &str| {
@@ -130,54 +227,73 @@ impl TextTokenizer {
             .to_string()
             .map_err(tk_err)?
             .clone();
-        if model != "gpt2" {
-            return Err(ModelError::Unsupported(format!(
-                "GGUF tokenizer model {model:?} (only byte-level BPE, \"gpt2\", is read from GGUF); load the \
-                 model from a Hugging Face folder with tokenizer.json instead"
+        let tokens = strings(get("tokenizer.ggml.tokens")?, "tokenizer.ggml.tokens")?;
+        let types: Vec<u32> = match md.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(t)) => t.iter().map(|v| as_u32(v).unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(tk_err(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
             )));
         }
-        let tokens = strings(get("tokenizer.ggml.tokens")?, "tokenizer.ggml.tokens")?;
-        let merges = strings(get("tokenizer.ggml.merges")?, "tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| tk_err(format!("bad merge {m:?}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(tk_err)?;
-        let mut inner = Tokenizer::new(bpe);
-        let pre = md
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| "gpt2".into());
-        inner.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut inner = match model.as_str() {
+            "gpt2" => {
+                let merges = strings(get("tokenizer.ggml.merges")?, "tokenizer.ggml.merges")?
+                    .into_iter()
+                    .map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| tk_err(format!("bad merge {m:?}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .build()
+                    .map_err(tk_err)?;
+                let mut inner = Tokenizer::new(bpe);
+                let pre = md
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.to_string().ok())
+                    .cloned()
+                    .unwrap_or_else(|| "gpt2".into());
+                inner.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
+                inner.with_decoder(Some(ByteLevelDecoder::default()));
+                inner
+            }
+            "llama" => sentencepiece(md, &tokens, &types, vocab)?,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "GGUF tokenizer.ggml.model {other:?} (supported: gpt2 byte-level BPE, llama \
+                     SentencePiece); load the model from a Hugging Face folder with tokenizer.json instead"
+                )));
+            }
+        };
         // control (3) and user-defined (4) tokens are matched whole in text, as llama.cpp does with
         // `parse_special`; the chat template relies on it
-        if let Some(Value::Array(types)) = md.get("tokenizer.ggml.token_type") {
-            let specials: Vec<AddedToken> = types
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| matches!(as_u32(t), Some(3 | 4)))
-                .filter_map(|(i, _)| tokens.get(i))
-                .map(|t| AddedToken::from(t.clone(), true))
-                .collect();
-            inner.add_special_tokens(specials).map_err(tk_err)?;
-        }
+        let specials: Vec<AddedToken> = types
+            .iter()
+            .zip(&tokens)
+            .filter(|(t, _)| matches!(t, 3 | 4))
+            .map(|(_, t)| AddedToken::from(t.clone(), true))
+            .collect();
+        inner.add_special_tokens(specials).map_err(tk_err)?;
         let id = |k: &str| md.get(k).and_then(as_u32);
         let eos = id("tokenizer.ggml.eos_token_id")
             .ok_or_else(|| tk_err("GGUF metadata lacks tokenizer.ggml.eos_token_id"))?;
         let bos = id("tokenizer.ggml.bos_token_id");
+        let stops = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .filter(|&t| t != eos && (t as usize) < tokens.len())
+            .collect();
         let add_bos = md
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
@@ -197,6 +313,7 @@ impl TextTokenizer {
             inner,
             bos,
             eos,
+            stops,
             add_bos,
             chat_template: template.unwrap_or_else(|| CHATML_TEMPLATE.into()),
         })
@@ -226,9 +343,36 @@ impl TextTokenizer {
             .token_to_id(&eos_text)
             .ok_or_else(|| tk_err(format!("EOS token {eos_text:?} is not in the vocabulary")))?;
         let bos_text = token_text("bos_token").unwrap_or_default();
+        // generation_config.json may list several end tokens (an id or a list of ids)
+        let gen_path = dir.join("generation_config.json");
+        let stops = match std::fs::read_to_string(&gen_path) {
+            Ok(text) => {
+                let g: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&gen_path, e))?;
+                let ids: Vec<u64> = match &g["eos_token_id"] {
+                    serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
+                    serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64()).collect(),
+                    _ => Vec::new(),
+                };
+                let vocab = inner.get_vocab_size(true) as u64;
+                if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+                    return Err(ModelError::corrupt(
+                        &gen_path,
+                        format!("eos_token_id {bad} is outside the vocabulary of {vocab}"),
+                    ));
+                }
+                ids.into_iter()
+                    .map(|i| i as u32)
+                    .filter(|&i| i != eos)
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ModelError::io(&gen_path, e)),
+        };
         Ok(TextTokenizer {
             bos: inner.token_to_id(&bos_text),
             eos,
+            stops,
             add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
             chat_template: cfg["chat_template"]
                 .as_str()
@@ -274,6 +418,7 @@ impl TextTokenizer {
             inner,
             bos: Some(eos),
             eos,
+            stops: Vec::new(),
             add_bos: false,
             chat_template: CHATML_TEMPLATE.into(),
             bos_text: specials[0].into(),
@@ -314,6 +459,23 @@ impl TextTokenizer {
         WordBreaks { starts, ends }
     }
 
+    /// Every token that ends a generation: EOS, the model's other end tokens, and ChatML's `<|im_end|>`
+    /// when the vocabulary has it.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut out = vec![self.eos];
+        for t in self
+            .stops
+            .iter()
+            .copied()
+            .chain(self.token_to_id("<|im_end|>"))
+        {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -338,30 +500,66 @@ impl TextTokenizer {
         messages: &[(&str, &str)],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let mut env = minijinja::Environment::new();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        let tmpl = env
-            .template_from_str(&self.chat_template)
-            .map_err(|e| tk_err(format!("chat template: {e}")))?;
         let msgs: Vec<_> = messages
             .iter()
             .map(|(role, content)| serde_json::json!({ "role": role, "content": content }))
             .collect();
-        tmpl.render(minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_text,
-            eos_token => self.eos_text,
-        })
-        .map_err(|e| tk_err(format!("chat template: {e}")))
+        self.render_template(&msgs, add_generation_prompt, &serde_json::json!({}))
+    }
+
+    /// The chat template over `messages` (OpenAI-style objects) with `extra` variables (`tools`...),
+    /// rendered as transformers' `apply_chat_template` renders it: Jinja with `trim_blocks` and
+    /// `lstrip_blocks`, loop controls, Python's string methods, `raise_exception`, `strftime_now` and a
+    /// `tojson` that writes what Python's `json.dumps` writes.
+    pub fn render_template(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        let env = crate::template::environment();
+        let tmpl = env
+            .template_from_str(&self.chat_template)
+            .map_err(|e| tk_err(format!("chat template: {}", crate::template::describe(&e))))?;
+        // transformers passes `tools` and `documents` as None when there are none
+        let mut ctx = serde_json::json!({
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_text,
+            "eos_token": self.eos_text,
+            "tools": null,
+            "documents": null,
+        });
+        if let (Some(c), Some(x)) = (ctx.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        tmpl.render(minijinja::Value::from_serialize(&ctx))
+            .map_err(|e| tk_err(format!("chat template: {}", crate::template::describe(&e))))
+    }
+
+    /// Refuses a chat template that cannot render a plain user/assistant exchange (a syntax error, or a
+    /// `raise_exception` it reaches): naming `file` and `field`, so a model is refused at registration
+    /// rather than failing every training job and chat later.
+    pub fn check_template(&self, file: &Path, field: &str) -> Result<()> {
+        for (messages, gen_prompt) in [
+            (&[("user", "Hello")][..], true),
+            (&[("user", "Hello"), ("assistant", "Hi.")][..], false),
+        ] {
+            self.render_chat(messages, gen_prompt).map_err(|e| {
+                ModelError::corrupt(
+                    file,
+                    format!("{field} cannot render a user/assistant exchange: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The template text (for checks at registration).
+    pub fn chat_template(&self) -> &str {
+        &self.chat_template
     }
 
     /// A plain-text document: every token is a target; EOS closes it so the model learns to stop.

@@ -1,6 +1,10 @@
 //! Base models on disk: a GGUF file or a Hugging Face safetensors folder, read into one set of tensors
-//! named as in GGUF (`blk.N.attn_q.weight`...). Hugging Face q/k projections are permuted into GGUF's
-//! row order on load, so one forward pass (interleaved rotary embedding) serves both kinds of file.
+//! named and laid out as llama.cpp writes a `llama` GGUF (`blk.N.attn_q.weight`...):
+//! - q/k rows (and q/k biases and q/k norm weights) in interleaved-rope order: Hugging Face folders, and
+//!   GGUF files of the families llama.cpp keeps in Hugging Face order (Qwen, Gemma), are permuted on load,
+//!   so one forward pass (interleaved rotary embedding) serves every file;
+//! - Gemma's norm weights as `1 + w` (as llama.cpp's converter stores them), so every pass multiplies by
+//!   the stored weight.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::LlamaConfig;
+use crate::config::{Family, ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 
@@ -51,7 +55,7 @@ pub enum ModelFormat {
 /// A loaded base model: configuration, tokenizer, weights, and the content hash that names it on chain.
 #[derive(Debug, Clone)]
 pub struct BaseModel {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
     pub format: ModelFormat,
     pub path: PathBuf,
@@ -77,6 +81,18 @@ pub fn file_sha256(path: &Path) -> Result<[u8; 32]> {
 
 pub fn hex0x(bytes: &[u8]) -> String {
     format!("0x{}", hex::encode(bytes))
+}
+
+/// A configuration error with the file it came from: `config.json: hidden_size: missing` becomes
+/// `/models/x/config.json: hidden_size: missing`.
+fn at_file(path: &Path, e: ModelError) -> ModelError {
+    match e {
+        ModelError::Unsupported(m) => {
+            let rest = m.strip_prefix("config.json: ").unwrap_or(&m);
+            ModelError::Unsupported(format!("{}: {rest}", path.display()))
+        }
+        other => other,
+    }
 }
 
 /// The files of a Hugging Face folder that define the model (weights, config, tokenizer), sorted.
@@ -116,12 +132,12 @@ pub fn content_hash(path: &Path) -> Result<String> {
 
 /// A model file's format and configuration, from its metadata only (no tensors read): what registering a
 /// base model needs.
-pub fn inspect(path: &Path) -> Result<(ModelFormat, LlamaConfig)> {
+pub fn inspect(path: &Path) -> Result<(ModelFormat, ModelConfig)> {
     let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
     if meta.is_dir() {
         let cfg_path = path.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let cfg = LlamaConfig::from_hf_json(&text)?;
+        let cfg = ModelConfig::from_hf_json(&text).map_err(|e| at_file(&cfg_path, e))?;
         if hf_files(path)?
             .iter()
             .all(|p| p.extension().is_none_or(|e| e != "safetensors"))
@@ -131,7 +147,8 @@ pub fn inspect(path: &Path) -> Result<(ModelFormat, LlamaConfig)> {
         if !path.join("tokenizer.json").exists() {
             return Err(ModelError::corrupt(path, "no tokenizer.json"));
         }
-        cfg.validate()?;
+        let tok = TextTokenizer::from_hf_dir(path)?;
+        tok.check_template(&path.join("tokenizer_config.json"), "chat_template")?;
         return Ok((ModelFormat::Safetensors, cfg));
     }
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
@@ -142,8 +159,20 @@ pub fn inspect(path: &Path) -> Result<(ModelFormat, LlamaConfig)> {
         .and_then(|v| v.to_vec().ok())
         .map(|v| v.len())
         .unwrap_or(0);
-    let mut cfg = LlamaConfig::from_gguf(&ct.metadata, vocab)?;
+    let mut cfg = ModelConfig::from_gguf(&ct.metadata, vocab).map_err(|e| at_file(path, e))?;
     cfg.tie_word_embeddings = !ct.tensor_infos.contains_key("output.weight");
+    if cfg.family == Family::Llama && ct.tensor_infos.contains_key("blk.0.attn_q.bias") {
+        cfg.attention_bias = true;
+    }
+    check_tensors(
+        path,
+        &cfg,
+        |name| ct.tensor_infos.get(name).map(|i| i.shape.dims().to_vec()),
+        ct.tensor_infos.keys().map(String::as_str),
+    )?;
+    TextTokenizer::from_gguf(&ct)
+        .map_err(|e| at_file(path, e))?
+        .check_template(path, "tokenizer.chat_template")?;
     // the tensors must lie within the file
     let len = meta.len();
     for (name, info) in &ct.tensor_infos {
@@ -186,7 +215,8 @@ impl BaseModel {
             .and_then(|v| v.to_vec().ok())
             .map(|v| v.len())
             .unwrap_or(0);
-        let mut config = LlamaConfig::from_gguf(&ct.metadata, vocab)?;
+        let mut config =
+            ModelConfig::from_gguf(&ct.metadata, vocab).map_err(|e| at_file(path, e))?;
         let mut tensors = HashMap::new();
         let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
         for name in names {
@@ -196,6 +226,31 @@ impl BaseModel {
             tensors.insert(name, Weight::Quantized(Arc::new(q)));
         }
         config.tie_word_embeddings = !tensors.contains_key("output.weight");
+        if config.family == Family::Llama && tensors.contains_key("blk.0.attn_q.bias") {
+            config.attention_bias = true;
+        }
+        if let Some(w) = tensors.get("rope_freqs.weight") {
+            let factors = w.dense(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            config.rope_scaling = Some(RopeScaling::Factors { factors });
+            config
+                .validate()
+                .map_err(|e| ModelError::corrupt(path, format!("rope_freqs.weight: {e}")))?;
+        }
+        if config.family.gguf_rows_in_hf_order() {
+            // rows in Hugging Face order (llama.cpp's NEOX rope): interleave them like every other file
+            for (name, w) in tensors.iter_mut() {
+                if let Some(n) = rope_heads(&config, name) {
+                    let t = w.dense(device)?;
+                    if t.dim(0)? % (2 * n) != 0 {
+                        return Err(ModelError::corrupt(
+                            path,
+                            format!("tensor {name} has {} rows for {n} heads", t.dim(0)?),
+                        ));
+                    }
+                    *w = Weight::Dense(permute_rows_hf_to_gguf(&t, n)?);
+                }
+            }
+        }
         let m = BaseModel {
             config,
             tokenizer,
@@ -212,7 +267,7 @@ impl BaseModel {
         let cfg_path = dir.join("config.json");
         let cfg_text =
             std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let config = LlamaConfig::from_hf_json(&cfg_text)?;
+        let config = ModelConfig::from_hf_json(&cfg_text).map_err(|e| at_file(&cfg_path, e))?;
         let tokenizer = TextTokenizer::from_hf_dir(dir)?;
         let files: Vec<PathBuf> = hf_files(dir)?
             .into_iter()
@@ -226,17 +281,10 @@ impl BaseModel {
             let loaded =
                 candle_core::safetensors::load(f, device).map_err(|e| ModelError::corrupt(f, e))?;
             for (name, t) in loaded {
-                let Some(gguf) = hf_to_gguf_name(&name) else {
+                let Some(gguf) = hf_to_gguf_name(config.family, &name) else {
                     continue;
                 };
-                let t = t.to_dtype(DType::F32)?;
-                let t = if gguf.ends_with("attn_q.weight") {
-                    permute_rows_hf_to_gguf(&t, config.num_attention_heads)?
-                } else if gguf.ends_with("attn_k.weight") {
-                    permute_rows_hf_to_gguf(&t, config.num_key_value_heads)?
-                } else {
-                    t
-                };
+                let t = to_internal(&config, &gguf, t.to_dtype(DType::F32)?)?;
                 tensors.insert(gguf, Weight::Dense(t));
             }
         }
@@ -254,6 +302,11 @@ impl BaseModel {
         Ok(m)
     }
 
+    /// A tensor that only some families have (biases, q/k norms, post-norms).
+    pub fn weight_opt(&self, name: &str) -> Option<&Weight> {
+        self.tensors.get(name)
+    }
+
     pub fn weight(&self, name: &str) -> Result<&Weight> {
         self.tensors
             .get(name)
@@ -262,39 +315,12 @@ impl BaseModel {
 
     /// Every tensor the forward pass reads exists with the shape the configuration implies.
     fn check_shapes(&self) -> Result<()> {
-        let c = &self.config;
-        let (h, kv) = (c.hidden_size, c.num_key_value_heads * c.head_dim());
-        let mut want = vec![
-            ("token_embd.weight".to_string(), vec![c.vocab_size, h]),
-            ("output_norm.weight".to_string(), vec![h]),
-        ];
-        if !c.tie_word_embeddings {
-            want.push(("output.weight".into(), vec![c.vocab_size, h]));
-        }
-        for l in 0..c.num_hidden_layers {
-            let p = |s: &str| format!("blk.{l}.{s}.weight");
-            want.extend([
-                (p("attn_norm"), vec![h]),
-                (p("ffn_norm"), vec![h]),
-                (p("attn_q"), vec![h, h]),
-                (p("attn_k"), vec![kv, h]),
-                (p("attn_v"), vec![kv, h]),
-                (p("attn_output"), vec![h, h]),
-                (p("ffn_gate"), vec![c.intermediate_size, h]),
-                (p("ffn_up"), vec![c.intermediate_size, h]),
-                (p("ffn_down"), vec![h, c.intermediate_size]),
-            ]);
-        }
-        for (name, dims) in want {
-            let got = self.weight(&name)?.dims();
-            if got != dims {
-                return Err(ModelError::corrupt(
-                    &self.path,
-                    format!("tensor {name} has shape {got:?}, the config implies {dims:?}"),
-                ));
-            }
-        }
-        Ok(())
+        check_tensors(
+            &self.path,
+            &self.config,
+            |name| self.tensors.get(name).map(|w| w.dims()),
+            self.tensors.keys().map(String::as_str),
+        )
     }
 
     /// Write this model as a Hugging Face folder (f32 safetensors, HF row order): used by tests to build tiny
@@ -304,18 +330,10 @@ impl BaseModel {
         let cpu = Device::Cpu;
         let mut out: HashMap<String, Tensor> = HashMap::new();
         for (name, w) in &self.tensors {
-            let Some(hf) = gguf_to_hf_name(name) else {
+            let Some(hf) = gguf_to_hf_name(self.config.family, name) else {
                 continue;
             };
-            let t = w.dense(&cpu)?;
-            let t = if name.ends_with("attn_q.weight") {
-                permute_rows_gguf_to_hf(&t, self.config.num_attention_heads)?
-            } else if name.ends_with("attn_k.weight") {
-                permute_rows_gguf_to_hf(&t, self.config.num_key_value_heads)?
-            } else {
-                t
-            };
-            out.insert(hf, t);
+            out.insert(hf, to_hf(&self.config, name, w.dense(&cpu)?)?);
         }
         let st = dir.join("model.safetensors");
         candle_core::safetensors::save(&out, &st).map_err(|e| ModelError::corrupt(&st, e))?;
@@ -332,7 +350,7 @@ impl BaseModel {
 
     /// A randomly initialised model (normal, std 0.1; norms 1) with the byte-level tokenizer: what tests and
     /// benchmarks of the machinery use when the real weights do not matter.
-    pub fn random(config: LlamaConfig, seed: u64) -> Result<Self> {
+    pub fn random(config: ModelConfig, seed: u64) -> Result<Self> {
         use rand::SeedableRng;
         use rand_distr::Distribution;
         config.validate()?;
@@ -357,10 +375,12 @@ impl BaseModel {
             Ok(Tensor::from_vec(v, dims, &dev)?)
         };
         let c = &config;
-        let (h, kv, f) = (
+        let (h, kv, f, qd, hd) = (
             c.hidden_size,
-            c.num_key_value_heads * c.head_dim(),
+            c.kv_dim(),
             c.intermediate_size,
+            c.q_dim(),
+            c.head_dim(),
         );
         let mut t = HashMap::new();
         t.insert("token_embd.weight".to_string(), rand_t(&[c.vocab_size, h])?);
@@ -376,15 +396,34 @@ impl BaseModel {
             t.insert(p("attn_norm"), Tensor::ones(h, DType::F32, &dev)?);
             t.insert(p("ffn_norm"), Tensor::ones(h, DType::F32, &dev)?);
             for (name, dims) in [
-                ("attn_q", [h, h]),
+                ("attn_q", [qd, h]),
                 ("attn_k", [kv, h]),
                 ("attn_v", [kv, h]),
-                ("attn_output", [h, h]),
+                ("attn_output", [h, qd]),
                 ("ffn_gate", [f, h]),
                 ("ffn_up", [f, h]),
                 ("ffn_down", [h, f]),
             ] {
                 t.insert(p(name), rand_t(&dims)?);
+            }
+            // the families' extras: random biases, norms near 1 (so a swapped or missing one shows)
+            let mut near_one = |n: usize| -> Result<Tensor> { Ok((rand_t(&[n])? + 1.0)?) };
+            if c.attention_bias {
+                let mut biases = vec![("attn_q", qd), ("attn_k", kv), ("attn_v", kv)];
+                if c.family != Family::Qwen2 {
+                    biases.push(("attn_output", h));
+                }
+                for (name, n) in biases {
+                    t.insert(format!("blk.{l}.{name}.bias"), (near_one(n)? - 1.0)?);
+                }
+            }
+            if c.qk_norm {
+                t.insert(p("attn_q_norm"), near_one(hd)?);
+                t.insert(p("attn_k_norm"), near_one(hd)?);
+            }
+            if c.post_norms {
+                t.insert(p("post_attention_norm"), near_one(h)?);
+                t.insert(p("post_ffw_norm"), near_one(h)?);
             }
         }
         let mut m = Self::from_tensors(config, tokenizer, t)?;
@@ -437,7 +476,7 @@ impl BaseModel {
 
     /// Build a model from tensors already named as in GGUF (tests, converters).
     pub fn from_tensors(
-        config: LlamaConfig,
+        config: ModelConfig,
         tokenizer: TextTokenizer,
         tensors: HashMap<String, Tensor>,
     ) -> Result<Self> {
@@ -457,29 +496,137 @@ impl BaseModel {
     }
 }
 
+/// The tensors a model of `config` reads, with their shapes; `dims` gives a tensor's shape in the file and
+/// `names` lists every tensor there (a layer tensor the configuration does not use is refused: it would be
+/// silently ignored otherwise).
+fn check_tensors<'a>(
+    path: &Path,
+    config: &ModelConfig,
+    dims: impl Fn(&str) -> Option<Vec<usize>>,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<()> {
+    let c = config;
+    let (h, kv, qd, hd) = (c.hidden_size, c.kv_dim(), c.q_dim(), c.head_dim());
+    let mut want = vec![
+        ("token_embd.weight".to_string(), vec![c.vocab_size, h]),
+        ("output_norm.weight".to_string(), vec![h]),
+    ];
+    if !c.tie_word_embeddings {
+        want.push(("output.weight".into(), vec![c.vocab_size, h]));
+    }
+    for l in 0..c.num_hidden_layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        want.extend([
+            (p("attn_norm"), vec![h]),
+            (p("ffn_norm"), vec![h]),
+            (p("attn_q"), vec![qd, h]),
+            (p("attn_k"), vec![kv, h]),
+            (p("attn_v"), vec![kv, h]),
+            (p("attn_output"), vec![h, qd]),
+            (p("ffn_gate"), vec![c.intermediate_size, h]),
+            (p("ffn_up"), vec![c.intermediate_size, h]),
+            (p("ffn_down"), vec![h, c.intermediate_size]),
+        ]);
+        let b = |s: &str| format!("blk.{l}.{s}.bias");
+        if c.attention_bias {
+            want.extend([
+                (b("attn_q"), vec![qd]),
+                (b("attn_k"), vec![kv]),
+                (b("attn_v"), vec![kv]),
+            ]);
+            if c.family != Family::Qwen2 {
+                want.push((b("attn_output"), vec![h]));
+            }
+        }
+        if c.qk_norm {
+            want.extend([(p("attn_q_norm"), vec![hd]), (p("attn_k_norm"), vec![hd])]);
+        }
+        if c.post_norms {
+            want.extend([
+                (p("post_attention_norm"), vec![h]),
+                (p("post_ffw_norm"), vec![h]),
+            ]);
+        }
+    }
+    // a tensor the configuration does not use would be silently ignored: refuse it instead
+    for name in names {
+        let used = want.iter().any(|(n, _)| n == name)
+            || (name == "output.weight" && c.tie_word_embeddings)
+            || name == "rope_freqs.weight";
+        if !used && name.starts_with("blk.") {
+            return Err(ModelError::corrupt(
+                path,
+                format!(
+                    "tensor {name} is not part of a {} model with this configuration",
+                    c.family.display_name()
+                ),
+            ));
+        }
+    }
+    for (name, implied) in want {
+        let got = dims(&name)
+            .ok_or_else(|| ModelError::corrupt(path, format!("missing tensor {name}")))?;
+        if got != implied {
+            return Err(ModelError::corrupt(
+                path,
+                format!("tensor {name} has shape {got:?}, the config implies {implied:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Hugging Face name <-> GGUF name, for the tensors outside the layers and within each layer.
 const TOP_NAMES: [(&str, &str); 3] = [
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
     ("lm_head.weight", "output.weight"),
 ];
-const LAYER_NAMES: [(&str, &str); 9] = [
+const LAYER_NAMES: [(&str, &str); 14] = [
     ("input_layernorm.weight", "attn_norm.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
     ("self_attn.k_proj.weight", "attn_k.weight"),
     ("self_attn.v_proj.weight", "attn_v.weight"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.bias", "attn_output.bias"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
 ];
+/// The norms around the MLP: llama's `post_attention_layernorm` is the MLP's input norm; Gemma has four.
+const LLAMA_NORMS: [(&str, &str); 1] = [("post_attention_layernorm.weight", "ffn_norm.weight")];
+const GEMMA_NORMS: [(&str, &str); 3] = [
+    (
+        "post_attention_layernorm.weight",
+        "post_attention_norm.weight",
+    ),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+];
 
 /// Renames between the two conventions; `to_gguf` picks the direction.
-fn rename(name: &str, to_gguf: bool) -> Option<String> {
+fn rename(family: Family, name: &str, to_gguf: bool) -> Option<String> {
     let pick = |(hf, gguf): &(&'static str, &'static str)| {
         if to_gguf { (*hf, *gguf) } else { (*gguf, *hf) }
     };
+    // Gemma 3's multimodal checkpoints nest the text model: `language_model.model.*` (transformers 4) or
+    // `model.language_model.*` (5)
+    let nested = if to_gguf {
+        name.strip_prefix("language_model.")
+            .map(str::to_string)
+            .or_else(|| {
+                name.strip_prefix("model.language_model.")
+                    .map(|rest| format!("model.{rest}"))
+            })
+    } else {
+        None
+    };
+    let name = nested.as_deref().unwrap_or(name);
     if let Some((_, to)) = TOP_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
         return Some(to.to_string());
     }
@@ -489,19 +636,66 @@ fn rename(name: &str, to_gguf: bool) -> Option<String> {
         ("blk.", "model.layers.")
     };
     let (layer, rest) = name.strip_prefix(prefix_from)?.split_once('.')?;
+    let norms: &[(&str, &str)] = if family.norm_plus_one() {
+        &GEMMA_NORMS
+    } else {
+        &LLAMA_NORMS
+    };
     let (_, to) = LAYER_NAMES
         .iter()
+        .chain(norms)
         .map(pick)
         .find(|(from, _)| *from == rest)?;
     Some(format!("{prefix_to}{layer}.{to}"))
 }
 
-fn hf_to_gguf_name(name: &str) -> Option<String> {
-    rename(name, true)
+fn hf_to_gguf_name(family: Family, name: &str) -> Option<String> {
+    rename(family, name, true)
 }
 
-fn gguf_to_hf_name(name: &str) -> Option<String> {
-    rename(name, false)
+fn gguf_to_hf_name(family: Family, name: &str) -> Option<String> {
+    rename(family, name, false)
+}
+
+/// How many heads' worth of rows a tensor holds if rope touches it (q/k weights, biases and norms), so
+/// their rows are permuted between Hugging Face and interleaved order; `None` for every other tensor.
+fn rope_heads(c: &ModelConfig, gguf_name: &str) -> Option<usize> {
+    let stem = gguf_name.rsplit_once('.').map(|(a, _)| a)?;
+    let stem = stem.split_once('.').map(|(_, s)| s)?.split_once('.')?.1;
+    match stem {
+        "attn_q" => Some(c.num_attention_heads),
+        "attn_k" => Some(c.num_key_value_heads),
+        "attn_q_norm" | "attn_k_norm" => Some(1),
+        _ => None,
+    }
+}
+
+/// A Hugging Face tensor in this crate's layout: rope rows interleaved, Gemma norms as `1 + w`.
+fn to_internal(c: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    let t = match rope_heads(c, gguf_name) {
+        Some(n) => permute_rows_hf_to_gguf(&t, n)?,
+        None => t,
+    };
+    Ok(
+        if c.family.norm_plus_one() && gguf_name.ends_with("norm.weight") {
+            (t + 1.0)?
+        } else {
+            t
+        },
+    )
+}
+
+/// The inverse of [`to_internal`].
+fn to_hf(c: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    let t = if c.family.norm_plus_one() && gguf_name.ends_with("norm.weight") {
+        (t - 1.0)?
+    } else {
+        t
+    };
+    Ok(match rope_heads(c, gguf_name) {
+        Some(n) => permute_rows_gguf_to_hf(&t, n)?,
+        None => t,
+    })
 }
 
 /// llama.cpp's converter reorders each head's q/k rows from halves `[x0..x(d/2), y0..]` to interleaved pairs

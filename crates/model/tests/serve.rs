@@ -15,10 +15,10 @@ use openledger_model::serve::{
     Priority, SamplingParams, SeqStep, ServedAdapter, ServingModel, SubmitError, step,
 };
 use openledger_model::train::{Dataset, Record, TrainConfig, Trainer};
-use openledger_model::{BaseModel, Forward, Llama, LlamaConfig, Lora, LoraConfig, Precision, Proj};
+use openledger_model::{BaseModel, Forward, Llama, Lora, LoraConfig, ModelConfig, Precision, Proj};
 
 fn tiny_quantized() -> BaseModel {
-    BaseModel::random(LlamaConfig::tiny(), 11)
+    BaseModel::random(ModelConfig::tiny(), 11)
         .unwrap()
         .quantized(GgmlDType::Q8_0)
         .unwrap()
@@ -275,7 +275,7 @@ fn memorise_set() -> Vec<(usize, Record)> {
 
 #[test]
 fn a_trained_adapter_serves_as_the_training_forward_pass_computes() {
-    let base = BaseModel::random(LlamaConfig::tiny(), 5).unwrap();
+    let base = BaseModel::random(ModelConfig::tiny(), 5).unwrap();
     let f32_model = Llama::new(&base, Precision::F32, &Device::Cpu).unwrap();
     let cfg = TrainConfig {
         steps: Some(25),

@@ -14,7 +14,8 @@ pub struct ModelsArgs {
 pub enum ModelsCommand {
     /// Scan `<data dir>/models` and list the registered base models with their hashes.
     List,
-    /// Register a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json) in place.
+    /// Register a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json) in place:
+    /// Llama 2/3, SmolLM, Mistral, Qwen 2/2.5/3 and Gemma 2/3 (and DeepSeek's Llama and Qwen distills).
     Add { path: PathBuf },
 }
 
@@ -34,12 +35,14 @@ pub async fn run(global: &GlobalArgs, args: ModelsArgs) -> anyhow::Result<()> {
     } else {
         for m in models {
             println!(
-                "{:<40} {:<11} {:>6} MB  layers {:>3}  ctx {:>6}  {}",
+                "{:<40} {:<8} {:>6} {:<11} {:>6} MB  layers {:>3}  ctx {:>6}  {}",
                 m.id,
+                m.family,
+                openledger_model::config::human_count(m.parameters.max(0) as u64),
                 m.format,
                 m.size_bytes / 1_000_000,
                 m.config["num_hidden_layers"],
-                m.config["max_position_embeddings"],
+                m.context_length,
                 m.hash
             );
         }

@@ -182,7 +182,7 @@ fn check_import(
     base: &models::BaseModelRow,
     dir: &Path,
 ) -> Result<openledger_model::LoraConfig, String> {
-    let cfg: openledger_model::LlamaConfig = serde_json::from_value(base.config.clone())
+    let cfg: openledger_model::ModelConfig = serde_json::from_value(base.config.clone())
         .map_err(|e| format!("base model {}: its config: {e}", base.id))?;
     let lora = openledger_model::Lora::load_peft(dir, &cfg, &openledger_model::Device::Cpu)
         .map_err(|e| {

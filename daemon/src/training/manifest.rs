@@ -54,7 +54,7 @@ pub struct AdapterFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaseModelRef {
-    /// The base model's hyper-parameters (`LlamaConfig`).
+    /// The base model's hyper-parameters (`ModelConfig`).
     pub config: Value,
     pub hash: String,
     pub id: String,

@@ -1,7 +1,7 @@
 // ModelFactory: a four-step wizard (base model, Datanet versions, the few settings that matter, estimate
 // and start) and the list of your training jobs.
 import { h, field, table, badge, busy, errorTo } from "../dom.js";
-import { datanetMeta, formatDuration } from "../format.js";
+import { datanetMeta, formatDuration, formatParams } from "../format.js";
 import { estimateTraining } from "../estimate.js";
 
 const STEPS = ["Base model", "Datanets", "Settings", "Review and start"];
@@ -59,7 +59,10 @@ export async function render(ctx) {
     if (bases.length === 0) return h("p", { class: "error" }, "This daemon has no base model installed.");
     return h("div", {}, bases.map((b) => h("label", { class: "inline" },
       h("input", { type: "radio", name: "base", value: b.id, checked: s.base === b.id, onchange: () => (s.base = b.id) }),
-      h("span", {}, h("b", {}, b.id), " ", h("span", { class: "muted" }, [b.architecture, b.format, b.size_bytes ? `${Math.round(b.size_bytes / 1e6)} MB` : null].filter(Boolean).join(" · "))))),
+      h("span", {}, h("b", {}, b.id), " ", h("span", { class: "muted" }, [
+        b.family, formatParams(b.parameters), b.context_length ? `${b.context_length.toLocaleString()}-token context` : null,
+        b.format, b.size_bytes ? `${Math.round(b.size_bytes / 1e6)} MB` : null,
+      ].filter(Boolean).join(" · "))))),
       h("p", { class: "help" }, "The shared model your adapter is trained on top of; the adapter only learns a small low-rank update (LoRA)."));
   };
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::config::Proj;
 use crate::error::{ModelError, Result};
 use crate::lora::{Lora, LoraConfig, proj_dims};
@@ -73,7 +73,7 @@ impl ServedAdapter {
     }
 
     /// Reads a PEFT folder, checking the weights' hash first when one is expected.
-    pub fn load(r: &AdapterRef, model: &LlamaConfig) -> Result<Self> {
+    pub fn load(r: &AdapterRef, model: &ModelConfig) -> Result<Self> {
         let st = r.dir.join("adapter_model.safetensors");
         if let Some(want) = &r.sha256 {
             let got = hex0x(&file_sha256(&st)?);
@@ -91,7 +91,7 @@ impl ServedAdapter {
     /// Random weights (both A and B non-zero): benchmarks and tests.
     pub fn random(
         id: impl Into<String>,
-        model: &LlamaConfig,
+        model: &ModelConfig,
         config: &LoraConfig,
         seed: u64,
     ) -> Self {
@@ -124,7 +124,7 @@ impl ServedAdapter {
     }
 
     /// Back to a `Lora` (for writing it as a PEFT folder, or merging).
-    pub fn to_lora(&self, model: &LlamaConfig) -> Result<Lora> {
+    pub fn to_lora(&self, model: &ModelConfig) -> Result<Lora> {
         let mut layers = Vec::with_capacity(self.mats.len());
         for row in &self.mats {
             let mut m = HashMap::new();
@@ -142,7 +142,7 @@ impl ServedAdapter {
     }
 
     /// The dense update `scale * B A` (`[out, in]`, GGUF row order) of one projection: what merging adds.
-    pub fn delta(&self, model: &LlamaConfig, layer: usize, p: Proj) -> Result<Option<Tensor>> {
+    pub fn delta(&self, model: &ModelConfig, layer: usize, p: Proj) -> Result<Option<Tensor>> {
         let Some(x) = self.mats.get(layer).and_then(|r| r[p.index()].as_ref()) else {
             return Ok(None);
         };
@@ -326,7 +326,7 @@ mod tests {
             rank,
             ..LoraConfig::default()
         };
-        Arc::new(ServedAdapter::random(id, &LlamaConfig::tiny(), &cfg, 1))
+        Arc::new(ServedAdapter::random(id, &ModelConfig::tiny(), &cfg, 1))
     }
 
     #[test]
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn the_lora_round_trip_and_the_merge_delta_agree_with_the_per_row_product() {
-        let c = LlamaConfig::tiny();
+        let c = ModelConfig::tiny();
         let a = adapter("x", 4);
         let back = ServedAdapter::from_lora("x", &a.to_lora(&c).unwrap()).unwrap();
         assert_eq!(back.config, a.config);

@@ -221,12 +221,7 @@ impl Engine {
         let (load_tx, load_rx) = mpsc::channel::<AdapterRef>();
         let stats = Arc::new(Stats::default());
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut eos = vec![tokenizer.eos];
-        if let Some(t) = tokenizer.token_to_id("<|im_end|>")
-            && !eos.contains(&t)
-        {
-            eos.push(t);
-        }
+        let eos = tokenizer.stop_ids();
         let context = model.config().max_position_embeddings;
         let kv_bytes_per_token = model.kv_bytes_per_token();
         let model_cfg = model.config().clone();

@@ -9,10 +9,10 @@
 use rayon::prelude::*;
 
 use super::adapter::ServedAdapter;
-use crate::config::Proj;
+use crate::config::{Activation, Proj};
 use crate::error::Result;
 use crate::llama::{HostTables, Llama};
-use crate::ops::{dot, rms_row, rope_head};
+use crate::ops::{dot, gelu_tanh, rms_row, rope_head};
 
 /// Keys and values of one sequence, per layer `[pos][kv_head][head_dim]`.
 #[derive(Debug, Default)]
@@ -58,13 +58,12 @@ impl ServingModel {
         Ok(ServingModel { llama, tables })
     }
 
-    pub fn config(&self) -> &crate::LlamaConfig {
+    pub fn config(&self) -> &crate::ModelConfig {
         &self.llama.config
     }
 
     pub fn kv_dim(&self) -> usize {
-        let c = &self.llama.config;
-        c.num_key_value_heads * c.head_dim()
+        self.llama.config.kv_dim()
     }
 
     /// Bytes one cached position takes across all layers.
@@ -116,20 +115,27 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
     }
     let adapters: Vec<Option<&ServedAdapter>> = rows.iter().map(|r| seqs[r.seq].adapter).collect();
     let half = hd / 2;
+    let qd = nh * hd;
     let t = &m.tables;
     let mut x = m.llama.embed_rows(&ids)?;
     let mut hbuf = vec![0f32; n * h];
     let layers = c.num_hidden_layers;
     for l in 0..layers {
+        let ex = &t.extras[l];
         norm_rows(&x, &t.attn_norm[l], eps, h, &mut hbuf);
         let [mut q, mut k, v] =
             project_group(m, l, [Proj::Q, Proj::K, Proj::V], &hbuf, n, &adapters)?;
+        if let (Some(qn), Some(kn)) = (&ex.q_norm, &ex.k_norm) {
+            norm_in_place(&mut q, qn, eps);
+            norm_in_place(&mut k, kn, eps);
+        }
+        let (cos, sin) = t.rope(c, l);
         // element-wise work over a step's rows is microseconds: a fork-join would cost more
         let rope = |buf: &mut [f32], heads: usize| {
             for (row, r) in buf.chunks_mut(heads * hd).zip(&rows) {
                 let (co, si) = (
-                    &t.cos[r.pos * half..(r.pos + 1) * half],
-                    &t.sin[r.pos * half..(r.pos + 1) * half],
+                    &cos[r.pos * half..(r.pos + 1) * half],
+                    &sin[r.pos * half..(r.pos + 1) * half],
                 );
                 for head in row.chunks_exact_mut(hd) {
                     rope_head(head, co, si, 1.0);
@@ -148,23 +154,32 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
             .iter()
             .map(|s| (s.cache.k[l].as_slice(), s.cache.v[l].as_slice()))
             .collect();
-        let mut att = vec![0f32; n * h];
-        let scale = 1.0 / (hd as f32).sqrt();
+        let mut att = vec![0f32; n * qd];
+        let scale = c.attn_scale();
+        let softcap = c.attn_logit_softcapping;
+        let window = c.window(l);
         let group = nh / nkv;
-        att.par_chunks_mut(h)
-            .zip(q.par_chunks(h))
+        att.par_chunks_mut(qd)
+            .zip(q.par_chunks(qd))
             .zip(rows.par_iter())
             .for_each(|((out, q), r)| {
                 let (kc, vc) = caches[r.seq];
-                let len = r.pos + 1;
+                // the keys this row sees: all earlier positions, or the last `window` of them
+                let lo = window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                let len = r.pos + 1 - lo;
                 let mut w = vec![0f32; len];
                 for head in 0..nh {
                     let g = head / group;
                     let qh = &q[head * hd..(head + 1) * hd];
                     let mut max = f32::NEG_INFINITY;
                     for (j, wj) in w.iter_mut().enumerate() {
+                        let j = lo + j;
                         let kj = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
                         let s = dot(qh, kj) * scale;
+                        let s = match softcap {
+                            Some(cap) => cap * (s / cap).tanh(),
+                            None => s,
+                        };
                         *wj = s;
                         max = max.max(s);
                     }
@@ -175,6 +190,7 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
                     }
                     let o = &mut out[head * hd..(head + 1) * hd];
                     for (j, &wj) in w.iter().enumerate() {
+                        let j = lo + j;
                         let vj = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
                         let wj = wj / sum;
                         for (o, &v) in o.iter_mut().zip(vj) {
@@ -183,14 +199,29 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
                     }
                 }
             });
-        let o = project(m, l, Proj::O, &att, n, &adapters)?;
+        let mut o = project(m, l, Proj::O, &att, n, &adapters)?;
+        if let Some(w) = &ex.post_attn_norm {
+            norm_in_place(&mut o, w, eps);
+        }
         add(&mut x, &o);
         norm_rows(&x, &t.ffn_norm[l], eps, h, &mut hbuf);
         let [mut gate, up] = project_group(m, l, [Proj::Gate, Proj::Up], &hbuf, n, &adapters)?;
-        for (g, &u) in gate.iter_mut().zip(&up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+        match c.hidden_act {
+            Activation::Silu => {
+                for (g, &u) in gate.iter_mut().zip(&up) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+            }
+            Activation::GeluTanh => {
+                for (g, &u) in gate.iter_mut().zip(&up) {
+                    *g = gelu_tanh(*g) * u;
+                }
+            }
         }
-        let d = project(m, l, Proj::Down, &gate, n, &adapters)?;
+        let mut d = project(m, l, Proj::Down, &gate, n, &adapters)?;
+        if let Some(w) = &ex.post_ffn_norm {
+            norm_in_place(&mut d, w, eps);
+        }
         add(&mut x, &d);
     }
     for s in seqs.iter_mut() {
@@ -212,9 +243,21 @@ pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>>
     for (o, &r) in hl.chunks_exact_mut(h).zip(&last) {
         rms_row(&x[r * h..(r + 1) * h], &t.norm, eps, o);
     }
-    let logits = m.llama.lm_head_rows(&hl, last.len())?;
+    let mut logits = m.llama.lm_head_rows(&hl, last.len())?;
+    if let Some(cap) = c.final_logit_softcapping {
+        logits.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+    }
     let vocab = logits.len() / last.len();
     Ok(logits.chunks_exact(vocab).map(|r| r.to_vec()).collect())
+}
+
+/// RMS norm of every `w.len()`-wide chunk of `x`, in place (q/k heads, post-norms).
+fn norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let mut tmp = vec![0f32; w.len()];
+    for chunk in x.chunks_exact_mut(w.len()) {
+        rms_row(chunk, w, eps, &mut tmp);
+        chunk.copy_from_slice(&tmp);
+    }
 }
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
