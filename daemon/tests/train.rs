@@ -28,7 +28,14 @@ use openledger_daemon::jobs::worker::Registry as Jobs;
 use openledger_daemon::state::ApiConfig;
 use openledger_daemon::training::{StepHook, TrainSettings};
 use openledger_indexer::{Indexer, Mode};
+use openledger_model::config::Family;
 use openledger_model::{BaseModel, ModelConfig};
+
+/// The base model every test here trains, serves and attributes on: a tiny random Gemma 3 (post-norms,
+/// GeGLU, q/k norms, scaled embeddings, sliding and global layers with their own rope bases, heads wider
+/// than hidden / heads), so the product runs end to end on a family other than llama; `tests/settle.rs`
+/// keeps a tiny llama.
+const BASE: &str = "tiny-gemma3";
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -94,8 +101,8 @@ async fn stack_with(pool: PgPool, records: &[&str], step_hook: Option<StepHook>)
     send!(registry(1).reviewContributions(U256::from(1), ids, true));
 
     let data = tempfile::tempdir().unwrap();
-    let tiny = data.path().join("models/tiny-llama");
-    BaseModel::random(ModelConfig::tiny(), 3)
+    let tiny = data.path().join("models").join(BASE);
+    BaseModel::random(ModelConfig::tiny_of(Family::Gemma3), 3)
         .unwrap()
         .save_hf_dir(&tiny)
         .unwrap();
@@ -181,7 +188,7 @@ fn tiny_params(extra: Value) -> Value {
             cfg[k] = v;
         }
     }
-    json!({"base_model": "tiny-llama", "datanets": [{"id": "1"}], "config": cfg})
+    json!({"base_model": BASE, "datanets": [{"id": "1"}], "config": cfg})
 }
 
 /// A trained model's `dataset.json` and its token stream (`dataset.tokens`), downloaded.
@@ -277,7 +284,7 @@ async fn serve(s: &Stack, cfg: InferenceConfig) -> (Arc<Inference>, axum::Router
         &s.pool,
         &s.data.path().join("models"),
         InferenceConfig {
-            model: Some("tiny-llama".into()),
+            model: Some(BASE.into()),
             default_max_tokens: 6,
             ..cfg
         },
@@ -404,15 +411,15 @@ fn train_jobs_refuse_bad_input_before_queueing() {
             "unknown base model",
         ),
         (
-            json!({"base_model": "tiny-llama", "datanets": [{"id": "99"}]}),
+            json!({"base_model": BASE, "datanets": [{"id": "99"}]}),
             "no Datanet 99",
         ),
         (
-            json!({"base_model": "tiny-llama", "datanets": [{"id": "2"}]}),
+            json!({"base_model": BASE, "datanets": [{"id": "2"}]}),
             "no published version",
         ),
         (
-            json!({"base_model": "tiny-llama", "datanets": [{"id": "1", "version": "5"}]}),
+            json!({"base_model": BASE, "datanets": [{"id": "1", "version": "5"}]}),
             "no version 5",
         ),
         (tiny_params(json!({"max_seq_len": 100000})), "max_seq_len"),
@@ -444,8 +451,14 @@ fn train_jobs_refuse_bad_input_before_queueing() {
 
         // the base model registry
         let bases = get(app, "/api/base-models", None).await.json();
-        assert_eq!(bases[0]["id"], "tiny-llama");
+        assert_eq!(bases[0]["id"], BASE);
         assert_eq!(bases[0]["format"], "safetensors");
+        // what the web wizard shows of it: family, size and context
+        let cfg = ModelConfig::tiny_of(Family::Gemma3);
+        assert_eq!(bases[0]["family"], "Gemma 3");
+        assert_eq!(bases[0]["architecture"], "gemma3_text");
+        assert_eq!(bases[0]["context_length"], cfg.max_position_embeddings);
+        assert_eq!(bases[0]["parameters"], cfg.num_parameters());
     });
 }
 
@@ -510,7 +523,7 @@ fn the_adapter_files_hash_to_what_the_job_reported() {
         .await;
         assert_eq!(sha256(&manifest.body), result["manifest_hash"]);
         let m = manifest.json();
-        assert_eq!(m["base_model"]["id"], "tiny-llama");
+        assert_eq!(m["base_model"]["id"], BASE);
         assert_eq!(m["datanets"][0]["version"], "1");
         assert_eq!(m["sources"].as_array().unwrap().len(), 9);
         assert_eq!(m["missing_content"].as_array().unwrap().len(), 1, "{m}");
@@ -573,7 +586,7 @@ fn the_model_is_registered_on_chain_and_listed() {
             model.training_config_hash.to_string(),
             result["manifest_hash"].as_str().unwrap()
         );
-        assert_eq!(model.base_model, "tiny-llama");
+        assert_eq!(model.base_model, BASE);
         assert_eq!(model.datanet_versions, vec![U256::from(1)]);
 
         // the model list and detail
@@ -727,7 +740,7 @@ fn permissioned_data_is_only_for_its_readers() {
 
         // training on it: a stranger is refused before anything is queued; a reader gets past that check
         // (and is refused here only for the version it names, which does not exist)
-        let params = json!({"base_model": "tiny-llama", "datanets": [{"id": dn.to_string(), "version": "9"}]});
+        let params = json!({"base_model": BASE, "datanets": [{"id": dn.to_string(), "version": "9"}]});
         let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
             .fetch_one(&s.pool)
             .await
@@ -995,7 +1008,7 @@ fn imports_a_peft_adapter() {
         // a model builder may not make the daemon read its disk
         submit(
             s.session.clone(),
-            json!({"base_model": "tiny-llama", "import": src}),
+            json!({"base_model": BASE, "import": src}),
         )
         .await
         .problem(403, "forbidden");
@@ -1009,28 +1022,21 @@ fn imports_a_peft_adapter() {
         .await
         .unwrap()
         .token;
-        let p = submit(
-            admin.clone(),
-            json!({"base_model": "tiny-llama", "import": bad}),
-        )
-        .await
-        .problem(422, "invalid-content");
+        let p = submit(admin.clone(), json!({"base_model": BASE, "import": bad}))
+            .await
+            .problem(422, "invalid-content");
         assert!(
             p["detail"].as_str().unwrap().contains("not a LoRA adapter"),
             "{p}"
         );
         submit(
             admin.clone(),
-            json!({"base_model": "tiny-llama", "import": src, "datanets": [{"id": "1"}]}),
+            json!({"base_model": BASE, "import": src, "datanets": [{"id": "1"}]}),
         )
         .await
         .problem(422, "invalid-content");
 
-        let r = submit(
-            admin.clone(),
-            json!({"base_model": "tiny-llama", "import": src}),
-        )
-        .await;
+        let r = submit(admin.clone(), json!({"base_model": BASE, "import": src})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
         let id = r.json()["id"].as_i64().unwrap();
         let j = wait_job(app, &admin, id).await;
@@ -1348,7 +1354,7 @@ fn serve_the_fresh_adapter_paid_first() {
     .fetch_all(&s.pool)
     .await
     .unwrap();
-    let want: Vec<String> = std::iter::once("tiny-llama".to_string())
+    let want: Vec<String> = std::iter::once(BASE.to_string())
         .chain(jobs.iter().map(|j| format!("ft-{j}")))
         .collect();
     assert_eq!(ids, want, "{models}");
@@ -1441,7 +1447,7 @@ fn serve_the_fresh_adapter_paid_first() {
         app,
         "/v1/completions",
         None,
-        json!({"model": "tiny-llama", "prompt": "abc", "max_tokens": 3}),
+        json!({"model": BASE, "prompt": "abc", "max_tokens": 3}),
     )
     .await;
     assert_eq!(base.status, StatusCode::OK);
@@ -1978,6 +1984,34 @@ fn a_payment_mined_after_its_request_gave_up_serves_the_callers_next_request() {
 /// settlement's proposals: none taken twice, none lost, none dropped, every send followed to its receipt.
 async fn assert_nonces_conserved(s: &Stack, start: u64) {
     use alloy::providers::Provider;
+    // a stopped `serve` may leave a send in flight (its waiter and keeper stopped with it): the next start's
+    // keeper follows it to its receipt, as this one does, before the books are checked
+    let keeper = Chain::connect(
+        &s.chain.url,
+        &s.chain.deployment,
+        Some(KEYS[1].parse().unwrap()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .with_send_lock(s.pool.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM key_sends WHERE state = 'sent'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} sends still unfollowed"
+        );
+        keeper.tend_sends().await.unwrap();
+        // polled state, bounded by the deadline above
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let end = s
         .chain
         .plain()
@@ -2068,7 +2102,7 @@ fn serve_config(
         confirm_timeout: Duration::from_secs(120),
         training: TrainSettings::new(s.data.path().to_path_buf(), "cpu"),
         inference: Some(InferenceConfig {
-            model: Some("tiny-llama".into()),
+            model: Some(BASE.into()),
             default_max_tokens: 4,
             sponsor: true,
             ..InferenceConfig::default()
@@ -2641,8 +2675,8 @@ fn batches_of_requests_through_the_files_and_batches_api() {
     let input = [
         line("paid", json!({"model": name, "messages": msgs, "max_tokens": 4, "temperature": 0, "request_secret": secret.to_string()})),
         line("unpaid", json!({"model": name, "messages": msgs, "max_tokens": 4, "request_id": B256::repeat_byte(0x52).to_string()})),
-        line("base", json!({"model": "tiny-llama", "messages": msgs, "max_tokens": 3})),
-        line("bad-sampling", json!({"model": "tiny-llama", "messages": msgs, "temperature": 9})),
+        line("base", json!({"model": BASE, "messages": msgs, "max_tokens": 3})),
+        line("bad-sampling", json!({"model": BASE, "messages": msgs, "temperature": 9})),
     ]
     .join("\n");
 
@@ -2991,7 +3025,7 @@ async fn the_cli_trains_and_publishes(pool: PgPool) {
                 "--json",
                 "train",
                 "--base",
-                "tiny-llama",
+                BASE,
                 "--datanet",
                 "1",
                 "--no-index",
