@@ -83,6 +83,81 @@ pub fn hex0x(bytes: &[u8]) -> String {
     format!("0x{}", hex::encode(bytes))
 }
 
+/// The tensors of a `.safetensors` file that `keep` names, read one at a time from the file (a header, then
+/// each tensor's bytes straight into its own storage): peak memory is the tensors plus one tensor's bytes,
+/// where reading the whole file first (`candle_core::safetensors::load`) holds it twice (5 GB more for a 1B
+/// model in f32); tensors the model does not use (a vision tower) are never read.
+fn read_safetensors(
+    path: &Path,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Tensor)>> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |r: String| ModelError::corrupt(path, r);
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| ModelError::io(path, e))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > (100 << 20) || 8 + header_len > len {
+        return Err(bad(format!(
+            "a header of {header_len} bytes in a file of {len}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| ModelError::io(path, e))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut entries: Vec<(String, DType, Vec<usize>, u64, u64)> = Vec::new();
+    for (name, info) in &header {
+        if name == "__metadata__" || !keep(name) {
+            continue;
+        }
+        let dtype = match info["dtype"].as_str() {
+            Some("F32") => DType::F32,
+            Some("F16") => DType::F16,
+            Some("BF16") => DType::BF16,
+            Some("F64") => DType::F64,
+            other => {
+                return Err(bad(format!(
+                    "tensor {name} has dtype {other:?} (supported: F32, F16, BF16, F64)"
+                )));
+            }
+        };
+        let shape: Vec<usize> = info["shape"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad(format!("tensor {name} has no shape")))?;
+        let (start, end) = match info["data_offsets"].as_array().map(|a| a.as_slice()) {
+            Some([s, e]) => (s.as_u64().unwrap_or(u64::MAX), e.as_u64().unwrap_or(0)),
+            _ => return Err(bad(format!("tensor {name} has no data_offsets"))),
+        };
+        let want = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        if start > end || end - start != want || data_start + end > len {
+            return Err(bad(format!(
+                "tensor {name}: bytes {start}..{end} do not hold {shape:?} {dtype:?} within the file"
+            )));
+        }
+        entries.push((name.clone(), dtype, shape, start, end));
+    }
+    // in file order: one forward pass over the data
+    entries.sort_by_key(|e| e.3);
+    let mut out = Vec::with_capacity(entries.len());
+    let mut buf = Vec::new();
+    for (name, dtype, shape, start, end) in entries {
+        f.seek(SeekFrom::Start(data_start + start))
+            .map_err(|e| ModelError::io(path, e))?;
+        buf.resize((end - start) as usize, 0);
+        f.read_exact(&mut buf)
+            .map_err(|e| ModelError::io(path, e))?;
+        let t = Tensor::from_raw_buffer(&buf, dtype, &shape, device)?;
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
 /// A configuration error with the file it came from: `config.json: hidden_size: missing` becomes
 /// `/models/x/config.json: hidden_size: missing`.
 fn at_file(path: &Path, e: ModelError) -> ModelError {
@@ -278,8 +353,9 @@ impl BaseModel {
         }
         let mut tensors = HashMap::new();
         for f in &files {
-            let loaded =
-                candle_core::safetensors::load(f, device).map_err(|e| ModelError::corrupt(f, e))?;
+            let loaded = read_safetensors(f, device, |name| {
+                hf_to_gguf_name(config.family, name).is_some()
+            })?;
             for (name, t) in loaded {
                 let Some(gguf) = hf_to_gguf_name(config.family, &name) else {
                     continue;
