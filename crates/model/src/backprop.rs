@@ -27,6 +27,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::{DenseParts, Extras, Llama};
 use crate::lora::{Lora, proj_dims};
 use crate::ops;
+use crate::ops::{GELU_C, GELU_K};
 
 /// A micro-batch: `batch` rows of `seq` token ids (padding after the real tokens), the flat positions whose
 /// next token is a training target, and those targets.
@@ -793,10 +794,6 @@ impl Ctx<'_> {
         Some(dx_mid)
     }
 }
-
-/// `sqrt(2 / pi)`, GELU's tanh approximation.
-const GELU_K: f32 = 0.797_884_6;
-const GELU_C: f32 = 0.044_715;
 
 /// `act(g) * u` element-wise.
 fn act_mul(act: Activation, gate: &[f32], up: &[f32]) -> Vec<f32> {

@@ -410,22 +410,10 @@ impl Llama {
                 _ => None,
             })
             .collect();
-        let mut ys = match q8 {
-            Some(mats) => Q8Matrix::matmul_group(&mats, x, rows),
-            None => lin
-                .iter()
-                .map(|l| l.forward_rows(x, rows))
-                .collect::<Result<_>>()?,
-        };
-        for (y, p) in ys.iter_mut().zip(ps) {
-            if let Some(b) = self.blocks[layer].extras.bias(*p) {
-                let b = b.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-                for row in y.chunks_exact_mut(b.len()) {
-                    row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);
-                }
-            }
+        match q8 {
+            Some(mats) => Ok(Q8Matrix::matmul_group(&mats, x, rows)),
+            None => lin.iter().map(|l| l.forward_rows(x, rows)).collect(),
         }
-        Ok(ys)
     }
 
     /// The output projection over host rows.

@@ -165,9 +165,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `sqrt(2 / pi)` and the cubic coefficient of GELU's tanh approximation.
+pub(crate) const GELU_K: f32 = 0.797_884_6;
+pub(crate) const GELU_C: f32 = 0.044_715;
+
 /// GELU with the tanh approximation (PyTorch's `gelu(x, approximate="tanh")`, candle's `gelu`).
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
-    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh())
+    0.5 * x * (1.0 + (GELU_K * (x + GELU_C * x * x * x)).tanh())
 }
 
 pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {

@@ -287,6 +287,14 @@ fn project_group<const K: usize>(
         .try_into()
         .map_err(|_| crate::error::ModelError::invalid("projection", "group size"))?;
     let n_in = x.len() / n;
+    // biases from the host tables (Qwen 2's q/k/v), then each row's adapter
+    for (y, p) in ys.iter_mut().zip(ps) {
+        if let Some(b) = m.tables.extras[l].bias(p) {
+            for row in y.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+    }
     for (y, p) in ys.iter_mut().zip(ps) {
         if adapters.iter().flatten().any(|a| a.targets(l, p)) {
             let n_out = y.len() / n;
