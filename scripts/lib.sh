@@ -100,6 +100,18 @@ cargo() {
   ) 9>"$CARGO_TARGET_DIR/.openledger-clone.lock"
 }
 
+# The CUDA toolchain of scripts/setup.sh (.tools/cuda, PyPI wheels) for builds with `--features cuda`:
+# candle's kernels are compiled for CUDA_COMPUTE_CAP (90: H100 / H200; no GPU here to ask), and cudarc
+# reads the CUDA version from this nvcc. Run in a subshell: it changes PATH and the build's environment.
+cuda_env() {
+  local home="$ROOT/.tools/cuda/nvidia/cu13"
+  [ -x "$home/bin/nvcc" ] || die "no CUDA compiler under $home: run scripts/setup.sh"
+  export CUDA_HOME="$home" CUDA_PATH="$home" NVCC="$home/bin/nvcc"
+  export PATH="$home/bin:$PATH"
+  export LIBRARY_PATH="$home/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+}
+
 # The browser of the UI tests: Debian's Chromium (OPENLEDGER_CHROMIUM overrides, e.g. on macOS).
 ui_chromium() {
   echo "${OPENLEDGER_CHROMIUM:-/usr/bin/chromium}"

@@ -108,6 +108,20 @@ if ! "$ROOT/.tools/schemathesis/bin/pip" show schemathesis 2>/dev/null | grep -q
   python3 -m venv "$ROOT/.tools/schemathesis" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$ROOT/.tools/schemathesis/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# The CUDA compiler, headers and runtime (PyPI, no GPU needed): scripts/test.sh compiles the `cuda` feature
+# (candle's kernels, for Hopper) on every run, and scripts/gpu-pack.sh builds what a GPU machine runs.
+# Pinned to CUDA 13.0: the GPU machines' driver (580) loads nothing newer.
+CUDA_WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
+if [ "$(cat "$ROOT/.tools/cuda/.openledger-wheels" 2>/dev/null)" != "$CUDA_WHEELS" ]; then
+  log "installing the CUDA 13.0 compiler into .tools/cuda (PyPI wheels: $CUDA_WHEELS)"
+  rm -rf "$ROOT/.tools/cuda"
+  # shellcheck disable=SC2086
+  "$ROOT/.tools/py/bin/pip" install -q --disable-pip-version-check --no-deps --target "$ROOT/.tools/cuda" $CUDA_WHEELS
+  # the linker's -lcudart wants the unversioned name
+  ln -sf libcudart.so.13 "$ROOT/.tools/cuda/nvidia/cu13/lib/libcudart.so"
+  echo "$CUDA_WHEELS" > "$ROOT/.tools/cuda/.openledger-wheels"
+fi
+(cuda_env && nvcc --version | tail -1 >&2)
 "$FORGE" --version | head -1 >&2
 node scripts/solc-shim.js --version | tail -1 >&2
 # the default base model for training and serving (checked by SHA-256; kept across runs)

@@ -166,6 +166,21 @@ step "contracts: slither, no medium or high finding" scripts/slither.sh
 
 # Every test binary runs (--no-fail-fast), so a failure in one crate never hides the others' results; the
 # summary names each binary that failed or crashed (a binary that ends without a "test result" line).
+# The GPU code, compiled here where no GPU is (see DEVELOPERS.md, "GPUs"): everything behind `cuda`.
+cuda_clippy() {
+  (cuda_env && cargo clippy --locked -p openledger-model -p openledger-daemon --all-targets \
+    --features openledger-model/cuda,openledger-daemon/cuda -- -D warnings)
+}
+
+gpu_check_cpu() {
+  local out
+  out="$(mktemp -d)"
+  scripts/gpu-check.sh --cpu "$out" >/dev/null
+  local rc=$?
+  rm -rf "$out"
+  return "$rc"
+}
+
 cargo_tests() {
   local out rc
   out="$(mktemp)"
@@ -341,7 +356,9 @@ ensure_test_postgres
 trap stop_test_postgres EXIT
 step "rust: cargo fmt --check" cargo fmt --all -- --check
 step "rust: clippy, warnings are errors" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "rust: the cuda build compiles (candle's CUDA kernels for sm_90, nvcc 13.0 from PyPI), clippy clean" cuda_clippy
 step "rust: workspace tests (real anvil, real Postgres)" cargo_tests
+step "GPU check in CPU mode (scripts/gpu-check.sh --cpu): the GPU's serving, training and attribution paths against transformers" gpu_check_cpu
 step "deploy to a fresh anvil + cast walkthrough + idempotent redeploy" deploy_and_walkthrough
 step "outside a devnet: deploy refuses devnet keys and configs (sends nothing), serve refuses unasked sponsorship and settling from its own key" deploy_refuses_outside_devnet
 step "daemon: the README's API walkthrough and economy demo (curl + cast) on a fresh stack" api_walkthrough

@@ -16,7 +16,7 @@ pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
-pub use candle_core::Device;
+pub use candle_core::{DType, Device};
 pub use config::{ModelConfig, Proj};
 pub use error::{ModelError, Result};
 pub use llama::{Forward, Llama, Precision};

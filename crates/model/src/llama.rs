@@ -356,7 +356,16 @@ impl Llama {
     /// The dense f32 weights on the CPU, for the hand-written training passes (`crate::backprop`); `None`
     /// for quantized weights or another device.
     pub(crate) fn dense_parts(&self) -> Option<DenseParts<'_>> {
-        if !self.device.is_cpu() || self.precision != Precision::F32 {
+        if !self.device.is_cpu() {
+            return None;
+        }
+        self.parts()
+    }
+
+    /// The dense f32 weights on the model's device (the device serving engine converts them); `None` for
+    /// quantized weights.
+    pub(crate) fn parts(&self) -> Option<DenseParts<'_>> {
+        if self.precision != Precision::F32 {
             return None;
         }
         fn dense(l: &Linear) -> Option<&Tensor> {

@@ -273,18 +273,23 @@ fn split_draw(seed: u64, t: &Tokenized) -> u64 {
 
 /// The gradient of one sequence's mean next-token loss over its targets for every LoRA parameter (`Lora::vars`
 /// order, flat, row-major), without dropout, and that loss: what gradient attribution projects, for a
-/// training example and an inference's prompt + output alike. Runs the hand-written CPU passes.
+/// training example and an inference's prompt + output alike. Runs the hand-written CPU passes (candle's
+/// autograd on other devices: `sequence_gradient_autograd`).
 pub fn sequence_gradient(
     model: &Llama,
     lora: &Lora,
     tokens: &Tokenized,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     if !backprop::supported(model) {
-        return Err(ModelError::invalid(
-            "gradient",
-            "per-sequence gradients need dense f32 weights on the CPU",
-        ));
+        return sequence_gradient_autograd(model, lora, tokens);
     }
+    let (batch, n) = one_sequence(tokens)?;
+    let lg = backprop::loss_and_grads(model, lora, &batch.host(), None, 1.0 / n as f32)?;
+    Ok((lg.loss_sum / n as f64, lg.grads))
+}
+
+/// One sequence as a batch, and its number of targets (at least one).
+fn one_sequence(tokens: &Tokenized) -> Result<(Batch, usize)> {
     let ex = Example {
         source: 0,
         tokens: tokens.clone(),
@@ -297,8 +302,44 @@ pub fn sequence_gradient(
             "the sequence has no target tokens",
         ));
     }
-    let lg = backprop::loss_and_grads(model, lora, &batch.host(), None, 1.0 / n as f32)?;
-    Ok((lg.loss_sum / n as f64, lg.grads))
+    Ok((batch, n))
+}
+
+/// Whether `sequence_gradient` can run on this model: dense f32 weights, on any device (the hand-written
+/// passes on the CPU, candle's autograd elsewhere: a GPU).
+pub fn gradients_supported(model: &Llama) -> bool {
+    model.parts().is_some()
+}
+
+/// `sequence_gradient` through candle's autograd, on the model's device (a GPU); the same numbers as the
+/// hand-written CPU passes to float rounding.
+pub fn sequence_gradient_autograd(
+    model: &Llama,
+    lora: &Lora,
+    tokens: &Tokenized,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    if !gradients_supported(model) {
+        return Err(ModelError::invalid(
+            "gradient",
+            "per-sequence gradients need dense f32 weights (Precision::F32)",
+        ));
+    }
+    let (batch, n) = one_sequence(tokens)?;
+    let l = batch_loss_sum(model, lora, &batch, &mut Forward::differentiable())?;
+    let loss = l.to_scalar::<f32>()? as f64;
+    let grads = (l / n as f64)?.backward()?;
+    let grads = lora
+        .vars()
+        .iter()
+        .map(|v| match grads.get(v) {
+            Some(g) => Ok(g
+                .to_device(&candle_core::Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?),
+            None => Ok(vec![0f32; v.elem_count()]),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss / n as f64, grads))
 }
 
 /// A padded micro-batch: `rows` x `seq` ids, and the flat positions whose next token is a target with those

@@ -87,7 +87,7 @@ pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
     let lay = attribution_lora::layout(inp.initial);
     let k = GradParams::k_for(&lay, openledger_attribution::grad::TARGET_DIMS);
     let projector = Projector::new(&lay, k, GradParams::default().seed);
-    let spec = openledger_model::backprop::supported(inp.model).then(|| GradientSpec {
+    let spec = openledger_model::train::gradients_supported(inp.model).then(|| GradientSpec {
         dims: projector.dims(),
         k,
         seed: GradParams::default().seed,
@@ -128,7 +128,7 @@ pub fn build(inp: &Input<'_>) -> Result<Section, BuildError> {
     let gradients = match spec {
         Some(spec) => Gradients::Stored(StoredGradients::of(spec, inp.train.len())),
         None => Gradients::Absent(Absent::because(
-            "per-example gradients need the hand-written CPU passes (dense f32 weights on the CPU)",
+            "per-example gradients need dense f32 weights (the model was loaded quantized)",
         )),
     };
     Ok(Section {

@@ -165,6 +165,11 @@ pub struct InferenceArgs {
     /// matmul, fastest on CPUs), `native` (the file's quantized blocks through candle's kernels) or `f32`.
     #[arg(long, env = "OPENLEDGER_SERVE_WEIGHTS", value_enum, default_value_t = ServeWeights::Int8)]
     pub serve_weights: ServeWeights,
+    /// Where the served model runs: `cpu`, or `cuda:N` (an NVIDIA GPU; builds with `--features cuda`):
+    /// weights in bf16 there (`--serve-weights f32` keeps f32), the KV cache in blocks of GPU memory
+    /// (`--kv-cache-mb`), adapters in GPU slots fed from the adapter cache.
+    #[arg(long, env = "OPENLEDGER_SERVE_DEVICE", default_value = crate::inference::DEFAULT_SERVE_DEVICE)]
+    pub serve_device: String,
     /// Sequences decoded together in one batch.
     #[arg(long, env = "OPENLEDGER_MAX_SEQS", default_value_t = engine::DEFAULT_MAX_SEQS)]
     pub max_seqs: usize,
@@ -295,6 +300,7 @@ impl InferenceArgs {
                 ServeWeights::Native => openledger_model::Precision::Quantized,
                 ServeWeights::F32 => openledger_model::Precision::F32,
             },
+            device: self.serve_device.clone(),
             engine: openledger_model::serve::EngineConfig {
                 max_seqs: self.max_seqs.max(1),
                 max_batch_tokens: self.max_batch_tokens.max(1),

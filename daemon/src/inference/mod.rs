@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use openledger_model::serve::{AdapterRef, Engine, EngineConfig, ServingModel};
+use openledger_model::serve::{
+    AdapterRef, DeviceConfig, DeviceModel, Engine, EngineConfig, ServingModel,
+};
 use openledger_model::{BaseModel, Device, Llama, Precision, TextTokenizer};
 use sqlx::PgPool;
 
@@ -35,6 +37,8 @@ pub const DEFAULT_PAYMENT_WAIT_SECS: u64 = 10;
 pub const DEFAULT_PAYMENT_CONFIRMATIONS: u64 = 10;
 /// `max_tokens` of requests that give none, by default.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Where the served model runs, by default.
+pub const DEFAULT_SERVE_DEVICE: &str = "cpu";
 /// Lines of one batch job in flight at once, by default.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 8;
 /// Seconds an interactive inference's row stays its process's without a renewal (renewed every third of
@@ -48,6 +52,8 @@ pub struct InferenceConfig {
     pub model: Option<String>,
     /// How the base weights are held for serving [default: int8, the engine's fast batched matmul].
     pub precision: Precision,
+    /// `cpu`, or `cuda:N`: bf16 weights (f32 with `Precision::F32`) and a paged KV cache on that GPU.
+    pub device: String,
     pub engine: EngineConfig,
     /// Price per 1,000 tokens (OPEN wei) of models whose developer set none.
     pub default_price_per_1k: U256,
@@ -74,6 +80,7 @@ impl Default for InferenceConfig {
         InferenceConfig {
             model: None,
             precision: Precision::Int8,
+            device: DEFAULT_SERVE_DEVICE.into(),
             engine: EngineConfig::default(),
             default_price_per_1k: DEFAULT_PRICE_PER_1K,
             sponsor: false,
@@ -157,16 +164,38 @@ impl Inference {
         let base = (path.clone(), hash.clone());
         let engine_cfg = cfg.engine.clone();
         let precision = cfg.precision;
+        let device = cfg.device.clone();
         let (engine, tokenizer) = tokio::task::spawn_blocking(move || {
+            let dev = openledger_model::device(&device)?;
             let mut base = BaseModel::load(&path, &Device::Cpu, Some(hash))?;
-            if precision == Precision::Quantized {
-                base = base.with_fast_kernels()?;
+            if dev.is_cpu() {
+                if precision == Precision::Quantized {
+                    base = base.with_fast_kernels()?;
+                }
+                let llama = Llama::new(&base, precision, &Device::Cpu)?;
+                let model = ServingModel::new(llama)?;
+                let engine = Engine::start(model, base.tokenizer.clone(), engine_cfg)
+                    .map_err(LoadError::Thread)?;
+                return Ok::<_, LoadError>((engine, base.tokenizer));
             }
-            let llama = Llama::new(&base, precision, &Device::Cpu)?;
-            let model = ServingModel::new(llama)?;
+            // a GPU: the device engine, from f32 weights converted to bf16 (or kept f32)
+            let mut dc = DeviceConfig::for_device(&dev);
+            match precision {
+                Precision::F32 => dc.dtype = openledger_model::DType::F32,
+                Precision::Int8 => {}
+                Precision::Quantized => {
+                    return Err(LoadError::Model(openledger_model::ModelError::invalid(
+                        "serve weights",
+                        "native (quantized) weights are served on the CPU only; on a GPU use int8 (bf16 there) or f32",
+                    )));
+                }
+            }
+            let llama = Llama::new(&base, Precision::F32, &dev)?;
+            let model = DeviceModel::new(&llama, dc)?;
+            drop(llama);
             let engine = Engine::start(model, base.tokenizer.clone(), engine_cfg)
                 .map_err(LoadError::Thread)?;
-            Ok::<_, LoadError>((engine, base.tokenizer))
+            Ok((engine, base.tokenizer))
         })
         .await
         .map_err(|e| LoadError::Thread(std::io::Error::other(e)))??;

@@ -44,6 +44,14 @@ pub struct ServedAdapter {
     /// `[layer][proj]`.
     pub(crate) mats: Vec<[Option<LoraMats>; 7]>,
     bytes: usize,
+    /// Unique per adapter made in this process (clones share it): what device slots are keyed by.
+    serial: u64,
+}
+
+/// The next `ServedAdapter::serial`.
+fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl ServedAdapter {
@@ -69,6 +77,7 @@ impl ServedAdapter {
             config: lora.config.clone(),
             mats,
             bytes,
+            serial: next_serial(),
         })
     }
 
@@ -120,6 +129,7 @@ impl ServedAdapter {
             config: config.clone(),
             mats,
             bytes,
+            serial: next_serial(),
         }
     }
 
@@ -157,12 +167,17 @@ impl ServedAdapter {
         self.bytes
     }
 
-    /// `out [n_out] += scale * B (A x)` for one row, in a fixed order (the same result in any batch).
+    /// This adapter's process-unique serial number.
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// Whether the adapter changes projection `p` of `layer`.
     pub(crate) fn targets(&self, layer: usize, p: Proj) -> bool {
         self.mats.get(layer).is_some_and(|r| r[p.index()].is_some())
     }
 
+    /// `out [n_out] += scale * B (A x)` for one row, in a fixed order (the same result in any batch).
     pub(crate) fn apply_row(&self, layer: usize, p: Proj, x: &[f32], out: &mut [f32]) {
         let Some(m) = self.mats.get(layer).and_then(|r| r[p.index()].as_ref()) else {
             return;

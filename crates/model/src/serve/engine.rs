@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::adapter::{AdapterCache, AdapterRef, InsertError, ServedAdapter};
-use super::forward::{KvCache, SeqStep, ServingModel, step};
+use super::forward::{Backend, SeqStep};
 use super::sampling::{Sampler, SamplingParams};
 use super::text::TextStream;
 use crate::error::ModelError;
@@ -211,12 +211,14 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread (and its adapter loader) on `model`.
-    pub fn start(
-        model: ServingModel,
+    /// Starts the engine thread (and its adapter loader) on `model` (any [`Backend`]: the int8
+    /// `ServingModel`, or a `DeviceModel` on a GPU).
+    pub fn start<B: Backend>(
+        mut model: B,
         tokenizer: TextTokenizer,
         cfg: EngineConfig,
     ) -> std::io::Result<Engine> {
+        model.prepare(&cfg).map_err(std::io::Error::other)?;
         let (tx, rx) = mpsc::channel();
         let (load_tx, load_rx) = mpsc::channel::<AdapterRef>();
         let stats = Arc::new(Stats::default());
@@ -239,6 +241,7 @@ impl Engine {
                     }
                 }
             })?;
+        let kv_budget_tokens = model.reserve_tokens(cfg.kv_cache_bytes / kv_bytes_per_token.max(1));
         let mut state = State {
             model,
             tokenizer,
@@ -249,7 +252,7 @@ impl Engine {
             running: Vec::new(),
             loading: HashSet::new(),
             staged: HashMap::new(),
-            kv_budget_tokens: cfg.kv_cache_bytes / kv_bytes_per_token.max(1),
+            kv_budget_tokens,
             kv_reserved: 0,
             load_tx,
             stats: stats.clone(),
@@ -367,13 +370,13 @@ struct Pending {
     counted: bool,
 }
 
-struct Running {
+struct Running<C> {
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
     fed: usize,
     generated: Vec<u32>,
     max_tokens: usize,
-    cache: KvCache,
+    cache: C,
     adapter: Option<Arc<ServedAdapter>>,
     sampler: Sampler,
     text: TextStream,
@@ -385,15 +388,15 @@ struct Running {
     first_token: Option<Duration>,
 }
 
-struct State {
-    model: ServingModel,
+struct State<B: Backend> {
+    model: B,
     tokenizer: TextTokenizer,
     cfg: EngineConfig,
     eos: Vec<u32>,
     cache: AdapterCache,
     /// Interactive, then batch.
     waiting: [VecDeque<Pending>; 2],
-    running: Vec<Running>,
+    running: Vec<Running<B::Cache>>,
     loading: HashSet<String>,
     /// Loaded adapters waiting for room in the cache.
     staged: HashMap<String, Arc<ServedAdapter>>,
@@ -410,7 +413,7 @@ enum Outcome {
     Cancelled,
 }
 
-impl State {
+impl<B: Backend> State<B> {
     fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
         loop {
             if self.running.is_empty() {
@@ -519,7 +522,8 @@ impl State {
             while i < self.waiting[q].len() && self.running.len() < self.cfg.max_seqs {
                 let reserve = {
                     let p = &self.waiting[q][i];
-                    p.req.prompt.len() + p.req.max_tokens
+                    self.model
+                        .reserve_tokens(p.req.prompt.len() + p.req.max_tokens)
                 };
                 if self.kv_reserved + reserve > self.kv_budget_tokens {
                     // first come, first served: a large request is not overtaken forever
@@ -561,17 +565,28 @@ impl State {
                     self.in_flight.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
+                let cache = match self.model.new_cache(reserve) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        (req.sink)(Event::Failed(format!("no KV cache: {e}")));
+                        if let Some(a) = &adapter {
+                            self.cache.release(&a.id);
+                        }
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        continue;
+                    }
+                };
                 if let Some(a) = &adapter {
                     active.insert(a.id.clone());
                 }
                 self.kv_reserved += reserve;
-                let c = self.model.config();
                 let req = *req;
                 self.stats
                     .prompt_tokens
                     .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
                 self.running.push(Running {
-                    cache: KvCache::new(c.num_hidden_layers, reserve, self.model.kv_dim()),
+                    cache,
                     sampler: Sampler::new(req.sampling, &req.prompt),
                     text: TextStream::new(req.stop),
                     prompt: req.prompt,
@@ -689,7 +704,7 @@ impl State {
                     want_logits,
                 });
             }
-            step(&self.model, &mut seqs)
+            self.model.step(&mut seqs)
         };
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let logits = match result {
@@ -699,7 +714,7 @@ impl State {
                 let msg = format!("inference failed: {e}");
                 for mut r in std::mem::take(&mut self.running) {
                     (r.sink)(Event::Failed(msg.clone()));
-                    self.end(&r);
+                    self.end(r);
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
@@ -744,12 +759,12 @@ impl State {
                     };
                     (r.sink)(Event::Done(fin));
                     self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                    self.end(&r);
+                    self.end(r);
                 }
                 Outcome::Cancelled => {
                     let r = self.running.swap_remove(i);
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                    self.end(&r);
+                    self.end(r);
                 }
             }
         }
@@ -783,17 +798,18 @@ impl State {
         if r.text.stopped() {
             return Outcome::Finish(FinishReason::Stop);
         }
-        if r.generated.len() >= r.max_tokens || r.cache.len() + 1 >= context {
+        if r.generated.len() >= r.max_tokens || B::cache_len(&r.cache) + 1 >= context {
             return Outcome::Finish(FinishReason::Length);
         }
         Outcome::Continue
     }
 
-    fn end(&mut self, r: &Running) {
+    fn end(&mut self, r: Running<B::Cache>) {
         self.kv_reserved = self.kv_reserved.saturating_sub(r.reserved);
         if let Some(a) = &r.adapter {
             self.cache.release(&a.id);
         }
+        self.model.free_cache(r.cache);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

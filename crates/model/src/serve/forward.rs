@@ -72,12 +72,71 @@ impl ServingModel {
     }
 }
 
+/// What the engine thread needs of a model: its configuration, per-sequence KV caches, and the batched
+/// step. Two backends: the int8 CPU one here (`ServingModel`), and the device-generic one
+/// (`super::device::DeviceModel`: bf16 weights and a paged KV cache on a GPU, or f32 on the CPU).
+pub trait Backend: Send + 'static {
+    /// One sequence's KV cache.
+    type Cache: Send;
+    fn config(&self) -> &crate::ModelConfig;
+    /// Bytes one cached position takes across all layers.
+    fn kv_bytes_per_token(&self) -> usize;
+    /// Sizes what the engine's limits call for (a device backend allocates its KV pool and adapter slots
+    /// here); called once, by `Engine::start`, before the first step.
+    fn prepare(&mut self, _cfg: &super::EngineConfig) -> Result<()> {
+        Ok(())
+    }
+    /// Positions a sequence must reserve to hold `tokens` (a paged cache rounds up to whole blocks).
+    fn reserve_tokens(&self, tokens: usize) -> usize {
+        tokens
+    }
+    /// A cache for a sequence that reserved `reserve` positions (`reserve_tokens`); the engine keeps the
+    /// sum of reservations within its KV budget.
+    fn new_cache(&mut self, reserve: usize) -> Result<Self::Cache>;
+    /// Gives a finished sequence's cache back.
+    fn free_cache(&mut self, _cache: Self::Cache) {}
+    /// Positions cached.
+    fn cache_len(cache: &Self::Cache) -> usize;
+    /// One batched step (see [`step`]); returns, in `seqs` order, the last-token logits of every sequence
+    /// that wanted them.
+    fn step(&mut self, seqs: &mut [SeqStep<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl Backend for ServingModel {
+    type Cache = KvCache;
+
+    fn config(&self) -> &crate::ModelConfig {
+        &self.llama.config
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        ServingModel::kv_bytes_per_token(self)
+    }
+
+    fn new_cache(&mut self, reserve: usize) -> Result<KvCache> {
+        Ok(KvCache::new(
+            self.llama.config.num_hidden_layers,
+            reserve,
+            self.kv_dim(),
+        ))
+    }
+
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len
+    }
+
+    fn step(&mut self, seqs: &mut [SeqStep<'_, KvCache>]) -> Result<Vec<Vec<f32>>> {
+        step(self, seqs)
+    }
+}
+
 /// One sequence's share of a step: its new tokens (positions continue its cache) and whether the logits
-/// of its last new token are wanted.
+/// of its last new token are wanted. `C` is the backend's cache (host rows here, blocks of a device pool
+/// in `super::device`).
 #[derive(Debug)]
-pub struct SeqStep<'a> {
+pub struct SeqStep<'a, C = KvCache> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
+    pub cache: &'a mut C,
     pub adapter: Option<&'a ServedAdapter>,
     pub want_logits: bool,
 }
