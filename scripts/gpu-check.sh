@@ -31,9 +31,24 @@ fi
 
 # on the GPU machine
 pack="$ROOT/.gpu-pack"
-[ -x "$pack/gpu_check" ] || { say "no $pack/gpu_check: run scripts/gpu-pack.sh here and carry .gpu-pack"; exit 1; }
+[ -f "$pack/gpu_check.xz" ] || { say "no $pack/gpu_check.xz: run scripts/gpu-pack.sh here and carry .gpu-pack"; exit 1; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" >&2
-export LD_LIBRARY_PATH="$pack${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin="$(mktemp -d)/gpu_check"
+python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$pack/gpu_check.xz" "$bin"
+chmod +x "$bin"
+# cuBLAS, cuRAND (CUDA 13) from the machine: its CUDA toolkit, or the nvidia-* wheels PyTorch brought
+libdirs="$pack"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")/../lib64"; do
+  [ -d "$d" ] && libdirs="$libdirs:$d"
+done
+for d in $(python3 -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in sorted(os.listdir(p))]' 2>/dev/null); do
+  [ -d "$d" ] && libdirs="$libdirs:$d"
+done
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$bin" | grep -q "not found"; then
+  say "missing libraries (the binary wants CUDA 13's; looked in $libdirs):"; ldd "$bin" | grep "not found" >&2
+  exit 1
+fi
 started=$(date +%s)
 say "building random-weight models with transformers"
 timeout 180 python3 scripts/gpu_models.py build "$out/models" 2>&1 | tail -5 >&2
@@ -43,7 +58,7 @@ sampler=$!
 trap 'kill $sampler 2>/dev/null || true' EXIT
 say "checks and benchmarks (ours)"
 status=0
-timeout 240 "$pack/gpu_check" --device cuda:0 --out "$out" --bench "$out/models/llama-1b" "$out/models/smollm2" \
+timeout 240 "$bin" --device cuda:0 --out "$out" --bench "$out/models/llama-1b" "$out/models/smollm2" \
   | tee "$out/results.txt" || status=$?
 kill $sampler 2>/dev/null || true
 echo "RESULT ours_peak_gpu_mb $(sort -n "$out/memory.txt" | tail -1) MB" | tee -a "$out/results.txt"

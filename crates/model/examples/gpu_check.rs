@@ -2,7 +2,8 @@
 //! (with `--bench`) throughput.
 //!
 //! ```text
-//! gpu_check --device cuda:0|cpu --out DIR [--bench] MODEL_DIR...
+//! gpu_check --device cuda:0|cpu --out DIR [--bench] [--dtype bf16|f32] MODEL_DIR...
+//! (`--dtype`: how the device engine holds the weights; bf16 on a GPU and f32 on the CPU by default)
 //! ```
 //!
 //! Each `MODEL_DIR` is a Hugging Face folder with a PEFT adapter (`adapter/`) and what transformers computed
@@ -69,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let mut device = "cpu".to_string();
     let mut out = PathBuf::from("gpu-check-out");
     let mut bench = false;
+    let mut dtype = None;
     let mut models = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -76,6 +78,13 @@ fn main() -> anyhow::Result<()> {
             "--device" => device = args.next().context("--device needs a value")?,
             "--out" => out = args.next().context("--out needs a value")?.into(),
             "--bench" => bench = true,
+            "--dtype" => {
+                dtype = Some(match args.next().as_deref() {
+                    Some("bf16") => DType::BF16,
+                    Some("f32") => DType::F32,
+                    other => bail!("--dtype: bf16 or f32, not {other:?}"),
+                })
+            }
             s if s.starts_with("--") => bail!("unknown option {s}"),
             _ => models.push(PathBuf::from(a)),
         }
@@ -85,17 +94,18 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let dev = openledger_model::device(&device)?;
+    let dtype = dtype.unwrap_or(DeviceConfig::for_device(&dev).dtype);
     let mut r = Report {
         text: String::new(),
         results: Vec::new(),
         failures: Vec::new(),
     };
-    r.line(format!("# GPU check on {device}\n"));
+    r.line(format!("# GPU check on {device}, serving in {dtype:?}\n"));
     for dir in &models {
-        check_model(&mut r, dir, &dev)?;
+        check_model(&mut r, dir, &dev, dtype)?;
     }
     if bench {
-        bench_model(&mut r, &models[0], &dev)?;
+        bench_model(&mut r, &models[0], &dev, dtype)?;
     }
     std::fs::write(out.join("report.md"), &r.text)?;
     for (name, value, unit) in &r.results {
@@ -141,7 +151,7 @@ fn engine_cfg(kv_bytes: usize, adapters: usize) -> EngineConfig {
     }
 }
 
-fn check_model(r: &mut Report, dir: &Path, dev: &Device) -> anyhow::Result<()> {
+fn check_model(r: &mut Report, dir: &Path, dev: &Device, dtype: DType) -> anyhow::Result<()> {
     let name = name_of(dir);
     let base = BaseModel::load(dir, &Device::Cpu, None)?;
     let c = base.config.clone();
@@ -163,7 +173,10 @@ fn check_model(r: &mut Report, dir: &Path, dev: &Device) -> anyhow::Result<()> {
     let lora = Lora::load_peft(&dir.join("adapter"), &c, dev)?;
 
     // serving
-    let dc = DeviceConfig::for_device(dev);
+    let dc = DeviceConfig {
+        dtype,
+        ..DeviceConfig::for_device(dev)
+    };
     let bf16 = dc.dtype == DType::BF16;
     let mut m = DeviceModel::new(&llama, dc)?;
     m.prepare(&engine_cfg(4 * n * m.kv_bytes_per_token(), 1))?;
@@ -306,8 +319,13 @@ fn serve_rate(
     requests: usize,
     prompt: usize,
     new_tokens: usize,
+    dtype: DType,
 ) -> anyhow::Result<(f64, u64)> {
-    let m = DeviceModel::new(llama, DeviceConfig::for_device(llama.device()))?;
+    let dc = DeviceConfig {
+        dtype,
+        ..DeviceConfig::for_device(llama.device())
+    };
+    let m = DeviceModel::new(llama, dc)?;
     let engine = Engine::start(m, base.tokenizer.clone(), cfg.clone())?;
     engine
         .preload(adapters.to_vec())
@@ -353,7 +371,7 @@ fn serve_rate(
     Ok((tokens as f64 / secs, steps))
 }
 
-fn bench_model(r: &mut Report, dir: &Path, dev: &Device) -> anyhow::Result<()> {
+fn bench_model(r: &mut Report, dir: &Path, dev: &Device, dtype: DType) -> anyhow::Result<()> {
     let gpu = !dev.is_cpu();
     let base = BaseModel::load(dir, &Device::Cpu, None)?;
     let c = base.config.clone();
@@ -389,8 +407,9 @@ fn bench_model(r: &mut Report, dir: &Path, dev: &Device) -> anyhow::Result<()> {
         let adapters: Vec<Arc<ServedAdapter>> = (0..k)
             .map(|i| Arc::new(ServedAdapter::random(format!("a{i}"), &c, &lc, i as u64)))
             .collect();
-        let (rate, steps) =
-            serve_rate(&llama, &base, &cfg, &adapters, requests, prompt, new_tokens)?;
+        let (rate, steps) = serve_rate(
+            &llama, &base, &cfg, &adapters, requests, prompt, new_tokens, dtype,
+        )?;
         if k == 0 {
             base_rate = rate;
         }

@@ -182,7 +182,8 @@ pub struct InferenceArgs {
     /// Memory for resident adapters, in MB (least recently used ones are evicted).
     #[arg(long, env = "OPENLEDGER_ADAPTER_CACHE_MB", default_value_t = engine::DEFAULT_ADAPTER_CACHE_MB)]
     pub adapter_cache_mb: usize,
-    /// Memory for KV caches, in MB (a request reserves prompt + max_tokens positions).
+    /// Memory for KV caches, in MB: host memory, or GPU memory with `--serve-device cuda:N` (a request
+    /// reserves prompt + max_tokens positions).
     #[arg(long, env = "OPENLEDGER_KV_CACHE_MB", default_value_t = engine::DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
     /// Requests waiting or running; more get 429 with Retry-After.

@@ -32,7 +32,8 @@ pub struct EngineConfig {
     pub adapter_cache_bytes: usize,
     /// Requests waiting or running; beyond it `submit` answers `Busy`.
     pub max_queue: usize,
-    /// Host memory for KV caches: a request reserves `prompt + max_tokens` positions when admitted.
+    /// Memory for KV caches (host memory; the device backend allocates it on its device, in whole blocks):
+    /// a request reserves `prompt + max_tokens` positions when admitted.
     pub kv_cache_bytes: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_new_tokens: usize,
