@@ -21,7 +21,6 @@ import torch
 import transformers as T
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-import gguf
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -191,8 +190,13 @@ def tokenizer(out, fam):
     return tok, sp, [tok.token_to_id(t) for t in stops]
 
 
-ARCH = {"llama3": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-        "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3}
+# gguf (llama.cpp's writer) is imported where it is used: scripts/gpu_models.py borrows this file's
+# tokenizer on GPU machines that have no gguf package
+def arch_of(fam):
+    import gguf
+    return {"llama3": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+            "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma2": gguf.MODEL_ARCH.GEMMA2,
+            "gemma3": gguf.MODEL_ARCH.GEMMA3}[fam]
 
 
 def llama3_rope_factors(cfg):
@@ -219,7 +223,8 @@ def write_gguf(out, fam, model, cfg, tok, sp, stop_ids, quant="f16", name="model
     rows permuted, Gemma norms stored as 1 + w, matrices in f16 (or Q8_0) and vectors in f32, the tokenizer
     in the family's GGUF form; a vocabulary larger than the tokenizer's is padded with reserved control
     tokens, as Llama 3's is."""
-    arch = ARCH[fam]
+    import gguf
+    arch = arch_of(fam)
     w = gguf.GGUFWriter(os.path.join(out, name), gguf.MODEL_ARCH_NAMES[arch])
     n = cfg.num_hidden_layers
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
