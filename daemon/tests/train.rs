@@ -2277,8 +2277,8 @@ async fn two_serves_on_one_key_relay_sponsor_and_settle_at_once_without_a_nonce_
 enum Got {
     /// 200: the inference's id.
     Answered(String),
-    /// Another status, with its `Retry-After`.
-    Refused(u16, Option<String>),
+    /// Another status, with its `Retry-After` and its body (what a failure shows).
+    Refused(u16, Option<String>, String),
     /// No answer within two minutes, or no connection.
     Hung(String),
 }
@@ -2305,13 +2305,15 @@ async fn chat_driver(
                 Ok(v) => Got::Answered(v["id"].as_str().unwrap_or_default().to_owned()),
                 Err(e) => Got::Hung(e.to_string()),
             },
-            Ok(r) => Got::Refused(
-                r.status().as_u16(),
-                r.headers()
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let retry_after = r
+                    .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            ),
+                    .map(str::to_owned);
+                Got::Refused(status, retry_after, r.text().await.unwrap_or_default())
+            }
             Err(e) => Got::Hung(e.to_string()),
         });
         // a client's pace, not a synchronisation
@@ -2452,13 +2454,13 @@ async fn a_database_outage_then_a_node_outage_with_everything_running_lose_nothi
         .collect();
     assert!(hung.is_empty(), "{hung:?}");
     for g in &got {
-        if let Got::Refused(status, retry_after) = g {
-            assert!(matches!(status, 429 | 503), "{g:?}");
+        if let Got::Refused(status, retry_after, body) = g {
+            assert!(matches!(status, 429 | 503), "{status}: {body}");
             assert!(retry_after.is_some(), "{g:?}");
         }
     }
     assert!(
-        got.iter().any(|g| matches!(g, Got::Refused(503, _))),
+        got.iter().any(|g| matches!(g, Got::Refused(503, _, _))),
         "the outages were seen"
     );
     assert!(answered.len() >= 2, "{got:?}");

@@ -319,12 +319,8 @@ fn serve_rate(
     requests: usize,
     prompt: usize,
     new_tokens: usize,
-    dtype: DType,
+    dc: DeviceConfig,
 ) -> anyhow::Result<(f64, u64)> {
-    let dc = DeviceConfig {
-        dtype,
-        ..DeviceConfig::for_device(llama.device())
-    };
     let m = DeviceModel::new(llama, dc)?;
     let engine = Engine::start(m, base.tokenizer.clone(), cfg.clone())?;
     engine
@@ -403,24 +399,40 @@ fn bench_model(r: &mut Report, dir: &Path, dev: &Device, dtype: DType) -> anyhow
         targets: vec![Proj::Q, Proj::K, Proj::V, Proj::O],
     };
     let mut base_rate = f64::NAN;
-    for &k in &counts {
+    let most = counts.last().copied().unwrap_or(0);
+    // every count with f32 LoRA (the default), then the most adapters again with bf16 LoRA pools
+    let runs = counts
+        .iter()
+        .map(|&k| (k, DType::F32))
+        .chain([(most, DType::BF16)]);
+    for (k, lora_dtype) in runs {
         let adapters: Vec<Arc<ServedAdapter>> = (0..k)
             .map(|i| Arc::new(ServedAdapter::random(format!("a{i}"), &c, &lc, i as u64)))
             .collect();
+        let dc = DeviceConfig {
+            dtype,
+            lora_dtype,
+            ..DeviceConfig::for_device(dev)
+        };
         let (rate, steps) = serve_rate(
-            &llama, &base, &cfg, &adapters, requests, prompt, new_tokens, dtype,
+            &llama, &base, &cfg, &adapters, requests, prompt, new_tokens, dc,
         )?;
         if k == 0 {
             base_rate = rate;
         }
+        let tag = if lora_dtype == DType::F32 {
+            ""
+        } else {
+            "_bf16_lora"
+        };
         r.line(format!(
-            "- serving, {k} adapters: {rate:.0} tokens/s ({requests} requests x {new_tokens} tokens, {steps} steps, batch {seqs}), {:.2}x the base alone",
+            "- serving, {k} adapters (LoRA in {lora_dtype:?}): {rate:.0} tokens/s ({requests} requests x {new_tokens} tokens, {steps} steps, batch {seqs}), {:.2}x the base alone",
             rate / base_rate
         ));
-        r.result(format!("serve_tok_s_{k}_adapters"), rate, "tokens/s");
+        r.result(format!("serve_tok_s_{k}_adapters{tag}"), rate, "tokens/s");
         if k > 0 {
             r.result(
-                format!("serve_ratio_{k}_adapters_vs_base"),
+                format!("serve_ratio_{k}_adapters{tag}_vs_base"),
                 rate / base_rate,
                 "x",
             );

@@ -14,9 +14,10 @@
 //!   positions, decode rows of all sequences in one batched product, each prefill chunk on its own.
 //!
 //! Activations between the GEMMs (residual stream, norms, rotary, softmax) stay f32, so the only rounding
-//! bf16 adds is in the base weights and their GEMM inputs. The LoRA pools and products are f32: rank-r
-//! GEMMs cost little, and in bf16 they added as much error again on large adapters (the mistral fixture's
-//! worst logit RMS went from 4.9% to 6.8%).
+//! bf16 adds is in the base weights and their GEMM inputs. The LoRA pools and products are f32 by default
+//! (`DeviceConfig::lora_dtype`): in bf16 they added as much error again on large adapters (the mistral
+//! fixture's worst logit RMS went from 4.9% to 6.8%), but a step reads each active adapter once, and at
+//! hundreds of adapters per batch those bytes approach the base weights': bf16 halves them.
 
 use std::collections::HashMap;
 
@@ -39,6 +40,9 @@ pub const DEFAULT_ADAPTER_SLOTS: usize = 256;
 pub struct DeviceConfig {
     /// Weights, GEMM inputs and the KV cache: `BF16` on a GPU, `F32` on the CPU.
     pub dtype: DType,
+    /// The adapter slot pools and LoRA products: `F32` by default (see the module documentation);
+    /// `BF16` halves the bytes a step reads per active adapter.
+    pub lora_dtype: DType,
     /// Positions per KV block.
     pub block_size: usize,
     /// Adapters resident on the device at once (a pool slot each).
@@ -54,6 +58,7 @@ impl DeviceConfig {
             } else {
                 DType::BF16
             },
+            lora_dtype: DType::F32,
             block_size: DEFAULT_BLOCK_SIZE,
             adapter_slots: DEFAULT_ADAPTER_SLOTS,
         }
@@ -249,8 +254,8 @@ impl DeviceModel {
         let cols = st.m * self.lora.rank;
         let a = a.index_select(&st.act, 0)?.reshape((cols, n_in))?;
         let b = b.index_select(&st.act, 0)?.reshape((cols, n_out))?;
-        let t = (x.matmul(&a.t()?)? * &st.mask)?;
-        Ok((y + t.matmul(&b)?)?)
+        let t = (x.to_dtype(self.cfg.lora_dtype)?.matmul(&a.t()?)? * &st.mask)?;
+        Ok((y + t.matmul(&b)?.to_dtype(DType::F32)?)?)
     }
 }
 
@@ -259,7 +264,7 @@ struct LoraPool {
     slots: usize,
     /// Columns per slot: the largest rank seen, rounded up to 8 (0 until the first adapter).
     rank: usize,
-    /// `[layer][proj]`: `[slots, rank, in]` and `[slots, rank, out]`, f32, allocated on first use.
+    /// `[layer][proj]`: `[slots, rank, in]` and `[slots, rank, out]` (`lora_dtype`), allocated on first use.
     a: Vec<[Option<Tensor>; 7]>,
     b: Vec<[Option<Tensor>; 7]>,
     /// Per slot: the adapter's serial and when a step last used it.
@@ -381,7 +386,8 @@ impl DeviceModel {
         Ok(Some(StepLora {
             m,
             act: Tensor::from_vec(slots, m, &self.device)?,
-            mask: Tensor::from_vec(mask, (rows.len(), m * r), &self.device)?,
+            mask: Tensor::from_vec(mask, (rows.len(), m * r), &self.device)?
+                .to_dtype(self.cfg.lora_dtype)?,
             targets,
         }))
     }
@@ -411,7 +417,7 @@ impl DeviceModel {
         let r = self.lora.rank;
         let rank = a.config.rank;
         let scale = a.config.scale() as f32;
-        let (dtype, dev) = (DType::F32, self.device.clone());
+        let (dtype, dev) = (self.cfg.lora_dtype, self.device.clone());
         for l in 0..self.config.num_hidden_layers {
             for p in Proj::ALL {
                 let (n_in, n_out) = proj_dims(&self.config, p);
