@@ -303,6 +303,16 @@ impl Sponsor {
                     },
                 )
                 .await?;
+                // while this request waited for its receipt, the caller's next request may have found the
+                // payment mined (`reconcile_one`) and taken it (`take_unused`): one payment, one inference
+                if !claim(pool, request_id, order.inference).await? {
+                    tracing::warn!(request = %request_id, inference = %order.inference, "a sponsored payment mined late was taken by the caller's next request");
+                    return Err(PaymentError::Pending(
+                        "the payment made for this request was mined late and paid for your next request \
+                         instead; send this one again"
+                            .into(),
+                    ));
+                }
                 Ok(Paid {
                     payer: me,
                     request_id,
@@ -441,6 +451,20 @@ enum Settled<'a> {
     Paid { tx: B256, used_by: Option<&'a str> },
     /// Never sent, reverted, or its nonce went to another transaction: nothing was paid.
     Failed(&'a str),
+}
+
+/// Whether `inference` holds the paid payment `request_id` (claiming it when no request does yet).
+async fn claim(pool: &PgPool, request_id: B256, inference: &str) -> Result<bool, sqlx::Error> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "UPDATE daemon_payments SET used_by = $2, used_at = COALESCE(used_at, now())
+         WHERE request_id = $1 AND state = 'paid' AND (used_by IS NULL OR used_by = $2)
+         RETURNING 1",
+    )
+    .bind(format!("{request_id:#x}"))
+    .bind(inference)
+    .fetch_optional(pool)
+    .await?;
+    Ok(held.is_some())
 }
 
 /// Settles a `sending` payment; a failed one funded by credit gives the charge back.
