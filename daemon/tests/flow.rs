@@ -1381,4 +1381,59 @@ async fn a_sponsored_payment_mined_after_its_request_gave_up_is_used_once_and_ne
     .unwrap();
     assert_eq!(refunds, 1);
     assert_eq!(spent().await, price * U256::from(2), "never paid");
+
+    // a request still waiting for its receipt while the caller's next request finds the payment mined and
+    // takes it: the payment serves that next request only, and the waiting one is told to send again
+    // (the pay future is held, not polled, between its send and the take)
+    let patient = Sponsor::new(Duration::from_secs(600));
+    credits::charge(&pool, caller, price, "req-5")
+        .await
+        .unwrap();
+    let pay = patient.pay(&daemon, d, &pool, order("req-5"));
+    tokio::pin!(pay);
+    let sent = until("the payment for req-5 sent", || async {
+        let tx: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT tx_hash FROM daemon_payments WHERE charged_inference = 'req-5'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        tx.flatten()
+    });
+    tokio::select! {
+        r = &mut pay => panic!("paid before any block was mined (ok: {})", r.is_ok()),
+        _ = sent => {}
+    }
+    let rid: B256 = sqlx::query_scalar::<_, String>(
+        "SELECT request_id FROM daemon_payments WHERE charged_inference = 'req-5'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .parse()
+    .unwrap();
+    node.evm_mine(None).await.unwrap();
+    wait_payment_indexed(&pool, d, rid).await;
+    payment::reconcile(&pool, &index, me).await.unwrap();
+    let next = take_unused(&pool, me, caller, (model, price), "req-6")
+        .await
+        .unwrap()
+        .expect("mined: the caller's next request may use it");
+    assert_eq!(next.request_id, rid);
+    let e = pay.await.unwrap_err();
+    assert!(
+        matches!(&e, PaymentError::Pending(m) if m.contains("next request")),
+        "{e}"
+    );
+    let used_by: Option<String> =
+        sqlx::query_scalar("SELECT used_by FROM daemon_payments WHERE request_id = $1")
+            .bind(format!("{rid:#x}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        used_by.as_deref(),
+        Some("req-6"),
+        "one payment, one request"
+    );
 }
