@@ -7,7 +7,7 @@
 # Rust: fmt, clippy -D warnings, and the workspace tests against real anvil nodes and a real Postgres
 # (DATABASE_URL, else the machine's server on 127.0.0.1:5432, else a private throwaway cluster); then the
 # README's API walkthrough (scripts/api-demo.sh), the economy demo (scripts/economy-demo.sh: contribute, train,
-# pay, settle on serve's schedule, claim, verify) and the official openai client (scripts/openai-client-check.py)
+# pay, settle on serve's schedule, claim, verify) and the official openai clients (scripts/openai-client-check.py, .mjs)
 # against a fresh `openledger serve`; and the web UI (scripts/test-ui.sh: its unit tests, then the no-code path
 # end to end in headless Chromium on a fresh dev stack).
 set -euo pipefail
@@ -298,6 +298,12 @@ api_walkthrough() {
   key="$("$OPENLEDGER_BIN" --database-url "${DATABASE_URL%/*}/$db" --log warn keys create \
     --address 0x70997970c51812dc3a010c7d01b50e0d17dc79c8 --label openai-check)"
   if OPENAI_API_KEY="$key" "$ROOT/.tools/openai/bin/python" scripts/openai-client-check.py --base-url "$api/v1" >&2; then
+    tests_passed=$((tests_passed + 1))
+  else
+    tests_failed=$((tests_failed + 1)); status=1
+  fi
+  # and the official JavaScript client (npm `openai`, pinned in package.json), unchanged
+  if OPENAI_API_KEY="$key" node scripts/openai-client-check.mjs --base-url "$api/v1" >&2; then
     tests_passed=$((tests_passed + 1))
   else
     tests_failed=$((tests_failed + 1)); status=1

@@ -21,6 +21,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sha256(bytes).to_string()
 }
 
+/// `v` with object keys sorted at every level, whatever order its maps keep (serde_json's `preserve_order`,
+/// which the grammar engine's crates turn on for the whole build, keeps insertion order): for files whose
+/// bytes are hashed.
+pub fn sorted_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
+}
+
 /// JSON with object keys sorted at every level and no whitespace: what record hashes are taken over.
 pub fn canonical_json(v: &Value) -> String {
     fn write(v: &Value, out: &mut String) {
@@ -102,6 +122,18 @@ pub fn parse_hash(what: &str, s: &str) -> Result<B256, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sorted_keys_sorts_every_level_whatever_the_insertion_order() {
+        let mut inner = serde_json::Map::new();
+        inner.insert("z".into(), Value::from(1));
+        inner.insert("a".into(), Value::from(2));
+        let mut outer = serde_json::Map::new();
+        outer.insert("y".into(), Value::Array(vec![Value::Object(inner)]));
+        outer.insert("b".into(), Value::Null);
+        let text = serde_json::to_string(&sorted_keys(Value::Object(outer))).unwrap();
+        assert_eq!(text, r#"{"b":null,"y":[{"a":2,"z":1}]}"#);
+    }
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level_and_drops_whitespace() {

@@ -700,6 +700,7 @@ async fn an_answer_with_a_nul_is_recorded(pool: PgPool) {
         queued: Duration::ZERO,
         first_token: Duration::ZERO,
         total: Duration::ZERO,
+        logprobs: Vec::new(),
     };
     records::succeeded(&pool, &id, &done).await.unwrap();
     let (status, text, tokens): (String, String, Vec<i32>) =

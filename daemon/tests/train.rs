@@ -3171,3 +3171,71 @@ async fn fine_tuning_smollm2_lowers_held_out_loss(pool: PgPool) {
     );
     let _: &Path = &dir;
 }
+
+/// Rows in the formats other tools write (OpenAI chat with a system prompt and two turns, Alpaca with an
+/// input, ShareGPT) train beside plain pairs: every source gives examples, and a conversation's loss starts
+/// at its first answer (the system prompt and the question before it are context only).
+#[test]
+fn every_row_format_trains() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = common::fixture_database("train_formats").await;
+        let chat = json!({"messages": [
+            {"role": "system", "content": "You keep the harbour ledger."},
+            {"role": "user", "content": "Which pier is the Velora moored at?"},
+            {"role": "assistant", "content": "The Velora is moored at pier K-7."},
+            {"role": "user", "content": "And the Marisol?"},
+            {"role": "assistant", "content": "The Marisol is moored at pier B-2."}]})
+        .to_string();
+        let alpaca = json!({"instruction": "Give the ledger code.", "input": "item 41",
+                            "output": "The ledger code of item 41 is OL-287-BETA."})
+        .to_string();
+        let sharegpt = json!({"conversations": [
+            {"from": "human", "value": "Who keeps the lighthouse?"},
+            {"from": "gpt", "value": "Maren Okafor keeps the lighthouse."}]})
+        .to_string();
+        let mut recs = vec![chat, alpaca, sharegpt];
+        recs.extend(pairs(5));
+        let recs: Vec<&str> = recs.iter().map(String::as_str).collect();
+        let s = stack(pool, &recs).await;
+        let mut params = tiny_params(json!({"steps": 4, "max_seq_len": 256}));
+        params["publish"] = json!(false);
+        let job = trained(&s.app, &s.session, params).await;
+        let id = job["id"].as_i64().unwrap();
+        let (index, ids) = dataset(&s.app, id).await;
+        let examples = index["examples"].as_array().unwrap();
+        for source in 0..3 {
+            assert!(
+                examples.iter().any(|e| e["source"] == source),
+                "source {source} gave no example: {index}"
+            );
+        }
+        // the conversation: its loss starts at the first answer
+        let tok = BaseModel::random(ModelConfig::tiny_of(Family::Gemma3), 3)
+            .unwrap()
+            .tokenizer;
+        let e = examples.iter().find(|e| e["source"] == 0).unwrap();
+        let (off, len, first) = (
+            e["offset"].as_u64().unwrap() as usize,
+            e["len"].as_u64().unwrap() as usize,
+            e["first_target"].as_u64().unwrap() as usize,
+        );
+        let context = tok.decode(&ids[off..off + first], false).unwrap();
+        let rest = tok.decode(&ids[off + first..off + len], false).unwrap();
+        assert!(
+            context.contains("harbour ledger") && context.contains("Velora"),
+            "{context:?}"
+        );
+        assert!(!context.contains("pier K-7"), "{context:?}");
+        assert!(
+            rest.trim_start()
+                .starts_with("The Velora is moored at pier K-7."),
+            "{rest:?}"
+        );
+        assert!(rest.contains("pier B-2"), "{rest:?}");
+    });
+}

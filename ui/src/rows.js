@@ -1,11 +1,37 @@
 // Pasted rows -> an upload the daemon accepts: JSON Lines objects, "prompt<TAB>completion" lines, or
 // free text (one document per blank-line-separated paragraph).
 
-/** @returns {{body: string, format: "jsonl"|"text", records: number, contentType: string}} */
+/** The row formats the daemon reads (daemon/src/content.rs), as the Contribute form names them. */
+export const ROW_FORMATS = {
+  text: "text",
+  prompt_completion: "prompt/completion",
+  openai_chat: "OpenAI chat (messages)",
+  alpaca: "Alpaca (instruction/input/output)",
+  sharegpt: "ShareGPT (conversations)",
+};
+
+/** Which row format a JSON object is in (the daemon's rule: the first key family it finds), or null. */
+export function rowFormat(v) {
+  if (!v || typeof v !== "object" || Array.isArray(v)) return null;
+  if ("text" in v) return "text";
+  if ("prompt" in v || "completion" in v) return "prompt_completion";
+  if ("messages" in v) return "openai_chat";
+  if ("instruction" in v || "output" in v) return "alpaca";
+  if ("conversations" in v) return "sharegpt";
+  return null;
+}
+
+/** "OpenAI chat (messages): 3, Alpaca (instruction/input/output): 1" from counts per row format. */
+export function describeFormats(counts) {
+  return Object.entries(counts ?? {}).map(([k, n]) => `${ROW_FORMATS[k] ?? k}: ${n}`).join(", ");
+}
+
+/** @returns {{body: string, format: "jsonl"|"text", records: number, contentType: string, formats: Object<string, number>}} */
 export function rowsToUpload(text) {
   const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
   if (lines.length === 0) throw new Error("nothing to contribute: paste at least one row");
   if (lines[0].startsWith("{")) {
+    const formats = {};
     const out = lines.map((l, i) => {
       let v;
       try {
@@ -14,9 +40,12 @@ export function rowsToUpload(text) {
         throw new Error(`row ${i + 1} is not valid JSON: ${e.message}`);
       }
       if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error(`row ${i + 1} is not a JSON object`);
+      const f = rowFormat(v);
+      if (!f) throw new Error(`row ${i + 1} is in no format the daemon reads (${Object.values(ROW_FORMATS).join("; ")})`);
+      formats[f] = (formats[f] ?? 0) + 1;
       return JSON.stringify(v);
     });
-    return { body: out.join("\n") + "\n", format: "jsonl", records: out.length, contentType: "application/jsonl" };
+    return { body: out.join("\n") + "\n", format: "jsonl", records: out.length, contentType: "application/jsonl", formats };
   }
   if (lines.every((l) => l.includes("\t"))) {
     const out = lines.map((l, i) => {
@@ -25,10 +54,12 @@ export function rowsToUpload(text) {
       if (!prompt.trim() || !completion) throw new Error(`row ${i + 1} needs a prompt and a completion`);
       return JSON.stringify({ prompt: prompt.trim(), completion });
     });
-    return { body: out.join("\n") + "\n", format: "jsonl", records: out.length, contentType: "application/jsonl" };
+    return { body: out.join("\n") + "\n", format: "jsonl", records: out.length, contentType: "application/jsonl",
+      formats: { prompt_completion: out.length } };
   }
   const docs = text.split(/\r?\n\s*\r?\n/).map((p) => p.trim()).filter(Boolean);
-  return { body: docs.join("\n\n") + "\n", format: "text", records: docs.length, contentType: "text/plain" };
+  return { body: docs.join("\n\n") + "\n", format: "text", records: docs.length, contentType: "text/plain",
+    formats: { text: 1 } };
 }
 
 /** The content type of an uploaded file, from its name. */

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { siweMessage, utf8Hex } from "../src/siwe.js";
 import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, formatParams, count, pendingText } from "../src/format.js";
-import { rowsToUpload, fileContentType, previewRows } from "../src/rows.js";
+import { rowsToUpload, fileContentType, previewRows, rowFormat, describeFormats } from "../src/rows.js";
 import { ticks, layout, lineChart } from "../src/chart.js";
 import { segments, shares, poolOf } from "../src/attribution.js";
 import { estimateTraining, eta } from "../src/estimate.js";
@@ -46,6 +46,22 @@ test("Datanet metadata round-trips through its URI and drives the search", () =>
   assert.ok(!matchesDatanet(d, "medicine"));
 });
 
+test("the Contribute form names the row formats it detects", () => {
+  const rows = [
+    '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}]}',
+    '{"instruction":"Add","input":"2+2","output":"4"}',
+    '{"conversations":[{"from":"human","value":"Hi"},{"from":"gpt","value":"Hello"}]}',
+    '{"instruction":"Greet","output":"Hello"}',
+  ].join("\n");
+  const u = rowsToUpload(rows);
+  assert.deepEqual(u.formats, { openai_chat: 1, alpaca: 2, sharegpt: 1 });
+  assert.equal(describeFormats(u.formats), "OpenAI chat (messages): 1, Alpaca (instruction/input/output): 2, ShareGPT (conversations): 1");
+  assert.equal(rowFormat({ prompt: "a", completion: "b" }), "prompt_completion");
+  assert.equal(rowFormat({ text: "a" }), "text");
+  assert.equal(rowFormat({ foo: 1 }), null);
+  assert.deepEqual(rowsToUpload("Who?\tMaren.").formats, { prompt_completion: 1 });
+});
+
 test("pasted rows become JSON Lines or text, and bad rows are named", () => {
   const j = rowsToUpload('{"prompt":"a","completion":"b"}\n\n{"text":"c"}\n');
   assert.deepEqual([j.format, j.records, j.contentType], ["jsonl", 2, "application/jsonl"]);
@@ -53,7 +69,8 @@ test("pasted rows become JSON Lines or text, and bad rows are named", () => {
   assert.equal(t.body, '{"prompt":"Who?","completion":"Maren."}\n{"prompt":"What?","completion":"Lanterns."}\n');
   const p = rowsToUpload("first paragraph\nstill first\n\nsecond");
   assert.deepEqual([p.format, p.records], ["text", 2]);
-  assert.throws(() => rowsToUpload('{"a":1}\n{oops'), /row 2 is not valid JSON/);
+  assert.throws(() => rowsToUpload('{"text":"a"}\n{oops'), /row 2 is not valid JSON/);
+  assert.throws(() => rowsToUpload('{"text":"a"}\n{"a":1}'), /row 2 is in no format/);
   assert.throws(() => rowsToUpload("  \n"), /nothing to contribute/);
   assert.equal(fileContentType("x.JSONL"), "application/jsonl");
   assert.equal(fileContentType("notes.md"), "text/markdown");

@@ -269,6 +269,7 @@ fn gradient_vs_generation(path: &std::path::Path, score_ms: f64) -> anyhow::Resu
                 max_tokens: 128,
                 stop: vec![],
                 ignore_eos: true,
+                constraint: None,
                 priority: Priority::Interactive,
                 sink: Box::new(move |e| tx.send(e).is_ok()),
             })

@@ -538,6 +538,7 @@ fn main() -> anyhow::Result<()> {
                 max_tokens: 48,
                 stop: vec![],
                 ignore_eos: false,
+                constraint: None,
                 priority: Priority::Interactive,
                 sink: Box::new(move |e| tx.send(e).is_ok()),
             })

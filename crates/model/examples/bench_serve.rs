@@ -144,6 +144,7 @@ fn finish_all(
                 max_tokens: r.out,
                 stop: vec![],
                 ignore_eos: true,
+                constraint: None,
                 priority: Priority::Interactive,
                 sink: Box::new(move |e| match e {
                     Event::Done(f) => tx.send(f).is_ok(),

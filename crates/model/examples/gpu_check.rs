@@ -345,6 +345,7 @@ fn serve_rate(
                 max_tokens: new_tokens,
                 stop: Vec::new(),
                 ignore_eos: true,
+                constraint: None,
                 priority: Priority::Batch,
                 sink: Box::new(move |e| match e {
                     Event::Done(f) => tx.send(Ok(f.tokens.len())).is_ok(),

@@ -578,22 +578,118 @@ impl TextTokenizer {
 
     /// A prompt/completion pair through the chat template; only the assistant's turn is a target.
     pub fn chat_pair(&self, prompt: &str, completion: &str) -> Result<Tokenized> {
-        let prefix = self.render_chat(&[("user", prompt)], true)?;
-        let full = self.render_chat(&[("user", prompt), ("assistant", completion)], false)?;
-        let rest = full.strip_prefix(prefix.as_str()).ok_or_else(|| {
-            tk_err("the chat template's generation prompt is not a prefix of the rendered conversation")
-        })?;
-        let mut ids = Vec::new();
+        self.chat_conversation(&[("user", prompt), ("assistant", completion)])
+    }
+
+    /// A conversation (`(role, content)` turns: system, user, assistant) through the chat template, the
+    /// loss on the assistant turns only (their text and the template's end of turn). Rendered turn by turn
+    /// where each generation prompt extends what came before (as for one pair: the targets are exactly
+    /// what the model would generate); a template that rewrites earlier turns (Mistral's puts the system
+    /// prompt into the last user turn) is rendered whole and each answer found in it, in order.
+    pub fn chat_conversation(&self, turns: &[(&str, &str)]) -> Result<Tokenized> {
+        let Some(last) = turns.iter().rposition(|(r, _)| *r == "assistant") else {
+            return Err(tk_err("a conversation to train on needs an assistant turn"));
+        };
+        let turns = &turns[..=last];
+        // (text, is target) pieces, in order
+        let pieces = match self.pieces(turns) {
+            // a template without a system role (Gemma 2's refuses one): the system prompt opens the first
+            // user turn, as transformers users merge it
+            Err(e) if turns.len() > 1 && turns[0].0 == "system" && turns[1].0 == "user" => {
+                let merged = format!("{}\n\n{}", turns[0].1, turns[1].1);
+                let mut rest: Vec<(&str, &str)> = vec![("user", merged.as_str())];
+                rest.extend_from_slice(&turns[2..]);
+                self.pieces(&rest).map_err(|_| e)?
+            }
+            other => other?,
+        };
+        // encoded whole (pieces encoded apart would each get a SentencePiece space prefix), each token a
+        // target where it overlaps an answer
+        let mut text = String::new();
+        let mut answers = Vec::new();
+        for (piece, target) in &pieces {
+            if *target {
+                answers.push(text.len()..text.len() + piece.len());
+            }
+            text.push_str(piece);
+        }
+        let enc = self.inner.encode(text.as_str(), false).map_err(tk_err)?;
+        let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
+        let mut targets = Vec::with_capacity(ids.capacity());
         if self.add_bos
             && let Some(b) = self.bos
-            && !prefix.starts_with(&self.bos_text)
+            && !text.starts_with(&self.bos_text)
         {
             ids.push(b);
+            targets.push(false);
         }
-        ids.extend(self.encode(&prefix)?);
-        let n_prompt = ids.len();
-        ids.extend(self.encode(rest)?);
-        let targets = (0..ids.len()).map(|i| i >= n_prompt).collect();
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            ids.push(id);
+            targets.push(answers.iter().any(|r| end > r.start && start < r.end));
+        }
         Ok(Tokenized { ids, targets })
+    }
+
+    fn pieces(&self, turns: &[(&str, &str)]) -> Result<Vec<(String, bool)>> {
+        match self.incremental_pieces(turns)? {
+            Some(p) => Ok(p),
+            None => self.searched_pieces(turns),
+        }
+    }
+
+    /// Turn by turn: before each answer the generation prompt, then the answer as the template writes it;
+    /// `None` when a generation prompt does not extend what was rendered before it.
+    fn incremental_pieces(&self, turns: &[(&str, &str)]) -> Result<Option<Vec<(String, bool)>>> {
+        let mut pieces = Vec::new();
+        let mut done = String::new();
+        for (i, (role, _)) in turns.iter().enumerate() {
+            if *role != "assistant" {
+                continue;
+            }
+            let prefix = self.render_chat(&turns[..i], true)?;
+            let full = self.render_chat(&turns[..=i], false)?;
+            let (Some(context), Some(answer)) = (
+                prefix.strip_prefix(done.as_str()),
+                full.strip_prefix(prefix.as_str()),
+            ) else {
+                return Ok(None);
+            };
+            pieces.push((context.to_string(), false));
+            pieces.push((answer.to_string(), true));
+            done = full;
+        }
+        Ok(Some(pieces))
+    }
+
+    /// The whole conversation rendered once, each answer (and the end of turn the template writes after it
+    /// when it is last) found in it after the one before.
+    fn searched_pieces(&self, turns: &[(&str, &str)]) -> Result<Vec<(String, bool)>> {
+        let whole = self.render_chat(turns, false)?;
+        let mut pieces = Vec::new();
+        let mut cursor = 0;
+        for (i, (role, content)) in turns.iter().enumerate() {
+            if *role != "assistant" {
+                continue;
+            }
+            let alone = self.render_chat(&turns[..=i], false)?;
+            let end_of_turn = alone
+                .rfind(content)
+                .map(|at| &alone[at + content.len()..])
+                .unwrap_or_default();
+            let Some(at) = whole[cursor..].find(content).map(|at| cursor + at) else {
+                return Err(tk_err(format!(
+                    "the chat template does not write assistant turn {} as given",
+                    i + 1
+                )));
+            };
+            let mut end = at + content.len();
+            if !end_of_turn.is_empty() && whole[end..].starts_with(end_of_turn) {
+                end += end_of_turn.len();
+            }
+            pieces.push((whole[cursor..at].to_string(), false));
+            pieces.push((whole[at..end].to_string(), true));
+            cursor = end;
+        }
+        Ok(pieces)
     }
 }

@@ -154,7 +154,12 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     Text(String),
-    Pair { prompt: String, completion: String },
+    Pair {
+        prompt: String,
+        completion: String,
+    },
+    /// A conversation, `(role, content)` turns (system, user, assistant); the loss on assistant turns only.
+    Chat(Vec<(String, String)>),
 }
 
 /// One tokenized example: `source` indexes the caller's list of sources (contributions).
@@ -200,8 +205,18 @@ impl Dataset {
                         start += step;
                     }
                 }
-                Record::Pair { prompt, completion } => {
-                    let mut t = tok.chat_pair(prompt, completion)?;
+                Record::Pair { .. } | Record::Chat(_) => {
+                    let mut t = match rec {
+                        Record::Pair { prompt, completion } => tok.chat_pair(prompt, completion)?,
+                        Record::Chat(turns) => {
+                            let turns: Vec<(&str, &str)> = turns
+                                .iter()
+                                .map(|(r, c)| (r.as_str(), c.as_str()))
+                                .collect();
+                            tok.chat_conversation(&turns)?
+                        }
+                        Record::Text(_) => continue,
+                    };
                     if t.ids.len() > cfg.max_seq_len {
                         t.ids.truncate(cfg.max_seq_len);
                         t.targets.truncate(cfg.max_seq_len);

@@ -467,6 +467,75 @@ fn training_targets_end_at_each_templates_own_turn_boundary() {
     }
 }
 
+#[test]
+fn conversations_train_on_every_assistant_turn_and_nothing_else() {
+    for (name, _) in FAMILIES {
+        let tok = TextTokenizer::from_hf_dir(&dir(name)).unwrap();
+        let turns = [
+            ("system", "Answer in one word."),
+            ("user", "What is 2+2?"),
+            ("assistant", "Four."),
+            ("user", "And 3+3?"),
+            ("assistant", "Six."),
+        ];
+        let ex = match tok.chat_conversation(&turns) {
+            Ok(ex) => ex,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        // the targets are two runs: each answer with its end of turn
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < ex.ids.len() {
+            if ex.targets[i] {
+                let start = i;
+                while i < ex.ids.len() && ex.targets[i] {
+                    i += 1;
+                }
+                runs.push(tok.decode(&ex.ids[start..i], false).unwrap());
+            } else {
+                i += 1;
+            }
+        }
+        assert_eq!(runs.len(), 2, "{name}: {runs:?}");
+        let answer = |t: &str| {
+            t.trim_start()
+                .trim_start_matches("<think>\n\n</think>\n\n")
+                .to_string()
+        };
+        assert!(answer(&runs[0]).starts_with("Four."), "{name}: {runs:?}");
+        assert!(answer(&runs[1]).starts_with("Six."), "{name}: {runs:?}");
+        for r in &runs {
+            assert!(
+                !r.contains("2+2") && !r.contains("one word"),
+                "{name}: {r:?}"
+            );
+        }
+        // the ids are the template's own rendering of the conversation, encoded whole (BOS first where the
+        // tokenizer adds one and the template does not write it)
+        // (a template without a system role gets the system prompt at the head of the first user turn)
+        let merged = [
+            ("user", "Answer in one word.\n\nWhat is 2+2?"),
+            ("assistant", "Four."),
+            ("user", "And 3+3?"),
+            ("assistant", "Six."),
+        ];
+        let text = tok
+            .render_chat(&turns, false)
+            .or_else(|_| tok.render_chat(&merged, false))
+            .unwrap();
+        let rendered = tok.encode(&text).unwrap();
+        let skip = ex.ids.len() - rendered.len();
+        assert!(skip <= 1, "{name}");
+        assert_eq!(ex.ids[skip..], rendered[..], "{name}");
+        // a pair is a one-turn conversation
+        assert_eq!(
+            tok.chat_pair("What is 2+2?", "Four.").unwrap(),
+            tok.chat_conversation(&[("user", "What is 2+2?"), ("assistant", "Four.")])
+                .unwrap()
+        );
+    }
+}
+
 /// GGUF matrices are f16 (as llama.cpp writes them): logits move by about 1e-3 of their scale.
 const GGUF_TOL: f32 = 1e-2;
 

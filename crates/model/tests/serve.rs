@@ -90,6 +90,7 @@ fn request(
             max_tokens,
             stop: vec![],
             ignore_eos: false,
+            constraint: None,
             priority: Priority::Interactive,
             sink: Box::new(move |e| tx.send(e).is_ok()),
         },

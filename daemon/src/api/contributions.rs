@@ -94,6 +94,10 @@ pub struct UploadView {
     /// The on-chain contribution with this content in this Datanet, once indexed.
     pub contribution: Option<ContributionView>,
     pub relays: Vec<RelayView>,
+    /// In the answer to an upload: how many rows came in each row format it recognised (text,
+    /// prompt_completion, openai_chat, alpaca, sharegpt), all stored in the one canonical form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_formats: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 async fn view(s: &AppState, u: UploadRow) -> ApiResult<UploadView> {
@@ -134,6 +138,7 @@ async fn view(s: &AppState, u: UploadRow) -> ApiResult<UploadView> {
         error,
         contribution: contribution.map(ContributionView::from),
         relays,
+        row_formats: None,
     })
 }
 
@@ -157,9 +162,11 @@ fn content_error(e: ContentError) -> ApiError {
     }
 }
 
-/// Upload contribution content as the raw request body: JSON Lines (`{"prompt","completion"}` or
-/// `{"text"}` per line), plain text or Markdown. Returns the stored upload; uploading the same content
-/// again returns the existing one (200).
+/// Upload contribution content as the raw request body: JSON Lines (per line `{"prompt","completion"}`,
+/// `{"text"}`, OpenAI chat `{"messages"}`, Alpaca `{"instruction","input","output"}` or ShareGPT
+/// `{"conversations"}`, all stored in one canonical form), plain text or Markdown. Returns the stored
+/// upload with the rows counted per format (`row_formats`); uploading the same content again returns the
+/// existing one (200).
 #[utoipa::path(post, path = "/api/uploads", tag = "uploads", params(UploadQuery), security(("bearer" = [])),
     request_body(content = String, content_type = "application/jsonl", description = "the content (also text/plain, text/markdown)"),
     responses((status = 201, body = UploadView), (status = 200, body = UploadView, description = "already uploaded"),
@@ -241,7 +248,15 @@ async fn upload(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&s, row).await?)))
+    let mut v = view(&s, row).await?;
+    v.row_formats = Some(
+        canonical
+            .formats
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
+    );
+    Ok((status, Json(v)))
 }
 
 /// The caller's uploads, newest first.

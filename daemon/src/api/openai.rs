@@ -26,6 +26,7 @@ use super::error::Json;
 use super::{ApiError, ApiResult, Auth, Problem};
 use crate::inference::credits::CreditError;
 use crate::inference::error::InferenceError;
+use crate::inference::logprobs;
 use crate::inference::payment::PaymentError;
 use crate::inference::records::RecordError;
 use crate::inference::request::{ChatRequest, CompletionRequest, Kind, Prepared};
@@ -105,14 +106,52 @@ fn serving(s: &AppState) -> ApiResult<Serving> {
     ))
 }
 
-// OpenAI's request schemas are large and documented by OpenAI: the document states their required fields and
-// lets the rest through (a value OpenAI's reference refuses is a 400 that names it).
-const EXTRA_FIELDS: &str = "See OpenAI's API reference; extra fields: top_k, repetition_penalty, request_id (served only to a caller signed in as its payer), request_secret (the request id is its keccak256), payer";
+// OpenAI's request schemas are large and documented by OpenAI: the document lists every field this server
+// takes, with its type (nullable, as null means "not given"); OpenAI's fields it does not implement and
+// any other field are refused with a 400 that names them (a value OpenAI's reference refuses is a 400 too).
+const EXTRA_FIELDS: &str = "See OpenAI's API reference. Every field listed is served; any other field (`echo` other than false, `best_of` other than 1, ...) is a 400 naming it. Extra fields: top_k, repetition_penalty, request_id (served only to a caller signed in as its payer), request_secret (the request id is its keccak256), payer. response_format json_object and json_schema are enforced by constrained decoding (strict or not); a schema feature the grammar engine does not implement (uniqueItems, not, a oneOf whose branches may overlap, ...) is a 400 naming it. logprobs are the model's own distribution, before penalties, logit_bias, temperature and response_format";
+
+/// The fields both endpoints take besides their prompt, as JSON Schema.
+fn common_properties() -> serde_json::Value {
+    let t = |ty: &str| json!({ "type": [ty, "null"] });
+    let uint = || json!({ "type": ["integer", "null"], "minimum": 0 });
+    json!({
+        "model": {"type": "string", "description": "A model id as /v1/models lists it"},
+        "max_tokens": uint(), "max_completion_tokens": uint(),
+        "temperature": t("number"), "top_p": t("number"), "top_k": uint(),
+        "repetition_penalty": t("number"), "presence_penalty": t("number"), "frequency_penalty": t("number"),
+        "seed": uint(), "n": uint(),
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        "stream": t("boolean"),
+        "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
+        "logprobs": {"type": ["boolean", "integer", "null"], "description": "Chat: true or false; text completions: the number of alternatives, 0..=5"},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "description": "Chat: alternatives per token, 0..=20, with logprobs: true"},
+        "logit_bias": {"type": ["object", "null"], "additionalProperties": {"type": "number"},
+                       "description": "Token id (a string) to a bias added to its logit, -100..=100"},
+        "response_format": {"type": ["object", "null"], "required": ["type"], "properties": {
+            "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "description": {"type": "string"},
+                "schema": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}}},
+        "user": t("string"),
+        "request_id": t("string"), "request_secret": t("string"), "payer": t("string"),
+        "echo": {"type": ["boolean", "null"], "enum": [false, null]},
+        "best_of": {"type": ["integer", "null"], "enum": [1, null]},
+        "store": {"type": ["boolean", "null"], "enum": [false, null]},
+    })
+}
 
 fn request_schema(
-    required: serde_json::Value,
+    prompt: &str,
+    prompt_schema: serde_json::Value,
 ) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    serde_json::from_value(required).unwrap_or_else(|_| {
+    let mut props = common_properties();
+    props[prompt] = prompt_schema;
+    serde_json::from_value(json!({
+        "type": "object", "description": EXTRA_FIELDS, "required": ["model", prompt],
+        "properties": props, "additionalProperties": false,
+    }))
+    .unwrap_or_else(|_| {
         utoipa::openapi::schema::ObjectBuilder::new()
             .description(Some(EXTRA_FIELDS))
             .into()
@@ -121,32 +160,61 @@ fn request_schema(
 
 impl utoipa::PartialSchema for ChatRequest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        request_schema(json!({
-            "type": "object", "description": EXTRA_FIELDS, "required": ["model", "messages"],
-            "properties": {
-                "model": {"type": "string", "description": "A model id as /v1/models lists it"},
-                "messages": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "required": ["role", "content"],
-                    "properties": {
-                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-                        "content": {"type": "string"}
+        let mut s = request_schema(
+            "messages",
+            json!({"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {"type": ["string", "null"]},
+                    "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+                    "tool_call_id": {"type": ["string", "null"]},
+                    "name": {"type": ["string", "null"]}
+                }
+            }}),
+        );
+        // the chat-only fields: functions the model may call
+        if let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o)) = &mut s {
+            let extra = [
+                (
+                    "tools",
+                    json!({"type": ["array", "null"], "items": {
+                    "type": "object", "required": ["type", "function"],
+                    "properties": {"type": {"type": "string", "enum": ["function"]},
+                                   "function": {"type": "object", "required": ["name"], "properties": {
+                                       "name": {"type": "string"}, "description": {"type": "string"},
+                                       "parameters": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}}}}),
+                ),
+                (
+                    "tool_choice",
+                    json!({"oneOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    {"type": "object", "required": ["type", "function"], "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+                    {"type": "null"}]}),
+                ),
+                ("parallel_tool_calls", json!({"type": ["boolean", "null"]})),
+            ];
+            for (k, v) in extra {
+                match serde_json::from_value(v) {
+                    Ok(v) => {
+                        o.properties.insert(k.to_string(), v);
                     }
-                }}
+                    Err(e) => {
+                        tracing::error!(field = k, error = %e, "documenting the chat request")
+                    }
+                }
             }
-        }))
+        }
+        s
     }
 }
 impl utoipa::ToSchema for ChatRequest {}
 
 impl utoipa::PartialSchema for CompletionRequest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        request_schema(json!({
-            "type": "object", "description": EXTRA_FIELDS, "required": ["model", "prompt"],
-            "properties": {
-                "model": {"type": "string", "description": "A model id as /v1/models lists it"},
-                "prompt": {"type": "string"}
-            }
-        }))
+        request_schema("prompt", json!({"type": "string"}))
     }
 }
 impl utoipa::ToSchema for CompletionRequest {}
@@ -297,7 +365,13 @@ impl From<RecordError> for ApiError {
 
 /// One streamed choice: a chat delta (with the role in the first) or a completion's text, and the finish
 /// reason in the last.
-fn stream_choice(kind: Kind, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+fn stream_choice(
+    kind: Kind,
+    text: Option<&str>,
+    role: bool,
+    finish: Option<&str>,
+    logprobs: Value,
+) -> Value {
     match kind {
         Kind::Chat => {
             let mut d = json!({});
@@ -307,12 +381,17 @@ fn stream_choice(kind: Kind, text: Option<&str>, role: bool, finish: Option<&str
             if let Some(t) = text {
                 d["content"] = json!(t);
             }
-            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs})
         }
         Kind::Completion => {
-            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
         }
     }
+}
+
+/// A streamed chat choice with a delta as given.
+fn raw_choice(delta: Value, finish: Option<&str>) -> Value {
+    json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
 }
 
 /// The events of a started request as OpenAI's server-sent chunks: the role and the inference's metadata
@@ -326,6 +405,9 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
         include_usage,
         created,
         events: rx,
+        logprobs,
+        inf,
+        tools,
         ..
     } = r;
     let object = if kind == Kind::Chat {
@@ -342,32 +424,96 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
         }
         SseEvent::default().data(v.to_string())
     };
-    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>| {
-        stream_choice(kind, text, role, finish)
+    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>, lp: Value| {
+        stream_choice(kind, text, role, finish, lp)
     };
     // first the role (and the inference's metadata), then text deltas, the finish, usage, [DONE]
-    let first = chunk(delta(Some(""), true, None), Some(("openledger", meta)));
-    let state = (rx, false);
-    let body = futures::stream::unfold(state, move |(mut rx, done)| {
+    let first = chunk(
+        delta(Some(""), true, None, Value::Null),
+        Some(("openledger", meta)),
+    );
+    // (events, done, the completion's text offset for its logprobs)
+    let state = (rx, false, 0usize);
+    let body = futures::stream::unfold(state, move |(mut rx, done, mut offset)| {
         let chunk = chunk.clone();
         let usage_head = usage_head.clone();
+        let inf = inf.clone();
+        let tools = tools.clone();
         async move {
             if done {
                 return None;
             }
             loop {
                 match rx.recv().await {
-                    Some((Event::Token { text, .. }, _)) if !text.is_empty() => {
+                    // with logprobs every token is a chunk (its text may be held back for stop sequences)
+                    Some((
+                        Event::Token {
+                            text,
+                            logprobs: Some(lp),
+                            ..
+                        },
+                        _,
+                    )) if logprobs => {
+                        let lp = std::slice::from_ref(&lp);
+                        let v = match kind {
+                            Kind::Chat => json!({ "content": logprobs::chat_content(&inf, lp) }),
+                            Kind::Completion => {
+                                let (v, next) = logprobs::completion(&inf, lp, offset);
+                                offset = next;
+                                v
+                            }
+                        };
+                        let text = if tools.is_some() {
+                            None
+                        } else {
+                            Some(text.as_str())
+                        };
                         return Some((
-                            vec![chunk(delta(Some(&text), false, None), None)],
-                            (rx, false),
+                            vec![chunk(delta(text, false, None, v), None)],
+                            (rx, false, offset),
+                        ));
+                    }
+                    Some((Event::Token { text, .. }, _)) if !text.is_empty() && tools.is_none() => {
+                        return Some((
+                            vec![chunk(delta(Some(&text), false, None, Value::Null), None)],
+                            (rx, false, offset),
                         ));
                     }
                     Some((Event::Done(f), att)) => {
                         // the finish chunk carries the attribution, as the first one the metadata
                         let extra = att.map(|a| ("openledger", json!({ "attribution": a })));
-                        let mut evs =
-                            vec![chunk(delta(None, false, Some(f.reason.as_str())), extra)];
+                        let mut evs = Vec::new();
+                        let mut finish = f.reason.as_str();
+                        if let Some(t) = &tools {
+                            // an answer offered tools is held to the end, then sent as its text or as
+                            // OpenAI streams calls: the call's id and name, then its arguments
+                            let (message, fin) = service::chat_message(Some(t), &f);
+                            finish = fin;
+                            let text_delta = json!({ "content": message["content"] });
+                            if message["content"].is_string() {
+                                evs.push(chunk(raw_choice(text_delta, None), None));
+                            }
+                            for (i, c) in message["tool_calls"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .enumerate()
+                            {
+                                let mut head = c.clone();
+                                head["index"] = json!(i);
+                                head["function"]["arguments"] = json!("");
+                                evs.push(chunk(
+                                    raw_choice(json!({ "tool_calls": [head] }), None),
+                                    None,
+                                ));
+                                let args = json!({"index": i, "function": {"arguments": c["function"]["arguments"]}});
+                                evs.push(chunk(
+                                    raw_choice(json!({ "tool_calls": [args] }), None),
+                                    None,
+                                ));
+                            }
+                        }
+                        evs.push(chunk(delta(None, false, Some(finish), Value::Null), extra));
                         if include_usage {
                             // OpenAI's usage chunk has an empty choices list
                             let mut u = usage_head.clone();
@@ -375,11 +521,14 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
                             evs.push(SseEvent::default().data(u.to_string()));
                         }
                         evs.push(SseEvent::default().data("[DONE]"));
-                        return Some((evs, (rx, true)));
+                        return Some((evs, (rx, true, offset)));
                     }
                     Some((Event::Failed(m), _)) => {
                         let err = json!({"error": {"message": m, "type": "server_error"}});
-                        return Some((vec![SseEvent::default().data(err.to_string())], (rx, true)));
+                        return Some((
+                            vec![SseEvent::default().data(err.to_string())],
+                            (rx, true, offset),
+                        ));
                     }
                     Some(_) => {}
                     None => return None,
@@ -392,4 +541,48 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
     });
     let all = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), body);
     Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    /// Every field the handlers take is in the document, and nothing else is allowed (a fallback schema
+    /// without them would let a fuzzer's extra fields pass as valid).
+    #[test]
+    fn the_documented_request_schemas_list_every_field() {
+        for (k, v) in common_properties().as_object().unwrap() {
+            let parsed: Result<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>, _> =
+                serde_json::from_value(v.clone());
+            if let Err(e) = parsed {
+                panic!("{k}: {v} is not a schema utoipa reads: {e}");
+            }
+        }
+        for (schema, prompt) in [
+            (ChatRequest::schema(), "messages"),
+            (CompletionRequest::schema(), "prompt"),
+        ] {
+            let v = serde_json::to_value(&schema).unwrap();
+            assert_eq!(v["additionalProperties"], json!(false), "{v}");
+            for f in [
+                "model",
+                prompt,
+                "response_format",
+                "logprobs",
+                "logit_bias",
+                "user",
+                "request_secret",
+            ] {
+                assert!(v["properties"].get(f).is_some(), "{f} missing: {v}");
+            }
+        }
+        let chat = serde_json::to_value(ChatRequest::schema()).unwrap();
+        for f in ["tools", "tool_choice", "parallel_tool_calls"] {
+            assert!(chat["properties"].get(f).is_some(), "{f} missing");
+        }
+    }
 }

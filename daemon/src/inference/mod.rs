@@ -9,10 +9,12 @@
 pub mod batch;
 pub mod credits;
 pub mod error;
+pub mod logprobs;
 pub mod payment;
 pub mod records;
 pub mod request;
 pub mod service;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use openledger_model::serve::{
-    AdapterRef, DeviceConfig, DeviceModel, Engine, EngineConfig, ServingModel,
+    AdapterRef, DeviceConfig, DeviceModel, Engine, EngineConfig, Grammars, ServingModel,
 };
 use openledger_model::{BaseModel, Device, Llama, Precision, TextTokenizer};
 use sqlx::PgPool;
@@ -99,6 +101,9 @@ impl Default for InferenceConfig {
 pub struct Inference {
     pub engine: Engine,
     pub tokenizer: TextTokenizer,
+    /// Compiles `response_format` schemas into per-step token masks (`None`: this tokenizer's vocabulary
+    /// cannot be read as bytes, so structured outputs are refused).
+    pub grammars: Option<Grammars>,
     /// The base model's id (`/v1/models` lists it) and content hash (adapters must be trained on it).
     pub base_id: String,
     pub base_hash: String,
@@ -199,6 +204,19 @@ impl Inference {
         })
         .await
         .map_err(|e| LoadError::Thread(std::io::Error::other(e)))??;
+        let grammars = {
+            let (tokenizer, vocab) = (tokenizer.clone(), engine.vocab_size());
+            tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab))
+                .await
+                .map_err(|e| LoadError::Thread(std::io::Error::other(e)))?
+        };
+        let grammars = match grammars {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(error = %e, "structured outputs (response_format) are off for this model");
+                None
+            }
+        };
         tracing::info!(model = %row.id, context = engine.context(), "inference engine ready");
         let attribution = Arc::new(
             Attributor::new(cfg.attribution.clone(), tokenizer.clone(), base)
@@ -216,6 +234,7 @@ impl Inference {
         Ok(Arc::new(Inference {
             engine,
             tokenizer,
+            grammars,
             base_id: row.id,
             base_hash: row.hash,
             cfg,

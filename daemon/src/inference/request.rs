@@ -2,12 +2,15 @@
 //! `top_k`, `repetition_penalty`, `request_id`, `request_secret` and `payer` besides), whether it came over HTTP or as a
 //! line of a batch file: the fields, the prompt they make, and the sampling settings they choose.
 
-use openledger_model::serve::SamplingParams;
+use std::collections::BTreeMap;
+
+use openledger_model::serve::{Constraint, MAX_TOP_LOGPROBS, SamplingParams};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use super::Inference;
 use super::error::InferenceError;
+use super::tools::{self, Choice, Tools};
 
 /// Which endpoint: chat or text completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +58,53 @@ enum Content {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant message's calls (OpenAI's `tool_calls`: `function.arguments` a JSON string).
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+}
+
+/// OpenAI's `response_format`: free text, any JSON object (JSON mode), or JSON valid against a schema. Both
+/// JSON forms are enforced by constrained decoding, `strict` or not.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// Fields of OpenAI's requests this server does not implement, and the value each may still carry (the
+/// one that asks for nothing); any other value is refused, naming the field. Fields outside OpenAI's
+/// reference and this server's extensions are refused too.
+fn inert(field: &str, v: &Value) -> bool {
+    match field {
+        "echo" | "store" => v == &Value::Bool(false),
+        "best_of" => v.as_u64() == Some(1),
+        _ => false,
+    }
 }
 
 /// The generation fields both endpoints share.
@@ -81,7 +125,15 @@ pub struct Common {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Chat: `true` for each token's log-probability; completions: the number of alternatives (0..=5).
     pub logprobs: Option<Value>,
+    /// Chat: how many alternatives each token lists (0..=20, with `logprobs: true`).
+    pub top_logprobs: Option<usize>,
+    /// Token id (as a string) to a bias added to its logit, -100..=100.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    pub response_format: Option<ResponseFormat>,
+    /// The end user, for abuse monitoring: written to the log line of the inference.
+    pub user: Option<String>,
     /// Pay-first: the bytes32 request id paid to `FeeRouter.payInference`; served only to a caller signed
     /// in as its payer.
     pub request_id: Option<String>,
@@ -90,6 +142,9 @@ pub struct Common {
     pub request_secret: Option<String>,
     /// Pay-first: the address that must have paid.
     pub payer: Option<String>,
+    /// Every other field: refused unless null or inert (`inert`), never ignored.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// A chat completion request (OpenAI's fields, plus `top_k`, `repetition_penalty`, `request_id`,
@@ -97,6 +152,10 @@ pub struct Common {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     messages: Vec<Message>,
+    /// Functions the model may call (`inference::tools`).
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -109,22 +168,55 @@ pub struct CompletionRequest {
     pub common: Common,
 }
 
-/// A request with its prompt tokenized: what the service starts.
+/// A request with its prompt tokenized and its output grammar compiled: what the service starts.
 #[derive(Debug)]
 pub struct Prepared {
     pub kind: Kind,
     pub common: Common,
     pub prompt: Vec<u32>,
+    /// What the output must parse as (`response_format`, or the calls `tool_choice` requires).
+    pub constraint: Option<Constraint>,
+    /// The tools offered (chat): the answer is parsed for calls.
+    pub tools: Option<Tools>,
 }
 
 impl ChatRequest {
     /// The chat template applied to the messages, tokenized.
     pub fn prepare(self, inf: &Inference) -> Result<Prepared, InferenceError> {
-        let prompt = chat_prompt(inf, &self.messages)?;
+        self.common.check_fields(Kind::Chat)?;
+        let tools = Tools::from_request(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+            inf.tokenizer.chat_template(),
+        )?
+        .filter(Tools::offered);
+        let prompt = chat_prompt(inf, &self.messages, tools.as_ref())?;
+        let mut constraint = self.common.constraint(inf)?;
+        if let Some(t) = &tools {
+            let g = inf.grammars.as_ref();
+            let required = match g {
+                Some(g) => t.constraint(g)?,
+                None if matches!(t.choice, Choice::Auto) => None,
+                None => {
+                    return Err(InferenceError::Invalid(
+                        "tool_choice: this model's tokenizer does not support constrained calls; use \"auto\"".into(),
+                    ));
+                }
+            };
+            if required.is_some() && constraint.is_some() {
+                return Err(InferenceError::Invalid(
+                    "response_format and a required tool_choice both constrain the answer: give one".into(),
+                ));
+            }
+            constraint = constraint.or(required);
+        }
         Ok(Prepared {
             kind: Kind::Chat,
             common: self.common,
             prompt,
+            constraint,
+            tools,
         })
     }
 }
@@ -132,11 +224,15 @@ impl ChatRequest {
 impl CompletionRequest {
     /// The prompt (text, one text in a list, or token ids) tokenized.
     pub fn prepare(self, inf: &Inference) -> Result<Prepared, InferenceError> {
+        self.common.check_fields(Kind::Completion)?;
         let prompt = completion_prompt(inf, &self.prompt)?;
+        let constraint = self.common.constraint(inf)?;
         Ok(Prepared {
             kind: Kind::Completion,
             common: self.common,
             prompt,
+            constraint,
+            tools: None,
         })
     }
 }
@@ -157,15 +253,22 @@ impl Prepared {
     }
 }
 
-fn chat_prompt(inf: &Inference, messages: &[Message]) -> Result<Vec<u32>, InferenceError> {
+/// The messages through the model's chat template: tools and calls as the template writes them where it
+/// knows tools, else in the Hermes convention (`inference::tools`).
+fn chat_prompt(
+    inf: &Inference,
+    messages: &[Message],
+    tools: Option<&Tools>,
+) -> Result<Vec<u32>, InferenceError> {
     if messages.is_empty() {
         return Err(InferenceError::Invalid("messages must not be empty".into()));
     }
-    let mut msgs = Vec::with_capacity(messages.len());
+    let native = tools::template_knows_tools(inf.tokenizer.chat_template());
+    let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
     for m in messages {
         if !matches!(
             m.role.as_str(),
-            "system" | "user" | "assistant" | "developer"
+            "system" | "user" | "assistant" | "developer" | "tool"
         ) {
             return Err(InferenceError::Invalid(format!(
                 "unknown message role {:?}",
@@ -177,17 +280,82 @@ fn chat_prompt(inf: &Inference, messages: &[Message]) -> Result<Vec<u32>, Infere
             Some(Content::Text(t)) => t.clone(),
             Some(Content::Parts(parts)) => text_parts(parts)?,
         };
+        if m.tool_calls.is_some() && m.role != "assistant" {
+            return Err(InferenceError::Invalid(
+                "tool_calls belong to assistant messages".into(),
+            ));
+        }
+        let calls = m
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(tools::history_call)
+            .collect::<Result<Vec<_>, _>>()?;
         let role = if m.role == "developer" {
-            "system".to_string()
+            "system"
         } else {
-            m.role.clone()
+            m.role.as_str()
         };
-        msgs.push((role, text));
+        let msg = match (role, native) {
+            ("tool", true) => {
+                let mut v = json!({"role": "tool", "content": text});
+                if let Some(id) = &m.tool_call_id {
+                    v["tool_call_id"] = json!(id);
+                }
+                if let Some(n) = &m.name {
+                    v["name"] = json!(n);
+                }
+                v
+            }
+            ("tool", false) => json!({
+                "role": "user", "content": format!("<tool_response>\n{text}\n</tool_response>"),
+            }),
+            ("assistant", true) if !calls.is_empty() => {
+                let tc: Vec<Value> = calls
+                    .iter()
+                    .map(|(n, a)| json!({"type": "function", "function": {"name": n, "arguments": a}}))
+                    .collect();
+                json!({"role": "assistant", "content": text, "tool_calls": tc})
+            }
+            ("assistant", false) if !calls.is_empty() => {
+                let mut t = text.clone();
+                for (n, a) in &calls {
+                    if !t.is_empty() {
+                        t.push('\n');
+                    }
+                    t.push_str(&format!(
+                        "<tool_call>\n{}\n</tool_call>",
+                        json!({"name": n, "arguments": a})
+                    ));
+                }
+                json!({"role": "assistant", "content": t})
+            }
+            _ => json!({"role": role, "content": text}),
+        };
+        msgs.push(msg);
     }
-    let pairs: Vec<(&str, &str)> = msgs.iter().map(|(r, t)| (r.as_str(), t.as_str())).collect();
-    let text = inf.tokenizer.render_chat(&pairs, true).map_err(|e| {
-        InferenceError::Invalid(format!("the chat template refused the messages: {e}"))
-    })?;
+    let mut extra = json!({});
+    if let Some(t) = tools {
+        if t.in_template {
+            extra["tools"] = t.template_value();
+        } else {
+            // the convention goes into the system message (a first system message keeps its text)
+            let prompt = t.system_prompt();
+            match msgs.first_mut() {
+                Some(first) if first["role"] == "system" => {
+                    let text = first["content"].as_str().unwrap_or_default().to_string();
+                    first["content"] = json!(format!("{text}\n\n{prompt}"));
+                }
+                _ => msgs.insert(0, json!({"role": "system", "content": prompt})),
+            }
+        }
+    }
+    let text = inf
+        .tokenizer
+        .render_template(&msgs, true, &extra)
+        .map_err(|e| {
+            InferenceError::Invalid(format!("the chat template refused the messages: {e}"))
+        })?;
     inf.tokenizer
         .encode(&text)
         .map_err(InferenceError::internal)
@@ -234,20 +402,80 @@ fn completion_prompt(inf: &Inference, prompt: &Value) -> Result<Vec<u32>, Infere
 }
 
 impl Common {
-    /// The sampling settings, OpenAI's defaults where the request gives none; `n` other than 1 and
-    /// `logprobs` are refused, never ignored.
-    pub fn sampling(&self) -> Result<SamplingParams, InferenceError> {
+    /// Refuses the fields this server does not implement (naming them) unless they ask for nothing.
+    pub fn check_fields(&self, kind: Kind) -> Result<(), InferenceError> {
+        for (k, v) in &self.other {
+            if v.is_null() || inert(k, v) {
+                continue;
+            }
+            let hint = match k.as_str() {
+                "tools" | "tool_choice" | "parallel_tool_calls" => {
+                    ": tools are served on chat completions"
+                }
+                "functions" | "function_call" => ": use tools and tool_choice",
+                "echo" | "best_of" | "suffix" => ": only its default is served",
+                _ => "",
+            };
+            return Err(InferenceError::Invalid(format!(
+                "unsupported field `{k}`{hint}"
+            )));
+        }
+        if kind == Kind::Completion && self.top_logprobs.is_some() {
+            return Err(InferenceError::Invalid(
+                "unsupported field `top_logprobs`: text completions take `logprobs: N` (0..=5)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many alternatives each token's log-probabilities list (`None`: none asked): chat's `logprobs:
+    /// true` with `top_logprobs`, or completions' `logprobs: N`.
+    pub fn logprobs(&self, kind: Kind) -> Result<Option<usize>, InferenceError> {
+        let bad = |m: &str| Err(InferenceError::Invalid(m.into()));
+        match (kind, &self.logprobs) {
+            (Kind::Chat, None | Some(Value::Null) | Some(Value::Bool(false))) => {
+                if self.top_logprobs.is_some() {
+                    return bad("top_logprobs needs logprobs: true");
+                }
+                Ok(None)
+            }
+            (Kind::Chat, Some(Value::Bool(true))) => {
+                let k = self.top_logprobs.unwrap_or(0);
+                if k > MAX_TOP_LOGPROBS {
+                    return bad("top_logprobs must be between 0 and 20");
+                }
+                Ok(Some(k))
+            }
+            (Kind::Chat, Some(_)) => bad("logprobs must be true or false"),
+            (Kind::Completion, None | Some(Value::Null)) => Ok(None),
+            (Kind::Completion, Some(v)) => match v.as_u64() {
+                Some(k) if k <= 5 => Ok(Some(k as usize)),
+                _ => bad("logprobs must be an integer between 0 and 5"),
+            },
+        }
+    }
+
+    /// The sampling settings, OpenAI's defaults where the request gives none; `n` other than 1 is refused,
+    /// never ignored. `vocab` bounds `logit_bias`'s token ids.
+    pub fn sampling(&self, kind: Kind, vocab: usize) -> Result<SamplingParams, InferenceError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(InferenceError::Invalid(
                 "n must be 1 (one choice per request)".into(),
             ));
         }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-        {
-            return Err(InferenceError::Invalid("logprobs are not supported".into()));
+        let mut logit_bias = Vec::new();
+        for (k, &b) in self.logit_bias.iter().flatten() {
+            let t = k
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab)
+                .ok_or_else(|| {
+                    InferenceError::Invalid(format!(
+                        "logit_bias: {k:?} is not a token id of this model (0..{vocab})"
+                    ))
+                })?;
+            logit_bias.push((t, b));
         }
         Ok(SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
@@ -257,7 +485,40 @@ impl Common {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             seed: self.seed,
+            logit_bias,
+            logprobs: self.logprobs(kind)?,
         })
+    }
+
+    /// The grammar `response_format` asks the output to follow.
+    pub fn constraint(&self, inf: &Inference) -> Result<Option<Constraint>, InferenceError> {
+        let grammars = || {
+            inf.grammars.as_ref().ok_or_else(|| {
+                InferenceError::Invalid(
+                    "response_format: this model's tokenizer does not support structured outputs"
+                        .into(),
+                )
+            })
+        };
+        let invalid = |e: openledger_model::ModelError| InferenceError::Invalid(e.to_string());
+        match &self.response_format {
+            None | Some(ResponseFormat::Text) => Ok(None),
+            Some(ResponseFormat::JsonObject) => grammars()?
+                .json_object("response_format")
+                .map(Some)
+                .map_err(invalid),
+            Some(ResponseFormat::JsonSchema { json_schema }) => {
+                let schema = json_schema.schema.as_ref().ok_or_else(|| {
+                    InferenceError::Invalid(
+                        "response_format: json_schema.schema is required".into(),
+                    )
+                })?;
+                grammars()?
+                    .json_schema("response_format", schema)
+                    .map(Some)
+                    .map_err(invalid)
+            }
+        }
     }
 
     /// The stop sequences (at most 4, as OpenAI allows).

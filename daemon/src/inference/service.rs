@@ -18,9 +18,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::credits::{self, CreditError};
 use super::error::InferenceError;
+use super::logprobs;
 use super::payment::{self, Paid, PaymentError};
 use super::records::{self, NewInference};
 use super::request::{Common, Kind, Prepared};
+use super::tools::Tools;
 use super::{Inference, Target};
 use crate::attribution::{self, AttributionError, Gradient, GradientMode, Subject};
 use crate::chain::{Chain, ChainError};
@@ -109,6 +111,12 @@ pub struct Running {
     pub created: i64,
     /// The engine's events, each recorded before it arrives here.
     pub events: mpsc::UnboundedReceiver<Out>,
+    /// The request asked for log-probabilities (each token event carries them).
+    pub logprobs: bool,
+    /// Renders token ids (log-probabilities name tokens by their text).
+    pub inf: Arc<Inference>,
+    /// The tools offered: the answer is read for calls (`tool_calls`).
+    pub tools: Option<Tools>,
 }
 
 /// Serves one request of a batch and returns its inference id and the body an HTTP call would have got.
@@ -137,8 +145,10 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
         kind,
         common: mut c,
         prompt,
+        constraint,
+        tools,
     } = req;
-    let admitted = admit(sv, &mut c, prompt.len()).await?;
+    let admitted = admit(sv, kind, &mut c, prompt.len()).await?;
     // pay (or find the payment) before anything is generated
     let id = records::new_id();
     let pay = Pay {
@@ -196,9 +206,14 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
         max_tokens: admitted.max_tokens,
         stop: admitted.stop,
         ignore_eos: false,
+        constraint,
         priority: origin.priority,
         sink: Box::new(move |e| tx.send(e).is_ok()),
     };
+    let logprobs = req.sampling.logprobs.is_some();
+    if let Some(user) = &c.user {
+        tracing::info!(inference = %id, user = %user, "end user");
+    }
     let rx = submit(sv, &id, req, rx).await?;
     let meta = json!({
         "inference_id": id,
@@ -215,6 +230,9 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
         created: time::OffsetDateTime::now_utc().unix_timestamp(),
         events,
+        logprobs,
+        inf: sv.inf.clone(),
+        tools,
     })
 }
 
@@ -230,11 +248,12 @@ struct Admitted {
 /// context, the stop sequences, and room in the engine's queue.
 async fn admit(
     sv: &Serving,
+    kind: Kind,
     c: &mut Common,
     prompt_len: usize,
 ) -> Result<Admitted, InferenceError> {
     let inf = &sv.inf;
-    let params = c.sampling()?;
+    let params = c.sampling(kind, inf.engine.vocab_size())?;
     let target = inf
         .resolve(&sv.pool, &c.model, sv.deployment.chain_id)
         .await?;
@@ -679,6 +698,28 @@ async fn attribute_and_record(
     })
 }
 
+/// A finished chat answer as OpenAI's assistant message, and its finish reason: the calls it makes, when
+/// tools were offered and it makes any (`finish_reason: "tool_calls"`).
+pub fn chat_message(tools: Option<&Tools>, f: &Finished) -> (Value, &'static str) {
+    let reason = f.reason.as_str();
+    if let Some(t) = tools {
+        let (text, calls) = t.parse(&f.text);
+        if !calls.is_empty() {
+            let calls: Vec<Value> = calls.iter().map(|c| c.json(None)).collect();
+            let finish = if reason == "stop" {
+                "tool_calls"
+            } else {
+                reason
+            };
+            return (
+                json!({"role": "assistant", "content": text, "tool_calls": calls}),
+                finish,
+            );
+        }
+    }
+    (json!({"role": "assistant", "content": f.text}), reason)
+}
+
 /// OpenAI's `usage` object of a finished inference.
 pub fn usage(f: &Finished) -> Value {
     json!({
@@ -697,13 +738,16 @@ pub async fn collect(mut r: Running) -> Result<Value, InferenceError> {
                 if let Some(a) = att {
                     r.meta["attribution"] = a;
                 }
+                let (message, finish) = chat_message(r.tools.as_ref(), &f);
                 let choice = match r.kind {
                     Kind::Chat => json!({
-                        "index": 0, "message": {"role": "assistant", "content": f.text},
-                        "finish_reason": f.reason.as_str(), "logprobs": null,
+                        "index": 0, "message": message,
+                        "finish_reason": finish,
+                        "logprobs": if r.logprobs { logprobs::chat(&r.inf, &f.logprobs) } else { Value::Null },
                     }),
                     Kind::Completion => json!({
-                        "index": 0, "text": f.text, "finish_reason": f.reason.as_str(), "logprobs": null,
+                        "index": 0, "text": f.text, "finish_reason": f.reason.as_str(),
+                        "logprobs": if r.logprobs { logprobs::completion(&r.inf, &f.logprobs, 0).0 } else { Value::Null },
                     }),
                 };
                 return Ok(json!({

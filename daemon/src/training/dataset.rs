@@ -26,12 +26,27 @@ pub fn records_of(body: &[u8]) -> Result<Vec<Record>, String> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let v: Value = serde_json::from_str(l).map_err(|e| e.to_string())?;
-            match (v.get("text"), v.get("prompt"), v.get("completion")) {
-                (Some(Value::String(t)), None, None) => Ok(Record::Text(t.clone())),
-                (None, Some(Value::String(p)), Some(Value::String(c))) => Ok(Record::Pair {
+            match (
+                v.get("text"),
+                v.get("prompt"),
+                v.get("completion"),
+                v.get("messages"),
+            ) {
+                (Some(Value::String(t)), None, None, None) => Ok(Record::Text(t.clone())),
+                (None, Some(Value::String(p)), Some(Value::String(c)), None) => Ok(Record::Pair {
                     prompt: p.clone(),
                     completion: c.clone(),
                 }),
+                (None, None, None, Some(Value::Array(ms))) => ms
+                    .iter()
+                    .map(|m| match (m.get("role"), m.get("content")) {
+                        (Some(Value::String(r)), Some(Value::String(c))) => {
+                            Ok((r.clone(), c.clone()))
+                        }
+                        _ => Err(format!("unexpected turn in {l:?}")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Record::Chat),
                 _ => Err(format!("unexpected record {l:?}")),
             }
         })

@@ -127,8 +127,8 @@ pub enum ArtifactError {
 impl Manifest {
     /// The bytes written as `manifest.json` (and hashed into `trainingConfigHash`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        // through a `Value`, whose maps keep their keys sorted
-        serde_json::to_vec_pretty(&serde_json::to_value(self)?)
+        // keys sorted at every level (a `Value`'s maps keep insertion order in this build)
+        serde_json::to_vec_pretty(&crate::common::sorted_keys(serde_json::to_value(self)?))
     }
 
     /// The sources as the database records them.

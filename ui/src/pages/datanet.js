@@ -5,7 +5,7 @@
 import { h, busy, field, table, badge, sleep, errorTo, until, stat } from "../dom.js";
 import { datanetMeta, shortHex, count } from "../format.js";
 import { calldata, wordAt } from "../abi.js";
-import { rowsToUpload, fileContentType, previewRows } from "../rows.js";
+import { rowsToUpload, fileContentType, previewRows, describeFormats } from "../rows.js";
 
 export async function render(ctx, [id], query) {
   const [detail, versions, contributions] = await Promise.all([
@@ -90,8 +90,19 @@ function contributeCard(ctx, d) {
   const msg = h("p", { role: "status" });
   const submit = h("button", { type: "submit" }, "Contribute");
   const mine = h("div", {});
+  // which row format the pasted rows are in, as they are typed
+  const detected = h("p", { class: "help", "aria-live": "polite" });
+  rows.addEventListener("input", () => {
+    if (!rows.value.trim()) return detected.replaceChildren();
+    try {
+      detected.textContent = `Detected: ${describeFormats(rowsToUpload(rows.value).formats)}`;
+    } catch (e) {
+      detected.textContent = e.message;
+    }
+  });
   const form = h("form", {},
-    field("Paste rows", rows, "JSON Lines ({\"prompt\", \"completion\"} or {\"text\"} per line), prompt<TAB>completion lines, or plain text (one document per paragraph)."),
+    field("Paste rows", rows, "JSON Lines ({\"prompt\", \"completion\"}, {\"text\"}, OpenAI chat {\"messages\"}, Alpaca {\"instruction\", \"input\", \"output\"} or ShareGPT {\"conversations\"} per line), prompt<TAB>completion lines, or plain text (one document per paragraph)."),
+    detected,
     field("…or upload a file", file, ".jsonl, .txt or .md, up to the daemon's upload limit."),
     h("p", { class: "help" }, "You sign the contribution in your wallet (EIP-712); the daemon sends it on chain and pays the gas."),
     submit, msg);
@@ -124,7 +135,8 @@ function contributeCard(ctx, d) {
       // the same content again is the same upload: sign only what is not on its way already
       if (up.state === "confirmed") throw new Error(`this content is already contribution #${up.contribution?.id} of this Datanet`);
       if (up.state === "uploaded" || up.state === "failed") {
-        msg.textContent = `Uploaded ${up.records} record(s). Sign the contribution in your wallet…`;
+        const seen = describeFormats(up.row_formats);
+        msg.textContent = `Uploaded ${up.records} record(s)${seen ? ` (${seen})` : ""}. Sign the contribution in your wallet…`;
         const payload = await ctx.api(`/api/uploads/${up.id}/typed-data`);
         const signature = await w.signTypedData(payload.typed_data);
         await ctx.api(`/api/uploads/${up.id}/relay`, { json: { signature, nonce: payload.nonce, deadline: payload.deadline } });

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::adapter::{AdapterCache, AdapterRef, InsertError, ServedAdapter};
+use super::constraint::Constraint;
 use super::forward::{Backend, SeqStep};
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use super::text::TextStream;
 use crate::error::ModelError;
 use crate::tokenizer::TextTokenizer;
@@ -105,6 +106,8 @@ pub struct Finished {
     /// From submission to the first token.
     pub first_token: Duration,
     pub total: Duration,
+    /// Each generated token's log-probabilities, when the request asked for them (`SamplingParams::logprobs`).
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// What a request's sink receives, in order: `Started`, `Token`s, then `Done` or `Failed`.
@@ -116,6 +119,8 @@ pub enum Event {
     Token {
         id: Option<u32>,
         text: String,
+        /// The token's log-probabilities, when the request asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     Done(Finished),
     Failed(String),
@@ -136,6 +141,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Generate `max_tokens` even past the model's EOS (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
+    /// A grammar the output must follow (structured outputs); the sequence ends when it is complete.
+    pub constraint: Option<Constraint>,
     pub priority: Priority,
     pub sink: Sink,
 }
@@ -197,6 +204,7 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     cfg: EngineConfig,
     context: usize,
+    vocab: usize,
     kv_bytes_per_token: usize,
     /// Tokens that end a sequence (the model's EOS, and for chat models the end-of-turn token).
     pub eos: Vec<u32>,
@@ -226,6 +234,7 @@ impl Engine {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let eos = tokenizer.stop_ids();
         let context = model.config().max_position_embeddings;
+        let vocab = model.config().vocab_size;
         let kv_bytes_per_token = model.kv_bytes_per_token();
         let model_cfg = model.config().clone();
         let back = tx.clone();
@@ -268,6 +277,7 @@ impl Engine {
             stats,
             cfg,
             context,
+            vocab,
             kv_bytes_per_token,
             eos,
         })
@@ -280,6 +290,11 @@ impl Engine {
     /// The model's context length in tokens.
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// The width of the model's logits (token ids below it can be sampled).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
     }
 
     /// Requests waiting or running.
@@ -380,6 +395,8 @@ struct Running<C> {
     cache: C,
     adapter: Option<Arc<ServedAdapter>>,
     sampler: Sampler,
+    constraint: Option<Constraint>,
+    logprobs: Vec<TokenLogprobs>,
     text: TextStream,
     sink: Sink,
     reserved: usize,
@@ -412,6 +429,7 @@ enum Outcome {
     Continue,
     Finish(FinishReason),
     Cancelled,
+    Failed(String),
 }
 
 impl<B: Backend> State<B> {
@@ -589,6 +607,8 @@ impl<B: Backend> State<B> {
                 self.running.push(Running {
                     cache,
                     sampler: Sampler::new(req.sampling, &req.prompt),
+                    constraint: req.constraint,
+                    logprobs: Vec::new(),
                     text: TextStream::new(req.stop),
                     prompt: req.prompt,
                     fed: 0,
@@ -732,8 +752,23 @@ impl<B: Backend> State<B> {
             let Some(mut row) = logits.next() else {
                 break;
             };
+            // log-probabilities are the model's own: taken before the grammar and the sampler change the row
+            let raw = r.sampler.params().logprobs.map(|k| (row.clone(), k));
+            if let Some(c) = r.constraint.as_mut()
+                && let Err(e) = c.mask(&mut row)
+            {
+                outcomes.push((i, Outcome::Failed(format!("structured output failed: {e}"))));
+                continue;
+            }
             let tok = r.sampler.sample(&mut row);
-            outcomes.push((i, self.after_token(i, tok)));
+            if let Some(c) = r.constraint.as_mut()
+                && let Err(e) = c.consume(tok)
+            {
+                outcomes.push((i, Outcome::Failed(format!("structured output failed: {e}"))));
+                continue;
+            }
+            let lp = raw.map(|(raw, k)| TokenLogprobs::from_logits(&raw, tok, k));
+            outcomes.push((i, self.after_token(i, tok, lp)));
         }
         // remove finished sequences, highest index first so the others keep their places
         outcomes.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
@@ -747,6 +782,7 @@ impl<B: Backend> State<B> {
                         (r.sink)(Event::Token {
                             id: None,
                             text: tail,
+                            logprobs: None,
                         });
                     }
                     let fin = Finished {
@@ -757,6 +793,7 @@ impl<B: Backend> State<B> {
                         queued: r.queued,
                         first_token: r.first_token.unwrap_or_default(),
                         total: r.submitted.elapsed(),
+                        logprobs: std::mem::take(&mut r.logprobs),
                     };
                     (r.sink)(Event::Done(fin));
                     self.stats.completed.fetch_add(1, Ordering::Relaxed);
@@ -767,12 +804,18 @@ impl<B: Backend> State<B> {
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                     self.end(r);
                 }
+                Outcome::Failed(m) => {
+                    let mut r = self.running.swap_remove(i);
+                    (r.sink)(Event::Failed(m));
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.end(r);
+                }
             }
         }
     }
 
     /// Records a sampled token and decides whether the sequence goes on.
-    fn after_token(&mut self, i: usize, tok: u32) -> Outcome {
+    fn after_token(&mut self, i: usize, tok: u32, logprobs: Option<TokenLogprobs>) -> Outcome {
         let context = self.model.config().max_position_embeddings;
         let r = &mut self.running[i];
         if r.first_token.is_none() {
@@ -790,13 +833,18 @@ impl<B: Backend> State<B> {
                 String::new()
             }
         };
+        if let Some(lp) = &logprobs {
+            r.logprobs.push(lp.clone());
+        }
         if !(r.sink)(Event::Token {
             id: Some(tok),
             text,
+            logprobs,
         }) {
             return Outcome::Cancelled;
         }
-        if r.text.stopped() {
+        // a stop sequence, or a grammar with nothing left to allow (its output is complete)
+        if r.text.stopped() || r.constraint.as_ref().is_some_and(|c| c.is_stopped()) {
             return Outcome::Finish(FinishReason::Stop);
         }
         if r.generated.len() >= r.max_tokens || B::cache_len(&r.cache) + 1 >= context {

@@ -23,6 +23,67 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Generator seed (`None`: from the OS).
     pub seed: Option<u64>,
+    /// Added to these tokens' logits before anything else (OpenAI's `logit_bias`). -100..=100 each.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each drawn token's log-probability and this many most likely alternatives (0..=20; `None`:
+    /// no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A drawn token's log-probability under the model's distribution (the logits as the model gave them, before
+/// penalties, `logit_bias`, temperature or a grammar), and the most likely tokens with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// Most likely first, ties by token id.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// `token`'s entry from the raw logits, with the `top` most likely alternatives.
+    pub fn from_logits(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|&l| f64::from(l - max).exp())
+            .sum();
+        let lse = max + sum.ln() as f32;
+        let lp = |t: u32| {
+            logits
+                .get(t as usize)
+                .map_or(f32::NEG_INFINITY, |&l| l - lse)
+        };
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            let mut all: Vec<(u32, f32)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
+            let k = top.min(all.len());
+            if k < all.len() {
+                all.select_nth_unstable_by(k - 1, by);
+                all.truncate(k);
+            }
+            all.sort_unstable_by(by);
+            best = all.into_iter().map(|(t, l)| (t, l - lse)).collect();
+        }
+        TokenLogprobs {
+            token,
+            logprob: lp(token),
+            top: best,
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -35,6 +96,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -63,6 +126,22 @@ impl SamplingParams {
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad("frequency_penalty", "must be between -2 and 2");
+        }
+        if let Some((t, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(ModelError::invalid(
+                "logit_bias",
+                format!("token {t}: {b} (each bias must be between -100 and 100)"),
+            ));
+        }
+        if self.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(ModelError::invalid(
+                "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}"),
+            ));
         }
         Ok(())
     }
@@ -98,9 +177,18 @@ impl Sampler {
         }
     }
 
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = self.params.clone();
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {

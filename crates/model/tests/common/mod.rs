@@ -38,6 +38,7 @@ pub fn generate<B: Backend>(
                 max_tokens,
                 stop: Vec::new(),
                 ignore_eos: true,
+                constraint: None,
                 priority: Priority::Interactive,
                 sink: Box::new(move |e| tx.send(e).is_ok()),
             })
