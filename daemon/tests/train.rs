@@ -532,6 +532,17 @@ fn the_adapter_files_hash_to_what_the_job_reported() {
                 .iter()
                 .all(|s| s["examples"].as_i64().unwrap() >= 1)
         );
+        // the held-out split scored: its loss (the trainer's last), perplexity, and every pair's greedy
+        // answer against its reference
+        let e = &m["evaluation"];
+        let held_out = m["dataset"]["eval_examples"].as_u64().unwrap();
+        assert!(held_out >= 1, "{m}");
+        assert_eq!(e["eval_examples"].as_u64(), Some(held_out), "{e}");
+        assert_eq!(e["loss"], m["metrics"]["final_eval_loss"], "{e}");
+        let loss = e["loss"].as_f64().unwrap();
+        assert!((e["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-9 * loss.exp());
+        // (these pairs are longer than max_seq_len 64: no whole reference answer to score)
+        assert!(e["answered"].as_u64().unwrap() <= held_out, "{e}");
         let by_hash = get(
             app,
             &format!("/api/adapters/{}", result["adapter_hash"].as_str().unwrap()),
@@ -3237,5 +3248,34 @@ fn every_row_format_trains() {
             "{rest:?}"
         );
         assert!(rest.contains("pier B-2"), "{rest:?}");
+        // the held-out split's whole answers are generated and scored
+        let m = get(
+            &s.app,
+            &format!(
+                "/api/manifests/{}",
+                job["result"]["manifest_hash"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await
+        .json();
+        let e = &m["evaluation"];
+        let held_out = examples.iter().filter(|x| x["split"] == "eval").count() as u64;
+        assert!(held_out >= 1, "{index}");
+        assert_eq!(e["eval_examples"].as_u64(), Some(held_out), "{e}");
+        assert!(e["answered"].as_u64().unwrap() >= 1, "{e}");
+        let loss = e["loss"].as_f64().unwrap();
+        assert!((e["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-9 * loss.exp());
+        for k in ["exact_match", "rouge_l"] {
+            let x = e[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k} {x}");
+        }
+        let reference = e["samples"][0]["reference"].as_str().unwrap();
+        assert!(
+            ["moored", "ledger code", "keeps the lighthouse"]
+                .iter()
+                .any(|w| reference.contains(w)),
+            "{e}"
+        );
     });
 }

@@ -6,6 +6,7 @@ pub mod backprop;
 mod blas;
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod llama;
 pub mod lora;
 mod ops;

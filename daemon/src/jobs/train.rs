@@ -225,6 +225,7 @@ async fn import(
             },
             config: json!({ "lora": { "rank": lora.rank, "alpha": lora.alpha, "targets": lora.targets } }),
             datanets: vec![],
+            evaluation: None,
             dataset: None,
             imported: Some(Imported {
                 adapter_config_sha256: sha256(&adapter_config).to_string(),

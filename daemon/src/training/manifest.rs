@@ -30,6 +30,10 @@ pub struct Manifest {
     /// The hyper-parameters (`TrainConfig`; an import's LoRA shape only).
     pub config: Value,
     pub datanets: Vec<DatanetVersion>,
+    /// The held-out split scored after training (`openledger_model::evaluate::EvalReport`: loss, perplexity,
+    /// exact match and ROUGE-L of greedy answers); absent for imports and runs without an eval split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Value>,
     /// The tokenized dataset; absent for imports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetSummary>,
@@ -221,6 +225,7 @@ mod tests {
                 root: format!("0x{}", "ef".repeat(32)),
                 version: "2".into(),
             }],
+            evaluation: None,
             dataset: Some(DatasetSummary {
                 eval_examples: 1,
                 tokens: 40,

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use alloy::primitives::{B256, U256};
+use openledger_model::evaluate::{EvalReport, evaluate};
+use openledger_model::serve::{ServedAdapter, ServingModel};
+use openledger_model::tokenizer::Tokenized;
 use openledger_model::train::{Dataset, Event, Metrics, Record, Trainer};
 use openledger_model::{BaseModel, Device, Llama, Lora, ModelError, Precision};
 
@@ -88,11 +91,15 @@ pub fn train_blocking(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     let attribution = attribute(&run, &base, &model, &ds, &tmp, &stop, &dev)?;
+    let evaluation = evaluation(&base, model, &lora, &ds, metrics.final_eval_loss)?;
     let adapter = lora.safetensors_bytes()?;
     let adapter_config = serde_json::to_vec_pretty(&lora.peft_config(&run.base_id))
         .map_err(|e| ModelError::invalid("adapter config", e))?;
     let adapter_hash = sha256(&adapter);
-    let manifest = manifest_of(&run, &base, &ds, &file, attribution, adapter_hash, &metrics)?;
+    let mut manifest = manifest_of(&run, &base, &ds, &file, attribution, adapter_hash, &metrics)?;
+    manifest.evaluation = evaluation
+        .map(|e| serde_json::to_value(e).map_err(|e| ModelError::invalid("evaluation", e)))
+        .transpose()?;
     let manifest_bytes = manifest
         .to_bytes()
         .map_err(|e| ModelError::invalid("manifest", e))?;
@@ -115,6 +122,36 @@ pub fn train_blocking(
             .map_err(|e| ModelError::invalid("manifest sources", e))?,
         manifest,
     })
+}
+
+/// The held-out split scored (`openledger_model::evaluate`): its loss and perplexity, and on the CPU the
+/// adapter's greedy answers to its conversations against their references. `None` without an eval split.
+fn evaluation(
+    base: &BaseModel,
+    model: Llama,
+    lora: &Lora,
+    ds: &Dataset,
+    loss: Option<f64>,
+) -> Result<Option<EvalReport>, ModelError> {
+    if ds.eval.is_empty() {
+        return Ok(None);
+    }
+    let examples: Vec<&Tokenized> = ds.eval.iter().map(|e| &e.tokens).collect();
+    if !model.device().is_cpu() {
+        // the answers need the CPU engine; a GPU run reports the loss
+        return Ok(Some(EvalReport {
+            eval_examples: examples.len(),
+            loss,
+            perplexity: loss.map(f64::exp),
+            answered: 0,
+            exact_match: None,
+            rouge_l: None,
+            samples: Vec::new(),
+        }));
+    }
+    let serving = ServingModel::new(model)?;
+    let adapter = ServedAdapter::from_lora("evaluation", lora)?;
+    evaluate(&serving, &adapter, &base.tokenizer, &examples, loss).map(Some)
 }
 
 /// The trained model's manifest (its hash goes on chain as `trainingConfigHash`).
@@ -164,6 +201,7 @@ fn manifest_of(
         missing_content: Some(run.missing.clone()),
         openledger_training_manifest: FORMAT,
         sources: file.manifest_sources(&run.sources),
+        evaluation: None,
     })
 }
 

@@ -7,6 +7,7 @@ export async function render(ctx, [id]) {
   const [detail, price] = await Promise.all([ctx.api(`/api/models/${id}`), ctx.api(`/api/models/${id}/price`)]);
   const m = detail; // the model's fields, flattened, with sources and files
   const job = ctx.address ? await ctx.api(`/api/jobs/${id}`).catch(() => null) : null;
+  const manifest = await ctx.api(`/api/manifests/${detail.manifest_hash}`).catch(() => null);
   const published = job?.result?.published ?? null;
   const byContributor = new Map();
   for (const s of detail.sources) byContributor.set(s.contributor, (byContributor.get(s.contributor) ?? 0) + 1);
@@ -31,8 +32,31 @@ export async function render(ctx, [id]) {
       h("a", { href: `#/datanets/${s.datanet_id}?contribution=${s.contribution_id}` }, `#${s.contribution_id}`),
       h("code", { title: s.contributor }, shortHex(s.contributor)), String(s.examples), String(s.tokens),
     ]), "None (an imported adapter).", "Training sources"),
+    evaluationCard(manifest?.evaluation),
     priceCard(ctx, m, price));
   return out;
+}
+
+/** The held-out split's scores (the manifest's `evaluation`), so runs can be compared. */
+export function evaluationCard(e) {
+  const card = h("div", { class: "card" }, h("h2", {}, "Evaluation (held-out split)"));
+  if (!e) {
+    card.append(h("p", { class: "muted" }, "No held-out split (eval_fraction 0, or an imported adapter)."));
+    return card;
+  }
+  const num = (x, d = 3) => (x == null ? "—" : Number(x).toFixed(d));
+  const pct = (x) => (x == null ? "—" : `${(100 * x).toFixed(1)}%`);
+  card.append(h("dl", {},
+    h("dt", {}, "Examples"), h("dd", {}, String(e.eval_examples)),
+    h("dt", {}, "Loss per token"), h("dd", {}, num(e.loss)),
+    h("dt", {}, "Perplexity"), h("dd", {}, num(e.perplexity, 2)),
+    h("dt", {}, "Answers scored"), h("dd", {}, String(e.answered)),
+    h("dt", {}, "Exact match"), h("dd", {}, pct(e.exact_match)),
+    h("dt", {}, "ROUGE-L"), h("dd", {}, num(e.rouge_l))));
+  if (e.samples?.length) {
+    card.append(table(["reference", "answer", "ROUGE-L"], e.samples.map((x) => [x.reference, x.answer, num(x.rouge_l)]), "", "Sample answers"));
+  }
+  return card;
 }
 
 function priceCard(ctx, m, price) {
