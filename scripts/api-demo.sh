@@ -158,6 +158,18 @@ CHAIN_HASH="$("$CAST" call --rpc-url "$RPC_URL" "$REGISTRY" "adapter(uint256)((u
 [ "$FILE_HASH" = "$CHAIN_HASH" ] || die "adapter file hash $FILE_HASH != on-chain contentHash $CHAIN_HASH"
 echo "adapter $(jq -r .adapter_id <<<"$MODEL") of model $(jq -r .model_id <<<"$MODEL"): sha256 $FILE_HASH on chain" >&2
 
+step "export it for llama.cpp and Ollama: the adapter as a GGUF LoRA, the merged GGUF, a Modelfile"
+[ "$(jq -c .exports <<<"$MODEL")" = '["adapter.gguf","model.gguf","model-hf.zip","Modelfile"]' ] \
+  || die "exports offered: $(jq -c .exports <<<"$MODEL")"
+EXPORTS="$(mktemp -d)"
+for f in adapter.gguf model.gguf Modelfile; do
+  curl -sf --max-time 600 -o "$EXPORTS/$f" "$API/api/models/$TRAIN/export/$f" || die "exporting $f failed"
+done
+for f in adapter.gguf model.gguf; do [ "$(head -c4 "$EXPORTS/$f")" = GGUF ] || die "$f is not a GGUF file"; done
+grep -qx 'FROM ./model.gguf' "$EXPORTS/Modelfile" || die "the Modelfile does not name model.gguf"
+echo "adapter.gguf $(stat -c%s "$EXPORTS/adapter.gguf") bytes, model.gguf $(stat -c%s "$EXPORTS/model.gguf") bytes (run: llama-cli -m $BASE.gguf --lora adapter.gguf; ollama create ft-$TRAIN -f Modelfile)" >&2
+rm -rf "$EXPORTS"
+
 step "pay FeeRouter for an inference on it, ask, and read whose data answered"
 ROUTER="$(jq -r .contracts.FeeRouter.address "$MANIFEST")"
 # paid under keccak256(secret): the request id is public once sent, the secret only goes to the daemon

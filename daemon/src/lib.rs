@@ -19,6 +19,7 @@ pub mod chain;
 pub mod cli;
 pub mod common;
 pub mod content;
+pub mod exports;
 pub mod inference;
 pub mod jobs;
 pub mod metrics;

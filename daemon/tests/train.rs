@@ -559,6 +559,252 @@ fn the_adapter_files_hash_to_what_the_job_reported() {
     });
 }
 
+/// The trained model exports for llama.cpp (a GGUF LoRA), Hugging Face tools (the merged folder, zipped)
+/// and Ollama (a Modelfile), through the API and the CLI; what it cannot export is a clear error.
+#[test]
+fn the_model_exports_for_llama_cpp_ollama_and_hugging_face() {
+    TRAINED.run(|t| async move {
+        use candle_core::quantized::gguf_file;
+        let (app, job_id) = (&t.s.app, t.job_id);
+        let detail = get(app, &format!("/api/models/{job_id}"), None)
+            .await
+            .json();
+        // the base is a Hugging Face folder: no merged GGUF
+        assert_eq!(
+            detail["exports"],
+            json!(["adapter.gguf", "model-hf.zip", "Modelfile"])
+        );
+        let base = BaseModel::load(
+            &t.s.data.path().join("models").join(BASE),
+            &candle_core::Device::Cpu,
+            None,
+        )
+        .unwrap();
+        let peft_bytes = get(
+            app,
+            &format!("/api/models/{job_id}/files/adapter_model.safetensors"),
+            None,
+        )
+        .await
+        .body;
+        let peft_cfg = get(
+            app,
+            &format!("/api/models/{job_id}/files/adapter_config.json"),
+            None,
+        )
+        .await
+        .json();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("adapter_model.safetensors"), &peft_bytes).unwrap();
+        std::fs::write(tmp.path().join("adapter_config.json"), peft_cfg.to_string()).unwrap();
+        let lora =
+            openledger_model::Lora::load_peft(tmp.path(), &base.config, &candle_core::Device::Cpu)
+                .unwrap();
+
+        // the GGUF LoRA: llama.cpp's metadata, A and B of every adapted projection
+        let r = get(
+            app,
+            &format!("/api/models/{job_id}/export/adapter.gguf"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let mut cur = std::io::Cursor::new(r.body.clone());
+        let ct = gguf_file::Content::read(&mut cur).unwrap();
+        let md = |k: &str| ct.metadata[k].to_string().unwrap().clone();
+        assert_eq!(md("general.type"), "adapter");
+        assert_eq!(md("adapter.type"), "lora");
+        assert_eq!(md("general.architecture"), "gemma3");
+        assert_eq!(md("general.name"), format!("ft-{job_id}"));
+        assert_eq!(
+            ct.metadata["adapter.lora.alpha"].to_f32().unwrap() as f64,
+            peft_cfg["lora_alpha"].as_f64().unwrap()
+        );
+        assert_eq!(
+            ct.tensor_infos.len(),
+            2 * lora.config.targets.len() * base.config.num_hidden_layers
+        );
+        let a = ct
+            .tensor(
+                &mut cur,
+                "blk.0.attn_v.weight.lora_a",
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap();
+        let (want_a, _, _) = lora.get(0, openledger_model::Proj::V).unwrap();
+        assert_eq!(
+            a.to_vec2::<f32>().unwrap(),
+            want_a.to_vec2::<f32>().unwrap()
+        );
+        // the same bytes again, from the export kept in the model's folder
+        let again = get(
+            app,
+            &format!("/api/models/{job_id}/export/adapter.gguf"),
+            None,
+        )
+        .await;
+        assert_eq!(again.body, r.body);
+
+        // the merged Hugging Face folder (bf16): base + adapter, within bf16's rounding
+        let r = get(
+            app,
+            &format!("/api/models/{job_id}/export/model-hf.zip"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(r.body.clone())).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        zip.extract(out.path()).unwrap();
+        let merged = BaseModel::load(
+            &out.path().join("model-hf"),
+            &candle_core::Device::Cpu,
+            None,
+        )
+        .unwrap();
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("model-hf/config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["torch_dtype"], "bfloat16");
+        let ids =
+            candle_core::Tensor::new(&[[1u32, 5, 9, 14, 2, 7]], &candle_core::Device::Cpu).unwrap();
+        let fwd = |m: &BaseModel, l: Option<&openledger_model::Lora>| {
+            openledger_model::Llama::new(
+                m,
+                openledger_model::Precision::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+            .forward(&ids, l, &mut openledger_model::Forward::infer())
+            .unwrap()
+        };
+        let want = fwd(&base, Some(&lora));
+        let rms = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+            let d: f32 = (a - b)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            (d / n).sqrt()
+        };
+        let d = rms(&fwd(&merged, None), &want);
+        assert!(d < 2e-2, "merged logits differ by {d}");
+        // the f32 folder is exact, and the adapter moved the logits more than that
+        let r32 = get(
+            app,
+            &format!("/api/models/{job_id}/export/model-hf.zip?dtype=f32"),
+            None,
+        )
+        .await;
+        assert_eq!(r32.status, StatusCode::OK);
+        let out32 = tempfile::tempdir().unwrap();
+        zip::ZipArchive::new(std::io::Cursor::new(r32.body))
+            .unwrap()
+            .extract(out32.path())
+            .unwrap();
+        let merged32 = BaseModel::load(
+            &out32.path().join("model-hf"),
+            &candle_core::Device::Cpu,
+            None,
+        )
+        .unwrap();
+        assert!(rms(&fwd(&merged32, None), &want) < 1e-5);
+        assert!(rms(&fwd(&base, None), &want) > 1e-5);
+
+        // the Modelfile names the merged folder
+        let r = get(app, &format!("/api/models/{job_id}/export/Modelfile"), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(text.contains("\nFROM ./model-hf\n"), "{text}");
+        assert!(
+            text.contains(&format!("ollama create ft-{job_id} -f Modelfile")),
+            "{text}"
+        );
+
+        // refusals: a merged GGUF of a folder base, dtypes an export is not written as, unknown names
+        get(
+            app,
+            &format!("/api/models/{job_id}/export/model.gguf"),
+            None,
+        )
+        .await
+        .problem(409, "conflict");
+        for q in [
+            "model-hf.zip?dtype=q8_0",
+            "adapter.gguf?dtype=f16",
+            "Modelfile?color=red",
+        ] {
+            get(app, &format!("/api/models/{job_id}/export/{q}"), None)
+                .await
+                .problem(400, "bad-request");
+        }
+        get(
+            app,
+            &format!("/api/models/{job_id}/export/weights.bin"),
+            None,
+        )
+        .await
+        .problem(404, "not-found");
+        get(app, "/api/models/999999/export/adapter.gguf", None)
+            .await
+            .problem(404, "not-found");
+
+        // the CLI writes the same exports into a folder
+        let db = common::url_of(&t.s.pool);
+        let cli_out = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_openledger"))
+            .args(["--database-url", &db, "--json", "--data-dir"])
+            .arg(t.s.data.path())
+            .args(["models", "export", &job_id.to_string(), "--out"])
+            .arg(cli_out.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let formats: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["format"].as_str().unwrap())
+            .collect();
+        assert_eq!(formats, ["adapter.gguf", "model-hf", "Modelfile"]);
+        assert_eq!(
+            std::fs::read(cli_out.path().join("adapter.gguf")).unwrap(),
+            again.body.to_vec()
+        );
+        assert!(cli_out.path().join("model-hf/model.safetensors").exists());
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_openledger"))
+            .args(["--database-url", &db, "--data-dir"])
+            .arg(t.s.data.path())
+            .args([
+                "models",
+                "export",
+                &job_id.to_string(),
+                "--format",
+                "gguf",
+                "--out",
+            ])
+            .arg(cli_out.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("convert_hf_to_gguf"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
+}
+
 /// The span-attribution index the job wrote traces each trained example back to its source.
 #[test]
 fn the_span_index_traces_the_trained_examples() {

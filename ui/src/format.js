@@ -93,3 +93,22 @@ export function pendingText(r) {
   if (raise <= 0n) return `Epoch ${r.pending.epoch} earns this address nothing new: its total stays ${formatOpen(r.cumulative)} OPEN. ${until}.`;
   return `Epoch ${r.pending.epoch} raises this address's total by ${formatOpen(raise)} to ${formatOpen(r.pending.cumulative)} OPEN. ${until}; the daemon accepts it then, and the ${formatOpen(raise)} OPEN become claimable.`;
 }
+
+/** What each export of a trained model is, by its download name. */
+export const EXPORTS = {
+  "adapter.gguf": "the adapter as a GGUF LoRA (llama.cpp --lora, Ollama ADAPTER), next to the base model's GGUF",
+  "model.gguf": "the merged model as a GGUF (adapted weights in f16; ?dtype=f32 or q8_0)",
+  "model-hf.zip": "the merged model as a Hugging Face folder (bf16; ?dtype=f16 or f32)",
+  Modelfile: "an Ollama Modelfile for model.gguf",
+};
+
+/** Copy-paste commands that run a model's exports in llama.cpp and Ollama (only those it offers). */
+export function exportCommands(name, exports, baseModel) {
+  const has = (e) => exports.includes(e);
+  const out = [];
+  if (has("adapter.gguf")) out.push(`llama-cli -m ${baseModel}.gguf --lora adapter.gguf -cnv`);
+  if (has("model.gguf")) out.push("llama-cli -m model.gguf -cnv");
+  if (has("Modelfile") && has("model.gguf")) out.push(`ollama create ${name} -f Modelfile && ollama run ${name}`);
+  if (has("model-hf.zip")) out.push(`unzip model-hf.zip && python -c "from transformers import pipeline; print(pipeline('text-generation', 'model-hf')('Hello'))"`);
+  return out;
+}

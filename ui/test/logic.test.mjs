@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { siweMessage, utf8Hex } from "../src/siwe.js";
-import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, formatParams, count, pendingText } from "../src/format.js";
+import { formatOpen, parseOpen, datanetMeta, datanetUri, matchesDatanet, ppmPercent, formatDuration, formatParams, count, pendingText, exportCommands, EXPORTS } from "../src/format.js";
 import { rowsToUpload, fileContentType, previewRows, rowFormat, describeFormats } from "../src/rows.js";
 import { ticks, layout, lineChart } from "../src/chart.js";
 import { segments, shares, poolOf } from "../src/attribution.js";
@@ -164,4 +164,16 @@ test("a refusal says when to try again and which server limit it hit", () => {
   assert.equal(problemMessage(503, { title: "Service unavailable", detail: "the database is unavailable", retry_after: 5 }), "the database is unavailable. Try again in 5 s.");
   assert.equal(problemMessage(404, { title: "Not found", detail: "no job 7" }), "no job 7");
   assert.equal(problemMessage(502, null), "HTTP 502");
+});
+
+test("export commands name only the exports a model offers", () => {
+  const all = ["adapter.gguf", "model.gguf", "model-hf.zip", "Modelfile"];
+  for (const e of all) assert.ok(EXPORTS[e], e);
+  const cmds = exportCommands("ft-3", all, "SmolLM2-135M-Instruct.Q4_1");
+  assert.equal(cmds[0], "llama-cli -m SmolLM2-135M-Instruct.Q4_1.gguf --lora adapter.gguf -cnv");
+  assert.ok(cmds.includes("ollama create ft-3 -f Modelfile && ollama run ft-3"));
+  // a Hugging Face base: no merged GGUF, so no Ollama command over it
+  const hf = exportCommands("ft-4", ["adapter.gguf", "model-hf.zip", "Modelfile"], "Qwen2.5-0.5B");
+  assert.ok(!hf.some((c) => c.includes("model.gguf") || c.startsWith("ollama")));
+  assert.equal(exportCommands("ft-5", [], "x").length, 0);
 });

@@ -7,6 +7,7 @@ mod blas;
 pub mod config;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod llama;
 pub mod lora;
 mod ops;

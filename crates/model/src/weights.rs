@@ -61,7 +61,7 @@ pub struct BaseModel {
     pub path: PathBuf,
     /// `0x`-prefixed SHA-256; see [`content_hash`].
     pub hash: String,
-    tensors: HashMap<String, Weight>,
+    pub(crate) tensors: HashMap<String, Weight>,
 }
 
 /// SHA-256 of a file, streamed.
@@ -402,6 +402,12 @@ impl BaseModel {
     /// Write this model as a Hugging Face folder (f32 safetensors, HF row order): used by tests to build tiny
     /// models and by users to hand a model to other tools.
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
+        self.save_hf_dir_as(dir, DType::F32)
+    }
+
+    /// [`save_hf_dir`](Self::save_hf_dir) with the weights as `dtype` (f32, f16 or bf16), `torch_dtype`
+    /// saying so in `config.json`, and a `generation_config.json` naming the special tokens.
+    pub fn save_hf_dir_as(&self, dir: &Path, dtype: DType) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let cpu = Device::Cpu;
         let mut out: HashMap<String, Tensor> = HashMap::new();
@@ -409,13 +415,33 @@ impl BaseModel {
             let Some(hf) = gguf_to_hf_name(self.config.family, name) else {
                 continue;
             };
-            out.insert(hf, to_hf(&self.config, name, w.dense(&cpu)?)?);
+            out.insert(
+                hf,
+                to_hf(&self.config, name, w.dense(&cpu)?)?.to_dtype(dtype)?,
+            );
         }
         let st = dir.join("model.safetensors");
         candle_core::safetensors::save(&out, &st).map_err(|e| ModelError::corrupt(&st, e))?;
+        let mut config = self.config.to_hf_json();
+        config["torch_dtype"] = match dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            _ => "float32",
+        }
+        .into();
         let cfg = dir.join("config.json");
-        std::fs::write(&cfg, self.config.to_hf_json().to_string())
-            .map_err(|e| ModelError::io(&cfg, e))?;
+        std::fs::write(&cfg, config.to_string()).map_err(|e| ModelError::io(&cfg, e))?;
+        let stops = self.tokenizer.stop_ids();
+        let gen_cfg = dir.join("generation_config.json");
+        std::fs::write(
+            &gen_cfg,
+            serde_json::json!({
+                "bos_token_id": self.tokenizer.bos,
+                "eos_token_id": if stops.len() == 1 { serde_json::json!(stops[0]) } else { serde_json::json!(stops) },
+            })
+            .to_string(),
+        )
+        .map_err(|e| ModelError::io(&gen_cfg, e))?;
         let tj = dir.join("tokenizer.json");
         std::fs::write(&tj, self.tokenizer.to_json()?).map_err(|e| ModelError::io(&tj, e))?;
         let tc = dir.join("tokenizer_config.json");

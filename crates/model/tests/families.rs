@@ -260,26 +260,7 @@ fn greedy_served(
     prompt: &[u32],
     n: usize,
 ) -> Vec<u32> {
-    let c = m.config();
-    let mut cache = KvCache::new(c.num_hidden_layers, prompt.len() + n, m.kv_dim());
-    let mut out = Vec::new();
-    let mut next = prompt.to_vec();
-    for _ in 0..n {
-        let logits = step(
-            m,
-            &mut [SeqStep {
-                tokens: &next,
-                cache: &mut cache,
-                adapter: a,
-                want_logits: true,
-            }],
-        )
-        .unwrap();
-        let t = openledger_model::serve::sampling::argmax(&logits[0]);
-        out.push(t);
-        next = vec![t];
-    }
-    out
+    openledger_model::serve::greedy(m, a, prompt, n).unwrap()
 }
 
 #[test]
@@ -871,6 +852,274 @@ fn adapters_leave_in_peft_s_own_layout_for_every_family() {
                 None => v.as_f64().map_or(v.clone(), |f| serde_json::json!(f)),
             };
             assert_eq!(norm(&cfg[key]), norm(&peft[key]), "{name}: {key}");
+        }
+    }
+}
+
+/// A GGUF file's tensors as stored (file row order), dequantized to f32, and its metadata.
+fn gguf_contents(
+    path: &std::path::Path,
+) -> (
+    HashMap<String, candle_core::quantized::gguf_file::Value>,
+    HashMap<String, Tensor>,
+) {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let tensors = ct
+        .tensor_infos
+        .keys()
+        .map(|n| {
+            let q = ct.tensor(&mut f, n, &Device::Cpu).unwrap();
+            (n.clone(), q.dequantize(&Device::Cpu).unwrap())
+        })
+        .collect();
+    (ct.metadata, tensors)
+}
+
+fn f32_gguf(path: &std::path::Path, tensors: &HashMap<String, Tensor>, src: &std::path::Path) {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let mut f = std::fs::File::open(src).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let qs: Vec<(&str, QTensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = qs.iter().map(|(k, q)| (*k, q)).collect();
+    let mut w = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut w, &md, &refs).unwrap();
+}
+
+fn logits(base: &BaseModel, lora: Option<&Lora>, ids: &[u32]) -> Tensor {
+    Llama::new(base, Precision::F32, &Device::Cpu)
+        .unwrap()
+        .forward(&ids_tensor(ids), lora, &mut Forward::infer())
+        .unwrap()
+}
+
+#[test]
+fn exported_gguf_loras_applied_to_each_familys_gguf_as_llama_cpp_applies_them_give_the_adapted_logits()
+ {
+    use openledger_model::export;
+    for f in all() {
+        let lora = adapter(&f);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("adapter.gguf");
+        export::gguf_lora(&lora, "ft-1")
+            .unwrap()
+            .write(&out)
+            .unwrap();
+        let (md, lora_t) = gguf_contents(&out);
+        let base_gguf = dir(f.name).join("model.gguf");
+        let (base_md, mut weights) = gguf_contents(&base_gguf);
+        let s = |m: &HashMap<String, candle_core::quantized::gguf_file::Value>, k: &str| {
+            m[k].to_string().unwrap().clone()
+        };
+        assert_eq!(s(&md, "general.type"), "adapter", "{}", f.name);
+        assert_eq!(s(&md, "adapter.type"), "lora", "{}", f.name);
+        assert_eq!(
+            s(&md, "general.architecture"),
+            s(&base_md, "general.architecture"),
+            "{}",
+            f.name
+        );
+        let alpha = md["adapter.lora.alpha"].to_f32().unwrap();
+        assert_eq!(alpha as f64, lora.config.alpha, "{}", f.name);
+        assert_eq!(
+            lora_t.len(),
+            2 * lora.config.targets.len() * f.base.config.num_hidden_layers,
+            "{}",
+            f.name
+        );
+        // llama.cpp's arithmetic, on the files alone: W += alpha / r * B A, r from B's shape
+        let mut adapted = 0;
+        for (name, w) in weights.iter_mut() {
+            let (Some(a), Some(b)) = (
+                lora_t.get(&format!("{name}.lora_a")),
+                lora_t.get(&format!("{name}.lora_b")),
+            ) else {
+                continue;
+            };
+            assert_eq!(a.dim(1).unwrap(), w.dim(1).unwrap(), "{}: {name}", f.name);
+            assert_eq!(b.dim(0).unwrap(), w.dim(0).unwrap(), "{}: {name}", f.name);
+            let scale = alpha as f64 / b.dim(1).unwrap() as f64;
+            *w = (&*w + (b.matmul(a).unwrap() * scale).unwrap()).unwrap();
+            adapted += 1;
+        }
+        assert_eq!(adapted * 2, lora_t.len(), "{}", f.name);
+        let merged_path = tmp.path().join("merged.gguf");
+        f32_gguf(&merged_path, &weights, &base_gguf);
+        let merged = BaseModel::load(&merged_path, &Device::Cpu, None).unwrap();
+        let g = BaseModel::load(&base_gguf, &Device::Cpu, None).unwrap();
+        let want = logits(&g, Some(&lora), &f.ids);
+        let got = logits(&merged, None, &f.ids);
+        let d = rel_diff(&got, &want);
+        assert!(d < LOGIT_TOL, "{}: differ by {d}", f.name);
+        let d_base = rel_diff(&logits(&g, None, &f.ids), &want);
+        assert!(
+            d_base > 100.0 * LOGIT_TOL,
+            "{}: the adapter moves the logits by {d_base} only",
+            f.name
+        );
+        let d = rel_diff(&got, &f.reference["lora_logits"]);
+        assert!(d < GGUF_TOL, "{}: transformers differs by {d}", f.name);
+    }
+}
+
+#[test]
+fn merged_exports_of_every_family_give_the_adapted_logits() {
+    use openledger_model::export::{self, ExportDType};
+    for f in all() {
+        let lora = adapter(&f);
+        let tmp = tempfile::tempdir().unwrap();
+        // the Hugging Face folder, in f32: transformers' adapted logits
+        let hf = tmp.path().join("model-hf");
+        f.base
+            .merged(&lora)
+            .unwrap()
+            .save_hf_dir_as(&hf, DType::F32)
+            .unwrap();
+        let m = BaseModel::load(&hf, &Device::Cpu, None).unwrap();
+        let d = rel_diff(&logits(&m, None, &f.ids), &f.reference["lora_logits"]);
+        assert!(d < LOGIT_TOL, "{} (folder): differ by {d}", f.name);
+        // in bf16: the same tensors, each rounded to bf16
+        let hf16 = tmp.path().join("model-hf-bf16");
+        f.base
+            .merged(&lora)
+            .unwrap()
+            .save_hf_dir_as(&hf16, DType::BF16)
+            .unwrap();
+        let t32 =
+            candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
+        let t16 =
+            candle_core::safetensors::load(hf16.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(t16.len(), t32.len(), "{}", f.name);
+        for (name, t) in &t16 {
+            assert_eq!(t.dtype(), DType::BF16, "{}: {name}", f.name);
+            let want = t32[name].to_dtype(DType::BF16).unwrap();
+            assert_eq!(
+                rel_diff(t, &want),
+                0.0,
+                "{}: {name} is not the f32 tensor rounded",
+                f.name
+            );
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf16.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["torch_dtype"], "bfloat16", "{}", f.name);
+        BaseModel::load(&hf16, &Device::Cpu, None).unwrap();
+        // the GGUF: the base file's own layout and metadata, the adapted tensors merged
+        let g = BaseModel::load(&dir(f.name).join("model.gguf"), &Device::Cpu, None).unwrap();
+        let out = tmp.path().join("model.gguf");
+        export::merged_gguf(&g, &lora, ExportDType::F32, "ft-7")
+            .unwrap()
+            .write(&out)
+            .unwrap();
+        let merged = BaseModel::load(&out, &Device::Cpu, None).unwrap();
+        let want = logits(&g, Some(&lora), &f.ids);
+        let d = rel_diff(&logits(&merged, None, &f.ids), &want);
+        assert!(d < LOGIT_TOL, "{} (GGUF): differ by {d}", f.name);
+        assert_eq!(merged.config, g.config, "{}", f.name);
+        let text = "Hello, world! 1234";
+        assert_eq!(
+            merged.tokenizer.encode(text).unwrap(),
+            g.tokenizer.encode(text).unwrap()
+        );
+        let (md, _) = gguf_contents(&out);
+        assert_eq!(md["general.name"].to_string().unwrap(), "ft-7");
+        // untouched tensors are the base's, as stored; merged ones in the dtype asked for
+        let (_, stored) = gguf_contents(&dir(f.name).join("model.gguf"));
+        let (_, written) = gguf_contents(&out);
+        let emb = "token_embd.weight";
+        assert_eq!(rel_diff(&written[emb], &stored[emb]), 0.0, "{}", f.name);
+        let f16 = export::merged_gguf(&g, &lora, ExportDType::F16, "ft-7").unwrap();
+        let stems: Vec<&str> = lora
+            .config
+            .targets
+            .iter()
+            .map(|p| match p {
+                openledger_model::Proj::Q => "attn_q",
+                openledger_model::Proj::K => "attn_k",
+                openledger_model::Proj::V => "attn_v",
+                openledger_model::Proj::O => "attn_output",
+                openledger_model::Proj::Gate => "ffn_gate",
+                openledger_model::Proj::Up => "ffn_up",
+                openledger_model::Proj::Down => "ffn_down",
+            })
+            .collect();
+        let mut n_f16 = 0;
+        for (name, q) in &f16.tensors {
+            if stems
+                .iter()
+                .any(|s| name.starts_with("blk.") && name.ends_with(&format!(".{s}.weight")))
+            {
+                assert_eq!(
+                    q.dtype(),
+                    candle_core::quantized::GgmlDType::F16,
+                    "{}: {name}",
+                    f.name
+                );
+                n_f16 += 1;
+            }
+        }
+        assert_eq!(
+            n_f16,
+            stems.len() * g.config.num_hidden_layers,
+            "{}",
+            f.name
+        );
+        // a Hugging Face base has no GGUF to merge into; an adapter of another shape is refused
+        let e = export::merged_gguf(&f.base, &lora, ExportDType::F16, "x").unwrap_err();
+        assert!(e.to_string().contains("convert_hf_to_gguf"), "{e}");
+    }
+    let (a, b) = (
+        fixture("qwen2", Family::Qwen2),
+        fixture("llama3", Family::Llama),
+    );
+    let e = b.base.merged(&adapter(&a)).unwrap_err();
+    assert!(e.to_string().contains("trained for a"), "{e}");
+}
+
+#[test]
+fn ollama_modelfiles_carry_each_templates_conventions_and_stop_tokens() {
+    use openledger_model::export::{ModelfileSpec, base_tokenizer, modelfile};
+    let spec = ModelfileSpec {
+        from: "./model.gguf",
+        adapter: Some("./adapter.gguf"),
+        comments: vec!["ft-3: made\nby a test".into()],
+    };
+    for (name, marker, stop) in [
+        ("qwen2", "<|im_start|>{{ .Role }}", "<|im_end|>"),
+        (
+            "llama3",
+            "<|start_header_id|>{{ .Role }}<|end_header_id|>",
+            "<|eot_id|>",
+        ),
+        ("gemma2", "<start_of_turn>model\n", "<end_of_turn>"),
+        ("mistral", "[INST] {{ .Content }}[/INST]", "</s>"),
+    ] {
+        for path in [dir(name), dir(name).join("model.gguf")] {
+            let tok = base_tokenizer(&path).unwrap();
+            let text = modelfile(&tok, &spec);
+            assert!(
+                text.starts_with(
+                    "# ft-3: made\n# by a test\nFROM ./model.gguf\nADAPTER ./adapter.gguf\n"
+                ),
+                "{name}: {text}"
+            );
+            assert!(text.contains(marker), "{name}: {text}");
+            assert!(
+                text.contains(&format!("PARAMETER stop \"{stop}\"\n")),
+                "{name}: {text}"
+            );
+            let template = text.split("TEMPLATE \"\"\"").nth(1).unwrap();
+            assert!(
+                template.contains("\"\"\"\n"),
+                "{name}: the template is closed"
+            );
         }
     }
 }

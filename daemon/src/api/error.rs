@@ -303,6 +303,21 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<crate::exports::ExportError> for ApiError {
+    fn from(e: crate::exports::ExportError) -> Self {
+        use crate::exports::ExportError;
+        match e {
+            ExportError::Invalid(m) => ApiError::BadRequest(m),
+            ExportError::Unavailable(m) => ApiError::Conflict(m),
+            ExportError::Model(openledger_model::ModelError::Invalid { name, reason }) => {
+                ApiError::BadRequest(format!("{name}: {reason}"))
+            }
+            ExportError::Db(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::BadRequest(r.body_text())

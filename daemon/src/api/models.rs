@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_model))
         .routes(routes!(get_price, set_price))
         .routes(routes!(model_file))
+        .routes(routes!(model_export))
         .routes(routes!(adapter_by_hash))
         .routes(routes!(manifest_by_hash))
 }
@@ -83,6 +84,10 @@ pub struct ModelDetail {
     pub sources: Vec<serde_json::Value>,
     /// Files downloadable from `/api/models/{job_id}/files/{name}`.
     pub files: Vec<String>,
+    /// Exports downloadable from `/api/models/{job_id}/export/{name}` (`adapter.gguf`, `model.gguf`,
+    /// `model-hf.zip`, `Modelfile`): none when its base model is not installed on this daemon,
+    /// `model.gguf` only for GGUF base models.
+    pub exports: Vec<String>,
 }
 
 /// One trained model, by the id of the job that trained it.
@@ -98,6 +103,15 @@ async fn get_model(
     let model = found_model(&s, id).await?;
     let sources = crate::models::training_sources(&s.pool, id).await?;
     let files = files_of(&model.dir).await;
+    let exports = match crate::exports::source(&s.pool, &model).await {
+        Ok(src) => crate::exports::ExportKind::ALL
+            .into_iter()
+            .filter(|k| src.offers(*k))
+            .map(|k| k.download_name().to_string())
+            .collect(),
+        Err(crate::exports::ExportError::Unavailable(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(ModelDetail {
         model,
         sources: sources
@@ -109,6 +123,7 @@ async fn get_model(
             })
             .collect(),
         files,
+        exports,
     }))
 }
 
@@ -351,6 +366,56 @@ async fn model_file(
         }
     }
     send_file(&model.dir, &name).await
+}
+
+/// How an export is written.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// The merged weights' element type: `model.gguf` f16 (default), f32 or q8_0; `model-hf.zip` bf16
+    /// (default), f16 or f32. The adapter and the Modelfile have none.
+    pub dtype: Option<String>,
+}
+
+/// A trained model exported for other runtimes: `adapter.gguf` (the adapter as a GGUF LoRA: llama.cpp's
+/// `--lora`, Ollama's `ADAPTER`), `model.gguf` (the merged model as a GGUF; GGUF base models),
+/// `model-hf.zip` (the merged model as a Hugging Face folder) or `Modelfile` (Ollama's, naming
+/// `model.gguf`). Made on the first request (merging a model takes a while), then served from the model's
+/// folder.
+#[utoipa::path(get, path = "/api/models/{job_id}/export/{name}", tag = "models",
+    params(("job_id" = String, Path, description = "The training job's id"),
+           ("name" = String, Path, description = "adapter.gguf, model.gguf, model-hf.zip or Modelfile"),
+           ExportQuery),
+    responses((status = 200, description = "The export", content_type = "application/octet-stream"),
+              (status = 400, body = Problem, content_type = "application/problem+json",
+               description = "A dtype the export is not written as, or an unknown query parameter"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json",
+               description = "The model's base model is not installed here, or model.gguf of a model whose \
+                              base is a Hugging Face folder")))]
+async fn model_export(
+    State(s): State<AppState>,
+    Path((job_id, name)): Path<(String, String)>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
+    use crate::exports::{self, ExportKind};
+    let id = parse_id("job id", &job_id)?;
+    let kind = ExportKind::from_download_name(&name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no export {name:?}; a trained model exports as {}",
+            ExportKind::ALL.map(|k| k.download_name()).join(", ")
+        ))
+    })?;
+    let dtype = kind.dtype(q.dtype.as_deref())?;
+    let model = found_model(&s, id).await?;
+    let src = exports::source(&s.pool, &model).await?;
+    let file = exports::cached(src, kind, dtype).await?;
+    let dir = file
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    send_file(&dir, kind.download_name()).await
 }
 
 fn parse_sha256(h: &str) -> ApiResult<String> {

@@ -1,7 +1,7 @@
 // A model's provenance (base model, Datanet versions, the contributions trained on, hashes, on-chain ids and
 // transactions) and its price per 1,000 tokens, which its developer sets.
 import { h, field, table, busy, errorTo } from "../dom.js";
-import { formatOpen, parseOpen, shortHex } from "../format.js";
+import { formatOpen, parseOpen, shortHex, EXPORTS, exportCommands } from "../format.js";
 
 export async function render(ctx, [id]) {
   const [detail, price] = await Promise.all([ctx.api(`/api/models/${id}`), ctx.api(`/api/models/${id}/price`)]);
@@ -33,6 +33,7 @@ export async function render(ctx, [id]) {
       h("code", { title: s.contributor }, shortHex(s.contributor)), String(s.examples), String(s.tokens),
     ]), "None (an imported adapter).", "Training sources"),
     evaluationCard(manifest?.evaluation),
+    exportCard(m, detail.exports ?? []),
     priceCard(ctx, m, price));
   return out;
 }
@@ -56,6 +57,21 @@ export function evaluationCard(e) {
   if (e.samples?.length) {
     card.append(table(["reference", "answer", "ROUGE-L"], e.samples.map((x) => [x.reference, x.answer, num(x.rouge_l)]), "", "Sample answers"));
   }
+  return card;
+}
+
+/** Downloads for llama.cpp, Ollama and Hugging Face tools, with the commands that run them. */
+function exportCard(m, exports) {
+  const card = h("div", { class: "card" }, h("h2", {}, "Export"));
+  if (!exports.length) {
+    card.append(h("p", { class: "muted" }, "Its base model is not installed on this daemon, so it cannot be exported here."));
+    return card;
+  }
+  card.append(h("p", { class: "muted" }, "Merged exports are made on the first download (a minute for a small model), then kept."));
+  card.append(h("ul", {}, exports.map((e) => h("li", {},
+    h("a", { href: `/api/models/${m.job_id}/export/${e}`, download: e }, e), ` — ${EXPORTS[e] ?? ""}`))));
+  const cmds = exportCommands(`ft-${m.job_id}`, exports, m.base_model);
+  if (cmds.length) card.append(h("pre", {}, h("code", {}, cmds.join("\n"))));
   return card;
 }
 

@@ -146,6 +146,34 @@ struct Row {
     pos: usize,
 }
 
+/// Greedy decoding of one sequence through [`step`] (the prompt in one step, then one token per step over
+/// the KV cache): `n` tokens, end tokens included. What checks against other runtimes compare.
+pub fn greedy(
+    m: &ServingModel,
+    adapter: Option<&ServedAdapter>,
+    prompt: &[u32],
+    n: usize,
+) -> Result<Vec<u32>> {
+    let c = m.config();
+    let mut cache = KvCache::new(c.num_hidden_layers, prompt.len() + n, m.kv_dim());
+    let (mut out, mut next) = (Vec::with_capacity(n), prompt.to_vec());
+    for _ in 0..n {
+        let logits = step(
+            m,
+            &mut [SeqStep {
+                tokens: &next,
+                cache: &mut cache,
+                adapter,
+                want_logits: true,
+            }],
+        )?;
+        let t = crate::serve::sampling::argmax(&logits[0]);
+        out.push(t);
+        next = vec![t];
+    }
+    Ok(out)
+}
+
 /// Runs the step; returns, in `seqs` order, the last-token logits of every sequence that wanted them.
 pub fn step(m: &ServingModel, seqs: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
     let c = &m.llama.config;

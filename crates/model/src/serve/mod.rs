@@ -23,6 +23,6 @@ pub use engine::{
     Engine, EngineConfig, Event, FinishReason, Finished, GenerateRequest, Priority, Sink, Stats,
     SubmitError,
 };
-pub use forward::{Backend, KvCache, SeqStep, ServingModel, step};
+pub use forward::{Backend, KvCache, SeqStep, ServingModel, greedy, step};
 pub use sampling::{MAX_TOP_LOGPROBS, Sampler, SamplingParams, TokenLogprobs};
 pub use text::TextStream;
