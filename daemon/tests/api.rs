@@ -733,6 +733,7 @@ async fn openapi_lists_every_route_and_ops_endpoints_answer(pool: PgPool) {
         "/api/models/{job_id}",
         "/api/models/{job_id}/price",
         "/api/models/{job_id}/files/{name}",
+        "/api/models/{job_id}/export/{name}",
         "/api/adapters/{hash}",
         "/api/manifests/{hash}",
         "/api/uploads",

@@ -53,6 +53,7 @@ fn families(fixtures: &Path, out: &Path) -> anyhow::Result<()> {
         export::gguf_lora(&lora, &format!("{name}-adapter"))?.write(&o.join("adapter.gguf"))?;
         export::merged_gguf(&base, &lora, ExportDType::F32, &format!("{name}-merged"))?
             .write(&o.join("merged.gguf"))?;
+        modelfile_and_chats(&base.tokenizer, &o, &name)?;
         let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
         let rows = |t: &Tensor| -> anyhow::Result<Vec<Vec<f32>>> {
             Ok(t.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec2()?)
@@ -69,6 +70,66 @@ fn families(fixtures: &Path, out: &Path) -> anyhow::Result<()> {
         )?;
         eprintln!("{name}: adapter.gguf and merged.gguf written");
     }
+    Ok(())
+}
+
+/// The conversations the Modelfile check renders (those a template refuses, such as a system message for
+/// Gemma, are left out).
+fn conversations() -> Vec<serde_json::Value> {
+    vec![
+        json!([{"role": "user", "content": "What is the capital of France?"}]),
+        json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]),
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Tell me a joke."}
+        ]),
+    ]
+}
+
+/// `<dir>/Modelfile` for `tok`, and `<dir>/chats.json`: each conversation with the prompt our template
+/// renders for it (a leading BOS text left off, as Ollama's templates leave it).
+fn modelfile_and_chats(
+    tok: &openledger_model::TextTokenizer,
+    dir: &Path,
+    comment: &str,
+) -> anyhow::Result<()> {
+    let text = export::modelfile(
+        tok,
+        &ModelfileSpec {
+            from: "./model.gguf",
+            adapter: None,
+            comments: vec![comment.to_string()],
+        },
+    );
+    std::fs::write(dir.join("Modelfile"), text)?;
+    // a template's leading `{{ bos_token }}` is left off: Ollama's templates never write it, and
+    // llama.cpp puts the token in front by the GGUF's add_bos_token (true in Gemma's, Mistral's and Llama
+    // 3's own GGUFs)
+    let bos = match tok.bos {
+        Some(b) if tok.chat_template().contains("bos_token") => tok.decode(&[b], false)?,
+        _ => String::new(),
+    };
+    let mut chats = Vec::new();
+    for messages in conversations() {
+        let Ok(prompt) = tok.render_template(
+            messages.as_array().map(Vec::as_slice).unwrap_or_default(),
+            true,
+            &json!({}),
+        ) else {
+            continue;
+        };
+        let prompt = if bos.is_empty() {
+            prompt
+        } else {
+            prompt.strip_prefix(&bos).unwrap_or(&prompt).to_string()
+        };
+        chats.push(json!({"messages": messages, "want": prompt}));
+    }
+    std::fs::write(
+        dir.join("chats.json"),
+        serde_json::Value::Array(chats).to_string(),
+    )?;
     Ok(())
 }
 
@@ -128,17 +189,11 @@ fn smollm(path: &Path, out: &Path) -> anyhow::Result<()> {
     let name = "ft-export-check";
     export::gguf_lora(&lora, name)?.write(&out.join("adapter.gguf"))?;
     export::merged_gguf(&base, &lora, ExportDType::F16, name)?.write(&out.join("model.gguf"))?;
-    let modelfile = export::modelfile(
+    modelfile_and_chats(
         tok,
-        &ModelfileSpec {
-            from: "./model.gguf",
-            adapter: None,
-            comments: vec![format!(
-                "{name}: exported by crates/model/examples/export_check.rs"
-            )],
-        },
-    );
-    std::fs::write(out.join("Modelfile"), modelfile)?;
+        out,
+        &format!("{name}: exported by crates/model/examples/export_check.rs"),
+    )?;
 
     let prompt = tok.encode(&tok.render_chat(&[("user", QUESTION)], true)?)?;
     let q = Llama::new(&base, Precision::Quantized, &dev)?;

@@ -341,27 +341,54 @@ pub fn base_tokenizer(path: &Path) -> Result<TextTokenizer> {
 }
 
 /// The chat conventions whose Ollama template is written out (others are left to Ollama, which reads the
-/// GGUF's own template).
+/// GGUF's own template). Each renders what the family's Jinja template renders (`scripts/export-check.sh`
+/// compares them in Go's text/template): Gemma and Mistral have no system turn, and fold a system message
+/// into the first (Gemma) or last (Mistral) user turn. Llama 3.1-style templates, which write today's date
+/// into a system block, are left to Ollama's own Llama 3.1 template.
 fn ollama_template(jinja: &str) -> Option<&'static str> {
     if jinja.contains("<|im_start|>") {
         Some(
             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
         )
-    } else if jinja.contains("<|start_header_id|>") {
+    } else if jinja.contains("<|start_header_id|>") && !jinja.contains("Cutting Knowledge Date") {
         Some(
             "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
         )
     } else if jinja.contains("<start_of_turn>") {
-        Some(
-            "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}user{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n",
-        )
+        Some(concat!(
+            "{{- $sys := \"\" }}{{- range .Messages }}{{ if eq .Role \"system\" }}{{ $sys = .Content }}{{ else }}",
+            "<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}user{{ end }}\n",
+            "{{ if $sys }}{{ $sys }}\n\n{{ $sys = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}",
+            "<start_of_turn>model\n",
+        ))
     } else if jinja.contains("[INST]") {
-        Some(
-            "{{- range .Messages }}{{ if eq .Role \"assistant\" }}{{ .Content }}</s>{{ else }}[INST] {{ .Content }}[/INST]{{ end }}{{ end }}",
-        )
+        Some(concat!(
+            "{{- $sys := \"\" }}{{- $last := 0 }}{{- range $i, $m := .Messages }}",
+            "{{ if eq $m.Role \"system\" }}{{ $sys = $m.Content }}{{ end }}",
+            "{{ if eq $m.Role \"user\" }}{{ $last = $i }}{{ end }}{{ end }}",
+            "{{- range $i, $m := .Messages }}{{ if eq $m.Role \"user\" }}[INST] ",
+            "{{ if and $sys (eq $i $last) }}{{ $sys }}\n\n{{ end }}{{ $m.Content }}[/INST]",
+            "{{ else if eq $m.Role \"assistant\" }} {{ $m.Content }}</s>{{ end }}{{ end }}",
+        ))
     } else {
         None
     }
+}
+
+/// The system prompt a ChatML template writes when a conversation brings none (SmolLM2's "You are a
+/// helpful AI assistant named SmolLM...", Qwen's "You are Qwen..."), found by rendering a conversation of one
+/// user message: the Modelfile's `SYSTEM`, which Ollama puts first when a request has no system message,
+/// so Ollama's prompt is the one the adapter was trained and is served with.
+fn default_system(tokenizer: &TextTokenizer) -> Option<String> {
+    const PROBE: &str = "\u{1}probe\u{1}";
+    let text = tokenizer.render_chat(&[("user", PROBE)], false).ok()?;
+    let head = text.split(PROBE).next()?;
+    let system = head
+        .split_once("<|im_start|>system\n")?
+        .1
+        .split_once("<|im_end|>")?
+        .0;
+    (!system.is_empty() && !system.contains("\"\"\"")).then(|| system.to_string())
 }
 
 /// What an Ollama Modelfile names: the model (`FROM`), optionally an adapter, and where they came from.
@@ -376,7 +403,8 @@ pub struct ModelfileSpec<'a> {
 }
 
 /// An Ollama `Modelfile`: `FROM`, `ADAPTER`, the chat template (Go template syntax) for ChatML, Llama 3,
-/// Gemma and Mistral templates, and a `PARAMETER stop` per token that ends a generation.
+/// Gemma and Mistral templates (with ChatML's default system prompt as `SYSTEM`), and a `PARAMETER stop`
+/// per token that ends a generation.
 pub fn modelfile(tokenizer: &TextTokenizer, spec: &ModelfileSpec<'_>) -> String {
     let mut out = String::new();
     for c in &spec.comments {
@@ -389,7 +417,14 @@ pub fn modelfile(tokenizer: &TextTokenizer, spec: &ModelfileSpec<'_>) -> String 
         out.push_str(&format!("ADAPTER {a}\n"));
     }
     match ollama_template(tokenizer.chat_template()) {
-        Some(t) => out.push_str(&format!("TEMPLATE \"\"\"{t}\"\"\"\n")),
+        Some(t) => {
+            out.push_str(&format!("TEMPLATE \"\"\"{t}\"\"\"\n"));
+            if t.contains("<|im_start|>")
+                && let Some(system) = default_system(tokenizer)
+            {
+                out.push_str(&format!("SYSTEM \"\"\"{system}\"\"\"\n"));
+            }
+        }
         None => out.push_str(
             "# no TEMPLATE: Ollama uses the chat template stored in the GGUF (tokenizer.chat_template)\n",
         ),

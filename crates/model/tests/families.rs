@@ -1091,15 +1091,16 @@ fn ollama_modelfiles_carry_each_templates_conventions_and_stop_tokens() {
         adapter: Some("./adapter.gguf"),
         comments: vec!["ft-3: made\nby a test".into()],
     };
+    // (Llama 3.1's template writes today's date into a system block: left to Ollama's own template)
     for (name, marker, stop) in [
-        ("qwen2", "<|im_start|>{{ .Role }}", "<|im_end|>"),
+        ("qwen2", Some("<|im_start|>{{ .Role }}"), "<|im_end|>"),
+        ("llama3", None, "<|eot_id|>"),
+        ("gemma2", Some("<start_of_turn>model\n"), "<end_of_turn>"),
         (
-            "llama3",
-            "<|start_header_id|>{{ .Role }}<|end_header_id|>",
-            "<|eot_id|>",
+            "mistral",
+            Some("[INST] {{ if and $sys (eq $i $last) }}"),
+            "</s>",
         ),
-        ("gemma2", "<start_of_turn>model\n", "<end_of_turn>"),
-        ("mistral", "[INST] {{ .Content }}[/INST]", "</s>"),
     ] {
         for path in [dir(name), dir(name).join("model.gguf")] {
             let tok = base_tokenizer(&path).unwrap();
@@ -1110,16 +1111,31 @@ fn ollama_modelfiles_carry_each_templates_conventions_and_stop_tokens() {
                 ),
                 "{name}: {text}"
             );
-            assert!(text.contains(marker), "{name}: {text}");
             assert!(
                 text.contains(&format!("PARAMETER stop \"{stop}\"\n")),
                 "{name}: {text}"
             );
+            let Some(marker) = marker else {
+                assert!(!text.contains("TEMPLATE \"\"\""), "{name}: {text}");
+                assert!(
+                    text.contains("# no TEMPLATE: Ollama uses"),
+                    "{name}: {text}"
+                );
+                continue;
+            };
+            assert!(text.contains(marker), "{name}: {text}");
             let template = text.split("TEMPLATE \"\"\"").nth(1).unwrap();
             assert!(
                 template.contains("\"\"\"\n"),
                 "{name}: the template is closed"
             );
+            // ChatML's default system prompt (what the template writes when a conversation has none)
+            let system = (name == "qwen2")
+                .then_some("SYSTEM \"\"\"You are Qwen, a helpful assistant.\"\"\"\n");
+            match system {
+                Some(s) => assert!(text.contains(s), "{name}: {text}"),
+                None => assert!(!text.contains("SYSTEM"), "{name}: {text}"),
+            }
         }
     }
 }

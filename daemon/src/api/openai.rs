@@ -417,18 +417,21 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
     };
     let usage_head =
         json!({"id": id, "object": object, "created": created, "model": model, "choices": []});
-    let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
+    // shared by every event's future: an Arc each, not a copy of the strings and the tools per token
+    let chunk = Arc::new(move |choice: Value, extra: Option<(&str, Value)>| {
         let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
         if let Some((k, x)) = extra {
             v[k] = x;
         }
         SseEvent::default().data(v.to_string())
-    };
+    });
+    let usage_head = Arc::new(usage_head);
+    let tools = tools.map(Arc::new);
     let delta = move |text: Option<&str>, role: bool, finish: Option<&str>, lp: Value| {
         stream_choice(kind, text, role, finish, lp)
     };
     // first the role (and the inference's metadata), then text deltas, the finish, usage, [DONE]
-    let first = chunk(
+    let first = (*chunk)(
         delta(Some(""), true, None, Value::Null),
         Some(("openledger", meta)),
     );
@@ -469,13 +472,13 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
                             Some(text.as_str())
                         };
                         return Some((
-                            vec![chunk(delta(text, false, None, v), None)],
+                            vec![(*chunk)(delta(text, false, None, v), None)],
                             (rx, false, offset),
                         ));
                     }
                     Some((Event::Token { text, .. }, _)) if !text.is_empty() && tools.is_none() => {
                         return Some((
-                            vec![chunk(delta(Some(&text), false, None, Value::Null), None)],
+                            vec![(*chunk)(delta(Some(&text), false, None, Value::Null), None)],
                             (rx, false, offset),
                         ));
                     }
@@ -487,11 +490,11 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
                         if let Some(t) = &tools {
                             // an answer offered tools is held to the end, then sent as its text or as
                             // OpenAI streams calls: the call's id and name, then its arguments
-                            let (message, fin) = service::chat_message(Some(t), &f);
+                            let (message, fin) = service::chat_message(Some(t.as_ref()), &f);
                             finish = fin;
                             let text_delta = json!({ "content": message["content"] });
                             if message["content"].is_string() {
-                                evs.push(chunk(raw_choice(text_delta, None), None));
+                                evs.push((*chunk)(raw_choice(text_delta, None), None));
                             }
                             for (i, c) in message["tool_calls"]
                                 .as_array()
@@ -502,21 +505,24 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
                                 let mut head = c.clone();
                                 head["index"] = json!(i);
                                 head["function"]["arguments"] = json!("");
-                                evs.push(chunk(
+                                evs.push((*chunk)(
                                     raw_choice(json!({ "tool_calls": [head] }), None),
                                     None,
                                 ));
                                 let args = json!({"index": i, "function": {"arguments": c["function"]["arguments"]}});
-                                evs.push(chunk(
+                                evs.push((*chunk)(
                                     raw_choice(json!({ "tool_calls": [args] }), None),
                                     None,
                                 ));
                             }
                         }
-                        evs.push(chunk(delta(None, false, Some(finish), Value::Null), extra));
+                        evs.push((*chunk)(
+                            delta(None, false, Some(finish), Value::Null),
+                            extra,
+                        ));
                         if include_usage {
                             // OpenAI's usage chunk has an empty choices list
-                            let mut u = usage_head.clone();
+                            let mut u = (*usage_head).clone();
                             u["usage"] = service::usage(&f);
                             evs.push(SseEvent::default().data(u.to_string()));
                         }

@@ -165,10 +165,15 @@ impl Constraint {
             .matcher
             .compute_mask()
             .map_err(|e| ModelError::invalid("grammar", e))?;
-        for (i, l) in logits.iter_mut().enumerate() {
-            if !allowed.is_allowed(i as u32) {
-                *l = f32::NEG_INFINITY;
+        // word by word: a word of 32 allowed tokens is skipped whole
+        let n = allowed.len().min(logits.len());
+        allowed.iter_unset_entries(|i| {
+            if i < n {
+                logits[i] = f32::NEG_INFINITY;
             }
+        });
+        for l in logits.iter_mut().skip(allowed.len()) {
+            *l = f32::NEG_INFINITY;
         }
         Ok(())
     }

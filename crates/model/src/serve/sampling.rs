@@ -183,36 +183,38 @@ impl Sampler {
 
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        let p = self.params.clone();
-        for &(t, b) in &p.logit_bias {
+        // the scalars copied out, the bias read in place: nothing of the parameters is cloned per token
+        let (rep, presence, frequency, temperature) = (
+            self.params.repetition_penalty,
+            self.params.presence_penalty,
+            self.params.frequency_penalty,
+            self.params.temperature,
+        );
+        for &(t, b) in &self.params.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l += b;
             }
         }
-        if p.repetition_penalty != 1.0 {
+        if rep != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
-                    } else {
-                        *l * p.repetition_penalty
-                    };
+                    *l = if *l > 0.0 { *l / rep } else { *l * rep };
                 }
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        if presence != 0.0 || frequency != 0.0 {
             for (&t, &n) in &self.counts {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+                    *l -= presence + frequency * n as f32;
                 }
             }
         }
-        let tok = if p.temperature == 0.0 {
+        let tok = if temperature == 0.0 {
             argmax(logits)
         } else {
             self.draw(logits)
         };
-        if p.repetition_penalty != 1.0 {
+        if rep != 1.0 {
             self.seen.insert(tok);
         }
         *self.counts.entry(tok).or_default() += 1;
