@@ -124,6 +124,8 @@ pub struct Source {
     pub base_path: PathBuf,
     pub base_hash: String,
     pub base_format: ModelFormat,
+    /// The base model's family, as `/api/base-models` names it.
+    pub base_family: String,
 }
 
 /// The export source of a trained model, its base model looked up by hash.
@@ -149,6 +151,7 @@ pub async fn source(pool: &PgPool, model: &TrainedModel) -> Result<Source, Expor
         },
         base_path: PathBuf::from(base.path),
         base_hash: base.hash,
+        base_family: base.family,
     })
 }
 
@@ -196,7 +199,6 @@ pub fn write(
     }
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let out = out_dir.join(kind.file_name());
-    let dtype = dtype.or_else(|| kind.dtypes().first().copied());
     match kind {
         ExportKind::GgufLora => {
             let (_, cfg) = inspect(&src.base_path)?;
@@ -204,39 +206,22 @@ pub fn write(
             export::gguf_lora(&lora, &src.name)?.write(&out)?;
         }
         ExportKind::Gguf => {
-            let base = src.base()?;
-            let lora = src.adapter(&base.config)?;
-            export::merged_gguf(&base, &lora, dtype.unwrap_or(DEFAULT_GGUF_DTYPE), &src.name)?
-                .write(&out)?;
+            let (_, cfg) = inspect(&src.base_path)?;
+            let lora = src.adapter(&cfg)?;
+            let dtype = dtype.unwrap_or(DEFAULT_GGUF_DTYPE);
+            export::merged_gguf_file(&src.base_path, &cfg, &lora, dtype, &src.name)?.write(&out)?;
         }
         ExportKind::Hf => {
             let base = src.base()?;
             let lora = src.adapter(&base.config)?;
             let merged = base.merged(&lora)?;
             drop(base);
-            let tmp = tempfile::Builder::new()
-                .prefix(".model-hf")
-                .tempdir_in(out_dir)
-                .map_err(io(out_dir))?;
-            merged.save_hf_dir_as(tmp.path(), dtype.unwrap_or(DEFAULT_HF_DTYPE).dense()?)?;
-            // temporary folders are private (0700); an export is an ordinary folder
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-                    .map_err(io(tmp.path()))?;
-            }
-            if out.exists() {
-                std::fs::remove_dir_all(&out).map_err(io(&out))?;
-            }
-            std::fs::rename(tmp.path(), &out).map_err(io(&out))?;
-            // the folder now lives under its own name: nothing left for the guard to delete
-            let _ = tmp.keep();
+            let dtype = dtype.unwrap_or(DEFAULT_HF_DTYPE).dense()?;
+            export::write_dir_atomically(&out, |dir| merged.save_hf_dir_as(dir, dtype))?;
         }
         ExportKind::Modelfile => {
-            let (_, cfg) = inspect(&src.base_path)?;
             let tokenizer = export::base_tokenizer(&src.base_path)?;
-            let text = export::modelfile(&tokenizer, &modelfile_spec(src, &cfg));
+            let text = export::modelfile(&tokenizer, &modelfile_spec(src));
             export::write_atomically(&out, |f| {
                 use std::io::Write;
                 f.write_all(text.as_bytes())
@@ -247,16 +232,13 @@ pub fn write(
     Ok(out)
 }
 
-fn modelfile_spec<'a>(
-    src: &'a Source,
-    cfg: &openledger_model::ModelConfig,
-) -> export::ModelfileSpec<'a> {
+fn modelfile_spec(src: &Source) -> export::ModelfileSpec<'_> {
     let mut comments = vec![
         format!(
             "{}: a LoRA adapter of {} ({} base model {}), exported by OpenLedger.",
             src.name,
             src.base_file_name(),
-            cfg.family.display_name(),
+            src.base_family,
             src.base_hash
         ),
         format!("Build it with: ollama create {} -f Modelfile", src.name),

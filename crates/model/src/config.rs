@@ -1119,7 +1119,7 @@ impl Proj {
     }
 
     /// The tensor-name stem in GGUF files (`blk.N.<stem>.weight`).
-    pub(crate) fn gguf(self) -> &'static str {
+    pub fn gguf(self) -> &'static str {
         match self {
             Proj::Q => "attn_q",
             Proj::K => "attn_k",

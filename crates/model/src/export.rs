@@ -18,11 +18,11 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Proj;
+use crate::config::{ModelConfig, Proj};
 use crate::error::{ModelError, Result};
 use crate::lora::Lora;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{BaseModel, ModelFormat, Weight, permute_rows_gguf_to_hf};
+use crate::weights::{BaseModel, Weight, permute_rows_gguf_to_hf};
 
 /// The element type of the tensors an export re-encodes (merged weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,8 +110,8 @@ fn hf_order_heads(lora: &Lora, p: Proj) -> Option<usize> {
     }
 }
 
-fn check_fits(base: &BaseModel, lora: &Lora) -> Result<()> {
-    let (a, b) = (&base.config, &lora.model);
+fn check_fits(base: &ModelConfig, lora: &Lora) -> Result<()> {
+    let (a, b) = (base, &lora.model);
     if a.family != b.family
         || a.num_hidden_layers != b.num_hidden_layers
         || a.hidden_size != b.hidden_size
@@ -228,6 +228,31 @@ pub fn write_atomically(
     Ok(())
 }
 
+/// Runs `fill` on a temporary folder next to `path`, then puts it at `path` (replacing a folder there):
+/// the folder form of [`write_atomically`].
+pub fn write_dir_atomically(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".export")
+        .tempdir_in(dir)
+        .map_err(|e| ModelError::io(dir, e))?;
+    fill(tmp.path())?;
+    // temporary folders are private (0700); an export is an ordinary folder
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| ModelError::io(path, e))?;
+    }
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|e| ModelError::io(path, e))?;
+    }
+    std::fs::rename(tmp.path(), path).map_err(|e| ModelError::io(path, e))?;
+    // the folder now lives under its own name: nothing left for the guard to delete
+    let _ = tmp.keep();
+    Ok(())
+}
+
 /// The base model's GGUF with the adapter merged in: every metadata key and every tensor the adapter does
 /// not touch exactly as in the base file (quantized blocks copied), each adapted weight dequantized, summed
 /// with `(alpha / r)·B·A` and written as `dtype`. Needs a GGUF base.
@@ -237,8 +262,20 @@ pub fn merged_gguf(
     dtype: ExportDType,
     name: &str,
 ) -> Result<GgufFile> {
-    check_fits(base, lora)?;
-    if base.format != ModelFormat::Gguf {
+    merged_gguf_file(&base.path, &base.config, lora, dtype, name)
+}
+
+/// [`merged_gguf`] from the base's file and configuration (what `weights::inspect` reads), without loading
+/// the base model first: the file is read once, tensor by tensor.
+pub fn merged_gguf_file(
+    path: &Path,
+    config: &ModelConfig,
+    lora: &Lora,
+    dtype: ExportDType,
+    name: &str,
+) -> Result<GgufFile> {
+    check_fits(config, lora)?;
+    if path.is_dir() {
         return Err(ModelError::invalid(
             "export",
             "a merged GGUF is written from a GGUF base model; this base is a Hugging Face folder (export \
@@ -246,7 +283,6 @@ pub fn merged_gguf(
         ));
     }
     let ggml = dtype.ggml()?;
-    let path = &base.path;
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let ct = gguf_file::Content::read(&mut f).map_err(|e| ModelError::corrupt(path, e))?;
     let mut infos: Vec<(&String, &gguf_file::TensorInfo)> = ct.tensor_infos.iter().collect();
@@ -314,7 +350,7 @@ impl Lora {
 impl BaseModel {
     /// This model with the adapter merged into its weights (the adapted ones become f32).
     pub fn merged(&self, lora: &Lora) -> Result<BaseModel> {
-        check_fits(self, lora)?;
+        check_fits(&self.config, lora)?;
         let mut out = self.clone();
         for (name, w) in out.tensors.iter_mut() {
             let Some((l, p)) = adapted(name) else {

@@ -1036,20 +1036,7 @@ fn merged_exports_of_every_family_give_the_adapted_logits() {
         let emb = "token_embd.weight";
         assert_eq!(rel_diff(&written[emb], &stored[emb]), 0.0, "{}", f.name);
         let f16 = export::merged_gguf(&g, &lora, ExportDType::F16, "ft-7").unwrap();
-        let stems: Vec<&str> = lora
-            .config
-            .targets
-            .iter()
-            .map(|p| match p {
-                openledger_model::Proj::Q => "attn_q",
-                openledger_model::Proj::K => "attn_k",
-                openledger_model::Proj::V => "attn_v",
-                openledger_model::Proj::O => "attn_output",
-                openledger_model::Proj::Gate => "ffn_gate",
-                openledger_model::Proj::Up => "ffn_up",
-                openledger_model::Proj::Down => "ffn_down",
-            })
-            .collect();
+        let stems: Vec<&str> = lora.config.targets.iter().map(|p| p.gguf()).collect();
         let mut n_f16 = 0;
         for (name, q) in &f16.tensors {
             if stems
