@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The official `openai` JavaScript client (npm `openai`, pinned in package.json) against `openledger serve`,
-// unchanged: the model list and `models.retrieve`, a chat completion, JSON mode, a JSON schema, a streamed
+// unchanged: the model list and `models.retrieve`, a chat completion, `n` choices, JSON mode, a JSON schema, a streamed
 // answer with log-probabilities, a tool call round trip, and a field this server does not implement (a 400 naming it). Exits
 // non-zero on any mismatch.
 //
@@ -28,6 +28,11 @@ assert.equal((await client.models.retrieve(model)).id, model);
 const messages = [{ role: "user", content: "What is the capital of France?" }];
 const plain = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0, seed: 1 });
 assert.ok(plain.choices[0].message.content, "empty answer");
+// n choices, sampled one by one from the seed on: choice 0 is the n = 1 answer with that seed
+const three = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0.9, seed: 5, n: 3 });
+assert.deepEqual(three.choices.map((c) => c.index), [0, 1, 2]);
+const single = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0.9, seed: 5 });
+assert.equal(three.choices[0].message.content, single.choices[0].message.content);
 
 // JSON mode
 const ask = [{ role: "user", content: "Describe Paris as a JSON object with the keys name and country." }];

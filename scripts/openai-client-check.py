@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The official `openai` Python client against `openledger serve`, unchanged: list the models, run a chat
-completion and a streamed one, a text completion, JSON mode, a JSON schema (a pydantic model through
+completion and a streamed one, `n` choices (plain and streamed), a text completion, JSON mode, a JSON schema (a pydantic model through
 `chat.completions.parse`), log-probabilities (plain and streamed), `logit_bias`, the fields this server
 refuses (each a 400 naming it), and a batch (file upload, batch, output download). Exits non-zero on any
 mismatch.
@@ -70,6 +70,7 @@ def main() -> int:
     c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0)
     assert c.choices[0].text, c
 
+    choices(client, model, messages)
     structured(client, model)
     tool_calls(client, model)
     logprobs(client, model, messages, r)
@@ -257,6 +258,35 @@ def logprobs(client, model, messages, plain):
     assert forced[0] != forced[1] and content[0].token not in forced, (forced, content[0].token)
 
 
+def choices(client, model, messages):
+    """`n` choices: each sampled on its own (from the seed and the seeds after it), usage counting them all;
+    streamed, the same choices by their index; a JSON schema holds for every choice."""
+    r = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0.9, seed=3, n=3, logprobs=True)
+    assert [c.index for c in r.choices] == [0, 1, 2], r
+    assert r.usage.completion_tokens == sum(len(c.logprobs.content) for c in r.choices), r.usage
+    one = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0.9, seed=3)
+    assert r.choices[0].message.content == one.choices[0].message.content, (r, one)
+    streamed = ["", "", ""]
+    finishes = [None, None, None]
+    for c in client.chat.completions.create(
+            model=model, messages=messages, max_tokens=8, temperature=0.9, seed=3, n=3, stream=True):
+        for ch in c.choices:
+            streamed[ch.index] += ch.delta.content or ""
+            finishes[ch.index] = ch.finish_reason or finishes[ch.index]
+    assert streamed == [c.message.content for c in r.choices], (streamed, r)
+    assert finishes == [c.finish_reason for c in r.choices], finishes
+    sky = {"type": "object", "properties": {"sky": {"enum": ["sunny", "cloudy", "rainy"]}},
+           "required": ["sky"], "additionalProperties": False}
+    js = client.chat.completions.create(
+        model=model, max_tokens=40, temperature=0.9, n=4,
+        response_format={"type": "json_schema", "json_schema": {"name": "sky", "schema": sky, "strict": True}},
+        messages=[{"role": "user", "content": "How is the sky in Paris?"}])
+    assert len(js.choices) == 4, js
+    for c in js.choices:
+        assert json.loads(c.message.content)["sky"] in ("sunny", "cloudy", "rainy"), c.message.content
+
+
 def refused(client, model, messages):
     """What this server does not implement is a 400 that names the field, never silently ignored."""
     cases = [
@@ -264,7 +294,8 @@ def refused(client, model, messages):
         ("best_of", lambda: client.completions.create(model=model, prompt="Hi", max_tokens=2, best_of=2)),
         ("made_up_field", lambda: client.chat.completions.create(
             model=model, messages=messages, max_tokens=2, extra_body={"made_up_field": 1})),
-        ("n must be 1", lambda: client.chat.completions.create(model=model, messages=messages, max_tokens=2, n=2)),
+        ("n must be between", lambda: client.chat.completions.create(
+            model=model, messages=messages, max_tokens=2, n=17)),
         ("top_logprobs", lambda: client.chat.completions.create(
             model=model, messages=messages, max_tokens=2, top_logprobs=2)),
         ("logit_bias", lambda: client.chat.completions.create(

@@ -662,7 +662,8 @@ async fn the_notification_listener_comes_back_after_the_database_does(pool: PgPo
 }
 
 /// A model may emit NUL, which Postgres text cannot hold: the answer is recorded all the same (an answer that
-/// cannot be recorded is not delivered), its text showing U+FFFD there, its token ids exact.
+/// cannot be recorded is not delivered), its text showing U+FFFD there, its token ids exact; with `n` = 2 the
+/// second choice is recorded beside the first, and the row counts the tokens of both.
 #[sqlx::test(migrator = "openledger_db::MIGRATOR")]
 async fn an_answer_with_a_nul_is_recorded(pool: PgPool) {
     use openledger_daemon::inference::records::{self, NewInference};
@@ -687,6 +688,7 @@ async fn an_answer_with_a_nul_is_recorded(pool: PgPool) {
             batch: None,
             prompt_tokens: 3,
             max_tokens: 4,
+            choices: 2,
             lease: Some(("test", Duration::from_secs(30))),
         },
     )
@@ -702,14 +704,40 @@ async fn an_answer_with_a_nul_is_recorded(pool: PgPool) {
         total: Duration::ZERO,
         logprobs: Vec::new(),
     };
-    records::succeeded(&pool, &id, &done).await.unwrap();
-    let (status, text, tokens): (String, String, Vec<i32>) =
-        sqlx::query_as("SELECT status, output_text, output_tokens FROM inferences WHERE id = $1")
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let second = Finished {
+        reason: FinishReason::Stop,
+        tokens: vec![9, 0],
+        text: "c\0".into(),
+        total: Duration::from_millis(5),
+        ..done.clone()
+    };
+    let mut tx = pool.begin().await.unwrap();
+    records::succeeded(&mut tx, &id, &[done, second])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (status, text, tokens, completion, latency): (String, String, Vec<i32>, i32, i32) =
+        sqlx::query_as(
+            "SELECT status, output_text, output_tokens, completion_tokens, latency_ms FROM inferences WHERE id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(status, "succeeded");
     assert_eq!(text, "a\u{FFFD}b");
     assert_eq!(tokens, [0, 7, 0]);
+    assert_eq!((completion, latency), (5, 5));
+    let more: Vec<(i16, Vec<i32>, String, String)> = sqlx::query_as(
+        "SELECT choice, output_tokens, output_text, finish_reason FROM inference_choices
+         WHERE inference_id = $1 ORDER BY choice",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        more,
+        [(1, vec![9, 0], "c\u{FFFD}".to_string(), "stop".to_string())]
+    );
 }

@@ -340,10 +340,14 @@ impl Trained {
 
     /// Pays 1 OPEN for `rid`, then calls with it signed in as the payer: the completion.
     async fn paid_chat(&self, rid: B256) -> Value {
+        self.paid_chat_with(rid, json!({})).await
+    }
+
+    /// Pays 1 OPEN for `rid`, then calls with it (and `extra`'s fields) signed in as the payer.
+    async fn paid_chat_with(&self, rid: B256, mut extra: Value) -> Value {
         self.pay(rid, ether(1)).await;
-        let paid = self
-            .payer_chat(json!({"request_id": rid.to_string()}))
-            .await;
+        extra["request_id"] = json!(rid.to_string());
+        let paid = self.payer_chat(extra).await;
         paid.expect(StatusCode::OK);
         paid.json()
     }
@@ -1196,7 +1200,7 @@ fn a_later_version_reuses_the_earlier_segments() {
                         inference_id: "inf-v2",
                         job_id: job,
                         prompt: &toks[at..at + first_target],
-                        output,
+                        outputs: &[output],
                     },
                     Gradient::Run,
                 )
@@ -1872,25 +1876,31 @@ fn attribution_of_an_inference() {
     // bad input and missing artifacts
     let st = store::get(&s.pool, id).await.unwrap().unwrap();
     let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
-    let subject = |job, output: &'static [u32]| Subject {
+    let subject = |job, outputs: &'static [&'static [u32]]| Subject {
         inference_id: "inf-x",
         job_id: job,
         prompt: &[],
-        output,
+        outputs,
     };
     let att = &inf.attribution;
     assert!(matches!(
-        att.attribute(&s.pool, &subject(job_id, &[]), Gradient::Run)
+        att.attribute(&s.pool, &subject(job_id, &[&[]]), Gradient::Run)
             .await,
         Err(AttributionError::EmptyOutput)
     ));
+    // one empty choice of several: nothing to attribute for it, so the inference is flagged, not paid
+    assert!(matches!(
+        att.attribute(&s.pool, &subject(job_id, &[&[1, 2], &[]]), Gradient::Run)
+            .await,
+        Err(AttributionError::EmptyChoice(1))
+    ));
     let e = att
-        .attribute(&s.pool, &subject(job_id, &[70_000]), Gradient::Run)
+        .attribute(&s.pool, &subject(job_id, &[&[70_000]]), Gradient::Run)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("70000"), "{e}");
     assert!(matches!(
-        att.attribute(&s.pool, &subject(9999, &[1, 2]), Gradient::Run)
+        att.attribute(&s.pool, &subject(9999, &[&[1, 2]]), Gradient::Run)
             .await,
         Err(AttributionError::UnknownModel(9999))
     ));
@@ -1954,7 +1964,7 @@ fn attribution_of_an_inference() {
         inference_id: id,
         job_id,
         prompt: &prompt,
-        output: &out,
+        outputs: &[&out],
     };
     let pending = att
         .attribute(&s.pool, &real, Gradient::Defer)
@@ -1987,6 +1997,262 @@ fn attribution_of_an_inference() {
     get(app, "/api/inferences/inf-nope/attribution", None)
         .await
         .problem(404, "not-found");
+    });
+}
+
+/// `n` choices: one inference, paid as n completions (a payment for one is refused, and stays usable), the
+/// choices sampled from consecutive seeds (choice 0 is what n = 1 with the seed gives), recorded together,
+/// attributed in one record whose weights split the pool equally between the choices' own weights, verified
+/// choice by choice (a stored output changed afterwards no longer verifies); streamed with each choice's
+/// index; a payment replayed, and `n` out of range, refused.
+#[test]
+fn n_choices_are_paid_as_n_completions_and_attributed_in_one_record() {
+    TRAINED.run(|t| async move {
+        use openledger_daemon::attribution::verify;
+        use openledger_daemon::inference::payment;
+        let s = &t.s;
+        let job_id = t.job_id;
+        let price = payment::price_per_1k(&s.pool, job_id, InferenceConfig::default().default_price_per_1k)
+            .await
+            .unwrap();
+        let ask = json!({"max_tokens": 5, "temperature": 0.8, "seed": 7});
+        let with = |extra: Value| {
+            let mut b = ask.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        // n = 1 with the seed: the reference for choice 0, and the prompt's length
+        let one = t.paid_chat_with(B256::repeat_byte(0x51), with(json!({}))).await;
+        let prompt = one["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+
+        // paid for one completion, asking for three: 402 naming what three need; the payment stays usable
+        let rid = B256::repeat_byte(0x52);
+        t.pay(rid, payment::required(price, prompt + 5)).await;
+        let p = t
+            .payer_chat(with(json!({"request_id": rid.to_string(), "n": 3})))
+            .await
+            .problem(402, "payment-required");
+        let need = payment::required(price, 3 * (prompt + 5));
+        assert!(p["detail"].as_str().unwrap().contains(&need.to_string()), "{p}");
+        t.payer_chat(with(json!({"request_id": rid.to_string()})))
+            .await
+            .expect(StatusCode::OK);
+
+        // paid for three: three choices in one inference
+        let rid = B256::repeat_byte(0x53);
+        t.pay(rid, need).await;
+        let v = t
+            .payer_chat(with(json!({"request_id": rid.to_string(), "n": 3})))
+            .await;
+        v.expect(StatusCode::OK);
+        let v = v.json();
+        let choices = v["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3, "{v}");
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{v}");
+            assert!(c["message"]["content"].is_string(), "{v}");
+        }
+        assert_eq!(choices[0]["message"], one["choices"][0]["message"], "choice 0 takes the seed itself");
+        let id = v["id"].as_str().unwrap();
+        let (n, completion, text0): (i16, i32, String) = sqlx::query_as(
+            "SELECT choices, completion_tokens, output_text FROM inferences WHERE id = $1 AND status = 'succeeded'",
+        )
+        .bind(id)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        assert_eq!((n, Some(completion as u64)), (3, v["usage"]["completion_tokens"].as_u64()));
+        assert_eq!(text0, choices[0]["message"]["content"].as_str().unwrap());
+        let outputs = openledger_daemon::attribution::store::outputs(&s.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outputs.len(), 3);
+        assert_eq!(outputs.iter().map(Vec::len).sum::<usize>(), completion as usize);
+        let texts: Vec<String> = sqlx::query_scalar(
+            "SELECT output_text FROM inference_choices WHERE inference_id = $1 ORDER BY choice",
+        )
+        .bind(id)
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        let content = |i: usize| choices[i]["message"]["content"].as_str().unwrap();
+        assert_eq!(texts, [content(1), content(2)]);
+
+        // one record over the three: each choice's evidence, and weights that give each choice a third
+        let a = &v["openledger"]["attribution"];
+        assert_eq!(a["status"], "complete", "{a}");
+        let lens: Vec<usize> = outputs.iter().map(Vec::len).collect();
+        assert_eq!(a["output_tokens"], json!(lens));
+        assert_eq!(a["commitment"]["output_tokens_sha256"].as_array().unwrap().len(), 3);
+        assert_eq!(a["choices"].as_array().unwrap().len(), 3, "{a}");
+        assert_eq!(a["weights"]["choices"], 3);
+        let mut sum: std::collections::BTreeMap<i64, u64> = Default::default();
+        for c in a["choices"].as_array().unwrap() {
+            assert!(c["spans"].is_array() && c["gradient"]["top"].is_array(), "{c}");
+            for w in c["weights"]["contributions"].as_array().unwrap() {
+                *sum.entry(w["source"].as_i64().unwrap()).or_default() += w["weight"].as_u64().unwrap();
+            }
+        }
+        let want: Vec<(i64, i64)> = sum
+            .into_iter()
+            .map(|(src, w)| (src, (w / 3) as i64))
+            .filter(|w| w.1 > 0)
+            .collect();
+        let got: Vec<(i64, i64)> = a["weights"]["contributions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["source"].as_i64().unwrap(), w["weight"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{a}");
+        let stored: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT source, weight FROM attribution_weights WHERE inference_id = $1 ORDER BY source",
+        )
+        .bind(id)
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored.iter().map(|&(s, w)| (s as i64, w)).collect::<Vec<_>>(),
+            want
+        );
+        let none = a["weights"]["no_attribution"].as_i64().unwrap();
+        assert_eq!(none + want.iter().map(|w| w.1).sum::<i64>(), 1_000_000);
+        let checked = verify::verify(&s.pool, id).await.unwrap();
+        assert!(checked.matches, "{:?}", checked.differences);
+
+        // the same payment again: refused
+        t.payer_chat(with(json!({"request_id": rid.to_string(), "n": 3})))
+            .await
+            .problem(409, "conflict");
+
+        // a stored choice changed afterwards no longer matches its commitment
+        let mut changed = outputs[2].clone();
+        changed.push(1);
+        sqlx::query("UPDATE inference_choices SET output_tokens = $2 WHERE inference_id = $1 AND choice = 2")
+            .bind(id)
+            .bind(&changed)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let bad = verify::verify(&s.pool, id).await.unwrap();
+        assert!(!bad.matches);
+        assert!(bad.differences.iter().any(|d| d.starts_with("commitment")), "{:?}", bad.differences);
+
+        // streamed: each choice's role, deltas and finish by index, one attribution, usage over both
+        let rid = B256::repeat_byte(0x54);
+        t.pay(rid, payment::required(price, 2 * (prompt + 5))).await;
+        let st = t
+            .payer_chat(with(json!({"request_id": rid.to_string(), "n": 2, "stream": true,
+                                    "stream_options": {"include_usage": true}})))
+            .await;
+        assert_eq!(st.status, StatusCode::OK);
+        let text = String::from_utf8_lossy(&st.body).to_string();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let chunks: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| *l != "[DONE]")
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut streamed = [String::new(), String::new()];
+        let mut finished = [0, 0];
+        for c in &chunks {
+            for ch in c["choices"].as_array().unwrap() {
+                let i = ch["index"].as_u64().unwrap() as usize;
+                streamed[i] += ch["delta"]["content"].as_str().unwrap_or("");
+                finished[i] += ch["finish_reason"].is_string() as usize;
+            }
+        }
+        assert_eq!(finished, [1, 1], "{text}");
+        assert_eq!(chunks.iter().filter(|c| c["openledger"]["attribution"].is_object()).count(), 1);
+        let usage = chunks.iter().find(|c| c["usage"].is_object()).unwrap();
+        let sid = chunks[0]["id"].as_str().unwrap();
+        let first: String = sqlx::query_scalar("SELECT output_text FROM inferences WHERE id = $1")
+            .bind(sid)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        let second: String = sqlx::query_scalar(
+            "SELECT output_text FROM inference_choices WHERE inference_id = $1 AND choice = 1",
+        )
+        .bind(sid)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        assert_eq!([first, second], streamed);
+        let total: i32 = sqlx::query_scalar("SELECT completion_tokens FROM inferences WHERE id = $1")
+            .bind(sid)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], total);
+
+        // two choices that are two training examples' answers: each traced to its own contribution, and
+        // the record's weights give each a half of what its choice alone would
+        use openledger_daemon::attribution::{Gradient, Subject};
+        let (index, toks) = dataset(&t.serving, job_id).await;
+        let trained: Vec<&Value> = index["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["split"] == "train")
+            .take(2)
+            .collect();
+        let answer = |e: &Value| {
+            let (at, len, first) = (
+                e["offset"].as_u64().unwrap() as usize,
+                e["len"].as_u64().unwrap() as usize,
+                e["first_target"].as_u64().unwrap() as usize,
+            );
+            (&toks[at..at + first], &toks[at + first..at + len])
+        };
+        let (prompt0, out0) = answer(trained[0]);
+        let (_, out1) = answer(trained[1]);
+        let rec = t
+            .inf
+            .attribution
+            .attribute(
+                &s.pool,
+                &Subject { inference_id: "inf-two", job_id, prompt: prompt0, outputs: &[out0, out1] },
+                Gradient::Run,
+            )
+            .await
+            .unwrap();
+        let w = &rec.body["weights"];
+        let of = |w: &Value| -> std::collections::BTreeMap<i64, u64> {
+            w["contributions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["source"].as_i64().unwrap(), c["weight"].as_u64().unwrap()))
+                .collect()
+        };
+        let (w0, w1) = (of(&rec.body["choices"][0]["weights"]), of(&rec.body["choices"][1]["weights"]));
+        let src = |e: &Value| e["source"].as_i64().unwrap();
+        assert!(w0.contains_key(&src(trained[0])) && w1.contains_key(&src(trained[1])), "{w0:?} {w1:?}");
+        let mut half: std::collections::BTreeMap<i64, u64> = Default::default();
+        for (k, v) in w0.iter().chain(&w1) {
+            *half.entry(*k).or_default() += v;
+        }
+        half.retain(|_, v| {
+            *v /= 2;
+            *v > 0
+        });
+        assert_eq!(of(w), half, "{w}");
+        assert_eq!(
+            w["no_attribution"].as_u64().unwrap() + half.values().sum::<u64>(),
+            1_000_000
+        );
+
+        // n out of range: 400 naming it, before any payment is looked for
+        for n in [0, 17] {
+            let p = t.payer_chat(json!({"n": n})).await.problem(400, "bad-request");
+            assert!(p["detail"].as_str().unwrap().contains("n must be between 1 and 16"), "{p}");
+        }
     });
 }
 

@@ -14,4 +14,4 @@ pub mod weights;
 
 pub use grad::{GradError, GradParams, GradScores, GradStore, Projector};
 pub use span::{Doc, Span, SpanError, SpanIndex, SpanParams, SpanSet};
-pub use weights::{CombineParams, METHOD, SCALE, Weights, combine};
+pub use weights::{CombineParams, METHOD, SCALE, Weights, combine, mean};

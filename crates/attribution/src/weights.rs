@@ -204,6 +204,30 @@ pub fn combine(
     }
 }
 
+/// The weights of an answer of several choices (OpenAI's `n`), each choice paid an equal part of the pool:
+/// per source, its weight summed over the choices and divided by their number, rounded down (what rounding
+/// leaves goes to the protocol with the rest). Ascending by source, none zero; with the protocol's share
+/// they sum to exactly `SCALE`.
+pub fn mean(choices: &[Weights]) -> (Vec<(usize, u64)>, u64) {
+    let n = choices.len() as u64;
+    if n == 0 {
+        return (Vec::new(), SCALE);
+    }
+    let mut sum: BTreeMap<usize, u64> = BTreeMap::new();
+    for w in choices {
+        for &(src, ppm) in &w.sources {
+            *sum.entry(src).or_default() += ppm;
+        }
+    }
+    let sources: Vec<(usize, u64)> = sum
+        .into_iter()
+        .map(|(src, total)| (src, total / n))
+        .filter(|&(_, w)| w > 0)
+        .collect();
+    let protocol = SCALE - sources.iter().map(|s| s.1).sum::<u64>();
+    (sources, protocol)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +329,31 @@ mod tests {
         assert_eq!(s.values().sum::<u64>(), 100);
         assert_eq!(s[&0], 34);
         assert_eq!((s[&1], s[&2]), (33, 33));
+    }
+
+    #[test]
+    fn several_choices_split_the_pool_equally() {
+        let w = |sources: Vec<(usize, u64)>| Weights {
+            span_strength: 0,
+            grad_strength: 0,
+            span_mix: BTreeMap::new(),
+            grad_mix: BTreeMap::new(),
+            protocol: SCALE - sources.iter().map(|s| s.1).sum::<u64>(),
+            sources,
+        };
+        // source 1 in both choices, 2 and 3 in one each; 3's 1 ppm halves to nothing
+        let (sources, protocol) = mean(&[
+            w(vec![(1, 600_001), (2, 300_000)]),
+            w(vec![(1, 200_000), (3, 1)]),
+        ]);
+        assert_eq!(sources, [(1, 400_000), (2, 150_000)]);
+        assert_eq!(protocol, 450_000);
+        // one choice: its own weights
+        let one = w(vec![(4, 123_456)]);
+        assert_eq!(
+            mean(std::slice::from_ref(&one)),
+            (one.sources.clone(), one.protocol)
+        );
+        assert_eq!(mean(&[]), (vec![], SCALE));
     }
 }

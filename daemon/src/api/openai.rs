@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use openledger_model::serve::Event;
+use openledger_model::serve::Finished;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,8 +29,9 @@ use crate::inference::error::InferenceError;
 use crate::inference::logprobs;
 use crate::inference::payment::PaymentError;
 use crate::inference::records::RecordError;
-use crate::inference::request::{ChatRequest, CompletionRequest, Kind, Prepared};
-use crate::inference::service::{self, Origin, Running, Serving};
+use crate::inference::request::{ChatRequest, CompletionRequest, Kind, MAX_CHOICES, Prepared};
+use crate::inference::service::{self, Origin, Out, Running, Serving};
+use crate::inference::tools::Tools;
 use crate::inference::{Inference, ResolveError};
 use crate::models::adapter_name;
 use crate::state::AppState;
@@ -120,7 +121,9 @@ fn common_properties() -> serde_json::Value {
         "max_tokens": uint(), "max_completion_tokens": uint(),
         "temperature": t("number"), "top_p": t("number"), "top_k": uint(),
         "repetition_penalty": t("number"), "presence_penalty": t("number"), "frequency_penalty": t("number"),
-        "seed": uint(), "n": uint(),
+        "seed": uint(),
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CHOICES,
+              "description": "Choices to generate (default 1), each a sequence of its own sampled from seed + its index when seed is given; paid as n completions (n x (prompt + max_tokens) tokens); one inference and one attribution record, the pool split equally between the choices"},
         "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
         "stream": t("boolean"),
         "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
@@ -367,6 +370,7 @@ impl From<RecordError> for ApiError {
 /// reason in the last.
 fn stream_choice(
     kind: Kind,
+    index: usize,
     text: Option<&str>,
     role: bool,
     finish: Option<&str>,
@@ -381,26 +385,28 @@ fn stream_choice(
             if let Some(t) = text {
                 d["content"] = json!(t);
             }
-            json!({"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs})
+            json!({"index": index, "delta": d, "finish_reason": finish, "logprobs": logprobs})
         }
         Kind::Completion => {
-            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
+            json!({"index": index, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
         }
     }
 }
 
 /// A streamed chat choice with a delta as given.
-fn raw_choice(delta: Value, finish: Option<&str>) -> Value {
-    json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+fn raw_choice(index: usize, delta: Value, finish: Option<&str>) -> Value {
+    json!({"index": index, "delta": delta, "finish_reason": finish, "logprobs": null})
 }
 
-/// The events of a started request as OpenAI's server-sent chunks: the role and the inference's metadata
-/// first, then text deltas, the finish (with the attribution), usage when asked, and `[DONE]`.
+/// The events of a started request as OpenAI's server-sent chunks: each choice's role (the first with the
+/// inference's metadata), then text deltas as the choices make them (`index` names the choice), each
+/// choice's finish (the last with the attribution), usage when asked, and `[DONE]`.
 fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let Running {
         id,
         model,
         kind,
+        choices: n,
         meta,
         include_usage,
         created,
@@ -427,17 +433,21 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
     });
     let usage_head = Arc::new(usage_head);
     let tools = tools.map(Arc::new);
-    let delta = move |text: Option<&str>, role: bool, finish: Option<&str>, lp: Value| {
-        stream_choice(kind, text, role, finish, lp)
+    let delta = move |i: usize, text: Option<&str>, role: bool, finish: Option<&str>, lp: Value| {
+        stream_choice(kind, i, text, role, finish, lp)
     };
-    // first the role (and the inference's metadata), then text deltas, the finish, usage, [DONE]
-    let first = (*chunk)(
-        delta(Some(""), true, None, Value::Null),
-        Some(("openledger", meta)),
-    );
-    // (events, done, the completion's text offset for its logprobs)
-    let state = (rx, false, 0usize);
-    let body = futures::stream::unfold(state, move |(mut rx, done, mut offset)| {
+    // first each choice's role (the first with the inference's metadata), then text deltas, the finishes,
+    // usage, [DONE]
+    let mut meta = Some(meta);
+    let first: Vec<Result<SseEvent, Infallible>> = (0..n)
+        .map(|i| {
+            let extra = meta.take().map(|m| ("openledger", m));
+            Ok((*chunk)(delta(i, Some(""), true, None, Value::Null), extra))
+        })
+        .collect();
+    // (events, done, each completion's text offset for its logprobs)
+    let state = (rx, false, vec![0usize; n]);
+    let body = futures::stream::unfold(state, move |(mut rx, done, mut offsets)| {
         let chunk = chunk.clone();
         let usage_head = usage_head.clone();
         let inf = inf.clone();
@@ -449,20 +459,20 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
             loop {
                 match rx.recv().await {
                     // with logprobs every token is a chunk (its text may be held back for stop sequences)
-                    Some((
-                        Event::Token {
-                            text,
-                            logprobs: Some(lp),
-                            ..
-                        },
-                        _,
-                    )) if logprobs => {
+                    Some(Out::Token {
+                        choice,
+                        text,
+                        logprobs: Some(lp),
+                    }) if logprobs => {
                         let lp = std::slice::from_ref(&lp);
                         let v = match kind {
                             Kind::Chat => json!({ "content": logprobs::chat_content(&inf, lp) }),
                             Kind::Completion => {
+                                let offset = offsets.get(choice).copied().unwrap_or_default();
                                 let (v, next) = logprobs::completion(&inf, lp, offset);
-                                offset = next;
+                                if let Some(o) = offsets.get_mut(choice) {
+                                    *o = next;
+                                }
                                 v
                             }
                         };
@@ -472,71 +482,57 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
                             Some(text.as_str())
                         };
                         return Some((
-                            vec![(*chunk)(delta(text, false, None, v), None)],
-                            (rx, false, offset),
+                            vec![(*chunk)(delta(choice, text, false, None, v), None)],
+                            (rx, false, offsets),
                         ));
                     }
-                    Some((Event::Token { text, .. }, _)) if !text.is_empty() && tools.is_none() => {
+                    Some(Out::Token { choice, text, .. })
+                        if !text.is_empty() && tools.is_none() =>
+                    {
                         return Some((
-                            vec![(*chunk)(delta(Some(&text), false, None, Value::Null), None)],
-                            (rx, false, offset),
+                            vec![(*chunk)(
+                                delta(choice, Some(&text), false, None, Value::Null),
+                                None,
+                            )],
+                            (rx, false, offsets),
                         ));
                     }
-                    Some((Event::Done(f), att)) => {
-                        // the finish chunk carries the attribution, as the first one the metadata
-                        let extra = att.map(|a| ("openledger", json!({ "attribution": a })));
+                    Some(Out::Done {
+                        choices,
+                        attribution,
+                    }) => {
+                        // the last finish chunk carries the attribution, as the first one the metadata
+                        let mut extra =
+                            attribution.map(|a| ("openledger", json!({ "attribution": a })));
                         let mut evs = Vec::new();
-                        let mut finish = f.reason.as_str();
-                        if let Some(t) = &tools {
-                            // an answer offered tools is held to the end, then sent as its text or as
-                            // OpenAI streams calls: the call's id and name, then its arguments
-                            let (message, fin) = service::chat_message(Some(t.as_ref()), &f);
-                            finish = fin;
-                            let text_delta = json!({ "content": message["content"] });
-                            if message["content"].is_string() {
-                                evs.push((*chunk)(raw_choice(text_delta, None), None));
+                        let last = choices.len().saturating_sub(1);
+                        for (i, f) in choices.iter().enumerate() {
+                            let mut finish = f.reason.as_str();
+                            if let Some(t) = &tools {
+                                finish = tool_chunks(&*chunk, i, t, f, &mut evs);
                             }
-                            for (i, c) in message["tool_calls"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .enumerate()
-                            {
-                                let mut head = c.clone();
-                                head["index"] = json!(i);
-                                head["function"]["arguments"] = json!("");
-                                evs.push((*chunk)(
-                                    raw_choice(json!({ "tool_calls": [head] }), None),
-                                    None,
-                                ));
-                                let args = json!({"index": i, "function": {"arguments": c["function"]["arguments"]}});
-                                evs.push((*chunk)(
-                                    raw_choice(json!({ "tool_calls": [args] }), None),
-                                    None,
-                                ));
-                            }
+                            evs.push((*chunk)(
+                                delta(i, None, false, Some(finish), Value::Null),
+                                if i == last { extra.take() } else { None },
+                            ));
                         }
-                        evs.push((*chunk)(
-                            delta(None, false, Some(finish), Value::Null),
-                            extra,
-                        ));
                         if include_usage {
                             // OpenAI's usage chunk has an empty choices list
                             let mut u = (*usage_head).clone();
-                            u["usage"] = service::usage(&f);
+                            u["usage"] = service::usage(&choices);
                             evs.push(SseEvent::default().data(u.to_string()));
                         }
                         evs.push(SseEvent::default().data("[DONE]"));
-                        return Some((evs, (rx, true, offset)));
+                        return Some((evs, (rx, true, offsets)));
                     }
-                    Some((Event::Failed(m), _)) => {
+                    Some(Out::Failed(m)) => {
                         let err = json!({"error": {"message": m, "type": "server_error"}});
                         return Some((
                             vec![SseEvent::default().data(err.to_string())],
-                            (rx, true, offset),
+                            (rx, true, offsets),
                         ));
                     }
-                    Some(_) => {}
+                    Some(Out::Token { .. }) => {}
                     None => return None,
                 }
             }
@@ -545,9 +541,48 @@ fn stream_response(r: Running) -> Sse<impl futures::Stream<Item = Result<SseEven
     let body = futures::StreamExt::flat_map(body, |evs| {
         futures::stream::iter(evs.into_iter().map(Ok::<_, Infallible>))
     });
-    let all = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), body);
+    let all = futures::StreamExt::chain(futures::stream::iter(first), body);
     Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
+
+/// An answer offered tools is held to its end, then sent as its text or as OpenAI streams calls: each
+/// call's id and name, then its arguments. Returns the choice's finish reason.
+fn tool_chunks(
+    chunk: &ChunkFn,
+    index: usize,
+    tools: &Tools,
+    f: &Finished,
+    evs: &mut Vec<SseEvent>,
+) -> &'static str {
+    let (message, finish) = service::chat_message(Some(tools), f);
+    if message["content"].is_string() {
+        let text_delta = json!({ "content": message["content"] });
+        evs.push(chunk(raw_choice(index, text_delta, None), None));
+    }
+    for (i, c) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mut head = c.clone();
+        head["index"] = json!(i);
+        head["function"]["arguments"] = json!("");
+        evs.push(chunk(
+            raw_choice(index, json!({ "tool_calls": [head] }), None),
+            None,
+        ));
+        let args = json!({"index": i, "function": {"arguments": c["function"]["arguments"]}});
+        evs.push(chunk(
+            raw_choice(index, json!({ "tool_calls": [args] }), None),
+            None,
+        ));
+    }
+    finish
+}
+
+/// Frames one choice (and an extra top-level field) as a chunk event.
+type ChunkFn = dyn Fn(Value, Option<(&str, Value)>) -> SseEvent + Send + Sync;
 
 #[cfg(test)]
 mod tests {

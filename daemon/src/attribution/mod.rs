@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openledger_attribution::{
-    CombineParams, GradParams, GradStore, METHOD, SCALE, SpanIndex, SpanParams, SpanSet, combine,
+    CombineParams, GradParams, GradScores, GradStore, METHOD, SCALE, Span, SpanIndex, SpanParams,
+    SpanSet, combine, mean,
 };
 use openledger_model::{TextTokenizer, WordBreaks};
 use serde_json::{Value, json};
@@ -88,6 +89,8 @@ pub enum AttributionError {
     },
     #[error("the output is empty: there is nothing to attribute")]
     EmptyOutput,
+    #[error("choice {0}'s output is empty: there is nothing to attribute")]
+    EmptyChoice(usize),
     #[error(transparent)]
     Span(#[from] openledger_attribution::SpanError),
     #[error("gradient: {0}")]
@@ -287,14 +290,17 @@ pub struct Attributor {
 /// Models whose artifacts stay open.
 const CACHED_MODELS: usize = 32;
 
-/// The prompt and output of one inference of a trained model.
+/// The prompt and outputs of one inference of a trained model: one output per choice (OpenAI's `n`).
 #[derive(Debug, Clone)]
 pub struct Subject<'a> {
     pub inference_id: &'a str,
     pub job_id: i64,
     pub prompt: &'a [u32],
-    pub output: &'a [u32],
+    pub outputs: &'a [&'a [u32]],
 }
+
+/// One output's evidence: its spans and, when computed, its loss and gradient scores.
+type Evidence = (Vec<Span>, Option<(f64, GradScores)>);
 
 impl Attributor {
     /// `base`: the base model's folder and content hash (the gradient worker loads it in f32 when first
@@ -334,14 +340,15 @@ impl Attributor {
                     continue;
                 }
             };
-            for (st, output) in batch {
+            for (st, outputs) in batch {
                 let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
-                let output: Vec<u32> = output.iter().map(|&t| t as u32).collect();
+                let outputs = store::tokens(&outputs);
+                let outputs: Vec<&[u32]> = outputs.iter().map(Vec::as_slice).collect();
                 let subject = Subject {
                     inference_id: &st.inference_id,
                     job_id: st.job_id,
                     prompt: &prompt,
-                    output: &output,
+                    outputs: &outputs,
                 };
                 let mut outcome = self.attribute(&pool, &subject, Gradient::Run).await;
                 if let Err(AttributionError::Gradient(m)) = &outcome
@@ -415,8 +422,8 @@ impl Attributor {
         Ok(a)
     }
 
-    /// The attribution of `s`: spans, the gradient part (as `gradient` says), weights and commitment. A
-    /// deferred gradient part on a model that has a gradient store makes the record partial
+    /// The attribution of `s`: spans, the gradient part (as `gradient` says), weights and commitment, for
+    /// each output. A deferred gradient part on a model that has a gradient store makes the record partial
     /// (`"gradient": "pending"`, no weights).
     pub async fn attribute(
         &self,
@@ -424,35 +431,42 @@ impl Attributor {
         s: &Subject<'_>,
         gradient: Gradient,
     ) -> Result<Record, AttributionError> {
-        if s.output.is_empty() {
-            return Err(AttributionError::EmptyOutput);
+        match s.outputs.iter().position(|o| o.is_empty()) {
+            _ if s.outputs.is_empty() => return Err(AttributionError::EmptyOutput),
+            Some(_) if s.outputs.len() == 1 => return Err(AttributionError::EmptyOutput),
+            Some(i) => return Err(AttributionError::EmptyChoice(i)),
+            None => {}
         }
         let art = self.artifacts(pool, s.job_id).await?;
-        let spans = art
-            .span
-            .spans(s.output, &self.cfg.span, &|a, b| self.breaks.between(a, b))?;
-        let grad = match (&art.grads, gradient) {
-            (Some(g), Gradient::Run) => {
-                let (loss, v) = self
-                    .worker
-                    .gradient(art.job_id, g, s.prompt, s.output)
-                    .await
-                    .map_err(AttributionError::Gradient)?;
-                let params = GradParams {
-                    k: g.k,
-                    seed: g.seed,
-                    ..self.cfg.grad.clone()
-                };
-                let scores = g
-                    .store
-                    .score(&v, &params)
-                    .map_err(|e| AttributionError::Gradient(e.to_string()))?;
-                Some((loss, scores))
-            }
-            _ => None,
-        };
+        let mut evidence: Vec<Evidence> = Vec::with_capacity(s.outputs.len());
+        for output in s.outputs {
+            let spans = art
+                .span
+                .spans(output, &self.cfg.span, &|a, b| self.breaks.between(a, b))?;
+            let grad = match (&art.grads, gradient) {
+                (Some(g), Gradient::Run) => {
+                    let (loss, v) = self
+                        .worker
+                        .gradient(art.job_id, g, s.prompt, output)
+                        .await
+                        .map_err(AttributionError::Gradient)?;
+                    let params = GradParams {
+                        k: g.k,
+                        seed: g.seed,
+                        ..self.cfg.grad.clone()
+                    };
+                    let scores = g
+                        .store
+                        .score(&v, &params)
+                        .map_err(|e| AttributionError::Gradient(e.to_string()))?;
+                    Some((loss, scores))
+                }
+                _ => None,
+            };
+            evidence.push((spans, grad));
+        }
         let pending = art.grads.is_some() && gradient == Gradient::Defer;
-        Ok(self.record(&art, s, &spans, grad.as_ref(), pending))
+        Ok(self.record(&art, s, &evidence, pending))
     }
 
     fn source_json(art: &Artifacts, source: usize) -> Value {
@@ -465,10 +479,15 @@ impl Attributor {
         }
     }
 
-    /// The hashes of everything the record was computed from.
+    /// The hashes of everything the record was computed from (the outputs' hashes a list when there are
+    /// several choices).
     fn commitment(art: &Artifacts, s: &Subject<'_>) -> Value {
+        let outputs = match s.outputs {
+            [one] => json!(tokens_sha256(one)),
+            all => json!(all.iter().map(|o| tokens_sha256(o)).collect::<Vec<_>>()),
+        };
         json!({
-            "output_tokens_sha256": tokens_sha256(s.output),
+            "output_tokens_sha256": outputs,
             "prompt_tokens_sha256": tokens_sha256(s.prompt),
             "adapter_sha256": art.adapter_sha256,
             "manifest_sha256": art.manifest_sha256,
@@ -478,11 +497,7 @@ impl Attributor {
     }
 
     /// The gradient part: the loss and the top examples, `"pending"`, or why it was skipped.
-    fn gradient_json(
-        art: &Artifacts,
-        grad: Option<&(f64, openledger_attribution::GradScores)>,
-        pending: bool,
-    ) -> Value {
+    fn gradient_json(art: &Artifacts, grad: Option<&(f64, GradScores)>, pending: bool) -> Value {
         match (grad, pending) {
             (Some((loss, g)), _) => json!({
                 "loss": loss,
@@ -503,21 +518,14 @@ impl Attributor {
         }
     }
 
-    fn record(
-        &self,
-        art: &Artifacts,
-        s: &Subject<'_>,
-        spans: &[openledger_attribution::Span],
-        grad: Option<&(f64, openledger_attribution::GradScores)>,
-        pending: bool,
-    ) -> Record {
-        let p = &self.cfg;
-        let spans_json: Vec<Value> = spans
+    /// One output's spans as the record lists them.
+    fn spans_json(&self, art: &Artifacts, output: &[u32], spans: &[Span]) -> Vec<Value> {
+        spans
             .iter()
             .map(|sp| {
                 let text = self
                     .tokenizer
-                    .decode(&s.output[sp.start..sp.start + sp.len], false)
+                    .decode(&output[sp.start..sp.start + sp.len], false)
                     .unwrap_or_default();
                 json!({
                     "start": sp.start, "len": sp.len, "text": text, "count": sp.count,
@@ -529,34 +537,88 @@ impl Attributor {
                     }).collect::<Vec<_>>(),
                 })
             })
-            .collect();
-        let weights = if pending {
-            Value::Null
-        } else {
-            let w = combine(s.output.len(), spans, grad.map(|g| &g.1), &p.combine);
-            json!({
-                "scale": SCALE,
-                "span_strength": w.span_strength,
-                "gradient_strength": w.grad_strength,
-                "no_attribution": w.protocol,
-                "contributions": w.sources.iter().map(|&(src, ppm)| {
-                    let mut v = Self::source_json(art, src);
-                    v["weight"] = json!(ppm);
-                    v
-                }).collect::<Vec<_>>(),
+            .collect()
+    }
+
+    /// Weights as the record lists them: per source, then what no source gets.
+    fn weights_json(art: &Artifacts, sources: &[(usize, u64)], protocol: u64) -> Value {
+        json!({
+            "scale": SCALE,
+            "no_attribution": protocol,
+            "contributions": sources.iter().map(|&(src, ppm)| {
+                let mut v = Self::source_json(art, src);
+                v["weight"] = json!(ppm);
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The record. One output: its spans, gradient and weights at the top. Several (`n` > 1): each
+    /// choice's under `choices`, and at the top the weights settlement pays by, each choice weighing an
+    /// equal part of the pool (`openledger_attribution::mean`).
+    fn record(
+        &self,
+        art: &Artifacts,
+        s: &Subject<'_>,
+        evidence: &[Evidence],
+        pending: bool,
+    ) -> Record {
+        let p = &self.cfg;
+        let parts: Vec<(Value, Value, Option<openledger_attribution::Weights>)> = s
+            .outputs
+            .iter()
+            .zip(evidence)
+            .map(|(output, (spans, grad))| {
+                let w = (!pending)
+                    .then(|| combine(output.len(), spans, grad.as_ref().map(|g| &g.1), &p.combine));
+                (
+                    json!(self.spans_json(art, output, spans)),
+                    Self::gradient_json(art, grad.as_ref(), pending),
+                    w,
+                )
             })
+            .collect();
+        let one = |w: &openledger_attribution::Weights| {
+            let mut v = Self::weights_json(art, &w.sources, w.protocol);
+            v["span_strength"] = json!(w.span_strength);
+            v["gradient_strength"] = json!(w.grad_strength);
+            v
         };
-        let body = json!({
+        let mut body = json!({
             "method": METHOD,
             "inference_id": s.inference_id,
             "model": crate::models::adapter_name(s.job_id),
             "params": params::RecordParams::of(&self.cfg, art.grads.as_ref()),
             "commitment": Self::commitment(art, s),
-            "output_tokens": s.output.len(),
-            "spans": spans_json,
-            "gradient": Self::gradient_json(art, grad, pending),
-            "weights": weights,
         });
+        if let [(spans, gradient, w)] = parts.as_slice() {
+            body["output_tokens"] = json!(s.outputs[0].len());
+            body["spans"] = spans.clone();
+            body["gradient"] = gradient.clone();
+            body["weights"] = w.as_ref().map_or(Value::Null, one);
+        } else {
+            let all: Option<Vec<openledger_attribution::Weights>> =
+                parts.iter().map(|(_, _, w)| w.clone()).collect();
+            body["output_tokens"] = json!(s.outputs.iter().map(|o| o.len()).collect::<Vec<_>>());
+            body["choices"] = json!(
+                parts
+                    .iter()
+                    .map(|(spans, gradient, w)| json!({
+                        "spans": spans, "gradient": gradient,
+                        "weights": w.as_ref().map_or(Value::Null, one),
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            body["weights"] = match all {
+                Some(all) => {
+                    let (sources, protocol) = mean(&all);
+                    let mut v = Self::weights_json(art, &sources, protocol);
+                    v["choices"] = json!(all.len());
+                    v
+                }
+                None => Value::Null,
+            };
+        }
         Record::new(body, pending)
     }
 }

@@ -115,19 +115,57 @@ pub async fn get(pool: &PgPool, inference_id: &str) -> Result<Option<Stored>, sq
     .transpose()
 }
 
-/// Pending records, oldest first, with their outputs: what the queued gradient task works through.
-pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<(Stored, Vec<i32>)>, sqlx::Error> {
-    let rows: Vec<(String, Option<Vec<i32>>)> = sqlx::query_as(
-        "SELECT a.inference_id, i.output_tokens FROM attributions a JOIN inferences i ON i.id = a.inference_id
-         WHERE a.status = 'pending' ORDER BY a.created_at LIMIT $1",
+/// Every choice's output tokens of an inference, in choice order (choice 0 on its row, the others in
+/// `inference_choices`); `None` when there is no such inference.
+pub async fn outputs(
+    pool: &PgPool,
+    inference_id: &str,
+) -> Result<Option<Vec<Vec<i32>>>, sqlx::Error> {
+    let first: Option<Option<Vec<i32>>> =
+        sqlx::query_scalar("SELECT output_tokens FROM inferences WHERE id = $1")
+            .bind(inference_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let more: Vec<Vec<i32>> = sqlx::query_scalar(
+        "SELECT output_tokens FROM inference_choices WHERE inference_id = $1 ORDER BY choice",
+    )
+    .bind(inference_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(
+        std::iter::once(first.unwrap_or_default())
+            .chain(more)
+            .collect(),
+    ))
+}
+
+/// Stored token ids as the model's.
+pub fn tokens(outputs: &[Vec<i32>]) -> Vec<Vec<u32>> {
+    outputs
+        .iter()
+        .map(|o| o.iter().map(|&t| t as u32).collect())
+        .collect()
+}
+
+/// Pending records, oldest first, with their outputs (every choice's): what the queued gradient task works
+/// through.
+pub async fn pending(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(Stored, Vec<Vec<i32>>)>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT inference_id FROM attributions WHERE status = 'pending' ORDER BY created_at LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (id, output) in rows {
-        if let Some(s) = get(pool, &id).await? {
-            out.push((s, output.unwrap_or_default()));
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let (Some(s), Some(outputs)) = (get(pool, &id).await?, outputs(pool, &id).await?) {
+            out.push((s, outputs));
         }
     }
     Ok(out)

@@ -75,7 +75,8 @@ fn close(a: &Value, b: &Value, rel: f64) -> bool {
 }
 
 /// Compares two records field by field; floats from the gradient pass within `1e-3` (a recomputation on
-/// another thread count rounds differently), everything else exactly.
+/// another thread count rounds differently), everything else exactly. A record of several choices is
+/// compared choice by choice.
 pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
     let mut diffs = Vec::new();
     for key in [
@@ -94,6 +95,27 @@ pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
             ));
         }
     }
+    match (&stored["choices"], &fresh["choices"]) {
+        (Value::Null, Value::Null) => compare_evidence("", stored, fresh, &mut diffs),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                let at = format!("choices[{i}].");
+                if x["weights"] != y["weights"] {
+                    diffs.push(format!(
+                        "{at}weights: stored {} recomputed {}",
+                        x["weights"], y["weights"]
+                    ));
+                }
+                compare_evidence(&at, x, y, &mut diffs);
+            }
+        }
+        (a, b) => diffs.push(format!("choices: stored {a} recomputed {b}")),
+    }
+    diffs
+}
+
+/// One output's spans and gradient part (`at` prefixes the fields named in differences).
+fn compare_evidence(at: &str, stored: &Value, fresh: &Value, diffs: &mut Vec<String>) {
     let (ss, fs) = (&stored["spans"], &fresh["spans"]);
     match (ss.as_array(), fs.as_array()) {
         (Some(a), Some(b)) if a.len() == b.len() => {
@@ -101,27 +123,27 @@ pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
                 for k in ["start", "len", "count", "contributions", "text"] {
                     if x[k] != y[k] {
                         diffs.push(format!(
-                            "spans[{i}].{k}: stored {} recomputed {}",
+                            "{at}spans[{i}].{k}: stored {} recomputed {}",
                             x[k], y[k]
                         ));
                     }
                 }
                 if !close(&x["log_prob"], &y["log_prob"], 1e-9) {
                     diffs.push(format!(
-                        "spans[{i}].log_prob: stored {} recomputed {}",
+                        "{at}spans[{i}].log_prob: stored {} recomputed {}",
                         x["log_prob"], y["log_prob"]
                     ));
                 }
             }
         }
-        _ => diffs.push(format!("spans: stored {ss} recomputed {fs}")),
+        _ => diffs.push(format!("{at}spans: stored {ss} recomputed {fs}")),
     }
     let (sg, fg) = (&stored["gradient"], &fresh["gradient"]);
     match (sg["top"].as_array(), fg["top"].as_array()) {
         (Some(a), Some(b)) if a.len() == b.len() => {
             if !close(&sg["loss"], &fg["loss"], 1e-3) {
                 diffs.push(format!(
-                    "gradient.loss: stored {} recomputed {}",
+                    "{at}gradient.loss: stored {} recomputed {}",
                     sg["loss"], fg["loss"]
                 ));
             }
@@ -132,32 +154,33 @@ pub fn compare(stored: &Value, fresh: &Value) -> Vec<String> {
                         for k in ["score", "tracin", "cosine"] {
                             if !close(&x[k], &y[k], 1e-3) {
                                 diffs.push(format!(
-                                    "gradient example {}: {k} stored {} recomputed {}",
+                                    "{at}gradient example {}: {k} stored {} recomputed {}",
                                     x["example"], x[k], y[k]
                                 ));
                             }
                         }
                         if x["source"] != y["source"] {
-                            diffs
-                                .push(format!("gradient example {}: source differs", x["example"]));
+                            diffs.push(format!(
+                                "{at}gradient example {}: source differs",
+                                x["example"]
+                            ));
                         }
                     }
                     None => diffs.push(format!(
-                        "gradient example {} is not among the recomputed top",
+                        "{at}gradient example {} is not among the recomputed top",
                         x["example"]
                     )),
                 }
             }
         }
         _ if sg == fg => {}
-        _ => diffs.push(format!("gradient: stored {sg} recomputed {fg}")),
+        _ => diffs.push(format!("{at}gradient: stored {sg} recomputed {fg}")),
     }
-    diffs
 }
 
 /// Recomputes the attribution of `inference_id` with the parameters its record names and compares.
 pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, VerifyError> {
-    let (st, output) = stored(pool, inference_id).await?;
+    let (st, outputs) = stored(pool, inference_id).await?;
     let stored = st.record.clone().unwrap_or(Value::Null);
     let cfg = if stored.is_null() {
         // flagged: recompute with today's defaults to say whether it is attributable now
@@ -170,14 +193,19 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
     };
     let attributor = attributor_for(pool, st.job_id, cfg).await?;
     let prompt: Vec<u32> = st.prompt_tokens.iter().map(|&t| t as u32).collect();
-    let output: Vec<u32> = output.iter().map(|&t| t as u32).collect();
+    let outputs = store::tokens(&outputs);
+    let outputs: Vec<&[u32]> = outputs.iter().map(Vec::as_slice).collect();
     let subject = Subject {
         inference_id,
         job_id: st.job_id,
         prompt: &prompt,
-        output: &output,
+        outputs: &outputs,
     };
-    let mode = if stored["gradient"]["top"].is_array() || stored.is_null() {
+    let gradient = match &stored["choices"] {
+        Value::Array(c) => c.first().map_or(&Value::Null, |c| &c["gradient"]),
+        _ => &stored["gradient"],
+    };
+    let mode = if gradient["top"].is_array() || stored.is_null() {
         Gradient::Run
     } else {
         Gradient::Skip
@@ -222,17 +250,13 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
     Ok(verdict(differences, st.record_hash.clone(), fresh.hash))
 }
 
-/// The stored attribution of `inference_id` (complete or flagged) and the inference's output tokens.
+/// The stored attribution of `inference_id` (complete or flagged) and the inference's output tokens, every
+/// choice's.
 async fn stored(
     pool: &PgPool,
     inference_id: &str,
-) -> Result<(store::Stored, Vec<i32>), VerifyError> {
-    let row: Option<(Option<i64>, Option<Vec<i32>>)> =
-        sqlx::query_as("SELECT job_id, output_tokens FROM inferences WHERE id = $1")
-            .bind(inference_id)
-            .fetch_optional(pool)
-            .await?;
-    let Some((_, output)) = row else {
+) -> Result<(store::Stored, Vec<Vec<i32>>), VerifyError> {
+    let Some(outputs) = store::outputs(pool, inference_id).await? else {
         return Err(VerifyError::UnknownInference(inference_id.into()));
     };
     let st = store::get(pool, inference_id)
@@ -241,7 +265,7 @@ async fn stored(
     if st.status == "pending" {
         return Err(VerifyError::Pending(inference_id.into()));
     }
-    Ok((st, output.unwrap_or_default()))
+    Ok((st, outputs))
 }
 
 /// An attributor for model `job_id` (its base model's tokenizer, from the installed base model).
@@ -297,6 +321,40 @@ mod tests {
         far["spans"][0]["start"] = json!(1);
         let d = compare(&rec, &far);
         assert_eq!(d.len(), 3, "{d:?}");
+    }
+
+    #[test]
+    fn a_record_of_several_choices_is_compared_choice_by_choice() {
+        let choice = json!({
+            "spans": [{"start": 0, "len": 4, "count": 1, "contributions": [], "text": "abcd", "log_prob": -3.0}],
+            "gradient": {"skipped": "gradient attribution is off"},
+            "weights": {"no_attribution": 10},
+        });
+        let rec = json!({
+            "method": METHOD, "inference_id": "inf-1", "model": "ft-1", "params": {}, "commitment": {"a": 1},
+            "output_tokens": [5, 4], "choices": [choice.clone(), choice], "weights": {"no_attribution": 10},
+        });
+        assert!(compare(&rec, &rec).is_empty());
+        let mut far = rec.clone();
+        far["choices"][1]["spans"][0]["len"] = json!(3);
+        far["choices"][1]["weights"]["no_attribution"] = json!(11);
+        let d = compare(&rec, &far);
+        assert_eq!(
+            d,
+            [
+                "choices[1].weights: stored {\"no_attribution\":10} recomputed {\"no_attribution\":11}",
+                "choices[1].spans[0].len: stored 4 recomputed 3",
+            ],
+            "{d:?}"
+        );
+        // a choice fewer is a difference, not a pass
+        let mut fewer = rec.clone();
+        fewer["choices"].as_array_mut().unwrap().pop();
+        assert!(
+            compare(&rec, &fewer)
+                .iter()
+                .any(|d| d.starts_with("choices:"))
+        );
     }
 
     #[test]

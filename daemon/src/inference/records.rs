@@ -29,6 +29,8 @@ pub struct NewInference<'a> {
     pub batch: Option<(i64, i32)>,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// `n`: how many choices answer it (each up to `max_tokens`).
+    pub choices: usize,
     /// An interactive request's claim: the serving process and how long the row is its own without a
     /// renewal (`None` for batch lines, fenced by their job's lease).
     pub lease: Option<(&'a str, Duration)>,
@@ -51,10 +53,11 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     let r = sqlx::query(
         "INSERT INTO inferences (id, model, kind, base_model_hash, job_id, adapter_hash, caller, payment_mode,
                                  chain_id, model_id, payer, request_id, amount, price_per_1k, tx_hash,
-                                 batch_job_id, batch_line, prompt_tokens, max_tokens, lease_owner, lease_expires_at)
+                                 batch_job_id, batch_line, prompt_tokens, max_tokens, lease_owner, lease_expires_at,
+                                 choices)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13::numeric, $14::numeric, $15,
                  $16, $17, $18, $19, $20,
-                 CASE WHEN $20::text IS NULL THEN NULL ELSE now() + make_interval(secs => $21) END)",
+                 CASE WHEN $20::text IS NULL THEN NULL ELSE now() + make_interval(secs => $21) END, $22)",
     )
     .bind(n.id)
     .bind(n.model)
@@ -77,6 +80,7 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     .bind(n.max_tokens as i32)
     .bind(n.lease.map(|(owner, _)| owner))
     .bind(n.lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()))
+    .bind(n.choices as i16)
     .execute(pool)
     .await;
     match r {
@@ -92,30 +96,68 @@ pub async fn insert(pool: &PgPool, n: &NewInference<'_>) -> Result<(), RecordErr
     }
 }
 
-pub async fn succeeded<'e>(
-    db: impl sqlx::PgExecutor<'e>,
+/// Postgres text cannot hold NUL, which a model may emit: the stored text shows it as U+FFFD (the tokens,
+/// stored too, are exact).
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+fn ids(tokens: &[u32]) -> Vec<i32> {
+    tokens.iter().map(|&t| t as i32).collect()
+}
+
+/// Marks a running inference succeeded with its answer: choice 0 on the row (with the tokens of every
+/// choice counted in `completion_tokens`, and the slowest choice's latency), the others in
+/// `inference_choices`. Run it inside the transaction that records the attribution, when there is one.
+pub async fn succeeded(
+    db: &mut sqlx::PgConnection,
     id: &str,
-    f: &Finished,
+    choices: &[Finished],
 ) -> Result<(), sqlx::Error> {
-    let tokens: Vec<i32> = f.tokens.iter().map(|&t| t as i32).collect();
-    // Postgres text cannot hold NUL, which a model may emit: the stored text shows it as U+FFFD (the tokens,
-    // stored too, are exact)
-    let text = f.text.replace('\0', "\u{FFFD}");
-    sqlx::query(
+    let Some(first) = choices.first() else {
+        return Err(sqlx::Error::Protocol("an answer without choices".into()));
+    };
+    let ms = |d: Duration| d.as_millis().min(i32::MAX as u128) as i32;
+    let completion: usize = choices.iter().map(|f| f.tokens.len()).sum();
+    let queued = choices.iter().map(|f| f.queued).min().unwrap_or_default();
+    let first_token = choices
+        .iter()
+        .map(|f| f.first_token)
+        .min()
+        .unwrap_or_default();
+    let total = choices.iter().map(|f| f.total).max().unwrap_or_default();
+    let r = sqlx::query(
         "UPDATE inferences SET status = 'succeeded', completion_tokens = $2, output_tokens = $3, output_text = $4,
                 finish_reason = $5, queue_ms = $6, first_token_ms = $7, latency_ms = $8, finished_at = now()
          WHERE id = $1 AND status = 'running'",
     )
     .bind(id)
-    .bind(tokens.len() as i32)
-    .bind(&tokens)
-    .bind(&text)
-    .bind(f.reason.as_str())
-    .bind(f.queued.as_millis() as i32)
-    .bind(f.first_token.as_millis() as i32)
-    .bind(f.total.as_millis() as i32)
-    .execute(db)
+    .bind(completion as i32)
+    .bind(ids(&first.tokens))
+    .bind(storable(&first.text))
+    .bind(first.reason.as_str())
+    .bind(ms(queued))
+    .bind(ms(first_token))
+    .bind(ms(total))
+    .execute(&mut *db)
     .await?;
+    if r.rows_affected() == 0 {
+        // the lease failed it meanwhile: its payment is free again, so the answer is not recorded as served
+        return Ok(());
+    }
+    for (i, f) in choices.iter().enumerate().skip(1) {
+        sqlx::query(
+            "INSERT INTO inference_choices (inference_id, choice, output_tokens, output_text, finish_reason)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(i as i16)
+        .bind(ids(&f.tokens))
+        .bind(storable(&f.text))
+        .bind(f.reason.as_str())
+        .execute(&mut *db)
+        .await?;
+    }
     Ok(())
 }
 

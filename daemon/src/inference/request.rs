@@ -96,6 +96,9 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
+/// The most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
 /// Fields of OpenAI's requests this server does not implement, and the value each may still carry (the
 /// one that asks for nothing); any other value is refused, naming the field. Fields outside OpenAI's
 /// reference and this server's extensions are refused too.
@@ -456,14 +459,22 @@ impl Common {
         }
     }
 
-    /// The sampling settings, OpenAI's defaults where the request gives none; `n` other than 1 is refused,
-    /// never ignored. `vocab` bounds `logit_bias`'s token ids.
-    pub fn sampling(&self, kind: Kind, vocab: usize) -> Result<SamplingParams, InferenceError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(InferenceError::Invalid(
-                "n must be 1 (one choice per request)".into(),
-            ));
+    /// How many choices to generate (`n`, 1 by default): 1 to `MAX_CHOICES`, and no more than the engine
+    /// holds at once (`max_queue`), since every choice is a sequence of its own.
+    pub fn choices(&self, max_queue: usize) -> Result<usize, InferenceError> {
+        let max = MAX_CHOICES.min(max_queue);
+        match self.n {
+            None => Ok(1),
+            Some(n) if n >= 1 && n as usize <= max => Ok(n as usize),
+            Some(n) => Err(InferenceError::Invalid(format!(
+                "n must be between 1 and {max} (got {n}): each choice is a sequence of its own"
+            ))),
         }
+    }
+
+    /// The sampling settings, OpenAI's defaults where the request gives none. `vocab` bounds `logit_bias`'s
+    /// token ids.
+    pub fn sampling(&self, kind: Kind, vocab: usize) -> Result<SamplingParams, InferenceError> {
         let mut logit_bias = Vec::new();
         for (k, &b) in self.logit_bias.iter().flatten() {
             let t = k

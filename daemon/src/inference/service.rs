@@ -10,7 +10,7 @@ use alloy::primitives::{Address, B256, U256};
 use openledger_chain::Deployment;
 use openledger_indexer::query::ChainIndex;
 use openledger_model::serve::{
-    Event, Finished, GenerateRequest, Priority, SamplingParams, SubmitError,
+    Event, Finished, GenerateRequest, Priority, SamplingParams, SubmitError, TokenLogprobs,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -94,8 +94,26 @@ impl Origin {
     }
 }
 
-/// An engine event and, with `Done`, the inference's attribution (`openledger.attribution`).
-pub type Out = (Event, Option<Value>);
+/// What a started request passes on: each choice's tokens as the engine makes them, then the whole
+/// answer once every choice has finished and the inference is recorded (a failure of any choice fails it).
+#[derive(Debug)]
+pub enum Out {
+    /// A token of choice `choice` (its text may be empty: held back for stop sequences).
+    Token {
+        choice: usize,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
+    /// Every choice, in index order, and the inference's attribution (`openledger.attribution`).
+    Done {
+        choices: Vec<Finished>,
+        attribution: Option<Value>,
+    },
+    Failed(String),
+}
+
+/// A choice's engine event.
+type ChoiceEvent = (usize, Event);
 
 /// A request the engine has started on.
 #[derive(Debug)]
@@ -109,7 +127,9 @@ pub struct Running {
     pub include_usage: bool,
     /// Unix seconds, OpenAI's `created`.
     pub created: i64,
-    /// The engine's events, each recorded before it arrives here.
+    /// How many choices the answer has (`n`).
+    pub choices: usize,
+    /// The engine's events, the end recorded before it arrives here.
     pub events: mpsc::UnboundedReceiver<Out>,
     /// The request asked for log-probabilities (each token event carries them).
     pub logprobs: bool,
@@ -145,18 +165,19 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
         kind,
         common: mut c,
         prompt,
-        constraint,
+        mut constraint,
         tools,
     } = req;
     let admitted = admit(sv, kind, &mut c, prompt.len()).await?;
-    // pay (or find the payment) before anything is generated
+    let n = admitted.choices;
+    // pay (or find the payment) before anything is generated: n choices are paid as n completions
     let id = records::new_id();
     let pay = Pay {
         origin,
         request_id: c.request_id.as_deref(),
         request_secret: c.request_secret.as_deref(),
         payer: c.payer.as_deref(),
-        tokens: prompt.len() + admitted.max_tokens,
+        tokens: n * (prompt.len() + admitted.max_tokens),
         id: &id,
     };
     let charge = charge(sv, &admitted.target, pay).await?;
@@ -190,6 +211,7 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
             batch: origin.batch,
             prompt_tokens: prompt.len(),
             max_tokens: admitted.max_tokens,
+            choices: n,
             lease: origin
                 .batch
                 .is_none()
@@ -199,32 +221,53 @@ pub async fn start(sv: &Serving, origin: Origin, req: Prepared) -> Result<Runnin
     .await?;
     let attribution = job_id.map(|j| (j, prompt.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
-    let req = GenerateRequest {
-        prompt,
-        adapter,
-        sampling: admitted.params,
-        max_tokens: admitted.max_tokens,
-        stop: admitted.stop,
-        ignore_eos: false,
-        constraint,
-        priority: origin.priority,
-        sink: Box::new(move |e| tx.send(e).is_ok()),
-    };
-    let logprobs = req.sampling.logprobs.is_some();
+    let logprobs = admitted.params.logprobs.is_some();
+    // one sequence per choice, each with its own grammar state and (when seeded) its own seed
+    let reqs: Vec<GenerateRequest> = (0..n)
+        .map(|i| {
+            let tx = tx.clone();
+            let mut sampling = admitted.params.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+            GenerateRequest {
+                prompt: prompt.clone(),
+                adapter: adapter.clone(),
+                sampling,
+                max_tokens: admitted.max_tokens,
+                stop: admitted.stop.clone(),
+                ignore_eos: false,
+                // the last choice takes the compiled grammar, the others a copy of it
+                constraint: if i + 1 == n {
+                    constraint.take()
+                } else {
+                    constraint.as_ref().map(|c| c.fork())
+                },
+                priority: origin.priority,
+                sink: Box::new(move |e| tx.send((i, e)).is_ok()),
+            }
+        })
+        .collect();
+    drop(tx);
     if let Some(user) = &c.user {
         tracing::info!(inference = %id, user = %user, "end user");
     }
-    let rx = submit(sv, &id, req, rx).await?;
+    let (rx, early) = submit(sv, &id, reqs, rx).await?;
     let meta = json!({
         "inference_id": id,
         "payment": paid.map(|p| payment_json(mode, p)).unwrap_or(json!({"mode": "free"})),
     });
     let (out_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(pump(sv.clone(), id.clone(), attribution, rx, out_tx));
+    tokio::spawn(pump(
+        sv.clone(),
+        id.clone(),
+        attribution,
+        (n, early, rx),
+        out_tx,
+    ));
     Ok(Running {
         id,
         model: c.model,
         kind,
+        choices: n,
         meta,
         stream: c.stream,
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
@@ -242,10 +285,12 @@ struct Admitted {
     target: Target,
     max_tokens: usize,
     stop: Vec<String>,
+    /// `n`: how many sequences answer it.
+    choices: usize,
 }
 
-/// The checks made before any payment is taken: sampling settings, the model, the length against the
-/// context, the stop sequences, and room in the engine's queue.
+/// The checks made before any payment is taken: sampling settings and `n`, the model, the length against
+/// the context, the stop sequences, and room in the engine's queue for every choice.
 async fn admit(
     sv: &Serving,
     kind: Kind,
@@ -254,6 +299,7 @@ async fn admit(
 ) -> Result<Admitted, InferenceError> {
     let inf = &sv.inf;
     let params = c.sampling(kind, inf.engine.vocab_size())?;
+    let choices = c.choices(inf.engine.config().max_queue)?;
     let target = inf
         .resolve(&sv.pool, &c.model, sv.deployment.chain_id)
         .await?;
@@ -268,7 +314,7 @@ async fn admit(
     let stop = c.take_stop()?;
     // a full queue refuses before the payment is taken (submit checks again: a race still frees a
     // pay-first payment and refunds credit, as any failure does)
-    if inf.engine.in_flight() >= inf.engine.config().max_queue {
+    if inf.engine.in_flight() + choices > inf.engine.config().max_queue {
         return Err(InferenceError::Overloaded);
     }
     Ok(Admitted {
@@ -276,40 +322,51 @@ async fn admit(
         target,
         max_tokens,
         stop,
+        choices,
     })
 }
 
-/// Hands a recorded request to the engine (its sink feeds `rx`) and waits for its first event, which says
-/// whether it runs at all; a refusal or failure is recorded on the inference.
+/// Hands a recorded request's sequences (one per choice, their sinks feeding `rx`) to the engine and waits
+/// until each has started, which says whether it runs at all; a refusal or failure is recorded on the
+/// inference (and dropping `rx` then drops the sequences already started). Returns the events that came
+/// while waiting (an early choice's tokens), for the pump to pass on first.
 async fn submit(
     sv: &Serving,
     id: &str,
-    req: GenerateRequest,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-) -> Result<mpsc::UnboundedReceiver<Event>, InferenceError> {
-    if let Err(e) = sv.inf.engine.submit(req) {
-        let _ = records::ended(&sv.pool, id, "failed", Some(&e.to_string())).await;
-        return Err(match e {
-            SubmitError::Busy(_) => InferenceError::Overloaded,
-            SubmitError::Invalid(m) => InferenceError::Invalid(m.to_string()),
-            SubmitError::Stopped => {
-                InferenceError::Unavailable("the inference engine has stopped".into())
-            }
-        });
+    reqs: Vec<GenerateRequest>,
+    mut rx: mpsc::UnboundedReceiver<ChoiceEvent>,
+) -> Result<(mpsc::UnboundedReceiver<ChoiceEvent>, Vec<ChoiceEvent>), InferenceError> {
+    let n = reqs.len();
+    for req in reqs {
+        if let Err(e) = sv.inf.engine.submit(req) {
+            let _ = records::ended(&sv.pool, id, "failed", Some(&e.to_string())).await;
+            return Err(match e {
+                SubmitError::Busy(_) => InferenceError::Overloaded,
+                SubmitError::Invalid(m) => InferenceError::Invalid(m.to_string()),
+                SubmitError::Stopped => {
+                    InferenceError::Unavailable("the inference engine has stopped".into())
+                }
+            });
+        }
     }
     // an adapter that cannot load fails here
-    match rx.recv().await {
-        Some(Event::Started) => Ok(rx),
-        Some(Event::Failed(m)) => {
-            let _ = records::ended(&sv.pool, id, "failed", Some(&m)).await;
-            Err(InferenceError::Unavailable(m))
-        }
-        _ => {
-            let m = "the engine dropped the request";
-            let _ = records::ended(&sv.pool, id, "failed", Some(m)).await;
-            Err(InferenceError::Internal(m.into()))
+    let (mut started, mut early) = (0, Vec::new());
+    while started < n {
+        match rx.recv().await {
+            Some((_, Event::Started)) => started += 1,
+            Some((_, Event::Failed(m))) => {
+                let _ = records::ended(&sv.pool, id, "failed", Some(&m)).await;
+                return Err(InferenceError::Unavailable(m));
+            }
+            Some(e) => early.push(e),
+            None => {
+                let m = "the engine dropped the request";
+                let _ = records::ended(&sv.pool, id, "failed", Some(m)).await;
+                return Err(InferenceError::Internal(m.into()));
+            }
         }
     }
+    Ok((rx, early))
 }
 
 /// How an inference is paid.
@@ -595,58 +652,68 @@ fn payment_json(mode: &str, p: &Paid) -> Value {
     })
 }
 
-/// Forwards the engine's events to the caller and records the outcome, whether or not the caller stays:
-/// a finished inference of a trained adapter is attributed first, and its record is written in the
-/// transaction that marks it succeeded.
+/// Forwards the engine's events to the caller and records the outcome, whether or not the caller stays: once
+/// every choice has finished, a trained adapter's inference is attributed and recorded in one transaction
+/// with its choices; the first failure of any choice fails the inference (and drops the other sequences).
 async fn pump(
     sv: Serving,
     id: String,
     attribution: Option<(i64, Vec<u32>)>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    (n, early, mut rx): (
+        usize,
+        Vec<ChoiceEvent>,
+        mpsc::UnboundedReceiver<ChoiceEvent>,
+    ),
     out: mpsc::UnboundedSender<Out>,
 ) {
     let pool = &sv.pool;
-    while let Some(e) = rx.recv().await {
-        let mut att = None;
-        let r = match (&e, &attribution) {
-            (Event::Done(f), Some((job, prompt))) => {
-                attribute_and_record(&sv, &id, *job, prompt, f)
-                    .await
-                    .map(|v| att = Some(v))
-            }
-            (Event::Done(f), None) => records::succeeded(pool, &id, f).await,
-            (Event::Failed(m), _) => records::ended(pool, &id, "failed", Some(m)).await,
-            _ => Ok(()),
+    let mut finished: Vec<Option<Finished>> = (0..n).map(|_| None).collect();
+    let mut early = early.into_iter();
+    loop {
+        let next = match early.next() {
+            Some(e) => Some(e),
+            None => rx.recv().await,
         };
-        let e = match (r, e) {
-            (Ok(()), e) => e,
-            // an answer whose record cannot be written is not delivered (it would be served and not
-            // recorded): the caller gets a 503 and the row fails (here, or by its lease once the database
-            // is back), which frees a pay-first payment and refunds a credit charge
-            (Err(err), Event::Done(_)) => {
-                tracing::error!(inference = %id, error = %err, "recording the answer; not delivering it");
-                let why = "the answer could not be recorded";
-                if let Err(err) = records::ended(pool, &id, "failed", Some(why)).await {
-                    tracing::warn!(inference = %id, error = %err, "the lease will fail it");
+        let o = match next {
+            Some((i, Event::Token { text, logprobs, .. })) => Out::Token {
+                choice: i,
+                text,
+                logprobs,
+            },
+            Some((i, Event::Done(f))) => {
+                if let Some(slot) = finished.get_mut(i) {
+                    *slot = Some(f);
                 }
-                Event::Failed(format!(
-                    "{why} (the database is unavailable): send the request again; its payment is not used up"
-                ))
+                if finished.iter().any(Option::is_none) {
+                    continue;
+                }
+                let choices: Vec<Finished> = finished.drain(..).flatten().collect();
+                record_answer(&sv, &id, attribution.as_ref(), choices).await
             }
-            (Err(err), e) => {
-                tracing::error!(inference = %id, error = %err, "recording the inference");
-                e
+            Some((_, Event::Failed(m))) => {
+                if let Err(err) = records::ended(pool, &id, "failed", Some(&m)).await {
+                    tracing::error!(inference = %id, error = %err, "recording the inference");
+                }
+                Out::Failed(m)
+            }
+            Some((_, Event::Started)) => continue,
+            None => {
+                let m = "the engine dropped the request";
+                if let Err(err) = records::ended(pool, &id, "failed", Some(m)).await {
+                    tracing::error!(inference = %id, error = %err, "recording the inference");
+                }
+                Out::Failed(m.into())
             }
         };
-        let last = matches!(e, Event::Done(_) | Event::Failed(_));
-        if out.send((e, att)).is_err() {
-            // dropping `rx` makes the engine drop the sequence at its next token
+        let last = matches!(o, Out::Done { .. } | Out::Failed(_));
+        if out.send(o).is_err() {
+            // dropping `rx` makes the engine drop the sequences at their next token
             if let Err(err) =
                 records::ended(pool, &id, "cancelled", Some("the client went away")).await
             {
                 tracing::error!(inference = %id, error = %err, "recording the inference");
             }
-            tracing::info!(inference = %id, "client went away; sequence dropped");
+            tracing::info!(inference = %id, "client went away; sequences dropped");
             return;
         }
         if last {
@@ -655,22 +722,64 @@ async fn pump(
     }
 }
 
-/// Attributes a finished inference (its gradient part now, later or never, as configured; a gradient
-/// failure defers it to the queued task) and records both in one transaction; returns what the response
-/// carries.
+/// Records a finished answer (attributed first, for a trained adapter) and returns what the caller gets.
+/// An answer whose record cannot be written is not delivered (it would be served and not recorded): the
+/// caller gets a failure and the row fails (here, or by its lease once the database is back), which frees
+/// a pay-first payment and refunds a credit charge.
+async fn record_answer(
+    sv: &Serving,
+    id: &str,
+    attribution: Option<&(i64, Vec<u32>)>,
+    choices: Vec<Finished>,
+) -> Out {
+    let r = match attribution {
+        Some((job, prompt)) => attribute_and_record(sv, id, *job, prompt, &choices)
+            .await
+            .map(Some),
+        None => record(sv, id, &choices).await.map(|()| None),
+    };
+    match r {
+        Ok(attribution) => Out::Done {
+            choices,
+            attribution,
+        },
+        Err(err) => {
+            tracing::error!(inference = %id, error = %err, "recording the answer; not delivering it");
+            let why = "the answer could not be recorded";
+            if let Err(err) = records::ended(&sv.pool, id, "failed", Some(why)).await {
+                tracing::warn!(inference = %id, error = %err, "the lease will fail it");
+            }
+            Out::Failed(format!(
+                "{why} (the database is unavailable): send the request again; its payment is not used up"
+            ))
+        }
+    }
+}
+
+/// Records the answer of an inference nothing is attributed for (the base model), in one transaction.
+async fn record(sv: &Serving, id: &str, choices: &[Finished]) -> Result<(), sqlx::Error> {
+    let mut tx = sv.pool.begin().await?;
+    records::succeeded(&mut tx, id, choices).await?;
+    tx.commit().await
+}
+
+/// Attributes a finished inference, every choice (its gradient part now, later or never, as configured; a
+/// gradient failure defers it to the queued task), and records both in one transaction; returns what the
+/// response carries.
 async fn attribute_and_record(
     sv: &Serving,
     id: &str,
     job: i64,
     prompt: &[u32],
-    f: &Finished,
+    choices: &[Finished],
 ) -> Result<Value, sqlx::Error> {
     let a = &sv.inf.attribution;
+    let outputs: Vec<&[u32]> = choices.iter().map(|f| f.tokens.as_slice()).collect();
     let subject = Subject {
         inference_id: id,
         job_id: job,
         prompt,
-        output: &f.tokens,
+        outputs: &outputs,
     };
     let mode = match a.cfg.gradient {
         GradientMode::Sync => Gradient::Run,
@@ -686,7 +795,7 @@ async fn attribute_and_record(
         tracing::warn!(inference = %id, error = %e, "inference flagged: it could not be attributed");
     }
     let mut tx = sv.pool.begin().await?;
-    records::succeeded(&mut *tx, id, f).await?;
+    records::succeeded(&mut tx, id, choices).await?;
     attribution::store::save(&mut tx, id, job, prompt, &outcome).await?;
     tx.commit().await?;
     if outcome.as_ref().is_ok_and(|r| r.pending) {
@@ -720,45 +829,55 @@ pub fn chat_message(tools: Option<&Tools>, f: &Finished) -> (Value, &'static str
     (json!({"role": "assistant", "content": f.text}), reason)
 }
 
-/// OpenAI's `usage` object of a finished inference.
-pub fn usage(f: &Finished) -> Value {
+/// OpenAI's `usage` object of a finished inference: the prompt once, the tokens of every choice.
+pub fn usage(choices: &[Finished]) -> Value {
+    let prompt = choices.first().map_or(0, |f| f.prompt_tokens);
+    let completion: usize = choices.iter().map(|f| f.tokens.len()).sum();
     json!({
-        "prompt_tokens": f.prompt_tokens,
-        "completion_tokens": f.tokens.len(),
-        "total_tokens": f.prompt_tokens + f.tokens.len(),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }
 
 /// Waits for the end of a started request and assembles OpenAI's whole response (`chat.completion` or
-/// `text_completion`), its `openledger` object carrying the payment and the attribution.
+/// `text_completion`, a choice per `n`), its `openledger` object carrying the payment and the attribution.
 pub async fn collect(mut r: Running) -> Result<Value, InferenceError> {
     loop {
         match r.events.recv().await {
-            Some((Event::Done(f), att)) => {
-                if let Some(a) = att {
+            Some(Out::Done {
+                choices,
+                attribution,
+            }) => {
+                if let Some(a) = attribution {
                     r.meta["attribution"] = a;
                 }
-                let (message, finish) = chat_message(r.tools.as_ref(), &f);
-                let choice = match r.kind {
-                    Kind::Chat => json!({
-                        "index": 0, "message": message,
-                        "finish_reason": finish,
-                        "logprobs": if r.logprobs { logprobs::chat(&r.inf, &f.logprobs) } else { Value::Null },
-                    }),
-                    Kind::Completion => json!({
-                        "index": 0, "text": f.text, "finish_reason": f.reason.as_str(),
-                        "logprobs": if r.logprobs { logprobs::completion(&r.inf, &f.logprobs, 0).0 } else { Value::Null },
-                    }),
-                };
+                let list: Vec<Value> = choices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| match r.kind {
+                        Kind::Chat => {
+                            let (message, finish) = chat_message(r.tools.as_ref(), f);
+                            json!({
+                                "index": i, "message": message, "finish_reason": finish,
+                                "logprobs": if r.logprobs { logprobs::chat(&r.inf, &f.logprobs) } else { Value::Null },
+                            })
+                        }
+                        Kind::Completion => json!({
+                            "index": i, "text": f.text, "finish_reason": f.reason.as_str(),
+                            "logprobs": if r.logprobs { logprobs::completion(&r.inf, &f.logprobs, 0).0 } else { Value::Null },
+                        }),
+                    })
+                    .collect();
                 return Ok(json!({
                     "id": r.id,
                     "object": if r.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-                    "created": r.created, "model": r.model, "choices": [choice], "usage": usage(&f),
+                    "created": r.created, "model": r.model, "choices": list, "usage": usage(&choices),
                     "openledger": r.meta,
                 }));
             }
-            Some((Event::Failed(m), _)) => return Err(InferenceError::Unavailable(m)),
-            Some(_) => {}
+            Some(Out::Failed(m)) => return Err(InferenceError::Unavailable(m)),
+            Some(Out::Token { .. }) => {}
             None => {
                 return Err(InferenceError::Internal(
                     "the engine dropped the request".into(),

@@ -159,6 +159,13 @@ impl std::fmt::Debug for Constraint {
 }
 
 impl Constraint {
+    /// An independent copy in the same state: one request's grammar for each of its choices (`n` > 1).
+    pub fn fork(&self) -> Constraint {
+        Constraint {
+            matcher: self.matcher.deep_clone(),
+        }
+    }
+
     /// Sets every logit the grammar does not allow next to -inf.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
         let allowed = self
