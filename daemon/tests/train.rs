@@ -1747,7 +1747,7 @@ fn attribution_of_an_inference() {
     let id = v["id"].as_str().unwrap();
     let a = &v["openledger"]["attribution"];
     assert_eq!(a["status"], "complete", "{a}");
-    assert_eq!(a["method"], "ol-attr/1");
+    assert_eq!(a["method"], "ol-attr/2");
     let manifest_hash: String =
         sqlx::query_scalar("SELECT manifest_hash FROM trained_models WHERE job_id = $1")
             .bind(job_id)
@@ -1997,6 +1997,184 @@ fn attribution_of_an_inference() {
     get(app, "/api/inferences/inf-nope/attribution", None)
         .await
         .problem(404, "not-found");
+    });
+}
+
+/// `ol-attr/2`: the tokens of an answer that the prompt already holds are the prompt's, not the training
+/// data's. A training example's answer to its own question is traced to its contributor; the same answer to
+/// a prompt that holds it is shown with its spans marked `from_prompt` and pays no one for them (`ol-attr/1`,
+/// recomputed as records of that method are, pays the contributor for the echo); records of both methods
+/// verify, and an `ol-attr/1` record given the new method's weights does not.
+#[test]
+fn an_answer_echoing_its_prompt_is_not_paid_for_the_echo() {
+    TRAINED.run(|t| async move {
+        use openledger_daemon::attribution::{Gradient, Subject, store, verify};
+        let s = &t.s;
+        let job_id = t.job_id;
+        let (index, toks) = dataset(&t.serving, job_id).await;
+        let e = index["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["split"] == "train")
+            .unwrap();
+        let (at, len, first) = (
+            e["offset"].as_u64().unwrap() as usize,
+            e["len"].as_u64().unwrap() as usize,
+            e["first_target"].as_u64().unwrap() as usize,
+        );
+        // an answer that says the end of the example's question ("... item 0?" and the template after it,
+        // which only this example holds): the tiny model's examples are cut at 64 tokens, so its
+        // completions hold little of their own
+        assert!(first >= 20 && len >= first, "{e}");
+        let answer = &toks[at + first - 20..at + first];
+        let question: &[u32] = &[];
+        let source = e["source"].as_u64().unwrap();
+        let echo: Vec<u32> = toks[at..at + first].to_vec();
+        let paid = |w: &Value| -> Vec<u64> {
+            w["contributions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["source"].as_u64().unwrap())
+                .collect()
+        };
+        let att = &t.inf.attribution;
+        // said without a prompt: the contributor's
+        let asked = att
+            .attribute(
+                &s.pool,
+                &Subject {
+                    inference_id: "inf-asked",
+                    job_id,
+                    prompt: question,
+                    outputs: &[answer],
+                },
+                Gradient::Skip,
+            )
+            .await
+            .unwrap();
+        assert_eq!(asked.body["method"], "ol-attr/2");
+        let spans = asked.body["spans"].as_array().unwrap();
+        assert!(!spans.is_empty(), "{}", asked.body);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s["from_prompt"] == false && s["prompt_tokens"] == 0),
+            "{spans:?}"
+        );
+        assert!(
+            paid(&asked.body["weights"]).contains(&source),
+            "{}",
+            asked.body
+        );
+        // said to a prompt that holds it (the example's question): the same spans, marked, nothing paid
+        let echoed = att
+            .attribute(
+                &s.pool,
+                &Subject {
+                    inference_id: "inf-echo",
+                    job_id,
+                    prompt: &echo,
+                    outputs: &[answer],
+                },
+                Gradient::Skip,
+            )
+            .await
+            .unwrap();
+        let spans = echoed.body["spans"].as_array().unwrap();
+        assert!(!spans.is_empty(), "{}", echoed.body);
+        for sp in spans {
+            assert_eq!(sp["from_prompt"], true, "{sp}");
+            assert_eq!(sp["prompt_tokens"], sp["len"], "{sp}");
+        }
+        assert_eq!(
+            echoed.body["weights"]["contributions"],
+            json!([]),
+            "{}",
+            echoed.body
+        );
+        assert_eq!(echoed.body["weights"]["no_attribution"], 1_000_000);
+
+        // stored for a real inference (its output and prompt set to the echo), both methods verify
+        let v = t.paid_chat(B256::repeat_byte(0x56)).await;
+        let id = v["id"].as_str().unwrap();
+        let out: Vec<i32> = answer.iter().map(|&t| t as i32).collect();
+        let prompt: Vec<i32> = echo.iter().map(|&t| t as i32).collect();
+        sqlx::query("UPDATE inferences SET output_tokens = $2 WHERE id = $1")
+            .bind(id)
+            .bind(&out)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE attributions SET prompt_tokens = $2 WHERE inference_id = $1")
+            .bind(id)
+            .bind(&prompt)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let echo = echo.as_slice();
+        let subject = Subject {
+            inference_id: id,
+            job_id,
+            prompt: echo,
+            outputs: &[answer],
+        };
+        let save = |rec| async move {
+            let mut tx = s.pool.begin().await.unwrap();
+            store::save(&mut tx, id, job_id, echo, &Ok(rec))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        };
+        let v2 = att
+            .attribute(&s.pool, &subject, Gradient::Run)
+            .await
+            .unwrap();
+        save(v2.clone()).await;
+        let checked = verify::verify(&s.pool, id).await.unwrap();
+        assert!(checked.matches, "{:?}", checked.differences);
+        let method: String =
+            sqlx::query_scalar("SELECT method FROM attributions WHERE inference_id = $1")
+                .bind(id)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(method, "ol-attr/2");
+        // the first method's attributor, as verify builds it for such a record: it pays the echo
+        let mut cfg = openledger_daemon::attribution::AttributionConfig::default();
+        cfg.span.prompt_min_len = None;
+        let first = verify::attributor_for(&s.pool, job_id, cfg).await.unwrap();
+        let v1 = first
+            .attribute(&s.pool, &subject, Gradient::Run)
+            .await
+            .unwrap();
+        assert_eq!(v1.body["method"], "ol-attr/1");
+        assert!(
+            v1.body["params"]["span"].get("prompt_min_len").is_none(),
+            "{}",
+            v1.body
+        );
+        assert!(
+            v1.body["spans"][0].get("from_prompt").is_none(),
+            "{}",
+            v1.body
+        );
+        assert!(paid(&v1.body["weights"]).contains(&source), "{}", v1.body);
+        save(v1.clone()).await;
+        let checked = verify::verify(&s.pool, id).await.unwrap();
+        assert!(checked.matches, "{:?}", checked.differences);
+        // a record that says ol-attr/1 but carries the new method's weights does not verify
+        let mut forged = v1.body.clone();
+        forged["weights"] = v2.body["weights"].clone();
+        save(openledger_daemon::attribution::Record::new(forged, false)).await;
+        let bad = verify::verify(&s.pool, id).await.unwrap();
+        assert!(!bad.matches);
+        assert!(
+            bad.differences.iter().any(|d| d.starts_with("weights")),
+            "{:?}",
+            bad.differences
+        );
     });
 }
 
@@ -3132,6 +3310,7 @@ async fn span_index_traces_training_examples(app: &axum::Router, job_id: i64, m:
         min_len: 4,
         max_count: usize::MAX,
         density: 1.0,
+        prompt_min_len: None,
     };
     // every trained example is one span of itself, found (at least) in its own source
     for e in &trained {

@@ -576,6 +576,12 @@ fn main() -> anyhow::Result<()> {
 
     // attribute
     let sp = SpanParams::default();
+    // the first method (ol-attr/1), which also pays for what the prompt supplied: scored beside the current
+    let sp_v1 = SpanParams {
+        prompt_min_len: None,
+        ..sp.clone()
+    };
+    let (mut span_tokens, mut prompt_tokens) = (0usize, 0usize);
     let cp = CombineParams::default();
     let breaks = tok.word_breaks();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -588,7 +594,10 @@ fn main() -> anyhow::Result<()> {
     let mut report = Vec::new();
     let mut grad_secs = 0.0;
     for (it, (prompt, out, text)) in items.iter().zip(&answers) {
-        let spans = span.spans(out, &sp, &|a, b| breaks.between(a, b))?;
+        let spans = span.spans_for(out, prompt, &sp, &|a, b| breaks.between(a, b))?;
+        let spans_v1 = span.spans(out, &sp_v1, &|a, b| breaks.between(a, b))?;
+        span_tokens += spans.iter().map(|s| s.len).sum::<usize>();
+        prompt_tokens += spans.iter().map(|s| s.prompt_tokens()).sum::<usize>();
         let tq = Instant::now();
         let (_, v) = projected_gradient(
             &f32_model,
@@ -607,6 +616,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         grad_secs += tq.elapsed().as_secs_f64();
         let w = combine(out.len(), &spans, Some(&scores), &cp);
+        let w_v1 = combine(out.len(), &spans_v1, Some(&scores), &cp);
 
         let span_rank = sorted(w.span_mix.iter().map(|(&s, &v)| (s, v as f64)).collect());
         let mut best: BTreeMap<usize, f64> = BTreeMap::new();
@@ -622,6 +632,7 @@ fn main() -> anyhow::Result<()> {
         }
         let cos_rank = sorted(bestc.into_iter().collect());
         let comb_rank = sorted(w.sources.iter().map(|&(s, v)| (s, v as f64)).collect());
+        let comb_v1_rank = sorted(w_v1.sources.iter().map(|&(s, v)| (s, v as f64)).collect());
         let bm_rank = bm25.rank(&format!("{} {}", it.prompt, text));
         let mut perm = sources.clone();
         perm.shuffle(&mut rng);
@@ -635,6 +646,7 @@ fn main() -> anyhow::Result<()> {
                 ("gradient", &grad_rank),
                 ("cosine", &cos_rank),
                 ("combined", &comb_rank),
+                ("comb-v1", &comb_v1_rank),
                 ("bm25", &bm_rank),
                 ("random", &rand_rank),
             ] {
@@ -667,7 +679,7 @@ fn main() -> anyhow::Result<()> {
         report.push(serde_json::json!({
             "class": it.class.name(), "prompt": it.prompt, "answer": text, "want": it.want,
             "spans": spans.iter().map(|s| serde_json::json!({
-                "start": s.start, "len": s.len, "sources": s.sources,
+                "start": s.start, "len": s.len, "sources": s.sources, "prompt_tokens": s.prompt_tokens(),
                 "text": tok.decode(&out[s.start..s.start + s.len], false).unwrap_or_default(),
             })).collect::<Vec<_>>(),
             "gradient_top": scores.top.iter().map(|e| serde_json::json!({
@@ -746,9 +758,14 @@ fn main() -> anyhow::Result<()> {
     }
     let get = |m: &str, c: Class| table.get(&(m, c)).map_or(0.0, |(h, _, n)| h / *n as f64);
     let mrr = |m: &str, c: Class| table.get(&(m, c)).map_or(0.0, |(_, r, n)| r / *n as f64);
+    println!(
+        "span tokens the prompt supplied (ol-attr/2 pays nothing for them): {prompt_tokens} of {span_tokens}"
+    );
     for (name, method, class) in [
         ("attr_top1_verbatim", "combined", Class::Verbatim),
         ("attr_top1_paraphrase", "combined", Class::Paraphrase),
+        ("attr_v1_top1_verbatim", "comb-v1", Class::Verbatim),
+        ("attr_v1_top1_paraphrase", "comb-v1", Class::Paraphrase),
         ("attr_span_top1_paraphrase", "span", Class::Paraphrase),
         (
             "attr_gradient_top1_paraphrase",
@@ -770,5 +787,9 @@ fn main() -> anyhow::Result<()> {
         shared_split.iter().copied().fold(f64::INFINITY, f64::min)
     );
     println!("RESULT attr_generic_no_attribution {none:.3}");
+    println!(
+        "RESULT attr_prompt_span_tokens {:.3} share",
+        prompt_tokens as f64 / span_tokens.max(1) as f64
+    );
     Ok(())
 }

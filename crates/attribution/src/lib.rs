@@ -14,4 +14,6 @@ pub mod weights;
 
 pub use grad::{GradError, GradParams, GradScores, GradStore, Projector};
 pub use span::{Doc, Span, SpanError, SpanIndex, SpanParams, SpanSet};
-pub use weights::{CombineParams, METHOD, SCALE, Weights, combine, mean};
+pub use weights::{
+    CombineParams, METHOD, METHOD_V1, METHODS, SCALE, Weights, combine, mean, method_of,
+};

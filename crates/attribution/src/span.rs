@@ -68,6 +68,10 @@ pub struct SpanParams {
     pub max_count: usize,
     /// Spans kept per output token (the rarest first, by unigram probability); at least one is kept.
     pub density: f64,
+    /// Output tokens inside a run of at least this many tokens that also occurs in the prompt are the
+    /// prompt's, not the training data's: a span shows them (`Span::prompt`) but is ranked and weighed by
+    /// its other tokens only. `None`: nothing is the prompt's (method `ol-attr/1`).
+    pub prompt_min_len: Option<usize>,
 }
 
 /// Shortest attributable span, tokens, by default.
@@ -76,6 +80,8 @@ pub const DEFAULT_SPAN_MIN_LEN: usize = 4;
 pub const DEFAULT_SPAN_MAX_COUNT: usize = 10;
 /// Spans kept per output token, by default (OLMoTrace keeps the rarest ~5%).
 pub const DEFAULT_SPAN_DENSITY: f64 = 0.05;
+/// Shortest run of output tokens found in the prompt that counts as the prompt's, by default.
+pub const DEFAULT_PROMPT_MIN_LEN: usize = 4;
 
 impl Default for SpanParams {
     fn default() -> Self {
@@ -83,8 +89,29 @@ impl Default for SpanParams {
             min_len: DEFAULT_SPAN_MIN_LEN,
             max_count: DEFAULT_SPAN_MAX_COUNT,
             density: DEFAULT_SPAN_DENSITY,
+            prompt_min_len: Some(DEFAULT_PROMPT_MIN_LEN),
         }
     }
+}
+
+/// Which output tokens the prompt supplied: those inside a run of at least `min_len` tokens (at least 1)
+/// that also occurs in the prompt (every such run is a union of `min_len`-token windows found in the
+/// prompt, so marking those windows marks exactly the runs).
+pub fn prompt_echo(output: &[u32], prompt: &[u32], min_len: usize) -> Vec<bool> {
+    let k = min_len.max(1);
+    let mut echo = vec![false; output.len()];
+    if output.len() < k || prompt.len() < k {
+        return echo;
+    }
+    let windows: std::collections::HashSet<&[u32]> = prompt.windows(k).collect();
+    for (i, w) in output.windows(k).enumerate() {
+        if windows.contains(w) {
+            for e in &mut echo[i..i + k] {
+                *e = true;
+            }
+        }
+    }
+    echo
 }
 
 /// A maximal span of the output found in the training data.
@@ -99,6 +126,19 @@ pub struct Span {
     pub sources: Vec<(usize, usize)>,
     /// Sum of the span's tokens' log unigram probabilities in the training stream (lower: rarer).
     pub log_prob: f64,
+    /// The span's tokens the prompt supplied (`SpanParams::prompt_min_len`), as runs `(start, len)` of
+    /// output positions; empty when none.
+    pub prompt: Vec<(usize, usize)>,
+    /// `log_prob` over the span's other tokens: what ranks and weighs it (`log_prob` when `prompt` is
+    /// empty; 0 when the prompt supplied all of it).
+    pub paid_log_prob: f64,
+}
+
+impl Span {
+    /// How many of its tokens the prompt supplied.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.iter().map(|r| r.1).sum()
+    }
 }
 
 /// The stream and its suffix array: built in memory, or memory-mapped from a saved index.
@@ -388,11 +428,29 @@ impl SpanIndex {
         params: &SpanParams,
         breaks: &dyn Fn(u32, u32) -> bool,
     ) -> Result<Vec<Span>, SpanError> {
+        self.spans_for(output, &[], params, breaks)
+    }
+
+    /// `spans` of an output answering `prompt`: the tokens the prompt supplied are marked
+    /// (`SpanParams::prompt_min_len`) and do not rank or weigh a span.
+    pub fn spans_for(
+        &self,
+        output: &[u32],
+        prompt: &[u32],
+        params: &SpanParams,
+        breaks: &dyn Fn(u32, u32) -> bool,
+    ) -> Result<Vec<Span>, SpanError> {
         let parts = [Part {
             index: self,
             sources: None,
         }];
-        find_spans(&parts, &self.unigram, self.tokens, output, params, breaks)
+        let q = Query {
+            output,
+            prompt,
+            params,
+            breaks,
+        };
+        find_spans(&parts, &self.unigram, self.tokens, &q)
     }
 
     /// Examples indexed.
@@ -419,16 +477,27 @@ impl Part<'_> {
     }
 }
 
-/// `SpanIndex::spans` over the union of `parts` (the same answer one index over all their examples
+/// What a span query asks: the output, the prompt it answers, the parameters and the word breaks.
+struct Query<'a> {
+    output: &'a [u32],
+    prompt: &'a [u32],
+    params: &'a SpanParams,
+    breaks: &'a dyn Fn(u32, u32) -> bool,
+}
+
+/// `SpanIndex::spans_for` over the union of `parts` (the same answer one index over all their examples
 /// gives: a match never crosses an example, so it occurs in the union exactly when it occurs in a part).
 fn find_spans(
     parts: &[Part<'_>],
     unigram: &[u64],
     tokens: u64,
-    output: &[u32],
-    params: &SpanParams,
-    breaks: &dyn Fn(u32, u32) -> bool,
+    q: &Query<'_>,
 ) -> Result<Vec<Span>, SpanError> {
+    let (output, params, breaks) = (q.output, q.params, q.breaks);
+    let echo = match params.prompt_min_len {
+        Some(k) => prompt_echo(output, q.prompt, k),
+        None => vec![false; output.len()],
+    };
     let out = output
         .iter()
         .map(|&t| to_u16(t))
@@ -480,26 +549,35 @@ fn find_spans(
                 *per.entry(part.source(doc)).or_default() += 1;
             }
         }
-        let log_prob = out[a..b]
-            .iter()
-            .map(|&t| (unigram[t as usize] as f64 / tokens as f64).ln())
-            .sum();
+        let log_p = |t: u16| (unigram[t as usize] as f64 / tokens as f64).ln();
+        let log_prob = out[a..b].iter().map(|&t| log_p(t)).sum();
+        let paid_log_prob = (a..b).filter(|&p| !echo[p]).map(|p| log_p(out[p])).sum();
+        let mut prompt: Vec<(usize, usize)> = Vec::new();
+        for p in (a..b).filter(|&p| echo[p]) {
+            match prompt.last_mut() {
+                Some(r) if r.0 + r.1 == p => r.1 += 1,
+                _ => prompt.push((p, 1)),
+            }
+        }
         spans.push(Span {
             start: a,
             len: b - a,
             count,
             sources: per.into_iter().collect(),
             log_prob,
+            prompt,
+            paid_log_prob,
         });
     }
     let keep = ((params.density * n as f64).ceil() as usize).max(1);
     if spans.len() > keep {
-        // rarest first; ties to the earlier span, so the choice is deterministic
+        // rarest first by the tokens the prompt did not supply; ties to the earlier span, so the choice
+        // is deterministic
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_by(|&x, &y| {
             spans[x]
-                .log_prob
-                .total_cmp(&spans[y].log_prob)
+                .paid_log_prob
+                .total_cmp(&spans[y].paid_log_prob)
                 .then(x.cmp(&y))
         });
         let mut kept: Vec<usize> = order[..keep].to_vec();
@@ -567,6 +645,17 @@ impl SpanSet {
         params: &SpanParams,
         breaks: &dyn Fn(u32, u32) -> bool,
     ) -> Result<Vec<Span>, SpanError> {
+        self.spans_for(output, &[], params, breaks)
+    }
+
+    /// `SpanIndex::spans_for` over every segment, with model source ids.
+    pub fn spans_for(
+        &self,
+        output: &[u32],
+        prompt: &[u32],
+        params: &SpanParams,
+        breaks: &dyn Fn(u32, u32) -> bool,
+    ) -> Result<Vec<Span>, SpanError> {
         let parts: Vec<Part<'_>> = self
             .parts
             .iter()
@@ -575,7 +664,13 @@ impl SpanSet {
                 sources: Some(sources),
             })
             .collect();
-        find_spans(&parts, &self.unigram, self.tokens, output, params, breaks)
+        let q = Query {
+            output,
+            prompt,
+            params,
+            breaks,
+        };
+        find_spans(&parts, &self.unigram, self.tokens, &q)
     }
 }
 
@@ -672,6 +767,7 @@ mod tests {
             min_len: 1,
             max_count: usize::MAX,
             density: 1.0,
+            prompt_min_len: None,
         };
         for _ in 0..50 {
             let out: Vec<u32> = (0..30).map(|_| rng.random_range(0..3)).collect();
@@ -787,6 +883,50 @@ mod tests {
             ..SpanParams::default()
         };
         assert_eq!(idx.spans(&out, &all, &|_, _| true).unwrap().len(), 2);
+
+        // the prompt supplied the rare phrase: it is marked, weighs nothing, and the other span is kept
+        let prompt: Vec<u32> = [7, 8].into_iter().chain(200..206).collect();
+        let spans = idx.spans_for(&out, &prompt, &one, &|_, _| true).unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!((spans[0].start, spans[0].prompt.clone()), (0, vec![]));
+        assert_eq!(spans[0].paid_log_prob, spans[0].log_prob);
+        let spans = idx.spans_for(&out, &prompt, &all, &|_, _| true).unwrap();
+        assert_eq!(spans[1].start, 7);
+        assert_eq!(
+            (spans[1].prompt.clone(), spans[1].prompt_tokens()),
+            (vec![(7, 6)], 6)
+        );
+        assert_eq!(spans[1].paid_log_prob, 0.0);
+        assert!(spans[1].log_prob < 0.0);
+        // method ol-attr/1 marks nothing: the same spans as without a prompt
+        let v1 = SpanParams {
+            prompt_min_len: None,
+            ..all.clone()
+        };
+        assert_eq!(
+            idx.spans_for(&out, &prompt, &v1, &|_, _| true).unwrap(),
+            idx.spans(&out, &v1, &|_, _| true).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_prompt_supplies_runs_of_at_least_its_minimum_length() {
+        let prompt = [1, 2, 3, 4, 5, 9, 7, 8];
+        // 1 2 3 4 (4 tokens) and 3 4 5 (3) are in the prompt; 7 8 only as a pair
+        let out = [0, 1, 2, 3, 4, 6, 3, 4, 5, 6, 7, 8];
+        let marks = |k| {
+            prompt_echo(&out, &prompt, k)
+                .iter()
+                .enumerate()
+                .filter(|e| *e.1)
+                .map(|e| e.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marks(4), [1, 2, 3, 4]);
+        assert_eq!(marks(3), [1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(marks(2), [1, 2, 3, 4, 6, 7, 8, 10, 11]);
+        assert!(marks(9).is_empty());
+        assert!(prompt_echo(&out, &[], 1).iter().all(|e| !e));
     }
 
     #[test]
@@ -873,6 +1013,7 @@ mod tests {
             min_len: 2,
             max_count: 50,
             density: 1.0,
+            prompt_min_len: None,
         };
         for _ in 0..50 {
             let out: Vec<u32> = (0..25).map(|_| rng.random_range(0..4)).collect();

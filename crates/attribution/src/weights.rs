@@ -1,10 +1,12 @@
-//! The combination rule (method `ol-attr/1`): span and gradient evidence -> integer payout weights over
+//! The combination rule (method `ol-attr/2`): span and gradient evidence -> integer payout weights over
 //! training sources, in parts per million of the inference's contributor pool, with the rest going to
 //! "no attributable data" (the protocol).
 //!
-//! 1. Span evidence. Each kept span carries its information, `-log_prob` (nats, from the training stream's
-//!    unigram counts); a span's information is split over the sources it occurs in by occurrences. Its
-//!    strength `d_span` is the share of the output's tokens the kept spans cover.
+//! 1. Span evidence. Each kept span carries its information, `-paid_log_prob` (nats, from the training
+//!    stream's unigram counts, over the span's tokens the prompt did not supply: an answer that repeats the
+//!    question is not paid for the repetition); a span's information is split over the sources it occurs
+//!    in by occurrences. Its strength `d_span` is the share of the output's tokens the kept spans cover,
+//!    the prompt's tokens not counted. (`ol-attr/1` is the same rule with nothing the prompt's.)
 //! 2. Gradient evidence. Among the top examples by DataInf score (positive ones), each counts for its
 //!    source by how far its gradient cosine with the output's exceeds `cos_lo`. Its strength `d_grad`
 //!    maps the best example's cosine linearly from `cos_lo` (0) to `cos_hi` (1).
@@ -24,8 +26,23 @@ use crate::span::Span;
 /// Weights are parts of this.
 pub const SCALE: u64 = 1_000_000;
 
-/// The method's name in records and commitments.
-pub const METHOD: &str = "ol-attr/1";
+/// The method's name in the records it makes.
+pub const METHOD: &str = "ol-attr/2";
+
+/// The first method: the same rule with no token the prompt's (`SpanParams::prompt_min_len` `None`).
+/// `verify` still recomputes its records.
+pub const METHOD_V1: &str = "ol-attr/1";
+
+/// The methods this build makes and recomputes.
+pub const METHODS: [&str; 2] = [METHOD_V1, METHOD];
+
+/// The method a record made with `span` follows.
+pub fn method_of(span: &crate::span::SpanParams) -> &'static str {
+    match span.prompt_min_len {
+        Some(_) => METHOD,
+        None => METHOD_V1,
+    }
+}
 
 /// The combination's parameters; part of a record's commitment.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,13 +137,20 @@ pub fn combine(
     let mut span_raw: BTreeMap<usize, f64> = BTreeMap::new();
     let mut covered = vec![false; output_len];
     for s in spans {
-        let info = (-s.log_prob).max(0.0);
+        let info = (-s.paid_log_prob).max(0.0);
         let count: usize = s.sources.iter().map(|x| x.1).sum();
-        for &(src, occ) in &s.sources {
-            *span_raw.entry(src).or_default() += info * occ as f64 / count.max(1) as f64;
+        if info > 0.0 {
+            for &(src, occ) in &s.sources {
+                *span_raw.entry(src).or_default() += info * occ as f64 / count.max(1) as f64;
+            }
         }
         for c in covered.iter_mut().skip(s.start).take(s.len) {
             *c = true;
+        }
+        for &(start, len) in &s.prompt {
+            for c in covered.iter_mut().skip(start).take(len) {
+                *c = false;
+            }
         }
     }
     let span_strength = if output_len == 0 {
@@ -240,7 +264,39 @@ mod tests {
             count: sources.iter().map(|s| s.1).sum(),
             sources: sources.to_vec(),
             log_prob,
+            prompt: Vec::new(),
+            paid_log_prob: log_prob,
         }
+    }
+
+    #[test]
+    fn what_the_prompt_supplied_weighs_nothing() {
+        let p = CombineParams::default();
+        // source 1's span is all the prompt's (an answer echoing the question); source 2's is the answer
+        let echo = Span {
+            prompt: vec![(0, 6)],
+            paid_log_prob: 0.0,
+            ..span(0, 6, &[(1, 1)], -30.0)
+        };
+        let answer = span(6, 4, &[(2, 1)], -12.0);
+        let w = combine(10, &[echo.clone(), answer.clone()], None, &p);
+        assert_eq!(w.sources, [(2, 400_000)], "{w:?}");
+        assert_eq!(w.span_strength, 400_000);
+        // the echo alone pays no one
+        let w = combine(10, std::slice::from_ref(&echo), None, &p);
+        assert_eq!((w.sources.len(), w.protocol), (0, SCALE));
+        // half the span the prompt's: half its information and coverage remain
+        let half = Span {
+            prompt: vec![(0, 3)],
+            paid_log_prob: -15.0,
+            ..span(0, 6, &[(1, 1)], -30.0)
+        };
+        let w = combine(10, &[half, answer], None, &p);
+        assert_eq!(w.span_strength, 700_000);
+        let one = w.sources.iter().find(|s| s.0 == 1).unwrap().1;
+        let two = w.sources.iter().find(|s| s.0 == 2).unwrap().1;
+        assert_eq!(one + two, 700_000);
+        assert!(one > two, "15 nats against 12: {w:?}");
     }
 
     fn ex(source: usize, score: f64, cosine: f64) -> ExampleScore {

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openledger_attribution::{
-    CombineParams, GradParams, GradScores, GradStore, METHOD, SCALE, Span, SpanIndex, SpanParams,
-    SpanSet, combine, mean,
+    CombineParams, GradParams, GradScores, GradStore, SCALE, Span, SpanIndex, SpanParams, SpanSet,
+    combine, mean, method_of,
 };
 use openledger_model::{TextTokenizer, WordBreaks};
 use serde_json::{Value, json};
@@ -442,7 +442,9 @@ impl Attributor {
         for output in s.outputs {
             let spans = art
                 .span
-                .spans(output, &self.cfg.span, &|a, b| self.breaks.between(a, b))?;
+                .spans_for(output, s.prompt, &self.cfg.span, &|a, b| {
+                    self.breaks.between(a, b)
+                })?;
             let grad = match (&art.grads, gradient) {
                 (Some(g), Gradient::Run) => {
                     let (loss, v) = self
@@ -518,8 +520,10 @@ impl Attributor {
         }
     }
 
-    /// One output's spans as the record lists them.
+    /// One output's spans as the record lists them (`ol-attr/2`: with the tokens the prompt supplied,
+    /// `from_prompt` when it supplied them all).
     fn spans_json(&self, art: &Artifacts, output: &[u32], spans: &[Span]) -> Vec<Value> {
+        let v2 = self.cfg.span.prompt_min_len.is_some();
         spans
             .iter()
             .map(|sp| {
@@ -527,7 +531,7 @@ impl Attributor {
                     .tokenizer
                     .decode(&output[sp.start..sp.start + sp.len], false)
                     .unwrap_or_default();
-                json!({
+                let mut v = json!({
                     "start": sp.start, "len": sp.len, "text": text, "count": sp.count,
                     "log_prob": sp.log_prob,
                     "contributions": sp.sources.iter().map(|&(src, occ)| {
@@ -535,7 +539,12 @@ impl Attributor {
                         v["occurrences"] = json!(occ);
                         v
                     }).collect::<Vec<_>>(),
-                })
+                });
+                if v2 {
+                    v["prompt_tokens"] = json!(sp.prompt_tokens());
+                    v["from_prompt"] = json!(sp.prompt_tokens() == sp.len);
+                }
+                v
             })
             .collect()
     }
@@ -585,7 +594,7 @@ impl Attributor {
             v
         };
         let mut body = json!({
-            "method": METHOD,
+            "method": method_of(&self.cfg.span),
             "inference_id": s.inference_id,
             "model": crate::models::adapter_name(s.job_id),
             "params": params::RecordParams::of(&self.cfg, art.grads.as_ref()),

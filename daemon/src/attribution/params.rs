@@ -20,6 +20,10 @@ pub struct SpanPart {
     pub min_len: usize,
     pub max_count: usize,
     pub density: f64,
+    /// `ol-attr/2`: the shortest run of output tokens found in the prompt that is the prompt's (absent in
+    /// `ol-attr/1` records, where nothing is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_min_len: Option<usize>,
 }
 
 /// The gradient pass's parameters; the projection's (`k`, `seed`) and the adapter's seed are the model's,
@@ -54,6 +58,7 @@ impl RecordParams {
                 min_len: cfg.span.min_len,
                 max_count: cfg.span.max_count,
                 density: cfg.span.density,
+                prompt_min_len: cfg.span.prompt_min_len,
             },
             gradient: grads.map(|g| GradPart {
                 k: g.k,
@@ -81,6 +86,7 @@ impl RecordParams {
                 min_len: self.span.min_len,
                 max_count: self.span.max_count,
                 density: self.span.density,
+                prompt_min_len: self.span.prompt_min_len,
             },
             grad: GradParams {
                 damping: g.and_then(|g| g.damping).unwrap_or(d.damping),
@@ -118,5 +124,28 @@ mod tests {
         );
         assert_eq!(c.span, cfg.span);
         assert_eq!(c.combine, cfg.combine);
+    }
+
+    #[test]
+    fn a_first_method_record_reads_back_without_the_prompts_part() {
+        let v1: RecordParams = serde_json::from_value(serde_json::json!({
+            "span": {"min_len": 4, "max_count": 10, "density": 0.05},
+            "gradient": null,
+            "combine": {"cos_lo": 0.35, "cos_hi": 0.7, "floor_ppm": 20000},
+        }))
+        .unwrap();
+        assert_eq!(v1.config().span.prompt_min_len, None);
+        assert_eq!(
+            openledger_attribution::method_of(&v1.config().span),
+            openledger_attribution::METHOD_V1
+        );
+        // and writes back as it was (its hash is over this text)
+        let text = serde_json::to_value(&v1).unwrap();
+        assert!(text["span"].get("prompt_min_len").is_none(), "{text}");
+        let now = RecordParams::of(&AttributionConfig::default(), None);
+        assert_eq!(
+            serde_json::to_value(&now).unwrap()["span"]["prompt_min_len"],
+            openledger_attribution::span::DEFAULT_PROMPT_MIN_LEN
+        );
     }
 }

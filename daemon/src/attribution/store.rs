@@ -59,7 +59,11 @@ pub async fn save(
     )
     .bind(inference_id)
     .bind(job_id)
-    .bind(openledger_attribution::METHOD)
+    .bind(
+        record
+            .and_then(|r| r.body["method"].as_str())
+            .unwrap_or(openledger_attribution::METHOD),
+    )
     .bind(status)
     .bind(&prompt)
     .bind(body)

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use openledger_attribution::METHOD;
+use openledger_attribution::METHODS;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -22,7 +22,7 @@ pub enum VerifyError {
         "the attribution of {0} is still pending (its gradient part is queued); verify it once it completes"
     )]
     Pending(String),
-    #[error("the record names method {0:?}; this build verifies {METHOD}")]
+    #[error("the record names method {0}; this build verifies ol-attr/1 and ol-attr/2")]
     Method(String),
     #[error("the record's parameters are unreadable: {0}")]
     Params(String),
@@ -120,7 +120,15 @@ fn compare_evidence(at: &str, stored: &Value, fresh: &Value, diffs: &mut Vec<Str
     match (ss.as_array(), fs.as_array()) {
         (Some(a), Some(b)) if a.len() == b.len() => {
             for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                for k in ["start", "len", "count", "contributions", "text"] {
+                for k in [
+                    "start",
+                    "len",
+                    "count",
+                    "contributions",
+                    "text",
+                    "prompt_tokens",
+                    "from_prompt",
+                ] {
                     if x[k] != y[k] {
                         diffs.push(format!(
                             "{at}spans[{i}].{k}: stored {} recomputed {}",
@@ -186,7 +194,7 @@ pub async fn verify(pool: &PgPool, inference_id: &str) -> Result<Verdict, Verify
         // flagged: recompute with today's defaults to say whether it is attributable now
         AttributionConfig::default()
     } else {
-        if stored["method"] != json!(METHOD) {
+        if !METHODS.iter().any(|m| stored["method"] == json!(m)) {
             return Err(VerifyError::Method(stored["method"].to_string()));
         }
         config_of(&stored)?
@@ -268,8 +276,9 @@ async fn stored(
     Ok((st, outputs))
 }
 
-/// An attributor for model `job_id` (its base model's tokenizer, from the installed base model).
-async fn attributor_for(
+/// An attributor for model `job_id` with `cfg` (its base model's tokenizer, from the installed base model):
+/// what recomputes a record, under the method and parameters the record names.
+pub async fn attributor_for(
     pool: &PgPool,
     job_id: i64,
     cfg: AttributionConfig,
@@ -301,6 +310,7 @@ fn hash_holds(st: &store::Stored, record: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openledger_attribution::METHOD;
 
     #[test]
     fn compare_finds_money_differences_and_tolerates_gradient_rounding() {

@@ -254,6 +254,10 @@ pub struct AttributionArgs {
     /// Spans kept per output token (the rarest first).
     #[arg(long, default_value_t = span::DEFAULT_SPAN_DENSITY)]
     pub span_density: f64,
+    /// Output tokens in a run of at least this many tokens that also occurs in the prompt are the
+    /// prompt's: a span shows them but is not paid for them.
+    #[arg(long, default_value_t = span::DEFAULT_PROMPT_MIN_LEN)]
+    pub span_prompt_min_len: usize,
     /// Training examples (highest gradient scores) whose contributions share the gradient evidence.
     #[arg(long, default_value_t = grad::DEFAULT_GRADIENT_TOP_K)]
     pub gradient_top_k: usize,
@@ -271,6 +275,7 @@ impl AttributionArgs {
                 min_len: self.span_min_len.max(1),
                 max_count: self.span_max_count.max(1),
                 density: self.span_density.max(0.0),
+                prompt_min_len: Some(self.span_prompt_min_len.max(1)),
             },
             grad: openledger_attribution::GradParams {
                 top_k: self.gradient_top_k.max(1),
