@@ -597,7 +597,11 @@ fn main() -> anyhow::Result<()> {
         let spans = span.spans_for(out, prompt, &sp, &|a, b| breaks.between(a, b))?;
         let spans_v1 = span.spans(out, &sp_v1, &|a, b| breaks.between(a, b))?;
         span_tokens += spans.iter().map(|s| s.len).sum::<usize>();
-        prompt_tokens += spans.iter().map(|s| s.prompt_tokens()).sum::<usize>();
+        prompt_tokens += spans
+            .iter()
+            .filter(|s| s.from_prompt)
+            .map(|s| s.len)
+            .sum::<usize>();
         let tq = Instant::now();
         let (_, v) = projected_gradient(
             &f32_model,
@@ -680,6 +684,7 @@ fn main() -> anyhow::Result<()> {
             "class": it.class.name(), "prompt": it.prompt, "answer": text, "want": it.want,
             "spans": spans.iter().map(|s| serde_json::json!({
                 "start": s.start, "len": s.len, "sources": s.sources, "prompt_tokens": s.prompt_tokens(),
+                "from_prompt": s.from_prompt,
                 "text": tok.decode(&out[s.start..s.start + s.len], false).unwrap_or_default(),
             })).collect::<Vec<_>>(),
             "gradient_top": scores.top.iter().map(|e| serde_json::json!({
@@ -759,7 +764,7 @@ fn main() -> anyhow::Result<()> {
     let get = |m: &str, c: Class| table.get(&(m, c)).map_or(0.0, |(h, _, n)| h / *n as f64);
     let mrr = |m: &str, c: Class| table.get(&(m, c)).map_or(0.0, |(_, r, n)| r / *n as f64);
     println!(
-        "span tokens the prompt supplied (ol-attr/2 pays nothing for them): {prompt_tokens} of {span_tokens}"
+        "tokens of spans the prompt supplied (ol-attr/2 pays nothing for them): {prompt_tokens} of {span_tokens}"
     );
     for (name, method, class) in [
         ("attr_top1_verbatim", "combined", Class::Verbatim),

@@ -69,8 +69,9 @@ pub struct SpanParams {
     /// Spans kept per output token (the rarest first, by unigram probability); at least one is kept.
     pub density: f64,
     /// Output tokens inside a run of at least this many tokens that also occurs in the prompt are the
-    /// prompt's, not the training data's: a span shows them (`Span::prompt`) but is ranked and weighed by
-    /// its other tokens only. `None`: nothing is the prompt's (method `ol-attr/1`).
+    /// prompt's, not the training data's (`Span::prompt`); a span with fewer than `min_len` tokens of its
+    /// own is the prompt's (`Span::from_prompt`): shown, never paid. `None`: nothing is the prompt's
+    /// (method `ol-attr/1`).
     pub prompt_min_len: Option<usize>,
 }
 
@@ -129,9 +130,10 @@ pub struct Span {
     /// The span's tokens the prompt supplied (`SpanParams::prompt_min_len`), as runs `(start, len)` of
     /// output positions; empty when none.
     pub prompt: Vec<(usize, usize)>,
-    /// `log_prob` over the span's other tokens: what ranks and weighs it (`log_prob` when `prompt` is
-    /// empty; 0 when the prompt supplied all of it).
-    pub paid_log_prob: f64,
+    /// Fewer than `SpanParams::min_len` of its tokens are its own: the prompt supplied it (an answer
+    /// repeating its question), so it is shown but neither kept for its rarity nor paid. A span that adds
+    /// `min_len` tokens of its own to words of the prompt is evidence as a whole, as in `ol-attr/1`.
+    pub from_prompt: bool,
 }
 
 impl Span {
@@ -551,7 +553,6 @@ fn find_spans(
         }
         let log_p = |t: u16| (unigram[t as usize] as f64 / tokens as f64).ln();
         let log_prob = out[a..b].iter().map(|&t| log_p(t)).sum();
-        let paid_log_prob = (a..b).filter(|&p| !echo[p]).map(|p| log_p(out[p])).sum();
         let mut prompt: Vec<(usize, usize)> = Vec::new();
         for p in (a..b).filter(|&p| echo[p]) {
             match prompt.last_mut() {
@@ -565,19 +566,20 @@ fn find_spans(
             count,
             sources: per.into_iter().collect(),
             log_prob,
+            from_prompt: params.prompt_min_len.is_some()
+                && (b - a) - prompt.iter().map(|r| r.1).sum::<usize>() < params.min_len.max(1),
             prompt,
-            paid_log_prob,
         });
     }
     let keep = ((params.density * n as f64).ceil() as usize).max(1);
     if spans.len() > keep {
-        // rarest first by the tokens the prompt did not supply; ties to the earlier span, so the choice
-        // is deterministic
+        // rarest first, what the prompt supplied last; ties to the earlier span, so the choice is
+        // deterministic
+        let rarity = |s: &Span| if s.from_prompt { 0.0 } else { s.log_prob };
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_by(|&x, &y| {
-            spans[x]
-                .paid_log_prob
-                .total_cmp(&spans[y].paid_log_prob)
+            rarity(&spans[x])
+                .total_cmp(&rarity(&spans[y]))
                 .then(x.cmp(&y))
         });
         let mut kept: Vec<usize> = order[..keep].to_vec();
@@ -889,15 +891,31 @@ mod tests {
         let spans = idx.spans_for(&out, &prompt, &one, &|_, _| true).unwrap();
         assert_eq!(spans.len(), 1);
         assert_eq!((spans[0].start, spans[0].prompt.clone()), (0, vec![]));
-        assert_eq!(spans[0].paid_log_prob, spans[0].log_prob);
+        assert!(!spans[0].from_prompt);
         let spans = idx.spans_for(&out, &prompt, &all, &|_, _| true).unwrap();
         assert_eq!(spans[1].start, 7);
         assert_eq!(
             (spans[1].prompt.clone(), spans[1].prompt_tokens()),
             (vec![(7, 6)], 6)
         );
-        assert_eq!(spans[1].paid_log_prob, 0.0);
-        assert!(spans[1].log_prob < 0.0);
+        assert!(spans[1].from_prompt && !spans[0].from_prompt);
+        // a prompt holding only part of it (4 of 6 tokens): the 2 of its own are under min_len (4), so it
+        // is still the prompt's; with min_len 2 it adds enough of its own to be evidence as a whole
+        let part: Vec<u32> = (200..204).collect();
+        let spans = idx.spans_for(&out, &part, &all, &|_, _| true).unwrap();
+        assert_eq!(
+            (spans[1].prompt.clone(), spans[1].from_prompt),
+            (vec![(7, 4)], true)
+        );
+        let short = SpanParams {
+            min_len: 2,
+            ..all.clone()
+        };
+        let spans = idx.spans_for(&out, &part, &short, &|_, _| true).unwrap();
+        assert_eq!(
+            (spans[1].prompt.clone(), spans[1].from_prompt),
+            (vec![(7, 4)], false)
+        );
         // method ol-attr/1 marks nothing: the same spans as without a prompt
         let v1 = SpanParams {
             prompt_min_len: None,

@@ -2,11 +2,11 @@
 //! training sources, in parts per million of the inference's contributor pool, with the rest going to
 //! "no attributable data" (the protocol).
 //!
-//! 1. Span evidence. Each kept span carries its information, `-paid_log_prob` (nats, from the training
-//!    stream's unigram counts, over the span's tokens the prompt did not supply: an answer that repeats the
-//!    question is not paid for the repetition); a span's information is split over the sources it occurs
-//!    in by occurrences. Its strength `d_span` is the share of the output's tokens the kept spans cover,
-//!    the prompt's tokens not counted. (`ol-attr/1` is the same rule with nothing the prompt's.)
+//! 1. Span evidence. Each kept span carries its information, `-log_prob` (nats, from the training
+//!    stream's unigram counts); a span's information is split over the sources it occurs in by
+//!    occurrences. Its strength `d_span` is the share of the output's tokens the kept spans cover. A span
+//!    the prompt supplied (`Span::from_prompt`: fewer than `min_len` tokens of its own; an answer that
+//!    repeats its question) counts for nothing. (`ol-attr/1` is the same rule with no span the prompt's.)
 //! 2. Gradient evidence. Among the top examples by DataInf score (positive ones), each counts for its
 //!    source by how far its gradient cosine with the output's exceeds `cos_lo`. Its strength `d_grad`
 //!    maps the best example's cosine linearly from `cos_lo` (0) to `cos_hi` (1).
@@ -136,21 +136,14 @@ pub fn combine(
     // span evidence: information split by occurrences; strength = covered share of the output
     let mut span_raw: BTreeMap<usize, f64> = BTreeMap::new();
     let mut covered = vec![false; output_len];
-    for s in spans {
-        let info = (-s.paid_log_prob).max(0.0);
+    for s in spans.iter().filter(|s| !s.from_prompt) {
+        let info = (-s.log_prob).max(0.0);
         let count: usize = s.sources.iter().map(|x| x.1).sum();
-        if info > 0.0 {
-            for &(src, occ) in &s.sources {
-                *span_raw.entry(src).or_default() += info * occ as f64 / count.max(1) as f64;
-            }
+        for &(src, occ) in &s.sources {
+            *span_raw.entry(src).or_default() += info * occ as f64 / count.max(1) as f64;
         }
         for c in covered.iter_mut().skip(s.start).take(s.len) {
             *c = true;
-        }
-        for &(start, len) in &s.prompt {
-            for c in covered.iter_mut().skip(start).take(len) {
-                *c = false;
-            }
         }
     }
     let span_strength = if output_len == 0 {
@@ -265,7 +258,7 @@ mod tests {
             sources: sources.to_vec(),
             log_prob,
             prompt: Vec::new(),
-            paid_log_prob: log_prob,
+            from_prompt: false,
         }
     }
 
@@ -275,7 +268,7 @@ mod tests {
         // source 1's span is all the prompt's (an answer echoing the question); source 2's is the answer
         let echo = Span {
             prompt: vec![(0, 6)],
-            paid_log_prob: 0.0,
+            from_prompt: true,
             ..span(0, 6, &[(1, 1)], -30.0)
         };
         let answer = span(6, 4, &[(2, 1)], -12.0);
@@ -285,18 +278,18 @@ mod tests {
         // the echo alone pays no one
         let w = combine(10, std::slice::from_ref(&echo), None, &p);
         assert_eq!((w.sources.len(), w.protocol), (0, SCALE));
-        // half the span the prompt's: half its information and coverage remain
-        let half = Span {
+        // a span that adds words of its own to the prompt's is evidence as a whole (the answer's own
+        // sentence, which may name the prompt's words): weighed as if nothing were the prompt's
+        let own = Span {
             prompt: vec![(0, 3)],
-            paid_log_prob: -15.0,
             ..span(0, 6, &[(1, 1)], -30.0)
         };
-        let w = combine(10, &[half, answer], None, &p);
-        assert_eq!(w.span_strength, 700_000);
-        let one = w.sources.iter().find(|s| s.0 == 1).unwrap().1;
-        let two = w.sources.iter().find(|s| s.0 == 2).unwrap().1;
-        assert_eq!(one + two, 700_000);
-        assert!(one > two, "15 nats against 12: {w:?}");
+        let w = combine(10, &[own, answer.clone()], None, &p);
+        assert_eq!(
+            w,
+            combine(10, &[span(0, 6, &[(1, 1)], -30.0), answer], None, &p)
+        );
+        assert_eq!(w.span_strength, SCALE);
     }
 
     fn ex(source: usize, score: f64, cosine: f64) -> ExampleScore {

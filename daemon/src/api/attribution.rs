@@ -17,11 +17,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The attribution of one inference: spans of the answer found in the model's training data (positions in
-/// the output's tokens, their text, the contributions they occur in), the training examples its gradient
+/// the output's tokens, their text, the contributions they occur in; `ol-attr/2` marks the tokens the
+/// prompt supplied, `prompt_tokens` and `from_prompt`, which pay no one), the training examples its gradient
 /// points at, the final weights over contributions (parts per million of the contributor pool; the rest,
 /// `no_attribution`, goes to the protocol), and the commitment (hashes of the output and prompt tokens,
-/// adapter, manifest and index files; method and parameters). `status` is `complete`, or `pending` while a
-/// queued gradient part runs (no weights yet).
+/// adapter, manifest and index files; method and parameters). An answer of `n` > 1 choices has each
+/// choice's spans, gradient and weights under `choices`, and at the top the weights paid by, each choice an
+/// equal part of the pool. `status` is `complete`, or `pending` while a queued gradient part runs (no
+/// weights yet).
 #[utoipa::path(get, path = "/api/inferences/{id}/attribution", tag = "inference",
     params(("id" = String, Path, description = "The inference id (`x-openledger-inference-id`, or `openledger.inference_id` of the response)")),
     responses((status = 200, body = Object),

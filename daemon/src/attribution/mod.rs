@@ -520,8 +520,8 @@ impl Attributor {
         }
     }
 
-    /// One output's spans as the record lists them (`ol-attr/2`: with the tokens the prompt supplied,
-    /// `from_prompt` when it supplied them all).
+    /// One output's spans as the record lists them (`ol-attr/2`: with the tokens the prompt supplied, and
+    /// `from_prompt` for a span the prompt supplied, which is not paid).
     fn spans_json(&self, art: &Artifacts, output: &[u32], spans: &[Span]) -> Vec<Value> {
         let v2 = self.cfg.span.prompt_min_len.is_some();
         spans
@@ -542,7 +542,7 @@ impl Attributor {
                 });
                 if v2 {
                     v["prompt_tokens"] = json!(sp.prompt_tokens());
-                    v["from_prompt"] = json!(sp.prompt_tokens() == sp.len);
+                    v["from_prompt"] = json!(sp.from_prompt);
                 }
                 v
             })

@@ -255,7 +255,7 @@ pub struct AttributionArgs {
     #[arg(long, default_value_t = span::DEFAULT_SPAN_DENSITY)]
     pub span_density: f64,
     /// Output tokens in a run of at least this many tokens that also occurs in the prompt are the
-    /// prompt's: a span shows them but is not paid for them.
+    /// prompt's; a span with fewer than --span-min-len tokens of its own is shown but not paid.
     #[arg(long, default_value_t = span::DEFAULT_PROMPT_MIN_LEN)]
     pub span_prompt_min_len: usize,
     /// Training examples (highest gradient scores) whose contributions share the gradient evidence.
